@@ -1,0 +1,5 @@
+import sys
+
+from mlsv.cli import main
+
+sys.exit(main())

@@ -1,0 +1,38 @@
+"""The ``mlsv`` command line: one subcommand per module in ``mlsv.commands``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Each module defines ``register(subparsers)``, which adds its parser and sets ``func``.
+COMMANDS = ("prepare", "embed", "score", "calibrate", "evaluate", "verify", "export", "inspect")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlsv",
+        description="Multi-layer speaker verification: prepare data, embed, score, calibrate, evaluate, "
+        "verify, export and inspect models. Training is `python train.py` / `accelerate launch train.py`.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"mlsv.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"mlsv {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

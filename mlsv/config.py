@@ -1,0 +1,306 @@
+"""Training configuration: typed dataclasses as schema and defaults, YAML files with one level of
+``base:`` inheritance, and ``--set section.key=value`` overrides parsed as YAML values.
+
+Unknown keys and wrong types are errors naming the key and the nearest valid one. Derived values
+(number of classes, encoder width) are computed elsewhere and never written back here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    """Training and validation corpora and the crop stream."""
+
+    train_manifest: str = ""  # empty: the synthetic corpus made by the recipe's prepare step
+    validation_manifest: str = ""
+    validation_trials: str = ""
+    sample_rate: int = 16000
+    crop_seconds: float = 2.0
+    batch_size: int = 64  # global batch per optimiser micro-step (summed over processes)
+    num_workers: int = 2
+    speed_factors: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 0.9, 1.1])
+    streaming: bool = False
+    strict: bool = False  # raise on an undecodable file instead of skipping it
+    max_utterances: int = 0  # 0: all
+    eval_batch_seconds: float = 120.0  # audio per evaluation batch
+    eval_chunk_seconds: float = 0.0  # 0: whole utterances
+
+
+@dataclass
+class AugmentConfig:
+    """MUSAN / RIR augmentation (METHOD.md §4.3)."""
+
+    probability: float = 0.6
+    where: str = "cpu"  # "cpu" (loader workers) or "device" (batched tensor ops on the accelerator)
+    noise_manifest: str = ""  # MUSAN-like manifest with a "category" column: noise, music, speech
+    rir_manifest: str = ""
+    kinds: list[str] = field(default_factory=lambda: ["reverb", "noise", "music", "babble", "tv"])
+    noise_snr: list[float] = field(default_factory=lambda: [0.0, 15.0])
+    music_snr: list[float] = field(default_factory=lambda: [5.0, 15.0])
+    babble_snr: list[float] = field(default_factory=lambda: [13.0, 20.0])
+    babble_speakers: list[int] = field(default_factory=lambda: [4, 7])
+
+
+@dataclass
+class ModelConfig:
+    """The embedding model; maps onto ``MLSVConfig``."""
+
+    encoder: str = "tiny-wavlm"  # a hub id, a local folder, or a built-in tiny config name
+    encoder_type: str = ""  # model_type when building from a config (optional)
+    random_init: bool = False  # build the encoder from its config with random weights
+    layers: list[int] = field(default_factory=list)  # empty: all L+1 hidden states
+    aggregation: str = "lap"  # lap | superb | last
+    lap_heads: int = 16
+    lap_channels: int = 512
+    lap_dropout: float = 0.1
+    backend: str = "astp"  # astp | xvector | ecapa | mhfa
+    embedding_size: int = 192
+    backend_dropout: float = 0.1
+    ecapa_channels: int = 512
+    mhfa_heads: int = 64
+    mhfa_compression: int = 128
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class HeadConfig:
+    """AAM-softmax with sub-centers and inter-top-K (METHOD.md §6)."""
+
+    scale: float = 30.0
+    margin: float = 0.3
+    sub_centers: int = 3
+    top_k: int = 5
+    penalty: float = 0.06
+    margin_schedule: str = "log"  # log | cos | exp | linear | constant
+    margin_start_epoch: float = 0.0
+    margin_ramp_epochs: float = 20.0
+
+
+@dataclass
+class OptimConfig:
+    """Adam with L2 weight decay, named parameter groups, cosine warm-up restarts per step."""
+
+    optimizer: str = "adam"  # adam | adamw | sgd
+    lr: float = 1e-3  # peak lr of the backend and head groups
+    min_lr: float = 1e-5
+    frontend_lr_scale: float = 1.0  # frontend group's lr = lr * this
+    weight_decay: float = 5e-5
+    frontend_weight_decay: float = -1.0  # < 0: same as weight_decay
+    warmup_ratio: float = 0.1
+    cycles: int = 1
+    cycle_gamma: float = 1.0
+    max_grad_norm: float = 0.0  # 0: no clipping
+    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights
+
+
+@dataclass
+class StageConfig:
+    """One training stage."""
+
+    name: str = "stage"
+    init_from: str = ""  # previous stage's output folder (model + head)
+    frontend_trainable: str = "none"  # none | transformer | all
+    layerdrop: float = 0.0
+    mask_time_prob: float = 0.0
+    epochs: int = 40
+    steps_per_epoch: int = 0  # 0: one pass over the corpus
+    grad_accum: int = 1
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    seed: int = 42
+    keep_best: int = 2
+    average_best: int = 1  # average the N best checkpoints into the stage's final model
+    validate_every: int = 1  # epochs
+
+
+@dataclass
+class EvalConfig:
+    """Scoring of the final model."""
+
+    trials: list[str] = field(default_factory=list)
+    manifest: str = ""
+    cohort_manifest: str = ""
+    asnorm_top_k: int = 600
+    calibration_pairs: int = 30000
+    p_targets: list[float] = field(default_factory=lambda: [0.01, 0.05])
+
+
+@dataclass
+class LogConfig:
+    trackers: list[str] = field(default_factory=lambda: ["csv"])  # csv, tensorboard, wandb, neptune
+    project: str = "mlsv"
+    offline: bool = False
+    progress: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """One stage's full configuration."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+
+def _nearest(key: str, choices) -> str:
+    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.0)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    """Validates ``value`` against annotation ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(tp):
+            try:
+                return _check_type(value, arm, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: {value!r} is not of type {tp}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{where}: expected null, got {value!r}")
+    if origin is list:
+        (inner,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r} ({type(value).__name__})")
+        return [_check_type(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        # PyYAML reads '5e-5' (no dot) as a string; accept any float literal
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def from_dict(cls, data: dict, where: str = ""):
+    """Builds dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            raise ConfigError(f"unknown config key {path!r}{_nearest(key, names)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value or {}, path)
+        else:
+            kwargs[key] = _check_type(value, tp, path)
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Reads a YAML file, resolving one level of ``base:`` (relative to the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    base = data.pop("base", None)
+    if base:
+        base_path = (path.parent / base).resolve()
+        base_data = yaml.safe_load(base_path.read_text()) if base_path.is_file() else None
+        if base_data is None:
+            raise ConfigError(f"{path}: base config not found: {base_path}")
+        if "base" in base_data:
+            raise ConfigError(f"{base_path}: only one level of 'base:' inheritance is allowed")
+        data = _deep_merge(base_data, data)
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``section.key=value`` -> (["section", "key"], yaml value)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {k!r} is not a section")
+        node[keys[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                cls=TrainConfig):
+    """Loads a config file (or the defaults when ``path`` is None) with overrides applied."""
+    data = read_yaml(path) if path else {}
+    data = apply_overrides(data, overrides)
+    return from_dict(cls, data)
+
+
+def dump_config(cfg, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
