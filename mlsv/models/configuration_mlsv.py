@@ -1,0 +1,74 @@
+"""``MLSVConfig``: the configuration of a multi-layer speaker-verification model (model_type ``mlsv``).
+
+Part of the model code saved beside a model for ``trust_remote_code``: imports only transformers.
+"""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+
+class MLSVConfig(PretrainedConfig):
+    """Encoder (nested config) + layer aggregation + speaker backend, and what evaluation learnt.
+
+    Args:
+        encoder_config: the encoder's config as a dict (its ``model_type`` picks the family).
+        encoder_name_or_path: where the encoder's weights came from (informational).
+        layers: hidden-state indices to use (None: all L+1).
+        aggregation: "lap", "superb" or "last".
+        lap_heads, lap_channels, lap_dropout: LAP settings (METHOD.md §5.3).
+        backend: "astp", "xvector", "ecapa" or "mhfa".
+        embedding_size: E.
+        backend_dropout: ASTP frame dropout.
+        ecapa_channels: 512 or 1024.
+        mhfa_heads, mhfa_compression: MHFA settings (its key/value aggregators follow ``aggregation``).
+        normalize_input: zero-mean unit-variance input per utterance (the feature extractor's do_normalize).
+        sampling_rate: the encoder's input rate.
+        training_mean: (E,) mean training embedding, subtracted before cosine scoring.
+        calibration: QMF calibration parameters (a dict) when the model was calibrated.
+        threshold: the decision threshold on the model's final score scale.
+        evaluation: metrics of the model's evaluation (informational, for the model card).
+    """
+
+    model_type = "mlsv"
+
+    def __init__(self, encoder_config: dict | None = None, encoder_name_or_path: str = "",
+                 layers: list[int] | None = None, aggregation: str = "lap", lap_heads: int = 16,
+                 lap_channels: int = 512, lap_dropout: float = 0.1, backend: str = "astp",
+                 embedding_size: int = 192, backend_dropout: float = 0.1, ecapa_channels: int = 512,
+                 mhfa_heads: int = 64, mhfa_compression: int = 128, normalize_input: bool = True,
+                 sampling_rate: int = 16000, training_mean: list[float] | None = None,
+                 calibration: dict | None = None, threshold: float | None = None,
+                 evaluation: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if hasattr(encoder_config, "to_dict"):
+            encoder_config = encoder_config.to_dict()
+        self.encoder_config = encoder_config or {}
+        self.encoder_name_or_path = encoder_name_or_path
+        self.layers = list(layers) if layers else None
+        self.aggregation = aggregation
+        self.lap_heads = lap_heads
+        self.lap_channels = lap_channels
+        self.lap_dropout = lap_dropout
+        self.backend = backend
+        self.embedding_size = embedding_size
+        self.backend_dropout = backend_dropout
+        self.ecapa_channels = ecapa_channels
+        self.mhfa_heads = mhfa_heads
+        self.mhfa_compression = mhfa_compression
+        self.normalize_input = normalize_input
+        self.sampling_rate = sampling_rate
+        self.training_mean = training_mean
+        self.calibration = calibration
+        self.threshold = threshold
+        self.evaluation = evaluation
+
+    def encoder_pretrained_config(self):
+        """The nested encoder config as a transformers config object."""
+        from transformers import CONFIG_MAPPING
+
+        cfg = dict(self.encoder_config)
+        model_type = cfg.pop("model_type", None)
+        if model_type not in CONFIG_MAPPING:
+            raise ValueError(f"encoder_config has an unknown model_type {model_type!r}")
+        return CONFIG_MAPPING[model_type](**cfg)

@@ -1,0 +1,364 @@
+"""Pre-trained speech encoders as frontends: waveforms in, every hidden state out.
+
+Contract: ``Frontend(waveforms (B, S), lengths (B,)) -> (states (L+1, B, T, D), frame_lengths (B,))``.
+
+The encoder's own modules (CNN feature encoder, projection, positional convolution, transformer layers)
+are called one by one here instead of through the encoder's ``forward`` so that
+
+* aggregation always receives all L+1 states: LayerDrop is ours, and a dropped layer passes its input
+  on as its output (transformers drops the state instead);
+* padding never changes an embedding: the input normalisation and the GroupNorm of the first CNN layer
+  (wav2vec 2.0 / WavLM Base style) are computed over the valid samples only;
+* Whisper's encoder takes any length (transformers insists on 30 s): positions are sliced to length.
+
+This module is part of the model code saved beside a model for ``trust_remote_code``: it imports only
+torch, transformers and its sibling modules.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+# transformers' WavLM attention passes a bool padding mask beside its float position bias; torch warns
+# about the mix on every call although the result is right.
+warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask and attn_mask")
+
+WAV2VEC2_FAMILY = ("wavlm", "hubert", "wav2vec2", "data2vec-audio")
+FAMILIES = WAV2VEC2_FAMILY + ("whisper",)
+
+# Tiny shapes for tests and the demo: build, run and round-trip in milliseconds on a CPU.
+_TINY_COMMON = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+    conv_dim=(32, 32, 32), conv_kernel=(10, 3, 3), conv_stride=(5, 2, 2),
+    num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+)
+TINY_ENCODERS = {
+    "tiny-wavlm": ("wavlm", dict(_TINY_COMMON, num_buckets=32, max_bucket_distance=100)),
+    "tiny-hubert": ("hubert", dict(_TINY_COMMON)),
+    "tiny-wav2vec2": ("wav2vec2", dict(_TINY_COMMON)),
+    "tiny-data2vec": ("data2vec-audio", dict(_TINY_COMMON, num_conv_pos_embeddings=4, conv_pos_kernel_size=5)),
+    "tiny-whisper": ("whisper", dict(
+        d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, num_mel_bins=80,
+        decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, max_source_positions=1500,
+        max_target_positions=64)),
+    # The demo encoder of `python train.py`: WavLM-shaped, 4 layers of 64, still fast on 2 CPU cores.
+    "small-wavlm": ("wavlm", dict(
+        hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
+        conv_dim=(64, 64, 64, 64), conv_kernel=(10, 3, 3, 2), conv_stride=(5, 2, 2, 2),
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, num_buckets=32, max_bucket_distance=100)),
+}
+
+
+def encoder_config_from_name(name: str, encoder_type: str = ""):
+    """A transformers config for a built-in tiny name, a local folder or a hub id."""
+    from transformers import CONFIG_MAPPING, AutoConfig
+
+    if name in TINY_ENCODERS:
+        family, kwargs = TINY_ENCODERS[name]
+        return CONFIG_MAPPING[family](**kwargs)
+    if encoder_type:
+        if encoder_type not in FAMILIES:
+            raise ValueError(f"unsupported encoder type {encoder_type!r}; choose one of {', '.join(FAMILIES)}")
+    cfg = AutoConfig.from_pretrained(name)
+    if cfg.model_type not in FAMILIES:
+        raise ValueError(f"{name}: encoder type {cfg.model_type!r} is not supported; "
+                         f"choose one of {', '.join(FAMILIES)}")
+    return cfg
+
+
+def build_encoder(encoder_config) -> nn.Module:
+    """Builds a randomly initialised encoder from a transformers config (Whisper: its encoder only)."""
+    from transformers import AutoModel
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    if encoder_config.model_type not in FAMILIES:
+        raise ValueError(f"encoder type {encoder_config.model_type!r} is not supported; "
+                         f"choose one of {', '.join(FAMILIES)}")
+    if encoder_config.model_type == "whisper":
+        return WhisperEncoder(encoder_config)
+    return AutoModel.from_config(encoder_config)
+
+
+def load_pretrained_encoder(name_or_path: str) -> nn.Module:
+    """Loads pre-trained encoder weights from a local folder or hub id with the family's own class
+    (HuBERT with HubertModel, never wav2vec 2.0's class)."""
+    from transformers import AutoModel, WhisperModel
+
+    cfg = encoder_config_from_name(name_or_path)
+    if cfg.model_type == "whisper":
+        return WhisperModel.from_pretrained(name_or_path).get_encoder()
+    return AutoModel.from_pretrained(name_or_path)
+
+
+def _masked_group_norm(x: torch.Tensor, frame_mask: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+    """GroupNorm with one group per channel over the valid frames only. x: (B, C, T), mask: (B, T)."""
+    m = frame_mask[:, None, :].to(x.dtype)
+    n = m.sum(-1, keepdim=True).clamp_min(1.0)
+    mean = (x * m).sum(-1, keepdim=True) / n
+    var = (((x - mean) * m) ** 2).sum(-1, keepdim=True) / n
+    y = (x - mean) * torch.rsqrt(var + norm.eps)
+    return y * norm.weight[None, :, None] + norm.bias[None, :, None]
+
+
+def _additive_mask(frame_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T) bool -> (B, 1, 1, T) additive attention mask."""
+    return (~frame_mask)[:, None, None, :].to(dtype) * torch.finfo(dtype).min
+
+
+class Frontend(nn.Module):
+    """Wraps a transformers speech encoder; returns all hidden states stacked.
+
+    Args:
+        encoder: a WavLM / HuBERT / wav2vec 2.0 / data2vec-audio model or a Whisper encoder.
+        trainable: "none" (frozen: eval mode, no graph), "transformer" (CNN feature encoder frozen) or "all".
+        layerdrop: probability of skipping a transformer layer in training (its input is passed on).
+        mask_time_prob: SpecAugment-style time masking probability in training (0 disables it).
+        normalize_input: zero-mean unit-variance per utterance over valid samples (the feature
+            extractor's ``do_normalize``).
+        layers: indices of the hidden states to return (None: all L+1).
+        gradient_checkpointing: recompute transformer layers in the backward pass.
+    """
+
+    def __init__(self, encoder: nn.Module, *, trainable: str = "none", layerdrop: float = 0.0,
+                 mask_time_prob: float = 0.0, normalize_input: bool = True, layers: list[int] | None = None,
+                 gradient_checkpointing: bool = False):
+        super().__init__()
+        self.encoder = encoder
+        self.family = encoder.config.model_type
+        if self.family not in FAMILIES:
+            raise ValueError(f"encoder type {self.family!r} is not supported")
+        self.normalize_input = normalize_input
+        self.layerdrop = float(layerdrop)
+        self.mask_time_prob = float(mask_time_prob)
+        self.gradient_checkpointing = gradient_checkpointing
+        n_states = self.num_layers + 1
+        if layers:
+            bad = [i for i in layers if not -n_states <= i < n_states]
+            if bad:
+                raise ValueError(f"layer indices {bad} out of range for an encoder with {n_states} hidden states")
+            self.layers = [i % n_states for i in layers]
+        else:
+            self.layers = None
+        # transformers' own LayerDrop would remove states; ours keeps them (see the module docstring)
+        if hasattr(encoder.config, "layerdrop"):
+            encoder.config.layerdrop = 0.0
+        if hasattr(encoder, "layerdrop"):
+            encoder.layerdrop = 0.0
+        if hasattr(encoder.config, "mask_time_prob"):
+            encoder.config.mask_time_prob = self.mask_time_prob
+            encoder.config.mask_feature_prob = 0.0
+            encoder.config.apply_spec_augment = self.mask_time_prob > 0
+        self.set_trainable(trainable)
+
+    # -- shapes ------------------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        c = self.encoder.config
+        return c.encoder_layers if self.family == "whisper" else c.num_hidden_layers
+
+    @property
+    def hidden_size(self) -> int:
+        c = self.encoder.config
+        return c.d_model if self.family == "whisper" else c.hidden_size
+
+    @property
+    def num_states(self) -> int:
+        return len(self.layers) if self.layers else self.num_layers + 1
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Number of output frames for ``lengths`` samples. (B,) -> (B,)."""
+        if self.family == "whisper":
+            mel = torch.div(lengths, 160, rounding_mode="floor")  # log-mel frames (hop 160)
+            return torch.div(mel - 1, 2, rounding_mode="floor") + 1  # conv2: stride 2
+        lengths = lengths.to(torch.long)
+        for k, s in zip(self.encoder.config.conv_kernel, self.encoder.config.conv_stride):
+            lengths = torch.div(lengths - k, s, rounding_mode="floor") + 1
+        return lengths.clamp_min(0)
+
+    # -- trainability --------------------------------------------------------------------------------
+    def set_trainable(self, trainable: str) -> None:
+        if trainable not in ("none", "transformer", "all"):
+            raise ValueError(f"trainable must be 'none', 'transformer' or 'all', got {trainable!r}")
+        self.trainable = trainable
+        for p in self.encoder.parameters():
+            p.requires_grad_(trainable != "none")
+        if trainable == "transformer":
+            for p in self._cnn_parameters():
+                p.requires_grad_(False)
+        self.train(self.training)
+
+    def _cnn_parameters(self):
+        e = self.encoder
+        if self.family == "whisper":
+            return list(e.conv1.parameters()) + list(e.conv2.parameters())
+        return list(e.feature_extractor.parameters())
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.trainable == "none":
+            self.encoder.eval()  # frozen: no dropout, no masking, no LayerDrop
+        return self
+
+    # -- forward ------------------------------------------------------------------------------------
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None):
+        """waveforms (B, S) float, lengths (B,) valid samples -> (states (L', B, T, D), frame_lengths (B,))."""
+        if waveforms.dim() != 2:
+            raise ValueError(f"waveforms must be (batch, samples), got shape {tuple(waveforms.shape)}")
+        B, S = waveforms.shape
+        if lengths is None:
+            lengths = torch.full((B,), S, dtype=torch.long, device=waveforms.device)
+        if self.trainable == "none":
+            with torch.no_grad():
+                states, frame_lengths = self._forward(waveforms, lengths)
+        else:
+            states, frame_lengths = self._forward(waveforms, lengths)
+        return states, frame_lengths
+
+    def _forward(self, waveforms, lengths):
+        sample_mask = torch.arange(waveforms.shape[1], device=waveforms.device)[None, :] < lengths[:, None]
+        x = waveforms.float()
+        if self.normalize_input:
+            m = sample_mask.to(x.dtype)
+            n = m.sum(-1, keepdim=True).clamp_min(1.0)
+            mean = (x * m).sum(-1, keepdim=True) / n
+            var = (((x - mean) * m) ** 2).sum(-1, keepdim=True) / n
+            x = (x - mean) * torch.rsqrt(var + 1e-7) * m
+        else:
+            x = x * sample_mask
+        if self.family == "whisper":
+            hidden, frame_lengths, frame_mask = self._whisper_embed(x, lengths)
+        else:
+            hidden, frame_lengths, frame_mask = self._w2v_embed(x, lengths)
+        states = self._run_layers(hidden, frame_mask)
+        if self.layers:
+            states = [states[i] for i in self.layers]
+        return torch.stack(states), frame_lengths
+
+    def _cnn_context(self):
+        return torch.no_grad() if self.trainable != "all" else torch.enable_grad()
+
+    def _w2v_embed(self, x, lengths):
+        enc = self.encoder
+        fe = enc.feature_extractor
+        frame_lengths = self.frame_lengths(lengths)
+        with self._cnn_context():
+            h = x[:, None, :]
+            cur_len = lengths
+            for i, layer in enumerate(fe.conv_layers):
+                k, s = enc.config.conv_kernel[i], enc.config.conv_stride[i]
+                h = layer.conv(h)
+                cur_len = torch.div(cur_len - k, s, rounding_mode="floor") + 1
+                norm = getattr(layer, "layer_norm", None)
+                if isinstance(norm, nn.GroupNorm):
+                    mask = torch.arange(h.shape[-1], device=h.device)[None, :] < cur_len[:, None]
+                    h = _masked_group_norm(h, mask, norm)
+                elif norm is not None:
+                    h = norm(h.transpose(-2, -1)).transpose(-2, -1)
+                h = layer.activation(h)
+        h = h.transpose(1, 2)  # (B, T, C)
+        T = h.shape[1]
+        frame_mask = torch.arange(T, device=h.device)[None, :] < frame_lengths[:, None]
+        proj = enc.feature_projection(h)
+        h = proj[0] if isinstance(proj, tuple) else proj
+        if self.training and self.mask_time_prob > 0:
+            h = enc._mask_hidden_states(h, attention_mask=frame_mask.long())
+        h = h * frame_mask[..., None].to(h.dtype)
+        e = enc.encoder
+        h = h + self._positional(e.pos_conv_embed, h, frame_mask)
+        if not self._stable_layer_norm:
+            h = e.layer_norm(h)
+        h = e.dropout(h)
+        return h, frame_lengths, frame_mask
+
+    @staticmethod
+    def _positional(pos_conv: nn.Module, h: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """The positional convolution; data2vec-audio's stack of them gets its padded frames zeroed
+        between layers (its LayerNorm makes them non-zero)."""
+        if not hasattr(pos_conv, "layers"):
+            return pos_conv(h)
+        m = frame_mask[:, None, :].to(h.dtype)
+        x = h.transpose(1, 2)
+        for layer in pos_conv.layers:
+            x = layer(x * m)
+        return x.transpose(1, 2)
+
+    @property
+    def _stable_layer_norm(self) -> bool:
+        return self.family != "whisper" and bool(getattr(self.encoder.config, "do_stable_layer_norm", False))
+
+    def _whisper_embed(self, x, lengths):
+        enc = self.encoder
+        mel = self.log_mel(x, lengths)  # (B, n_mels, F)
+        F_len = lengths // 160
+        with self._cnn_context():
+            fmask = torch.arange(mel.shape[-1], device=x.device)[None, :] < F_len[:, None]
+            h = F.gelu(enc.conv1(mel * fmask[:, None, :]))
+            h = h * fmask[:, None, :]
+            h = F.gelu(enc.conv2(h))
+        frame_lengths = self.frame_lengths(lengths)
+        T = h.shape[-1]
+        if T > enc.embed_positions.num_embeddings:
+            raise ValueError(f"input of {T} frames exceeds Whisper's {enc.embed_positions.num_embeddings} positions "
+                             "(30 s); chunk longer audio")
+        frame_mask = torch.arange(T, device=x.device)[None, :] < frame_lengths[:, None]
+        h = h.transpose(1, 2) + enc.embed_positions.weight[:T]
+        h = F.dropout(h, p=enc.dropout, training=self.training)
+        return h, frame_lengths, frame_mask
+
+    def log_mel(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Whisper's log-mel front end, per utterance over its valid frames. (B, S) -> (B, n_mels, S // 160)."""
+        n_fft, hop = 400, 160
+        if not hasattr(self, "_mel_filters"):
+            from transformers.audio_utils import mel_filter_bank
+
+            fb = mel_filter_bank(num_frequency_bins=1 + n_fft // 2, num_mel_filters=self.encoder.config.num_mel_bins,
+                                 min_frequency=0.0, max_frequency=8000.0, sampling_rate=16000,
+                                 norm="slaney", mel_scale="slaney")
+            self.register_buffer("_mel_filters", torch.tensor(fb, dtype=torch.float32).T, persistent=False)
+        window = torch.hann_window(n_fft, device=x.device)
+        # zero (not reflect) padding at the edges, so that a padded batch sees what a lone utterance sees
+        spec = torch.stft(x, n_fft, hop, window=window, pad_mode="constant",
+                          return_complex=True)[..., :-1].abs() ** 2
+        mel = torch.log10(torch.clamp(self._mel_filters.to(x.device) @ spec, min=1e-10))
+        F_len = lengths // hop
+        fmask = torch.arange(mel.shape[-1], device=x.device)[None, None, :] < F_len[:, None, None]
+        peak = mel.masked_fill(~fmask, -math.inf).amax(dim=(1, 2), keepdim=True)
+        mel = torch.maximum(mel, peak - 8.0)
+        return (mel + 4.0) / 4.0
+
+    def _run_layers(self, h, frame_mask):
+        states = [h]
+        add_mask = _additive_mask(frame_mask, h.dtype)
+        position_bias = None
+        layers = self.encoder.layers if self.family == "whisper" else self.encoder.encoder.layers
+        for i, layer in enumerate(layers):
+            if self.training and self.layerdrop > 0 and i > 0 and torch.rand(()) < self.layerdrop:
+                states.append(h)
+                continue
+            if self.family == "wavlm":
+                fn = lambda h_, pb_, layer=layer, i=i: layer(h_, attention_mask=frame_mask.long(),  # noqa: E731
+                                                              position_bias=pb_, index=i)
+                args = (h, position_bias)
+            else:
+                fn = lambda h_, layer=layer: layer(h_, attention_mask=add_mask)  # noqa: E731
+                args = (h,)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                out = checkpoint(fn, *args, use_reentrant=False)
+            else:
+                out = fn(*args)
+            if self.family == "wavlm":
+                h, position_bias = out
+            else:
+                h = out[0] if isinstance(out, tuple) else out
+            states.append(h)
+        if self.family == "whisper":
+            states[-1] = self.encoder.layer_norm(states[-1])
+        elif self._stable_layer_norm:
+            states[-1] = self.encoder.encoder.layer_norm(states[-1])
+        return states
