@@ -1,0 +1,56 @@
+"""Typed configs: YAML, one level of base, --set overrides, errors naming the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlsv.config import ConfigError, TrainConfig, dump_config, load_config
+
+
+def test_defaults_follow_the_paper():
+    cfg = load_config()
+    assert cfg.model.aggregation == "lap" and cfg.model.lap_heads == 16 and cfg.model.embedding_size == 192
+    assert cfg.head.margin == 0.3 and cfg.head.sub_centers == 3 and cfg.head.top_k == 5
+    assert cfg.data.speed_factors == [1.0, 1.0, 1.0, 0.9, 1.1]
+
+
+def test_base_inheritance_and_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text("optim:\n  lr: 0.001\nstage:\n  epochs: 40\n")
+    (tmp_path / "s2.yaml").write_text("base: base.yaml\nstage:\n  epochs: 10\n")
+    cfg = load_config(tmp_path / "s2.yaml", ["optim.lr=5e-5", "data.strict=false", "data.speed_factors=[1.0]"])
+    assert cfg.stage.epochs == 10 and cfg.optim.lr == 5e-5
+    assert cfg.data.strict is False and cfg.data.speed_factors == [1.0]
+    dump_config(cfg, tmp_path / "out.yaml")
+    assert load_config(tmp_path / "out.yaml") == cfg
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optim.lrr=1", "unknown config key 'optim.lrr' (did you mean 'lr'?)"),
+    ("modle.aggregation=lap", "did you mean 'model'"),
+    ("data.strict=maybe", "data.strict: expected true or false"),
+    ("data.batch_size=1.5", "data.batch_size: expected int"),
+    ("data.speed_factors=0.9", "data.speed_factors: expected a list"),
+    ("optim", "must look like section.key=value"),
+])
+def test_bad_keys_and_types_name_the_key(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert message in str(e.value)
+
+
+def test_two_levels_of_base_are_refused(tmp_path):
+    (tmp_path / "a.yaml").write_text("stage:\n  epochs: 1\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    (tmp_path / "c.yaml").write_text("base: b.yaml\n")
+    with pytest.raises(ConfigError, match="one level"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_unknown_key_in_a_file_names_it(tmp_path):
+    (tmp_path / "x.yaml").write_text("head:\n  scal: 30\n")
+    with pytest.raises(ConfigError, match="head.scal.*did you mean 'scale'"):
+        load_config(tmp_path / "x.yaml")
+
+
+def test_train_config_is_a_dataclass_tree():
+    assert isinstance(load_config(), TrainConfig)
