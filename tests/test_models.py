@@ -161,8 +161,8 @@ def test_lap_matches_a_direct_reading_of_the_method():
         for t in range(T):
             z = torch.zeros(D)
             feats = []
-            for l in range(L):
-                v = (x[l, b, t] - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+            for layer in range(L):
+                v = (x[layer, b, t] - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
                 feats.append(lap.proj_in(v))
             feats = torch.stack(feats)  # (L, D)
             for j in range(h):

@@ -87,3 +87,73 @@ def check_trial_ids(trials: Trials, known_ids, source: str = "manifest") -> None
             break
     if bad:
         raise KeyError(f"trial list {trials.name!r} names ids missing from the {source}: " + "; ".join(bad))
+
+
+def make_trials(
+    ids,
+    speakers,
+    sessions=None,
+    *,
+    per_utterance: int = 5,
+    seed: int = 0,
+    name: str = "trials",
+) -> Trials:
+    """A balanced trial list over a set of utterances, deterministic for a given ``seed``.
+
+    Each utterance (in sorted id order) enrols up to ``per_utterance`` target trials against other
+    utterances of its speaker from a *different session* (same-session pairs would let channel cues
+    pass for the voice) and as many non-target trials against other speakers. Unordered duplicates
+    are dropped, then the larger class is subsampled so targets and non-targets are equal in number.
+
+    Args:
+        ids, speakers: (N,) utterance ids and their speakers.
+        sessions: (N,) session (recording) of each utterance; None means every utterance is its own.
+        per_utterance: target (and non-target) trials drawn per enrolment utterance.
+        seed: the only source of randomness.
+
+    Returns:
+        Trials with labels 1 (same speaker) / 0, targets first in enrolment order.
+    """
+    ids = np.asarray(ids, dtype=object)
+    speakers = np.asarray(speakers, dtype=object)
+    sessions = ids if sessions is None else np.asarray(
+        [s if s not in (None, "") else i for s, i in zip(sessions, ids)], dtype=object)
+    order = np.argsort(ids.astype(str), kind="stable")
+    ids, speakers, sessions = ids[order], speakers[order], sessions[order]
+    if len(set(ids)) != len(ids):
+        raise ValueError("make_trials: utterance ids are not unique")
+    rng = np.random.default_rng(seed)
+    spk_codes = np.unique(speakers.astype(str), return_inverse=True)[1]
+    by_speaker = [np.flatnonzero(spk_codes == k) for k in range(spk_codes.max() + 1)] if len(ids) else []
+    n = len(ids)
+    seen: set[tuple[int, int]] = set()
+    pairs: dict[int, list[tuple[int, int]]] = {1: [], 0: []}
+    for i in range(n):
+        same = by_speaker[spk_codes[i]]
+        targets = same[(same != i) & (sessions[same] != sessions[i])]
+        k = min(per_utterance, len(targets))
+        if k == 0 or n - len(same) == 0:
+            continue
+        chosen_t = rng.choice(targets, size=k, replace=False)
+        # rejection-sample non-targets: far cheaper than listing all other speakers' utterances
+        chosen_n: list[int] = []
+        while len(chosen_n) < k:
+            j = int(rng.integers(n))
+            if spk_codes[j] != spk_codes[i] and j not in chosen_n:
+                chosen_n.append(j)
+        for label, chosen in ((1, chosen_t), (0, chosen_n)):
+            for j in chosen:
+                key = (min(i, int(j)), max(i, int(j)))
+                if key not in seen:
+                    seen.add(key)
+                    pairs[label].append((i, int(j)))
+    m = min(len(pairs[1]), len(pairs[0]))
+    for label in (1, 0):
+        if len(pairs[label]) > m:
+            keep = np.sort(rng.choice(len(pairs[label]), size=m, replace=False))
+            pairs[label] = [pairs[label][k] for k in keep]
+    both = pairs[1] + pairs[0]
+    enroll = np.asarray([ids[i] for i, _ in both], dtype=object)
+    test = np.asarray([ids[j] for _, j in both], dtype=object)
+    labels = np.asarray([1] * m + [0] * m, dtype=np.int8)
+    return Trials(enroll, test, labels, name=name)
