@@ -125,6 +125,8 @@ class StageConfig:
     keep_best: int = 2
     average_best: int = 1  # average the N best checkpoints into the stage's final model
     validate_every: int = 1  # epochs
+    checkpoint_every_steps: int = 0  # also checkpoint inside an epoch every N optimiser steps (0: per epoch)
+    mean_utterances: int = 2000  # training utterances embedded for the model's training mean
 
 
 @dataclass

@@ -28,6 +28,7 @@ class MLSVConfig(PretrainedConfig):
         calibration: QMF calibration parameters (a dict) when the model was calibrated.
         threshold: the decision threshold on the model's final score scale.
         evaluation: metrics of the model's evaluation (informational, for the model card).
+        cohort_size: rows of the AS-norm cohort (speaker means) stored in the weights (0: none).
     """
 
     model_type = "mlsv"
@@ -39,7 +40,7 @@ class MLSVConfig(PretrainedConfig):
                  mhfa_heads: int = 64, mhfa_compression: int = 128, normalize_input: bool = True,
                  sampling_rate: int = 16000, training_mean: list[float] | None = None,
                  calibration: dict | None = None, threshold: float | None = None,
-                 evaluation: dict | None = None, **kwargs):
+                 evaluation: dict | None = None, cohort_size: int = 0, **kwargs):
         super().__init__(**kwargs)
         if hasattr(encoder_config, "to_dict"):
             encoder_config = encoder_config.to_dict()
@@ -62,6 +63,7 @@ class MLSVConfig(PretrainedConfig):
         self.calibration = calibration
         self.threshold = threshold
         self.evaluation = evaluation
+        self.cohort_size = cohort_size
 
     def encoder_pretrained_config(self):
         """The nested encoder config as a transformers config object."""

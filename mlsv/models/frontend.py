@@ -25,6 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .fast_attention import (ATTENTION_MODES, key_padding_bias, relative_position_bias, set_encoder_attention,
+                             wavlm_layer_forward)
+
 # transformers' WavLM attention passes a bool padding mask beside its float position bias; torch warns
 # about the mix on every call although the result is right.
 warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask and attn_mask")
@@ -332,16 +335,53 @@ class Frontend(nn.Module):
         mel = torch.maximum(mel, peak - 8.0)
         return (mel + 4.0) / 4.0
 
+    # -- attention implementation ---------------------------------------------------------------------
+    # WavLM: "sdpa" runs mlsv.models.fast_attention (its gated relative-position bias as an additive mask
+    # to scaled_dot_product_attention), "eager" transformers' WavLMAttention. Other families: transformers'
+    # own switch (config._attn_implementation). The same parameters either way; not saved with the model.
+    _wavlm_attention = "sdpa"
+    fused_qkv = False  # WavLM "sdpa" only: one matrix product for q, k and v
+
+    @property
+    def attention(self) -> str:
+        """The attention implementation: "eager" or "sdpa"."""
+        if self.family == "wavlm":
+            return self._wavlm_attention
+        return getattr(self.encoder.config, "_attn_implementation", None) or "eager"
+
+    @attention.setter
+    def attention(self, mode: str) -> None:
+        self.set_attention(mode)
+
+    def set_attention(self, mode: str, fused_qkv: bool | None = None) -> None:
+        """Chooses the attention implementation ("eager" | "sdpa"); same outputs, different kernels."""
+        if mode not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_MODES)}, got {mode!r}")
+        if self.family == "wavlm":
+            self._wavlm_attention = mode
+        else:
+            set_encoder_attention(self.encoder, mode)
+        if fused_qkv is not None:
+            self.fused_qkv = bool(fused_qkv)
+
     def _run_layers(self, h, frame_mask):
         states = [h]
         add_mask = _additive_mask(frame_mask, h.dtype)
         position_bias = None
         layers = self.encoder.layers if self.family == "whisper" else self.encoder.encoder.layers
+        fast_wavlm = self.family == "wavlm" and self._wavlm_attention == "sdpa"
+        if fast_wavlm:
+            key_bias = key_padding_bias(frame_mask)
+            position_bias = relative_position_bias(layers[0].attention, h.shape[1])
         for i, layer in enumerate(layers):
             if self.training and self.layerdrop > 0 and i > 0 and torch.rand(()) < self.layerdrop:
                 states.append(h)
                 continue
-            if self.family == "wavlm":
+            if fast_wavlm:
+                fn = lambda h_, pb_, layer=layer: (wavlm_layer_forward(  # noqa: E731
+                    layer, h_, key_bias, pb_, self.fused_qkv), pb_)
+                args = (h, position_bias)
+            elif self.family == "wavlm":
                 fn = lambda h_, pb_, layer=layer, i=i: layer(h_, attention_mask=frame_mask.long(),  # noqa: E731
                                                               position_bias=pb_, index=i)
                 args = (h, position_bias)

@@ -79,7 +79,16 @@ class MLSVModel(MLSVPreTrainedModel):
                                                  output_size=config.lap_channels, dropout=config.lap_dropout)
             self.backend = build_backend(config.backend, self.aggregation.output_size, config.embedding_size,
                                          dropout=config.backend_dropout, ecapa_channels=config.ecapa_channels)
+        # the AS-norm cohort (speaker means, mean-subtracted) learnt at evaluation, saved with the weights
+        self.register_buffer("cohort_embeddings", torch.zeros(config.cohort_size, config.embedding_size))
         self.post_init()
+
+    def set_cohort(self, cohort: torch.Tensor) -> None:
+        """Stores an AS-norm cohort (C, E) in the model (and its size in the config)."""
+        if cohort.dim() != 2 or cohort.shape[1] != self.config.embedding_size:
+            raise ValueError(f"cohort must be (C, {self.config.embedding_size}), got {tuple(cohort.shape)}")
+        self.cohort_embeddings = cohort.to(self.cohort_embeddings.device, torch.float32).contiguous()
+        self.config.cohort_size = cohort.shape[0]
 
     @classmethod
     def from_encoder(cls, encoder: str, *, random_init: bool = False, **settings) -> MLSVModel:

@@ -1,0 +1,177 @@
+"""Evaluation of a trained model: embed, score (cosine, AS-norm, QMF), metrics, plots, report.
+
+``evaluate_model`` is what ``mlsv evaluate`` and the recipes' evaluate steps run. It also writes the
+evaluated model (``out_dir/model``) with what evaluation learnt in its config: the calibration, the
+decision threshold, the AS-norm cohort (speaker means, saved as a buffer) and the metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlsv.scoring.embeddings import EmbeddingTable, load_embeddings, save_embeddings
+
+log = logging.getLogger("mlsv.evaluation")
+
+
+def embed_manifest(model, manifest: str | Path, *, batch_seconds: float = 120.0, chunk_seconds: float = 0.0,
+                   device: str | torch.device | None = None, progress: bool = True,
+                   autocast_dtype: torch.dtype | None = None) -> EmbeddingTable:
+    """Embeds every utterance of a manifest (length-sorted padded batches); speakers from the manifest."""
+    from mlsv.data.loader import build_eval_loader
+    from mlsv.data.manifest import iter_rows
+    from mlsv.inference import extract_embeddings
+
+    loader = build_eval_loader(str(manifest), batch_seconds=batch_seconds, chunk_seconds=chunk_seconds,
+                               sample_rate=model.config.sampling_rate)
+    table = extract_embeddings(model, loader, device=device, progress=progress, autocast_dtype=autocast_dtype)
+    speakers = {row["id"]: row["speaker"] for _, row in iter_rows(manifest)}
+    table.speakers = np.array([speakers[u] for u in table.ids])
+    return table
+
+
+def _cached_embeddings(model, manifest, path: Path, **kw) -> EmbeddingTable:
+    if path.is_file():
+        return load_embeddings(path)
+    table = embed_manifest(model, manifest, **kw)
+    save_embeddings(table, path)
+    return table
+
+
+def evaluate_model(model_dir: str | Path, *, manifest: str, trials: list[str], out_dir: str | Path,
+                   cohort: str | None = None, top_k: int = 600, calibration_pairs: int = 30000,
+                   batch_seconds: float = 120.0, chunk_seconds: float = 0.0, device: str | None = None,
+                   plots: bool = True) -> dict:
+    """Embeds, scores every trial list at each stage, calibrates, and writes results.
+
+    Args:
+        model_dir: a model folder (``save_pretrained``).
+        manifest: the utterances the trial lists name.
+        trials: trial list paths (VoxCeleb format).
+        out_dir: results folder.
+        cohort: a manifest of cohort utterances (with speakers) for AS-norm and the QMF calibration
+            pairs; never the test speakers. None: cosine scoring only.
+        top_k: AS-norm cohort size.
+        calibration_pairs: QMF training pairs drawn from the cohort.
+
+    Returns:
+        ``{"metrics": {stage: {list: metrics}}, "final_stage": ..., "model": out_dir/model}``
+    """
+    from mlsv.data.trials import read_trials
+    from mlsv.models import MLSVModel
+    from mlsv.scoring.backend import cohort_from_table, embedding_mean
+    from mlsv.scoring.calibration import fit_calibration
+    from mlsv.scoring.pipeline import score_trial_lists, trial_metrics, write_metrics_json, write_scores_tsv
+    from mlsv.scoring.plots import plot_det, plot_histogram, write_report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = MLSVModel.from_pretrained(model_dir).to(dev).eval()
+    trial_lists = [read_trials(t) for t in trials]
+    kw = dict(batch_seconds=batch_seconds, chunk_seconds=chunk_seconds, device=dev)
+    table = _cached_embeddings(model, manifest, out / "embeddings.npz", **kw)
+    cohort_table = _cached_embeddings(model, cohort, out / "cohort.npz", **kw) if cohort else None
+
+    if cohort_table is not None:
+        mean = embedding_mean(cohort_table.embeddings)
+    elif model.config.training_mean:
+        mean = np.asarray(model.config.training_mean, np.float32)
+    else:
+        mean = embedding_mean(table.embeddings)
+    calibrator = None
+    if cohort_table is not None:
+        calibrator = fit_calibration(cohort_table, mean=mean, top_k=top_k, n_pairs=calibration_pairs)
+        calibrator.save(out / "calibration.json")
+    scored = score_trial_lists(table, trial_lists, mean=mean, cohort=cohort_table, top_k=top_k,
+                               calibrator=calibrator)
+    stages = list(scored[0])
+    metrics = {stage: {tr.name: trial_metrics(tr, s, stage=stage) for tr, s in zip(trial_lists, scored)}
+               for stage in stages}
+    final = stages[-1]
+    for tr, s in zip(trial_lists, scored):
+        write_scores_tsv(out / f"scores_{tr.name}.tsv", tr, s)
+    write_metrics_json(out / "metrics.json", metrics[final])
+    write_metrics_json(out / "metrics_by_stage.json", metrics)
+    pictures = []
+    if plots:
+        first, scores0 = trial_lists[0], scored[0]
+        pictures.append(plot_det({st: (scores0[st], first.labels) for st in stages}, out / "det.png",
+                                 title=f"DET: {first.name}"))
+        pictures.append(plot_histogram(scores0[final], first.labels, out / "scores.png",
+                                       title=f"{first.name}: {final} scores"))
+    write_report(out, metrics[final], pictures, title=f"mlsv evaluation of {Path(model_dir).name} ({final} scores)")
+
+    # the evaluated model carries its mean, calibration, threshold and cohort
+    cfg = model.config
+    cfg.training_mean = [float(v) for v in mean]
+    cfg.evaluation = {"final_stage": final, "metrics": metrics[final], "top_k": top_k}
+    if calibrator is not None:
+        cfg.calibration = calibrator.to_dict()
+        cfg.threshold = float(calibrator.threshold)
+        cfg.evaluation["threshold_scale"] = "calibrated_llr"
+        cohort_means = cohort_from_table(cohort_table, mean)
+        model.set_cohort(torch.from_numpy(np.asarray(cohort_means.vectors, np.float32)))
+    model_out = out / "model"
+    if model_out.exists():
+        shutil.rmtree(model_out)
+    model.save_pretrained(model_out)
+    log.info("evaluation of %s: %s", model_dir, json.dumps(metrics[final]))
+    return {"metrics": metrics, "final_stage": final, "model": str(model_out)}
+
+
+def write_run_report(run_dir: str | Path, systems: dict[str, Path], *, baseline: str | None = None,
+                     model: str | None = None) -> dict:
+    """The run's ``results.json``, ``report.md`` (tables and plots) and final ``model`` folder.
+
+    Args:
+        run_dir: the run folder.
+        systems: label -> evaluate-step folder (e.g. {"LAP": .../lap_eval, "SUPERB": .../superb_eval}).
+        baseline: a JSON file with the MFCC baseline's EER (the synthetic corpus writes one).
+        model: the label of the system whose evaluated model becomes ``run_dir/model``.
+    """
+    run_dir = Path(run_dir)
+    results: dict = {"systems": {}}
+    rows = []
+    for label, folder in systems.items():
+        by_stage = json.loads((folder / "metrics_by_stage.json").read_text())
+        results["systems"][label] = by_stage
+        for stage, lists in by_stage.items():
+            for name, m in lists.items():
+                rows.append((label, stage, name, m))
+    if baseline and Path(baseline).is_file():
+        results["baseline"] = json.loads(Path(baseline).read_text())
+    chosen = model or next(iter(systems))
+    final_model = run_dir / "model"
+    if final_model.exists():
+        shutil.rmtree(final_model)
+    shutil.copytree(systems[chosen] / "model", final_model)
+    results["model"] = str(final_model)
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+    header = f"{'system':<10} {'scoring':<11} {'trials':<18} {'EER %':>7} {'minDCF.01':>10} {'minDCF.05':>10}"
+    lines = [header, "-" * len(header)]
+    for label, stage, name, m in rows:
+        lines.append(f"{label:<10} {stage:<11} {name:<18} {m['eer']:>7.2f} {m['min_dcf_0.01']:>10.4f} "
+                     f"{m['min_dcf_0.05']:>10.4f}")
+    base = results.get("baseline", {})
+    base_eer = base.get("mfcc_eer", base.get("eer"))
+    if base_eer is not None:
+        lines.append(f"{'MFCC mean':<10} {'cosine':<11} {base.get('trials', 'test_trials'):<18} "
+                     f"{float(base_eer):>7.2f}")
+    table = "\n".join(lines)
+
+    md = ["# mlsv run report", "", f"Run folder: `{run_dir}`", "", "```", table, "```", ""]
+    for label, folder in systems.items():
+        for png in ("det.png", "scores.png"):
+            if (folder / png).is_file():
+                md.append(f"![{label} {png[:-4]}]({(folder / png).relative_to(run_dir)})")
+    (run_dir / "report.md").write_text("\n".join(md) + "\n")
+    return {"table": table, "results": str(run_dir / "results.json"), "report": str(run_dir / "report.md"),
+            "model": str(final_model)}

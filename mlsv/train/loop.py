@@ -1,0 +1,398 @@
+"""The one training loop: every stage (frozen, joint fine-tuning, large-margin fine-tuning) is a config.
+
+``run_stage(cfg, output_dir)`` drives an ``Accelerator`` (one process, many GPUs or machines; mixed
+precision; gradient accumulation) and leaves in ``output_dir``:
+
+    config.yaml            the fully resolved stage config
+    labels.json            speaker -> label, built once, sorted
+    checkpoints/step_N/    accelerate state (model, head, optimiser, scheduler, scaler, RNG) + meta
+    metrics.csv            one row per epoch (and TensorBoard / W&B / Neptune when asked)
+    model/                 the final embedding model (save_pretrained, with its training mean)
+    head.safetensors       the final margin head (+ head.json), for the next stage
+    COMPLETE               written last: the stage is done
+
+Rerunning the same command resumes from the newest checkpoint: same weights, optimiser, scheduler,
+scaler and RNG state, epoch and step; the data order of an epoch depends only on (seed, epoch), and
+batches already trained in a partly done epoch are skipped, not repeated.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from mlsv.config import TrainConfig, dump_config
+from mlsv.models import MLSVModel, SubCenterAAMSoftmax
+from mlsv.models.head import speed_perturb_classes
+from mlsv.train import checkpoint as ckpt
+from mlsv.train.schedules import lr_at, margin_at
+
+log = logging.getLogger("mlsv.train")
+
+MODEL_SETTINGS = ("layers", "aggregation", "lap_heads", "lap_channels", "lap_dropout", "backend",
+                  "embedding_size", "backend_dropout", "ecapa_channels", "mhfa_heads", "mhfa_compression")
+
+
+def build_model(cfg: TrainConfig) -> MLSVModel:
+    """A new model from the config's model section (pre-trained or random-init encoder)."""
+    m = cfg.model
+    settings = {k: getattr(m, k) for k in MODEL_SETTINGS}
+    settings["layers"] = settings["layers"] or None
+    return MLSVModel.from_encoder(m.encoder, random_init=m.random_init, **settings)
+
+
+def _resolve(path: str, base: Path | None) -> str:
+    if not path or base is None or Path(path).is_absolute():
+        return path
+    return str((base / path).resolve())
+
+
+def _param_groups(model: MLSVModel, head: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
+    o = cfg.optim
+    frontend = [p for p in model.frontend.parameters() if p.requires_grad]
+    backend = [p for n, p in model.named_parameters() if not n.startswith("frontend.") and p.requires_grad]
+    groups = [
+        {"name": "backend", "params": backend, "lr": o.lr, "weight_decay": o.weight_decay},
+        {"name": "head", "params": list(head.parameters()), "lr": o.lr, "weight_decay": o.weight_decay},
+    ]
+    if frontend:
+        wd = o.weight_decay if o.frontend_weight_decay < 0 else o.frontend_weight_decay
+        groups.insert(0, {"name": "frontend", "params": frontend, "lr": o.lr * o.frontend_lr_scale,
+                          "weight_decay": wd})
+    return groups
+
+
+def _optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+    name = cfg.optim.optimizer
+    if name == "adam":  # L2 weight decay, as the paper
+        return torch.optim.Adam(groups)
+    if name == "adamw":
+        return torch.optim.AdamW(groups)
+    if name == "sgd":
+        return torch.optim.SGD(groups, momentum=0.9, nesterov=True)
+    raise ValueError(f"optim.optimizer: unknown optimiser {name!r}; choose adam, adamw or sgd")
+
+
+class _Trackers:
+    """metrics.csv always; TensorBoard / W&B / Neptune through accelerate's trackers when asked."""
+
+    def __init__(self, accelerator, cfg: TrainConfig, output_dir: Path):
+        self.acc, self.path = accelerator, output_dir / "metrics.csv"
+        self.neptune = None
+        if not accelerator.is_main_process:
+            return
+        names = [t for t in cfg.log.trackers if t not in ("csv", "neptune")]
+        if names:
+            if cfg.log.offline:
+                import os
+
+                os.environ.setdefault("WANDB_MODE", "offline")
+            accelerator.init_trackers(cfg.log.project, config=_public_config(cfg))
+        if "neptune" in cfg.log.trackers:
+            import neptune  # lazy: optional dependency
+
+            mode = "offline" if cfg.log.offline else "async"
+            self.neptune = neptune.init_run(project=cfg.log.project, mode=mode)  # token from NEPTUNE_API_TOKEN
+            self.neptune["parameters"] = _public_config(cfg)
+
+    def log(self, row: dict, step: int) -> None:
+        if not self.acc.is_main_process:
+            return
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        numeric = {k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None}
+        if self.acc.trackers:
+            self.acc.log(numeric, step=step)
+        if self.neptune is not None:
+            for k, v in numeric.items():
+                self.neptune[f"train/{k}"].append(v, step=step)
+
+    def close(self):
+        if self.acc.is_main_process:
+            self.acc.end_training()
+            if self.neptune is not None:
+                self.neptune.stop()
+
+
+def _public_config(cfg: TrainConfig) -> dict:
+    """The config as logged: flat ``section/key`` values (no secrets live in configs)."""
+    from mlsv.config import to_dict
+
+    flat = {}
+    for section, values in to_dict(cfg).items():
+        for k, v in values.items():
+            flat[f"{section}/{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return flat
+
+
+def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | None = None,
+              accelerator=None) -> Path:
+    """Trains one stage; returns ``output_dir``. Resumes when checkpoints exist; does nothing if complete."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from mlsv.data.loader import build_train_loader
+    from mlsv.data.manifest import load_labels, save_labels, speaker_labels
+
+    output_dir = Path(output_dir)
+    if (output_dir / "COMPLETE").is_file():
+        log.info("%s is complete; skipping", output_dir)
+        return output_dir
+    st, data = cfg.stage, cfg.data
+    train_manifest = _resolve(data.train_manifest, config_dir)
+    if not train_manifest:
+        raise ValueError("data.train_manifest is empty: give a training manifest (mlsv prepare ...)")
+    if accelerator is None:
+        trackers = [t for t in cfg.log.trackers if t not in ("csv", "neptune")]
+        accelerator = Accelerator(mixed_precision=st.mixed_precision, gradient_accumulation_steps=st.grad_accum,
+                                  log_with=trackers or None, project_dir=str(output_dir))
+    acc = accelerator
+    set_seed(st.seed, device_specific=False)
+    if acc.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, output_dir / "config.yaml")
+    acc.wait_for_everyone()
+
+    # -- labels, model and head (from the previous stage when init_from is set) -------------------------
+    init_from = Path(_resolve(st.init_from, config_dir)) if st.init_from else None
+    if init_from is not None:
+        if not (init_from / "COMPLETE").is_file():
+            raise FileNotFoundError(f"stage.init_from: {init_from} is not a completed stage")
+        labels = load_labels(init_from / "labels.json")
+        model = MLSVModel.from_pretrained(init_from / "model")
+        head_meta = json.loads((init_from / "head.json").read_text())
+        n_classes = head_meta["num_classes"]  # preserved: the speed-perturbation classes stay negatives
+    else:
+        labels = speaker_labels(train_manifest)
+        model = build_model(cfg)
+        n_classes = speed_perturb_classes(len(labels), data.speed_factors)
+    if acc.is_main_process:
+        save_labels(labels, output_dir / "labels.json")
+    needed = speed_perturb_classes(len(labels), data.speed_factors)
+    if needed > n_classes:
+        raise ValueError(f"data.speed_factors need {needed} classes but the head from {init_from} has {n_classes}")
+    model.configure_training(trainable=st.frontend_trainable, layerdrop=st.layerdrop,
+                             mask_time_prob=st.mask_time_prob,
+                             gradient_checkpointing=cfg.model.gradient_checkpointing)
+    h = cfg.head
+    head = SubCenterAAMSoftmax(model.config.embedding_size, n_classes, scale=h.scale, margin=h.margin,
+                               sub_centers=h.sub_centers, top_k=h.top_k, penalty=h.penalty)
+    if init_from is not None:
+        state = load_file(str(init_from / "head.safetensors"))
+        if state["weight"].shape != head.weight.shape:
+            raise ValueError(f"head shape {tuple(state['weight'].shape)} from {init_from} does not match "
+                             f"{tuple(head.weight.shape)} (head.sub_centers or the embedding size changed)")
+        head.load_state_dict(state)
+
+    def loader_for(epoch: int):
+        return build_train_loader(train_manifest, data, cfg.augment, labels=labels, epoch=epoch, seed=st.seed,
+                                  process_index=acc.process_index, num_processes=acc.num_processes)
+
+    first = loader_for(0)
+    batches_per_epoch = st.steps_per_epoch * st.grad_accum if st.steps_per_epoch > 0 else len(first)
+    steps_per_epoch = max(batches_per_epoch // st.grad_accum, 1)
+    total_steps = steps_per_epoch * st.epochs
+    o = cfg.optim
+    optimizer = _optimizer(_param_groups(model, head, cfg), cfg)
+    lr_factor = lambda step: lr_at(step, total_steps, peak=1.0, floor=o.min_lr / o.lr,  # noqa: E731
+                                   warmup_ratio=o.warmup_ratio, cycles=o.cycles, gamma=o.cycle_gamma)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    # the scheduler is stepped by hand once per optimiser step (accelerate's wrapper would step it once per
+    # process), and checkpointed with the rest of the state
+    model, head, optimizer = acc.prepare(model, head, optimizer)
+    acc.register_for_checkpointing(scheduler)
+    ema = None
+    if o.ema_decay > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(acc.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(o.ema_decay),
+                            use_buffers=True)
+        acc.register_for_checkpointing(ema)
+
+    device_augmenter = None
+    if cfg.augment.where == "device" and cfg.augment.probability > 0:
+        from mlsv.data.augment import BatchAugmenter
+
+        device_augmenter = BatchAugmenter.from_config(cfg.augment, device=acc.device, seed=st.seed + acc.process_index)
+
+    # -- resume ------------------------------------------------------------------------------------------
+    ckpt_root = output_dir / "checkpoints"
+    start_epoch, skip_batches, global_step = 0, 0, 0
+    done = ckpt.checkpoint_dirs(ckpt_root)
+    if done:
+        acc.load_state(str(done[-1]))
+        meta = ckpt.read_meta(done[-1])
+        start_epoch, skip_batches, global_step = meta["epoch"], meta["batches_in_epoch"], meta["global_step"]
+        if skip_batches >= batches_per_epoch:
+            start_epoch, skip_batches = start_epoch + 1, 0
+        log.info("resuming from %s (epoch %d, step %d)", done[-1], start_epoch, global_step)
+
+    trackers = _Trackers(acc, cfg, output_dir)
+    unwrapped_head = acc.unwrap_model(head)
+    eval_model = lambda: ema.module if ema is not None else acc.unwrap_model(model)  # noqa: E731
+    for epoch in range(start_epoch, st.epochs):
+        t0 = time.time()
+        loader = loader_for(epoch) if epoch else first
+        model.train()
+        head.train()
+        stats = torch.zeros(3, device=acc.device)  # loss sum, correct, seen
+        progress = _progress(acc, cfg, batches_per_epoch, epoch)
+        batches_done = 0
+        for i, batch in enumerate(loader):
+            if i >= batches_per_epoch:
+                break
+            if i < skip_batches:
+                batches_done = i + 1
+                if progress is not None:
+                    progress.update(1)
+                continue
+            wav = batch["waveforms"].to(acc.device, non_blocking=True)
+            y = batch["labels"].to(acc.device, non_blocking=True)
+            if device_augmenter is not None:
+                wav = device_augmenter(wav)
+            step_progress = global_step / steps_per_epoch
+            unwrapped_head.set_margin(margin_at(step_progress, margin=h.margin, kind=h.margin_schedule,
+                                                start_epoch=h.margin_start_epoch, ramp_epochs=h.margin_ramp_epochs))
+            with acc.accumulate(model, head):
+                with acc.autocast():
+                    emb = model(wav).embeddings
+                loss, logits = head(emb, y)
+                acc.backward(loss)
+                if acc.sync_gradients and o.max_grad_norm > 0:
+                    acc.clip_grad_norm_(list(model.parameters()) + list(head.parameters()), o.max_grad_norm)
+                optimizer.step()
+                if acc.sync_gradients:
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            stats += torch.stack([loss.detach() * len(y), (logits.argmax(-1) == y).sum().float(),
+                                  torch.tensor(float(len(y)), device=acc.device)])
+            batches_done = i + 1
+            if acc.sync_gradients:
+                global_step += 1
+                if ema is not None:
+                    ema.update_parameters(acc.unwrap_model(model))
+                if st.checkpoint_every_steps and global_step % st.checkpoint_every_steps == 0 \
+                        and batches_done < batches_per_epoch:
+                    ckpt.save_checkpoint(acc, ckpt_root, f"step_{global_step:08d}",
+                                         {"epoch": epoch, "batches_in_epoch": batches_done,
+                                          "global_step": global_step})
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{(logits.argmax(-1) == y).float().mean():.2f}",
+                                     lr=f"{scheduler.get_last_lr()[-1]:.2e}", m=f"{unwrapped_head.margin:.3f}")
+        if progress is not None:
+            progress.close()
+        skip_batches = 0
+        total = acc.reduce(stats, reduction="sum")
+        row = {"epoch": epoch + 1, "step": global_step,
+               "loss": (total[0] / total[2].clamp_min(1)).item() if total[2] > 0 else float("nan"),
+               "accuracy": (total[1] / total[2].clamp_min(1)).item() if total[2] > 0 else float("nan"),
+               "lr": scheduler.get_last_lr()[-1], "margin": unwrapped_head.margin,
+               "skipped_files": _skipped(loader), "seconds": round(time.time() - t0, 2)}
+        val_eer = None
+        if data.validation_manifest and data.validation_trials and (
+                (epoch + 1) % st.validate_every == 0 or epoch + 1 == st.epochs):
+            val_eer = validation_eer(eval_model(), _resolve(data.validation_manifest, config_dir),
+                                     _resolve(data.validation_trials, config_dir), acc, data)
+        row["validation_eer"] = val_eer
+        trackers.log(row, step=global_step)
+        if acc.is_main_process:
+            log.info("epoch %d: %s", epoch + 1, json.dumps(row))
+        ckpt.save_checkpoint(acc, ckpt_root, f"step_{global_step:08d}",
+                             {"epoch": epoch, "batches_in_epoch": batches_per_epoch, "global_step": global_step,
+                              "validation_eer": val_eer, "loss": row["loss"]})
+        if acc.is_main_process:
+            ckpt.prune_checkpoints(ckpt_root, st.keep_best)
+        acc.wait_for_everyone()
+
+    # -- the stage's final model ---------------------------------------------------------------------------
+    final = acc.unwrap_model(model)
+    if ema is not None:
+        final.load_state_dict(ema.module.state_dict())
+    elif st.average_best > 1:
+        best = ckpt.best_checkpoints(ckpt_root, st.average_best)
+        final.load_state_dict(ckpt.average_checkpoints(best, "model.safetensors"))
+        unwrapped_head.load_state_dict(ckpt.average_checkpoints(best, "model_1.safetensors"))
+        log.info("averaged %d best checkpoints: %s", len(best), [p.name for p in best])
+    final.config.training_mean = training_mean(final, train_manifest, acc, data, st.mean_utterances)
+    if acc.is_main_process:
+        final.save_pretrained(output_dir / "model")
+        save_file({k: v.contiguous() for k, v in unwrapped_head.state_dict().items()},
+                  str(output_dir / "head.safetensors"))
+        (output_dir / "head.json").write_text(json.dumps({
+            "num_classes": unwrapped_head.num_classes, "sub_centers": unwrapped_head.sub_centers,
+            "embedding_size": final.config.embedding_size}))
+        (output_dir / "COMPLETE").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+    trackers.close()
+    acc.wait_for_everyone()
+    return output_dir
+
+
+def _progress(acc, cfg: TrainConfig, total: int, epoch: int):
+    if not (cfg.log.progress and acc.is_local_main_process):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"{cfg.stage.name} epoch {epoch + 1}/{cfg.stage.epochs}", unit="batch",
+                leave=False, dynamic_ncols=True)
+
+
+def _skipped(loader) -> int:
+    counter = getattr(loader, "bad_files", None) or getattr(getattr(loader, "dataset", None), "bad_files", None)
+    if counter is None:
+        return 0
+    return int(counter() if callable(counter) else getattr(counter, "value", counter))
+
+
+def _embed_manifest(model, manifest: str, acc, data, limit: int = 0):
+    """Embeds a manifest split across processes; every process gets the whole table back."""
+    from accelerate.utils import gather_object
+
+    from mlsv.data.loader import build_eval_loader
+    from mlsv.inference import extract_embeddings
+    from mlsv.scoring.embeddings import EmbeddingTable
+
+    loader = build_eval_loader(manifest, batch_seconds=data.eval_batch_seconds, chunk_seconds=data.eval_chunk_seconds,
+                               sample_rate=data.sample_rate, process_index=acc.process_index,
+                               num_processes=acc.num_processes, max_utterances=limit)
+    table = extract_embeddings(model, loader, device=acc.device)
+    parts = gather_object([(table.ids.tolist(), table.embeddings, table.durations)]) \
+        if acc.num_processes > 1 else [(table.ids.tolist(), table.embeddings, table.durations)]
+    ids = [u for p in parts for u in p[0]]
+    emb = np.concatenate([p[1] for p in parts if len(p[0])]) if ids else np.zeros((0, 0), np.float32)
+    dur = np.concatenate([p[2] for p in parts if len(p[0])]) if ids else np.zeros(0, np.float32)
+    return EmbeddingTable(np.array(ids), emb, dur)
+
+
+def validation_eer(model, manifest: str, trials_path: str, acc, data) -> float:
+    """EER (%) of mean-subtracted cosine scores on the validation trials (never a test list)."""
+    from mlsv.data.trials import read_trials
+    from mlsv.scoring.backend import cosine_scores
+    from mlsv.scoring.metrics import eer
+
+    table = _embed_manifest(model, manifest, acc, data)
+    trials = read_trials(trials_path)
+    x = table.embeddings - table.embeddings.mean(0, keepdims=True)
+    scores = cosine_scores(x[table.lookup(trials.enroll)], x[table.lookup(trials.test)])
+    return float(eer(scores, trials.labels)[0])
+
+
+def training_mean(model, manifest: str, acc, data, limit: int) -> list[float]:
+    """Mean embedding of up to ``limit`` training utterances (full length, eval mode)."""
+    table = _embed_manifest(model, manifest, acc, data, limit=limit)
+    if not len(table):
+        return [0.0] * model.config.embedding_size
+    mean = table.embeddings.mean(0)
+    return [float(v) for v in mean if math.isfinite(v)] if np.isfinite(mean).all() else [0.0] * len(mean)
