@@ -1,0 +1,41 @@
+"""``mlsv evaluate``: embed + score (cosine, AS-norm, QMF) + metrics + plots + report for one model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+EXAMPLE = """example:
+  mlsv evaluate --model runs/default/model --manifest data/vox1/test.jsonl \\
+      --trials data/vox1/vox1_O_cleaned.txt data/vox1/vox1_E_cleaned.txt \\
+      --cohort data/vox2/dev.jsonl --out runs/eval_vox1
+writes embeddings.npz, cohort.npz, scores_<list>.tsv, metrics.json (final scores), metrics_by_stage.json,
+calibration.json, det.png, scores.png, report.md and model/ (the model with its calibration and threshold).
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("evaluate", help="embed, score, calibrate and report a model on trial lists",
+                              epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="model folder (save_pretrained) or hub id")
+    p.add_argument("--manifest", required=True, help="manifest of the utterances the trials name")
+    p.add_argument("--trials", required=True, nargs="+", help="trial lists (LABEL ENROLL TEST)")
+    p.add_argument("--cohort", default=None, help="cohort manifest (with speakers) for AS-norm and QMF")
+    p.add_argument("--asnorm-top-k", type=int, default=600, help="AS-norm cohort size (default 600)")
+    p.add_argument("--calibration-pairs", type=int, default=30000, help="QMF training pairs from the cohort")
+    p.add_argument("--batch-seconds", type=float, default=120.0, help="audio per embedding batch")
+    p.add_argument("--chunk-seconds", type=float, default=0.0, help="cut longer files into chunks (0: off)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--out", required=True, help="results folder")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from mlsv.evaluation import evaluate_model
+
+    result = evaluate_model(args.model, manifest=args.manifest, trials=args.trials, out_dir=args.out,
+                            cohort=args.cohort, top_k=args.asnorm_top_k, calibration_pairs=args.calibration_pairs,
+                            batch_seconds=args.batch_seconds, chunk_seconds=args.chunk_seconds, device=args.device)
+    print(json.dumps(result["metrics"][result["final_stage"]], indent=2))
+    print(f"report: {args.out}/report.md")
+    return 0
