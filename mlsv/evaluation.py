@@ -114,7 +114,7 @@ def evaluate_model(model_dir: str | Path, *, manifest: str, trials: list[str], o
     cfg.evaluation = {"final_stage": final, "metrics": metrics[final], "top_k": top_k}
     if calibrator is not None:
         cfg.calibration = calibrator.to_dict()
-        cfg.threshold = float(calibrator.threshold)
+        cfg.threshold = float(calibrator.threshold_)
         cfg.evaluation["threshold_scale"] = "calibrated_llr"
         cohort_means = cohort_from_table(cohort_table, mean)
         model.set_cohort(torch.from_numpy(np.asarray(cohort_means.vectors, np.float32)))
