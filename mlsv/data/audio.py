@@ -1,0 +1,182 @@
+"""Audio decoding: soundfile for WAV/FLAC/OGG/MP3 (with seeking), PyAV for m4a/AAC, soxr resampling.
+
+Every reader returns float32 samples in [-1, 1]. Errors are ``AudioError`` naming the file and the
+problem, so callers can report and skip bad files.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+AudioSource = Union[str, "os.PathLike[str]", bytes]
+
+# Containers soundfile cannot open; decoded whole with PyAV (VoxCeleb2 ships AAC in .m4a).
+AV_SUFFIXES = frozenset({".m4a", ".aac", ".mp4"})
+
+
+class AudioError(ValueError):
+    """A file is missing, empty, not decodable audio, or at a refused sample rate."""
+
+
+def _name(source: AudioSource) -> str:
+    return f"<{len(source)} bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+
+
+def _uses_av(source: AudioSource) -> bool:
+    if isinstance(source, (bytes, bytearray)):
+        # ISO media files carry 'ftyp' at byte 4; everything else goes to soundfile
+        return bytes(source[4:8]) == b"ftyp"
+    return Path(source).suffix.lower() in AV_SUFFIXES
+
+
+def _check_exists(source: AudioSource) -> None:
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise AudioError(f"{_name(source)}: empty audio buffer")
+        return
+    path = Path(source)
+    if not path.is_file():
+        raise AudioError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
+
+
+def _sf_open(source: AudioSource) -> sf.SoundFile:
+    target = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else os.fspath(source)
+    try:
+        return sf.SoundFile(target)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise AudioError(f"{_name(source)}: not decodable audio (corrupt or unsupported format: {e})") from None
+
+
+def _av_decode(source: AudioSource) -> tuple[np.ndarray, int]:
+    """Decodes a whole m4a/AAC file with PyAV. Returns ((S, C) float32, sample rate)."""
+    import av  # lazy: only VoxCeleb2 needs it
+
+    target = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else os.fspath(source)
+    try:
+        with av.open(target) as container:
+            if not container.streams.audio:
+                raise AudioError(f"{_name(source)}: no audio stream")
+            stream = container.streams.audio[0]
+            sr = int(stream.rate)
+            parts = []
+            for frame in container.decode(stream):
+                a = frame.to_ndarray()
+                channels = len(frame.layout.channels)
+                # planar: (C, n); packed: (1, n * C) interleaved
+                a = a.T if frame.format.is_planar else a.reshape(-1, channels)
+                parts.append(a)
+    except av.error.FFmpegError as e:
+        raise AudioError(f"{_name(source)}: not decodable audio ({e})") from None
+    if not parts:
+        raise AudioError(f"{_name(source)}: no audio frames")
+    x = np.concatenate(parts, axis=0)
+    if x.dtype.kind == "i":
+        x = x.astype(np.float32) / float(np.iinfo(x.dtype).max + 1)
+    return x.astype(np.float32, copy=False), sr
+
+
+def audio_info(source: AudioSource) -> tuple[int, int, int]:
+    """Reads a file's header (m4a: decodes it). Returns (frames, sample_rate, channels).
+
+    Raises:
+        AudioError: missing, empty or undecodable file, naming it.
+    """
+    _check_exists(source)
+    if _uses_av(source):
+        x, sr = _av_decode(source)
+        return x.shape[0], sr, x.shape[1]
+    with _sf_open(source) as f:
+        frames, sr, channels = f.frames, f.samplerate, f.channels
+    if frames <= 0:
+        raise AudioError(f"{_name(source)}: empty audio (0 frames)")
+    return frames, sr, channels
+
+
+def resample(x: np.ndarray, sr_in: float, sr_out: float) -> np.ndarray:
+    """Resamples (S,) or (S, C) float32 audio with soxr (high quality). Returns float32."""
+    if sr_in == sr_out:
+        return x
+    return soxr.resample(x, sr_in, sr_out).astype(np.float32, copy=False)
+
+
+def read_audio(
+    source: AudioSource,
+    start: int = 0,
+    frames: int = -1,
+    *,
+    target_sr: int | None = None,
+    mono: bool = True,
+    allow_resample: bool = True,
+) -> tuple[np.ndarray, int]:
+    """Reads ``frames`` samples from ``start`` (in the file's own rate), seeking so a crop reads only itself.
+
+    Args:
+        source: a path or the encoded file as bytes.
+        start: first frame to read (file rate).
+        frames: number of frames to read; -1 reads to the end. Fewer come back near the end.
+        target_sr: resample to this rate (soxr) when the file's rate differs.
+        mono: average the channels.
+        allow_resample: when False a rate other than ``target_sr`` raises instead.
+
+    Returns:
+        (samples, sample_rate): float32 (S,) when ``mono`` else (S, C), and the rate of the samples.
+
+    Raises:
+        AudioError: missing, empty, undecodable or (``allow_resample=False``) mis-sampled, naming the file.
+    """
+    _check_exists(source)
+    if _uses_av(source):
+        x, sr = _av_decode(source)
+        x = x[start:] if frames < 0 else x[start:start + frames]
+    else:
+        with _sf_open(source) as f:
+            sr = f.samplerate
+            if f.frames <= 0:
+                raise AudioError(f"{_name(source)}: empty audio (0 frames)")
+            try:
+                if start:
+                    f.seek(min(start, f.frames))
+                x = f.read(frames, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as e:
+                raise AudioError(f"{_name(source)}: corrupt audio data ({e})") from None
+    if mono:
+        x = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if target_sr is not None and sr != target_sr:
+        if not allow_resample:
+            raise AudioError(f"{_name(source)}: sample rate {sr} Hz, expected {target_sr} Hz (resampling refused)")
+        x, sr = resample(x, sr, target_sr), target_sr
+    return x, sr
+
+
+def write_audio(path: str | Path, x: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> None:
+    """Writes (S,) or (S, C) audio atomically (temporary file, then rename); format from the suffix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    sf.write(tmp, x, sample_rate, subtype=subtype, format=path.suffix.lstrip(".").upper())
+    tmp.replace(path)
+
+
+def encode_flac(x: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> bytes:
+    """Encodes (S,) or (S, C) audio as FLAC bytes (lossless for PCM_16/PCM_24 sources)."""
+    buf = io.BytesIO()
+    sf.write(buf, x, sample_rate, subtype=subtype, format="FLAC")
+    return buf.getvalue()
+
+
+def pcm_subtype(source: AudioSource) -> str:
+    """The FLAC subtype that stores ``source`` losslessly: PCM_24 for 24/32-bit and float, else PCM_16."""
+    if _uses_av(source):
+        return "PCM_16"
+    with _sf_open(source) as f:
+        return "PCM_24" if f.subtype in ("PCM_24", "PCM_32", "FLOAT", "DOUBLE") else "PCM_16"

@@ -1,0 +1,375 @@
+"""The training crop stream and the evaluation utterance stream.
+
+Training: random fixed-length crops that read only the samples they need (soundfile seeks), short
+files wrap-padded, speed perturbation as new speakers (``speed_perturb_classes``/``label_offset``
+are the only places that know about it), optional CPU augmentation in the workers, RNG seeded per
+(seed, epoch, process, worker), a different shuffle every epoch and a disjoint share per process.
+
+Evaluation: whole utterances (optionally cut into equal chunks) in length-sorted, zero-padded
+batches bounded by a total number of seconds, dealt round-robin to processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from mlsv.config import AugmentConfig, DataConfig
+from mlsv.data.audio import AudioError, read_audio, resample
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------
+# speed perturbation as new speakers (METHOD.md §4.2, with a deterministic factor order)
+
+
+def _factor_order(factors: Sequence[float]) -> list[float]:
+    unique = sorted({float(f) for f in factors})
+    if 1.0 in unique:
+        unique.remove(1.0)
+        return [1.0, *unique]
+    return unique
+
+
+def speed_perturb_classes(n_speakers: int, factors: Sequence[float]) -> int:
+    """Number of classes when every distinct speed factor makes new speakers.
+
+    ``[1.0, 1.0, 1.0, 0.9, 1.1]`` (duplicates are sampling weights) gives ``3 * n_speakers``.
+    """
+    return n_speakers * max(len(_factor_order(factors)), 1)
+
+
+def label_offset(factor: float, factors: Sequence[float]) -> int:
+    """Index of ``factor`` among the distinct factors ordered [1.0, then the others ascending].
+
+    A crop of speaker label y at this factor gets label ``y + n_speakers * label_offset(factor, factors)``.
+    """
+    order = _factor_order(factors)
+    try:
+        return order.index(float(factor))
+    except ValueError:
+        raise ValueError(f"speed factor {factor} is not among {order}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# crops
+
+
+def read_crop(
+    source: str | bytes,
+    total_frames: int,
+    file_rate: int,
+    crop_samples: int,
+    sample_rate: int,
+    rng: np.random.Generator,
+    factor: float = 1.0,
+) -> np.ndarray:
+    """A random crop of ``crop_samples`` at ``sample_rate``, reading only the samples it needs.
+
+    Speed factor f reads ``crop_samples * f`` samples (file rate adjusted) and resamples them to
+    ``crop_samples`` (f > 1 faster and higher, f < 1 slower and lower). Files shorter than that are
+    read whole and wrap-padded (the signal repeats).
+
+    Returns:
+        (crop_samples,) float32.
+    """
+    need = int(math.ceil(crop_samples * factor * file_rate / sample_rate))
+    if total_frames > need:
+        x, _ = read_audio(source, int(rng.integers(0, total_frames - need + 1)), need)
+    else:
+        x, _ = read_audio(source)
+    if len(x) == 0:
+        raise AudioError(f"{source if isinstance(source, str) else '<bytes>'}: no samples read")
+    if factor != 1.0 or file_rate != sample_rate:
+        x = resample(x, file_rate * factor, sample_rate)
+    if len(x) < crop_samples:
+        x = np.pad(x, (0, crop_samples - len(x)), mode="wrap")
+    return x[:crop_samples]
+
+
+def _source(row: dict[str, Any]) -> str | bytes:
+    return row["audio"] if row.get("audio") else row["path"]
+
+
+class TrainCrops(IterableDataset):
+    """Yields (crop (S,) float32, label, names of files that failed since the last item).
+
+    Map-style manifests: every epoch a permutation seeded by (seed, epoch) is dealt to processes
+    (``perm[process_index::num_processes]``, cut to equal lengths) and then to loader workers. A file
+    that fails to decode is counted, logged and its slot refilled with another utterance of the same
+    share, so every process yields the same number of crops (``strict`` raises instead).
+    Streaming manifests (``datasets.IterableDataset``, already split per process): shuffled with a
+    buffer and ``set_epoch``; workers take whole shards (``datasets``' rule); a failing file is skipped.
+    """
+
+    def __init__(self, rows, labels: dict[str, int], data_cfg: DataConfig, augmenter=None, *,
+                 epoch: int = 0, seed: int = 0, process_index: int = 0, num_processes: int = 1):
+        super().__init__()
+        self.rows, self.labels, self.cfg, self.augmenter = rows, labels, data_cfg, augmenter
+        self.epoch, self.seed = epoch, seed
+        self.process_index, self.num_processes = process_index, num_processes
+        self.crop_samples = int(round(data_cfg.crop_seconds * data_cfg.sample_rate))
+        self.factors = [float(f) for f in data_cfg.speed_factors] or [1.0]
+        self.streaming = not hasattr(rows, "__len__")
+        if not self.streaming:
+            unknown = sorted({str(s) for s in rows["speaker"]} - set(labels))
+            if unknown:
+                raise KeyError(f"speaker(s) {unknown[:5]} of the manifest are missing from the label map")
+
+    def _share(self) -> np.ndarray:
+        n = len(self.rows)
+        perm = np.random.default_rng([self.seed, self.epoch]).permutation(n)
+        per_process = n // self.num_processes
+        return perm[self.process_index::self.num_processes][:per_process]
+
+    def worker_items(self, worker_id: int, num_workers: int) -> np.ndarray:
+        """Row indices worker ``worker_id`` of this process reads this epoch (map-style only)."""
+        return self._share()[worker_id::num_workers]
+
+    def _crop(self, row: dict[str, Any], rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        factor = float(self.factors[int(rng.integers(len(self.factors)))])
+        rate = int(row["sample_rate"])
+        x = read_crop(_source(row), int(round(float(row["duration"]) * rate)), rate, self.crop_samples,
+                      self.cfg.sample_rate, rng, factor)
+        if self.augmenter is not None:
+            x = self.augmenter(x, self.cfg.sample_rate, rng)
+        label = self.labels[str(row["speaker"])] + len(self.labels) * label_offset(factor, self.factors)
+        return np.asarray(x, dtype=np.float32), label
+
+    def _failed(self, row: dict[str, Any], error: AudioError, bad: list[str]) -> None:
+        if self.cfg.strict:
+            raise error
+        logger.warning("skipping undecodable training file: %s", error)
+        bad.append(str(row.get("path") or row.get("id")))
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, int, list[str]]]:
+        info = get_worker_info()
+        worker_id, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        rng = np.random.default_rng([self.seed, self.epoch, self.process_index, worker_id])
+        bad: list[str] = []
+        if self.streaming:
+            for row in self.rows:
+                try:
+                    x, y = self._crop(row, rng)
+                except AudioError as e:
+                    self._failed(row, e, bad)
+                    continue
+                yield x, y, bad
+                bad = []
+            return
+        items = self.worker_items(worker_id, num_workers)
+        failed: set[int] = set()
+        for i in items:
+            index = int(i)
+            while True:
+                row = self.rows[index]
+                try:
+                    x, y = self._crop(row, rng)
+                    break
+                except AudioError as e:
+                    self._failed(row, e, bad)
+                    failed.add(index)
+                    if len(failed) >= len(items):
+                        raise AudioError(f"every file of this worker's share failed to decode; last: {e}") from e
+                    index = int(items[rng.integers(len(items))])
+                    while index in failed:
+                        index = int(items[rng.integers(len(items))])
+            yield x, y, bad
+            bad = []
+
+
+def _collate_train(items: list[tuple[np.ndarray, int, list[str]]]) -> dict[str, Any]:
+    return {
+        "waveforms": torch.from_numpy(np.stack([x for x, _, _ in items])),
+        "labels": torch.tensor([y for _, y, _ in items], dtype=torch.long),
+        "bad_files": [name for _, _, names in items for name in names],
+    }
+
+
+class TrainLoader(DataLoader):
+    """A DataLoader of ``{"waveforms": (B, S) float32, "labels": (B,) int64}`` batches.
+
+    ``bad_files`` lists the files skipped so far (``num_bad_files`` counts them); ``len()`` is the
+    exact number of batches of a map-style epoch (each worker drops its last partial batch).
+    """
+
+    def __init__(self, dataset: TrainCrops, **kwargs: Any):
+        super().__init__(dataset, collate_fn=_collate_train, drop_last=True, **kwargs)
+        self.bad_files: list[str] = []
+
+    @property
+    def num_bad_files(self) -> int:
+        return len(self.bad_files)
+
+    def __len__(self) -> int:
+        ds: TrainCrops = self.dataset  # type: ignore[assignment]
+        if ds.streaming:
+            raise TypeError("a streaming training loader has no length; bound the epoch by steps")
+        workers = max(self.num_workers, 1)
+        return sum(len(ds.worker_items(w, workers)) // self.batch_size for w in range(workers))
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for batch in super().__iter__():
+            self.bad_files.extend(batch.pop("bad_files"))
+            yield batch
+
+
+def build_train_loader(
+    manifest_path: str | Path,
+    data_cfg: DataConfig,
+    augment_cfg: AugmentConfig | None,
+    *,
+    labels: dict[str, int],
+    epoch: int,
+    seed: int,
+    process_index: int = 0,
+    num_processes: int = 1,
+) -> TrainLoader:
+    """The training stream of one process for one epoch.
+
+    Args:
+        manifest_path: JSONL/parquet manifest or a folder of parquet shards.
+        data_cfg: crop length, rate, per-step global batch, workers, speed factors, streaming, strict.
+        augment_cfg: CPU augmentation in the workers when ``where == "cpu"`` and ``probability > 0``;
+            with ``where == "device"`` the crops come out clean and the training loop applies
+            ``BatchAugmenter``. None: no augmentation.
+        labels: speaker -> index (``speaker_labels``); speed perturbation adds ``len(labels)`` per factor.
+        epoch, seed: the shuffle and every random draw derive from (seed, epoch, process, worker).
+        process_index, num_processes: this process's disjoint share (accelerate's numbering).
+
+    Returns:
+        ``TrainLoader`` yielding ``{"waveforms": (B, S), "labels": (B,)}`` with
+        B = data_cfg.batch_size // num_processes and S = round(crop_seconds * sample_rate).
+    """
+    from mlsv.data.augment import Augmenter
+    from mlsv.data.manifest import load_manifest
+
+    batch = data_cfg.batch_size // num_processes
+    if batch < 1:
+        raise ValueError(f"data.batch_size {data_cfg.batch_size} is smaller than the {num_processes} processes")
+    if data_cfg.streaming:
+        rows = load_manifest(manifest_path, streaming=True, process_index=process_index,
+                             num_processes=num_processes)
+        if data_cfg.max_utterances:
+            rows = rows.take(data_cfg.max_utterances // num_processes)
+        rows = rows.shuffle(seed=seed, buffer_size=10_000)
+        rows.set_epoch(epoch)
+    else:
+        rows = load_manifest(manifest_path)
+        if data_cfg.max_utterances:
+            rows = rows.select(range(min(data_cfg.max_utterances, len(rows))))
+    augmenter = None
+    if augment_cfg is not None and augment_cfg.where == "cpu" and augment_cfg.probability > 0 and augment_cfg.kinds:
+        augmenter = Augmenter.from_config(augment_cfg)
+    elif augment_cfg is not None and augment_cfg.where not in ("cpu", "device"):
+        raise ValueError(f"augment.where must be 'cpu' or 'device', got {augment_cfg.where!r}")
+    dataset = TrainCrops(rows, labels, data_cfg, augmenter, epoch=epoch, seed=seed,
+                         process_index=process_index, num_processes=num_processes)
+    workers = data_cfg.num_workers
+    if data_cfg.streaming:
+        workers = min(workers, rows.num_shards)  # datasets gives each worker whole shards
+    return TrainLoader(dataset, batch_size=batch, num_workers=workers, pin_memory=torch.cuda.is_available())
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation
+
+
+class EvalBatches(Dataset):
+    """Planned evaluation batches over ``rows``; item i decodes batch i into padded tensors."""
+
+    def __init__(self, rows, batches: list[list[tuple[str, int, int, int, int]]], sample_rate: int):
+        self.rows, self.batches, self.sample_rate = rows, batches, sample_rate
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        waves = [read_audio(_source(self.rows[index]), start, frames, target_sr=self.sample_rate)[0]
+                 for _, _, index, start, frames in self.batches[i]]
+        longest = max(len(w) for w in waves)
+        out = torch.zeros(len(waves), longest)
+        mask = torch.zeros(len(waves), longest, dtype=torch.long)
+        for j, w in enumerate(waves):
+            out[j, : len(w)] = torch.from_numpy(w)
+            mask[j, : len(w)] = 1
+        return {
+            "waveforms": out,
+            "attention_mask": mask,
+            "ids": [uid for uid, *_ in self.batches[i]],
+            "chunks": torch.tensor([c for _, c, *_ in self.batches[i]], dtype=torch.long),
+            "durations": torch.tensor([len(w) / self.sample_rate for w in waves], dtype=torch.float32),
+        }
+
+
+def plan_eval_batches(ids: Sequence[str], durations: Sequence[float], *, batch_seconds: float,
+                      chunk_seconds: float = 0.0, sample_rates: Sequence[int] | None = None):
+    """Length-sorted (longest first) batches whose padded size stays within ``batch_seconds``.
+
+    Chunking: an utterance longer than ``chunk_seconds`` (> 0) is cut into ceil(duration / chunk)
+    equal, contiguous chunks (equal lengths avoid a tiny last chunk); each keeps the utterance id and
+    gets its chunk index, so the embedder can average chunk embeddings per id.
+
+    Args:
+        ids, durations: (N,) utterance ids and seconds; sample_rates: (N,) file rates (default 16 kHz).
+    Returns:
+        list of batches of (id, chunk, row index, start frame, frames) in file-rate frames; a batch
+        holds one item when that item alone exceeds ``batch_seconds``.
+    """
+    items = []
+    for index, (uid, seconds) in enumerate(zip(ids, durations)):
+        rate = int(sample_rates[index]) if sample_rates is not None else 16000
+        frames = int(round(float(seconds) * rate))
+        n_chunks = max(1, math.ceil(float(seconds) / chunk_seconds - 1e-9)) if chunk_seconds > 0 else 1
+        bounds = np.linspace(0, frames, n_chunks + 1).round().astype(int)
+        for c in range(n_chunks):
+            items.append((str(uid), c, index, int(bounds[c]), int(bounds[c + 1] - bounds[c]), rate))
+    items.sort(key=lambda it: (-it[4] / it[5], it[0], it[1]))
+    batches, current = [], []
+    for it in items:
+        longest = current[0][4] / current[0][5] if current else 0.0
+        if current and longest * (len(current) + 1) > batch_seconds:
+            batches.append(current)
+            current = []
+        current.append(it)
+    if current:
+        batches.append(current)
+    return [[it[:5] for it in b] for b in batches]
+
+
+def build_eval_loader(
+    manifest_path: str | Path,
+    *,
+    batch_seconds: float,
+    chunk_seconds: float = 0.0,
+    sample_rate: int = 16000,
+    process_index: int = 0,
+    num_processes: int = 1,
+    num_workers: int = 0,
+) -> DataLoader:
+    """Whole utterances (or chunks) of a manifest in padded, length-sorted batches.
+
+    Batches are dealt round-robin to processes (batch k goes to process k % num_processes): shares
+    are disjoint and nothing is duplicated, so they may differ by one batch.
+
+    Yields:
+        ``{"waveforms": (B, S) float32 zero-padded, "attention_mask": (B, S) int64 (1 = real sample),
+        "ids": list[str] (B), "chunks": (B,) int64 chunk index, "durations": (B,) float32 seconds of
+        that row's audio}``; an utterance's duration is the sum over its chunks.
+    """
+    from mlsv.data.manifest import load_manifest
+
+    rows = load_manifest(manifest_path)
+    batches = plan_eval_batches(rows["id"], rows["duration"], batch_seconds=batch_seconds,
+                                chunk_seconds=chunk_seconds, sample_rates=rows["sample_rate"])
+    mine = batches[process_index::num_processes]
+    return DataLoader(EvalBatches(rows, mine, sample_rate), batch_size=None, shuffle=False,
+                      num_workers=num_workers)

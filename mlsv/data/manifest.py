@@ -1,0 +1,294 @@
+"""Manifests: one row per utterance (JSONL or parquet), loaded as ``datasets`` tables, validated, labelled.
+
+A row is ``{"id", "path", "speaker", "duration", "sample_rate"}`` plus optional ``"session"``
+(recording / video), ``"category"`` (noise banks: noise, music, speech), ``"kind"`` (RIRs: real,
+simulated) and, in parquet shards, ``"audio"`` (the encoded FLAC bytes, used instead of ``path``).
+``path`` is absolute or relative to the manifest's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REQUIRED_COLUMNS = ("id", "path", "speaker", "duration", "sample_rate")
+MANIFEST_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+class ManifestError(ValueError):
+    """A manifest is malformed or fails validation; the message names the file and lines."""
+
+
+def _format(path: Path) -> str:
+    if path.is_dir() or path.suffix == ".parquet":
+        return "parquet"
+    if path.suffix in (".jsonl", ".json"):
+        return "json"
+    raise ManifestError(f"{path}: a manifest must end in .jsonl or .parquet (or be a folder of parquet shards)")
+
+
+def _data_files(path: Path) -> list[str]:
+    if path.is_dir():
+        files = sorted(str(p) for p in path.glob("*.parquet"))
+        if not files:
+            raise ManifestError(f"{path}: folder holds no .parquet shards")
+        return files
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    return [str(path)]
+
+
+def write_manifest(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
+    """Writes rows as JSONL (``.jsonl``) or parquet (``.parquet``) atomically. Returns the path.
+
+    Raises:
+        ManifestError: a row lacks a required column (naming the row index and column).
+    """
+    path = Path(path)
+    fmt = _format(path)
+    rows = list(rows)
+    for i, row in enumerate(rows):
+        missing = [c for c in REQUIRED_COLUMNS if c not in row and not (c == "path" and "audio" in row)]
+        if missing:
+            raise ManifestError(f"{path}: row {i} (id {row.get('id')!r}) lacks column(s) {missing}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if fmt == "json":
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def iter_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yields (line number from 1, row) without ``datasets``; parquet rows count from 1 too.
+
+    Paths are returned as stored (not resolved). Raises ManifestError naming a malformed line.
+    """
+    path = Path(path)
+    if _format(path) == "json":
+        with open(_data_files(path)[0], encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ManifestError(f"{path}:{lineno}: not valid JSON ({e})") from None
+                if not isinstance(row, dict):
+                    raise ManifestError(f"{path}:{lineno}: a row must be a JSON object")
+                yield lineno, row
+    else:
+        import pyarrow.parquet as pq
+
+        n = 0
+        for file in _data_files(path):
+            for batch in pq.ParquetFile(file).iter_batches(batch_size=1024):
+                for row in batch.to_pylist():
+                    n += 1
+                    yield n, row
+
+
+def resolve_path(path: str, root: str | Path) -> str:
+    """``path`` made absolute against the manifest folder ``root`` (absolute paths are kept)."""
+    return path if os.path.isabs(path) else os.path.join(os.fspath(root), path)
+
+
+def manifest_root(path: str | Path) -> Path:
+    """The folder relative row paths are resolved against."""
+    path = Path(path).resolve()
+    return path if path.is_dir() else path.parent
+
+
+def load_manifest(
+    path: str | Path,
+    *,
+    streaming: bool = False,
+    process_index: int = 0,
+    num_processes: int = 1,
+    resolve: bool = True,
+    cache_dir: str | None = None,
+):
+    """Loads a manifest (JSONL, parquet, or a folder of parquet shards) with ``datasets``.
+
+    Args:
+        path: the manifest file or shard folder.
+        streaming: return an ``IterableDataset`` (rows read lazily) instead of a ``Dataset``.
+        process_index, num_processes: keep only this process's disjoint share
+            (``datasets.distributed.split_dataset_by_node``: whole shards when their number divides
+            evenly, else every ``num_processes``-th row).
+        resolve: make relative ``path`` values absolute against the manifest folder.
+        cache_dir: ``datasets`` cache folder (default: its own).
+
+    Returns:
+        ``datasets.Dataset`` or ``datasets.IterableDataset``; audio stays as paths (or ``audio`` bytes).
+    """
+    import datasets
+    from datasets.distributed import split_dataset_by_node
+
+    path = Path(path)
+    ds = datasets.load_dataset(_format(path), data_files=_data_files(path), split="train",
+                               streaming=streaming, cache_dir=cache_dir)
+    missing = [c for c in REQUIRED_COLUMNS if c not in (ds.column_names or [])
+               and not (c == "path" and "audio" in (ds.column_names or []))]
+    if ds.column_names is not None and missing:
+        raise ManifestError(f"{path}: manifest lacks column(s) {missing}")
+    if resolve and "path" in (ds.column_names or ["path"]):
+        root = os.fspath(manifest_root(path))
+
+        def _resolve(batch: dict[str, list]) -> dict[str, list]:
+            return {"path": [resolve_path(p, root) if p else p for p in batch["path"]]}
+
+        kwargs = {} if streaming else {"keep_in_memory": True}
+        ds = ds.map(_resolve, batched=True, **kwargs)
+    if num_processes > 1:
+        ds = split_dataset_by_node(ds, rank=process_index, world_size=num_processes)
+    return ds
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+
+
+@dataclass
+class ValidationReport:
+    """Result of ``validate``: row count, speakers, total hours and the errors found (culprit first)."""
+
+    manifest: str
+    rows: int = 0
+    speakers: int = 0
+    hours: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def summary(self) -> str:
+        head = f"{self.manifest}: {self.rows} rows, {self.speakers} speakers, {self.hours:.2f} h"
+        if self.ok:
+            return head + ", no errors"
+        shown = "\n  ".join(self.errors[:20])
+        more = f"\n  ... and {len(self.errors) - 20} more" if len(self.errors) > 20 else ""
+        return f"{head}, {len(self.errors)} error(s):\n  {shown}{more}"
+
+
+def validate(
+    manifest_path: str | Path,
+    trials: str | Path | Iterable[str | Path] | None = None,
+    *,
+    check_audio: bool = True,
+    sample_rate: int | None = None,
+    raise_on_error: bool = True,
+) -> ValidationReport:
+    """Checks a manifest: required columns, duplicate ids, positive durations, files present and
+    decodable with the stated rate (``check_audio``), one rate (``sample_rate``), trial ids known.
+
+    Each error names the manifest line (``FILE:LINE``) or the trial list line and the culprit.
+
+    Raises:
+        ManifestError: when errors are found and ``raise_on_error`` (the message lists them).
+    """
+    from mlsv.data.audio import AudioError, audio_info
+    from mlsv.data.trials import read_trials
+
+    manifest_path = Path(manifest_path)
+    root = manifest_root(manifest_path)
+    report = ValidationReport(str(manifest_path))
+    seen: dict[str, int] = {}
+    speakers: set[str] = set()
+    seconds = 0.0
+    for lineno, row in iter_rows(manifest_path):
+        where = f"{manifest_path}:{lineno}"
+        report.rows += 1
+        missing = [c for c in REQUIRED_COLUMNS if row.get(c) in (None, "")
+                   and not (c == "path" and row.get("audio"))]
+        if missing:
+            report.errors.append(f"{where}: missing {missing}")
+            continue
+        uid = str(row["id"])
+        if uid in seen:
+            report.errors.append(f"{where}: duplicate id {uid!r} (first on line {seen[uid]})")
+        seen.setdefault(uid, lineno)
+        speakers.add(str(row["speaker"]))
+        duration, sr = float(row["duration"]), int(row["sample_rate"])
+        seconds += max(duration, 0.0)
+        if duration <= 0:
+            report.errors.append(f"{where}: {uid}: zero or negative duration {duration}")
+        if sample_rate is not None and sr != sample_rate:
+            report.errors.append(f"{where}: {uid}: sample rate {sr} Hz, expected {sample_rate} Hz")
+        if check_audio:
+            source = row["audio"] if row.get("audio") else resolve_path(row["path"], root)
+            try:
+                frames, file_sr, _ = audio_info(source)
+            except AudioError as e:
+                report.errors.append(f"{where}: {uid}: {e}")
+                continue
+            if file_sr != sr:
+                report.errors.append(f"{where}: {uid}: file is {file_sr} Hz but the row says {sr} Hz")
+            if abs(frames / file_sr - duration) > 0.1:
+                report.errors.append(f"{where}: {uid}: file lasts {frames / file_sr:.2f} s but the row says "
+                                     f"{duration:.2f} s")
+    report.speakers = len(speakers)
+    report.hours = seconds / 3600
+    if trials is not None:
+        lists = [trials] if isinstance(trials, (str, Path)) else list(trials)
+        for trial_path in lists:
+            t = read_trials(trial_path)
+            for i, (e, s) in enumerate(zip(t.enroll, t.test), 1):
+                for x in (e, s):
+                    if x not in seen:
+                        report.errors.append(f"{trial_path}:{i}: id {x!r} not in {manifest_path}")
+    if raise_on_error and not report.ok:
+        raise ManifestError(report.summary())
+    return report
+
+
+# ----------------------------------------------------------------------------------------------
+# speaker labels
+
+
+def speaker_labels(manifest) -> dict[str, int]:
+    """Speaker -> class index, sorted by speaker name; built once per training run.
+
+    Args:
+        manifest: a manifest path, a ``datasets.Dataset``, or an iterable of speaker names.
+    """
+    if isinstance(manifest, (str, Path)):
+        names = {str(row["speaker"]) for _, row in iter_rows(manifest)}
+    elif hasattr(manifest, "features"):  # a datasets table: whole column, or rows when streaming
+        names = set(map(str, manifest["speaker"])) if hasattr(manifest, "__len__") else \
+            {str(r["speaker"]) for r in manifest}
+    else:
+        names = set(map(str, manifest))
+    return {spk: i for i, spk in enumerate(sorted(names))}
+
+
+def save_labels(labels: dict[str, int], path: str | Path) -> None:
+    """Writes the label map as JSON (atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(labels, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def load_labels(path: str | Path) -> dict[str, int]:
+    """Reads a label map written by ``save_labels``; checks the indices are 0..N-1."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label map not found: {path}")
+    labels = {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
+    if sorted(labels.values()) != list(range(len(labels))):
+        raise ManifestError(f"{path}: label indices must be 0..{len(labels) - 1} without gaps")
+    return labels

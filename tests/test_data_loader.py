@@ -1,0 +1,159 @@
+"""Training and evaluation streams: partial reads, speed labels, seeding, process split, bad files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from data_helpers import tiny_corpus, tone, write_wav
+
+import mlsv.data.loader as loader_mod
+from mlsv.config import AugmentConfig, DataConfig
+from mlsv.data.audio import AudioError
+from mlsv.data.loader import (
+    TrainCrops,
+    build_eval_loader,
+    build_train_loader,
+    label_offset,
+    read_crop,
+    speed_perturb_classes,
+)
+from mlsv.data.manifest import iter_rows, load_manifest, speaker_labels, write_manifest
+
+
+def _cfg(**kw) -> DataConfig:
+    base = {"batch_size": 4, "num_workers": 0, "crop_seconds": 0.5, "speed_factors": [1.0]}
+    return DataConfig(**{**base, **kw})
+
+
+def test_speed_perturb_labels():
+    paper = [1.0, 1.0, 1.0, 0.9, 1.1]
+    assert speed_perturb_classes(100, paper) == 300
+    assert [label_offset(f, paper) for f in (1.0, 0.9, 1.1)] == [0, 1, 2]
+    assert label_offset(1.1, [1.1, 1.0, 0.9]) == 2  # order does not depend on how the list is written
+    assert speed_perturb_classes(7, [1.0]) == 7
+    with pytest.raises(ValueError, match="not among"):
+        label_offset(1.2, paper)
+
+
+def test_speed_perturbed_crops_get_shifted_labels_and_keep_length(tmp_path):
+    manifest = tiny_corpus(tmp_path, speakers=3, utts=4)
+    labels = speaker_labels(manifest)
+    dl = build_train_loader(manifest, _cfg(speed_factors=[1.0, 0.9, 1.1]), None, labels=labels, epoch=0, seed=0)
+    seen = torch.cat([b["labels"] for b in dl])
+    assert {b["waveforms"].shape for b in dl} == {(4, 8000)}
+    assert seen.max() < speed_perturb_classes(3, [1.0, 0.9, 1.1]) and seen.max() >= 3
+
+
+def test_crop_reads_only_what_it_needs(tmp_path, monkeypatch):
+    path = write_wav(tmp_path / "long.wav", tone(20.0))
+    calls = []
+    real = loader_mod.read_audio
+
+    def spy(source, start=0, frames=-1, **kw):
+        calls.append((start, frames))
+        return real(source, start, frames, **kw)
+
+    monkeypatch.setattr(loader_mod, "read_audio", spy)
+    rng = np.random.default_rng(0)
+    x = read_crop(str(path), 320000, 16000, 32000, 16000, rng)
+    assert x.shape == (32000,) and calls[-1][1] == 32000
+    y = read_crop(str(path), 320000, 16000, 32000, 16000, rng, factor=1.1)
+    assert y.shape == (32000,) and calls[-1][1] == 35200  # crop * factor, then resampled to the crop
+    short = write_wav(tmp_path / "short.wav", tone(0.3))
+    z = read_crop(str(short), 4800, 16000, 16000, 16000, rng)
+    np.testing.assert_array_equal(z[4800:9600], z[:4800])  # wrap-padded
+
+
+def test_train_stream_is_seeded_and_reshuffled_each_epoch(tmp_path):
+    manifest = tiny_corpus(tmp_path, speakers=4, utts=4)
+    labels = speaker_labels(manifest)
+
+    def epoch(e, seed=0):
+        dl = build_train_loader(manifest, _cfg(), None, labels=labels, epoch=e, seed=seed)
+        return [b for b in dl]
+
+    a, b, c = epoch(0), epoch(0), epoch(1)
+    assert len(a) == 4
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x["waveforms"], y["waveforms"])
+        assert torch.equal(x["labels"], y["labels"])
+    assert not all(torch.equal(x["labels"], y["labels"]) for x, y in zip(a, c))
+
+
+def test_two_processes_get_disjoint_shares_covering_the_data(tmp_path):
+    manifest = tiny_corpus(tmp_path, speakers=3, utts=4)
+    rows = load_manifest(manifest)
+    labels = speaker_labels(manifest)
+    shares = [TrainCrops(rows, labels, _cfg(), epoch=2, seed=1, process_index=p, num_processes=2)
+              for p in range(2)]
+    items = [set(s.worker_items(0, 1).tolist()) for s in shares]
+    assert not items[0] & items[1] and items[0] | items[1] == set(range(len(rows)))
+    workers = [set(shares[0].worker_items(w, 2).tolist()) for w in range(2)]
+    assert not workers[0] & workers[1] and workers[0] | workers[1] == items[0]
+    dl = build_train_loader(manifest, _cfg(batch_size=4), None, labels=labels, epoch=0, seed=0,
+                            process_index=1, num_processes=2)
+    assert {b["waveforms"].shape[0] for b in dl} == {2}
+
+
+def test_bad_files_are_skipped_and_counted(tmp_path):
+    manifest = tiny_corpus(tmp_path, speakers=2, utts=4)
+    rows = [r for _, r in iter_rows(manifest)]
+    (tmp_path / "broken.wav").write_bytes(b"RIFF....garbage")
+    rows[3] = {**rows[3], "path": "broken.wav"}
+    rows[5] = {**rows[5], "path": "gone.wav"}
+    bad_manifest = write_manifest(rows, tmp_path / "bad.jsonl")
+    labels = speaker_labels(bad_manifest)
+    dl = build_train_loader(bad_manifest, _cfg(batch_size=2), None, labels=labels, epoch=0, seed=0)
+    batches = list(dl)
+    assert len(batches) == len(dl) == 4  # slots refilled: every process keeps the same number of batches
+    assert dl.num_bad_files == 2 and any("broken.wav" in b for b in dl.bad_files)
+    strict = build_train_loader(bad_manifest, _cfg(batch_size=2, strict=True), None, labels=labels,
+                                epoch=0, seed=0)
+    with pytest.raises(AudioError):
+        list(strict)
+
+
+def test_workers_and_cpu_augmentation(tmp_path):
+    from mlsv.data.synthetic import make_synthetic_corpus
+
+    c = make_synthetic_corpus(tmp_path / "syn", n_speakers=2, utts_per_speaker=4, n_validation_speakers=0,
+                              n_test_speakers=0, bank_files=1, bank_seconds=3.0, n_rirs=2, max_seconds=2.0)
+    labels = speaker_labels(c.train)
+    aug = AugmentConfig(probability=1.0, noise_manifest=str(c.noise), rir_manifest=str(c.rirs))
+    dl = build_train_loader(c.train, _cfg(batch_size=2, num_workers=2), aug, labels=labels, epoch=0, seed=0)
+    batches = list(dl)
+    assert len(batches) == len(dl) == 4
+    clean = list(build_train_loader(c.train, _cfg(batch_size=2, num_workers=2),
+                                    AugmentConfig(where="device"), labels=labels, epoch=0, seed=0))
+    assert not torch.equal(batches[0]["waveforms"], clean[0]["waveforms"])
+
+
+def test_streaming_train_stream(tmp_path):
+    manifest = tiny_corpus(tmp_path, speakers=3, utts=4)
+    labels = speaker_labels(manifest)
+    dl = build_train_loader(manifest, _cfg(streaming=True), None, labels=labels, epoch=0, seed=0)
+    batches = list(dl)
+    assert len(batches) == 3 and batches[0]["waveforms"].shape == (4, 8000)
+
+
+def test_eval_loader_pads_sorts_chunks_and_splits(tmp_path):
+    manifest = tiny_corpus(tmp_path, speakers=3, utts=3, seconds=(0.5, 3.0))
+    rows = {r["id"]: r for _, r in iter_rows(manifest)}
+    batches = list(build_eval_loader(manifest, batch_seconds=4.0))
+    assert sorted(i for b in batches for i in b["ids"]) == sorted(rows)
+    first = batches[0]
+    assert first["attention_mask"].sum(1).tolist() == [round(d * 16000) for d in first["durations"].tolist()]
+    assert first["waveforms"].shape[0] * first["waveforms"].shape[1] <= 4.0 * 16000 or len(first["ids"]) == 1
+    lengths = [b["attention_mask"].sum(1).max().item() for b in batches]
+    assert lengths == sorted(lengths, reverse=True)
+    chunked = list(build_eval_loader(manifest, batch_seconds=4.0, chunk_seconds=1.0))
+    total = {}
+    for b in chunked:
+        assert b["durations"].max() <= 1.0 + 1e-6
+        for uid, d in zip(b["ids"], b["durations"].tolist()):
+            total[uid] = total.get(uid, 0.0) + d
+    assert all(abs(total[u] - rows[u]["duration"]) < 1e-3 for u in rows)
+    shares = [{i for b in build_eval_loader(manifest, batch_seconds=2.0, process_index=p, num_processes=2)
+               for i in b["ids"]} for p in range(2)]
+    assert not shares[0] & shares[1] and shares[0] | shares[1] == set(rows)

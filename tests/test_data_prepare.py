@@ -1,0 +1,149 @@
+"""Recipes on tiny fake trees: VoxCeleb (wav + m4a + official trial names), folders, MUSAN, RIRs,
+trial lists, and parquet shards that stream back identical audio."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from data_helpers import tiny_corpus, tone, write_m4a, write_wav
+
+from mlsv.cli import main
+from mlsv.data.audio import read_audio
+from mlsv.data.manifest import iter_rows, load_manifest, validate
+from mlsv.data.prepare import prepare_folder, prepare_musan, prepare_rirs, prepare_trials, prepare_voxceleb
+from mlsv.data.shards import write_shards
+from mlsv.data.trials import read_trials
+
+
+def _vox_tree(root, speakers, videos=2, utts=2, m4a=False):
+    for s in speakers:
+        for v in range(videos):
+            for u in range(utts):
+                x = tone(0.6, 100 + int(s[-2:]) * 7, seed=u)
+                stem = root / s / f"vid{v}" / f"{u + 1:05d}"
+                write_m4a(stem.with_suffix(".m4a"), x) if m4a else write_wav(stem.with_suffix(".wav"), x)
+
+
+@pytest.fixture
+def vox(tmp_path):
+    _vox_tree(tmp_path / "vox1_test" / "wav", ["id10270", "id10271"])
+    _vox_tree(tmp_path / "vox1_dev" / "wav", ["id10001", "id10002"])
+    _vox_tree(tmp_path / "vox2_dev" / "aac", ["id00012", "id00013", "id00014"], utts=1, m4a=True)
+    (tmp_path / "vox1_dev" / "wav" / "id10002" / "vid0" / "00009.wav").write_text("corrupt")
+    trials = tmp_path / "meta"
+    trials.mkdir()
+    (trials / "veri_test2.txt").write_text("1 id10270/vid0/00001.wav id10270/vid1/00001.wav\n"
+                                           "0 id10270/vid0/00001.wav id10271/vid0/00002.wav\n")
+    (trials / "list_test_hard2.txt").write_text("1 id10001/vid0/00001.wav id10001/vid1/00002.wav\n")
+    return tmp_path
+
+
+def test_prepare_voxceleb(vox):
+    out = vox / "out"
+    result = prepare_voxceleb(out, vox1_dev=vox / "vox1_dev/wav", vox1_test=vox / "vox1_test/wav",
+                              vox2_dev=vox / "vox2_dev/aac", trials=[vox / "meta/veri_test2.txt",
+                                                                     vox / "meta/list_test_hard2.txt"],
+                              validation_speakers=1, convert_dir=vox / "flac", progress=False)
+    assert len(result.bad) == 1 and "00009.wav" in result.bad[0]
+    assert (out / "bad_files.txt").read_text().count("\n") == 1
+    train = [r for _, r in iter_rows(out / "train.jsonl")]
+    val = [r for _, r in iter_rows(out / "validation.jsonl")]
+    assert {r["speaker"] for r in train} | {r["speaker"] for r in val} == {"id00012", "id00013", "id00014"}
+    assert all(r["path"].endswith(".flac") for r in train) and train[0]["id"].endswith(".wav")
+    assert len({r["speaker"] for r in val}) == 1
+    test_ids = {r["id"] for _, r in iter_rows(out / "test.jsonl")}
+    assert "id10270/vid0/00001.wav" in test_ids and "id10001/vid0/00001.wav" in test_ids
+    assert read_trials(out / "trials/vox1_O.txt").name == "vox1_O" and (out / "trials/vox1_H.txt").is_file()
+    assert validate(out / "test.jsonl", [out / "trials/vox1_O.txt", out / "trials/vox1_H.txt"]).ok
+    assert validate(out / "validation.jsonl", out / "validation_trials.txt").ok
+    again = prepare_voxceleb(out, vox2_dev=vox / "vox2_dev/aac", convert_dir=vox / "flac", progress=False)
+    assert again.rows == 6  # resumed: the converted files are reused
+
+
+def test_voxceleb_trials_need_their_speakers(vox):
+    with pytest.raises(KeyError, match="need --vox1-dev"):
+        prepare_voxceleb(vox / "out", vox1_test=vox / "vox1_test/wav",
+                         trials=[vox / "meta/list_test_hard2.txt"], progress=False)
+
+
+def test_prepare_folder_resample_option_and_cli(tmp_path):
+    root = tmp_path / "mine"
+    write_wav(root / "alice" / "day1" / "a.wav", tone(0.5))
+    write_wav(root / "alice" / "b.flac", tone(0.5))
+    write_wav(root / "bob" / "c.wav", np.stack([tone(0.5), tone(0.5)], 1))  # stereo
+    write_wav(root / "bob" / "d.wav", tone(0.5, sample_rate=8000), 8000)
+    result = prepare_folder(root, tmp_path / "m.jsonl", progress=False)
+    rows = {r["id"]: r for _, r in iter_rows(tmp_path / "m.jsonl")}
+    assert set(rows) == {"alice/day1/a.wav", "alice/b.flac", "bob/c.wav", "bob/d.wav"} and not result.bad
+    assert rows["alice/day1/a.wav"]["session"] == "alice/day1" and rows["bob/d.wav"]["sample_rate"] == 8000
+    assert main(["prepare", "folder", "--root", str(root), "--out", str(tmp_path / "n.jsonl"),
+                 "--no-resample", "--no-progress"]) == 0
+    kept = {r["id"] for _, r in iter_rows(tmp_path / "n.jsonl")}
+    assert "bob/d.wav" not in kept and "d.wav" in (tmp_path / "bad_files.txt").read_text()
+
+
+def test_prepare_musan_and_rirs(tmp_path):
+    musan = tmp_path / "musan"
+    for cat in ("noise", "music", "speech"):
+        write_wav(musan / cat / "sub" / f"{cat}-1.wav", tone(1.0))
+    prepare_musan(musan, tmp_path / "musan.jsonl", progress=False)
+    assert {r["category"] for _, r in iter_rows(tmp_path / "musan.jsonl")} == {"noise", "music", "speech"}
+    rirs = tmp_path / "RIRS_NOISES"
+    write_wav(rirs / "real_rirs_isotropic_noises" / "air_1.wav", np.stack([tone(0.2), tone(0.2)], 1))
+    (rirs / "real_rirs_isotropic_noises" / "rir_list").write_text(
+        "--rir-id air_1 --room-id air RIRS_NOISES/real_rirs_isotropic_noises/air_1.wav\n")
+    write_wav(rirs / "simulated_rirs" / "smallroom" / "Room001" / "Room001-00001.wav", tone(0.2))
+    prepare_rirs(tmp_path, tmp_path / "rirs.jsonl", progress=False)
+    kinds = {r["id"]: r["kind"] for _, r in iter_rows(tmp_path / "rirs.jsonl")}
+    assert kinds == {"real_rirs_isotropic_noises/air_1.wav": "real",
+                     "simulated_rirs/smallroom/Room001/Room001-00001.wav": "simulated"}
+    assert validate(tmp_path / "rirs.jsonl").ok
+
+
+def test_trials_balanced_cross_session_and_deterministic(tmp_path):
+    manifest = tiny_corpus(tmp_path, speakers=4, utts=6, sessions=3)
+    a = prepare_trials(manifest, tmp_path / "a.txt", per_utterance=3, seed=5)
+    b = prepare_trials(manifest, tmp_path / "b.txt", per_utterance=3, seed=5)
+    assert (tmp_path / "a.txt").read_text() == (tmp_path / "b.txt").read_text()
+    assert int(a.labels.sum()) * 2 == len(a) > 0
+    session = {r["id"]: r["session"] for _, r in iter_rows(manifest)}
+    speaker = {r["id"]: r["speaker"] for _, r in iter_rows(manifest)}
+    for lab, e, t in zip(a.labels, a.enroll, a.test):
+        assert session[e] != session[t] and (speaker[e] == speaker[t]) == bool(lab)
+    assert len({frozenset(p) for p in zip(a.enroll, a.test)}) == len(a)
+    assert len(b) == len(a)
+
+
+def test_shards_stream_back_identical_audio(tmp_path):
+    manifest = tiny_corpus(tmp_path, speakers=2, utts=3)
+    paths, bad = write_shards(manifest, tmp_path / "shards", rows_per_shard=4, progress=False)
+    assert len(paths) == 2 and not bad
+    originals = {r["id"]: read_audio(tmp_path / r["path"])[0] for _, r in iter_rows(manifest)}
+    streamed = list(load_manifest(tmp_path / "shards", streaming=True))
+    assert sorted(r["id"] for r in streamed) == sorted(originals)
+    for row in streamed:
+        np.testing.assert_array_equal(read_audio(row["audio"])[0], originals[row["id"]])
+    assert validate(tmp_path / "shards").ok
+    from mlsv.config import DataConfig
+    from mlsv.data.loader import build_eval_loader, build_train_loader
+    from mlsv.data.manifest import speaker_labels
+
+    cfg = DataConfig(batch_size=2, num_workers=2, crop_seconds=0.25, speed_factors=[1.0], streaming=True)
+    batches = list(build_train_loader(tmp_path / "shards", cfg, None, labels=speaker_labels(manifest),
+                                      epoch=0, seed=0))
+    assert len(batches) == 3
+    for b in build_eval_loader(tmp_path / "shards", batch_seconds=10):
+        for uid, wave, mask in zip(b["ids"], b["waveforms"], b["attention_mask"]):
+            np.testing.assert_array_equal(wave[mask.bool()].numpy(), originals[uid])
+
+
+def test_cli_synthetic_and_trials(tmp_path, capsys):
+    out = tmp_path / "syn"
+    assert main(["prepare", "synthetic", "--out", str(out), "--speakers", "3", "--utterances", "3"]) == 0
+    baseline = json.loads((out / "baseline.json").read_text())
+    assert {"mfcc_cosine_eer", "lda_eer", "n_trials"} <= set(baseline)
+    assert "MFCC-mean cosine baseline EER" in capsys.readouterr().out
+    assert main(["prepare", "trials", "--manifest", str(out / "test.jsonl"), "--out", str(tmp_path / "t.txt")]) == 0
+    assert validate(out / "test.jsonl", tmp_path / "t.txt").ok
