@@ -1,0 +1,740 @@
+"""Use a trained model: embed audio, score two utterances, decide same/different speaker.
+
+>>> from mlsv.api import Verifier
+>>> v = Verifier.from_pretrained("runs/default/model")          # a folder or a hub id
+>>> v.verify("a.wav", "b.flac")
+VerificationResult(score=0.71, threshold=0.43, decision=True, scale='cosine', ...)
+
+Audio: a path (WAV/FLAC/OGG/MP3 through soundfile, m4a through PyAV), or a numpy array / torch tensor
+of samples, (S,), (S, C) or (C, S) with C <= 8 channels. Any sample rate (resampled with soxr to the
+model's rate) and any channel count (averaged to mono). Missing, empty, silent, too short, non-finite
+or undecodable audio raises :class:`~mlsv.data.audio.AudioError` naming the input.
+
+Score scales (``Verifier.score_scale``), the last one whose inputs are available:
+
+* ``"cosine"``: cosine similarity after subtracting the model's ``training_mean``, in [-1, 1].
+* ``"asnorm"``: adaptive symmetric score normalisation against a cohort: the speaker means stored in
+  the model (``cohort_embeddings``, written by ``mlsv evaluate``) or one the caller gives (``cohort=``:
+  an embedding ``.npz`` with ``speakers``). Two utterances alone have nothing to normalise against.
+* ``"calibrated"``: the QMF calibration stored with the model, a natural-log likelihood ratio. The
+  calibration was fitted on **AS-norm scores** plus quality measures (log durations, L1/L2 norms and
+  std of the raw embeddings), so it is applied only with a cohort; without one the Verifier scores
+  with cosine and asks for a cosine threshold.
+
+Thresholds always live on the scale being scored (:meth:`Verifier.threshold`):
+
+* default: the EER-point threshold stored with the model for that scale
+  (``config.evaluation["score_statistics"][scale]``, written by :func:`record_score_statistics`), or
+  ``config.threshold`` when its scale (``config.evaluation["threshold_scale"]``, by default
+  ``"calibrated"`` when the model carries a calibration, else ``"cosine"``) is the one in use, or, on
+  the calibrated scale, the calibration's own threshold;
+* ``far=``: a target false-accept rate. Needs the stored non-target score distribution of that scale
+  (the tail table :func:`record_score_statistics` writes; the threshold picked keeps the measured FAR
+  at or below the target), or, on the calibrated scale, uses ``log(1 / far)``: for calibrated LLRs
+  ``P(LR >= 1/far | non-target) <= far`` (Markov's inequality, since ``E[LR | non-target] = 1``), an
+  upper bound on the FAR, so the real FAR is usually lower. A model that stores only a threshold
+  cannot answer a FAR question: the error says so and what to do.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from mlsv.data.audio import AudioError, read_audio
+from mlsv.scoring.embeddings import EmbeddingTable, load_embeddings
+
+__all__ = [
+    "AUDIO_SUFFIXES",
+    "AudioInput",
+    "Threshold",
+    "VerificationResult",
+    "Verifier",
+    "find_audio_files",
+    "record_score_statistics",
+]
+
+AudioInput = Union[str, "os.PathLike[str]", np.ndarray, Any]  # Any: a torch.Tensor
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".aiff", ".aif")
+SCALES = ("cosine", "asnorm", "calibrated")
+#: Peak amplitude below which audio counts as silent (-80 dBFS).
+SILENCE_PEAK = 1e-4
+#: Most channels an array may have; a 2-D array with more on both axes is refused.
+MAX_CHANNELS = 8
+#: FAR levels tabulated by :func:`record_score_statistics`.
+_FAR_GRID = tuple(float(x) for x in np.geomspace(1e-5, 0.5, 48))
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A decision threshold: accept (same speaker) when ``score >= value``.
+
+    Attributes:
+        value: the threshold.
+        scale: the score scale it applies to (``cosine``, ``asnorm`` or ``calibrated``).
+        source: where it came from, in words.
+    """
+
+    value: float
+    scale: str
+    source: str
+
+
+@dataclass(frozen=True)
+class VerificationResult:
+    """One verification decision.
+
+    Attributes:
+        score: the trial score on ``scale``.
+        threshold: the threshold in use (same scale).
+        decision: True when ``score >= threshold`` (same speaker).
+        scale: ``cosine``, ``asnorm`` or ``calibrated`` (an LLR).
+        threshold_source: where the threshold came from.
+        cosine: the cosine score (after mean subtraction), whatever the scale.
+    """
+
+    score: float
+    threshold: float
+    decision: bool
+    scale: str
+    threshold_source: str
+    cosine: float
+
+    @property
+    def label(self) -> str:
+        return "same speaker" if self.decision else "different speakers"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "label": self.label}
+
+    def __str__(self) -> str:
+        op = ">=" if self.decision else "<"
+        return f"{self.label} (score {self.score:.4f} {op} threshold {self.threshold:.4f}, {self.scale})"
+
+
+# ------------------------------------------------------------------------------------------------
+# audio
+
+
+def _is_pathlike(x: Any) -> bool:
+    return isinstance(x, (str, os.PathLike))
+
+
+def _input_name(x: Any, index: int | None = None) -> str:
+    if _is_pathlike(x):
+        return os.fspath(x)
+    kind = type(x).__name__
+    return f"input #{index} ({kind})" if index is not None else f"input ({kind})"
+
+
+def _to_mono(x: np.ndarray, name: str) -> np.ndarray:
+    """(S,), (S, C) or (C, S) -> (S,) by averaging channels (C <= MAX_CHANNELS)."""
+    if x.ndim == 1:
+        return x
+    if x.ndim != 2:
+        raise AudioError(f"{name}: audio arrays must be (samples,), (samples, channels) or (channels, samples), "
+                         f"got shape {x.shape}")
+    if x.shape[1] <= MAX_CHANNELS and x.shape[0] >= x.shape[1]:
+        return x.mean(axis=1)
+    if x.shape[0] <= MAX_CHANNELS:
+        return x.mean(axis=0)
+    raise AudioError(f"{name}: shape {x.shape} has more than {MAX_CHANNELS} channels on both axes")
+
+
+def min_samples(config) -> int:
+    """Fewest samples (at the model's rate) that give the encoder one output frame."""
+    enc = dict(getattr(config, "encoder_config", None) or {})
+    if enc.get("model_type") == "whisper":
+        return 400  # one 25 ms STFT window
+    kernels = enc.get("conv_kernel") or (10, 3, 3, 3, 3, 2, 2)
+    strides = enc.get("conv_stride") or (5, 2, 2, 2, 2, 2, 2)
+    n = 1
+    for k, s in zip(reversed(list(kernels)), reversed(list(strides))):
+        n = (n - 1) * s + k
+    return int(n)
+
+
+def load_audio(x: AudioInput, sample_rate: int | None, *, target_sr: int, min_length: int = 1,
+               name: str | None = None) -> np.ndarray:
+    """Decodes / converts one input to float32 mono samples at ``target_sr`` and checks them.
+
+    Args:
+        x: a path, or samples as a numpy array or torch tensor ((S,), (S, C) or (C, S)); integer arrays
+            are scaled to [-1, 1].
+        sample_rate: the rate of an array input (default: ``target_sr``); ignored for files.
+        target_sr: the model's rate.
+        min_length: fewest samples accepted (at ``target_sr``).
+        name: how errors name the input.
+
+    Raises:
+        AudioError: missing, empty, undecodable, too short, non-finite or silent audio, naming it.
+    """
+    name = name or _input_name(x)
+    if _is_pathlike(x):
+        samples, _ = read_audio(x, target_sr=target_sr, mono=True)
+    else:
+        if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor without importing torch
+            x = x.detach().cpu().numpy()
+        a = np.asarray(x)
+        if a.dtype.kind not in "fiu":
+            raise AudioError(f"{name}: expected numeric audio samples, got dtype {a.dtype}")
+        if a.size == 0:
+            raise AudioError(f"{name}: empty audio (0 samples)")
+        if a.dtype.kind == "i":
+            a = a.astype(np.float64) / (np.iinfo(a.dtype).max + 1.0)
+        elif a.dtype.kind == "u":
+            half = (np.iinfo(a.dtype).max + 1.0) / 2
+            a = (a.astype(np.float64) - half) / half
+        samples = np.ascontiguousarray(_to_mono(np.asarray(a, dtype=np.float32), name), dtype=np.float32)
+        sr = int(sample_rate or target_sr)
+        if sr <= 0:
+            raise AudioError(f"{name}: sample rate must be positive, got {sample_rate}")
+        if sr != target_sr:
+            if not np.isfinite(samples).all():
+                raise AudioError(f"{name}: audio contains NaN or infinite samples")
+            import soxr
+
+            samples = soxr.resample(samples, sr, target_sr).astype(np.float32, copy=False)
+    if samples.size == 0:
+        raise AudioError(f"{name}: empty audio (0 samples)")
+    if not np.isfinite(samples).all():
+        raise AudioError(f"{name}: audio contains NaN or infinite samples")
+    if samples.size < min_length:
+        raise AudioError(f"{name}: too short ({samples.size / target_sr * 1000:.1f} ms); the encoder needs at "
+                         f"least {min_length / target_sr * 1000:.1f} ms")
+    peak = float(np.abs(samples).max())
+    if peak < SILENCE_PEAK:
+        raise AudioError(f"{name}: silent audio (peak amplitude {peak:.2e}, below {SILENCE_PEAK:g}); "
+                         "no speaker to verify")
+    return samples
+
+
+def find_audio_files(paths: Sequence[str | os.PathLike], suffixes: Sequence[str] = AUDIO_SUFFIXES) -> list[str]:
+    """Expands folders (recursively, sorted) into their audio files; files are kept as given.
+
+    Raises:
+        FileNotFoundError: a path does not exist, or a folder holds no audio file.
+    """
+    out: list[str] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            found = sorted(str(f) for f in path.rglob("*") if f.is_file() and f.suffix.lower() in suffixes)
+            if not found:
+                raise FileNotFoundError(f"{path}: no audio files ({', '.join(suffixes)}) in this folder")
+            out.extend(found)
+        elif path.exists():
+            out.append(os.fspath(p))
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# runtimes
+
+
+class TorchEmbedder:
+    """Runs an ``MLSVModel`` (eval mode, no grad) on numpy batches. (B, S), (B, S) -> (B, E)."""
+
+    runtime = "torch"
+
+    def __init__(self, model, device: str = "cpu"):
+        import torch
+
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.config = model.config
+
+    def __call__(self, input_values: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(input_values).to(self.device)
+            m = torch.from_numpy(attention_mask).to(self.device)
+            return self.model(x, attention_mask=m).embeddings.float().cpu().numpy()
+
+
+def _resolve_file(model: str, filename: str, revision: str | None) -> str:
+    """A file of a local model folder or, for a hub id, downloaded with huggingface_hub."""
+    if os.path.isdir(model):
+        path = os.path.join(model, filename)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} not found" + (
+                "; export it first: mlsv export --model MODEL --out MODEL/model.onnx" if filename.endswith(".onnx")
+                else ""))
+        return path
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(model, filename, revision=revision)
+
+
+# ------------------------------------------------------------------------------------------------
+# the verifier
+
+
+@dataclass
+class _Item:
+    index: int
+    source: Any
+    name: str
+    length: int  # estimated samples at the model rate (exact for arrays)
+
+
+class Verifier:
+    """Embeds, scores and verifies with a trained mlsv model (PyTorch or ONNX Runtime).
+
+    Args:
+        model: an ``MLSVModel``, or an embedder with ``config`` and ``__call__(input_values, attention_mask)``
+            returning (B, E) numpy (``TorchEmbedder``, :class:`mlsv.export.OnnxEmbedder`).
+        device: torch device for an ``MLSVModel``.
+        cohort: AS-norm cohort: an embedding ``.npz`` path or ``EmbeddingTable`` with ``speakers``, made
+            with this model. Default: the cohort stored in the model (``cohort_embeddings``, speaker
+            means written by ``mlsv evaluate``), if any. Enables the ``asnorm`` and (with a calibration)
+            ``calibrated`` scales.
+        asnorm_top_k: AS-norm cohort size (default: the evaluation's, else the calibration's, else 600;
+            capped at the cohort size).
+        batch_seconds: padded audio per batch (batch size x longest item), in seconds.
+        use_stored_cohort: False scores a model that stores a cohort without it (cosine scale).
+    """
+
+    def __init__(self, model, *, device: str = "cpu", cohort: str | os.PathLike | EmbeddingTable | None = None,
+                 asnorm_top_k: int | None = None, batch_seconds: float = 60.0, use_stored_cohort: bool = True):
+        self.embedder: Callable[[np.ndarray, np.ndarray], np.ndarray]
+        if hasattr(model, "frontend") and hasattr(model, "forward"):
+            self.embedder = TorchEmbedder(model, device)
+        elif callable(model) and hasattr(model, "config"):
+            self.embedder = model
+        else:
+            raise TypeError(f"model must be an MLSVModel or an embedder with .config, got {type(model).__name__}")
+        self.config = self.embedder.config
+        if batch_seconds <= 0:
+            raise ValueError(f"batch_seconds must be positive, got {batch_seconds}")
+        self.batch_seconds = float(batch_seconds)
+        self.sampling_rate = int(getattr(self.config, "sampling_rate", 16000) or 16000)
+        self.min_samples = min_samples(self.config)
+        self.calibrator = self._load_calibrator()
+        mean = getattr(self.config, "training_mean", None)
+        if mean is None and self.calibrator is not None and self.calibrator.info.get("mean") is not None:
+            mean = self.calibrator.info["mean"]
+        self.cohort = None
+        self.top_k = 0
+        table = None
+        if cohort is not None:
+            table = cohort if isinstance(cohort, EmbeddingTable) else load_embeddings(cohort)
+            if table.speakers is None:
+                raise ValueError("the AS-norm cohort needs speaker labels ('speakers' in the .npz); "
+                                 "embed it with mlsv embed --manifest")
+        stored = _stored_cohort(model if table is None and use_stored_cohort else None, self.embedder)
+        if table is not None or stored is not None:
+            from mlsv.scoring.backend import Cohort, cohort_from_table, embedding_mean
+
+            if table is not None:
+                if mean is None:
+                    mean = embedding_mean(table.embeddings)
+                self.cohort = cohort_from_table(table, np.asarray(mean, np.float32))
+            else:  # speaker means, already mean-subtracted by the evaluation that stored them
+                self.cohort = Cohort(np.arange(len(stored)).astype(str), stored,
+                                     np.zeros(stored.shape[1], np.float32) if mean is None
+                                     else np.asarray(mean, np.float32))
+            ev = getattr(self.config, "evaluation", None) or {}
+            k = int(asnorm_top_k or ev.get("top_k") or (self.calibrator.info.get("top_k") if self.calibrator
+                                                         else None) or 600)
+            if k > len(self.cohort):
+                if asnorm_top_k:
+                    warnings.warn(f"AS-norm top_k={k} exceeds the cohort's {len(self.cohort)} speakers; using "
+                                  f"{len(self.cohort)}", stacklevel=2)
+                k = len(self.cohort)
+            if k < 2:
+                raise ValueError("the AS-norm cohort needs at least 2 speakers")
+            self.top_k = k
+        self.mean = None if mean is None else np.asarray(mean, dtype=np.float32).reshape(-1)
+
+    # -- construction -----------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, model_dir_or_id: str | os.PathLike, device: str = "cpu", runtime: str = "torch", *,
+                        onnx_path: str | os.PathLike | None = None, revision: str | None = None,
+                        **kwargs) -> Verifier:
+        """Loads a model folder (``save_pretrained``), a hub id, or (``runtime="onnx"``) an ONNX export.
+
+        Args:
+            model_dir_or_id: the model folder or hub id; with ``runtime="onnx"`` also a ``.onnx`` file
+                with ``config.json`` beside it.
+            device: torch device (``runtime="torch"``); ``"cuda"`` picks the CUDA provider for ONNX.
+            runtime: ``"torch"`` or ``"onnx"`` (runs ``model.onnx`` of the folder with onnxruntime).
+            onnx_path: the ONNX file when it is not ``model.onnx`` in the folder.
+            revision: hub revision.
+            kwargs: :class:`Verifier` options (``cohort``, ``asnorm_top_k``, ``batch_seconds``).
+        """
+        src = os.fspath(model_dir_or_id)
+        if runtime == "torch":
+            import mlsv.models  # noqa: F401  (registers the Auto classes)
+            from mlsv.models import MLSVModel
+
+            if src.endswith(".onnx"):
+                raise ValueError(f"{src} is an ONNX file; use runtime='onnx'")
+            model = MLSVModel.from_pretrained(src, revision=revision)
+            return cls(model, device=device, **kwargs)
+        if runtime == "onnx":
+            from mlsv.export import OnnxEmbedder
+
+            if src.endswith(".onnx"):
+                onnx_file, config_src = src, os.path.dirname(os.path.abspath(src))
+                if not os.path.isfile(os.path.join(config_src, "config.json")):
+                    raise FileNotFoundError(f"no config.json beside {src}; give the model folder and "
+                                            "onnx_path=... (or put the file in the model folder)")
+            else:
+                onnx_file = os.fspath(onnx_path) if onnx_path else _resolve_file(src, "model.onnx", revision)
+                config_src = src
+            config = _load_config(config_src, revision)
+            embedder = OnnxEmbedder(onnx_file, config=config, device=device)
+            embedder.cohort_embeddings = _read_stored_cohort(config_src, config, revision)
+            return cls(embedder, **kwargs)
+        raise ValueError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
+
+    def _load_calibrator(self):
+        cal = getattr(self.config, "calibration", None)
+        if not cal:
+            return None
+        from mlsv.scoring.calibration import QualityCalibrator
+
+        return QualityCalibrator.from_dict(cal)
+
+    # -- embedding --------------------------------------------------------------------------------
+    @property
+    def embedding_size(self) -> int:
+        return int(self.config.embedding_size)
+
+    def load(self, x: AudioInput, sample_rate: int | None = None, name: str | None = None) -> np.ndarray:
+        """One input as checked float32 mono samples at the model's rate (see :func:`load_audio`)."""
+        return load_audio(x, sample_rate, target_sr=self.sampling_rate, min_length=self.min_samples, name=name)
+
+    def embed(self, inputs: AudioInput | Sequence[AudioInput], sample_rate: int | None = None, *,
+              chunk_seconds: float = 0.0, progress: bool | None = None) -> np.ndarray:
+        """Embeddings of one input (E,) or of a list of inputs (N, E), float32.
+
+        Inputs are read lazily, sorted by length and batched (``batch_seconds`` of padded audio per
+        batch); padding never changes an embedding, so an input gives the same embedding alone or in
+        a batch. ``chunk_seconds > 0`` embeds long inputs in chunks and averages them (weighted by
+        length). ``progress`` (default: when more than 16 inputs) shows a progress bar.
+        """
+        single = not isinstance(inputs, (list, tuple))
+        table = self.embed_table([inputs] if single else list(inputs), sample_rate=sample_rate,
+                                 chunk_seconds=chunk_seconds, progress=progress)
+        return table.embeddings[0] if single else table.embeddings
+
+    def embed_table(self, inputs: Sequence[AudioInput], ids: Sequence[str] | None = None, *,
+                    sample_rate: int | None = None, chunk_seconds: float = 0.0,
+                    progress: bool | None = None) -> EmbeddingTable:
+        """Embeds ``inputs`` into an ``EmbeddingTable`` (ids default to the paths, or ``input #i``)."""
+        inputs = list(inputs)
+        if not inputs:
+            raise ValueError("nothing to embed: no inputs given")
+        if ids is None:
+            ids = [_input_name(x, i) for i, x in enumerate(inputs)]
+        if len(ids) != len(inputs):
+            raise ValueError(f"{len(ids)} ids for {len(inputs)} inputs")
+        if chunk_seconds < 0:
+            raise ValueError(f"chunk_seconds must be >= 0, got {chunk_seconds}")
+        items = [_Item(i, x, _input_name(x, i), self._estimate_length(x, sample_rate, _input_name(x, i)))
+                 for i, x in enumerate(inputs)]
+        items.sort(key=lambda it: -it.length)
+        budget = int(self.batch_seconds * self.sampling_rate)
+        batches: list[list[_Item]] = []
+        for it in items:  # longest first: the first item of a batch sets its padded length
+            if batches and (len(batches[-1]) + 1) * batches[-1][0].length <= budget:
+                batches[-1].append(it)
+            else:
+                batches.append([it])
+        chunk = int(chunk_seconds * self.sampling_rate)
+        sums = np.zeros((len(inputs), self.embedding_size), dtype=np.float64)
+        weights = np.zeros(len(inputs), dtype=np.float64)
+        durations = np.zeros(len(inputs), dtype=np.float32)
+        show = progress if progress is not None else len(inputs) > 16
+        iterator: Iterable[list[_Item]] = batches
+        if show:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(batches, desc="embedding", unit="batch")
+        for batch in iterator:
+            pieces: list[tuple[int, np.ndarray]] = []
+            for it in batch:
+                wav = self.load(it.source, sample_rate, it.name)
+                durations[it.index] = wav.size / self.sampling_rate
+                pieces.extend((it.index, p) for p in self._chunks(wav, chunk))
+            pieces.sort(key=lambda ip: -ip[1].size)
+            start = 0
+            while start < len(pieces):  # the batch's estimate can be off (resampling, chunks): re-split
+                per = max(1, budget // pieces[start][1].size)
+                group = pieces[start:start + per]
+                start += per
+                for (idx, p), e in zip(group, self._run([p for _, p in group])):
+                    sums[idx] += e.astype(np.float64) * p.size
+                    weights[idx] += p.size
+        matrix = (sums / weights[:, None]).astype(np.float32)
+        return EmbeddingTable(np.asarray(ids), matrix, durations)
+
+    def _estimate_length(self, x: AudioInput, sample_rate: int | None, name: str) -> int:
+        if _is_pathlike(x):
+            from mlsv.data.audio import audio_info
+
+            frames, sr, _ = audio_info(x)  # raises AudioError for missing / empty / corrupt files
+            return max(1, int(frames * self.sampling_rate / sr))
+        shape = getattr(x, "shape", None)
+        if shape is None:
+            raise AudioError(f"{name}: expected a path or an array of samples, got {type(x).__name__}")
+        n = max(shape) if len(shape) == 2 else (shape[0] if len(shape) == 1 else 0)
+        return max(1, int(n * self.sampling_rate / (sample_rate or self.sampling_rate)))
+
+    def _chunks(self, wav: np.ndarray, chunk: int) -> list[np.ndarray]:
+        if chunk <= 0 or wav.size <= chunk:
+            return [wav]
+        parts = [wav[s:s + chunk] for s in range(0, wav.size, chunk)]
+        if len(parts) > 1 and parts[-1].size < max(self.min_samples, chunk // 2):
+            parts[-2] = np.concatenate([parts[-2], parts.pop()])  # a short tail joins its neighbour
+        return parts
+
+    def _run(self, waves: list[np.ndarray]) -> np.ndarray:
+        n = max(w.size for w in waves)
+        x = np.zeros((len(waves), n), dtype=np.float32)
+        m = np.zeros((len(waves), n), dtype=np.int64)
+        for i, w in enumerate(waves):
+            x[i, :w.size] = w
+            m[i, :w.size] = 1
+        return np.asarray(self.embedder(x, m), dtype=np.float32)
+
+    # -- scoring ----------------------------------------------------------------------------------
+    @property
+    def score_scale(self) -> str:
+        """``calibrated`` (calibration + cohort), ``asnorm`` (cohort) or ``cosine``."""
+        if self.cohort is not None:
+            return "calibrated" if self.calibrator is not None else "asnorm"
+        return "cosine"
+
+    def score_embeddings(self, a: np.ndarray, b: np.ndarray, duration_a: float | None = None,
+                         duration_b: float | None = None) -> dict[str, float]:
+        """Scores two raw embeddings (E,) on every available scale: ``{"cosine", "asnorm"?, "calibrated"?}``.
+
+        ``duration_*`` (seconds) are needed only on the calibrated scale.
+        """
+        from mlsv.scoring.backend import as_norm, cohort_stats, cosine_scores, subtract_mean
+
+        raw = np.stack([np.asarray(a, np.float32).reshape(-1), np.asarray(b, np.float32).reshape(-1)])
+        if raw.shape[1] != self.embedding_size:
+            raise ValueError(f"embeddings have {raw.shape[1]} dimensions, the model gives {self.embedding_size}")
+        x = subtract_mean(raw, self.mean)
+        out = {"cosine": float(cosine_scores(x[:1], x[1:])[0])}
+        if self.cohort is None:
+            return out
+        mu, sigma = cohort_stats(x, self.cohort, self.top_k)
+        e, t = np.array([0]), np.array([1])
+        asn = as_norm(np.array([out["cosine"]]), e, t, mu, sigma)
+        out["asnorm"] = float(asn[0])
+        if self.calibrator is not None:
+            from mlsv.scoring.calibration import quality_measures, trial_features
+
+            if duration_a is None or duration_b is None:
+                raise ValueError("calibrated scoring needs both utterances' durations")
+            q = quality_measures(raw, np.array([duration_a, duration_b], dtype=np.float64))
+            out["calibrated"] = float(self.calibrator.transform(trial_features(asn, q, e, t))[0])
+        return out
+
+    def _pair_scores(self, a: AudioInput, b: AudioInput, sample_rate: int | None) -> dict[str, float]:
+        table = self.embed_table([a, b], sample_rate=sample_rate, progress=False)
+        return self.score_embeddings(table.embeddings[0], table.embeddings[1], *map(float, table.durations))
+
+    def score(self, a: AudioInput, b: AudioInput, sample_rate: int | None = None) -> float:
+        """The trial score of two utterances on :attr:`score_scale` (higher: more likely the same speaker)."""
+        return self._pair_scores(a, b, sample_rate)[self.score_scale]
+
+    # -- thresholds and decisions -----------------------------------------------------------------
+    def _statistics(self, scale: str) -> dict:
+        ev = getattr(self.config, "evaluation", None) or {}
+        return dict((ev.get("score_statistics") or {}).get(scale) or {})
+
+    def _config_threshold_scale(self) -> str:
+        ev = getattr(self.config, "evaluation", None) or {}
+        scale = ev.get("threshold_scale") or ("calibrated" if self.calibrator is not None else "cosine")
+        return "calibrated" if scale.startswith("calibrated") else scale
+
+    def threshold(self, far: float | None = None, scale: str | None = None) -> Threshold:
+        """The decision threshold on ``scale`` (default :attr:`score_scale`), see the module docstring.
+
+        Raises:
+            ValueError: the model stores nothing that gives a threshold on that scale, explaining why
+                and what to pass instead.
+        """
+        scale = scale or self.score_scale
+        if scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+        stats = self._statistics(scale)
+        if far is not None:
+            return self._far_threshold(float(far), scale, stats)
+        if stats.get("eer_threshold") is not None:
+            name = stats.get("trial_list")
+            return Threshold(float(stats["eer_threshold"]), scale,
+                             "EER point of the model's evaluation" + (f" on {name}" if name else ""))
+        t = getattr(self.config, "threshold", None)
+        if t is not None and self._config_threshold_scale() == scale:
+            return Threshold(float(t), scale, "the model's stored threshold")
+        if scale == "calibrated" and self.calibrator is not None:
+            return Threshold(float(self.calibrator.threshold_), scale,
+                             f"the calibration's {self.calibrator.threshold} threshold")
+        have = []
+        if t is not None:
+            have.append(f"a threshold of {t:.4g} on the {self._config_threshold_scale()} scale")
+        if self.calibrator is not None:
+            have.append("a calibration (applies to AS-norm scores: give cohort=...)")
+        if have:
+            raise ValueError(f"this model stores no decision threshold for {scale} scores (it has "
+                             f"{' and '.join(have)}); pass threshold=... (--threshold), or score with the cohort "
+                             "the threshold was set on")
+        raise ValueError("this model stores no decision threshold (evaluating it with a cohort, or "
+                         "mlsv.api.record_score_statistics, stores one); pass threshold=... (--threshold)")
+
+    def _far_threshold(self, far: float, scale: str, stats: Mapping) -> Threshold:
+        if not 0.0 < far < 1.0:
+            raise ValueError(f"far must be in (0, 1), got {far}")
+        tail = stats.get("nontarget_tail")
+        if tail:
+            levels = np.asarray(tail["far"], dtype=np.float64)
+            values = np.asarray(tail["threshold"], dtype=np.float64)
+            ok = np.flatnonzero(levels <= far * (1 + 1e-9))
+            n = int(stats.get("n_nontarget", 0))
+            if ok.size == 0:
+                raise ValueError(f"far={far:g} is below what the stored {scale} non-target scores can measure "
+                                 f"({n} trials: lowest FAR {levels.min():.2g})")
+            i = ok[np.argmax(levels[ok])]
+            return Threshold(float(values[i]), scale, f"FAR <= {levels[i]:.3g} on {n} stored non-target "
+                             f"{scale} scores" + (f" of {stats['trial_list']}" if stats.get("trial_list") else ""))
+        if scale == "calibrated":
+            return Threshold(math.log(1.0 / far), scale,
+                             f"log(1/far) for calibrated LLRs: guarantees FAR <= {far:g} (an upper bound)")
+        t = getattr(self.config, "threshold", None)
+        what = (f"only a threshold ({t:.4g}, the EER point on the {self._config_threshold_scale()} scale)"
+                if t is not None else "no score distribution")
+        raise ValueError(
+            f"far={far:g} needs the non-target {scale} score distribution, and this model stores {what}: a "
+            "threshold fixes one operating point and says nothing about the false-accept rate elsewhere. "
+            "Re-evaluate the model to store its score statistics (mlsv.api.record_score_statistics), "
+            "score on the calibrated scale (a model calibration and cohort=...), or pass threshold=...")
+
+    def verify(self, a: AudioInput, b: AudioInput, *, far: float | None = None, threshold: float | None = None,
+               sample_rate: int | None = None) -> VerificationResult:
+        """Same speaker or not: score the pair and compare with the threshold (``score >= threshold``).
+
+        Args:
+            a, b: the two utterances (paths or sample arrays).
+            far: target false-accept rate instead of the model's EER-point threshold.
+            threshold: an explicit threshold on :attr:`score_scale` (overrides ``far``).
+            sample_rate: the rate of array inputs.
+        """
+        scale = self.score_scale
+        if threshold is not None:
+            th = Threshold(float(threshold), scale, "given by the caller")
+        else:
+            th = self.threshold(far=far, scale=scale)  # fails before any audio is read
+        scores = self._pair_scores(a, b, sample_rate)
+        s = scores[scale]
+        return VerificationResult(score=s, threshold=th.value, decision=bool(s >= th.value), scale=scale,
+                                  threshold_source=th.source, cosine=scores["cosine"])
+
+    def __repr__(self) -> str:
+        runtime = getattr(self.embedder, "runtime", type(self.embedder).__name__)
+        return (f"Verifier(runtime={runtime!r}, embedding_size={self.embedding_size}, "
+                f"sampling_rate={self.sampling_rate}, scale={self.score_scale!r})")
+
+
+def _stored_cohort(model, embedder) -> np.ndarray | None:
+    """The (C, E) AS-norm cohort a model stores (``cohort_embeddings`` buffer), or None."""
+    if model is None:
+        return None
+    buf = getattr(model, "cohort_embeddings", None)
+    if buf is None:
+        buf = getattr(embedder, "cohort_embeddings", None)
+    if buf is None:
+        return None
+    arr = buf.detach().cpu().numpy() if hasattr(buf, "detach") else np.asarray(buf)
+    return arr.astype(np.float32) if arr.ndim == 2 and arr.shape[0] > 0 else None
+
+
+def _read_stored_cohort(src: str, config, revision: str | None = None) -> np.ndarray | None:
+    """``cohort_embeddings`` from a model folder's (or hub repo's) ``model.safetensors``, for ONNX runs."""
+    if not int(getattr(config, "cohort_size", 0) or 0):
+        return None
+    from safetensors import safe_open
+
+    with safe_open(_resolve_file(src, "model.safetensors", revision), framework="numpy") as f:
+        return f.get_tensor("cohort_embeddings") if "cohort_embeddings" in f.keys() else None
+
+
+def _load_config(src: str, revision: str | None = None):
+    import mlsv.models  # noqa: F401
+    from mlsv.models import MLSVConfig
+
+    return MLSVConfig.from_pretrained(src, revision=revision)
+
+
+# ------------------------------------------------------------------------------------------------
+# writing what thresholds need
+
+
+def record_score_statistics(config, scores: Mapping[str, np.ndarray], labels: np.ndarray, *,
+                            trial_list: str | None = None, final: str | None = None) -> dict:
+    """Stores, per score scale, the EER threshold and the non-target tail in ``config.evaluation``.
+
+    Call it after evaluating on a (validation) trial list, before ``save_pretrained``, so that the
+    Verifier can decide at the EER point or at any FAR down to ``1 / n_nontarget``. It also sets
+    ``config.threshold`` to the final scale's EER threshold and records that scale in
+    ``config.evaluation["threshold_scale"]``.
+
+    Args:
+        config: an ``MLSVConfig`` (changed in place).
+        scores: ``{"cosine": (T,), "asnorm": (T,), "calibrated": (T,)}``, any subset.
+        labels: (T,) 0/1.
+        trial_list: the trial list's name, for the record.
+        final: the scale ``config.threshold`` refers to (default: the last present in pipeline order).
+
+    Returns:
+        The ``score_statistics`` dict written.
+    """
+    from mlsv.scoring.metrics import eer
+
+    y = np.asarray(labels).reshape(-1).astype(np.int64)
+    stats: dict[str, dict] = {}
+    for scale in SCALES:
+        if scale not in scores:
+            continue
+        s = np.asarray(scores[scale], dtype=np.float64).reshape(-1)
+        if s.shape != y.shape:
+            raise ValueError(f"{scale}: {s.size} scores for {y.size} labels")
+        eer_pct, thr = eer(s, y)
+        non = np.sort(s[y == 0])[::-1]
+        levels, values = [], []
+        for f in _FAR_GRID:
+            if f * len(non) < 1:
+                continue  # a FAR below 1 / n cannot be measured
+            allowed = int(math.floor(f * len(non)))  # non-targets at or above the threshold
+            t = float(np.nextafter(non[min(allowed, len(non) - 1)], np.inf))
+            levels.append(f)
+            values.append(t)
+        stats[scale] = {"eer": float(eer_pct), "eer_threshold": float(thr), "n_target": int((y == 1).sum()),
+                        "n_nontarget": int(len(non)), "nontarget_tail": {"far": levels, "threshold": values}}
+        if trial_list:
+            stats[scale]["trial_list"] = trial_list
+    if not stats:
+        raise ValueError(f"no score scale among {sorted(scores)}; expected some of {SCALES}")
+    final = final or [s for s in SCALES if s in stats][-1]
+    evaluation = dict(getattr(config, "evaluation", None) or {})
+    evaluation["score_statistics"] = stats
+    evaluation["threshold_scale"] = final
+    config.evaluation = evaluation
+    config.threshold = stats[final]["eer_threshold"]
+    return stats

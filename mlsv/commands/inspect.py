@@ -1,0 +1,49 @@
+"""``mlsv inspect``: which encoder layers a model listens to, per frame (LAP) or overall (SUPERB)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EPILOG = """example:
+  mlsv inspect --model runs/default/model sample.wav --out layers.png --table layers.csv
+
+For a LAP model the figure shows the waveform, each head's layer scores over time (layers x frames),
+their head average, and per layer the mean score and how often the layer wins LAP's max-pool over layers
+(counted over frames x channels). For a SUPERB model it shows the static layer weights. The table is
+printed and, with --table, written as CSV (one row per layer)."""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("inspect", help="picture of LAP's per-frame layer attention (or SUPERB weights)",
+                              description=__doc__, epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="model folder (save_pretrained) or hub id")
+    p.add_argument("audio", type=Path, help="a recording (any rate / channels; resampled and downmixed)")
+    p.add_argument("--out", required=True, type=Path, help="figure to write (.png, .pdf, .svg)")
+    p.add_argument("--table", type=Path, default=None, help="also write the per-layer table as CSV")
+    p.add_argument("--max-seconds", type=float, default=20.0,
+                   help="analyse at most this many seconds from the start (default 20)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import mlsv.models  # noqa: F401
+    from mlsv.api import load_audio, min_samples
+    from mlsv.inspect_layers import analyze_layers, format_layer_table, plot_layers, write_layer_table
+    from mlsv.models import MLSVModel
+
+    model = MLSVModel.from_pretrained(args.model).to(args.device).eval()
+    sr = int(model.config.sampling_rate)
+    wav = load_audio(args.audio, None, target_sr=sr, min_length=min_samples(model.config))
+    if args.max_seconds > 0:
+        wav = wav[: int(args.max_seconds * sr)]
+    analysis = analyze_layers(model, wav)
+    plot_layers(analysis, args.out, title=f"{args.audio.name}: {analysis.aggregation.upper()} layer aggregation")
+    print(format_layer_table(analysis))
+    if args.table:
+        write_layer_table(analysis, args.table)
+        print(f"wrote {args.table}")
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,348 @@
+"""Publishing a trained model: the folder to upload (weights, config, code, model card) and the upload.
+
+``python push_to_hub.py --model DIR --repo-id NAME [--private] [--revision REV] [--dry-run OUT]``
+
+The folder holds ``config.json``, ``model.safetensors``, ``preprocessor_config.json``, the model code
+(``configuration_mlsv.py``, ``modeling_mlsv.py`` and its siblings) so that
+``AutoModel.from_pretrained(repo, trust_remote_code=True)`` works where mlsv is not installed, an ONNX
+export when the model folder has one, and a ``README.md`` model card with YAML metadata and the
+evaluation table. The upload is one commit through ``huggingface_hub``; the token comes from
+``huggingface-cli login`` / ``hf auth login`` or ``HF_TOKEN`` and is never written anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_model_card", "build_publish_folder", "find_results", "load_metrics", "main", "upload_folder"]
+
+#: Files of the model folder copied as they are, when present.
+EXTRA_FILES = ("model.onnx", "model.onnx.json")
+RESULTS_NAME = "results.json"
+_METRIC_COLUMNS = (("eer", "EER (%)"), ("min_dcf_0.01", "minDCF (p=0.01)"), ("min_dcf_0.05", "minDCF (p=0.05)"),
+                   ("act_dcf_0.01", "actDCF (p=0.01)"), ("cllr", "Cllr"), ("n_trials", "trials"))
+
+
+# ------------------------------------------------------------------------------------------------
+# metrics
+
+
+def find_results(model_dir: str | os.PathLike, levels: int = 2) -> Path | None:
+    """``results.json`` in the model folder or up to ``levels`` folders above it, else None."""
+    d = Path(model_dir).resolve()
+    for _ in range(levels + 1):
+        if (d / RESULTS_NAME).is_file():
+            return d / RESULTS_NAME
+        d = d.parent
+    return None
+
+
+def load_metrics(source: Mapping | str | os.PathLike | None) -> list[tuple[str, dict]]:
+    """Every metrics record (a dict with an ``eer``) in a results file or dict, with its path as a label.
+
+    ``{"vox1_O": {"eer": ...}}`` gives ``[("vox1_O", {...})]``; nested results such as
+    ``{"vox1_O": {"cosine": {"eer": ...}, "asnorm": {...}}}`` give ``"vox1_O / cosine"`` etc.
+    """
+    if source is None:
+        return []
+    if not isinstance(source, Mapping):
+        path = Path(source)
+        try:
+            source = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: cannot read results ({e})") from e
+    found: list[tuple[str, dict]] = []
+
+    def walk(node: Any, trail: list[str]) -> None:
+        if isinstance(node, Mapping):
+            if "eer" in node and isinstance(node["eer"], (int, float)):
+                found.append((" / ".join(trail) or "evaluation", dict(node)))
+                return
+            for k, v in node.items():
+                if k not in ("score_statistics", "baseline"):
+                    # results.json groups by "systems" and the model config by "metrics": not row labels
+                    walk(v, trail if k in ("systems", "metrics") and not trail else [*trail, str(k)])
+
+    walk(source, [])
+    return found
+
+
+def _fmt(v: Any, key: str) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    if key == "n_trials":
+        return f"{int(v):,}"
+    if key == "eer":
+        return f"{float(v):.3f}"
+    return f"{float(v):.4f}" if isinstance(v, (int, float)) else str(v)
+
+
+def metrics_table(records: Sequence[tuple[str, dict]]) -> str:
+    """A markdown table of metrics records (columns present in at least one record)."""
+    cols = [(k, name) for k, name in _METRIC_COLUMNS if any(k in r for _, r in records)]
+    lines = ["| trial list | " + " | ".join(name for _, name in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for label, r in records:
+        lines.append(f"| {label} | " + " | ".join(_fmt(r.get(k), k) for k, _ in cols) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# model card
+
+
+def _yaml_list(key: str, values: Sequence[str]) -> list[str]:
+    return [f"{key}:"] + [f"- {json.dumps(v)}" for v in values] if values else []
+
+
+def build_model_card(config, *, repo_id: str, metrics: Sequence[tuple[str, dict]] = (),
+                     datasets: Sequence[str] = (), license: str | None = None,
+                     parameter_counts: Mapping[str, int] | None = None, has_onnx: bool = False) -> str:
+    """The model card (README.md): YAML metadata, summary, metrics, usage, intended use, limitations."""
+    enc = dict(config.encoder_config or {})
+    family = enc.get("model_type", "encoder")
+    n_layers = enc.get("encoder_layers") if family == "whisper" else enc.get("num_hidden_layers")
+    agg = config.aggregation
+    agg_name = {"lap": "Layer Attentive Pooling (LAP)", "superb": "SUPERB weighted sum",
+                "last": "last layer"}.get(agg, agg)
+    backend = {"astp": "ASTP", "xvector": "x-vector TDNN", "ecapa": "ECAPA-TDNN",
+               "mhfa": "MHFA"}.get(config.backend, config.backend)
+    tags = ["speaker-verification", "speaker-embedding", "audio", "mlsv", family, agg, config.backend]
+    if agg == "lap":
+        tags.append("layer-attentive-pooling")
+    tags = list(dict.fromkeys(t for t in tags if t))
+    meta = ["---", "library_name: transformers"]
+    if license:
+        meta.append(f"license: {license}")
+    meta += _yaml_list("tags", tags) + _yaml_list("datasets", list(datasets))
+    meta += ["pipeline_tag: feature-extraction", "---", ""]
+    name = repo_id.split("/")[-1]
+    lines = [f"# {name}", "",
+             f"A speaker-verification model trained with mlsv (multi-layer speaker "
+             f"verification): a {family} encoder ({n_layers} layers"
+             f"{', from ' + config.encoder_name_or_path if config.encoder_name_or_path else ''}) whose hidden "
+             f"states are aggregated by {agg_name}, then pooled by {backend} into a "
+             f"{config.embedding_size}-dimensional speaker embedding.", "",
+             "| | |", "|---|---|",
+             f"| input | mono waveform, {config.sampling_rate} Hz, float32 |",
+             f"| output | `embeddings` ({config.embedding_size}-d) |",
+             f"| aggregation | {agg_name}" + (f", {config.lap_heads} heads, {config.lap_channels} channels"
+                                              if agg == "lap" else "") + " |",
+             f"| backend | {backend} |"]
+    if parameter_counts:
+        lines.append(f"| parameters | {parameter_counts.get('total', 0) / 1e6:.2f} M "
+                     f"(aggregation + backend {parameter_counts.get('aggregation+backend', 0) / 1e6:.2f} M) |")
+    lines.append("| scoring | cosine after subtracting the training mean"
+                 + (" (stored)" if config.training_mean is not None else "") + " |")
+    n_cohort = int(getattr(config, "cohort_size", 0) or 0)
+    if n_cohort:
+        top_k = (config.evaluation or {}).get("top_k")
+        lines.append(f"| AS-norm cohort | {n_cohort} speaker means stored with the weights"
+                     + (f" (top {top_k})" if top_k else "") + " |")
+    if config.calibration:
+        lines.append("| calibration | QMF logistic calibration of AS-norm scores to log-likelihood ratios |")
+    if config.threshold is not None:
+        scale = (config.evaluation or {}).get("threshold_scale") or ("calibrated" if config.calibration else "cosine")
+        scale = "calibrated LLR" if scale.startswith("calibrated") else scale
+        lines.append(f"| threshold | {config.threshold:.4f} ({scale} scores, EER point) |")
+    lines.append("")
+    lines += ["## Evaluation", ""]
+    if metrics:
+        lines += [metrics_table(metrics), "",
+                  "EER in percent; minDCF with the target prior given. Scores as named in each row "
+                  "(cosine, AS-norm, calibrated).", ""]
+    else:
+        lines += ["No evaluation results were published with this model.", ""]
+    lines += [
+        "## How to use", "",
+        "With mlsv (`pip install mlsv`): embeddings, scores and decisions, any sample rate or channel count.", "",
+        "```python",
+        "from mlsv.api import Verifier",
+        "",
+        f'verifier = Verifier.from_pretrained("{repo_id}")',
+        'result = verifier.verify("enroll.wav", "test.flac")',
+        "print(result.score, result.threshold, result.decision)",
+        'emb = verifier.embed(["a.wav", "b.wav"])  # (2, E)',
+        "```", "",
+        "From the command line: `mlsv verify --model " + repo_id + " a.wav b.wav` and "
+        "`mlsv embed --model " + repo_id + " FILES... --out emb.npz`.", "",
+        "Without mlsv, with transformers only (the model code ships with the weights):", "",
+        "```python",
+        "import numpy as np, soundfile as sf, torch",
+        "from transformers import AutoModel",
+        "",
+        f'model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True).eval()',
+        f'wav, sr = sf.read("a.wav", dtype="float32")  # mono, {config.sampling_rate} Hz',
+        "x = torch.from_numpy(wav)[None]",
+        "with torch.no_grad():",
+        "    emb = model(x, attention_mask=torch.ones_like(x, dtype=torch.long)).embeddings[0]",
+        "mean = torch.tensor(model.config.training_mean or [0.0] * emb.numel())",
+        "# score = cosine(emb_a - mean, emb_b - mean); same speaker when score >= model.config.threshold",
+        "```", "",
+        "Batches may be padded: pass `attention_mask` (1 for real samples); padding does not change an "
+        "embedding.", ""]
+    if has_onnx:
+        lines += ["An ONNX export (`model.onnx`, inputs `input_values` float32 (B, S) and `attention_mask` "
+                  "int64 (B, S), output `embeddings`) runs with onnxruntime: "
+                  f'`Verifier.from_pretrained("{repo_id}", runtime="onnx")`. `model.onnx.json` records its '
+                  "parity with PyTorch.", ""]
+    lines += [
+        "## Intended use", "",
+        "Speaker verification (is this the same speaker?) and speaker embeddings for clustering, "
+        "diarization or search, on speech similar to the training data, by people who have the consent of "
+        "the speakers concerned.", "",
+        "## Limitations", "",
+        "- Error rates depend on the trial conditions: language, channel, noise, duration and speaker "
+        "population differ from the evaluation lists above; measure on your own data before relying on a "
+        "threshold.",
+        "- The stored threshold is an EER operating point of the evaluation data; choose your own for the "
+        "false-accept rate you can afford (`verify(..., far=...)` where the model stores score "
+        "statistics or a calibration).",
+        "- The calibration expects AS-norm scores against the cohort it was fitted with; without that "
+        "cohort, scores are plain cosine similarities.",
+        "- Very short (< 1 s), silent or heavily overlapped audio gives unreliable embeddings.",
+        "- Not a liveness or anti-spoofing system: recordings and synthetic speech can fool it. Do not "
+        "use it as the only factor for access to anything that matters, nor to identify people without "
+        "their knowledge.", ""]
+    if datasets:
+        lines += ["## Training data", "", ", ".join(datasets), ""]
+    lines += ["## Method", "",
+              "Layer Attentive Pooling and the staged training follow Kim et al., *Rethinking Leveraging "
+              "Pre-Trained Multi-Layer Representations for Speaker Verification*, Interspeech 2025 "
+              "(arXiv:2512.22148).", ""]
+    return "\n".join(meta + lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# the folder
+
+
+def build_publish_folder(model_dir: str | os.PathLike, out: str | os.PathLike, *, repo_id: str,
+                         results: str | os.PathLike | Mapping | None = None, datasets: Sequence[str] = (),
+                         license: str | None = None, overwrite: bool = True) -> Path:
+    """Builds the folder to upload from a model folder made by ``save_pretrained``.
+
+    The model is loaded and saved again, so the folder always has the current model code for
+    ``trust_remote_code`` and the ``auto_map`` entries; the ONNX export is copied when present.
+
+    Args:
+        model_dir: the trained model folder.
+        out: the folder to write (replaced when ``overwrite``).
+        repo_id: the hub repository (for the card's examples).
+        results: a ``results.json`` path or dict; default: found beside or above ``model_dir``.
+            Falls back to the metrics in the model's ``config.evaluation``.
+        datasets: training / evaluation dataset names for the card's metadata.
+        license: license identifier for the metadata.
+    """
+    import mlsv.models  # noqa: F401  (registers the Auto classes)
+    from mlsv.models import MLSVModel
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: not a model folder (no config.json); give the folder "
+                                "save_pretrained wrote (e.g. runs/NAME/model)")
+    out = Path(out)
+    if out.exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} exists")
+        if out.resolve() == model_dir.resolve():
+            raise ValueError("the publish folder must differ from the model folder")
+        shutil.rmtree(out)
+    model = MLSVModel.from_pretrained(model_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=out.parent if out.parent.exists() else None))
+    try:
+        model.save_pretrained(tmp)
+        for name in EXTRA_FILES:
+            if (model_dir / name).is_file():
+                shutil.copy2(model_dir / name, tmp / name)
+        if results is None:
+            results = find_results(model_dir)
+        records = load_metrics(results)
+        if not records and model.config.evaluation:
+            records = load_metrics(model.config.evaluation)
+        card = build_model_card(model.config, repo_id=repo_id, metrics=records, datasets=datasets,
+                                license=license, parameter_counts=model.parameter_counts(),
+                                has_onnx=(tmp / "model.onnx").is_file())
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.replace(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def upload_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = False, revision: str | None = None,
+                  commit_message: str = "Upload mlsv speaker-verification model") -> str:
+    """Creates the repository if needed and uploads ``folder`` as one commit. Returns the commit URL.
+
+    The token is huggingface_hub's own (``hf auth login`` or ``HF_TOKEN``); it is never read or stored here.
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    if revision:
+        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+    info = api.upload_folder(folder_path=os.fspath(folder), repo_id=repo_id, repo_type="model",
+                             revision=revision, commit_message=commit_message)
+    return str(getattr(info, "commit_url", info))
+
+
+# ------------------------------------------------------------------------------------------------
+# command line
+
+
+EXAMPLE = """example:
+  python push_to_hub.py --model runs/default/model --repo-id me/mlsv-wavlm-lap --dry-run /tmp/publish
+  python push_to_hub.py --model runs/default/model --repo-id me/mlsv-wavlm-lap --private
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="push_to_hub.py", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLE,
+        description="Publish a trained mlsv model folder to the Hugging Face Hub with its code and model card. "
+                    "Log in first (hf auth login) or set HF_TOKEN.")
+    p.add_argument("--model", required=True, help="model folder written by training (save_pretrained)")
+    p.add_argument("--repo-id", required=True, help="hub repository, e.g. user/mlsv-wavlm-lap")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--revision", default=None, help="branch to push to (created when missing)")
+    p.add_argument("--results", default=None,
+                   help="results.json with the metrics for the card (default: beside or above --model)")
+    p.add_argument("--dataset", action="append", default=[], dest="datasets",
+                   help="dataset name for the card's metadata (repeatable), e.g. voxceleb2")
+    p.add_argument("--license", default=None, help="license identifier for the card, e.g. mit")
+    p.add_argument("--commit-message", default="Upload mlsv speaker-verification model")
+    p.add_argument("--dry-run", metavar="OUT", default=None,
+                   help="build the folder that would be uploaded in OUT and upload nothing")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.dry_run:
+            out = build_publish_folder(args.model, args.dry_run, repo_id=args.repo_id, results=args.results,
+                                       datasets=args.datasets, license=args.license)
+            print(f"dry run: built {out} ({', '.join(sorted(p.name for p in out.iterdir()))}); nothing uploaded")
+            return 0
+        with tempfile.TemporaryDirectory(prefix="mlsv-publish-") as tmp:
+            folder = build_publish_folder(args.model, Path(tmp) / "model", repo_id=args.repo_id,
+                                          results=args.results, datasets=args.datasets, license=args.license)
+            url = upload_folder(folder, args.repo_id, private=args.private, revision=args.revision,
+                                commit_message=args.commit_message)
+        print(f"uploaded {args.model} to https://huggingface.co/{args.repo_id} ({url})")
+        return 0
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"push_to_hub.py: error: {e}", file=sys.stderr)
+        return 2

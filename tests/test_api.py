@@ -1,0 +1,271 @@
+"""The verification API (mlsv.api.Verifier) and the `mlsv verify` / `mlsv embed` commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mlsv.api import Verifier, find_audio_files, load_audio, record_score_statistics
+from mlsv.data.audio import AudioError
+from mlsv.scoring.embeddings import EmbeddingTable, load_embeddings
+
+warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask.*")
+
+SR = 16000
+THRESHOLD = 0.25
+
+
+def voice(seconds: float, sr: int = SR, f0: float = 140.0, seed: int = 0) -> np.ndarray:
+    """A speech-like test signal: a harmonic tone with a syllable-rate envelope plus a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    x = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6)) / k for k in range(1, 8))
+    env = 0.5 + 0.5 * np.sin(2 * np.pi * 4.0 * t) ** 2
+    return (0.2 * x * env + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    import torch
+
+    from mlsv.models import MLSVModel
+
+    torch.manual_seed(0)
+    model = MLSVModel.from_encoder("tiny-wavlm", lap_heads=4, lap_channels=32, embedding_size=16)
+    model.config.training_mean = [0.05 * i for i in range(16)]
+    model.config.threshold = THRESHOLD
+    out = tmp_path_factory.mktemp("model") / "model"
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def verifier(model_dir):
+    return Verifier.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def audio_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("audio")
+    sf.write(d / "a16k.wav", voice(0.65, seed=1), SR, subtype="FLOAT")
+    sf.write(d / "a22k_stereo.wav", np.stack([voice(0.55, 22050, seed=2)] * 2, axis=1), 22050, subtype="FLOAT")
+    sf.write(d / "b8k.flac", voice(0.45, 8000, f0=210, seed=3), 8000)
+    sf.write(d / "c.ogg", voice(0.4, SR, f0=180, seed=4), SR)
+    return d
+
+
+def run_command(name: str, argv: list[str]) -> int:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="mlsv")
+    sub = parser.add_subparsers(dest="command", required=True)
+    importlib.import_module(f"mlsv.commands.{name}").register(sub)
+    args = parser.parse_args([name, *argv])
+    return args.func(args)
+
+
+# -- audio in ------------------------------------------------------------------------------------
+
+
+def test_odd_rates_and_stereo_match_array_inputs(verifier, audio_dir):
+    x22 = voice(0.55, 22050, seed=2)
+    from_file = verifier.embed(audio_dir / "a22k_stereo.wav")
+    stereo = np.stack([x22, x22], axis=1)
+    assert from_file.shape == (16,) and np.isfinite(from_file).all()
+    np.testing.assert_allclose(from_file, verifier.embed(stereo, sample_rate=22050), atol=1e-5)
+    np.testing.assert_allclose(from_file, verifier.embed(stereo.T.copy(), sample_rate=22050), atol=1e-5)
+    x8, sr8 = sf.read(audio_dir / "b8k.flac", dtype="float32")
+    np.testing.assert_allclose(verifier.embed(audio_dir / "b8k.flac"), verifier.embed(x8, sample_rate=sr8),
+                               atol=1e-5)
+    pcm = (voice(0.3) * 32767).astype(np.int16)
+    np.testing.assert_allclose(verifier.embed(pcm), verifier.embed(pcm / 32768.0), atol=1e-5)
+
+
+def test_batched_equals_alone_and_sorted_back(verifier, audio_dir):
+    files = [audio_dir / n for n in ("c.ogg", "a16k.wav", "b8k.flac", "a22k_stereo.wav")]
+    table = Verifier.from_pretrained(verifier.config._name_or_path, batch_seconds=5.0).embed_table(files)
+    assert table.embeddings.shape == (4, 16)
+    for f, row in zip(files, table.embeddings):  # back in input order, each as embedded alone
+        np.testing.assert_allclose(row, verifier.embed(f), atol=2e-5)
+    assert list(table.ids) == [str(f) for f in files]
+    np.testing.assert_allclose(table.durations, [0.4, 0.65, 0.45, 0.55], atol=1e-3)
+
+
+def test_chunked_embedding(verifier):
+    long = voice(1.5, seed=5)
+    whole = verifier.embed(long)
+    chunked = verifier.embed(long, chunk_seconds=0.5)
+    assert chunked.shape == whole.shape and np.isfinite(chunked).all()
+    parts = verifier.embed([long[:SR // 2], long[SR // 2:SR], long[SR:]])
+    np.testing.assert_allclose(chunked, parts.mean(0), atol=1e-5)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: (d / "empty.wav").write_bytes(b""), "empty file"),
+    (lambda d: sf.write(d / "noframes.wav", np.zeros(0, np.float32), SR), "empty"),
+    (lambda d: sf.write(d / "silent.wav", np.zeros(800, np.float32), SR), "silent"),
+    (lambda d: (d / "corrupt.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk" * 20), "not decodable"),
+    (lambda d: sf.write(d / "short.wav", voice(0.001), SR), "too short"),
+])
+def test_bad_files_are_refused_naming_them(verifier, tmp_path, make, message):
+    make(tmp_path)
+    path = next(tmp_path.iterdir())
+    with pytest.raises(AudioError, match=message) as info:
+        verifier.embed(path)
+    assert str(path) in str(info.value)
+
+
+def test_bad_arrays_and_missing_file(verifier, tmp_path):
+    with pytest.raises(AudioError, match="empty"):
+        verifier.embed(np.zeros(0, np.float32))
+    with pytest.raises(AudioError, match="NaN"):
+        verifier.embed(np.full(800, np.nan, np.float32))
+    with pytest.raises(AudioError, match=r"input #1 .*silent"):
+        verifier.embed([voice(0.1), np.zeros(800, np.float32)])
+    with pytest.raises(AudioError, match="not found"):
+        verifier.embed(tmp_path / "nope.wav")
+    with pytest.raises(AudioError, match="channels"):
+        load_audio(np.ones((20, 30), np.float32), SR, target_sr=SR)
+
+
+# -- scores and decisions ------------------------------------------------------------------------
+
+
+def test_score_is_mean_subtracted_cosine(verifier, audio_dir):
+    a, b = audio_dir / "a16k.wav", audio_dir / "b8k.flac"
+    ea, eb = verifier.embed([a, b])
+    mean = np.asarray(verifier.config.training_mean, np.float32)
+    x, y = ea - mean, eb - mean
+    expected = float(x @ y / np.linalg.norm(x) / np.linalg.norm(y))
+    assert verifier.score_scale == "cosine"
+    assert verifier.score(a, b) == pytest.approx(expected, abs=1e-5)
+    assert verifier.score(a, a) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_decisions_follow_the_stored_threshold(verifier, audio_dir):
+    a, b = audio_dir / "a16k.wav", audio_dir / "c.ogg"
+    r = verifier.verify(a, b)
+    assert r.threshold == THRESHOLD and r.scale == "cosine"
+    assert r.decision == (r.score >= THRESHOLD)
+    same = verifier.verify(a, a)
+    assert same.decision and "same speaker (score" in str(same)
+    assert verifier.verify(a, b, threshold=r.score - 1e-3).decision
+    assert not verifier.verify(a, b, threshold=r.score + 1e-3).decision
+
+
+def test_far_needs_score_statistics(model_dir, audio_dir):
+    v = Verifier.from_pretrained(model_dir)
+    with pytest.raises(ValueError, match="only a threshold"):
+        v.threshold(far=0.01)
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.normal(0.7, 0.1, 500), rng.normal(0.1, 0.1, 2000)])
+    labels = np.concatenate([np.ones(500), np.zeros(2000)])
+    stats = record_score_statistics(v.config, {"cosine": scores}, labels, trial_list="dev")
+    for far in (0.1, 0.01, 0.003):
+        t = v.threshold(far=far)
+        assert (scores[labels == 0] >= t.value).mean() <= far and t.scale == "cosine"
+        assert "dev" in t.source
+    with pytest.raises(ValueError, match="below what"):
+        v.threshold(far=1e-5)
+    assert v.threshold().value == pytest.approx(stats["cosine"]["eer_threshold"])
+    r = v.verify(audio_dir / "a16k.wav", audio_dir / "a16k.wav", far=0.01)
+    assert r.decision and r.threshold == v.threshold(far=0.01).value
+
+
+@pytest.fixture(scope="module")
+def calibrated_setup(model_dir):
+    """The model with a QMF calibration fitted on a synthetic cohort of its own embedding size."""
+    from mlsv.scoring.calibration import fit_calibration
+
+    rng = np.random.default_rng(1)
+    centers = rng.standard_normal((12, 16))
+    emb = np.concatenate([c + 0.5 * rng.standard_normal((6, 16)) for c in centers]).astype(np.float32)
+    cohort = EmbeddingTable(np.array([f"u{i}" for i in range(len(emb))]), emb,
+                            rng.uniform(1, 5, len(emb)), np.repeat([f"s{i}" for i in range(12)], 6))
+    cal = fit_calibration(cohort, top_k=5, n_pairs=400)
+    return cal, cohort
+
+
+def test_calibrated_scale_with_a_given_or_stored_cohort(model_dir, audio_dir, calibrated_setup, tmp_path):
+    import torch
+
+    from mlsv.models import MLSVModel
+    from mlsv.scoring.backend import cohort_from_table
+
+    cal, cohort = calibrated_setup
+    model = MLSVModel.from_pretrained(model_dir)
+    model.config.calibration = cal.to_dict()
+    model.config.threshold = None
+    a, b = audio_dir / "a16k.wav", audio_dir / "c.ogg"
+    given = Verifier(model, cohort=cohort)
+    assert given.score_scale == "calibrated" and given.top_k == 5
+    r = given.verify(a, b)
+    assert r.threshold == pytest.approx(cal.threshold_) and r.decision == (r.score >= r.threshold)
+    assert given.threshold(far=0.01).value == pytest.approx(math.log(100))
+    # without a cohort: plain cosine, and no threshold for it (explained)
+    plain = Verifier(model)
+    assert plain.score_scale == "cosine"
+    with pytest.raises(ValueError, match="cohort"):
+        plain.verify(a, b)
+    assert plain.verify(a, b, threshold=0.0).scale == "cosine"
+    # the cohort stored in the model as `mlsv evaluate` does: same scores from two utterances alone
+    mean = np.asarray(model.config.training_mean, np.float32)
+    model.set_cohort(torch.from_numpy(cohort_from_table(cohort, mean).vectors))
+    model.config.threshold = float(cal.threshold_)
+    model.config.evaluation = {"threshold_scale": "calibrated_llr", "top_k": 5}
+    model.save_pretrained(tmp_path / "calibrated")
+    stored = Verifier.from_pretrained(tmp_path / "calibrated")
+    assert stored.score_scale == "calibrated" and stored.top_k == 5
+    r2 = stored.verify(a, b)
+    assert r2.score == pytest.approx(r.score, abs=1e-4) and r2.threshold == pytest.approx(cal.threshold_)
+    assert Verifier.from_pretrained(tmp_path / "calibrated", use_stored_cohort=False).score_scale == "cosine"
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+def test_verify_command_json_and_text(model_dir, audio_dir, capsys):
+    assert run_command("verify", ["--model", str(model_dir), str(audio_dir / "a16k.wav"),
+                                  str(audio_dir / "a22k_stereo.wav"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["threshold"] == THRESHOLD and out["decision"] == (out["score"] >= THRESHOLD)
+    assert out["label"] in ("same speaker", "different speakers")
+    assert run_command("verify", ["--model", str(model_dir), str(audio_dir / "a16k.wav"),
+                                  str(audio_dir / "a16k.wav")]) == 0
+    text = capsys.readouterr().out
+    assert "score" in text and "threshold" in text and "same speaker" in text
+
+
+def test_embed_command_files_and_folders(model_dir, audio_dir, tmp_path):
+    out = tmp_path / "emb.npz"
+    assert run_command("embed", ["--model", str(model_dir), str(audio_dir), "--out", str(out),
+                                 "--batch-seconds", "2"]) == 0
+    table = load_embeddings(out)
+    files = find_audio_files([audio_dir])
+    assert list(table.ids) == files and table.embeddings.shape == (4, 16)
+    ref = Verifier.from_pretrained(model_dir).embed(files[0])
+    np.testing.assert_allclose(table.embeddings[0], ref, atol=2e-5)
+    with pytest.raises(FileNotFoundError):
+        run_command("embed", ["--model", str(model_dir), str(tmp_path / "missing.wav"), "--out", str(out)])
+
+
+def test_embed_command_manifest_keeps_ids_and_speakers(model_dir, audio_dir, tmp_path):
+    rows = [{"id": f"spk{i}/utt{i}.wav", "path": str(audio_dir / name), "speaker": f"spk{i}",
+             "duration": sf.info(audio_dir / name).duration, "sample_rate": sf.info(audio_dir / name).samplerate}
+            for i, name in enumerate(["a16k.wav", "c.ogg"])]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "m.npz"
+    assert run_command("embed", ["--model", str(model_dir), "--manifest", str(manifest), "--out", str(out),
+                                 "--num-workers", "0"]) == 0
+    table = load_embeddings(out)
+    assert sorted(table.ids) == ["spk0/utt0.wav", "spk1/utt1.wav"]
+    assert list(table.speakers) == [u.split("/")[0] for u in table.ids]
+    ref = Verifier.from_pretrained(model_dir).embed(audio_dir / "a16k.wav")
+    np.testing.assert_allclose(table.embeddings[list(table.ids).index("spk0/utt0.wav")], ref, atol=2e-5)

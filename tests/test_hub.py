@@ -1,0 +1,143 @@
+"""Publishing: the dry-run folder (code, weights, model card) loads without mlsv; the upload call sequence."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+
+from mlsv.hub import build_model_card, load_metrics, main
+
+warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask.*")
+
+RESULTS = {"systems": {"LAP": {"cosine": {"test_trials": {"eer": 4.321, "min_dcf_0.01": 0.3141,
+                                                          "min_dcf_0.05": 0.2718, "n_trials": 4000}},
+                               "calibrated": {"test_trials": {"eer": 3.9876, "min_dcf_0.01": 0.2999,
+                                                              "min_dcf_0.05": 0.25, "cllr": 0.41,
+                                                              "n_trials": 4000}}}},
+           "baseline": {"mfcc_eer": 20.0}}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    import torch
+
+    from mlsv.models import MLSVModel
+
+    torch.manual_seed(0)
+    model = MLSVModel.from_encoder("tiny-wavlm", lap_heads=4, lap_channels=32, embedding_size=16)
+    model.config.training_mean = [0.1] * 16
+    model.config.threshold = 0.42
+    root = tmp_path_factory.mktemp("run")
+    model.save_pretrained(root / "model")
+    (root / "results.json").write_text(json.dumps(RESULTS))
+    return root
+
+
+LOAD_WITHOUT_MLSV = textwrap.dedent("""
+    import sys
+    sys.modules["mlsv"] = None  # any import of mlsv fails
+    import numpy as np, torch
+    from transformers import AutoModel, AutoModelForAudioXVector
+    folder, out = sys.argv[1], sys.argv[2]
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    assert type(model).__name__ == "MLSVModel" and not type(model).__module__.startswith("mlsv.")
+    assert type(AutoModelForAudioXVector.from_pretrained(folder, trust_remote_code=True)).__name__ == "MLSVModel"
+    g = torch.Generator().manual_seed(3)
+    x = 0.1 * torch.randn(2, 7000, generator=g)
+    mask = torch.ones(2, 7000, dtype=torch.long)
+    mask[1, 5000:] = 0
+    with torch.no_grad():
+        emb = model(x, attention_mask=mask).embeddings
+    np.save(out, emb.numpy())
+    print("threshold", model.config.threshold)
+""")
+
+
+def test_dry_run_folder_loads_without_mlsv(run_dir, tmp_path, capsys):
+    import torch
+
+    from mlsv.models import MLSVModel
+
+    out = tmp_path / "publish"
+    assert main(["--model", str(run_dir / "model"), "--repo-id", "someone/mlsv-tiny", "--dry-run", str(out),
+                 "--dataset", "voxceleb2", "--license", "mit"]) == 0
+    assert "nothing uploaded" in capsys.readouterr().out
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md",
+            "configuration_mlsv.py", "modeling_mlsv.py"} <= names
+    # the card: metadata and the run's metrics
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\n")
+    meta = card.split("---")[1]
+    for tag in ("speaker-verification", "mlsv", "wavlm", "lap"):
+        assert f'- "{tag}"' in meta
+    assert '- "voxceleb2"' in meta and "license: mit" in meta
+    assert "| LAP / calibrated / test_trials | 3.988 | 0.2999 | 0.2500 | 0.4100 | 4,000 |" in card
+    assert "4.321" in card and "trust_remote_code=True" in card and "Limitations" in card
+
+    # a fresh process where mlsv cannot be imported, run elsewhere, with its own module cache
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": ""}
+    script = tmp_path / "load.py"
+    script.write_text(LOAD_WITHOUT_MLSV)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    proc = subprocess.run([sys.executable, str(script), str(out), str(tmp_path / "emb.npy")], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "threshold 0.42" in proc.stdout
+    model = MLSVModel.from_pretrained(run_dir / "model").eval()
+    g = torch.Generator().manual_seed(3)
+    x = 0.1 * torch.randn(2, 7000, generator=g)
+    mask = torch.ones(2, 7000, dtype=torch.long)
+    mask[1, 5000:] = 0
+    with torch.no_grad():
+        ref = model(x, attention_mask=mask).embeddings.numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "emb.npy"), ref, atol=1e-5)
+
+
+def test_upload_is_one_commit_with_the_card(run_dir, monkeypatch, capsys):
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kw):
+            calls.append(("create_repo", repo_id, kw))
+
+        def create_branch(self, repo_id, **kw):
+            calls.append(("create_branch", repo_id, kw))
+
+        def upload_folder(self, *, folder_path, repo_id, **kw):
+            files = sorted(os.listdir(folder_path))
+            calls.append(("upload_folder", repo_id, {**kw, "files": files}))
+            return type("Info", (), {"commit_url": "https://hub/commit/1"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_token_value")
+    assert main(["--model", str(run_dir / "model"), "--repo-id", "me/tiny", "--private",
+                 "--revision", "v1"]) == 0
+    assert [c[0] for c in calls] == ["create_repo", "create_branch", "upload_folder"]
+    assert calls[0][2]["exist_ok"] is True and calls[0][2]["private"] is True
+    assert calls[1][2]["branch"] == "v1" and calls[2][2]["revision"] == "v1"
+    assert "README.md" in calls[2][2]["files"] and "model.safetensors" in calls[2][2]["files"]
+    assert "hf_secret_token_value" not in json.dumps(calls, default=str) + capsys.readouterr().out
+
+
+def test_card_without_results_and_metric_discovery(run_dir):
+    from mlsv.models import MLSVConfig
+
+    cfg = MLSVConfig.from_pretrained(run_dir / "model")
+    card = build_model_card(cfg, repo_id="a/b")
+    assert "No evaluation results" in card and "datasets:" not in card
+    found = load_metrics(RESULTS)
+    assert [label for label, _ in found] == ["LAP / cosine / test_trials", "LAP / calibrated / test_trials"]
+    assert load_metrics({"vox1_O": {"eer": 1.0}}) == [("vox1_O", {"eer": 1.0})]
+    assert main(["--model", str(run_dir / "missing"), "--repo-id", "a/b", "--dry-run", str(run_dir / "x")]) == 2
