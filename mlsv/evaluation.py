@@ -161,9 +161,9 @@ def write_run_report(run_dir: str | Path, systems: dict[str, Path], *, baseline:
         lines.append(f"{label:<10} {stage:<11} {name:<18} {m['eer']:>7.2f} {m['min_dcf_0.01']:>10.4f} "
                      f"{m['min_dcf_0.05']:>10.4f}")
     base = results.get("baseline", {})
-    base_eer = base.get("mfcc_eer", base.get("eer"))
+    base_eer = base.get("mfcc_cosine_eer")
     if base_eer is not None:
-        lines.append(f"{'MFCC mean':<10} {'cosine':<11} {base.get('trials', 'test_trials'):<18} "
+        lines.append(f"{'MFCC mean':<10} {'cosine':<11} {Path(base.get('trials', 'test_trials')).stem:<18} "
                      f"{float(base_eer):>7.2f}")
     table = "\n".join(lines)
 

@@ -41,6 +41,7 @@ def extract_embeddings(model, batches: Iterable[dict], *, device: torch.device |
             if uid in sums:
                 sums[uid] += emb[i] * n_valid[i]
                 weights[uid] += n_valid[i]
+                durations[uid] += float(batch["durations"][i])  # chunks: the utterance is their sum
             else:
                 sums[uid] = emb[i] * n_valid[i]
                 weights[uid] = n_valid[i]

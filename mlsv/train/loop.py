@@ -19,6 +19,7 @@ batches already trained in a partly done epoch are skipped, not repeated.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -225,7 +226,10 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
     if cfg.augment.where == "device" and cfg.augment.probability > 0:
         from mlsv.data.augment import BatchAugmenter
 
-        device_augmenter = BatchAugmenter.from_config(cfg.augment, device=acc.device, seed=st.seed + acc.process_index)
+        aug_cfg = dataclasses.replace(cfg.augment, noise_manifest=_resolve(cfg.augment.noise_manifest, config_dir),
+                                      rir_manifest=_resolve(cfg.augment.rir_manifest, config_dir))
+        device_augmenter = BatchAugmenter(aug_cfg, sample_rate=data.sample_rate, device=acc.device, bank_seed=st.seed)
+        aug_generator = torch.Generator(device=acc.device).manual_seed(st.seed * 1000 + acc.process_index)
 
     # -- resume ------------------------------------------------------------------------------------------
     ckpt_root = output_dir / "checkpoints"
@@ -261,7 +265,7 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
             wav = batch["waveforms"].to(acc.device, non_blocking=True)
             y = batch["labels"].to(acc.device, non_blocking=True)
             if device_augmenter is not None:
-                wav = device_augmenter(wav)
+                wav = device_augmenter(wav, aug_generator)
             step_progress = global_step / steps_per_epoch
             unwrapped_head.set_margin(margin_at(step_progress, margin=h.margin, kind=h.margin_schedule,
                                                 start_epoch=h.margin_start_epoch, ramp_epochs=h.margin_ramp_epochs))
@@ -350,10 +354,11 @@ def _progress(acc, cfg: TrainConfig, total: int, epoch: int):
 
 
 def _skipped(loader) -> int:
-    counter = getattr(loader, "bad_files", None) or getattr(getattr(loader, "dataset", None), "bad_files", None)
-    if counter is None:
-        return 0
-    return int(counter() if callable(counter) else getattr(counter, "value", counter))
+    """Files that failed to decode this epoch (skipped and counted; data.strict raises instead)."""
+    bad = getattr(loader, "bad_files", [])
+    if bad:
+        log.warning("skipped %d undecodable files, e.g. %s", len(bad), bad[:3])
+    return len(bad)
 
 
 def _embed_manifest(model, manifest: str, acc, data, limit: int = 0):
@@ -364,9 +369,11 @@ def _embed_manifest(model, manifest: str, acc, data, limit: int = 0):
     from mlsv.inference import extract_embeddings
     from mlsv.scoring.embeddings import EmbeddingTable
 
+    if limit:
+        manifest = _subset_manifest(manifest, limit, seed=0)
     loader = build_eval_loader(manifest, batch_seconds=data.eval_batch_seconds, chunk_seconds=data.eval_chunk_seconds,
                                sample_rate=data.sample_rate, process_index=acc.process_index,
-                               num_processes=acc.num_processes, max_utterances=limit)
+                               num_processes=acc.num_processes)
     table = extract_embeddings(model, loader, device=acc.device)
     parts = gather_object([(table.ids.tolist(), table.embeddings, table.durations)]) \
         if acc.num_processes > 1 else [(table.ids.tolist(), table.embeddings, table.durations)]
@@ -374,6 +381,28 @@ def _embed_manifest(model, manifest: str, acc, data, limit: int = 0):
     emb = np.concatenate([p[1] for p in parts if len(p[0])]) if ids else np.zeros((0, 0), np.float32)
     dur = np.concatenate([p[2] for p in parts if len(p[0])]) if ids else np.zeros(0, np.float32)
     return EmbeddingTable(np.array(ids), emb, dur)
+
+
+def _subset_manifest(manifest: str, limit: int, seed: int) -> str:
+    """A seeded random subset of at most ``limit`` rows, written beside nothing: a temporary JSONL with
+    absolute paths (the same on every process)."""
+    import hashlib
+    import tempfile
+
+    from mlsv.data.manifest import iter_rows, manifest_root, resolve_path, write_manifest
+
+    rows = [row for _, row in iter_rows(manifest)]
+    if len(rows) <= limit:
+        return manifest
+    pick = np.sort(np.random.default_rng(seed).choice(len(rows), limit, replace=False))
+    root = manifest_root(manifest)
+    subset = [{**rows[i], "path": resolve_path(rows[i]["path"], root)} for i in pick]
+    stamp = Path(manifest).stat().st_mtime_ns  # a remade manifest gets a new subset
+    key = hashlib.sha1(f"{Path(manifest).resolve()}:{stamp}:{limit}:{seed}".encode()).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / f"mlsv_subset_{key}.jsonl"
+    if not path.is_file():
+        write_manifest(subset, path)
+    return str(path)
 
 
 def validation_eer(model, manifest: str, trials_path: str, acc, data) -> float:

@@ -178,7 +178,7 @@ def _train(recipe: Recipe, step: Step, out: Path) -> None:
 def _evaluate(recipe: Recipe, step: Step, out: Path) -> None:
     from mlsv.evaluation import evaluate_model
 
-    spec = dict(step.spec)
+    spec = {**step.spec, **step.args}
     model = spec.pop("model")
     model_dir = recipe.step_dir(model) / "model" if (recipe.step_dir(model) / "model").is_dir() else Path(model)
     evaluate_model(model_dir, out_dir=out, **spec)
