@@ -25,8 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .fast_attention import (ATTENTION_MODES, key_padding_bias, relative_position_bias, set_encoder_attention,
-                             wavlm_layer_forward)
+from .fast_attention import (
+    ATTENTION_MODES,
+    key_padding_bias,
+    relative_position_bias,
+    set_encoder_attention,
+    wavlm_layer_forward,
+)
 
 # transformers' WavLM attention passes a bool padding mask beside its float position bias; torch warns
 # about the mix on every call although the result is right.
@@ -50,10 +55,10 @@ TINY_ENCODERS = {
         d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, num_mel_bins=80,
         decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, max_source_positions=1500,
         max_target_positions=64)),
-    # The demo encoder of `python train.py`: WavLM-shaped, 4 layers of 64, still fast on 2 CPU cores.
+    # The demo encoder of `python train.py`: WavLM-shaped (seven-layer CNN, 20 ms frames), 4 layers of 64.
     "small-wavlm": ("wavlm", dict(
         hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
-        conv_dim=(64, 64, 64, 64), conv_kernel=(10, 3, 3, 2), conv_stride=(5, 2, 2, 2),
+        conv_dim=(32, 32, 32, 32, 32, 64, 64), conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2),
         num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, num_buckets=32, max_bucket_distance=100)),
 }
 

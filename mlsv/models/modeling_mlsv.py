@@ -137,6 +137,10 @@ class MLSVModel(MLSVPreTrainedModel):
         if kwargs.get("is_main_process", True):
             self.feature_extractor().save_pretrained(save_directory)
 
+    def set_attention(self, mode: str, fused_qkv: bool | None = None) -> None:
+        """Attention implementation of the encoder: "sdpa" (default) or "eager" (transformers' own)."""
+        self.frontend.set_attention(mode, fused_qkv)
+
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None):
         self.frontend.gradient_checkpointing = enable
 

@@ -1,0 +1,164 @@
+"""Training-step throughput: stage 1, stage 2 and the frontend's forward pass, as one JSON object.
+
+* stage1: frozen frontend (no graph), LAP + ASTP + sub-center AAM-softmax head forward and backward, an
+  Adam step over the aggregation, backend and head.
+* stage2: the same with the frontend trained too (``--stage2-trainable``; gradient checkpointing with
+  ``--checkpointing``).
+* frontend: the frontend's forward pass alone, in evaluation mode without autograd.
+
+Encoders are random-initialised from configs with the real hyper-parameters (``--shape base`` = WavLM
+Base+ 12 x 768, ``large`` = WavLM Large 24 x 1024; ``tiny``/``small`` for CPUs), so nothing is
+downloaded. Crops have a fixed length (``--seconds``), as in training.
+
+    python benchmarks/train_step.py                              # CPU: tiny shape, seconds
+    python benchmarks/train_step.py --shape base --batch 128 --seconds 2 --precision bf16 --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mlsv import speed  # noqa: E402
+from mlsv.models.head import SubCenterAAMSoftmax  # noqa: E402
+
+SAMPLE_RATE = 16000
+PARTS = ("stage1", "stage2", "frontend")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", default="base" if cuda else "tiny",
+                   help="base | large | tiny | small | a TINY_ENCODERS name (default: base on GPU, tiny on CPU)")
+    p.add_argument("--batch", type=int, default=128 if cuda else 4)
+    p.add_argument("--seconds", type=float, default=2.0 if cuda else 0.5, help="crop length")
+    p.add_argument("--classes", type=int, default=17982, help="head classes (VoxCeleb2 x 3 speed factors)")
+    p.add_argument("--precision", choices=sorted(speed.PRECISIONS), default="bf16" if cuda else "fp32")
+    p.add_argument("--attention", choices=("eager", "sdpa"), default="sdpa")
+    p.add_argument("--fused-qkv", action="store_true", help="WavLM sdpa: one matrix product for q, k, v")
+    p.add_argument("--compile", action="store_true", help="torch.compile frontend, aggregation, backend, head")
+    p.add_argument("--compile-mode", choices=speed.COMPILE_MODES, default="default")
+    p.add_argument("--steps", type=int, default=20 if cuda else 5, help="timed steps per part")
+    p.add_argument("--warmup", type=int, default=5 if cuda else 2, help="untimed steps per part")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
+    p.add_argument("--stage2-trainable", choices=("all", "transformer"), default="all")
+    p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in stage 2")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--device", default="cuda" if cuda else "cpu")
+    p.add_argument("--threads", type=int, default=0 if cuda else 1,
+                   help="CPU threads (0: torch's default; 1 on CPU: steadier on shared cores)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    bad = [x for x in args.parts.split(",") if x not in PARTS]
+    if bad:
+        p.error(f"unknown parts {bad}; choose from {', '.join(PARTS)}")
+    return args
+
+
+def _timed(step, steps: int, warmup: int, device: str) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) for ``steps`` calls of ``step`` after ``warmup`` untimed ones
+    (device synchronised). CPU time is the steadier figure on a shared CPU with ``--threads 1``."""
+    for _ in range(warmup):
+        step()
+    speed.synchronize(device)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        step()
+    speed.synchronize(device)
+    return time.perf_counter() - start, time.process_time() - cpu_start
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Builds the model and head, times each part, returns the result dict."""
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device
+    speed.enable_tf32(True, cudnn_benchmark=True)  # fixed crop shapes
+    model = speed.build_benchmark_model(args.shape).to(device)
+    speed.set_attention(model, args.attention, fused_qkv=args.fused_qkv)
+    head = SubCenterAAMSoftmax(model.config.embedding_size, args.classes).to(device)
+    if args.compile:
+        speed.compile_model(model, head=head, mode=args.compile_mode, dynamic=False)
+    samples = int(round(args.seconds * SAMPLE_RATE))
+    x = torch.randn(args.batch, samples, device=device)
+    labels = torch.randint(0, args.classes, (args.batch,), device=device)
+    scaler = speed.grad_scaler(args.precision, device)
+
+    def make_step(optimizer: torch.optim.Optimizer):
+        def step() -> None:
+            with speed.autocast(args.precision, device):
+                emb = model(x).embeddings
+                loss, _ = head(emb, labels)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+        return step
+
+    def adam(params) -> torch.optim.Optimizer:
+        return torch.optim.Adam([p for p in params if p.requires_grad], lr=args.lr,
+                                fused=torch.device(device).type == "cuda")
+
+    results: dict[str, dict] = {}
+    for part in args.parts.split(","):
+        speed.reset_peak_memory(device)
+        if part == "frontend":
+            model.eval()
+
+            def step() -> None:
+                with torch.inference_mode(), speed.autocast(args.precision, device):
+                    model.frontend(x)
+        else:
+            if part == "stage1":
+                model.configure_training(trainable="none")
+                params = [*model.aggregation.parameters(), *model.backend.parameters(), *head.parameters()]
+            else:
+                model.configure_training(trainable=args.stage2_trainable, gradient_checkpointing=args.checkpointing)
+                params = [*model.parameters(), *head.parameters()]
+            model.train()
+            head.train()
+            speed.set_attention(model, args.attention, fused_qkv=args.fused_qkv)
+            step = make_step(adam(params))
+        try:
+            seconds, cpu_seconds = _timed(step, args.steps, args.warmup, device)
+        except torch.OutOfMemoryError:
+            results[part] = {"error": "out of memory", "peak_memory_mb": round(speed.peak_memory_mb(device), 1)}
+            del step
+            model.zero_grad(set_to_none=True)
+            head.zero_grad(set_to_none=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        results[part] = {
+            "utterances_per_s": round(args.batch * args.steps / seconds, 2),
+            "ms_per_step": round(1000 * seconds / args.steps, 2),
+            "peak_memory_mb": round(speed.peak_memory_mb(device), 1),
+        }
+        if torch.device(device).type == "cpu":
+            results[part]["cpu_ms_per_step"] = round(1000 * cpu_seconds / args.steps, 2)
+    return {
+        "benchmark": "train_step",
+        "device": speed.device_name(device),
+        "torch": torch.__version__,
+        "peak_memory_kind": "cuda max_memory_allocated" if device.startswith("cuda") else "process max RSS",
+        "settings": {k: v for k, v in vars(args).items()},
+        "parameters": model.parameter_counts(),
+        "results": results,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    print(json.dumps(run(parse_args(argv)), indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""Equivalence of every fast path with the plain one, on tiny models on a CPU.
+
+* WavLM attention through SDPA (``mlsv.models.fast_attention``) against transformers' ``WavLMAttention``
+  on the same weights: outputs and gradients, padding masks, eval and train mode (dropout 0), post-LN
+  (Base) and pre-LN (Large) layers, fused QKV.
+* transformers' own SDPA switch for the other families.
+* LAP under bf16 autocast and compiled; the whole model compiled.
+* The speed helpers and the two benchmarks (smoke runs printing JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import padded_batch, tiny_model
+
+from mlsv import speed
+from mlsv.models.aggregation import LayerAttentivePooling
+from mlsv.models.fast_attention import (
+    key_padding_bias,
+    padded_length,
+    relative_position_bias,
+    wavlm_layer_forward,
+)
+from mlsv.models.frontend import Frontend, build_encoder, encoder_config_from_name
+
+ROOT = Path(__file__).resolve().parents[1]
+# transformers' eager WavLM attention mixes a bool padding mask with a float bias; torch warns each call
+pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")
+
+
+def _no_dropout(cfg):
+    for k in ("attention_dropout", "hidden_dropout", "activation_dropout", "feat_proj_dropout", "dropout"):
+        if hasattr(cfg, k):
+            setattr(cfg, k, 0.0)
+    return cfg
+
+
+def _wavlm_encoder(stable: bool = False, name: str = "small-wavlm"):
+    cfg = _no_dropout(encoder_config_from_name(name))
+    if stable:  # WavLM Large's layer type
+        cfg.do_stable_layer_norm, cfg.feat_extract_norm = True, "layer"
+    return build_encoder(cfg)
+
+
+def _assert_grads_close(ga: dict, gb: dict, rel: float = 1e-4) -> None:
+    """Each gradient within ``rel`` of its own scale, with a floor of 1e-5 of the largest gradient (the
+    key-projection bias's gradient is zero in exact arithmetic, rounding noise in both paths)."""
+    assert ga.keys() == gb.keys() and ga
+    floor = 1e-5 * max(g.abs().max().item() for g in ga.values())
+    for k in ga:
+        scale = ga[k].abs().max().item()
+        torch.testing.assert_close(gb[k], ga[k], rtol=0, atol=max(rel * scale, floor), msg=k)
+
+
+@pytest.mark.parametrize("stable", [False, True], ids=["post-ln", "pre-ln"])
+@pytest.mark.parametrize("train,fused", [(False, False), (True, False), (True, True)],
+                         ids=["eval", "train", "train-fused-qkv"])
+def test_wavlm_sdpa_layers_match_transformers(stable, train, fused):
+    """The SDPA layers give transformers' outputs and gradients on the valid frames of a padded batch."""
+    enc = _wavlm_encoder(stable).train(train)
+    layers = enc.encoder.layers
+    B, T, D = 3, 37, enc.config.hidden_size
+    frame_mask = torch.arange(T)[None] < torch.tensor([37, 20, 9])[:, None]
+    h0 = torch.randn(B, T, D, requires_grad=True)
+    w = torch.randn(B, T, D) * frame_mask[..., None]  # a loss on the valid frames only
+
+    def run(fast: bool):
+        enc.zero_grad(set_to_none=True)
+        h0.grad = None
+        h, pb = h0, None
+        if fast:
+            key_bias, pb = key_padding_bias(frame_mask), relative_position_bias(layers[0].attention, T)
+        for i, layer in enumerate(layers):
+            if fast:
+                h = wavlm_layer_forward(layer, h, key_bias, pb, fused_qkv=fused)
+            else:
+                h, pb = layer(h, attention_mask=frame_mask.long(), position_bias=pb, index=i)
+        (h * w).sum().backward()
+        grads = {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}
+        return h.detach() * frame_mask[..., None], h0.grad.clone(), grads
+
+    ref, fast = run(False), run(True)
+    torch.testing.assert_close(fast[0], ref[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast[1], ref[1], rtol=1e-4, atol=1e-5)
+    _assert_grads_close(ref[2], fast[2])
+    assert any("rel_attn_embed" in k for k in fast[2]) and any("gru_rel_pos_const" in k for k in fast[2])
+
+
+def test_bias_is_aligned_and_masks_padding():
+    frame_mask = torch.arange(20)[None] < torch.tensor([20, 7])[:, None]
+    kb = key_padding_bias(frame_mask)
+    assert kb.shape == (2, 1, 1, padded_length(20)) == (2, 1, 1, 32)
+    assert (kb[0, ..., :20] == 0).all() and (kb[1, ..., 7:] < -1e30).all() and (kb[..., 20:] < -1e30).all()
+    enc = _wavlm_encoder(name="tiny-wavlm")
+    pb = relative_position_bias(enc.encoder.layers[0].attention, 20)
+    assert pb.shape == (1, enc.config.num_attention_heads, 20, 32)
+    torch.testing.assert_close(pb[0, ..., :20], enc.encoder.layers[0].attention.compute_bias(20, 20))
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("stable", [False, True], ids=["post-ln", "pre-ln"])
+def test_frontend_attention_switch_same_states_and_gradients(train, stable):
+    """Frontend with attention "eager" vs "sdpa": same states on valid frames, same gradients."""
+    f = Frontend(_wavlm_encoder(stable, "tiny-wavlm"), trainable="all").train(train)
+    x, mask = padded_batch([3000, 2200, 1500])
+    lengths = mask.sum(-1)
+    out = {}
+    for mode in ("eager", "sdpa"):
+        f.set_attention(mode)
+        assert f.attention == mode
+        f.zero_grad(set_to_none=True)
+        states, fl = f(x, lengths)
+        valid = (torch.arange(states.shape[2])[None] < fl[:, None])[None, :, :, None]
+        w = torch.randn(states.shape, generator=torch.Generator().manual_seed(1)) * valid
+        (states * w).sum().backward()
+        out[mode] = states.detach() * valid, {n: p.grad.clone() for n, p in f.named_parameters() if p.grad is not None}
+    torch.testing.assert_close(out["sdpa"][0], out["eager"][0], rtol=1e-5, atol=1e-5)
+    _assert_grads_close(out["eager"][1], out["sdpa"][1])
+
+
+def test_frontend_sdpa_with_gradient_checkpointing_and_layerdrop():
+    f = Frontend(_wavlm_encoder(False, "tiny-wavlm"), trainable="transformer", gradient_checkpointing=True,
+                 layerdrop=0.5).train()
+    f.set_attention("sdpa")
+    states, _ = f(*padded_batch([2000, 1600])[:1])
+    assert states.shape[0] == f.num_layers + 1
+    states.sum().backward()
+
+
+def test_set_attention_rejects_unknown_modes():
+    f = Frontend(_wavlm_encoder(name="tiny-wavlm"))
+    with pytest.raises(ValueError, match="eager, sdpa"):
+        f.set_attention("flash")
+    with pytest.raises(ValueError):
+        f.attention = "xformers"
+
+
+@pytest.mark.parametrize("name", ["tiny-hubert", "tiny-wav2vec2", "tiny-data2vec", "tiny-whisper"])
+def test_other_families_use_transformers_attention_switch(name):
+    f = Frontend(build_encoder(_no_dropout(encoder_config_from_name(name))))
+    x, mask = padded_batch([4000, 2500])
+    res = {}
+    for mode in ("eager", "sdpa"):
+        speed.set_attention(f, mode)
+        assert f.attention == mode == f.encoder.config._attn_implementation
+        states, fl = f(x, mask.sum(-1))
+        res[mode] = states * (torch.arange(states.shape[2])[None] < fl[:, None])[None, :, :, None]
+    torch.testing.assert_close(res["sdpa"], res["eager"], rtol=1e-5, atol=1e-5)
+
+
+def test_model_embeddings_same_with_either_attention_and_padding():
+    model = tiny_model().eval()
+    x, mask = padded_batch([6000, 3500, 2000])
+    emb = {}
+    for mode in ("eager", "sdpa"):
+        speed.set_attention(model, mode)
+        assert speed.get_attention(model) == mode
+        with torch.no_grad():
+            emb[mode] = model(x, attention_mask=mask).embeddings
+            alone = model(x[2:, :2000]).embeddings
+        torch.testing.assert_close(alone, emb[mode][2:], rtol=1e-5, atol=1e-5)  # padding changes nothing
+    torch.testing.assert_close(emb["sdpa"], emb["eager"], rtol=1e-5, atol=1e-5)
+
+
+def test_lap_bf16_autocast_close_to_fp32():
+    """LAP's channel-last products under bf16 autocast stay within bf16 rounding of fp32."""
+    lap = LayerAttentivePooling(5, 64, heads=4, output_size=32, dropout=0.0).eval()
+    states = torch.randn(5, 2, 11, 64)
+    ref = lap(states)
+    with speed.autocast("bf16", "cpu"):
+        out = lap(states.bfloat16())
+    assert out.shape == ref.shape
+    assert (out.float() - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_compiled_lap_and_model_trace_as_eager():
+    """The graphs torch.compile captures (aot_eager: traced, no kernels generated) give eager's results."""
+    model = tiny_model().eval()
+    x, mask = padded_batch([4000, 2600])
+    with torch.no_grad():
+        ref = model(x, attention_mask=mask).embeddings
+        speed.compile_model(model, backend="aot_eager")
+        assert speed.is_compiled(model.frontend) and speed.is_compiled(model.backend)
+        out = model(x, attention_mask=mask).embeddings
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert "frontend.encoder.encoder.layers.0.attention.q_proj.weight" in model.state_dict()  # names unchanged
+
+
+@pytest.mark.slow
+def test_compiled_model_inductor_matches_eager():
+    """torch.compile with generated kernels (about 50 s on 2 CPU cores): same embeddings and loss gradients."""
+    from mlsv.models.head import SubCenterAAMSoftmax
+
+    model = tiny_model(lap_dropout=0.0, backend_dropout=0.0)
+    model.configure_training(trainable="none")
+    head = SubCenterAAMSoftmax(16, 10)
+    x = torch.randn(2, 3000)
+    labels = torch.tensor([1, 7])
+    model.train()
+
+    def grads():
+        model.zero_grad(set_to_none=True)
+        head.zero_grad(set_to_none=True)
+        loss, _ = head(model(x).embeddings, labels)
+        loss.backward()
+        return loss.detach(), model.aggregation.proj_out.weight.grad.clone()
+
+    ref = grads()
+    speed.compile_model(model, head=head, dynamic=False)
+    out = grads()
+    torch.testing.assert_close(out[0], ref[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[1], ref[1], rtol=1e-4, atol=1e-5)
+
+
+def test_speed_helpers():
+    import contextlib
+
+    assert isinstance(speed.autocast("fp32", "cpu"), contextlib.nullcontext)
+    with speed.autocast("bf16", "cpu"):
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+    with pytest.raises(ValueError):
+        speed.autocast("int8", "cpu")
+    with pytest.raises(ValueError):
+        speed.compile_model(tiny_model(), mode="fastest")
+    assert not speed.grad_scaler("bf16", "cpu").is_enabled()
+    assert speed.peak_memory_mb("cpu") > 0 and speed.device_name("cpu").startswith("cpu")
+    base, large = speed.benchmark_encoder_config("base"), speed.benchmark_encoder_config("large")
+    assert (base.hidden_size, base.num_hidden_layers, base.do_stable_layer_norm) == (768, 12, False)
+    assert (large.hidden_size, large.num_hidden_layers, large.do_stable_layer_norm) == (1024, 24, True)
+    with pytest.raises(ValueError, match="unknown shape"):
+        speed.benchmark_encoder_config("huge")
+
+
+def _run_benchmark(name: str, argv: list[str], capsys) -> dict:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        module = __import__(name)
+    finally:
+        sys.path.pop(0)
+    module.main(argv)
+    return json.loads(capsys.readouterr().out)
+
+
+def test_train_step_benchmark_prints_json(capsys):
+    out = _run_benchmark("train_step", ["--shape", "tiny", "--batch", "2", "--seconds", "0.2", "--classes", "50",
+                                        "--steps", "1", "--warmup", "0", "--device", "cpu", "--threads", "0"], capsys)
+    assert set(out["results"]) == {"stage1", "stage2", "frontend"}
+    for part in out["results"].values():
+        assert part["utterances_per_s"] > 0 and part["peak_memory_mb"] > 0
+    assert out["torch"] == torch.__version__ and out["device"].startswith("cpu")
+
+
+def test_embed_benchmark_prints_json(capsys):
+    out = _run_benchmark("embed", ["--shape", "tiny", "--utterances", "5", "--min-seconds", "0.2",
+                                   "--max-seconds", "0.5", "--batch", "2", "--reference-utterances", "3",
+                                   "--passes", "1", "--device", "cpu", "--threads", "0"], capsys)
+    assert out["fast"]["audio_s_per_s"] > 0 and out["reference"]["audio_s_per_s"] > 0
+    assert out["equivalence"]["max_abs_diff"] < 1e-4 and out["equivalence"]["min_cosine"] > 0.9999
