@@ -47,7 +47,8 @@ def _cached_embeddings(model, manifest, path: Path, **kw) -> EmbeddingTable:
 def evaluate_model(model_dir: str | Path, *, manifest: str, trials: list[str], out_dir: str | Path,
                    cohort: str | None = None, top_k: int = 600, calibration_pairs: int = 30000,
                    batch_seconds: float = 120.0, chunk_seconds: float = 0.0, device: str | None = None,
-                   plots: bool = True) -> dict:
+                   plots: bool = True, threshold_manifest: str | None = None,
+                   threshold_trials: str | None = None) -> dict:
     """Embeds, scores every trial list at each stage, calibrates, and writes results.
 
     Args:
@@ -59,6 +60,9 @@ def evaluate_model(model_dir: str | Path, *, manifest: str, trials: list[str], o
             pairs; never the test speakers. None: cosine scoring only.
         top_k: AS-norm cohort size.
         calibration_pairs: QMF training pairs drawn from the cohort.
+        threshold_manifest, threshold_trials: a held-out (validation) list whose scores set the
+            model's decision thresholds and false-accept tables on every score scale; without it
+            the threshold is the calibration's (EER point of the cohort pairs).
 
     Returns:
         ``{"metrics": {stage: {list: metrics}}, "final_stage": ..., "model": out_dir/model}``
@@ -118,6 +122,14 @@ def evaluate_model(model_dir: str | Path, *, manifest: str, trials: list[str], o
         cfg.evaluation["threshold_scale"] = "calibrated_llr"
         cohort_means = cohort_from_table(cohort_table, mean)
         model.set_cohort(torch.from_numpy(np.asarray(cohort_means.vectors, np.float32)))
+    if threshold_trials:
+        from mlsv.api import record_score_statistics
+
+        held_out = read_trials(threshold_trials)
+        held_table = _cached_embeddings(model, threshold_manifest or manifest, out / "threshold_embeddings.npz", **kw)
+        held_scores = score_trial_lists(held_table, [held_out], mean=mean, cohort=cohort_table, top_k=top_k,
+                                        calibrator=calibrator)[0]
+        record_score_statistics(cfg, held_scores, held_out.labels, trial_list=held_out.name)
     model_out = out / "model"
     if model_out.exists():
         shutil.rmtree(model_out)

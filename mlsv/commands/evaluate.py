@@ -25,6 +25,9 @@ def register(subparsers) -> None:
     p.add_argument("--calibration-pairs", type=int, default=30000, help="QMF training pairs from the cohort")
     p.add_argument("--batch-seconds", type=float, default=120.0, help="audio per embedding batch")
     p.add_argument("--chunk-seconds", type=float, default=0.0, help="cut longer files into chunks (0: off)")
+    p.add_argument("--threshold-manifest", default=None, help="manifest of the held-out threshold trials")
+    p.add_argument("--threshold-trials", default=None,
+                   help="held-out (validation) trials that set the model's decision thresholds")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", required=True, help="results folder")
     p.set_defaults(func=run)
@@ -35,7 +38,8 @@ def run(args) -> int:
 
     result = evaluate_model(args.model, manifest=args.manifest, trials=args.trials, out_dir=args.out,
                             cohort=args.cohort, top_k=args.asnorm_top_k, calibration_pairs=args.calibration_pairs,
-                            batch_seconds=args.batch_seconds, chunk_seconds=args.chunk_seconds, device=args.device)
+                            batch_seconds=args.batch_seconds, chunk_seconds=args.chunk_seconds, device=args.device,
+                            threshold_manifest=args.threshold_manifest, threshold_trials=args.threshold_trials)
     print(json.dumps(result["metrics"][result["final_stage"]], indent=2))
     print(f"report: {args.out}/report.md")
     return 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -252,6 +253,7 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
         model.train()
         head.train()
         stats = torch.zeros(3, device=acc.device)  # loss sum, correct, seen
+        audit = hashlib.sha1()  # what this process trained on (labels in order), for the data audit
         progress = _progress(acc, cfg, batches_per_epoch, epoch)
         batches_done = 0
         for i, batch in enumerate(loader):
@@ -262,6 +264,7 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
                 if progress is not None:
                     progress.update(1)
                 continue
+            audit.update(batch["labels"].numpy().tobytes())
             wav = batch["waveforms"].to(acc.device, non_blocking=True)
             y = batch["labels"].to(acc.device, non_blocking=True)
             if device_augmenter is not None:
@@ -311,6 +314,7 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
             val_eer = validation_eer(eval_model(), _resolve(data.validation_manifest, config_dir),
                                      _resolve(data.validation_trials, config_dir), acc, data)
         row["validation_eer"] = val_eer
+        _write_audit(output_dir, acc.process_index, epoch, audit.hexdigest(), batches_done)
         trackers.log(row, step=global_step)
         if acc.is_main_process:
             log.info("epoch %d: %s", epoch + 1, json.dumps(row))
@@ -342,6 +346,15 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
     trackers.close()
     acc.wait_for_everyone()
     return output_dir
+
+
+def _write_audit(output_dir: Path, process: int, epoch: int, digest: str, batches: int) -> None:
+    """``data_audit/process_N.json``: per epoch, a digest of the labels this process trained on."""
+    path = output_dir / "data_audit" / f"process_{process}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    audit = json.loads(path.read_text()) if path.is_file() else {}
+    audit[str(epoch + 1)] = {"labels_sha1": digest, "batches": batches}
+    path.write_text(json.dumps(audit, indent=1))
 
 
 def _progress(acc, cfg: TrainConfig, total: int, epoch: int):
