@@ -259,6 +259,17 @@ def prepare_voxceleb(
 # generic folders, MUSAN, RIRs
 
 
+def _scan_and_write(partial: list[dict], out: Path, *, sample_rate: int, resample: bool, workers: int,
+                    progress: bool) -> PrepareResult:
+    """Checks every listed file (bad ones are reported and left out) and writes the manifest ``out``."""
+    result = PrepareResult()
+    rows, bad = scan(partial, sample_rate=sample_rate, resample=resample, workers=workers, progress=progress,
+                     root=out.parent)
+    _write(rows, bad, out, result, "manifest")
+    _write_bad(result, out.parent)
+    return result
+
+
 def prepare_folder(root: str | Path, out: str | Path, *, sample_rate: int = 16000, resample: bool = True,
                    workers: int = 1, progress: bool = True) -> PrepareResult:
     """A manifest from ``root/SPEAKER/[SESSION/]UTT.{wav,flac,ogg,mp3}``.
@@ -279,12 +290,8 @@ def prepare_folder(root: str | Path, out: str | Path, *, sample_rate: int = 1600
         partial.append(row)
     if not partial:
         raise ValueError(f"{root}: no SPEAKER/[SESSION/]UTT{{{','.join(AUDIO_SUFFIXES)}}} files")
-    result = PrepareResult()
-    rows, bad = scan(partial, sample_rate=sample_rate, resample=resample, workers=workers, progress=progress,
-                     root=out.parent)
-    _write(rows, bad, out, result, "manifest")
-    _write_bad(result, out.parent)
-    return result
+    return _scan_and_write(partial, out, sample_rate=sample_rate, resample=resample, workers=workers,
+                           progress=progress)
 
 
 def prepare_musan(root: str | Path, out: str | Path, *, sample_rate: int = 16000, resample: bool = True,
@@ -303,12 +310,8 @@ def prepare_musan(root: str | Path, out: str | Path, *, sample_rate: int = 16000
                                 "category": category})
     if not partial:
         raise ValueError(f"{root}: no {{noise,music,speech}}/SUBSET/*.wav files (is this the musan folder?)")
-    result = PrepareResult()
-    rows, bad = scan(partial, sample_rate=sample_rate, resample=resample, workers=workers, progress=progress,
-                     root=out.parent)
-    _write(rows, bad, out, result, "manifest")
-    _write_bad(result, out.parent)
-    return result
+    return _scan_and_write(partial, out, sample_rate=sample_rate, resample=resample, workers=workers,
+                           progress=progress)
 
 
 def prepare_rirs(root: str | Path, out: str | Path, *, sample_rate: int = 16000, resample: bool = True,
@@ -333,12 +336,8 @@ def prepare_rirs(root: str | Path, out: str | Path, *, sample_rate: int = 16000,
                         "speaker": f"{f.parent.parent.name}/{f.parent.name}", "kind": "simulated"})
     if not partial:
         raise ValueError(f"{root}: neither real_rirs_isotropic_noises/rir_list nor simulated_rirs/*/*/*.wav found")
-    result = PrepareResult()
-    rows, bad = scan(partial, sample_rate=sample_rate, resample=resample, workers=workers, progress=progress,
-                     root=out.parent)
-    _write(rows, bad, out, result, "manifest")
-    _write_bad(result, out.parent)
-    return result
+    return _scan_and_write(partial, out, sample_rate=sample_rate, resample=resample, workers=workers,
+                           progress=progress)
 
 
 def prepare_trials(manifest: str | Path, out: str | Path, *, per_utterance: int = 5, seed: int = 0) -> Trials:
