@@ -276,7 +276,11 @@ def build_train_loader(
     workers = data_cfg.num_workers
     if data_cfg.streaming:
         workers = min(workers, rows.num_shards)  # datasets gives each worker whole shards
-    return TrainLoader(dataset, batch_size=batch, num_workers=workers, pin_memory=torch.cuda.is_available())
+    # a private generator: creating the iterator must not draw from torch's global RNG, or a resumed run's
+    # dropout masks would drift from an uninterrupted run's (the data order is seeded in TrainCrops)
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return TrainLoader(dataset, batch_size=batch, num_workers=workers, pin_memory=torch.cuda.is_available(),
+                       generator=generator)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -372,4 +376,4 @@ def build_eval_loader(
                                 chunk_seconds=chunk_seconds, sample_rates=rows["sample_rate"])
     mine = batches[process_index::num_processes]
     return DataLoader(EvalBatches(rows, mine, sample_rate), batch_size=None, shuffle=False,
-                      num_workers=num_workers)
+                      num_workers=num_workers, generator=torch.Generator().manual_seed(0))
