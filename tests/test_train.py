@@ -158,9 +158,8 @@ def test_two_processes_train_on_different_data_and_agree(corpus, tmp_path):
         f"cfg = load_config(None, {_stage_overrides(corpus, **{'stage.epochs': 1})!r})\n"
         f"run_stage(cfg, {str(out)!r}, accelerator=Accelerator(cpu=True))\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                        "--master_port", "0", str(script)],
-                       capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr[-4000:]
     a0 = json.loads((out / "data_audit" / "process_0.json").read_text())["1"]
     a1 = json.loads((out / "data_audit" / "process_1.json").read_text())["1"]

@@ -122,8 +122,11 @@ class _Trackers:
                 self.neptune[f"train/{k}"].append(v, step=step)
 
     def close(self):
+        # the trackers only: accelerate's end_training() would also tear down the process group, which
+        # the recipe's later steps still use
         if self.acc.is_main_process:
-            self.acc.end_training()
+            for tracker in self.acc.trackers:
+                tracker.finish()
             if self.neptune is not None:
                 self.neptune.stop()
 
@@ -334,7 +337,8 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
         final.load_state_dict(ckpt.average_checkpoints(best, "model.safetensors"))
         unwrapped_head.load_state_dict(ckpt.average_checkpoints(best, "model_1.safetensors"))
         log.info("averaged %d best checkpoints: %s", len(best), [p.name for p in best])
-    final.config.training_mean = training_mean(final, train_manifest, acc, data, st.mean_utterances)
+    final.config.training_mean = training_mean(final, train_manifest, acc, data, st.mean_utterances,
+                                               output_dir)
     if acc.is_main_process:
         final.save_pretrained(output_dir / "model")
         save_file({k: v.contiguous() for k, v in unwrapped_head.state_dict().items()},
@@ -374,7 +378,7 @@ def _skipped(loader) -> int:
     return len(bad)
 
 
-def _embed_manifest(model, manifest: str, acc, data, limit: int = 0):
+def _embed_manifest(model, manifest: str, acc, data):
     """Embeds a manifest split across processes; every process gets the whole table back."""
     from accelerate.utils import gather_object
 
@@ -382,8 +386,6 @@ def _embed_manifest(model, manifest: str, acc, data, limit: int = 0):
     from mlsv.inference import extract_embeddings
     from mlsv.scoring.embeddings import EmbeddingTable
 
-    if limit:
-        manifest = _subset_manifest(manifest, limit, seed=0)
     loader = build_eval_loader(manifest, batch_seconds=data.eval_batch_seconds, chunk_seconds=data.eval_chunk_seconds,
                                sample_rate=data.sample_rate, process_index=acc.process_index,
                                num_processes=acc.num_processes)
@@ -396,26 +398,20 @@ def _embed_manifest(model, manifest: str, acc, data, limit: int = 0):
     return EmbeddingTable(np.array(ids), emb, dur)
 
 
-def _subset_manifest(manifest: str, limit: int, seed: int) -> str:
-    """A seeded random subset of at most ``limit`` rows, written beside nothing: a temporary JSONL with
-    absolute paths (the same on every process)."""
-    import hashlib
-    import tempfile
-
+def _subset_manifest(manifest: str, limit: int, out: Path, acc, seed: int = 0) -> str:
+    """A seeded random subset of at most ``limit`` rows as ``out`` (absolute paths), written by the main
+    process while the others wait."""
     from mlsv.data.manifest import iter_rows, manifest_root, resolve_path, write_manifest
 
     rows = [row for _, row in iter_rows(manifest)]
     if len(rows) <= limit:
         return manifest
-    pick = np.sort(np.random.default_rng(seed).choice(len(rows), limit, replace=False))
-    root = manifest_root(manifest)
-    subset = [{**rows[i], "path": resolve_path(rows[i]["path"], root)} for i in pick]
-    stamp = Path(manifest).stat().st_mtime_ns  # a remade manifest gets a new subset
-    key = hashlib.sha1(f"{Path(manifest).resolve()}:{stamp}:{limit}:{seed}".encode()).hexdigest()[:12]
-    path = Path(tempfile.gettempdir()) / f"mlsv_subset_{key}.jsonl"
-    if not path.is_file():
-        write_manifest(subset, path)
-    return str(path)
+    if acc.is_main_process:
+        pick = np.sort(np.random.default_rng(seed).choice(len(rows), limit, replace=False))
+        root = manifest_root(manifest)
+        write_manifest([{**rows[i], "path": resolve_path(rows[i]["path"], root)} for i in pick], out)
+    acc.wait_for_everyone()
+    return str(out)
 
 
 def validation_eer(model, manifest: str, trials_path: str, acc, data) -> float:
@@ -431,9 +427,11 @@ def validation_eer(model, manifest: str, trials_path: str, acc, data) -> float:
     return float(eer(scores, trials.labels)[0])
 
 
-def training_mean(model, manifest: str, acc, data, limit: int) -> list[float]:
-    """Mean embedding of up to ``limit`` training utterances (full length, eval mode)."""
-    table = _embed_manifest(model, manifest, acc, data, limit=limit)
+def training_mean(model, manifest: str, acc, data, limit: int, output_dir: Path) -> list[float]:
+    """Mean embedding of up to ``limit`` training utterances (full length, eval mode; 0: all)."""
+    if limit:
+        manifest = _subset_manifest(manifest, limit, output_dir / "mean_utterances.jsonl", acc)
+    table = _embed_manifest(model, manifest, acc, data)
     if not len(table):
         return [0.0] * model.config.embedding_size
     mean = table.embeddings.mean(0)
