@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlsv.models.head import SubCenterAAMSoftmax, speed_perturb_classes
+from mlsv.data.loader import speed_perturb_classes
+from mlsv.models.head import SubCenterAAMSoftmax
 
 
 def _head(**kw):

@@ -80,8 +80,3 @@ class SubCenterAAMSoftmax(nn.Module):
             loss = F.cross_entropy(logits, labels)
         return loss, logits
 
-
-def speed_perturb_classes(num_speakers: int, factors) -> int:
-    """Classes of the head when each distinct speed factor makes new speakers (the paper's
-    [1, 1, 1, 0.9, 1.1] gives 3 x num_speakers)."""
-    return num_speakers * len(set(float(f) for f in factors))

@@ -32,8 +32,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mlsv.config import TrainConfig, dump_config
+from mlsv.data.loader import speed_perturb_classes
 from mlsv.models import MLSVModel, SubCenterAAMSoftmax
-from mlsv.models.head import speed_perturb_classes
 from mlsv.train import checkpoint as ckpt
 from mlsv.train.schedules import lr_at, margin_at
 
