@@ -102,7 +102,9 @@ def _rows(out):
 def test_three_stages_loss_falls_and_validation_beats_chance(corpus, tmp_path):
     # a constant margin in stage 1 here, so that the loss curve is comparable from the first epoch on
     s1 = _train(corpus, tmp_path / "s1", **{"stage.epochs": 4, "stage.frontend_trainable": "none",
-                                            "head.margin": 0.2, "head.margin_schedule": "constant"})
+                                            "head.margin": 0.2, "head.margin_schedule": "constant",
+                                            "log.trackers": "[csv,tensorboard]"})
+    assert list(s1.rglob("events.out.tfevents*")), "the TensorBoard tracker wrote no events"
     s2 = _train(corpus, tmp_path / "s2", **{"stage.epochs": 2, "stage.init_from": s1,
                                             "stage.frontend_trainable": "transformer", "data.speed_factors": "[1.0]",
                                             "head.margin_schedule": "constant", "optim.lr": 0.001})
