@@ -164,6 +164,8 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
         accelerator = Accelerator(mixed_precision=st.mixed_precision, gradient_accumulation_steps=st.grad_accum,
                                   log_with=trackers or None, project_dir=str(output_dir))
     acc = accelerator
+    if not acc.is_main_process:
+        logging.getLogger("mlsv").setLevel(logging.WARNING)  # one process reports progress
     set_seed(st.seed, device_specific=False)
     if acc.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
