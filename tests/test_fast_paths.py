@@ -167,6 +167,64 @@ def test_model_embeddings_same_with_either_attention_and_padding():
     torch.testing.assert_close(emb["sdpa"], emb["eager"], rtol=1e-5, atol=1e-5)
 
 
+W2V_FAMILIES = ["tiny-wavlm", "small-wavlm", "small-wavlm-pre-ln", "tiny-hubert", "tiny-wav2vec2", "tiny-data2vec"]
+
+
+def _encoder(name: str):
+    if name == "small-wavlm-pre-ln":
+        return _wavlm_encoder(True)
+    return build_encoder(_no_dropout(encoder_config_from_name(name)))
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("name", W2V_FAMILIES)
+def test_frontend_states_equal_transformers_forward(name, layout):
+    """Our module-by-module forward (channel-last CNN, unpadded fast path, SDPA) gives every hidden state
+    that transformers' own forward gives on the same weights. The last state is the encoder's output (after
+    the final LayerNorm of pre-LN models, as the encoder returns it)."""
+    enc = _encoder(name).eval()
+    f = Frontend(enc, normalize_input=False)
+    f.set_conv_layout(layout)
+    x = torch.randn(2, 6000, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        out = enc(x, output_hidden_states=True)
+        ref = torch.stack([*out.hidden_states[:-1], out.last_hidden_state])
+        states, _ = f(x)
+    torch.testing.assert_close(states, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", W2V_FAMILIES)
+def test_unpadded_fast_path_equals_masked_path(name):
+    """No lengths (fixed crops: no masks built) gives what full lengths through the masked path give."""
+    f = Frontend(_encoder(name)).eval()
+    x = torch.randn(3, 5000, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        fast, fl_fast = f(x)
+        masked, fl = f(x, torch.full((3,), 5000))
+    assert torch.equal(fl_fast, fl)
+    torch.testing.assert_close(fast, masked, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stable", [False, True], ids=["post-ln", "pre-ln"])
+def test_conv_layouts_same_states_and_gradients(stable):
+    """channels_last vs channels_first convolutions: same states and same gradients, padded batch."""
+    f = Frontend(_wavlm_encoder(stable), trainable="all").train()
+    x, mask = padded_batch([6000, 4100])
+    out = {}
+    for layout in ("channels_first", "channels_last"):
+        f.set_conv_layout(layout)
+        f.zero_grad(set_to_none=True)
+        states, fl = f(x, mask.sum(-1))
+        valid = (torch.arange(states.shape[2])[None] < fl[:, None])[None, :, :, None]
+        w = torch.randn(states.shape, generator=torch.Generator().manual_seed(1)) * valid
+        (states * w).sum().backward()
+        out[layout] = states.detach() * valid, {n: p.grad.clone() for n, p in f.named_parameters() if p.grad is not None}
+    torch.testing.assert_close(out["channels_last"][0], out["channels_first"][0], rtol=1e-5, atol=1e-5)
+    _assert_grads_close(out["channels_first"][1], out["channels_last"][1])
+    with pytest.raises(ValueError, match="channels_last, channels_first"):
+        f.set_conv_layout("nhwc")
+
+
 def test_lap_bf16_autocast_close_to_fp32():
     """LAP's channel-last products under bf16 autocast stay within bf16 rounding of fp32."""
     lap = LayerAttentivePooling(5, 64, heads=4, output_size=32, dropout=0.0).eval()
@@ -261,3 +319,105 @@ def test_embed_benchmark_prints_json(capsys):
                                    "--passes", "1", "--device", "cpu", "--threads", "0"], capsys)
     assert out["fast"]["audio_s_per_s"] > 0 and out["reference"]["audio_s_per_s"] > 0
     assert out["equivalence"]["max_abs_diff"] < 1e-4 and out["equivalence"]["min_cosine"] > 0.9999
+
+
+# -- on a GPU (run with `pytest -m gpu` where CUDA is available; skipped elsewhere) -----------------------
+@pytest.fixture
+def exact_cuda():
+    """fp32 on the GPU without TF32, so kernels can be compared at fp32 tolerances (skips without CUDA)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def _states_and_grads(f, x, lengths, seed=1):
+    f.zero_grad(set_to_none=True)
+    states, fl = f(x, lengths)
+    valid = (torch.arange(states.shape[2], device=x.device)[None] < fl[:, None])[None, :, :, None]
+    w = torch.randn(states.shape, generator=torch.Generator().manual_seed(seed)).to(x.device) * valid
+    (states * w).sum().backward()
+    return (states.detach() * valid).cpu(), {n: p.grad.cpu() for n, p in f.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("stable", [False, True], ids=["post-ln", "pre-ln"])
+@pytest.mark.parametrize("setting", ["attention", "conv_layout"])
+def test_gpu_fast_kernels_match_plain_ones(exact_cuda, stable, setting):
+    """On CUDA kernels (SDPA's memory-efficient kernel with the position bias; cuDNN's NHWC convolutions):
+    the fast setting gives the plain one's states and gradients, padded batch, training mode."""
+    f = Frontend(_wavlm_encoder(stable), trainable="all").to(exact_cuda).train()
+    x, mask = padded_batch([16000, 11000, 7000])
+    x, lengths = x.to(exact_cuda), mask.sum(-1).to(exact_cuda)
+    plain, fast = ("eager", "sdpa") if setting == "attention" else ("channels_first", "channels_last")
+    out = {}
+    for mode in (plain, fast):
+        f.set_attention(mode) if setting == "attention" else f.set_conv_layout(mode)
+        out[mode] = _states_and_grads(f, x, lengths)
+    torch.testing.assert_close(out[fast][0], out[plain][0], rtol=1e-4, atol=1e-4)
+    _assert_grads_close(out[plain][1], out[fast][1], rel=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", W2V_FAMILIES)
+def test_gpu_frontend_equals_transformers_and_unpadded_equals_masked(exact_cuda, name):
+    enc = _encoder(name).to(exact_cuda).eval()
+    f = Frontend(enc, normalize_input=False)
+    x = torch.randn(3, 16000, device=exact_cuda)
+    with torch.no_grad():
+        out = enc(x, output_hidden_states=True)
+        ref = torch.stack([*out.hidden_states[:-1], out.last_hidden_state])
+        fast, _ = f(x)
+        masked, _ = f(x, torch.full((3,), 16000, device=exact_cuda))
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast, masked, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_sdpa_embeddings_close_to_fp32_eager(exact_cuda):
+    """The evaluation fast path (bf16 autocast, SDPA, padded batch) against the plain fp32 one on a WavLM
+    Base+-shaped model: the stated tolerance is a cosine of at least 0.999 between the two embeddings."""
+    model = speed.build_benchmark_model("base").to(exact_cuda).eval()
+    x, mask = padded_batch([48000, 40000, 32000, 20000])
+    x, mask = x.to(exact_cuda), mask.to(exact_cuda)
+    with torch.no_grad():
+        speed.set_attention(model, "eager")
+        ref = torch.cat([model(x[i:i + 1, :n]).embeddings for i, n in enumerate(mask.sum(-1).tolist())])
+        speed.set_attention(model, "sdpa")
+        with speed.autocast("bf16", exact_cuda):
+            fast = model(x, attention_mask=mask).embeddings.float()
+    cos = torch.nn.functional.cosine_similarity(fast, ref, dim=-1)
+    assert cos.min() > 0.999, cos
+
+
+@pytest.mark.gpu
+def test_gpu_compiled_training_step_matches_eager(exact_cuda):
+    """torch.compile (inductor, CUDA kernels) of the model and head: same loss and gradients as eager."""
+    from mlsv.models.head import SubCenterAAMSoftmax
+
+    model = tiny_model("small-wavlm", lap_dropout=0.0, backend_dropout=0.0).to(exact_cuda)
+    model.configure_training(trainable="transformer")
+    for m in model.modules():  # no randomness: compiled code draws its random numbers differently
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        elif isinstance(getattr(m, "dropout", None), float):  # WavLM's attention dropout
+            m.dropout = 0.0
+    head = SubCenterAAMSoftmax(model.config.embedding_size, 20).to(exact_cuda)
+    x = torch.randn(4, 16000, device=exact_cuda)
+    labels = torch.tensor([1, 7, 3, 19], device=exact_cuda)
+    model.train()
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        head.zero_grad(set_to_none=True)
+        loss, _ = head(model(x).embeddings, labels)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    ref = step()
+    speed.compile_model(model, head=head, dynamic=False)
+    out = step()
+    torch.testing.assert_close(out[0], ref[0], rtol=1e-4, atol=1e-4)
+    _assert_grads_close(ref[1], out[1], rel=1e-3)

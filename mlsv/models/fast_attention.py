@@ -72,14 +72,14 @@ def _gate(attention: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     return gate_a * (gate_b * attention.gru_rel_pos_const.float() - 1.0) + 2.0
 
 
-def wavlm_sdpa_attention(attention: nn.Module, hidden_states: torch.Tensor, key_bias: torch.Tensor,
+def wavlm_sdpa_attention(attention: nn.Module, hidden_states: torch.Tensor, key_bias: torch.Tensor | None,
                          position_bias: torch.Tensor, fused_qkv: bool = False) -> torch.Tensor:
     """``WavLMAttention``'s output (before its residual) computed with ``scaled_dot_product_attention``.
 
     Args:
         attention: a transformers ``WavLMAttention`` whose parameters are used as they are.
         hidden_states: (B, T, D), what the layer passes to its attention.
-        key_bias: (B, 1, 1, Tp) from ``key_padding_bias``.
+        key_bias: (B, 1, 1, Tp) from ``key_padding_bias``, or None when no frame is padding.
         position_bias: (1, H, T, Tp) from ``relative_position_bias`` (computed once, by the first layer).
         fused_qkv: one (3D x D) matrix product for the queries, keys and values instead of three.
 
@@ -90,7 +90,10 @@ def wavlm_sdpa_attention(attention: nn.Module, hidden_states: torch.Tensor, key_
     H = attention.num_heads
     gate = _gate(attention, hidden_states)  # (B, H, T, 1) float32
     # bias = gate * position bias + key padding, in one kernel; then the 16-aligned view of its T columns
-    bias = torch.addcmul(key_bias, gate, position_bias)[..., :T]
+    if key_bias is None:  # no padding
+        bias = (gate * position_bias)[..., :T]
+    else:
+        bias = torch.addcmul(key_bias, gate, position_bias)[..., :T]
     if fused_qkv:
         w = torch.cat([attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight])
         b = torch.cat([attention.q_proj.bias, attention.k_proj.bias, attention.v_proj.bias])
@@ -104,7 +107,7 @@ def wavlm_sdpa_attention(attention: nn.Module, hidden_states: torch.Tensor, key_
     return attention.out_proj(out.transpose(1, 2).reshape(B, T, D))
 
 
-def wavlm_layer_forward(layer: nn.Module, hidden_states: torch.Tensor, key_bias: torch.Tensor,
+def wavlm_layer_forward(layer: nn.Module, hidden_states: torch.Tensor, key_bias: torch.Tensor | None,
                         position_bias: torch.Tensor, fused_qkv: bool = False) -> torch.Tensor:
     """One WavLM transformer layer (post-LN ``WavLMEncoderLayer`` or pre-LN
     ``WavLMEncoderLayerStableLayerNorm``) with the SDPA attention; the layer's own modules otherwise.

@@ -37,6 +37,7 @@ from .fast_attention import (
 # about the mix on every call although the result is right.
 warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask and attn_mask")
 
+CONV_LAYOUTS = ("channels_last", "channels_first")
 WAV2VEC2_FAMILY = ("wavlm", "hubert", "wav2vec2", "data2vec-audio")
 FAMILIES = WAV2VEC2_FAMILY + ("whisper",)
 
@@ -104,18 +105,45 @@ def load_pretrained_encoder(name_or_path: str) -> nn.Module:
     return AutoModel.from_pretrained(name_or_path)
 
 
-def _masked_group_norm(x: torch.Tensor, frame_mask: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
-    """GroupNorm with one group per channel over the valid frames only. x: (B, C, T), mask: (B, T)."""
-    m = frame_mask[:, None, :].to(x.dtype)
-    n = m.sum(-1, keepdim=True).clamp_min(1.0)
-    mean = (x * m).sum(-1, keepdim=True) / n
-    var = (((x - mean) * m) ** 2).sum(-1, keepdim=True) / n
-    y = (x - mean) * torch.rsqrt(var + norm.eps)
-    return y * norm.weight[None, :, None] + norm.bias[None, :, None]
+def _channel_norm_over_time(h: torch.Tensor, norm: nn.GroupNorm, frame_mask: torch.Tensor | None) -> torch.Tensor:
+    """GroupNorm with one group per channel (wav2vec 2.0 / WavLM Base's first CNN layer) on a channel-last
+    (B, T, C) tensor, over the valid frames only when ``frame_mask`` (B, T) is given, over all otherwise.
+
+    The statistics are reduced once; normalisation and affine are then one fused multiply-add in the
+    input's dtype (an fp32 output under autocast would double the bytes of the largest tensor).
+    """
+    if frame_mask is None:
+        var, mean = torch.var_mean(h, dim=1, correction=0, keepdim=True)
+    else:
+        m = frame_mask[..., None].to(h.dtype)
+        n = m.sum(1, keepdim=True).clamp_min(1.0)
+        mean = (h * m).sum(1, keepdim=True) / n
+        var = (((h - mean) * m) ** 2).sum(1, keepdim=True) / n
+    scale = torch.rsqrt(var.float() + norm.eps) * norm.weight
+    shift = norm.bias - mean.float() * scale
+    return torch.addcmul(shift.to(h.dtype), h, scale.to(h.dtype))
 
 
-def _additive_mask(frame_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, T) bool -> (B, 1, 1, T) additive attention mask."""
+def conv_channels_last(conv: nn.Conv1d, h: torch.Tensor, layout: str = "channels_last") -> torch.Tensor:
+    """``conv`` applied to a channel-last sequence: (B, L, C_in) -> (B, L_out, C_out).
+
+    "channels_last" runs it as a 2-D convolution over (B, C, 1, L) in the channels-last memory format,
+    which is the (B, L, C) tensor itself: no transposed copies before or after, and cuDNN's NHWC kernels
+    on a GPU. "channels_first" transposes to (B, C, L) and calls the Conv1d (the reference layout).
+    """
+    if layout == "channels_first":
+        return conv(h.transpose(1, 2)).transpose(1, 2)
+    x = h.transpose(1, 2).unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    w = conv.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    y = F.conv2d(x, w, conv.bias, stride=(1, conv.stride[0]), padding=(0, conv.padding[0]),
+                 dilation=(1, conv.dilation[0]), groups=conv.groups)
+    return y.squeeze(2).transpose(1, 2).contiguous()
+
+
+def _additive_mask(frame_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """(B, T) bool -> (B, 1, 1, T) additive attention mask (None: no padding, no mask)."""
+    if frame_mask is None:
+        return None
     return (~frame_mask)[:, None, None, :].to(dtype) * torch.finfo(dtype).min
 
 
@@ -219,31 +247,37 @@ class Frontend(nn.Module):
         if waveforms.dim() != 2:
             raise ValueError(f"waveforms must be (batch, samples), got shape {tuple(waveforms.shape)}")
         B, S = waveforms.shape
-        if lengths is None:
+        # Without lengths every sample is valid (fixed training crops): no masks are built or applied.
+        padded = lengths is not None
+        if not padded:
             lengths = torch.full((B,), S, dtype=torch.long, device=waveforms.device)
         if self.trainable == "none":
             with torch.no_grad():
-                states, frame_lengths = self._forward(waveforms, lengths)
+                states, frame_lengths = self._forward(waveforms, lengths, padded)
         else:
-            states, frame_lengths = self._forward(waveforms, lengths)
+            states, frame_lengths = self._forward(waveforms, lengths, padded)
         return states, frame_lengths
 
-    def _forward(self, waveforms, lengths):
-        sample_mask = torch.arange(waveforms.shape[1], device=waveforms.device)[None, :] < lengths[:, None]
+    def _forward(self, waveforms, lengths, padded: bool = True):
         x = waveforms.float()
-        if self.normalize_input:
+        if padded or self.family == "whisper":
+            sample_mask = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
             m = sample_mask.to(x.dtype)
-            n = m.sum(-1, keepdim=True).clamp_min(1.0)
-            mean = (x * m).sum(-1, keepdim=True) / n
-            var = (((x - mean) * m) ** 2).sum(-1, keepdim=True) / n
-            x = (x - mean) * torch.rsqrt(var + 1e-7) * m
-        else:
-            x = x * sample_mask
+            if self.normalize_input:
+                n = m.sum(-1, keepdim=True).clamp_min(1.0)
+                mean = (x * m).sum(-1, keepdim=True) / n
+                var = (((x - mean) * m) ** 2).sum(-1, keepdim=True) / n
+                x = (x - mean) * torch.rsqrt(var + 1e-7) * m
+            else:
+                x = x * m
+        elif self.normalize_input:
+            var, mean = torch.var_mean(x, dim=-1, correction=0, keepdim=True)
+            x = (x - mean) * torch.rsqrt(var + 1e-7)
         if self.family == "whisper":
             hidden, frame_lengths, frame_mask = self._whisper_embed(x, lengths)
         else:
-            hidden, frame_lengths, frame_mask = self._w2v_embed(x, lengths)
-        states = self._run_layers(hidden, frame_mask)
+            hidden, frame_lengths, frame_mask = self._w2v_embed(x, lengths, padded)
+        states = self._run_layers(hidden, frame_mask if padded else None)
         if self.layers:
             states = [states[i] for i in self.layers]
         return torch.stack(states), frame_lengths
@@ -251,50 +285,54 @@ class Frontend(nn.Module):
     def _cnn_context(self):
         return torch.no_grad() if self.trainable != "all" else torch.enable_grad()
 
-    def _w2v_embed(self, x, lengths):
+    def _w2v_embed(self, x, lengths, padded: bool = True):
+        """The CNN feature encoder, channel-last from the waveform on: (B, S) -> (B, T, C) states[0]."""
         enc = self.encoder
         fe = enc.feature_extractor
         frame_lengths = self.frame_lengths(lengths)
         with self._cnn_context():
-            h = x[:, None, :]
+            h = x[:, :, None]  # (B, S, 1)
             cur_len = lengths
             for i, layer in enumerate(fe.conv_layers):
                 k, s = enc.config.conv_kernel[i], enc.config.conv_stride[i]
-                h = layer.conv(h)
+                h = conv_channels_last(layer.conv, h, self.conv_layout)  # (B, L, C)
                 cur_len = torch.div(cur_len - k, s, rounding_mode="floor") + 1
                 norm = getattr(layer, "layer_norm", None)
                 if isinstance(norm, nn.GroupNorm):
-                    mask = torch.arange(h.shape[-1], device=h.device)[None, :] < cur_len[:, None]
-                    h = _masked_group_norm(h, mask, norm)
+                    mask = torch.arange(h.shape[1], device=h.device)[None, :] < cur_len[:, None] if padded else None
+                    h = _channel_norm_over_time(h, norm, mask)
                 elif norm is not None:
-                    h = norm(h.transpose(-2, -1)).transpose(-2, -1)
+                    h = norm(h)  # LayerNorm over channels: the last axis already
                 h = layer.activation(h)
-        h = h.transpose(1, 2)  # (B, T, C)
         T = h.shape[1]
         frame_mask = torch.arange(T, device=h.device)[None, :] < frame_lengths[:, None]
         proj = enc.feature_projection(h)
         h = proj[0] if isinstance(proj, tuple) else proj
         if self.training and self.mask_time_prob > 0:
             h = enc._mask_hidden_states(h, attention_mask=frame_mask.long())
-        h = h * frame_mask[..., None].to(h.dtype)
+        if padded:
+            h = h * frame_mask[..., None].to(h.dtype)
         e = enc.encoder
-        h = h + self._positional(e.pos_conv_embed, h, frame_mask)
+        h = h + self._positional(e.pos_conv_embed, h, frame_mask if padded else None)
         if not self._stable_layer_norm:
             h = e.layer_norm(h)
         h = e.dropout(h)
         return h, frame_lengths, frame_mask
 
-    @staticmethod
-    def _positional(pos_conv: nn.Module, h: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        """The positional convolution; data2vec-audio's stack of them gets its padded frames zeroed
-        between layers (its LayerNorm makes them non-zero)."""
-        if not hasattr(pos_conv, "layers"):
-            return pos_conv(h)
-        m = frame_mask[:, None, :].to(h.dtype)
-        x = h.transpose(1, 2)
-        for layer in pos_conv.layers:
-            x = layer(x * m)
-        return x.transpose(1, 2)
+    def _positional(self, pos_conv: nn.Module, h: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+        """The positional convolution on (B, T, D), channel-last like the CNN; data2vec-audio's stack of
+        them gets its padded frames zeroed between layers (its LayerNorm makes them non-zero)."""
+        if hasattr(pos_conv, "layers"):
+            x = h.transpose(1, 2)
+            m = frame_mask[:, None, :].to(h.dtype) if frame_mask is not None else None
+            for layer in pos_conv.layers:
+                x = layer(x * m if m is not None else x)
+            return x.transpose(1, 2)
+        y = conv_channels_last(pos_conv.conv, h, self.conv_layout)  # the weight norm applies on access
+        remove = getattr(pos_conv.padding, "num_pad_remove", 0)
+        if remove:
+            y = y[:, :-remove]
+        return pos_conv.activation(y)
 
     @property
     def _stable_layer_norm(self) -> bool:
@@ -346,6 +384,9 @@ class Frontend(nn.Module):
     # own switch (config._attn_implementation). The same parameters either way; not saved with the model.
     _wavlm_attention = "sdpa"
     fused_qkv = False  # WavLM "sdpa" only: one matrix product for q, k and v
+    # How the CNN and the positional convolution run (same parameters, same outputs): "channels_last"
+    # keeps (B, T, C) throughout; "channels_first" is transformers' (B, C, T) with transposes around it.
+    conv_layout = "channels_last"
 
     @property
     def attention(self) -> str:
@@ -369,14 +410,21 @@ class Frontend(nn.Module):
         if fused_qkv is not None:
             self.fused_qkv = bool(fused_qkv)
 
+    def set_conv_layout(self, layout: str) -> None:
+        """Chooses how the convolutions run: "channels_last" (default) or "channels_first"; same outputs."""
+        if layout not in CONV_LAYOUTS:
+            raise ValueError(f"conv layout must be one of {', '.join(CONV_LAYOUTS)}, got {layout!r}")
+        self.conv_layout = layout
+
     def _run_layers(self, h, frame_mask):
         states = [h]
         add_mask = _additive_mask(frame_mask, h.dtype)
         position_bias = None
         layers = self.encoder.layers if self.family == "whisper" else self.encoder.encoder.layers
         fast_wavlm = self.family == "wavlm" and self._wavlm_attention == "sdpa"
+        long_mask = frame_mask.long() if frame_mask is not None else None  # transformers' WavLM layers
         if fast_wavlm:
-            key_bias = key_padding_bias(frame_mask)
+            key_bias = key_padding_bias(frame_mask) if frame_mask is not None else None
             position_bias = relative_position_bias(layers[0].attention, h.shape[1])
         for i, layer in enumerate(layers):
             if self.training and self.layerdrop > 0 and i > 0 and torch.rand(()) < self.layerdrop:
@@ -387,7 +435,7 @@ class Frontend(nn.Module):
                     layer, h_, key_bias, pb_, self.fused_qkv), pb_)
                 args = (h, position_bias)
             elif self.family == "wavlm":
-                fn = lambda h_, pb_, layer=layer, i=i: layer(h_, attention_mask=frame_mask.long(),  # noqa: E731
+                fn = lambda h_, pb_, layer=layer, i=i: layer(h_, attention_mask=long_mask,  # noqa: E731
                                                               position_bias=pb_, index=i)
                 args = (h, position_bias)
             else:
