@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", choices=sorted(speed.PRECISIONS), default="bf16" if cuda else "fp32",
                    help="fast path precision (the reference is always fp32)")
     p.add_argument("--attention", choices=("eager", "sdpa"), default="sdpa", help="fast path attention")
+    p.add_argument("--conv-layout", choices=("channels_last", "channels_first"), default="channels_last",
+                   help="fast path: memory layout of the CNN and positional convolutions")
     p.add_argument("--compile", action="store_true", help="torch.compile the fast path (dynamic shapes)")
     p.add_argument("--reference-utterances", type=int, default=64 if cuda else 8,
                    help="utterances embedded one at a time in fp32 (0: skip the reference)")
@@ -114,7 +116,8 @@ def run(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     device = args.device
     speed.enable_tf32(False, cudnn_benchmark=False)  # true fp32 reference; lengths vary
-    model = speed.build_benchmark_model(args.shape).to(device).eval()
+    with torch.device(device):  # parameters initialised where they will live
+        model = speed.build_benchmark_model(args.shape).to(device).eval()
     g = torch.Generator().manual_seed(args.seed)
     seconds = torch.empty(args.utterances).uniform_(args.min_seconds, args.max_seconds, generator=g)
     waves = [torch.randn(int(s * SAMPLE_RATE), generator=g) for s in seconds.tolist()]
@@ -131,7 +134,8 @@ def run(args: argparse.Namespace) -> dict:
     n_ref = min(args.reference_utterances, len(waves))
     ref = None
     if n_ref:
-        speed.set_attention(model, "eager")
+        speed.set_attention(model, "eager")  # and transformers' own (B, C, T) convolution layout
+        model.frontend.set_conv_layout("channels_first")
         ref_waves = waves[:n_ref]
         ref_audio = float(sum(w.numel() for w in ref_waves)) / SAMPLE_RATE
         speed.reset_peak_memory(device)
@@ -143,6 +147,7 @@ def run(args: argparse.Namespace) -> dict:
         }
 
     speed.set_attention(model, args.attention)
+    model.frontend.set_conv_layout(args.conv_layout)
     if args.compile:
         speed.compile_model(model, dynamic=None)
     batches = make_batches(waves, args.batch, pin=torch.device(device).type == "cuda")

@@ -5,6 +5,8 @@
 * stage2: the same with the frontend trained too (``--stage2-trainable``; gradient checkpointing with
   ``--checkpointing``).
 * frontend: the frontend's forward pass alone, in evaluation mode without autograd.
+* backend: stage 1 without the frontend: LAP + ASTP + head forward and backward and the Adam step on
+  hidden states computed once beforehand (the reference's "backend alone" figure).
 
 Encoders are random-initialised from configs with the real hyper-parameters (``--shape base`` = WavLM
 Base+ 12 x 768, ``large`` = WavLM Large 24 x 1024; ``tiny``/``small`` for CPUs), so nothing is
@@ -30,7 +32,7 @@ from mlsv import speed  # noqa: E402
 from mlsv.models.head import SubCenterAAMSoftmax  # noqa: E402
 
 SAMPLE_RATE = 16000
-PARTS = ("stage1", "stage2", "frontend")
+PARTS = ("stage1", "stage2", "frontend", "backend")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,11 +41,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shape", default="base" if cuda else "tiny",
                    help="base | large | tiny | small | a TINY_ENCODERS name (default: base on GPU, tiny on CPU)")
     p.add_argument("--batch", type=int, default=128 if cuda else 4)
+    p.add_argument("--stage2-batch", type=int, default=0, help="batch of the stage2 part (0: --batch)")
     p.add_argument("--seconds", type=float, default=2.0 if cuda else 0.5, help="crop length")
     p.add_argument("--classes", type=int, default=17982, help="head classes (VoxCeleb2 x 3 speed factors)")
     p.add_argument("--precision", choices=sorted(speed.PRECISIONS), default="bf16" if cuda else "fp32")
     p.add_argument("--attention", choices=("eager", "sdpa"), default="sdpa")
     p.add_argument("--fused-qkv", action="store_true", help="WavLM sdpa: one matrix product for q, k, v")
+    p.add_argument("--conv-layout", choices=("channels_last", "channels_first"), default="channels_last",
+                   help="memory layout of the CNN and positional convolutions")
     p.add_argument("--compile", action="store_true", help="torch.compile frontend, aggregation, backend, head")
     p.add_argument("--compile-mode", choices=speed.COMPILE_MODES, default="default")
     p.add_argument("--steps", type=int, default=20 if cuda else 5, help="timed steps per part")
@@ -56,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0 if cuda else 1,
                    help="CPU threads (0: torch's default; 1 on CPU: steadier on shared cores)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", default="", help="also profile 3 steps of each part; write the kernel table "
+                   "sorted by device time to PROFILE-<part>.txt")
     args = p.parse_args(argv)
     bad = [x for x in args.parts.split(",") if x not in PARTS]
     if bad:
@@ -76,6 +83,20 @@ def _timed(step, steps: int, warmup: int, device: str) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu_start
 
 
+def _profile(step, path: str, device: str) -> str:
+    """Profiles 3 calls of ``step``; writes the operator table sorted by device (or CPU) time to ``path``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            step()
+        speed.synchronize(device)
+    key = "self_cuda_time_total" if torch.device(device).type == "cuda" else "self_cpu_time_total"
+    Path(path).write_text(prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=70))
+    return path
+
+
 def run(args: argparse.Namespace) -> dict:
     """Builds the model and head, times each part, returns the result dict."""
     torch.manual_seed(args.seed)
@@ -83,18 +104,22 @@ def run(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     device = args.device
     speed.enable_tf32(True, cudnn_benchmark=True)  # fixed crop shapes
-    model = speed.build_benchmark_model(args.shape).to(device)
+    with torch.device(device):  # parameters initialised where they will live
+        model = speed.build_benchmark_model(args.shape).to(device)
     speed.set_attention(model, args.attention, fused_qkv=args.fused_qkv)
+    model.frontend.set_conv_layout(args.conv_layout)
     head = SubCenterAAMSoftmax(model.config.embedding_size, args.classes).to(device)
     if args.compile:
         speed.compile_model(model, head=head, mode=args.compile_mode, dynamic=False)
     samples = int(round(args.seconds * SAMPLE_RATE))
-    x = torch.randn(args.batch, samples, device=device)
-    labels = torch.randint(0, args.classes, (args.batch,), device=device)
+    x_full = torch.randn(args.batch, samples, device=device)
+    labels_full = torch.randint(0, args.classes, (args.batch,), device=device)
     scaler = speed.grad_scaler(args.precision, device)
+    batch = {"x": x_full, "labels": labels_full}
 
     def make_step(optimizer: torch.optim.Optimizer):
         def step() -> None:
+            x, labels = batch["x"], batch["labels"]
             with speed.autocast(args.precision, device):
                 emb = model(x).embeddings
                 loss, _ = head(emb, labels)
@@ -108,15 +133,41 @@ def run(args: argparse.Namespace) -> dict:
         return torch.optim.Adam([p for p in params if p.requires_grad], lr=args.lr,
                                 fused=torch.device(device).type == "cuda")
 
+    def backend_step(optimizer: torch.optim.Optimizer, states: torch.Tensor):
+        frame_mask = torch.ones(states.shape[1:3], dtype=torch.bool, device=device)
+
+        def step() -> None:
+            with speed.autocast(args.precision, device):
+                emb = model.backend(model.aggregation(states), frame_mask)
+                loss, _ = head(emb, labels_full)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+        return step
+
     results: dict[str, dict] = {}
     for part in args.parts.split(","):
+        n = args.stage2_batch if part == "stage2" and args.stage2_batch else args.batch
+        batch["x"], batch["labels"] = x_full[:n], labels_full[:n]
+        if n > args.batch:
+            batch["x"] = torch.randn(n, samples, device=device)
+            batch["labels"] = torch.randint(0, args.classes, (n,), device=device)
         speed.reset_peak_memory(device)
         if part == "frontend":
             model.eval()
 
             def step() -> None:
                 with torch.inference_mode(), speed.autocast(args.precision, device):
-                    model.frontend(x)
+                    model.frontend(batch["x"])
+        elif part == "backend":
+            model.configure_training(trainable="none")
+            model.train()
+            head.train()
+            with torch.no_grad(), speed.autocast(args.precision, device):
+                states, _ = model.frontend(x_full)
+            step = backend_step(adam([*model.aggregation.parameters(), *model.backend.parameters(),
+                                      *head.parameters()]), states)
         else:
             if part == "stage1":
                 model.configure_training(trainable="none")
@@ -139,10 +190,13 @@ def run(args: argparse.Namespace) -> dict:
                 torch.cuda.empty_cache()
             continue
         results[part] = {
-            "utterances_per_s": round(args.batch * args.steps / seconds, 2),
+            "batch": n,
+            "utterances_per_s": round(n * args.steps / seconds, 2),
             "ms_per_step": round(1000 * seconds / args.steps, 2),
             "peak_memory_mb": round(speed.peak_memory_mb(device), 1),
         }
+        if args.profile:
+            results[part]["profile"] = _profile(step, f"{args.profile}-{part}.txt", device)
         if torch.device(device).type == "cpu":
             results[part]["cpu_ms_per_step"] = round(1000 * cpu_seconds / args.steps, 2)
     return {

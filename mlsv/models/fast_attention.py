@@ -89,11 +89,12 @@ def wavlm_sdpa_attention(attention: nn.Module, hidden_states: torch.Tensor, key_
     B, T, D = hidden_states.shape
     H = attention.num_heads
     gate = _gate(attention, hidden_states)  # (B, H, T, 1) float32
-    # bias = gate * position bias + key padding, in one kernel; then the 16-aligned view of its T columns
+    # bias = gate * position bias + key padding, in one kernel, cast to the queries' dtype (the kernel
+    # wants them equal) while still Tp wide; then the view of its T columns keeps rows 16-aligned
     if key_bias is None:  # no padding
-        bias = (gate * position_bias)[..., :T]
+        bias = gate * position_bias
     else:
-        bias = torch.addcmul(key_bias, gate, position_bias)[..., :T]
+        bias = torch.addcmul(key_bias, gate, position_bias)
     if fused_qkv:
         w = torch.cat([attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight])
         b = torch.cat([attention.q_proj.bias, attention.k_proj.bias, attention.v_proj.bias])
@@ -103,7 +104,7 @@ def wavlm_sdpa_attention(attention: nn.Module, hidden_states: torch.Tensor, key_
         k = attention.k_proj(hidden_states).view(B, T, H, -1).transpose(1, 2)
         v = attention.v_proj(hidden_states).view(B, T, H, -1).transpose(1, 2)
     p = float(attention.dropout) if attention.training else 0.0
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype)[..., :T], dropout_p=p)
     return attention.out_proj(out.transpose(1, 2).reshape(B, T, D))
 
 

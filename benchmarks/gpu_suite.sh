@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The GPU speed checks of issue 6 in one call, most important first; each step has its own time limit
+# and writes its JSON (or its error) to $OUT (default: ./gpu-results), so a step that fails or runs out
+# of time costs only itself. Figures: utterances/s, seconds of audio per second, peak memory.
+#
+#   bash benchmarks/gpu_suite.sh              # on a CUDA machine, from the repository root
+#   OUT=/tmp/r SUITE_LIMIT=60 bash benchmarks/gpu_suite.sh
+set -u
+OUT=${OUT:-gpu-results}
+LIMIT=${SUITE_LIMIT:-150}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+B=benchmarks
+start=$(date +%s)
+
+step() {  # step NAME LIMIT COMMAND...: run it, JSON to $OUT/NAME.json, log to $OUT/NAME.log
+  local name=$1 limit=$2
+  shift 2
+  local t0=$(date +%s)
+  timeout "$limit" "$@" > "$OUT/$name.json" 2> "$OUT/$name.log"
+  local rc=$?
+  echo "== $name: rc=$rc $(( $(date +%s) - t0 )) s (suite at $(( $(date +%s) - start )) s)"
+  [ $rc -eq 0 ] || tail -5 "$OUT/$name.log"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
+cat "$OUT/gpu.txt"
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__,
+'cuda', torch.version.cuda, torch.cuda.get_device_name())" 2>&1 | tee "$OUT/versions.txt"
+
+# 1. Base+ shape: stage 1 (batch 128), stage 2 (batch 64, as the reference), frontend, backend alone
+step ts_base "$LIMIT" python3 $B/train_step.py --shape base --stage2-batch 64 --profile "$OUT/prof_base"
+# 2. Large shape: stage 2 at batch 32, as the reference
+step ts_large "$LIMIT" python3 $B/train_step.py --shape large --stage2-batch 32
+# 3. evaluation embedding, Base+: length-sorted bf16 batches against one-at-a-time fp32 eager
+step embed_base "$LIMIT" python3 $B/embed.py --shape base
+# 4. equivalence of every fast path on CUDA kernels
+timeout "$LIMIT" python3 -m pytest tests/test_fast_paths.py -m gpu -q -p no:cacheprovider > "$OUT/pytest_gpu.txt" 2>&1
+echo "== pytest -m gpu: rc=$? $(tail -1 "$OUT/pytest_gpu.txt") (suite at $(( $(date +%s) - start )) s)"
+# 5. memory: stage 2 of the Large shape at batch 128 x 2 s (gradient checkpointing)
+step ts_large_stage2_b128 "$LIMIT" python3 $B/train_step.py --shape large --parts stage2 --checkpointing --steps 5 --warmup 2
+# 6. compiled (inductor, fixed crop shapes): stage 1, the frontend, the backend
+step ts_base_compiled $((3 * LIMIT / 2)) python3 $B/train_step.py --shape base --compile --parts stage1,frontend,backend
+# 7. ablations on the Base+ frontend: transformers' conv layout; eager attention in fp32 (the plain path)
+step ts_base_channels_first "$LIMIT" python3 $B/train_step.py --shape base --parts frontend,stage1 --conv-layout channels_first
+step ts_base_eager_fp32 "$LIMIT" python3 $B/train_step.py --shape base --parts frontend,stage1 --attention eager --precision fp32 --conv-layout channels_first --steps 5 --warmup 2
+# 8. the loss curve: plain fp32 path vs the fast path from the same start
+[ -f $B/loss_curve.py ] && step loss_curve "$LIMIT" python3 $B/loss_curve.py
+# 9. Large: embedding, compiled stage 1
+step embed_large "$LIMIT" python3 $B/embed.py --shape large --utterances 256 --batch 32 --reference-utterances 16
+step ts_large_compiled $((3 * LIMIT / 2)) python3 $B/train_step.py --shape large --compile --parts stage1,frontend
+
+python3 - "$OUT" <<'EOF'
+import json, pathlib, sys
+for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
+    try:
+        d = json.loads(f.read_text())
+    except Exception:
+        print(f"{f.stem}: no result"); continue
+    r = d.get("results") or {k: d[k] for k in ("reference", "fast") if k in d}
+    cells = [f"{k} {v.get('utterances_per_s', v.get('error'))}/s {v.get('audio_s_per_s', '')} {v.get('peak_memory_mb')}MB"
+             for k, v in r.items()]
+    print(f"{f.stem}: " + " | ".join(cells) + (f" | eq {d['equivalence']}" if "equivalence" in d else ""))
+EOF
