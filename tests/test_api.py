@@ -269,3 +269,10 @@ def test_embed_command_manifest_keeps_ids_and_speakers(model_dir, audio_dir, tmp
     assert list(table.speakers) == [u.split("/")[0] for u in table.ids]
     ref = Verifier.from_pretrained(model_dir).embed(audio_dir / "a16k.wav")
     np.testing.assert_allclose(table.embeddings[list(table.ids).index("spk0/utt0.wav")], ref, atol=2e-5)
+    # the bf16 fast path (autocast) stays within bf16 rounding of fp32
+    fast = tmp_path / "bf16.npz"
+    assert run_command("embed", ["--model", str(model_dir), "--manifest", str(manifest), "--out", str(fast),
+                                 "--num-workers", "0", "--precision", "bf16"]) == 0
+    a, b = load_embeddings(fast).embeddings, table.embeddings
+    cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    assert cos.min() > 0.99 and not np.array_equal(a, b)

@@ -30,6 +30,8 @@ def register(subparsers) -> None:
                    help="embed long files in chunks of this length and average (default 0: whole files)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="torch or onnx (MODEL/model.onnx)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="with --manifest: autocast precision of the embedding pass (bf16: a GPU's fast path)")
     p.add_argument("--num-workers", type=int, default=2, help="data loader workers for --manifest (default 2)")
     p.set_defaults(func=run)
 
@@ -50,7 +52,10 @@ def _embed_manifest(args: argparse.Namespace):
     loader = build_eval_loader(args.manifest, batch_seconds=args.batch_seconds, chunk_seconds=args.chunk_seconds,
                                sample_rate=int(model.config.sampling_rate), num_workers=args.num_workers)
     total = len(loader) if hasattr(loader, "__len__") else None
-    table = extract_embeddings(model, loader, device=args.device, progress=True, total=total)
+    from mlsv.speed import PRECISIONS
+
+    dtype = None if args.precision == "fp32" else PRECISIONS[args.precision]
+    table = extract_embeddings(model, loader, device=args.device, progress=True, total=total, autocast_dtype=dtype)
     speakers = {row["id"]: row.get("speaker") for _, row in iter_rows(args.manifest)}
     if all(speakers.get(u) not in (None, "") for u in table.ids):
         table.speakers = np.asarray([str(speakers[u]) for u in table.ids])

@@ -29,6 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("--threshold-trials", default=None,
                    help="held-out (validation) trials that set the model's decision thresholds")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="embedding pass precision (bf16: autocast, the fast path on a GPU)")
     p.add_argument("--out", required=True, help="results folder")
     p.set_defaults(func=run)
 
@@ -39,7 +41,8 @@ def run(args) -> int:
     result = evaluate_model(args.model, manifest=args.manifest, trials=args.trials, out_dir=args.out,
                             cohort=args.cohort, top_k=args.asnorm_top_k, calibration_pairs=args.calibration_pairs,
                             batch_seconds=args.batch_seconds, chunk_seconds=args.chunk_seconds, device=args.device,
-                            threshold_manifest=args.threshold_manifest, threshold_trials=args.threshold_trials)
+                            threshold_manifest=args.threshold_manifest, threshold_trials=args.threshold_trials,
+                            precision=args.precision)
     print(json.dumps(result["metrics"][result["final_stage"]], indent=2))
     print(f"report: {args.out}/report.md")
     return 0
