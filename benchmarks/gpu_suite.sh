@@ -57,6 +57,10 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
         d = json.loads(f.read_text())
     except Exception:
         print(f"{f.stem}: no result"); continue
+    if d.get("benchmark") == "loss_curve":
+        print(f"{f.stem}: " + json.dumps({k: v for k, v in d.items() if k.endswith("diff")}) + " last "
+              + " ".join(f"{k}={d[k].get('last')}" for k in ("plain", "fast", "noise") if isinstance(d.get(k), dict)))
+        continue
     r = d.get("results") or {k: d[k] for k in ("reference", "fast") if k in d}
     cells = [f"{k} {v.get('utterances_per_s', v.get('error'))}/s {v.get('audio_s_per_s', '')} {v.get('peak_memory_mb')}MB"
              for k, v in r.items()]
