@@ -1,8 +1,9 @@
 """Training configuration: typed dataclasses as schema and defaults, YAML files with one level of
 ``base:`` inheritance, and ``--set section.key=value`` overrides parsed as YAML values.
 
-Unknown keys and wrong types are errors naming the key and the nearest valid one. Derived values
-(number of classes, encoder width) are computed elsewhere and never written back here.
+Unknown keys, wrong types and values outside a field's ``choices`` (dataclass field metadata) are
+errors naming the key and the nearest valid one. Derived values (number of classes, encoder width) are
+computed elsewhere and never written back here.
 """
 
 from __future__ import annotations
@@ -120,7 +121,9 @@ class StageConfig:
     epochs: int = 40
     steps_per_epoch: int = 0  # 0: one pass over the corpus
     grad_accum: int = 1
-    mixed_precision: str = "no"  # no | bf16 | fp16
+    mixed_precision: str = field(default="no", metadata={"choices": ("no", "bf16", "fp16", "fp8")})
+    compile: bool = False  # torch.compile the model and head for the fixed training crops (mlsv.speed)
+    attention: str = field(default="sdpa", metadata={"choices": ("sdpa", "eager")})  # the encoder's attention
     seed: int = 42
     keep_best: int = 2
     average_best: int = 1  # average the N best checkpoints into the stage's final model
@@ -210,6 +213,15 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _check_choice(value: Any, f: dataclasses.Field, where: str) -> Any:
+    """Validates ``value`` against the field's ``metadata["choices"]`` when it has them."""
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}"
+                          f"{_nearest(str(value), map(str, choices))}")
+    return value
+
+
 def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -219,7 +231,8 @@ def from_dict(cls, data: dict, where: str = ""):
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
     hints = _hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = set(fields)
     kwargs = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
@@ -229,7 +242,7 @@ def from_dict(cls, data: dict, where: str = ""):
         if dataclasses.is_dataclass(tp):
             kwargs[key] = from_dict(tp, value or {}, path)
         else:
-            kwargs[key] = _check_type(value, tp, path)
+            kwargs[key] = _check_choice(_check_type(value, tp, path), fields[key], path)
     return cls(**kwargs)
 
 
