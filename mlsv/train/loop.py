@@ -14,10 +14,19 @@ precision; gradient accumulation) and leaves in ``output_dir``:
 Rerunning the same command resumes from the newest checkpoint: same weights, optimiser, scheduler,
 scaler and RNG state, epoch and step; the data order of an epoch depends only on (seed, epoch), and
 batches already trained in a partly done epoch are skipped, not repeated.
+
+Speed settings (``mlsv.speed``): ``stage.attention`` picks the encoder's attention kernels, and
+``stage.compile`` compiles the model and head in place with ``nn.Module.compile`` before
+``accelerator.prepare`` (parameter names, checkpoints and the saved model are unchanged). Training crops
+have one shape, so the model's graphs are specialised on it (``dynamic=False``); the head is compiled
+with ``dynamic=None`` because its margin, a Python float moved by the schedule every step, would
+otherwise recompile it each step. Validation and the training mean embed utterances of every length in
+eval mode: they run the same modules eagerly (``eager``), never recompiling per shape.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -31,6 +40,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from mlsv import speed
 from mlsv.config import TrainConfig, dump_config
 from mlsv.data.loader import speed_perturb_classes
 from mlsv.models import MLSVModel, SubCenterAAMSoftmax
@@ -49,6 +59,35 @@ def build_model(cfg: TrainConfig) -> MLSVModel:
     settings = {k: getattr(m, k) for k in MODEL_SETTINGS}
     settings["layers"] = settings["layers"] or None
     return MLSVModel.from_encoder(m.encoder, random_init=m.random_init, **settings)
+
+
+# torch.compile backend for stage.compile; the tests set "aot_eager" (graphs traced, no kernels generated)
+COMPILE_BACKEND = "inductor"
+
+
+def compile_for_training(model: MLSVModel, head: torch.nn.Module, backend: str | None = None) -> None:
+    """``stage.compile``: the model's frontend, aggregation and backend specialised on the fixed crop shape
+    (``dynamic=False``); the head with ``dynamic=None``: its margin is a Python float that the schedule
+    moves every step, which a static graph would guard on (one recompile per value, then the recompile
+    limit and eager fallback); automatic dynamic makes it symbolic after the first change."""
+    backend = backend or COMPILE_BACKEND
+    speed.compile_model(model, dynamic=False, backend=backend)
+    head.compile(backend=backend, dynamic=None)
+
+
+@contextlib.contextmanager
+def eager(module: torch.nn.Module):
+    """Runs ``module``'s compiled submodules (``nn.Module.compile``) eagerly inside the block: evaluation
+    with utterances of every length would recompile graphs specialised on the training crops. The
+    compiled callables are set aside and put back; nothing is recompiled either way."""
+    saved = [(m, m._compiled_call_impl) for m in module.modules() if speed.is_compiled(m)]
+    for m, _ in saved:
+        m._compiled_call_impl = None
+    try:
+        yield module
+    finally:
+        for m, impl in saved:
+            m._compiled_call_impl = impl
 
 
 def _resolve(path: str, base: Path | None) -> str:
@@ -193,6 +232,7 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
     model.configure_training(trainable=st.frontend_trainable, layerdrop=st.layerdrop,
                              mask_time_prob=st.mask_time_prob,
                              gradient_checkpointing=cfg.model.gradient_checkpointing)
+    speed.set_attention(model, st.attention)  # not saved with the model: set for every stage
     h = cfg.head
     head = SubCenterAAMSoftmax(model.config.embedding_size, n_classes, scale=h.scale, margin=h.margin,
                                sub_centers=h.sub_centers, top_k=h.top_k, penalty=h.penalty)
@@ -202,6 +242,8 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
             raise ValueError(f"head shape {tuple(state['weight'].shape)} from {init_from} does not match "
                              f"{tuple(head.weight.shape)} (head.sub_centers or the embedding size changed)")
         head.load_state_dict(state)
+    if st.compile:  # in place, before prepare: DDP, checkpoints and save_pretrained see the same names
+        compile_for_training(model, head)
 
     def loader_for(epoch: int):
         return build_train_loader(train_manifest, data, cfg.augment, labels=labels, epoch=epoch, seed=st.seed,
@@ -224,6 +266,8 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
     if o.ema_decay > 0:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+        # a deep copy: with stage.compile it is not compiled (Module.__getstate__ drops the compiled call), as
+        # the average only ever evaluates
         ema = AveragedModel(acc.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(o.ema_decay),
                             use_buffers=True)
         acc.register_for_checkpointing(ema)
@@ -316,8 +360,9 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
         val_eer = None
         if data.validation_manifest and data.validation_trials and (
                 (epoch + 1) % st.validate_every == 0 or epoch + 1 == st.epochs):
-            val_eer = validation_eer(eval_model(), _resolve(data.validation_manifest, config_dir),
-                                     _resolve(data.validation_trials, config_dir), acc, data)
+            with eager(eval_model()) as m:
+                val_eer = validation_eer(m, _resolve(data.validation_manifest, config_dir),
+                                         _resolve(data.validation_trials, config_dir), acc, data)
         row["validation_eer"] = val_eer
         _write_audit(output_dir, acc.process_index, epoch, audit.hexdigest(), batches_done)
         trackers.log(row, step=global_step)
@@ -339,8 +384,9 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
         final.load_state_dict(ckpt.average_checkpoints(best, "model.safetensors"))
         unwrapped_head.load_state_dict(ckpt.average_checkpoints(best, "model_1.safetensors"))
         log.info("averaged %d best checkpoints: %s", len(best), [p.name for p in best])
-    final.config.training_mean = training_mean(final, train_manifest, acc, data, st.mean_utterances,
-                                               output_dir)
+    with eager(final):
+        final.config.training_mean = training_mean(final, train_manifest, acc, data, st.mean_utterances,
+                                                   output_dir)
     if acc.is_main_process:
         final.save_pretrained(output_dir / "model")
         save_file({k: v.contiguous() for k, v in unwrapped_head.state_dict().items()},
