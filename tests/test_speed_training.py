@@ -1,0 +1,310 @@
+"""Speed settings in the training loop (``stage.compile``, ``stage.attention``) and the loss-curve benchmark.
+
+The compiled stage runs use the "aot_eager" backend (graphs traced through dynamo and AOT autograd, no
+kernels generated), which takes seconds on a CPU where inductor's code generation takes about a minute;
+the one inductor run is marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import padded_batch, tiny_model
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from mlsv import speed
+from mlsv.config import ConfigError, load_config
+from mlsv.train import checkpoint as ckpt
+from mlsv.train import loop
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")
+
+
+# -- config ---------------------------------------------------------------------------------------------
+
+
+def test_speed_fields_default_and_parse(tmp_path):
+    st = load_config().stage
+    assert st.compile is False and st.attention == "sdpa" and st.mixed_precision == "no"
+    st = load_config(None, ["stage.compile=true", "stage.attention=eager",
+                            "stage.mixed_precision=bf16"]).stage
+    assert st.compile is True and st.attention == "eager" and st.mixed_precision == "bf16"
+    (tmp_path / "s.yaml").write_text("stage:\n  compile: true\n  attention: sdpa\n")
+    assert load_config(tmp_path / "s.yaml").stage.compile is True
+    for path in sorted((ROOT / "configs").rglob("*.yaml")):  # every shipped stage config still loads
+        if "steps" not in path.read_text():
+            load_config(path)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("stage.attention=flash", "stage.attention: 'flash' is not one of sdpa, eager (did you mean 'sdpa'?)"),
+    ("stage.attention=1", "stage.attention: expected str"),
+    ("stage.compile=yes please", "stage.compile: expected true or false"),
+    ("stage.compile=1", "stage.compile: expected true or false"),
+    ("stage.mixed_precision=bf61", "stage.mixed_precision: 'bf61' is not one of no, bf16, fp16, fp8"),
+    ("stage.compiled=true", "unknown config key 'stage.compiled' (did you mean 'compile'?)"),
+])
+def test_bad_speed_values_name_the_key(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert message in str(e.value)
+
+
+def test_train_py_rejects_a_bad_attention_before_training(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config",
+                        str(ROOT / "configs/synthetic/stage1_frozen.yaml"),
+                        "--output-dir", str(tmp_path / "run"), "--set", "stage.attention=flash"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "stage.attention: 'flash' is not one of sdpa, eager" in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+# -- eager evaluation of a compiled model ------------------------------------------------------------------
+
+
+def test_eager_block_runs_compiled_modules_without_recompiling():
+    """A model compiled for one crop shape embeds other lengths eagerly inside ``loop.eager``: the same
+    embeddings as the uncompiled model, no new graphs, and the compiled call is back afterwards."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = tiny_model()
+    x, mask = padded_batch([5000, 3100, 1700])
+    with torch.no_grad():
+        ref = model.eval()(x, attention_mask=mask).embeddings
+        speed.compile_model(model, dynamic=False, backend="aot_eager")
+        model(torch.randn(2, 3200))  # graphs for one crop shape (eval mode: BatchNorm statistics stay put)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0
+    impls = {n: m._compiled_call_impl for n, m in model.named_modules() if speed.is_compiled(m)}
+    assert set(impls) == {"frontend", "aggregation", "backend"}
+    with torch.no_grad(), loop.eager(model) as m:
+        assert not any(speed.is_compiled(s) for s in m.modules())
+        out = m.eval()(x, attention_mask=mask).embeddings
+        alone = m(x[2:, :1700]).embeddings
+    assert counters["stats"]["unique_graphs"] == graphs
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    torch.testing.assert_close(alone, ref[2:], rtol=1e-5, atol=1e-5)
+    assert {n: m._compiled_call_impl for n, m in model.named_modules() if speed.is_compiled(m)} == impls
+
+
+def test_head_compiled_for_training_follows_the_margin_schedule():
+    """The head's margin moves every step: ``compile_for_training`` compiles it with automatic dynamic
+    shapes, so a few graphs serve every margin (a static graph would recompile for each value)."""
+    from torch._dynamo.utils import counters
+
+    from mlsv.models import SubCenterAAMSoftmax
+
+    torch._dynamo.reset()
+    counters.clear()
+    model, head = tiny_model(), SubCenterAAMSoftmax(16, 10)
+    loop.compile_for_training(model, head, backend="aot_eager")
+    emb, y = torch.randn(4, 16), torch.tensor([1, 2, 3, 9])
+    for i in range(12):
+        head.set_margin(0.02 * (i + 1))
+        loss, _ = head(emb, y)
+        torch.testing.assert_close(loss, SubCenterAAMSoftmax.forward(head, emb, y)[0])
+    assert counters["stats"]["unique_graphs"] <= 3
+
+
+# -- stage runs ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from mlsv.data.synthetic import make_synthetic_corpus
+
+    return make_synthetic_corpus(tmp_path_factory.mktemp("corpus"), n_speakers=6, utts_per_speaker=4,
+                                 n_validation_speakers=3, n_test_speakers=2, max_seconds=2.0, seed=3)
+
+
+def _sets(corpus, **extra) -> list[str]:
+    sets = {
+        "data.train_manifest": corpus.train, "data.validation_manifest": corpus.validation,
+        "data.validation_trials": corpus.validation_trials, "data.batch_size": 6, "data.crop_seconds": 0.5,
+        "data.num_workers": 0, "augment.probability": 0.0, "model.encoder": "tiny-wavlm",
+        "model.random_init": True, "model.lap_heads": 4, "model.lap_channels": 32, "model.embedding_size": 16,
+        "stage.epochs": 1, "stage.steps_per_epoch": 2, "stage.mean_utterances": 8, "stage.attention": "eager",
+        "log.progress": False, "optim.lr": 0.01, "optim.min_lr": 0.001,
+    }
+    sets.update(extra)
+    return [f"{k}={v}" for k, v in sets.items()]
+
+
+def _train(corpus, out, **extra) -> Path:
+    return loop.run_stage(load_config(None, _sets(corpus, **extra)), out)
+
+
+def _keys(path: Path) -> list[str]:
+    with safe_open(str(path), "pt") as f:
+        return sorted(f.keys())
+
+
+def _spy_evaluation(monkeypatch) -> list[tuple[str, bool]]:
+    """Records, for each validation and training-mean call, whether any module of the model it got would
+    run compiled."""
+    seen = []
+    for name in ("validation_eer", "training_mean"):
+        real = getattr(loop, name)
+
+        def spy(model, *args, _real=real, _name=name, **kwargs):
+            seen.append((_name, any(speed.is_compiled(m) for m in model.modules())))
+            return _real(model, *args, **kwargs)
+
+        monkeypatch.setattr(loop, name, spy)
+    return seen
+
+
+def _rows(out: Path) -> list[dict]:
+    import csv
+
+    with open(out / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def plain_run(corpus, tmp_path_factory):
+    """The reference stage: eager modules, transformers' eager attention."""
+    return _train(corpus, tmp_path_factory.mktemp("plain") / "out")
+
+
+def test_compiled_stage_trains_like_eager_and_saves_the_same_names(corpus, plain_run, tmp_path, monkeypatch):
+    """stage.compile=true: the stage trains, validates (variable lengths, eagerly) and saves a model, head
+    and checkpoint with exactly the plain run's names; aot_eager graphs also give its numbers."""
+    monkeypatch.setattr(loop, "COMPILE_BACKEND", "aot_eager")
+    compiled_for = []
+    real_compile, real_attention = loop.compile_for_training, speed.set_attention
+    attention_seen = []
+
+    def spy_compile(model, head, backend=None):
+        compiled_for.append((type(model).__name__, type(head).__name__))
+        return real_compile(model, head, backend)
+
+    def spy_attention(model, mode="sdpa", fused_qkv=None):
+        attention_seen.append(mode)
+        return real_attention(model, mode, fused_qkv)
+
+    monkeypatch.setattr(loop, "compile_for_training", spy_compile)
+    monkeypatch.setattr(speed, "set_attention", spy_attention)
+    evaluated = _spy_evaluation(monkeypatch)
+    out = _train(corpus, tmp_path / "compiled", **{"stage.compile": True})
+    assert compiled_for == [("MLSVModel", "SubCenterAAMSoftmax")] and attention_seen == ["eager"]
+    assert evaluated == [("validation_eer", False), ("training_mean", False)]
+    assert (out / "COMPLETE").is_file()
+    for name in ("model/model.safetensors", "head.safetensors"):
+        assert _keys(out / name) == _keys(plain_run / name), name
+    last = ckpt.checkpoint_dirs(out / "checkpoints")[-1]
+    plain_last = ckpt.checkpoint_dirs(plain_run / "checkpoints")[-1]
+    assert sorted(p.name for p in last.iterdir()) == sorted(p.name for p in plain_last.iterdir())
+    for f in last.glob("*.safetensors"):
+        assert _keys(f) == _keys(plain_last / f.name), f.name
+    a = load_file(str(plain_run / "model/model.safetensors"))
+    b = load_file(str(out / "model/model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+    row, plain_row = _rows(out)[0], _rows(plain_run)[0]
+    assert float(row["loss"]) == pytest.approx(float(plain_row["loss"]), rel=1e-5)
+    assert row["validation_eer"]
+    assert float(row["validation_eer"]) == pytest.approx(float(plain_row["validation_eer"]))
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert len(config["training_mean"]) == 16
+
+
+def test_compiled_stage_resumes_a_plain_checkpoint(corpus, plain_run, tmp_path, monkeypatch):
+    """A checkpoint written without compile loads into a compiled stage (strict names); training goes on."""
+    monkeypatch.setattr(loop, "COMPILE_BACKEND", "aot_eager")
+    out = tmp_path / "resumed"
+    out.mkdir()
+    shutil.copytree(plain_run / "checkpoints", out / "checkpoints")
+    _train(corpus, out, **{"stage.compile": True, "stage.epochs": 2})
+    rows = _rows(out)
+    assert [int(r["epoch"]) for r in rows] == [2] and int(rows[0]["step"]) == 4
+    assert _keys(out / "model/model.safetensors") == _keys(plain_run / "model/model.safetensors")
+
+
+def test_stage_with_ema_and_compile_evaluates_the_average(corpus, tmp_path, monkeypatch):
+    """The EMA copy of a compiled model runs eagerly and evaluates its own weights."""
+    monkeypatch.setattr(loop, "COMPILE_BACKEND", "aot_eager")
+    evaluated = _spy_evaluation(monkeypatch)
+    out = _train(corpus, tmp_path / "ema", **{"stage.compile": True, "optim.ema_decay": 0.5})
+    assert (out / "COMPLETE").is_file() and _rows(out)[0]["validation_eer"]
+    assert evaluated == [("validation_eer", False), ("training_mean", False)]
+
+
+@pytest.mark.slow
+def test_inductor_compiled_stage_matches_eager(corpus, tmp_path):
+    """stage.compile with inductor's generated kernels (about a minute on 2 CPU cores; no dropout, whose
+    compiled RNG differs): the epoch's loss, the weight matrices, BatchNorm scales and variances and the
+    head within rounding of the plain run. Biases that feed a BatchNorm or a softmax are left out: their
+    gradient is zero in exact arithmetic, so Adam moves them by about +-lr on the sign of rounding noise in
+    any two runs (plain ones too), and the BatchNorm running means follow them."""
+    nodrop = {"model.lap_dropout": 0.0, "model.backend_dropout": 0.0}
+    plain = _train(corpus, tmp_path / "plain", **nodrop)
+    out = _train(corpus, tmp_path / "inductor", **{"stage.compile": True, **nodrop})
+    assert float(_rows(out)[0]["loss"]) == pytest.approx(float(_rows(plain)[0]["loss"]), rel=1e-4)
+    a, b = load_file(str(plain / "model/model.safetensors")), load_file(str(out / "model/model.safetensors"))
+    assert a.keys() == b.keys()
+    compared = {k for k in a if not k.endswith((".bias", ".running_mean"))}
+    assert {"aggregation.proj_out.weight", "backend.embedding.weight", "aggregation.excite_bias"} <= compared
+    for k in compared:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
+    torch.testing.assert_close(load_file(str(out / "head.safetensors"))["weight"],
+                               load_file(str(plain / "head.safetensors"))["weight"], rtol=1e-3, atol=1e-4)
+
+
+# -- loss-curve benchmark --------------------------------------------------------------------------------
+
+
+def _loss_curve(argv: list[str], capsys) -> dict:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import loss_curve
+    finally:
+        sys.path.pop(0)
+    loss_curve.main(argv)
+    return json.loads(capsys.readouterr().out)
+
+
+def test_loss_curve_benchmark_sdpa_and_eager_agree(capsys):
+    """The smoke configuration on a CPU: fp32 sdpa against fp32 eager attention, same weights, batches and
+    dropout masks. Over a few steps (before training amplifies rounding differences; about 1e-5 here) the
+    curves must agree within 1e-3 relative at every step: a fast path that computed something else (a
+    lost position bias or padding mask) differs by far more from the first step on."""
+    out = _loss_curve(["--shape", "tiny", "--steps", "6", "--lr", "3e-4", "--batch", "8", "--seconds", "0.5",
+                       "--classes", "16", "--precision", "fp32", "--device", "cpu", "--threads", "0"], capsys)
+    plain, fast = out["plain"]["losses"], out["fast"]["losses"]
+    assert len(plain) == len(fast) == 6
+    assert (out["plain"]["attention"], out["plain"]["precision"]) == ("eager", "fp32")
+    fast_settings = (out["fast"]["attention"], out["fast"]["precision"], out["fast"]["compile"])
+    assert fast_settings == ("sdpa", "fp32", False)
+    assert out["max_rel_diff"] < 1e-3 and out["tracked_steps"] == 6, out
+    assert out["max_abs_diff"] == pytest.approx(max(abs(a - b) for a, b in zip(plain, fast)))
+    assert out["max_abs_diff"] > 0  # the two paths ran different kernels
+    assert out["max_rel_diff"] < out["noise"]["max_rel_diff"]  # other dropout masks: the scale of noise
+    assert out["torch"] == torch.__version__ and out["device"].startswith("cpu")
+    assert out["plain"]["seconds"] > 0 and out["fast"]["seconds"] > 0
+
+
+def test_loss_curve_benchmark_batches_are_fixed_and_learnable(capsys):
+    """The CPU defaults (16 steps): the same batches on every call, and a loss that falls."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import loss_curve
+    finally:
+        sys.path.pop(0)
+    batches = loss_curve.Batches(classes=16, batch=4, samples=800, snr=10.0, seed=1)
+    (x1, y1), (x2, y2) = batches(3), batches(3)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2) and not torch.equal(batches(4)[0], x1)
+    out = _loss_curve(["--device", "cpu", "--no-noise-run", "--threads", "0"], capsys)
+    assert out["settings"]["shape"] == "tiny" and "noise" not in out
+    plain = out["plain"]["losses"]
+    assert len(plain) == 16 and out["plain"]["tail_mean"] < sum(plain[:4]) / 4 - 1.0
