@@ -30,6 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mlsv import speed  # noqa: E402
+from mlsv.models.frontend import CONV_LAYOUTS  # noqa: E402
 
 SAMPLE_RATE = 16000
 
@@ -45,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", choices=sorted(speed.PRECISIONS), default="bf16" if cuda else "fp32",
                    help="fast path precision (the reference is always fp32)")
     p.add_argument("--attention", choices=("eager", "sdpa"), default="sdpa", help="fast path attention")
-    p.add_argument("--conv-layout", choices=("channels_last", "channels_first"), default="channels_last",
+    p.add_argument("--conv-layout", choices=CONV_LAYOUTS, default="channels_last",
                    help="fast path: memory layout of the CNN and positional convolutions")
     p.add_argument("--compile", action="store_true", help="torch.compile the fast path (dynamic shapes)")
     p.add_argument("--reference-utterances", type=int, default=64 if cuda else 8,

@@ -5,6 +5,8 @@
 #
 #   bash benchmarks/gpu_suite.sh              # on a CUDA machine, from the repository root
 #   OUT=/tmp/r SUITE_LIMIT=60 bash benchmarks/gpu_suite.sh
+#   SUITE_ARCHIVE=$OUT/results.tgz ...        # also pack every result into one archive (the loose files
+#                                             # are removed: some remote runners return few files)
 set -u
 OUT=${OUT:-gpu-results}
 LIMIT=${SUITE_LIMIT:-150}
@@ -28,6 +30,8 @@ cat "$OUT/gpu.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__,
 'cuda', torch.version.cuda, torch.cuda.get_device_name())" 2>&1 | tee "$OUT/versions.txt"
 
+# 0. where the frozen frontend's time goes, per part and convolution layout
+step parts_base "$LIMIT" python3 $B/frontend_parts.py --shape base
 # 1. Base+ shape: stage 1 (batch 128), stage 2 (batch 64, as the reference), frontend, backend alone
 step ts_base "$LIMIT" python3 $B/train_step.py --shape base --stage2-batch 64 --profile "$OUT/prof_base"
 # 2. Large shape: stage 2 at batch 32, as the reference
@@ -50,7 +54,7 @@ step ts_base_eager_fp32 "$LIMIT" python3 $B/train_step.py --shape base --parts f
 step embed_large "$LIMIT" python3 $B/embed.py --shape large --utterances 256 --batch 32 --reference-utterances 16
 step ts_large_compiled $((3 * LIMIT / 2)) python3 $B/train_step.py --shape large --compile --parts stage1,frontend
 
-python3 - "$OUT" <<'EOF'
+python3 - "$OUT" <<'EOF' | tee "$OUT/summary.txt"
 import json, pathlib, sys
 for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
     try:
@@ -61,8 +65,15 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
         print(f"{f.stem}: " + json.dumps({k: v for k, v in d.items() if k.endswith("diff")}) + " last "
               + " ".join(f"{k}={d[k].get('last')}" for k in ("plain", "fast", "noise") if isinstance(d.get(k), dict)))
         continue
+    if "ms" in d:
+        print(f"{f.stem}: ms per batch " + json.dumps(d["ms"]))
+        continue
     r = d.get("results") or {k: d[k] for k in ("reference", "fast") if k in d}
     cells = [f"{k} {v.get('utterances_per_s', v.get('error'))}/s {v.get('audio_s_per_s', '')} {v.get('peak_memory_mb')}MB"
              for k, v in r.items()]
     print(f"{f.stem}: " + " | ".join(cells) + (f" | eq {d['equivalence']}" if "equivalence" in d else ""))
 EOF
+if [ -n "${SUITE_ARCHIVE:-}" ]; then
+  tmp=$(mktemp -d) && cp -r "$OUT"/. "$tmp"/ && find "$OUT" -mindepth 1 -delete
+  tar czf "$SUITE_ARCHIVE" -C "$tmp" . && echo "archive: $SUITE_ARCHIVE"
+fi

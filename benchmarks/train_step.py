@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mlsv import speed  # noqa: E402
+from mlsv.models.frontend import CONV_LAYOUTS  # noqa: E402
 from mlsv.models.head import SubCenterAAMSoftmax  # noqa: E402
 
 SAMPLE_RATE = 16000
@@ -47,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", choices=sorted(speed.PRECISIONS), default="bf16" if cuda else "fp32")
     p.add_argument("--attention", choices=("eager", "sdpa"), default="sdpa")
     p.add_argument("--fused-qkv", action="store_true", help="WavLM sdpa: one matrix product for q, k, v")
-    p.add_argument("--conv-layout", choices=("channels_last", "channels_first"), default="channels_last",
+    p.add_argument("--conv-layout", choices=CONV_LAYOUTS, default="channels_last",
                    help="memory layout of the CNN and positional convolutions")
     p.add_argument("--compile", action="store_true", help="torch.compile frontend, aggregation, backend, head")
     p.add_argument("--compile-mode", choices=speed.COMPILE_MODES, default="default")

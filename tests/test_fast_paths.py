@@ -176,7 +176,7 @@ def _encoder(name: str):
     return build_encoder(_no_dropout(encoder_config_from_name(name)))
 
 
-@pytest.mark.parametrize("layout", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("layout", ["channels_last", "channels_first", "gemm"])
 @pytest.mark.parametrize("name", W2V_FAMILIES)
 def test_frontend_states_equal_transformers_forward(name, layout):
     """Our module-by-module forward (channel-last CNN, unpadded fast path, SDPA) gives every hidden state
@@ -205,24 +205,42 @@ def test_unpadded_fast_path_equals_masked_path(name):
     torch.testing.assert_close(fast, masked, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "gemm"])
 @pytest.mark.parametrize("stable", [False, True], ids=["post-ln", "pre-ln"])
-def test_conv_layouts_same_states_and_gradients(stable):
-    """channels_last vs channels_first convolutions: same states and same gradients, padded batch."""
+def test_conv_layouts_same_states_and_gradients(stable, layout):
+    """channels_last / gemm vs channels_first convolutions: same states and gradients, padded batch."""
     f = Frontend(_wavlm_encoder(stable), trainable="all").train()
     x, mask = padded_batch([6000, 4100])
     out = {}
-    for layout in ("channels_first", "channels_last"):
-        f.set_conv_layout(layout)
+    for mode in ("channels_first", layout):
+        f.set_conv_layout(mode)
         f.zero_grad(set_to_none=True)
         states, fl = f(x, mask.sum(-1))
         valid = (torch.arange(states.shape[2])[None] < fl[:, None])[None, :, :, None]
         w = torch.randn(states.shape, generator=torch.Generator().manual_seed(1)) * valid
         (states * w).sum().backward()
-        out[layout] = states.detach() * valid, {n: p.grad.clone() for n, p in f.named_parameters() if p.grad is not None}
-    torch.testing.assert_close(out["channels_last"][0], out["channels_first"][0], rtol=1e-5, atol=1e-5)
-    _assert_grads_close(out["channels_first"][1], out["channels_last"][1])
-    with pytest.raises(ValueError, match="channels_last, channels_first"):
+        out[mode] = states.detach() * valid, {n: p.grad.clone() for n, p in f.named_parameters() if p.grad is not None}
+    torch.testing.assert_close(out[layout][0], out["channels_first"][0], rtol=1e-5, atol=1e-5)
+    _assert_grads_close(out["channels_first"][1], out[layout][1])
+    with pytest.raises(ValueError, match="channels_last, channels_first, gemm"):
         f.set_conv_layout("nhwc")
+
+
+@pytest.mark.parametrize("groups,channels", [(16, 768), (4, 64), (16, 1024)])
+def test_grouped_conv_with_groups_padded_to_64_channels(groups, channels):
+    """The zero-padded grouped convolution (what a GPU runs for WavLM Base's positional convolution, 48
+    channels per group) gives the Conv1d's output and gradients."""
+    from mlsv.models.frontend import conv_channels_last
+
+    conv = torch.nn.Conv1d(channels, channels, 16, padding=8, groups=groups)
+    h = torch.randn(2, 40, channels, requires_grad=True)
+    ref = conv(h.transpose(1, 2)).transpose(1, 2)
+    g_ref = torch.autograd.grad((ref * ref).sum(), [h, conv.weight, conv.bias])
+    out = conv_channels_last(conv, h, pad_groups=True)
+    g_out = torch.autograd.grad((out * out).sum(), [h, conv.weight, conv.bias])
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_out, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_lap_bf16_autocast_close_to_fp32():
@@ -347,14 +365,14 @@ def _states_and_grads(f, x, lengths, seed=1):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("stable", [False, True], ids=["post-ln", "pre-ln"])
-@pytest.mark.parametrize("setting", ["attention", "conv_layout"])
+@pytest.mark.parametrize("setting", ["attention", "channels_last", "gemm"])
 def test_gpu_fast_kernels_match_plain_ones(exact_cuda, stable, setting):
     """On CUDA kernels (SDPA's memory-efficient kernel with the position bias; cuDNN's NHWC convolutions):
     the fast setting gives the plain one's states and gradients, padded batch, training mode."""
     f = Frontend(_wavlm_encoder(stable), trainable="all").to(exact_cuda).train()
     x, mask = padded_batch([16000, 11000, 7000])
     x, lengths = x.to(exact_cuda), mask.sum(-1).to(exact_cuda)
-    plain, fast = ("eager", "sdpa") if setting == "attention" else ("channels_first", "channels_last")
+    plain, fast = ("eager", "sdpa") if setting == "attention" else ("channels_first", setting)
     out = {}
     for mode in (plain, fast):
         f.set_attention(mode) if setting == "attention" else f.set_conv_layout(mode)
@@ -424,3 +442,12 @@ def test_gpu_compiled_training_step_matches_eager(exact_cuda):
     out = step()
     torch.testing.assert_close(out[0], ref[0], rtol=1e-4, atol=1e-4)
     _assert_grads_close(ref[1], out[1], rel=1e-3)
+
+
+def test_frontend_parts_benchmark_prints_json(capsys):
+    out = _run_benchmark("frontend_parts", ["--shape", "tiny", "--batch", "2", "--seconds", "0.3", "--repeats", "1",
+                                            "--device", "cpu"], capsys)
+    for layout in ("channels_last", "channels_first", "gemm"):
+        assert out["ms"][f"cnn[{layout}]"] > 0 and out["ms"][f"positional[{layout}]"] > 0
+    assert {"projection", "layers", "lap_astp", "whole"} <= set(out["ms"])
+    assert out["utterances_per_s"]["whole"] > 0

@@ -37,7 +37,7 @@ from .fast_attention import (
 # about the mix on every call although the result is right.
 warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask and attn_mask")
 
-CONV_LAYOUTS = ("channels_last", "channels_first")
+CONV_LAYOUTS = ("channels_last", "channels_first", "gemm")
 WAV2VEC2_FAMILY = ("wavlm", "hubert", "wav2vec2", "data2vec-audio")
 FAMILIES = WAV2VEC2_FAMILY + ("whisper",)
 
@@ -124,20 +124,50 @@ def _channel_norm_over_time(h: torch.Tensor, norm: nn.GroupNorm, frame_mask: tor
     return torch.addcmul(shift.to(h.dtype), h, scale.to(h.dtype))
 
 
-def conv_channels_last(conv: nn.Conv1d, h: torch.Tensor, layout: str = "channels_last") -> torch.Tensor:
+GROUP_ALIGN = 64  # channels per group that cuDNN's grouped convolutions run fast with
+
+
+def conv_channels_last(conv: nn.Conv1d, h: torch.Tensor, layout: str = "channels_last",
+                       pad_groups: bool = False) -> torch.Tensor:
     """``conv`` applied to a channel-last sequence: (B, L, C_in) -> (B, L_out, C_out).
 
     "channels_last" runs it as a 2-D convolution over (B, C, 1, L) in the channels-last memory format,
     which is the (B, L, C) tensor itself: no transposed copies before or after, and cuDNN's NHWC kernels
     on a GPU. "channels_first" transposes to (B, C, L) and calls the Conv1d (the reference layout).
+    "gemm" cuts the sequence into its k-frame windows and runs one matrix product with the
+    (C_out, k * C_in) weight (a plain cuBLAS GEMM; ungrouped, unpadded convolutions, the feature
+    encoder's; others fall back to "channels_last"). On a GPU, grouped convolutions whose groups are
+    not a multiple of 64 channels are zero-padded to one (``pad_groups``: on any device, for tests).
     """
     if layout == "channels_first":
         return conv(h.transpose(1, 2)).transpose(1, 2)
+    if layout == "gemm" and conv.groups == 1 and conv.padding[0] == 0 and conv.dilation[0] == 1:
+        k, s = conv.kernel_size[0], conv.stride[0]
+        B, L, C = h.shape
+        windows = h.unfold(1, k, s).transpose(-1, -2)  # (B, L_out, k, C): frame t*s + j at [t, j]
+        windows = windows.reshape(B, windows.shape[1], k * C)  # a copy when windows overlap (k > s)
+        weight = conv.weight.permute(0, 2, 1).reshape(conv.out_channels, k * C)  # [o, j * C + c]
+        return F.linear(windows, weight, conv.bias)
+    weight, bias, G = conv.weight, conv.bias, conv.groups
+    c_in, c_out = conv.in_channels // G, conv.out_channels // G
+    padded = G > 1 and h.is_cuda and (c_in % GROUP_ALIGN or c_out % GROUP_ALIGN)
+    if padded or pad_groups:
+        # cuDNN's grouped kernels are several times slower for groups of 48 channels (WavLM Base's
+        # positional convolution: 13 ms per 128 x 2 s on an H200) than for 64 (Large's: 1.8 ms); zero
+        # channels pad each group to a multiple of 64 and are sliced off the output.
+        pi, po = (-c % GROUP_ALIGN for c in (c_in, c_out))
+        B, L, _ = h.shape
+        h = F.pad(h.view(B, L, G, c_in), (0, pi)).view(B, L, G * (c_in + pi))
+        weight = F.pad(weight.view(G, c_out, c_in, -1), (0, 0, 0, pi, 0, po)).view(G * (c_out + po), c_in + pi, -1)
+        bias = F.pad(bias.view(G, c_out), (0, po)).view(-1) if bias is not None else None
     x = h.transpose(1, 2).unsqueeze(2).contiguous(memory_format=torch.channels_last)
-    w = conv.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-    y = F.conv2d(x, w, conv.bias, stride=(1, conv.stride[0]), padding=(0, conv.padding[0]),
-                 dilation=(1, conv.dilation[0]), groups=conv.groups)
-    return y.squeeze(2).transpose(1, 2).contiguous()
+    w = weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    y = F.conv2d(x, w, bias, stride=(1, conv.stride[0]), padding=(0, conv.padding[0]),
+                 dilation=(1, conv.dilation[0]), groups=G)
+    y = y.squeeze(2).transpose(1, 2)
+    if padded or pad_groups:
+        y = y.reshape(*y.shape[:2], G, c_out + po)[..., :c_out].reshape(*y.shape[:2], G * c_out)
+    return y.contiguous()
 
 
 def _additive_mask(frame_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -285,15 +315,13 @@ class Frontend(nn.Module):
     def _cnn_context(self):
         return torch.no_grad() if self.trainable != "all" else torch.enable_grad()
 
-    def _w2v_embed(self, x, lengths, padded: bool = True):
-        """The CNN feature encoder, channel-last from the waveform on: (B, S) -> (B, T, C) states[0]."""
+    def _cnn(self, x, lengths, padded: bool = True):
+        """The CNN feature encoder, channel-last: (B, S) normalised waveforms -> (B, T, C) features."""
         enc = self.encoder
-        fe = enc.feature_extractor
-        frame_lengths = self.frame_lengths(lengths)
         with self._cnn_context():
             h = x[:, :, None]  # (B, S, 1)
             cur_len = lengths
-            for i, layer in enumerate(fe.conv_layers):
+            for i, layer in enumerate(enc.feature_extractor.conv_layers):
                 k, s = enc.config.conv_kernel[i], enc.config.conv_stride[i]
                 h = conv_channels_last(layer.conv, h, self.conv_layout)  # (B, L, C)
                 cur_len = torch.div(cur_len - k, s, rounding_mode="floor") + 1
@@ -304,6 +332,13 @@ class Frontend(nn.Module):
                 elif norm is not None:
                     h = norm(h)  # LayerNorm over channels: the last axis already
                 h = layer.activation(h)
+        return h
+
+    def _w2v_embed(self, x, lengths, padded: bool = True):
+        """The CNN feature encoder, channel-last from the waveform on: (B, S) -> (B, T, C) states[0]."""
+        enc = self.encoder
+        frame_lengths = self.frame_lengths(lengths)
+        h = self._cnn(x, lengths, padded)
         T = h.shape[1]
         frame_mask = torch.arange(T, device=h.device)[None, :] < frame_lengths[:, None]
         proj = enc.feature_projection(h)
@@ -385,7 +420,8 @@ class Frontend(nn.Module):
     _wavlm_attention = "sdpa"
     fused_qkv = False  # WavLM "sdpa" only: one matrix product for q, k and v
     # How the CNN and the positional convolution run (same parameters, same outputs): "channels_last"
-    # keeps (B, T, C) throughout; "channels_first" is transformers' (B, C, T) with transposes around it.
+    # keeps (B, T, C) throughout; "channels_first" is transformers' (B, C, T) with transposes around it;
+    # "gemm": the CNN's convolutions as window matrix products (see conv_channels_last).
     conv_layout = "channels_last"
 
     @property
