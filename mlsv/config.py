@@ -242,6 +242,8 @@ def from_dict(cls, data: dict, where: str = ""):
         if dataclasses.is_dataclass(tp):
             kwargs[key] = from_dict(tp, value or {}, path)
         else:
+            if value is False and "no" in fields[key].metadata.get("choices", ()):
+                value = "no"  # YAML 1.1 reads a bare `no` as false
             kwargs[key] = _check_choice(_check_type(value, tp, path), fields[key], path)
     return cls(**kwargs)
 

@@ -39,6 +39,9 @@ def test_speed_fields_default_and_parse(tmp_path):
     assert st.compile is True and st.attention == "eager" and st.mixed_precision == "bf16"
     (tmp_path / "s.yaml").write_text("stage:\n  compile: true\n  attention: sdpa\n")
     assert load_config(tmp_path / "s.yaml").stage.compile is True
+    (tmp_path / "n.yaml").write_text("stage:\n  mixed_precision: no\n")  # YAML reads a bare no as false
+    assert load_config(tmp_path / "n.yaml").stage.mixed_precision == "no"
+    assert load_config(None, ["stage.mixed_precision=no"]).stage.mixed_precision == "no"
     for path in sorted((ROOT / "configs").rglob("*.yaml")):  # every shipped stage config still loads
         if "steps" not in path.read_text():
             load_config(path)
