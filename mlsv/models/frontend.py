@@ -37,7 +37,7 @@ from .fast_attention import (
 # about the mix on every call although the result is right.
 warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask and attn_mask")
 
-CONV_LAYOUTS = ("channels_last", "channels_first", "gemm")
+CONV_LAYOUTS = ("channels_last", "channels_first")
 WAV2VEC2_FAMILY = ("wavlm", "hubert", "wav2vec2", "data2vec-audio")
 FAMILIES = WAV2VEC2_FAMILY + ("whisper",)
 
@@ -134,20 +134,12 @@ def conv_channels_last(conv: nn.Conv1d, h: torch.Tensor, layout: str = "channels
     "channels_last" runs it as a 2-D convolution over (B, C, 1, L) in the channels-last memory format,
     which is the (B, L, C) tensor itself: no transposed copies before or after, and cuDNN's NHWC kernels
     on a GPU. "channels_first" transposes to (B, C, L) and calls the Conv1d (the reference layout).
-    "gemm" cuts the sequence into its k-frame windows and runs one matrix product with the
-    (C_out, k * C_in) weight (a plain cuBLAS GEMM; ungrouped, unpadded convolutions, the feature
-    encoder's; others fall back to "channels_last"). On a GPU, grouped convolutions whose groups are
-    not a multiple of 64 channels are zero-padded to one (``pad_groups``: on any device, for tests).
+    On a GPU, grouped convolutions whose groups are not a multiple of 64 channels are zero-padded to
+    one (``pad_groups``: on any device, for tests). (Window matrix products through cuBLAS were also
+    tried for the feature encoder: 7.9 ms against cuDNN's 5.8 ms on an H200, benchmarks/RESULTS.md.)
     """
     if layout == "channels_first":
         return conv(h.transpose(1, 2)).transpose(1, 2)
-    if layout == "gemm" and conv.groups == 1 and conv.padding[0] == 0 and conv.dilation[0] == 1:
-        k, s = conv.kernel_size[0], conv.stride[0]
-        B, L, C = h.shape
-        windows = h.unfold(1, k, s).transpose(-1, -2)  # (B, L_out, k, C): frame t*s + j at [t, j]
-        windows = windows.reshape(B, windows.shape[1], k * C)  # a copy when windows overlap (k > s)
-        weight = conv.weight.permute(0, 2, 1).reshape(conv.out_channels, k * C)  # [o, j * C + c]
-        return F.linear(windows, weight, conv.bias)
     weight, bias, G = conv.weight, conv.bias, conv.groups
     c_in, c_out = conv.in_channels // G, conv.out_channels // G
     padded = G > 1 and h.is_cuda and (c_in % GROUP_ALIGN or c_out % GROUP_ALIGN)
@@ -420,8 +412,7 @@ class Frontend(nn.Module):
     _wavlm_attention = "sdpa"
     fused_qkv = False  # WavLM "sdpa" only: one matrix product for q, k and v
     # How the CNN and the positional convolution run (same parameters, same outputs): "channels_last"
-    # keeps (B, T, C) throughout; "channels_first" is transformers' (B, C, T) with transposes around it;
-    # "gemm": the CNN's convolutions as window matrix products (see conv_channels_last).
+    # keeps (B, T, C) throughout; "channels_first" is transformers' (B, C, T) with transposes around it.
     conv_layout = "channels_last"
 
     @property
