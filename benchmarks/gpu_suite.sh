@@ -43,16 +43,15 @@ timeout "$LIMIT" python3 -m pytest tests/test_fast_paths.py -m gpu -q -p no:cach
 echo "== pytest -m gpu: rc=$? $(tail -1 "$OUT/pytest_gpu.txt") (suite at $(( $(date +%s) - start )) s)"
 # 5. memory: stage 2 of the Large shape at batch 128 x 2 s (gradient checkpointing)
 step ts_large_stage2_b128 "$LIMIT" python3 $B/train_step.py --shape large --parts stage2 --checkpointing --steps 5 --warmup 2
-# 6. compiled (inductor, fixed crop shapes): stage 1, the frontend, the backend
-step ts_base_compiled $((3 * LIMIT / 2)) python3 $B/train_step.py --shape base --compile --parts stage1,frontend,backend
-# 7. ablations on the Base+ frontend: transformers' conv layout; eager attention in fp32 (the plain path)
-step ts_base_channels_first "$LIMIT" python3 $B/train_step.py --shape base --parts frontend,stage1 --conv-layout channels_first
-step ts_base_eager_fp32 "$LIMIT" python3 $B/train_step.py --shape base --parts frontend,stage1 --attention eager --precision fp32 --conv-layout channels_first --steps 5 --warmup 2
-# 8. the loss curve: plain fp32 path vs the fast path from the same start
+# 6. compiled (inductor, fixed crop shapes): stage 1, stage 2 (batch 64), the frontend, the backend
+step ts_base_compiled $((3 * LIMIT / 2)) python3 $B/train_step.py --shape base --compile --stage2-batch 64
+# 7. the loss curve: plain fp32 path vs the fast path from the same start
 [ -f $B/loss_curve.py ] && step loss_curve "$LIMIT" python3 $B/loss_curve.py
-# 9. Large: embedding, compiled stage 1
+# 8. Large: embedding, compiled stage 1
 step embed_large "$LIMIT" python3 $B/embed.py --shape large --utterances 256 --batch 32 --reference-utterances 16
 step ts_large_compiled $((3 * LIMIT / 2)) python3 $B/train_step.py --shape large --compile --parts stage1,frontend
+# 9. CUDA graphs on top of compile (no per-kernel launch cost), Base+ stage 1
+step ts_base_cudagraphs $((3 * LIMIT / 2)) python3 $B/train_step.py --shape base --compile --compile-mode reduce-overhead --parts stage1,frontend
 
 python3 - "$OUT" <<'EOF' | tee "$OUT/summary.txt"
 import json, pathlib, sys
