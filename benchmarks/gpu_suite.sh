@@ -52,6 +52,11 @@ step embed_large "$LIMIT" python3 $B/embed.py --shape large --utterances 256 --b
 step ts_large_compiled $((3 * LIMIT / 2)) python3 $B/train_step.py --shape large --compile --parts stage1,frontend
 # 9. CUDA graphs on top of compile (no per-kernel launch cost), Base+ stage 1
 step ts_base_cudagraphs $((3 * LIMIT / 2)) python3 $B/train_step.py --shape base --compile --compile-mode reduce-overhead --parts stage1,frontend
+# 10. the training stream: clean crops, CPU-worker augmentation, batched augmentation on the GPU (needs
+#     datasets and soundfile, which some GPU images lack)
+if python3 -c "import datasets, soundfile, soxr" 2>/dev/null; then
+  step loader "$LIMIT" python3 $B/loader.py --batch-size 128 --workers 8
+fi
 
 python3 - "$OUT" <<'EOF' | tee "$OUT/summary.txt"
 import json, pathlib, sys
@@ -66,6 +71,9 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
         continue
     if "ms" in d:
         print(f"{f.stem}: ms per batch " + json.dumps(d["ms"]))
+        continue
+    if d.get("benchmark") == "loader" or "crops_per_s" in d:
+        print(f"{f.stem}: " + json.dumps(d.get("crops_per_s", d)))
         continue
     r = d.get("results") or {k: d[k] for k in ("reference", "fast") if k in d}
     cells = [f"{k} {v.get('utterances_per_s', v.get('error'))}/s {v.get('audio_s_per_s', '')} {v.get('peak_memory_mb')}MB"
