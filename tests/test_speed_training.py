@@ -311,3 +311,16 @@ def test_loss_curve_benchmark_batches_are_fixed_and_learnable(capsys):
     assert out["settings"]["shape"] == "tiny" and "noise" not in out
     plain = out["plain"]["losses"]
     assert len(plain) == 16 and out["plain"]["tail_mean"] < sum(plain[:4]) / 4 - 1.0
+
+
+def test_adam_runs_fused_on_a_gpu_only():
+    """The stage optimiser asks for the fused Adam/AdamW kernel when the accelerator's device is a GPU."""
+    cfg = load_config()
+    groups = lambda: [{"params": [torch.nn.Parameter(torch.randn(3))], "lr": 1e-3}]  # noqa: E731
+    for name in ("adam", "adamw"):
+        cfg.optim.optimizer = name
+        assert loop._optimizer(groups(), cfg, torch.device("cuda")).defaults["fused"] is True
+        assert not loop._optimizer(groups(), cfg, torch.device("cpu")).defaults["fused"]
+        assert not loop._optimizer(groups(), cfg).defaults["fused"]
+    cfg.optim.optimizer = "sgd"
+    assert isinstance(loop._optimizer(groups(), cfg, torch.device("cuda")), torch.optim.SGD)
