@@ -32,7 +32,9 @@ def extract_embeddings(model, batches: Iterable[dict], *, device: torch.device |
         batches = tqdm(batches, total=total, desc="embedding", unit="batch")
     for batch in batches:
         wav = batch["waveforms"].to(device, non_blocking=True)
-        mask = batch["attention_mask"].to(device, non_blocking=True)
+        # a batch without padding (equal lengths, e.g. fixed chunks) needs no masks; asked of the host copy
+        full = bool(batch["attention_mask"].all())
+        mask = None if full else batch["attention_mask"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             emb = model(wav, attention_mask=mask).embeddings
         emb = emb.float().cpu().numpy()

@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import padded_batch, tiny_model
@@ -241,6 +242,27 @@ def test_grouped_conv_with_groups_padded_to_64_channels(groups, channels):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     for a, b in zip(g_out, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_extract_embeddings_unpadded_batches_skip_masks_with_the_same_result():
+    """A batch of equal lengths runs without masks (decided on the host copy of the mask); the embeddings
+    equal those of the same utterances padded beside a longer one."""
+    from mlsv.inference import extract_embeddings
+
+    model = tiny_model().eval()
+    x, mask = padded_batch([3000, 3000, 4500])
+
+    def batch(rows, S):
+        return {"waveforms": x[rows, :S], "attention_mask": mask[rows, :S], "ids": [f"u{i}" for i in rows],
+                "durations": [mask[i].sum().item() / 16000 for i in rows]}
+
+    calls = []
+    hook = model.frontend.register_forward_hook(lambda m, args, out: calls.append(args[1] is None))
+    uniform = extract_embeddings(model, [batch([0, 1], 3000)])
+    padded = extract_embeddings(model, [batch([0, 1, 2], 4500)])
+    hook.remove()
+    assert calls == [True, False]  # no lengths (no masks) for the uniform batch only
+    np.testing.assert_allclose(uniform.embeddings, padded.embeddings[:2], rtol=1e-5, atol=1e-5)
 
 
 def test_lap_bf16_autocast_close_to_fp32():
