@@ -156,10 +156,7 @@ def train(args: argparse.Namespace, batches: list[tuple[torch.Tensor, torch.Tens
         with speed.autocast(precision, device):
             emb = model(x).embeddings
             loss, _ = head(emb, y)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        speed.backward_and_step(loss, optimizer, scaler)
         losses.append(loss.detach())
         if step == 0:
             speed.synchronize(device)

@@ -118,16 +118,13 @@ def run(args: argparse.Namespace) -> dict:
     scaler = speed.grad_scaler(args.precision, device)
     batch = {"x": x_full, "labels": labels_full}
 
-    def make_step(optimizer: torch.optim.Optimizer):
+    def make_step(optimizer: torch.optim.Optimizer, embed=lambda: (model(batch["x"]).embeddings, batch["labels"])):
+        """A training step; ``embed()`` -> (embeddings, labels) is the forward pass it times."""
         def step() -> None:
-            x, labels = batch["x"], batch["labels"]
             with speed.autocast(args.precision, device):
-                emb = model(x).embeddings
+                emb, labels = embed()
                 loss, _ = head(emb, labels)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            speed.backward_and_step(loss, optimizer, scaler)
         return step
 
     def adam(params) -> torch.optim.Optimizer:
@@ -136,16 +133,7 @@ def run(args: argparse.Namespace) -> dict:
 
     def backend_step(optimizer: torch.optim.Optimizer, states: torch.Tensor):
         frame_mask = torch.ones(states.shape[1:3], dtype=torch.bool, device=device)
-
-        def step() -> None:
-            with speed.autocast(args.precision, device):
-                emb = model.backend(model.aggregation(states), frame_mask)
-                loss, _ = head(emb, labels_full)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-        return step
+        return make_step(optimizer, lambda: (model.backend(model.aggregation(states), frame_mask), labels_full))
 
     results: dict[str, dict] = {}
     for part in args.parts.split(","):

@@ -102,6 +102,14 @@ def grad_scaler(precision: str, device: str | torch.device = "cuda") -> torch.am
     return torch.amp.GradScaler(device_type, enabled=precision == "fp16")
 
 
+def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    """One optimiser update from ``loss`` through the (possibly disabled) gradient scaler."""
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def enable_tf32(enabled: bool = True, cudnn_benchmark: bool | None = None) -> None:
     """TF32 matrix products and convolutions on Ampere+ GPUs for the fp32 parts (harmless on CPU).
 
