@@ -105,6 +105,17 @@ def load_pretrained_encoder(name_or_path: str) -> nn.Module:
     return AutoModel.from_pretrained(name_or_path)
 
 
+def _var_mean(x: torch.Tensor, dim: int, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Population variance and mean over ``dim`` (kept), over the positions where ``mask`` (x's shape
+    without its trailing axes past ``dim``) is True, or over all when ``mask`` is None."""
+    if mask is None:
+        return torch.var_mean(x, dim=dim, correction=0, keepdim=True)
+    m = mask.reshape(*mask.shape, *([1] * (x.dim() - mask.dim()))).to(x.dtype)
+    n = m.sum(dim, keepdim=True).clamp_min(1.0)
+    mean = (x * m).sum(dim, keepdim=True) / n
+    return (((x - mean) * m) ** 2).sum(dim, keepdim=True) / n, mean
+
+
 def _channel_norm_over_time(h: torch.Tensor, norm: nn.GroupNorm, frame_mask: torch.Tensor | None) -> torch.Tensor:
     """GroupNorm with one group per channel (wav2vec 2.0 / WavLM Base's first CNN layer) on a channel-last
     (B, T, C) tensor, over the valid frames only when ``frame_mask`` (B, T) is given, over all otherwise.
@@ -112,13 +123,7 @@ def _channel_norm_over_time(h: torch.Tensor, norm: nn.GroupNorm, frame_mask: tor
     The statistics are reduced once; normalisation and affine are then one fused multiply-add in the
     input's dtype (an fp32 output under autocast would double the bytes of the largest tensor).
     """
-    if frame_mask is None:
-        var, mean = torch.var_mean(h, dim=1, correction=0, keepdim=True)
-    else:
-        m = frame_mask[..., None].to(h.dtype)
-        n = m.sum(1, keepdim=True).clamp_min(1.0)
-        mean = (h * m).sum(1, keepdim=True) / n
-        var = (((h - mean) * m) ** 2).sum(1, keepdim=True) / n
+    var, mean = _var_mean(h, 1, frame_mask)
     scale = torch.rsqrt(var.float() + norm.eps) * norm.weight
     shift = norm.bias - mean.float() * scale
     return torch.addcmul(shift.to(h.dtype), h, scale.to(h.dtype))
@@ -142,8 +147,8 @@ def conv_channels_last(conv: nn.Conv1d, h: torch.Tensor, layout: str = "channels
         return conv(h.transpose(1, 2)).transpose(1, 2)
     weight, bias, G = conv.weight, conv.bias, conv.groups
     c_in, c_out = conv.in_channels // G, conv.out_channels // G
-    padded = G > 1 and h.is_cuda and (c_in % GROUP_ALIGN or c_out % GROUP_ALIGN)
-    if padded or pad_groups:
+    pad_groups = pad_groups or (G > 1 and h.is_cuda and bool(c_in % GROUP_ALIGN or c_out % GROUP_ALIGN))
+    if pad_groups:
         # cuDNN's grouped kernels are several times slower for groups of 48 channels (WavLM Base's
         # positional convolution: 13 ms per 128 x 2 s on an H200) than for 64 (Large's: 1.8 ms); zero
         # channels pad each group to a multiple of 64 and are sliced off the output.
@@ -157,7 +162,7 @@ def conv_channels_last(conv: nn.Conv1d, h: torch.Tensor, layout: str = "channels
     y = F.conv2d(x, w, bias, stride=(1, conv.stride[0]), padding=(0, conv.padding[0]),
                  dilation=(1, conv.dilation[0]), groups=G)
     y = y.squeeze(2).transpose(1, 2)
-    if padded or pad_groups:
+    if pad_groups:
         y = y.reshape(*y.shape[:2], G, c_out + po)[..., :c_out].reshape(*y.shape[:2], G * c_out)
     return y.contiguous()
 
@@ -282,19 +287,12 @@ class Frontend(nn.Module):
 
     def _forward(self, waveforms, lengths, padded: bool = True):
         x = waveforms.float()
-        if padded or self.family == "whisper":
-            sample_mask = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
-            m = sample_mask.to(x.dtype)
-            if self.normalize_input:
-                n = m.sum(-1, keepdim=True).clamp_min(1.0)
-                mean = (x * m).sum(-1, keepdim=True) / n
-                var = (((x - mean) * m) ** 2).sum(-1, keepdim=True) / n
-                x = (x - mean) * torch.rsqrt(var + 1e-7) * m
-            else:
-                x = x * m
-        elif self.normalize_input:
-            var, mean = torch.var_mean(x, dim=-1, correction=0, keepdim=True)
+        sample_mask = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None] if padded else None
+        if self.normalize_input:
+            var, mean = _var_mean(x, 1, sample_mask)
             x = (x - mean) * torch.rsqrt(var + 1e-7)
+        if sample_mask is not None:
+            x = x * sample_mask
         if self.family == "whisper":
             hidden, frame_lengths, frame_mask = self._whisper_embed(x, lengths)
         else:
