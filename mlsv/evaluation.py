@@ -81,12 +81,10 @@ def evaluate_model(model_dir: str | Path, *, manifest: str, trials: list[str], o
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = MLSVModel.from_pretrained(model_dir).to(dev).eval()
     trial_lists = [read_trials(t) for t in trials]
-    from mlsv.speed import PRECISIONS
+    from mlsv.speed import autocast_dtype
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     kw = dict(batch_seconds=batch_seconds, chunk_seconds=chunk_seconds, device=dev,
-              autocast_dtype=None if precision == "fp32" else PRECISIONS[precision])
+              autocast_dtype=autocast_dtype(precision))
     table = _cached_embeddings(model, manifest, out / "embeddings.npz", **kw)
     cohort_table = _cached_embeddings(model, cohort, out / "cohort.npz", **kw) if cohort else None
 

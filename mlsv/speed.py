@@ -96,6 +96,13 @@ def autocast(precision: str = "bf16", device: str | torch.device = "cuda") -> co
     return torch.autocast(device_type=device_type, dtype=PRECISIONS[precision])
 
 
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a precision name: None for "fp32" (no autocast), bf16 or fp16 otherwise."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return None if precision == "fp32" else PRECISIONS[precision]
+
+
 def grad_scaler(precision: str, device: str | torch.device = "cuda") -> torch.amp.GradScaler:
     """A gradient scaler, enabled only for fp16."""
     device_type = torch.device(device).type

@@ -323,6 +323,9 @@ def test_speed_helpers():
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
     with pytest.raises(ValueError):
         speed.autocast("int8", "cpu")
+    assert speed.autocast_dtype("fp32") is None and speed.autocast_dtype("bf16") is torch.bfloat16
+    with pytest.raises(ValueError, match="precision must be one of"):
+        speed.autocast_dtype("int8")
     with pytest.raises(ValueError):
         speed.compile_model(tiny_model(), mode="fastest")
     assert not speed.grad_scaler("bf16", "cpu").is_enabled()

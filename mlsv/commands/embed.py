@@ -52,10 +52,10 @@ def _embed_manifest(args: argparse.Namespace):
     loader = build_eval_loader(args.manifest, batch_seconds=args.batch_seconds, chunk_seconds=args.chunk_seconds,
                                sample_rate=int(model.config.sampling_rate), num_workers=args.num_workers)
     total = len(loader) if hasattr(loader, "__len__") else None
-    from mlsv.speed import PRECISIONS
+    from mlsv.speed import autocast_dtype
 
-    dtype = None if args.precision == "fp32" else PRECISIONS[args.precision]
-    table = extract_embeddings(model, loader, device=args.device, progress=True, total=total, autocast_dtype=dtype)
+    table = extract_embeddings(model, loader, device=args.device, progress=True, total=total,
+                               autocast_dtype=autocast_dtype(args.precision))
     speakers = {row["id"]: row.get("speaker") for _, row in iter_rows(args.manifest)}
     if all(speakers.get(u) not in (None, "") for u in table.ids):
         table.speakers = np.asarray([str(speakers[u]) for u in table.ids])
