@@ -208,3 +208,79 @@ def inference_mode() -> Iterator[None]:
     """``torch.inference_mode`` (no autograd bookkeeping at all) for embedding extraction."""
     with torch.inference_mode():
         yield
+
+
+# ----------------------------------------------------------------------------------------------
+# host-device synchronisation
+
+# Tensor operations whose result the host must read back, so that on a GPU the host waits for every
+# queued kernel: the step that calls one cannot be queued while the previous one runs.
+HOST_READS = frozenset({"item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__",
+                        "__complex__", "is_nonzero", "nonzero", "argwhere", "masked_select", "unique",
+                        "unique_consecutive", "equal", "allclose"})
+
+
+def host_to_device(data, device: str | torch.device) -> torch.Tensor:
+    """Host data (a numpy array or CPU tensor) on ``device`` without waiting for the device's queue.
+
+    A plain ``.to("cuda")`` of pageable memory waits for every queued kernel; here a GPU copy goes
+    through pinned memory with ``non_blocking=True`` (the caching host allocator keeps the buffer alive
+    until the copy is done). On CPU it is the same tensor.
+    """
+    t = torch.as_tensor(data)
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def _bool_index(index) -> bool:
+    items = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
+
+
+class HostSyncCounter(torch.overrides.TorchFunctionMode):
+    """Records, inside a ``with`` block, each tensor operation that makes the host wait for the device.
+
+    Works on any device, CPU included, so tests catch a synchronising training step without a GPU:
+    reads of values (``.item()``, ``bool(t)``, ``.tolist()``, ``.cpu()``), operations whose output shape
+    depends on the data (``nonzero``, boolean-mask indexing, ``unique``, ``repeat_interleave`` without
+    ``output_size``), and tensors made from host data on a named device (``torch.tensor(x,
+    device=...)``: a blocking copy). ``calls`` maps "operation at file:line" (the first caller outside
+    torch) to a count.
+
+        with HostSyncCounter() as syncs:
+            step()
+        assert not syncs.calls, syncs.calls
+
+    On a GPU, ``torch.cuda.set_sync_debug_mode("error")`` is the kernel-level check of the same thing.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[str, int] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if (name in HOST_READS
+                or (name in ("tensor", "as_tensor") and kwargs.get("device") is not None)
+                or (name in ("__getitem__", "__setitem__", "index_put_") and len(args) > 1
+                    and _bool_index(args[1]))
+                or (name == "repeat_interleave" and len(args) > 1 and isinstance(args[1], torch.Tensor)
+                    and kwargs.get("output_size") is None)):
+            where = _caller_outside_torch()
+            key = f"{name} at {where}"
+            self.calls[key] = self.calls.get(key, 0) + 1
+        return func(*args, **kwargs)
+
+
+def _caller_outside_torch() -> str:
+    import sys
+
+    frame = sys._getframe(2)
+    while frame is not None and (f"{__name__}" == frame.f_globals.get("__name__")
+                                 or frame.f_globals.get("__name__", "").startswith("torch")):
+        frame = frame.f_back
+    if frame is None:
+        return "?"
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
