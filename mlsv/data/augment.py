@@ -271,6 +271,15 @@ def _check_banks(kinds: list[str], categories: list[str] | None, have_rirs: bool
                              f"(the manifest has {categories})")
 
 
+def _numpy_rng(rng) -> np.random.Generator:
+    if rng is None:
+        return np.random.default_rng()
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"BatchAugmenter draws on the host: give a numpy Generator "
+                        f"(np.random.default_rng(seed)), not {type(rng).__name__}")
+    return rng
+
+
 # ----------------------------------------------------------------------------------------------
 # batched tensor version
 
@@ -349,108 +358,118 @@ class BatchAugmenter:
         bank = torch.zeros(len(rirs), length)
         for i, r in enumerate(rirs):
             bank[i, : len(r)] = torch.from_numpy(r)
-        count = torch.tensor(counts, dtype=torch.long)
-        return bank.to(self.device), (torch.cumsum(count, 0) - count).to(self.device), count.to(self.device)
+        count = np.asarray(counts, dtype=np.int64)  # per room kind, on the host: the draws are made there
+        return bank.to(self.device), np.cumsum(count) - count, count
 
     # ------------------------------------------------------------------------------------------
+    # Every random draw is per row, so it is made on the host with numpy and copied to the device in one
+    # non-blocking transfer per call: the augmenter never waits for the device (no ``nonzero`` or
+    # ``.item()``), so a training step that uses it is queued while the previous one runs, and a seed gives
+    # the same draws on every device.
 
-    def _uniform(self, shape, generator, low: float = 0.0, high: float = 1.0):
-        import torch
+    def _on_device(self, draws: np.ndarray):
+        from mlsv.speed import host_to_device
 
-        return low + (high - low) * torch.rand(shape, generator=generator, device=self.device)
+        return host_to_device(draws, self.device)
 
-    def _segments(self, category: str, b: int, n: int, generator):
-        """(b, n) random stretches of random files of ``category``."""
+    def _segments(self, category: str, n: int, files, offsets):
+        """(b, n) stretches of the ``category`` files ``files`` (b,) starting at fractions ``offsets`` (b,)
+        of the room left in each file (a file shorter than n wraps around: its start is 0)."""
         import torch
 
         data, starts, lengths = self.banks[category]
-        f = torch.randint(len(lengths), (b,), generator=generator, device=self.device)
-        length = lengths[f]
-        # a start that fits the whole stretch inside the file; files shorter than n wrap around
-        offset = (self._uniform((b,), generator) * (length - n + 1).clamp_min(1)).long()
-        idx = (starts[f] + offset)[:, None] + torch.arange(n, device=self.device)[None]
-        short = length < n
-        if bool(short.any()):
-            wrapped = torch.arange(n, device=self.device)[None] % length[short][:, None]
-            idx[short] = starts[f][short][:, None] + wrapped
-        return data[idx]
+        length = lengths[files]
+        offset = (offsets * (length - n + 1).clamp_min(1)).long()
+        # identity for files that hold the stretch (offset + n <= length), wrap-around for shorter ones
+        positions = (offset[:, None] + torch.arange(n, device=self.device)[None]) % length[:, None]
+        return data[starts[files][:, None] + positions]
 
-    def _noise(self, x, category: str, snr: tuple[float, float], sources: tuple[int, int], full: bool, generator):
+    def _noise(self, x, category: str, snr: tuple[float, float], sources: tuple[int, int], full: bool, rng):
         """The scaled additive signal for x (B, S): x + result is at per-row SNR ~ U(snr)."""
         import torch
 
         b, n = x.shape
-        count = torch.randint(sources[0], sources[1] + 1, (b,), generator=generator, device=self.device)
+        n_files = len(self.banks[category][2])
+        # host draws, per row: source count, target SNR; per source: file, offset in the file, and the
+        # noise's share of the crop (a duration class, then a length and a start within the crop)
+        count = rng.integers(sources[0], sources[1] + 1, size=b)
+        target = rng.uniform(*snr, size=b)
+        per_source = np.empty((sources[1], 4, b))
+        for k in range(sources[1]):
+            files, offsets = rng.integers(n_files, size=b), rng.random(b)
+            if full:
+                frac, start = np.ones(b), np.zeros(b)
+            else:
+                lo, hi = np.asarray(DURATION_CLASSES)[rng.integers(len(DURATION_CLASSES), size=b)].T
+                frac = lo + (hi - lo) * rng.random(b)
+                start = rng.random(b)
+            per_source[k] = files, offsets, np.where(k < count, frac, 0.0), start
+        d = self._on_device(np.concatenate([per_source.reshape(-1, b), target[None]]))  # float64 (4K+1, b)
         total = torch.zeros_like(x)
         positions = torch.arange(n, device=self.device)[None]
-        classes = torch.tensor(DURATION_CLASSES, device=self.device, dtype=x.dtype)  # (3, 2)
         for k in range(sources[1]):
-            seg = self._segments(category, b, n, generator).to(x.dtype)
-            if full:
-                mask = torch.ones_like(x, dtype=torch.bool)
-            else:
-                c = torch.randint(len(DURATION_CLASSES), (b,), generator=generator, device=self.device)
-                lo, hi = classes[c, 0], classes[c, 1]
-                length = torch.clamp(torch.round((lo + (hi - lo) * self._uniform((b,), generator)) * n), 1, n)
-                offset = torch.floor(self._uniform((b,), generator) * (n - length + 1))
-                mask = (positions >= offset[:, None]) & (positions < (offset + length)[:, None])
-            keep = (mask & (k < count)[:, None]).to(x.dtype)
+            files, offsets, frac, start = d[4 * k: 4 * k + 4]
+            seg = self._segments(category, n, files.long(), offsets).to(x.dtype)
+            length = torch.where(frac > 0, torch.clamp(torch.round(frac * n), 1, n), 0)  # 0: no k-th source
+            offset = torch.floor(start * (n - length + 1))
+            keep = ((positions >= offset[:, None]) & (positions < (offset + length)[:, None])).to(x.dtype)
             seg_power = torch.sum(seg.square() * keep, 1, dtype=torch.float64) / keep.sum(1).clamp_min(1)
             total += seg * (keep * seg_power.clamp_min(1e-16).rsqrt().to(x.dtype)[:, None])
         p_noise = torch.sum(total.square(), 1, dtype=torch.float64)
         p_clean = torch.sum(x.square(), 1, dtype=torch.float64)
-        target = self._uniform((b,), generator, *snr).double()
-        scale = torch.where(p_noise > 0, torch.sqrt(p_clean / (p_noise.clamp_min(1e-30) * 10 ** (target / 10))),
+        scale = torch.where(p_noise > 0, torch.sqrt(p_clean / (p_noise.clamp_min(1e-30) * 10 ** (d[-1] / 10))),
                             torch.zeros_like(p_noise))
         return total * scale.to(x.dtype)[:, None]
 
-    def _reverb(self, x, generator):
+    def _reverb(self, x, rng):
         import torch
 
         b, n = x.shape
-        kind = torch.randint(len(self.rir_kind_count), (b,), generator=generator, device=self.device)
-        idx = self.rir_kind_start[kind] + (self._uniform((b,), generator) * self.rir_kind_count[kind]).long()
-        rir = self.rirs[idx].to(x.dtype)  # (b, R)
+        kind = rng.integers(len(self.rir_kind_count), size=b)
+        idx = self.rir_kind_start[kind] + (rng.random(b) * self.rir_kind_count[kind]).astype(np.int64)
+        rir = self.rirs[self._on_device(idx)].to(x.dtype)  # (b, R)
         size = n + rir.shape[1] - 1
         y = torch.fft.irfft(torch.fft.rfft(x, size) * torch.fft.rfft(rir, size), size)[:, :n]
         gain = x.square().mean(1).sqrt() / y.square().mean(1).sqrt().clamp_min(1e-8)
         return y * gain[:, None]
 
-    def apply_kind(self, x, kind: str, generator=None):
-        """Applies ``kind`` to every row of x (B, S): (B, S)."""
+    def apply_kind(self, x, kind: str, rng: np.random.Generator | None = None):
+        """Applies ``kind`` to every row of x (B, S): (B, S). ``rng`` makes the draws (None: a fresh one)."""
         c = self.cfg
+        rng = _numpy_rng(rng)
         if kind == "reverb":
-            return self._reverb(x, generator)
+            return self._reverb(x, rng)
         if kind == "noise":
-            return x + self._noise(x, "noise", tuple(c.noise_snr), (1, 1), False, generator)
+            return x + self._noise(x, "noise", tuple(c.noise_snr), (1, 1), False, rng)
         if kind == "music":
-            return x + self._noise(x, "music", tuple(c.music_snr), (1, 1), False, generator)
+            return x + self._noise(x, "music", tuple(c.music_snr), (1, 1), False, rng)
         if kind == "babble":
-            return x + self._noise(x, "speech", tuple(c.babble_snr), tuple(c.babble_speakers), False, generator)
+            return x + self._noise(x, "speech", tuple(c.babble_snr), tuple(c.babble_speakers), False, rng)
         if kind == "tv":
-            return (x + self._noise(x, "speech", tuple(c.babble_snr), (1, 1), True, generator)
-                    + self._noise(x, "music", tuple(c.music_snr), (1, 1), True, generator))
+            return (x + self._noise(x, "speech", tuple(c.babble_snr), (1, 1), True, rng)
+                    + self._noise(x, "music", tuple(c.music_snr), (1, 1), True, rng))
         raise ValueError(f"unknown augmentation kind {kind!r}; choose from {list(KINDS)}")
 
-    def __call__(self, waveforms, generator=None):
+    def __call__(self, waveforms, rng: np.random.Generator | None = None):
         """Augments a batch: each row with probability ``p``, by one kind drawn uniformly.
 
         Args:
             waveforms: (B, S) float tensor on ``device``.
-            generator: a ``torch.Generator`` on ``device`` (None: torch's default).
+            rng: a numpy ``Generator`` for the draws (None: a fresh, unseeded one). The draws are made on
+                the host, so the call never waits for the device.
         Returns:
             (B, S) tensor, a new one (the input is not modified).
         """
-        import torch
-
         b = waveforms.shape[0]
         out = waveforms.clone()
         if not self.kinds:
             return out
-        apply = self._uniform((b,), generator) < self.cfg.probability
-        kind = torch.randint(len(self.kinds), (b,), generator=generator, device=self.device)
+        rng = _numpy_rng(rng)
+        apply = rng.random(b) < self.cfg.probability
+        kind = rng.integers(len(self.kinds), size=b)
         for k, name in enumerate(self.kinds):
-            rows = torch.nonzero(apply & (kind == k)).flatten()
+            rows = np.flatnonzero(apply & (kind == k))
             if len(rows):
-                out[rows] = self.apply_kind(waveforms[rows], name, generator)
+                index = self._on_device(rows)
+                out.index_copy_(0, index, self.apply_kind(waveforms.index_select(0, index), name, rng))
         return out
