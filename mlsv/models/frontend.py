@@ -18,6 +18,7 @@ torch, transformers and its sibling modules.
 from __future__ import annotations
 
 import math
+import random
 import warnings
 
 import torch
@@ -324,6 +325,25 @@ class Frontend(nn.Module):
                 h = layer.activation(h)
         return h
 
+    def _spec_augment(self, h, frame_mask, padded: bool):
+        """SpecAugment as transformers' ``_mask_hidden_states`` (the same spans from numpy's global
+        generator): time spans get the learned mask embedding, feature spans zero. The spans are drawn on
+        the host and copied without waiting for the device; only a padded batch reads its lengths back."""
+        from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
+
+        from mlsv.speed import host_to_device
+
+        cfg, (b, t, c) = self.encoder.config, h.shape
+        spans = _compute_mask_indices((b, t), mask_prob=cfg.mask_time_prob, mask_length=cfg.mask_time_length,
+                                      attention_mask=frame_mask.long() if padded else None,
+                                      min_masks=cfg.mask_time_min_masks)
+        h = torch.where(host_to_device(spans, h.device)[..., None], self.encoder.masked_spec_embed.to(h.dtype), h)
+        if cfg.mask_feature_prob > 0:
+            spans = _compute_mask_indices((b, c), mask_prob=cfg.mask_feature_prob,
+                                          mask_length=cfg.mask_feature_length, min_masks=cfg.mask_feature_min_masks)
+            h = h.masked_fill(host_to_device(spans, h.device)[:, None], 0.0)
+        return h
+
     def _w2v_embed(self, x, lengths, padded: bool = True):
         """The CNN feature encoder, channel-last from the waveform on: (B, S) -> (B, T, C) states[0]."""
         enc = self.encoder
@@ -334,7 +354,7 @@ class Frontend(nn.Module):
         proj = enc.feature_projection(h)
         h = proj[0] if isinstance(proj, tuple) else proj
         if self.training and self.mask_time_prob > 0:
-            h = enc._mask_hidden_states(h, attention_mask=frame_mask.long())
+            h = self._spec_augment(h, frame_mask, padded)
         if padded:
             h = h * frame_mask[..., None].to(h.dtype)
         e = enc.encoder
@@ -452,7 +472,8 @@ class Frontend(nn.Module):
             key_bias = key_padding_bias(frame_mask) if frame_mask is not None else None
             position_bias = relative_position_bias(layers[0].attention, h.shape[1])
         for i, layer in enumerate(layers):
-            if self.training and self.layerdrop > 0 and i > 0 and torch.rand(()) < self.layerdrop:
+            # a host draw from Python's generator (accelerate's set_seed seeds it with torch's)
+            if self.training and self.layerdrop > 0 and i > 0 and random.random() < self.layerdrop:
                 states.append(h)
                 continue
             if fast_wavlm:
