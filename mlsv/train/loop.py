@@ -45,9 +45,12 @@ from mlsv.config import TrainConfig, dump_config
 from mlsv.data.loader import speed_perturb_classes
 from mlsv.models import MLSVModel, SubCenterAAMSoftmax
 from mlsv.train import checkpoint as ckpt
+from mlsv.train.ema import WeightAverage
 from mlsv.train.schedules import lr_at, margin_at
 
 log = logging.getLogger("mlsv.train")
+
+PROGRESS_EVERY = 50  # batches between the progress bar's loss readings (each waits for the device)
 
 MODEL_SETTINGS = ("layers", "aggregation", "lap_heads", "lap_channels", "lap_dropout", "backend",
                   "embedding_size", "backend_dropout", "ecapa_channels", "mhfa_heads", "mhfa_compression")
@@ -266,12 +269,9 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
     acc.register_for_checkpointing(scheduler)
     ema = None
     if o.ema_decay > 0:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
         # a deep copy: with stage.compile it is not compiled (Module.__getstate__ drops the compiled call), as
         # the average only ever evaluates
-        ema = AveragedModel(acc.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(o.ema_decay),
-                            use_buffers=True)
+        ema = WeightAverage(acc.unwrap_model(model), o.ema_decay)
         acc.register_for_checkpointing(ema)
 
     device_augmenter = None
@@ -281,7 +281,6 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
         aug_cfg = dataclasses.replace(cfg.augment, noise_manifest=_resolve(cfg.augment.noise_manifest, config_dir),
                                       rir_manifest=_resolve(cfg.augment.rir_manifest, config_dir))
         device_augmenter = BatchAugmenter(aug_cfg, sample_rate=data.sample_rate, device=acc.device, bank_seed=st.seed)
-        aug_generator = torch.Generator(device=acc.device).manual_seed(st.seed * 1000 + acc.process_index)
 
     # -- resume ------------------------------------------------------------------------------------------
     ckpt_root = output_dir / "checkpoints"
@@ -303,7 +302,8 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
         loader = loader_for(epoch) if epoch else first
         model.train()
         head.train()
-        stats = torch.zeros(3, device=acc.device)  # loss sum, correct, seen
+        stats, seen = torch.zeros(2, device=acc.device), 0  # loss sum, correct (on the device); utterances
+        aug_rng = np.random.default_rng([st.seed, epoch, acc.process_index])  # device augmentation's host draws
         audit = hashlib.sha1()  # what this process trained on (labels in order), for the data audit
         progress = _progress(acc, cfg, batches_per_epoch, epoch)
         batches_done = 0
@@ -316,31 +316,16 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
                     progress.update(1)
                 continue
             audit.update(batch["labels"].numpy().tobytes())
-            wav = batch["waveforms"].to(acc.device, non_blocking=True)
-            y = batch["labels"].to(acc.device, non_blocking=True)
-            if device_augmenter is not None:
-                wav = device_augmenter(wav, aug_generator)
-            step_progress = global_step / steps_per_epoch
-            unwrapped_head.set_margin(margin_at(step_progress, margin=h.margin, kind=h.margin_schedule,
+            unwrapped_head.set_margin(margin_at(global_step / steps_per_epoch, margin=h.margin, kind=h.margin_schedule,
                                                 start_epoch=h.margin_start_epoch, ramp_epochs=h.margin_ramp_epochs))
-            with acc.accumulate(model, head):
-                with acc.autocast():
-                    emb = model(wav).embeddings
-                loss, logits = head(emb, y)
-                acc.backward(loss)
-                if acc.sync_gradients and o.max_grad_norm > 0:
-                    acc.clip_grad_norm_(list(model.parameters()) + list(head.parameters()), o.max_grad_norm)
-                optimizer.step()
-                if acc.sync_gradients:
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            stats += torch.stack([loss.detach() * len(y), (logits.argmax(-1) == y).sum().float(),
-                                  torch.tensor(float(len(y)), device=acc.device)])
+            loss = train_batch(acc, model, head, optimizer, scheduler, batch, stats, augmenter=device_augmenter,
+                               rng=aug_rng, max_grad_norm=o.max_grad_norm)
+            seen += len(batch["labels"])
             batches_done = i + 1
             if acc.sync_gradients:
                 global_step += 1
                 if ema is not None:
-                    ema.update_parameters(acc.unwrap_model(model))
+                    ema.update(acc.unwrap_model(model))
                 if st.checkpoint_every_steps and global_step % st.checkpoint_every_steps == 0 \
                         and batches_done < batches_per_epoch:
                     ckpt.save_checkpoint(acc, ckpt_root, f"step_{global_step:08d}",
@@ -348,15 +333,17 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
                                           "global_step": global_step})
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(loss=f"{loss.item():.3f}", acc=f"{(logits.argmax(-1) == y).float().mean():.2f}",
-                                     lr=f"{scheduler.get_last_lr()[-1]:.2e}", m=f"{unwrapped_head.margin:.3f}")
+                if batches_done % PROGRESS_EVERY == 0 or batches_done == batches_per_epoch:
+                    # reads the loss back: the only wait for the device, once in PROGRESS_EVERY batches
+                    progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[-1]:.2e}",
+                                         m=f"{unwrapped_head.margin:.3f}")
         if progress is not None:
             progress.close()
         skip_batches = 0
-        total = acc.reduce(stats, reduction="sum")
+        total = acc.reduce(torch.cat([stats, stats.new_tensor([seen])]), reduction="sum").tolist()
         row = {"epoch": epoch + 1, "step": global_step,
-               "loss": (total[0] / total[2].clamp_min(1)).item() if total[2] > 0 else float("nan"),
-               "accuracy": (total[1] / total[2].clamp_min(1)).item() if total[2] > 0 else float("nan"),
+               "loss": total[0] / total[2] if total[2] > 0 else float("nan"),
+               "accuracy": total[1] / total[2] if total[2] > 0 else float("nan"),
                "lr": scheduler.get_last_lr()[-1], "margin": unwrapped_head.margin,
                "skipped_files": _skipped(loader), "seconds": round(time.time() - t0, 2)}
         val_eer = None
@@ -409,6 +396,35 @@ def _write_audit(output_dir: Path, process: int, epoch: int, digest: str, batche
     audit = json.loads(path.read_text()) if path.is_file() else {}
     audit[str(epoch + 1)] = {"labels_sha1": digest, "batches": batches}
     path.write_text(json.dumps(audit, indent=1))
+
+
+def train_batch(acc, model, head, optimizer, scheduler, batch: dict, stats: torch.Tensor, *, augmenter=None,
+                rng: np.random.Generator | None = None, max_grad_norm: float = 0.0) -> torch.Tensor:
+    """One training batch: to the device, device augmentation, forward, backward, optimiser and scheduler
+    steps (at the end of each accumulation), and the running loss sum and correct count in ``stats`` (2,).
+
+    Nothing here waits for the device (tested with ``speed.HostSyncCounter``): on a GPU the next batch is
+    queued while this one runs. Returns the loss, still on the device.
+    """
+    wav = batch["waveforms"].to(acc.device, non_blocking=True)
+    y = batch["labels"].to(acc.device, non_blocking=True)
+    if augmenter is not None:
+        wav = augmenter(wav, rng)
+    with acc.accumulate(model, head):
+        with acc.autocast():
+            emb = model(wav).embeddings
+        loss, logits = head(emb, y)
+        acc.backward(loss)
+        if acc.sync_gradients and max_grad_norm > 0:
+            acc.clip_grad_norm_([*model.parameters(), *head.parameters()], max_grad_norm)
+        optimizer.step()
+        if acc.sync_gradients:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        stats[0] += loss.detach() * len(y)
+        stats[1] += (logits.argmax(-1) == y).sum()
+    return loss.detach()
 
 
 def _progress(acc, cfg: TrainConfig, total: int, epoch: int):
