@@ -32,14 +32,16 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 
 # 0. where the frozen frontend's time goes, per part and convolution layout
 step parts_base "$LIMIT" python3 $B/frontend_parts.py --shape base
-# 1. Base+ shape: stage 1 (batch 128), stage 2 (batch 64, as the reference), frontend, backend alone
+# 1. Base+ shape: stage 1 (batch 128), stage 2 (batch 64, as the reference), frontend, backend alone, and
+#    stage 1 through the training loop's own step with device augmentation (needs soundfile for its banks)
 step ts_base "$LIMIT" python3 $B/train_step.py --shape base --stage2-batch 64 --profile "$OUT/prof_base"
 # 2. Large shape: stage 2 at batch 32, as the reference
 step ts_large "$LIMIT" python3 $B/train_step.py --shape large --stage2-batch 32
 # 3. evaluation embedding, Base+: length-sorted bf16 batches against one-at-a-time fp32 eager
 step embed_base "$LIMIT" python3 $B/embed.py --shape base
-# 4. equivalence of every fast path on CUDA kernels
-timeout "$LIMIT" python3 -m pytest tests/test_fast_paths.py -m gpu -q -p no:cacheprovider > "$OUT/pytest_gpu.txt" 2>&1
+# 4. equivalence of every fast path on CUDA kernels; the training step under CUDA's synchronisation check
+timeout "$LIMIT" python3 -m pytest tests/test_fast_paths.py tests/test_host_syncs.py -m gpu -q -p no:cacheprovider \
+  > "$OUT/pytest_gpu.txt" 2>&1
 echo "== pytest -m gpu: rc=$? $(tail -1 "$OUT/pytest_gpu.txt") (suite at $(( $(date +%s) - start )) s)"
 # 5. memory: stage 2 of the Large shape at batch 128 x 2 s (gradient checkpointing)
 step ts_large_stage2_b128 "$LIMIT" python3 $B/train_step.py --shape large --parts stage2 --checkpointing --steps 5 --warmup 2

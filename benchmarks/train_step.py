@@ -7,6 +7,11 @@
 * frontend: the frontend's forward pass alone, in evaluation mode without autograd.
 * backend: stage 1 without the frontend: LAP + ASTP + head forward and backward and the Adam step on
   hidden states computed once beforehand (the reference's "backend alone" figure).
+* loop: stage 1 as ``mlsv train`` runs it: the training loop's own ``train_batch`` through ``accelerate``
+  (its autocast, gradient clipping, scheduler, running statistics) on pinned host batches copied to the
+  device, with the loop's batched device augmentation (``augment.where: device``, p = 0.6, banks from a
+  small synthetic corpus; ``--no-augment`` leaves it out). Its gap to stage1 is what the loop adds. Runs
+  last: ``accelerator.prepare`` wraps the model's forward in autocast.
 
 Encoders are random-initialised from configs with the real hyper-parameters (``--shape base`` = WavLM
 Base+ 12 x 768, ``large`` = WavLM Large 24 x 1024; ``tiny``/``small`` for CPUs), so nothing is
@@ -20,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +40,7 @@ from mlsv.models.frontend import CONV_LAYOUTS  # noqa: E402
 from mlsv.models.head import SubCenterAAMSoftmax  # noqa: E402
 
 SAMPLE_RATE = 16000
-PARTS = ("stage1", "stage2", "frontend", "backend")
+PARTS = ("stage1", "stage2", "frontend", "backend", "loop")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
     p.add_argument("--stage2-trainable", choices=("all", "transformer"), default="all")
     p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in stage 2")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="loop part without augmentation")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--device", default="cuda" if cuda else "cpu")
     p.add_argument("--threads", type=int, default=0 if cuda else 1,
@@ -68,7 +76,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [x for x in args.parts.split(",") if x not in PARTS]
     if bad:
         p.error(f"unknown parts {bad}; choose from {', '.join(PARTS)}")
+    args.parts = ",".join(sorted(args.parts.split(","), key=lambda x: x == "loop"))  # loop last
     return args
+
+
+def _loop_step(args: argparse.Namespace, model, head, x: torch.Tensor, labels: torch.Tensor, workdir: str):
+    """Stage 1 through the training loop's ``train_batch`` (see the module docstring)."""
+    import numpy as np
+    from accelerate import Accelerator
+
+    from mlsv.config import AugmentConfig, TrainConfig
+    from mlsv.train import loop
+
+    device = torch.device(args.device)
+    acc = Accelerator(cpu=device.type == "cpu", mixed_precision="no" if args.precision == "fp32" else args.precision)
+    model.configure_training(trainable="none")
+    cfg = TrainConfig()
+    optimizer = loop._optimizer(loop._param_groups(model, head, cfg), cfg, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    model, head, optimizer = acc.prepare(model, head, optimizer)
+    model.train()
+    head.train()
+    augmenter = None
+    if args.augment:
+        from mlsv.data.augment import BatchAugmenter
+        from mlsv.data.synthetic import make_synthetic_corpus
+
+        corpus = make_synthetic_corpus(workdir, n_speakers=2, utts_per_speaker=2, n_validation_speakers=0,
+                                       n_test_speakers=0, bank_files=6, bank_seconds=12.0, n_rirs=24)
+        augmenter = BatchAugmenter(AugmentConfig(where="device", noise_manifest=str(corpus.noise),
+                                                 rir_manifest=str(corpus.rirs)), device=device)
+    pin = device.type == "cuda"
+    batch = {"waveforms": x.cpu().pin_memory() if pin else x.cpu(),
+             "labels": labels.cpu().pin_memory() if pin else labels.cpu()}
+    stats, rng = torch.zeros(2, device=device), np.random.default_rng(args.seed)
+
+    def step() -> None:
+        loop.train_batch(acc, model, head, optimizer, scheduler, batch, stats, augmenter=augmenter, rng=rng,
+                         max_grad_norm=cfg.optim.max_grad_norm)
+    return step
 
 
 def _timed(step, steps: int, warmup: int, device: str) -> tuple[float, float]:
@@ -136,6 +182,7 @@ def run(args: argparse.Namespace) -> dict:
         return make_step(optimizer, lambda: (model.backend(model.aggregation(states), frame_mask), labels_full))
 
     results: dict[str, dict] = {}
+    workdir = tempfile.mkdtemp(prefix="mlsv-train-step-")  # the loop part's noise banks
     for part in args.parts.split(","):
         n = args.stage2_batch if part == "stage2" and args.stage2_batch else args.batch
         batch["x"], batch["labels"] = x_full[:n], labels_full[:n]
@@ -143,7 +190,9 @@ def run(args: argparse.Namespace) -> dict:
             batch["x"] = torch.randn(n, samples, device=device)
             batch["labels"] = torch.randint(0, args.classes, (n,), device=device)
         speed.reset_peak_memory(device)
-        if part == "frontend":
+        if part == "loop":
+            step = _loop_step(args, model, head, batch["x"], batch["labels"], workdir)
+        elif part == "frontend":
             model.eval()
 
             def step() -> None:
@@ -188,6 +237,7 @@ def run(args: argparse.Namespace) -> dict:
             results[part]["profile"] = _profile(step, f"{args.profile}-{part}.txt", device)
         if torch.device(device).type == "cpu":
             results[part]["cpu_ms_per_step"] = round(1000 * cpu_seconds / args.steps, 2)
+    shutil.rmtree(workdir, ignore_errors=True)
     return {
         "benchmark": "train_step",
         "device": speed.device_name(device),

@@ -351,7 +351,8 @@ def test_train_step_benchmark_prints_json(capsys, tmp_path):
     out = _run_benchmark("train_step", ["--shape", "tiny", "--batch", "2", "--seconds", "0.2", "--classes", "50",
                                         "--steps", "1", "--warmup", "0", "--device", "cpu", "--threads", "0",
                                         "--stage2-batch", "3", "--profile", str(tmp_path / "prof")], capsys)
-    assert set(out["results"]) == {"stage1", "stage2", "frontend", "backend"}
+    assert set(out["results"]) == {"stage1", "stage2", "frontend", "backend", "loop"}
+    assert list(out["results"])[-1] == "loop"  # after the others: accelerate's prepare wraps the forward
     for name, part in out["results"].items():
         assert part["utterances_per_s"] > 0 and part["peak_memory_mb"] > 0
         assert part["batch"] == (3 if name == "stage2" else 2)
