@@ -53,7 +53,7 @@ step ts_base_compiled $((3 * LIMIT / 2)) python3 $B/train_step.py --shape base -
 step embed_large "$LIMIT" python3 $B/embed.py --shape large --utterances 256 --batch 32 --reference-utterances 16
 step ts_large_compiled $((3 * LIMIT / 2)) python3 $B/train_step.py --shape large --compile --parts stage1,frontend
 # 9. CUDA graphs on top of compile (no per-kernel launch cost), Base+ stage 1
-step ts_base_cudagraphs $((3 * LIMIT / 2)) python3 $B/train_step.py --shape base --compile --compile-mode reduce-overhead --parts stage1,frontend
+step ts_base_cudagraphs $((3 * LIMIT / 2)) python3 $B/train_step.py --shape base --compile --compile-mode reduce-overhead --parts stage1,frontend,loop
 # 10. the training stream: clean crops, CPU-worker augmentation, batched augmentation on the GPU (needs
 #     datasets and soundfile, which some GPU images lack)
 if python3 -c "import datasets, soundfile, soxr" 2>/dev/null; then

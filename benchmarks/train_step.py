@@ -113,7 +113,8 @@ def _loop_step(args: argparse.Namespace, model, head, x: torch.Tensor, labels: t
 
     def step() -> None:
         loop.train_batch(acc, model, head, optimizer, scheduler, batch, stats, augmenter=augmenter, rng=rng,
-                         max_grad_norm=cfg.optim.max_grad_norm)
+                         max_grad_norm=cfg.optim.max_grad_norm,
+                         compile_mode=args.compile_mode if args.compile else "default")
     return step
 
 
@@ -167,6 +168,7 @@ def run(args: argparse.Namespace) -> dict:
     def make_step(optimizer: torch.optim.Optimizer, embed=lambda: (model(batch["x"]).embeddings, batch["labels"])):
         """A training step; ``embed()`` -> (embeddings, labels) is the forward pass it times."""
         def step() -> None:
+            speed.step_begin(args.compile_mode if args.compile else "default")
             with speed.autocast(args.precision, device):
                 emb, labels = embed()
                 loss, _ = head(emb, labels)

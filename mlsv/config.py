@@ -123,6 +123,9 @@ class StageConfig:
     grad_accum: int = 1
     mixed_precision: str = field(default="no", metadata={"choices": ("no", "bf16", "fp16", "fp8")})
     compile: bool = False  # torch.compile the model and head for the fixed training crops (mlsv.speed)
+    # torch.compile's mode when stage.compile is on; reduce-overhead and max-autotune add CUDA graphs on a GPU
+    compile_mode: str = field(default="default", metadata={"choices": (
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")})
     attention: str = field(default="sdpa", metadata={"choices": ("sdpa", "eager")})  # the encoder's attention
     seed: int = 42
     keep_best: int = 2

@@ -20,6 +20,7 @@ from torch import nn
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes that replay CUDA graphs on a GPU
 
 # Random-initialised encoders with the real hyper-parameters of WavLM Base+ and Large (no download), for
 # benchmarks; "tiny" and "small" are the test/demo encoders of ``TINY_ENCODERS``.
@@ -163,6 +164,13 @@ def compile_model(model: nn.Module, *, head: nn.Module | None = None, mode: str 
             else:  # other backends take no mode
                 part.compile(backend=backend, dynamic=dynamic, fullgraph=fullgraph)
     return model
+
+
+def step_begin(mode: str) -> None:
+    """Marks a new training iteration for graphs compiled with a CUDA-graph ``mode`` (the outputs of the
+    previous iteration's replays may be overwritten from here on); a no-op for the other modes."""
+    if mode in CUDAGRAPH_MODES:
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 def is_compiled(module: nn.Module) -> bool:

@@ -119,6 +119,29 @@ def test_head_compiled_for_training_follows_the_margin_schedule():
     assert counters["stats"]["unique_graphs"] <= 3
 
 
+def test_stage_compile_mode_reaches_every_compiled_part(monkeypatch):
+    """stage.compile_mode goes to torch.compile for the model's parts and the head; the config offers
+    exactly torch's modes, and a training batch marks a new CUDA-graph iteration only in their modes."""
+    from mlsv.config import StageConfig, from_dict
+    from mlsv.models import SubCenterAAMSoftmax
+
+    seen = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: seen.append((type(self).__name__, kw)))
+    loop.compile_for_training(tiny_model(), SubCenterAAMSoftmax(16, 10), backend="inductor", mode="reduce-overhead")
+    assert [name for name, _ in seen] == ["Frontend", "LayerAttentivePooling", "ASTP",
+                                          "SubCenterAAMSoftmax"]
+    assert all(kw["mode"] == "reduce-overhead" for _, kw in seen)
+    field = StageConfig.__dataclass_fields__["compile_mode"]
+    assert field.metadata["choices"] == speed.COMPILE_MODES
+    with pytest.raises(ValueError, match="reduce-overhead"):
+        from_dict(StageConfig, {"compile_mode": "fast"})
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    for mode in speed.COMPILE_MODES:
+        speed.step_begin(mode)
+    assert len(marks) == len(speed.CUDAGRAPH_MODES) == 2
+
+
 # -- stage runs ------------------------------------------------------------------------------------------
 
 
@@ -188,9 +211,9 @@ def test_compiled_stage_trains_like_eager_and_saves_the_same_names(corpus, plain
     real_compile, real_attention = loop.compile_for_training, speed.set_attention
     attention_seen = []
 
-    def spy_compile(model, head, backend=None):
-        compiled_for.append((type(model).__name__, type(head).__name__))
-        return real_compile(model, head, backend)
+    def spy_compile(model, head, backend=None, mode="default"):
+        compiled_for.append((type(model).__name__, type(head).__name__, mode))
+        return real_compile(model, head, backend, mode)
 
     def spy_attention(model, mode="sdpa", fused_qkv=None):
         attention_seen.append(mode)
@@ -200,7 +223,7 @@ def test_compiled_stage_trains_like_eager_and_saves_the_same_names(corpus, plain
     monkeypatch.setattr(speed, "set_attention", spy_attention)
     evaluated = _spy_evaluation(monkeypatch)
     out = _train(corpus, tmp_path / "compiled", **{"stage.compile": True})
-    assert compiled_for == [("MLSVModel", "SubCenterAAMSoftmax")] and attention_seen == ["eager"]
+    assert compiled_for == [("MLSVModel", "SubCenterAAMSoftmax", "default")] and attention_seen == ["eager"]
     assert evaluated == [("validation_eer", False), ("training_mean", False)]
     assert (out / "COMPLETE").is_file()
     for name in ("model/model.safetensors", "head.safetensors"):

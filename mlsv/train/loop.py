@@ -68,14 +68,16 @@ def build_model(cfg: TrainConfig) -> MLSVModel:
 COMPILE_BACKEND = "inductor"
 
 
-def compile_for_training(model: MLSVModel, head: torch.nn.Module, backend: str | None = None) -> None:
+def compile_for_training(model: MLSVModel, head: torch.nn.Module, backend: str | None = None,
+                         mode: str = "default") -> None:
     """``stage.compile``: the model's frontend, aggregation and backend specialised on the fixed crop shape
     (``dynamic=False``); the head with ``dynamic=None``: its margin is a Python float that the schedule
     moves every step, which a static graph would guard on (one recompile per value, then the recompile
-    limit and eager fallback); automatic dynamic makes it symbolic after the first change."""
+    limit and eager fallback); automatic dynamic makes it symbolic after the first change. ``mode`` is
+    ``stage.compile_mode`` (inductor only)."""
     backend = backend or COMPILE_BACKEND
-    speed.compile_model(model, dynamic=False, backend=backend)
-    head.compile(backend=backend, dynamic=None)
+    speed.compile_model(model, mode=mode, dynamic=False, backend=backend)
+    head.compile(**({"mode": mode} if backend == "inductor" else {"backend": backend}), dynamic=None)
 
 
 @contextlib.contextmanager
@@ -248,7 +250,7 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
                              f"{tuple(head.weight.shape)} (head.sub_centers or the embedding size changed)")
         head.load_state_dict(state)
     if st.compile:  # in place, before prepare: DDP, checkpoints and save_pretrained see the same names
-        compile_for_training(model, head)
+        compile_for_training(model, head, mode=st.compile_mode)
 
     def loader_for(epoch: int):
         return build_train_loader(train_manifest, data, cfg.augment, labels=labels, epoch=epoch, seed=st.seed,
@@ -319,7 +321,8 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
             unwrapped_head.set_margin(margin_at(global_step / steps_per_epoch, margin=h.margin, kind=h.margin_schedule,
                                                 start_epoch=h.margin_start_epoch, ramp_epochs=h.margin_ramp_epochs))
             loss = train_batch(acc, model, head, optimizer, scheduler, batch, stats, augmenter=device_augmenter,
-                               rng=aug_rng, max_grad_norm=o.max_grad_norm)
+                               rng=aug_rng, max_grad_norm=o.max_grad_norm,
+                               compile_mode=st.compile_mode if st.compile else "default")
             seen += len(batch["labels"])
             batches_done = i + 1
             if acc.sync_gradients:
@@ -399,13 +402,16 @@ def _write_audit(output_dir: Path, process: int, epoch: int, digest: str, batche
 
 
 def train_batch(acc, model, head, optimizer, scheduler, batch: dict, stats: torch.Tensor, *, augmenter=None,
-                rng: np.random.Generator | None = None, max_grad_norm: float = 0.0) -> torch.Tensor:
+                rng: np.random.Generator | None = None, max_grad_norm: float = 0.0,
+                compile_mode: str = "default") -> torch.Tensor:
     """One training batch: to the device, device augmentation, forward, backward, optimiser and scheduler
     steps (at the end of each accumulation), and the running loss sum and correct count in ``stats`` (2,).
 
     Nothing here waits for the device (tested with ``speed.HostSyncCounter``): on a GPU the next batch is
-    queued while this one runs. Returns the loss, still on the device.
+    queued while this one runs. Returns the loss, still on the device. ``compile_mode``: the mode the
+    model was compiled with (a CUDA-graph mode marks each batch as a new iteration).
     """
+    speed.step_begin(compile_mode)
     wav = batch["waveforms"].to(acc.device, non_blocking=True)
     y = batch["labels"].to(acc.device, non_blocking=True)
     if augmenter is not None:
