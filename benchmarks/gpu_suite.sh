@@ -62,6 +62,10 @@ if python3 -c "import datasets, soundfile, soxr" 2>/dev/null; then
   step loader "$LIMIT" python3 $B/loader.py --batch-size 128 --workers 8
 fi
 
+# 11. stage 2 as the VoxCeleb recipe runs it (CNN frozen: frontend_trainable transformer), Base+ batch 64
+step ts_base_stage2_transformer "$LIMIT" python3 $B/train_step.py --shape base --parts stage2 --stage2-batch 64 \
+  --stage2-trainable transformer
+
 python3 - "$OUT" <<'EOF' | tee "$OUT/summary.txt"
 import json, pathlib, sys
 for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
