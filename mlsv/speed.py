@@ -286,7 +286,7 @@ def _caller_outside_torch() -> str:
     import sys
 
     frame = sys._getframe(2)
-    while frame is not None and (f"{__name__}" == frame.f_globals.get("__name__")
+    while frame is not None and (frame.f_globals.get("__name__") == __name__
                                  or frame.f_globals.get("__name__", "").startswith("torch")):
         frame = frame.f_back
     if frame is None:

@@ -395,12 +395,13 @@ class BatchAugmenter:
         count = rng.integers(sources[0], sources[1] + 1, size=b)
         target = rng.uniform(*snr, size=b)
         per_source = np.empty((sources[1], 4, b))
+        classes = np.asarray(DURATION_CLASSES)  # (3, 2): low and high share of the crop
         for k in range(sources[1]):
             files, offsets = rng.integers(n_files, size=b), rng.random(b)
             if full:
                 frac, start = np.ones(b), np.zeros(b)
             else:
-                lo, hi = np.asarray(DURATION_CLASSES)[rng.integers(len(DURATION_CLASSES), size=b)].T
+                lo, hi = classes[rng.integers(len(classes), size=b)].T
                 frac = lo + (hi - lo) * rng.random(b)
                 start = rng.random(b)
             per_source[k] = files, offsets, np.where(k < count, frac, 0.0), start

@@ -299,6 +299,7 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
     trackers = _Trackers(acc, cfg, output_dir)
     unwrapped_head = acc.unwrap_model(head)
     eval_model = lambda: ema.module if ema is not None else acc.unwrap_model(model)  # noqa: E731
+    graph_mode = st.compile_mode if st.compile else "default"  # what train_batch marks per batch
     for epoch in range(start_epoch, st.epochs):
         t0 = time.time()
         loader = loader_for(epoch) if epoch else first
@@ -322,7 +323,7 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
                                                 start_epoch=h.margin_start_epoch, ramp_epochs=h.margin_ramp_epochs))
             loss = train_batch(acc, model, head, optimizer, scheduler, batch, stats, augmenter=device_augmenter,
                                rng=aug_rng, max_grad_norm=o.max_grad_norm,
-                               compile_mode=st.compile_mode if st.compile else "default")
+                               compile_mode=graph_mode)
             seen += len(batch["labels"])
             batches_done = i + 1
             if acc.sync_gradients:
