@@ -52,10 +52,10 @@ def test_counter_sees_each_kind_of_host_wait():
     assert y.shape == ()
 
 
-def _stage(trainable: str, **frontend):
+def _stage(trainable: str, cpu: bool = True, **frontend):
     from accelerate import Accelerator
 
-    acc = Accelerator(cpu=True)
+    acc = Accelerator(cpu=cpu)
     model = tiny_model(lap_dropout=0.1)
     model.configure_training(trainable=trainable, **frontend)
     head = SubCenterAAMSoftmax(model.config.embedding_size, 7, sub_centers=2, top_k=3, penalty=0.06)
@@ -144,16 +144,7 @@ def test_gpu_training_batch_never_waits_for_the_device(augmenter_config):
     """CUDA's own check: any synchronising call in the step raises."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    from accelerate import Accelerator
-
-    acc = Accelerator()
-    model = tiny_model()
-    model.configure_training(trainable="all", layerdrop=0.3, mask_time_prob=0.2)
-    head = SubCenterAAMSoftmax(model.config.embedding_size, 7)
-    cfg = TrainConfig()
-    optimizer = loop._optimizer(loop._param_groups(model, head, cfg), cfg, acc.device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    model, head, optimizer = acc.prepare(model, head, optimizer)
+    acc, model, head, optimizer, scheduler = _stage("all", cpu=False, layerdrop=0.3, mask_time_prob=0.2)
     augmenter = BatchAugmenter(augmenter_config, sample_rate=16000, device=acc.device)
     ema = WeightAverage(acc.unwrap_model(model), 0.9)
     stats, rng = torch.zeros(2, device=acc.device), np.random.default_rng(0)
@@ -162,7 +153,7 @@ def test_gpu_training_batch_never_waits_for_the_device(augmenter_config):
         if step:
             torch.cuda.set_sync_debug_mode("error")
         try:
-            loop.train_batch(acc, model.train(), head.train(), optimizer, scheduler, batch, stats,
+            loop.train_batch(acc, model, head, optimizer, scheduler, batch, stats,
                              augmenter=augmenter, rng=rng, max_grad_norm=5.0)
             ema.update(acc.unwrap_model(model))
         finally:
