@@ -125,14 +125,18 @@ def test_weight_average_rejects_a_bad_decay():
 
 @pytest.mark.parametrize("padded", [False, True])
 def test_spec_augment_matches_transformers(padded):
+    """The spans drawn on the host before the forward, applied without boolean indexing, are transformers'
+    ``_mask_hidden_states`` exactly (the same numpy draws)."""
     cfg = encoder_config_from_name("tiny-wavlm")
     cfg.mask_time_prob, cfg.mask_time_length, cfg.mask_feature_prob, cfg.mask_feature_length = 0.3, 2, 0.2, 3
     f = Frontend(build_encoder(cfg), trainable="all", mask_time_prob=0.3).train()
     torch.nn.init.normal_(f.encoder.masked_spec_embed)
-    h = torch.randn(3, 40, cfg.hidden_size)
-    frame_mask = torch.arange(40)[None] < torch.tensor([40, 31, 17] if padded else [40, 40, 40])[:, None]
+    lengths = torch.tensor([16000, 12000, 7000] if padded else [16000] * 3)
+    frames = f.frame_lengths(lengths)
+    h = torch.randn(3, int(frames[0]), cfg.hidden_size)
+    frame_mask = torch.arange(h.shape[1])[None] < frames[:, None]
     np.random.seed(0)
-    ours = f._spec_augment(h.clone(), frame_mask, padded)
+    ours = f._spec_augment(h.clone(), f._training_draws(3, 16000, lengths if padded else None))
     np.random.seed(0)
     theirs = f.encoder._mask_hidden_states(h.clone(), attention_mask=frame_mask.long())
     assert not torch.equal(ours, h)

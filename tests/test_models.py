@@ -101,6 +101,37 @@ def test_layer_subset_selection():
         tiny_model(layers=[7])
 
 
+@pytest.mark.parametrize("name", ["tiny-wavlm", "tiny-whisper"])
+def test_layer_subset_stops_at_the_deepest_selected_layer(name):
+    """States up to the deepest selected one are computed, and are the full stack's states."""
+    full, first = tiny_model(name), tiny_model(name, layers=[1, 0])
+    first.frontend.load_state_dict(full.frontend.state_dict())
+    wav, mask = padded_batch([4000, 3000])
+    lengths = mask.sum(-1)
+    calls = []
+    for layer in (first.frontend.encoder if name == "tiny-whisper" else first.frontend.encoder.encoder).layers:
+        layer.final_layer_norm.register_forward_hook(lambda *_: calls.append(1))
+    states, _ = first.frontend.eval()(wav, lengths)
+    torch.testing.assert_close(states, full.frontend.eval()(wav, lengths)[0][[1, 0]], rtol=0, atol=0)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("name", TINY_FAMILIES)
+@pytest.mark.parametrize("trainable,settings,training", [
+    ("transformer", {}, {}),
+    ("all", {"layers": [0, 1], "aggregation": "superb", "backend": "mhfa"}, {"mask_time_prob": 0.5}),
+])
+def test_every_trainable_parameter_gets_a_gradient(name, trainable, settings, training):
+    """Multi-process training (DDP) fails on a trainable parameter that gets no gradient: SpecAugment's
+    mask embedding without masking, and layers past the deepest selected state, are frozen."""
+    model = tiny_model(name, **settings)
+    model.configure_training(trainable=trainable, **training)
+    model.train()(padded_batch([4000, 4000])[0]).embeddings.sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
+    assert any(n.startswith("frontend.encoder.") for n, p in model.named_parameters() if p.requires_grad)
+
+
 PAIRS = [(a, b) for a in ("lap", "superb", "last") for b in ("astp", "xvector", "ecapa", "mhfa")]
 
 

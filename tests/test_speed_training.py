@@ -7,15 +7,18 @@ the one inductor run is marked slow.
 
 from __future__ import annotations
 
+import copy
 import json
+import random
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import padded_batch, tiny_model
+from conftest import TINY_FAMILIES, padded_batch, tiny_model
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -117,6 +120,67 @@ def test_head_compiled_for_training_follows_the_margin_schedule():
         loss, _ = head(emb, y)
         torch.testing.assert_close(loss, SubCenterAAMSoftmax.forward(head, emb, y)[0])
     assert counters["stats"]["unique_graphs"] <= 3
+
+
+@pytest.mark.parametrize("name", TINY_FAMILIES)
+def test_every_frontend_traces_as_one_graph(name):
+    """No graph breaks: the frozen frontend, a stage-2 frontend and a padded evaluation batch each trace
+    as one graph, so compiled parts fuse and CUDA graphs cover them whole."""
+    frozen, trained = tiny_model(name), tiny_model(name)
+    trained.configure_training(trainable="all")
+    wav, mask = padded_batch([4000, 2500])
+    for module, args in ((frozen.frontend.train(), (wav,)), (trained.frontend.train(), (wav,)),
+                         (frozen.eval(), (wav, mask))):
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(module)(*args)
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+@pytest.mark.parametrize("name", ["tiny-wavlm", "tiny-whisper"])
+def test_compiled_frontend_takes_layerdrop_and_masks_as_inputs(name):
+    """LayerDrop and SpecAugment are drawn on the host before the compiled graph (one graph break) and
+    enter it as tensors: new draws never recompile it, and it computes what the eager frontend does with
+    the same draws (a dropped layer's output is its input; its weights get a zero gradient)."""
+    from torch._dynamo.utils import counters
+
+    model = tiny_model(name)
+    model.configure_training(trainable="transformer", layerdrop=0.5, mask_time_prob=0.4)
+    for m in model.frontend.encoder.modules():  # no dropout, so that the two runs can be compared
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        for attr in ("dropout", "activation_dropout", "attention_dropout"):  # rates kept as floats
+            if isinstance(getattr(m, attr, None), float):
+                setattr(m, attr, 0.0)
+    compiled = copy.deepcopy(model)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled.frontend.compile(backend="aot_eager", dynamic=False)
+    wav, trained = torch.randn(3, 6000), [n for n, p in model.frontend.named_parameters() if p.requires_grad]
+    kept = []
+    for step in range(6):
+        outputs = []
+        for m in (model, compiled):
+            random.seed(step)
+            np.random.seed(step)
+            states, _ = m.frontend.train()(wav)
+            states.square().mean().backward()
+            grads = {n: p.grad for n, p in m.frontend.named_parameters() if p.requires_grad}
+            outputs.append((states.detach(), grads))
+            m.zero_grad(set_to_none=True)
+        random.seed(step)
+        kept.append(model.frontend._training_draws(3, 6000, None).keep)
+        (a, ga), (b, gb) = outputs
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+        for n in trained:  # eager: no gradient for a skipped layer; compiled: a zero one
+            torch.testing.assert_close(gb[n], ga[n] if ga[n] is not None else torch.zeros_like(gb[n]),
+                                       rtol=1e-4, atol=1e-6, msg=n)
+        if step == 0:
+            graphs = counters["stats"]["unique_graphs"]
+    assert len(set(kept)) > 1  # the draws changed between steps...
+    assert counters["stats"]["unique_graphs"] == graphs  # ...and nothing was traced again
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model.frontend)(wav)
+    assert explained.graph_break_count == 1 and "_training_draws" in explained.break_reasons[0].reason
 
 
 def test_stage_compile_mode_reaches_every_compiled_part(monkeypatch):

@@ -152,12 +152,16 @@ def test_resume_after_kill_gives_the_same_weights(corpus, tmp_path):
 
 
 def test_two_processes_train_on_different_data_and_agree(corpus, tmp_path):
+    """Stage 2 (the encoder trained, with LayerDrop and SpecAugment) on two DDP processes: DDP needs a
+    gradient for every trainable parameter in every step, which a skipped layer does not get."""
     out = tmp_path / "ddp"
     script = tmp_path / "run.py"
+    stage2 = {"stage.epochs": 1, "stage.frontend_trainable": "transformer", "stage.layerdrop": 0.5,
+              "stage.mask_time_prob": 0.2, "data.speed_factors": "[1.0]"}
     script.write_text(
         "import os\nfrom accelerate import Accelerator\nfrom mlsv.config import load_config\n"
         "from mlsv.train.loop import run_stage\n"
-        f"cfg = load_config(None, {_stage_overrides(corpus, **{'stage.epochs': 1})!r})\n"
+        f"cfg = load_config(None, {_stage_overrides(corpus, **stage2)!r})\n"
         f"run_stage(cfg, {str(out)!r}, accelerator=Accelerator(cpu=True))\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

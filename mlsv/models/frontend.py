@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import random
 import warnings
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,7 @@ warnings.filterwarnings("ignore", message="Support for mismatched key_padding_ma
 CONV_LAYOUTS = ("channels_last", "channels_first")
 WAV2VEC2_FAMILY = ("wavlm", "hubert", "wav2vec2", "data2vec-audio")
 FAMILIES = WAV2VEC2_FAMILY + ("whisper",)
+WHISPER_N_FFT, WHISPER_HOP = 400, 160  # Whisper's 25 ms window, 10 ms hop at 16 kHz
 
 # Tiny shapes for tests and the demo: build, run and round-trip in milliseconds on a CPU.
 _TINY_COMMON = dict(
@@ -168,6 +170,22 @@ def conv_channels_last(conv: nn.Conv1d, h: torch.Tensor, layout: str = "channels
     return y.contiguous()
 
 
+class TrainingDraws(NamedTuple):
+    """One training forward's random draws (``Frontend._training_draws``)."""
+
+    keep: tuple[bool, ...] | None  # LayerDrop: whether each transformer layer runs (host)
+    keep_on_device: torch.Tensor | None  # the same (L,) bool, on the device, for compiled graphs
+    time_spans: torch.Tensor | None  # SpecAugment: (B, T) bool, frames given the mask embedding
+    feature_spans: torch.Tensor | None  # (B, D) bool, channels zeroed
+
+
+def _host_to_device(data, device: torch.device) -> torch.Tensor:
+    """Host data on ``device`` without waiting for its queue (pinned memory, non-blocking on a GPU); the
+    same as ``mlsv.speed.host_to_device``, here because saved model code imports nothing from mlsv."""
+    t = torch.as_tensor(data)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+
+
 def _additive_mask(frame_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """(B, T) bool -> (B, 1, 1, T) additive attention mask (None: no padding, no mask)."""
     if frame_mask is None:
@@ -218,6 +236,8 @@ class Frontend(nn.Module):
             encoder.config.mask_time_prob = self.mask_time_prob
             encoder.config.mask_feature_prob = 0.0
             encoder.config.apply_spec_augment = self.mask_time_prob > 0
+        if self.family == "whisper":  # built here, not on first use: a compiled forward then has no graph break
+            self.register_buffer("mel_filters", self.whisper_mel_filters(), persistent=False)
         self.set_trainable(trainable)
 
     # -- shapes ------------------------------------------------------------------------------------
@@ -235,15 +255,21 @@ class Frontend(nn.Module):
     def num_states(self) -> int:
         return len(self.layers) if self.layers else self.num_layers + 1
 
-    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        """Number of output frames for ``lengths`` samples. (B,) -> (B,)."""
+    @property
+    def layers_run(self) -> int:
+        """Transformer layers computed: up to the deepest selected state (the later ones feed nothing)."""
+        return max(self.layers) if self.layers else self.num_layers
+
+    def frame_lengths(self, lengths: torch.Tensor | int) -> torch.Tensor | int:
+        """Number of output frames for ``lengths`` samples: (B,) -> (B,), or an int -> int (no tensor)."""
+        is_tensor = isinstance(lengths, torch.Tensor)
+        n = lengths.to(torch.long) if is_tensor else lengths
         if self.family == "whisper":
-            mel = torch.div(lengths, 160, rounding_mode="floor")  # log-mel frames (hop 160)
-            return torch.div(mel - 1, 2, rounding_mode="floor") + 1  # conv2: stride 2
-        lengths = lengths.to(torch.long)
-        for k, s in zip(self.encoder.config.conv_kernel, self.encoder.config.conv_stride):
-            lengths = torch.div(lengths - k, s, rounding_mode="floor") + 1
-        return lengths.clamp_min(0)
+            n = (n // WHISPER_HOP - 1) // 2 + 1  # log-mel frames, then conv2's stride 2
+        else:
+            for k, s in zip(self.encoder.config.conv_kernel, self.encoder.config.conv_stride):
+                n = (n - k) // s + 1
+        return n.clamp_min(0) if is_tensor else max(n, 0)
 
     # -- trainability --------------------------------------------------------------------------------
     def set_trainable(self, trainable: str) -> None:
@@ -255,7 +281,24 @@ class Frontend(nn.Module):
         if trainable == "transformer":
             for p in self._cnn_parameters():
                 p.requires_grad_(False)
+        for p in self._unused_parameters():  # no gradient would reach them (and DDP requires one)
+            p.requires_grad_(False)
         self.train(self.training)
+
+    def _unused_parameters(self) -> list[nn.Parameter]:
+        """Encoder parameters this frontend never uses: the SpecAugment mask embedding without masking,
+        and the layers (and final LayerNorm) beyond the deepest selected state."""
+        e = self.encoder
+        unused = []
+        if self.mask_time_prob == 0 and isinstance(getattr(e, "masked_spec_embed", None), nn.Parameter):
+            unused.append(e.masked_spec_embed)
+        if self.layers_run < self.num_layers:
+            stack = e if self.family == "whisper" else e.encoder
+            for layer in stack.layers[self.layers_run:]:
+                unused.extend(layer.parameters())
+            if self.family == "whisper" or self._stable_layer_norm:
+                unused.extend(stack.layer_norm.parameters())
+        return unused
 
     def _cnn_parameters(self):
         e = self.encoder
@@ -283,10 +326,41 @@ class Frontend(nn.Module):
             with torch.no_grad():
                 states, frame_lengths = self._forward(waveforms, lengths, padded)
         else:
-            states, frame_lengths = self._forward(waveforms, lengths, padded)
+            draws = self._training_draws(B, S, lengths if padded else None) \
+                if self.training and (self.layerdrop > 0 or self.mask_time_prob > 0) else None
+            states, frame_lengths = self._forward(waveforms, lengths, padded, draws)
         return states, frame_lengths
 
-    def _forward(self, waveforms, lengths, padded: bool = True):
+    @torch.compiler.disable
+    def _training_draws(self, batch: int, samples: int, lengths: torch.Tensor | None) -> TrainingDraws:
+        """This forward's LayerDrop and SpecAugment draws, made on the host (Python's generator for
+        LayerDrop, numpy's for the spans, as transformers draws them) and sent to the device without
+        waiting for it; only a padded batch reads its lengths back. Kept out of compiled graphs: one
+        graph break here instead of one per layer, and the graphs take the draws as tensors, so new
+        draws never recompile them."""
+        device = self.encoder.device
+        keep = None
+        if self.layerdrop > 0:  # the first layer is never dropped
+            keep = tuple(i == 0 or random.random() >= self.layerdrop for i in range(self.num_layers))
+        time_spans = feature_spans = None
+        if self.mask_time_prob > 0 and self.family != "whisper":
+            from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
+
+            cfg = self.encoder.config
+            frames = self.frame_lengths(samples)
+            mask = None
+            if lengths is not None:
+                mask = (torch.arange(frames)[None, :] < self.frame_lengths(lengths.cpu())[:, None]).long()
+            time_spans = _host_to_device(_compute_mask_indices(
+                (batch, frames), mask_prob=cfg.mask_time_prob, mask_length=cfg.mask_time_length,
+                attention_mask=mask, min_masks=cfg.mask_time_min_masks), device)
+            if cfg.mask_feature_prob > 0:
+                feature_spans = _host_to_device(_compute_mask_indices(
+                    (batch, self.hidden_size), mask_prob=cfg.mask_feature_prob,
+                    mask_length=cfg.mask_feature_length, min_masks=cfg.mask_feature_min_masks), device)
+        return TrainingDraws(keep, _host_to_device(keep, device) if keep else None, time_spans, feature_spans)
+
+    def _forward(self, waveforms, lengths, padded: bool = True, draws: TrainingDraws | None = None):
         x = waveforms.float()
         sample_mask = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None] if padded else None
         if self.normalize_input:
@@ -297,8 +371,8 @@ class Frontend(nn.Module):
         if self.family == "whisper":
             hidden, frame_lengths, frame_mask = self._whisper_embed(x, lengths)
         else:
-            hidden, frame_lengths, frame_mask = self._w2v_embed(x, lengths, padded)
-        states = self._run_layers(hidden, frame_mask if padded else None)
+            hidden, frame_lengths, frame_mask = self._w2v_embed(x, lengths, padded, draws)
+        states = self._run_layers(hidden, frame_mask if padded else None, draws)
         if self.layers:
             states = [states[i] for i in self.layers]
         return torch.stack(states), frame_lengths
@@ -325,26 +399,16 @@ class Frontend(nn.Module):
                 h = layer.activation(h)
         return h
 
-    def _spec_augment(self, h, frame_mask, padded: bool):
-        """SpecAugment as transformers' ``_mask_hidden_states`` (the same spans from numpy's global
-        generator): time spans get the learned mask embedding, feature spans zero. The spans are drawn on
-        the host and copied without waiting for the device; only a padded batch reads its lengths back."""
-        from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
-
-        from mlsv.speed import host_to_device
-
-        cfg, (b, t, c) = self.encoder.config, h.shape
-        spans = _compute_mask_indices((b, t), mask_prob=cfg.mask_time_prob, mask_length=cfg.mask_time_length,
-                                      attention_mask=frame_mask.long() if padded else None,
-                                      min_masks=cfg.mask_time_min_masks)
-        h = torch.where(host_to_device(spans, h.device)[..., None], self.encoder.masked_spec_embed.to(h.dtype), h)
-        if cfg.mask_feature_prob > 0:
-            spans = _compute_mask_indices((b, c), mask_prob=cfg.mask_feature_prob,
-                                          mask_length=cfg.mask_feature_length, min_masks=cfg.mask_feature_min_masks)
-            h = h.masked_fill(host_to_device(spans, h.device)[:, None], 0.0)
+    def _spec_augment(self, h: torch.Tensor, draws: TrainingDraws) -> torch.Tensor:
+        """SpecAugment as transformers' ``_mask_hidden_states``, with the spans drawn beforehand: time
+        spans get the learned mask embedding, feature spans zero (``torch.where``, no boolean indexing)."""
+        if draws.time_spans is not None:
+            h = torch.where(draws.time_spans[..., None], self.encoder.masked_spec_embed.to(h.dtype), h)
+        if draws.feature_spans is not None:
+            h = h.masked_fill(draws.feature_spans[:, None], 0.0)
         return h
 
-    def _w2v_embed(self, x, lengths, padded: bool = True):
+    def _w2v_embed(self, x, lengths, padded: bool = True, draws: TrainingDraws | None = None):
         """The CNN feature encoder, channel-last from the waveform on: (B, S) -> (B, T, C) states[0]."""
         enc = self.encoder
         frame_lengths = self.frame_lengths(lengths)
@@ -353,8 +417,8 @@ class Frontend(nn.Module):
         frame_mask = torch.arange(T, device=h.device)[None, :] < frame_lengths[:, None]
         proj = enc.feature_projection(h)
         h = proj[0] if isinstance(proj, tuple) else proj
-        if self.training and self.mask_time_prob > 0:
-            h = self._spec_augment(h, frame_mask, padded)
+        if draws is not None:
+            h = self._spec_augment(h, draws)
         if padded:
             h = h * frame_mask[..., None].to(h.dtype)
         e = enc.encoder
@@ -402,21 +466,23 @@ class Frontend(nn.Module):
         h = F.dropout(h, p=enc.dropout, training=self.training)
         return h, frame_lengths, frame_mask
 
+    def whisper_mel_filters(self) -> torch.Tensor:
+        """Whisper's slaney mel filter bank (n_mels, n_fft // 2 + 1), the feature extractor's own."""
+        from transformers.audio_utils import mel_filter_bank
+
+        fb = mel_filter_bank(num_frequency_bins=1 + WHISPER_N_FFT // 2, num_mel_filters=self.encoder.config.num_mel_bins,
+                             min_frequency=0.0, max_frequency=8000.0, sampling_rate=16000,
+                             norm="slaney", mel_scale="slaney")
+        return torch.tensor(fb, dtype=torch.float32).T
+
     def log_mel(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Whisper's log-mel front end, per utterance over its valid frames. (B, S) -> (B, n_mels, S // 160)."""
-        n_fft, hop = 400, 160
-        if not hasattr(self, "_mel_filters"):
-            from transformers.audio_utils import mel_filter_bank
-
-            fb = mel_filter_bank(num_frequency_bins=1 + n_fft // 2, num_mel_filters=self.encoder.config.num_mel_bins,
-                                 min_frequency=0.0, max_frequency=8000.0, sampling_rate=16000,
-                                 norm="slaney", mel_scale="slaney")
-            self.register_buffer("_mel_filters", torch.tensor(fb, dtype=torch.float32).T, persistent=False)
+        n_fft, hop = WHISPER_N_FFT, WHISPER_HOP
         window = torch.hann_window(n_fft, device=x.device)
         # zero (not reflect) padding at the edges, so that a padded batch sees what a lone utterance sees
         spec = torch.stft(x, n_fft, hop, window=window, pad_mode="constant",
                           return_complex=True)[..., :-1].abs() ** 2
-        mel = torch.log10(torch.clamp(self._mel_filters.to(x.device) @ spec, min=1e-10))
+        mel = torch.log10(torch.clamp(self.mel_filters.float() @ spec, min=1e-10))
         F_len = lengths // hop
         fmask = torch.arange(mel.shape[-1], device=x.device)[None, None, :] < F_len[:, None, None]
         peak = mel.masked_fill(~fmask, -math.inf).amax(dim=(1, 2), keepdim=True)
@@ -461,7 +527,7 @@ class Frontend(nn.Module):
             raise ValueError(f"conv layout must be one of {', '.join(CONV_LAYOUTS)}, got {layout!r}")
         self.conv_layout = layout
 
-    def _run_layers(self, h, frame_mask):
+    def _run_layers(self, h, frame_mask, draws: TrainingDraws | None = None):
         states = [h]
         add_mask = _additive_mask(frame_mask, h.dtype)
         position_bias = None
@@ -471,9 +537,12 @@ class Frontend(nn.Module):
         if fast_wavlm:
             key_bias = key_padding_bias(frame_mask) if frame_mask is not None else None
             position_bias = relative_position_bias(layers[0].attention, h.shape[1])
-        for i, layer in enumerate(layers):
-            # a host draw from Python's generator (accelerate's set_seed seeds it with torch's)
-            if self.training and self.layerdrop > 0 and i > 0 and random.random() < self.layerdrop:
+        keep = draws.keep if draws is not None else None
+        # compiled: every layer runs and a dropped one's output is replaced by its input, which keeps one
+        # static graph; eager: a dropped layer is skipped (its input passed on), the same result for less work
+        blend = keep is not None and torch.compiler.is_compiling()
+        for i, layer in enumerate(layers[:self.layers_run]):
+            if not blend and keep is not None and not keep[i]:
                 states.append(h)
                 continue
             if fast_wavlm:
@@ -492,10 +561,13 @@ class Frontend(nn.Module):
             else:
                 out = fn(*args)
             if self.family == "wavlm":
-                h, position_bias = out
-            else:
-                h = out[0] if isinstance(out, tuple) else out
+                out, position_bias = out
+            elif isinstance(out, tuple):
+                out = out[0]
+            h = torch.where(draws.keep_on_device[i], out, h) if blend and i > 0 else out
             states.append(h)
+        if self.layers_run < self.num_layers:  # the final LayerNorm belongs to the last layer's state only
+            return states
         if self.family == "whisper":
             states[-1] = self.encoder.layer_norm(states[-1])
         elif self._stable_layer_norm:

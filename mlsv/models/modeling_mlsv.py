@@ -53,6 +53,11 @@ class MLSVPreTrainedModel(PreTrainedModel):
             nn.init.zeros_(module.excite_bias)
         elif isinstance(module, SuperbAggregation):
             nn.init.zeros_(module.logits)
+        elif isinstance(module, Frontend) and module.family == "whisper":
+            # a computed buffer, not saved: from_pretrained builds the model on the meta device and
+            # leaves unsaved buffers uninitialised until here
+            with torch.no_grad():
+                module.mel_filters.copy_(module.whisper_mel_filters())
 
 
 class MLSVModel(MLSVPreTrainedModel):

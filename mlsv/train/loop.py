@@ -95,6 +95,17 @@ def eager(module: torch.nn.Module):
             m._compiled_call_impl = impl
 
 
+def _find_unused_parameters(acc) -> None:
+    """LayerDrop skips layers (eagerly), whose parameters then get no gradient in that step; DDP has to
+    look for such parameters, or it fails on the next step. Set on the accelerator before ``prepare``."""
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    if acc.ddp_handler is None:
+        acc.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
+    else:
+        acc.ddp_handler.find_unused_parameters = True
+
+
 def _resolve(path: str, base: Path | None) -> str:
     if not path or base is None or Path(path).is_absolute():
         return path
@@ -210,6 +221,8 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
         accelerator = Accelerator(mixed_precision=st.mixed_precision, gradient_accumulation_steps=st.grad_accum,
                                   log_with=trackers or None, project_dir=str(output_dir))
     acc = accelerator
+    if st.layerdrop > 0 and st.frontend_trainable != "none":
+        _find_unused_parameters(acc)
     if not acc.is_main_process:
         logging.getLogger("mlsv").setLevel(logging.WARNING)  # one process reports progress
     set_seed(st.seed, device_specific=False)
