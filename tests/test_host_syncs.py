@@ -52,16 +52,19 @@ def test_counter_sees_each_kind_of_host_wait():
     assert y.shape == ()
 
 
-def _stage(trainable: str, cpu: bool = True, **frontend):
+def _stage(trainable: str, cpu: bool = True, fused: bool = True, mixed_precision: str = "no", **frontend):
     from accelerate import Accelerator
 
-    acc = Accelerator(cpu=cpu)
+    acc = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    if mixed_precision == "fp16" and acc.scaler is None:  # accelerate makes its loss scaler on GPUs only
+        acc.scaler = torch.amp.GradScaler(acc.device.type, init_scale=2.0 ** 8)
     model = tiny_model(lap_dropout=0.1)
     model.configure_training(trainable=trainable, **frontend)
     head = SubCenterAAMSoftmax(model.config.embedding_size, 7, sub_centers=2, top_k=3, penalty=0.06)
     cfg = TrainConfig()
     # the GPU's optimiser (fused Adam: its step count stays a tensor, never read back)
-    optimizer = loop._optimizer(loop._param_groups(model, head, cfg), cfg, torch.device("cuda"))
+    device = torch.device("cuda" if fused else "cpu")
+    optimizer = loop._optimizer(loop._param_groups(model, head, cfg), cfg, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + step))
     model, head, optimizer = acc.prepare(model, head, optimizer)
     return acc, model.train(), head.train(), optimizer, scheduler
@@ -88,6 +91,33 @@ def test_training_batch_never_waits_for_the_device(augmenter_config, trainable, 
     assert scheduler.last_epoch == 3
     moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
     assert moved and (trainable == "none") == all(not n.startswith("frontend.") for n in moved)
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state, fixed by the first Accelerator (mixed precision
+    included); reset it around a test that needs another setting, as accelerate's own tests do."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_fp16_loss_scaling_waits_only_without_fused_adam(fused, fresh_accelerate_state):
+    """fp16 through accelerate's GradScaler: with fused Adam (what the loop builds on a GPU) the scaler
+    hands its inf check to the optimiser's kernel and nothing waits; a plain Adam makes the scaler read
+    the check back before stepping (which the counter sees)."""
+    acc, model, head, optimizer, scheduler = _stage("transformer", fused=fused, mixed_precision="fp16")
+    assert acc.scaler is not None
+    stats = torch.zeros(2)
+    for step in range(2):
+        batch = {"waveforms": torch.randn(4, 8000) * 0.1, "labels": torch.arange(4) % 7}
+        with speed.HostSyncCounter() as syncs:
+            loop.train_batch(acc, model, head, optimizer, scheduler, batch, stats, max_grad_norm=5.0)
+        assert bool(syncs.calls) != fused, f"step {step}: {syncs.calls}"
+    assert stats[0] > 0
 
 
 def test_weight_average_matches_torch_averaged_model():
