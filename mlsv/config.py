@@ -23,6 +23,22 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key."""
 
 
+def _choice(default, *choices):
+    """A field whose value (or each item, for a list) must be one of ``choices``."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"choices": choices})
+    return field(default=default, metadata={"choices": choices})
+
+
+def _bounded(default, *, low=None, high=None, above=None, below=None):
+    """A number (or each number of a list) within bounds: ``low``/``high`` inclusive, ``above``/``below``
+    exclusive."""
+    bounds = {k: v for k, v in dict(low=low, high=high, above=above, below=below).items() if v is not None}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"bounds": bounds})
+    return field(default=default, metadata={"bounds": bounds})
+
+
 @dataclass
 class DataConfig:
     """Training and validation corpora and the crop stream."""
@@ -30,27 +46,27 @@ class DataConfig:
     train_manifest: str = ""  # empty: the synthetic corpus made by the recipe's prepare step
     validation_manifest: str = ""
     validation_trials: str = ""
-    sample_rate: int = 16000
-    crop_seconds: float = 2.0
-    batch_size: int = 64  # global batch per optimiser micro-step (summed over processes)
-    num_workers: int = 2
-    speed_factors: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 0.9, 1.1])
+    sample_rate: int = _bounded(16000, above=0)
+    crop_seconds: float = _bounded(2.0, above=0)
+    batch_size: int = _bounded(64, low=1)  # global batch per optimiser micro-step (summed over processes)
+    num_workers: int = _bounded(2, low=0)
+    speed_factors: list[float] = _bounded([1.0, 1.0, 1.0, 0.9, 1.1], above=0)
     streaming: bool = False
     strict: bool = False  # raise on an undecodable file instead of skipping it
-    max_utterances: int = 0  # 0: all
-    eval_batch_seconds: float = 120.0  # audio per evaluation batch
-    eval_chunk_seconds: float = 0.0  # 0: whole utterances
+    max_utterances: int = _bounded(0, low=0)  # 0: all
+    eval_batch_seconds: float = _bounded(120.0, above=0)  # audio per evaluation batch
+    eval_chunk_seconds: float = _bounded(0.0, low=0)  # 0: whole utterances
 
 
 @dataclass
 class AugmentConfig:
     """MUSAN / RIR augmentation (METHOD.md §4.3)."""
 
-    probability: float = 0.6
-    where: str = "cpu"  # "cpu" (loader workers) or "device" (batched tensor ops on the accelerator)
+    probability: float = _bounded(0.6, low=0, high=1)
+    where: str = _choice("cpu", "cpu", "device")  # "cpu" (loader workers) or "device" (batched tensor ops on the accelerator)
     noise_manifest: str = ""  # MUSAN-like manifest with a "category" column: noise, music, speech
     rir_manifest: str = ""
-    kinds: list[str] = field(default_factory=lambda: ["reverb", "noise", "music", "babble", "tv"])
+    kinds: list[str] = _choice(["reverb", "noise", "music", "babble", "tv"], "reverb", "noise", "music", "babble", "tv")
     noise_snr: list[float] = field(default_factory=lambda: [0.0, 15.0])
     music_snr: list[float] = field(default_factory=lambda: [5.0, 15.0])
     babble_snr: list[float] = field(default_factory=lambda: [13.0, 20.0])
@@ -65,16 +81,16 @@ class ModelConfig:
     encoder_type: str = ""  # model_type when building from a config (optional)
     random_init: bool = False  # build the encoder from its config with random weights
     layers: list[int] = field(default_factory=list)  # empty: all L+1 hidden states
-    aggregation: str = "lap"  # lap | superb | last
-    lap_heads: int = 16
-    lap_channels: int = 512
-    lap_dropout: float = 0.1
-    backend: str = "astp"  # astp | xvector | ecapa | mhfa
-    embedding_size: int = 192
-    backend_dropout: float = 0.1
-    ecapa_channels: int = 512
-    mhfa_heads: int = 64
-    mhfa_compression: int = 128
+    aggregation: str = _choice("lap", "lap", "superb", "last")
+    lap_heads: int = _bounded(16, low=1)
+    lap_channels: int = _bounded(512, low=1)
+    lap_dropout: float = _bounded(0.1, low=0, below=1)
+    backend: str = _choice("astp", "astp", "xvector", "ecapa", "mhfa")
+    embedding_size: int = _bounded(192, low=1)
+    backend_dropout: float = _bounded(0.1, low=0, below=1)
+    ecapa_channels: int = _choice(512, 512, 1024)
+    mhfa_heads: int = _bounded(64, low=1)
+    mhfa_compression: int = _bounded(128, low=1)
     gradient_checkpointing: bool = False
 
 
@@ -82,31 +98,31 @@ class ModelConfig:
 class HeadConfig:
     """AAM-softmax with sub-centers and inter-top-K (METHOD.md §6)."""
 
-    scale: float = 30.0
-    margin: float = 0.3
-    sub_centers: int = 3
-    top_k: int = 5
+    scale: float = _bounded(30.0, above=0)
+    margin: float = _bounded(0.3, low=0)
+    sub_centers: int = _bounded(3, low=1)
+    top_k: int = _bounded(5, low=0)
     penalty: float = 0.06
-    margin_schedule: str = "log"  # log | cos | exp | linear | constant
+    margin_schedule: str = _choice("log", "log", "cos", "exp", "linear", "constant")
     margin_start_epoch: float = 0.0
-    margin_ramp_epochs: float = 20.0
+    margin_ramp_epochs: float = _bounded(20.0, low=0)
 
 
 @dataclass
 class OptimConfig:
     """Adam with L2 weight decay, named parameter groups, cosine warm-up restarts per step."""
 
-    optimizer: str = "adam"  # adam | adamw | sgd
-    lr: float = 1e-3  # peak lr of the backend and head groups
-    min_lr: float = 1e-5
-    frontend_lr_scale: float = 1.0  # frontend group's lr = lr * this
-    weight_decay: float = 5e-5
+    optimizer: str = _choice("adam", "adam", "adamw", "sgd")
+    lr: float = _bounded(1e-3, above=0)  # peak lr of the backend and head groups
+    min_lr: float = _bounded(1e-5, low=0)
+    frontend_lr_scale: float = _bounded(1.0, low=0)  # frontend group's lr = lr * this
+    weight_decay: float = _bounded(5e-5, low=0)
     frontend_weight_decay: float = -1.0  # < 0: same as weight_decay
-    warmup_ratio: float = 0.1
-    cycles: int = 1
-    cycle_gamma: float = 1.0
-    max_grad_norm: float = 0.0  # 0: no clipping
-    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights
+    warmup_ratio: float = _bounded(0.1, low=0, high=1)
+    cycles: int = _bounded(1, low=1)
+    cycle_gamma: float = _bounded(1.0, above=0)
+    max_grad_norm: float = _bounded(0.0, low=0)  # 0: no clipping
+    ema_decay: float = _bounded(0.0, low=0, below=1)  # > 0: keep an exponential moving average of the weights
 
 
 @dataclass
@@ -115,12 +131,12 @@ class StageConfig:
 
     name: str = "stage"
     init_from: str = ""  # previous stage's output folder (model + head)
-    frontend_trainable: str = "none"  # none | transformer | all
-    layerdrop: float = 0.0
-    mask_time_prob: float = 0.0
-    epochs: int = 40
-    steps_per_epoch: int = 0  # 0: one pass over the corpus
-    grad_accum: int = 1
+    frontend_trainable: str = _choice("none", "none", "transformer", "all")
+    layerdrop: float = _bounded(0.0, low=0, below=1)
+    mask_time_prob: float = _bounded(0.0, low=0, high=1)
+    epochs: int = _bounded(40, low=1)
+    steps_per_epoch: int = _bounded(0, low=0)  # 0: one pass over the corpus
+    grad_accum: int = _bounded(1, low=1)
     mixed_precision: str = field(default="no", metadata={"choices": ("no", "bf16", "fp16", "fp8")})
     compile: bool = False  # torch.compile the model and head for the fixed training crops (mlsv.speed)
     # torch.compile's mode when stage.compile is on; reduce-overhead and max-autotune add CUDA graphs on a GPU
@@ -128,11 +144,11 @@ class StageConfig:
         "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")})
     attention: str = field(default="sdpa", metadata={"choices": ("sdpa", "eager")})  # the encoder's attention
     seed: int = 42
-    keep_best: int = 2
-    average_best: int = 1  # average the N best checkpoints into the stage's final model
-    validate_every: int = 1  # epochs
-    checkpoint_every_steps: int = 0  # also checkpoint inside an epoch every N optimiser steps (0: per epoch)
-    mean_utterances: int = 2000  # training utterances embedded for the model's training mean
+    keep_best: int = _bounded(2, low=1)
+    average_best: int = _bounded(1, low=0)  # average the N best checkpoints into the stage's final model
+    validate_every: int = _bounded(1, low=1)  # epochs
+    checkpoint_every_steps: int = _bounded(0, low=0)  # also checkpoint inside an epoch every N optimiser steps (0: per epoch)
+    mean_utterances: int = _bounded(2000, low=0)  # training utterances embedded for the model's training mean
 
 
 @dataclass
@@ -142,14 +158,14 @@ class EvalConfig:
     trials: list[str] = field(default_factory=list)
     manifest: str = ""
     cohort_manifest: str = ""
-    asnorm_top_k: int = 600
-    calibration_pairs: int = 30000
+    asnorm_top_k: int = _bounded(600, low=1)
+    calibration_pairs: int = _bounded(30000, low=0)
     p_targets: list[float] = field(default_factory=lambda: [0.01, 0.05])
 
 
 @dataclass
 class LogConfig:
-    trackers: list[str] = field(default_factory=lambda: ["csv"])  # csv, tensorboard, wandb, neptune
+    trackers: list[str] = _choice(["csv"], "csv", "tensorboard", "wandb", "neptune")
     project: str = "mlsv"
     offline: bool = False
     progress: bool = True
@@ -216,12 +232,25 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+_BOUNDS = {"low": (">=", lambda v, b: v >= b), "high": ("<=", lambda v, b: v <= b),
+           "above": (">", lambda v, b: v > b), "below": ("<", lambda v, b: v < b)}
+
+
 def _check_choice(value: Any, f: dataclasses.Field, where: str) -> Any:
-    """Validates ``value`` against the field's ``metadata["choices"]`` when it has them."""
+    """Validates ``value`` (each item of a list) against the field's ``metadata`` ``choices`` and
+    ``bounds`` when it has them."""
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_choice(item, f, f"{where}[{i}]")
+        return value
     choices = f.metadata.get("choices")
     if choices is not None and value not in choices:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}"
                           f"{_nearest(str(value), map(str, choices))}")
+    for name, bound in f.metadata.get("bounds", {}).items():
+        sign, ok = _BOUNDS[name]
+        if not ok(value, bound):
+            raise ConfigError(f"{where}: {value!r} must be {sign} {bound}")
     return value
 
 

@@ -38,6 +38,33 @@ def test_bad_keys_and_types_name_the_key(override, message):
     assert message in str(e.value)
 
 
+@pytest.mark.parametrize("override,message", [
+    ("model.aggregation=lapp", "model.aggregation: 'lapp' is not one of lap, superb, last (did you mean 'lap'?)"),
+    ("model.backend=ecpa", "model.backend: 'ecpa' is not one of astp, xvector, ecapa, mhfa"),
+    ("stage.frontend_trainable=cnn", "stage.frontend_trainable: 'cnn' is not one of none, transformer, all"),
+    ("optim.optimizer=lion", "optim.optimizer: 'lion' is not one of adam, adamw, sgd"),
+    ("head.margin_schedule=sine", "head.margin_schedule: 'sine' is not one of log, cos, exp, linear, constant"),
+    ("augment.where=gpu", "augment.where: 'gpu' is not one of cpu, device"),
+    ("log.trackers=[csv,wandbb]", "log.trackers[1]: 'wandbb' is not one of csv, tensorboard, wandb, neptune"),
+    ("augment.kinds=[noise,musik]", "augment.kinds[1]: 'musik' is not one of"),
+    ("stage.grad_accum=0", "stage.grad_accum: 0 must be >= 1"),
+    ("stage.epochs=0", "stage.epochs: 0 must be >= 1"),
+    ("stage.validate_every=0", "stage.validate_every: 0 must be >= 1"),
+    ("optim.lr=0", "optim.lr: 0.0 must be > 0"),
+    ("optim.lr=-1", "optim.lr: -1.0 must be > 0"),
+    ("data.crop_seconds=0", "data.crop_seconds: 0.0 must be > 0"),
+    ("data.speed_factors=[1.0,0]", "data.speed_factors[1]: 0.0 must be > 0"),
+    ("model.embedding_size=0", "model.embedding_size: 0 must be >= 1"),
+    ("augment.probability=1.5", "augment.probability: 1.5 must be <= 1"),
+    ("stage.layerdrop=1", "stage.layerdrop: 1.0 must be < 1"),
+])
+def test_values_outside_their_choices_or_bounds_name_the_key(override, message):
+    """Checked when the config loads, before any model is built or any epoch runs."""
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert message in str(e.value)
+
+
 def test_two_levels_of_base_are_refused(tmp_path):
     (tmp_path / "a.yaml").write_text("stage:\n  epochs: 1\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
