@@ -119,3 +119,32 @@ def test_batched_kind_choice_and_reverb(corpus):
     torch.testing.assert_close(r.square().mean(1), x[:8].square().mean(1), rtol=1e-3, atol=1e-7)
     again = batch(x, np.random.default_rng(0))
     torch.testing.assert_close(again, y)
+
+
+def test_an_undecodable_bank_file_is_dropped_not_blamed_on_the_speech(corpus, tmp_path, caplog):
+    """A broken noise or RIR file is logged and left out of the bank (CPU and batched augmenters); the
+    speech crop it would have augmented is still augmented, and a group with no readable file is an
+    error naming the bank."""
+    from mlsv.data.manifest import iter_rows, manifest_root, resolve_path, write_manifest
+
+    (tmp_path / "broken.wav").write_bytes(b"RIFF....garbage")
+
+    def with_broken(manifest, name):
+        rows = [{**r, "path": resolve_path(r["path"], manifest_root(manifest))} for _, r in iter_rows(manifest)]
+        rows = [{**r, "path": str(tmp_path / "broken.wav")} if i % 2 == 0 else r for i, r in enumerate(rows)]
+        return write_manifest(rows, tmp_path / name)
+
+    noise, rirs = with_broken(corpus.noise, "noise.jsonl"), with_broken(corpus.rirs, "rirs.jsonl")
+    cfg = AugmentConfig(noise_manifest=str(noise), rir_manifest=str(rirs), probability=1.0)
+    aug = Augmenter.from_config(cfg)
+    x = tone(1.0)
+    for seed in range(12):
+        y = aug(x, 16000, np.random.default_rng(seed))
+        assert np.isfinite(y).all() and not np.array_equal(y, x)
+    assert "broken.wav" in caplog.text
+    batched = BatchAugmenter(cfg, sample_rate=16000)
+    assert torch.isfinite(batched(torch.from_numpy(np.stack([x, x])), np.random.default_rng(0))).all()
+    all_broken = write_manifest([{**r, "path": str(tmp_path / "broken.wav")} for _, r in iter_rows(noise)],
+                                tmp_path / "all_broken.jsonl")
+    with pytest.raises(ValueError, match="all_broken.jsonl: every file of a group failed to decode"):
+        NoiseBank(all_broken).segment("noise", 8000, 16000, np.random.default_rng(0))

@@ -157,3 +157,48 @@ def test_eval_loader_pads_sorts_chunks_and_splits(tmp_path):
     shares = [{i for b in build_eval_loader(manifest, batch_seconds=2.0, process_index=p, num_processes=2)
                for i in b["ids"]} for p in range(2)]
     assert not shares[0] & shares[1] and shares[0] | shares[1] == set(rows)
+
+
+def _with_bad_rows(tmp_path, manifest, bad: dict[int, str]):
+    """The manifest with rows ``i`` pointing at broken files (``"nan"``: finite-looking WAV of NaNs)."""
+    rows = [r for _, r in iter_rows(manifest)]
+    (tmp_path / "broken.wav").write_bytes(b"RIFF....garbage")
+    write_wav(tmp_path / "nan.wav", np.full(8000, np.nan, dtype=np.float32), subtype="FLOAT")
+    for i, name in bad.items():
+        rows[i] = {**rows[i], "path": f"{name}.wav"}
+    return write_manifest(rows, tmp_path / "bad.jsonl")
+
+
+def test_nan_audio_is_an_undecodable_file(tmp_path):
+    path = write_wav(tmp_path / "nan.wav", np.r_[np.zeros(100), np.inf].astype(np.float32), subtype="FLOAT")
+    with pytest.raises(AudioError, match="nan.wav: NaN or infinite samples"):
+        loader_mod.read_audio(str(path))
+
+
+def test_every_skipped_file_is_counted_and_no_dropped_batch_is_decoded(tmp_path, monkeypatch):
+    """Each worker reads whole batches only: the partial batch the loader drops is never decoded, so no
+    skipped file is reported with it and lost from the count."""
+    manifest = _with_bad_rows(tmp_path, tiny_corpus(tmp_path, speakers=3, utts=5), {1: "broken", 6: "nan"})
+    attempts = []
+    real = TrainCrops._crop
+
+    def spy(self, row, rng):
+        attempts.append(row["id"])
+        return real(self, row, rng)
+
+    monkeypatch.setattr(TrainCrops, "_crop", spy)
+    dl = build_train_loader(manifest, _cfg(batch_size=4), None, labels=speaker_labels(manifest), epoch=1, seed=3)
+    crops = sum(len(b["labels"]) for b in dl)
+    assert crops == len(dl) * 4 == 12  # 15 utterances: three whole batches
+    assert len(attempts) == crops + dl.num_bad_files
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_eval_loader_names_a_bad_file_or_skips_it(tmp_path, workers):
+    manifest = _with_bad_rows(tmp_path, tiny_corpus(tmp_path, speakers=2, utts=3), {2: "nan"})
+    with pytest.raises(AudioError, match=r"nan.wav: NaN or infinite samples$"):  # not a worker's traceback
+        list(build_eval_loader(manifest, batch_seconds=4.0, num_workers=workers))
+    dl = build_eval_loader(manifest, batch_seconds=4.0, num_workers=workers, skip_bad=True)
+    ids = [i for b in dl for i in b["ids"]]
+    assert len(ids) == 5
+    assert len(dl.bad_files) == 1 and dl.bad_files[0].endswith("nan.wav")

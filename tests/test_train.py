@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -218,3 +219,39 @@ def test_unknown_init_from_fails_clearly(corpus, tmp_path):
 
 def test_numpy_is_seeded():  # the suite's fixture seeds numpy; guards against accidental global RNG use
     assert np.random.rand() == pytest.approx(0.5488135)
+
+
+def _broken_copy(manifest, tmp_path, name: str, every: int = 5) -> str:
+    """``manifest`` with absolute paths, every ``every``-th row pointing at a corrupt or a NaN file."""
+    import soundfile as sf
+
+    from mlsv.data.manifest import iter_rows, manifest_root, resolve_path, write_manifest
+
+    (tmp_path / "broken.wav").write_bytes(b"RIFF....garbage")
+    sf.write(tmp_path / "nan.wav", np.full(16000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
+    rows = [{**r, "path": resolve_path(r["path"], manifest_root(manifest))} for _, r in iter_rows(manifest)]
+    for k, i in enumerate(range(0, len(rows), every)):
+        rows[i]["path"] = str(tmp_path / ("broken.wav" if k % 2 else "nan.wav"))
+    return str(write_manifest(rows, tmp_path / name))
+
+
+def test_bad_files_are_skipped_in_training_validation_and_the_training_mean(corpus, tmp_path, caplog):
+    """Undecodable or NaN files are skipped and counted in the epochs, and skipped again when the
+    validation set and the training mean are embedded (validation trials naming them are left out)."""
+    train = _broken_copy(corpus.train, tmp_path, "train.jsonl")
+    validation = _broken_copy(corpus.validation, tmp_path, "validation.jsonl", every=7)
+    out = _train(corpus, tmp_path / "run", **{"stage.epochs": 1, "data.train_manifest": train,
+                                              "data.validation_manifest": validation, "stage.mean_utterances": 0})
+    row = _rows(out)[0]
+    assert int(row["skipped_files"]) > 0 and float(row["validation_eer"]) >= 0
+    assert "trials name a skipped file and are left out" in caplog.text
+    from mlsv.models import MLSVModel
+
+    mean = MLSVModel.from_pretrained(out / "model").config.training_mean
+    assert len(mean) == 16 and all(math.isfinite(v) for v in mean) and any(v != 0 for v in mean)
+
+
+def test_an_epoch_without_a_full_batch_is_an_error(corpus, tmp_path):
+    with pytest.raises(ValueError, match="no full batch in an epoch: .* 48 utterances, and a batch of 64"):
+        _train(corpus, tmp_path / "run", **{"data.batch_size": 64})
+    assert not (tmp_path / "run" / "COMPLETE").exists()

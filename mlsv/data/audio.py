@@ -131,7 +131,8 @@ def read_audio(
         (samples, sample_rate): float32 (S,) when ``mono`` else (S, C), and the rate of the samples.
 
     Raises:
-        AudioError: missing, empty, undecodable or (``allow_resample=False``) mis-sampled, naming the file.
+        AudioError: missing, empty, undecodable, non-finite (NaN or infinite samples) or
+            (``allow_resample=False``) mis-sampled, naming the file.
     """
     _check_exists(source)
     if _uses_av(source):
@@ -148,6 +149,8 @@ def read_audio(
                 x = f.read(frames, dtype="float32", always_2d=True)
             except (sf.LibsndfileError, RuntimeError) as e:
                 raise AudioError(f"{_name(source)}: corrupt audio data ({e})") from None
+    if not np.isfinite(x).all():
+        raise AudioError(f"{_name(source)}: NaN or infinite samples")
     if mono:
         x = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
     x = np.ascontiguousarray(x, dtype=np.float32)

@@ -27,6 +27,7 @@ The recipe, and where it differs from the reference:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from mlsv.config import AugmentConfig
-from mlsv.data.audio import read_audio, resample
+from mlsv.data.audio import AudioError, read_audio, resample
 from mlsv.data.manifest import iter_rows, manifest_root, resolve_path
+
+logger = logging.getLogger(__name__)
 
 KINDS = ("reverb", "noise", "music", "babble", "tv")
 # which noise-manifest category each kind draws from
@@ -79,6 +82,21 @@ def _load_entries(manifest: str | Path, column: str, default: str) -> list[_Entr
     return entries
 
 
+def _read_bank_file(bank: str, files: list[_Entry], e: _Entry, **kwargs) -> tuple[np.ndarray, int] | None:
+    """``read_audio`` for an augmentation file: an undecodable one is logged, dropped from ``files`` (this
+    process's copy of the bank) and None is returned, so that the speech it would have augmented is not
+    blamed for it; a bank left with no files is an error naming it."""
+    try:
+        return read_audio(e.source, **kwargs)
+    except AudioError as error:
+        logger.warning("dropping an undecodable file of the augmentation bank %s: %s", bank, error)
+        files.remove(e)
+        if not files:
+            raise ValueError(f"augmentation bank {bank}: every file of a group failed to decode; last: "
+                             f"{error}") from None
+        return None
+
+
 class NoiseBank:
     """Noise sources grouped by category, read at random offsets (only the segment needed is read).
 
@@ -101,10 +119,14 @@ class NoiseBank:
         files = self.entries.get(category)
         if not files:
             raise KeyError(f"noise bank {self.manifest} has no {category!r} rows (has {self.categories})")
-        e = files[int(rng.integers(len(files)))]
-        need = int(np.ceil(n * e.sample_rate / sample_rate))
-        start = int(rng.integers(0, max(e.frames - need, 0) + 1))
-        x, _ = read_audio(e.source, start, need)
+        while True:
+            e = files[int(rng.integers(len(files)))]
+            need = int(np.ceil(n * e.sample_rate / sample_rate))
+            start = int(rng.integers(0, max(e.frames - need, 0) + 1))
+            read = _read_bank_file(self.manifest, files, e, start=start, frames=need)
+            if read is not None:
+                break
+        x = read[0]
         if e.sample_rate != sample_rate:
             x = resample(x, e.sample_rate, sample_rate)
         if len(x) == 0:
@@ -125,8 +147,10 @@ class RirBank:
     def draw(self, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
         """A random aligned, unit-energy RIR (a random channel of multi-channel files): (R,) float32."""
         files = self.entries[self.kinds[int(rng.integers(len(self.kinds)))]]
-        e = files[int(rng.integers(len(files)))]
-        x, sr = read_audio(e.source, mono=False)
+        while (read := _read_bank_file(self.manifest, files, files[int(rng.integers(len(files)))],
+                                       mono=False)) is None:
+            pass
+        x, sr = read
         x = x[:, int(rng.integers(x.shape[1]))]
         return align_rir(resample(x, sr, sample_rate))
 
@@ -314,20 +338,22 @@ class BatchAugmenter:
             for e in _load_entries(noise_manifest, "category", "noise"):
                 groups.setdefault(e.group, []).append(e)
             for category, entries in groups.items():
-                self.banks[category] = self._load_noise(entries, max_bank_seconds, rng)
+                self.banks[category] = self._load_noise(str(noise_manifest), entries, max_bank_seconds, rng)
         _check_banks(self.kinds, sorted(self.banks) if noise_manifest else None, bool(rir_manifest))
         if "reverb" in self.kinds:
             self.rirs, self.rir_kind_start, self.rir_kind_count = self._load_rirs(rir_manifest, max_rirs, rng)
 
-    def _load_noise(self, entries: list[_Entry], max_seconds: float, rng: np.random.Generator):
+    def _load_noise(self, manifest: str, entries: list[_Entry], max_seconds: float, rng: np.random.Generator):
         import torch
 
         order = rng.permutation(len(entries))
         parts, budget = [], max_seconds * self.sample_rate
+        pool = list(entries)
         for i in order:
-            x, _ = read_audio(entries[i].source, target_sr=self.sample_rate)
-            if len(x) == 0:
+            read = _read_bank_file(manifest, pool, entries[i], target_sr=self.sample_rate)
+            if read is None or len(read[0]) == 0:
                 continue
+            x = read[0]
             parts.append(x)
             budget -= len(x)
             if budget <= 0:
@@ -347,11 +373,15 @@ class BatchAugmenter:
         rirs, counts = [], []
         for kind in sorted(by_kind):
             entries = by_kind[kind]
-            chosen = rng.permutation(len(entries))[:per_kind]
-            before = len(rirs)
-            for i in chosen:
-                x, sr = read_audio(entries[i].source, mono=False)
-                x = resample(x, sr, self.sample_rate)
+            before, pool, files = len(rirs), list(entries), 0
+            for i in rng.permutation(len(entries)):  # the first per_kind files that decode
+                if files == per_kind:
+                    break
+                read = _read_bank_file(str(manifest), pool, entries[i], mono=False)
+                if read is None:
+                    continue
+                files += 1
+                x = resample(read[0], read[1], self.sample_rate)
                 rirs.extend(align_rir(x[:, c]) for c in range(x.shape[1]))
             counts.append(len(rirs) - before)
         length = max(len(r) for r in rirs)

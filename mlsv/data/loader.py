@@ -111,9 +111,11 @@ class TrainCrops(IterableDataset):
     """
 
     def __init__(self, rows, labels: dict[str, int], data_cfg: DataConfig, augmenter=None, *,
-                 epoch: int = 0, seed: int = 0, process_index: int = 0, num_processes: int = 1):
+                 epoch: int = 0, seed: int = 0, process_index: int = 0, num_processes: int = 1,
+                 batch_size: int = 1):
         super().__init__()
         self.rows, self.labels, self.cfg, self.augmenter = rows, labels, data_cfg, augmenter
+        self.batch_size = batch_size
         self.epoch, self.seed = epoch, seed
         self.process_index, self.num_processes = process_index, num_processes
         self.crop_samples = int(round(data_cfg.crop_seconds * data_cfg.sample_rate))
@@ -131,8 +133,11 @@ class TrainCrops(IterableDataset):
         return perm[self.process_index::self.num_processes][:per_process]
 
     def worker_items(self, worker_id: int, num_workers: int) -> np.ndarray:
-        """Row indices worker ``worker_id`` of this process reads this epoch (map-style only)."""
-        return self._share()[worker_id::num_workers]
+        """Row indices worker ``worker_id`` of this process reads this epoch (map-style only): whole
+        batches, since the loader drops a worker's last partial batch (never decoded, so no skipped file
+        is reported with a batch that is dropped)."""
+        items = self._share()[worker_id::num_workers]
+        return items[:len(items) // self.batch_size * self.batch_size]
 
     def _crop(self, row: dict[str, Any], rng: np.random.Generator) -> tuple[np.ndarray, int]:
         factor = float(self.factors[int(rng.integers(len(self.factors)))])
@@ -272,7 +277,7 @@ def build_train_loader(
     elif augment_cfg is not None and augment_cfg.where not in ("cpu", "device"):
         raise ValueError(f"augment.where must be 'cpu' or 'device', got {augment_cfg.where!r}")
     dataset = TrainCrops(rows, labels, data_cfg, augmenter, epoch=epoch, seed=seed,
-                         process_index=process_index, num_processes=num_processes)
+                         process_index=process_index, num_processes=num_processes, batch_size=batch)
     workers = data_cfg.num_workers
     if data_cfg.streaming:
         workers = min(workers, rows.num_shards)  # datasets gives each worker whole shards
@@ -290,15 +295,27 @@ def build_train_loader(
 class EvalBatches(Dataset):
     """Planned evaluation batches over ``rows``; item i decodes batch i into padded tensors."""
 
-    def __init__(self, rows, batches: list[list[tuple[str, int, int, int, int]]], sample_rate: int):
-        self.rows, self.batches, self.sample_rate = rows, batches, sample_rate
+    def __init__(self, rows, batches: list[list[tuple[str, int, int, int, int]]], sample_rate: int,
+                 skip_bad: bool = False):
+        self.rows, self.batches, self.sample_rate, self.skip_bad = rows, batches, sample_rate, skip_bad
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        waves = [read_audio(_source(self.rows[index]), start, frames, target_sr=self.sample_rate)[0]
-                 for _, _, index, start, frames in self.batches[i]]
+        items, waves, bad = [], [], []
+        for item in self.batches[i]:
+            _, _, index, start, frames = item
+            row = self.rows[index]
+            try:
+                waves.append(read_audio(_source(row), start, frames, target_sr=self.sample_rate)[0])
+                items.append(item)
+            except AudioError as e:  # reported by EvalLoader in the main process, not as a worker traceback
+                if not self.skip_bad:
+                    return {"error": str(e)}
+                bad.append(str(row.get("path") or row.get("id")))
+        if not items:
+            return {"ids": [], "bad_files": bad}
         longest = max(len(w) for w in waves)
         out = torch.zeros(len(waves), longest)
         mask = torch.zeros(len(waves), longest, dtype=torch.long)
@@ -308,10 +325,32 @@ class EvalBatches(Dataset):
         return {
             "waveforms": out,
             "attention_mask": mask,
-            "ids": [uid for uid, *_ in self.batches[i]],
-            "chunks": torch.tensor([c for _, c, *_ in self.batches[i]], dtype=torch.long),
+            "ids": [uid for uid, *_ in items],
+            "chunks": torch.tensor([c for _, c, *_ in items], dtype=torch.long),
             "durations": torch.tensor([len(w) / self.sample_rate for w in waves], dtype=torch.float32),
+            "bad_files": bad,
         }
+
+
+class EvalLoader(DataLoader):
+    """``EvalBatches`` through a DataLoader: an undecodable file stops it with an ``AudioError`` naming the
+    file, raised here rather than as a worker's traceback; with ``skip_bad`` such files are left out
+    instead and listed in ``bad_files``. Batches come without ``bad_files``."""
+
+    def __init__(self, dataset: EvalBatches, **kwargs: Any):
+        super().__init__(dataset, batch_size=None, shuffle=False, **kwargs)
+        self.bad_files: list[str] = []
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in super().__iter__():
+            if "error" in batch:
+                raise AudioError(batch["error"])
+            bad = batch.pop("bad_files")
+            if bad:
+                logger.warning("skipping undecodable files: %s", bad)
+                self.bad_files.extend(bad)
+            if batch["ids"]:
+                yield batch
 
 
 def plan_eval_batches(ids: Sequence[str], durations: Sequence[float], *, batch_seconds: float,
@@ -358,7 +397,8 @@ def build_eval_loader(
     process_index: int = 0,
     num_processes: int = 1,
     num_workers: int = 0,
-) -> DataLoader:
+    skip_bad: bool = False,
+) -> EvalLoader:
     """Whole utterances (or chunks) of a manifest in padded, length-sorted batches.
 
     Batches are dealt round-robin to processes (batch k goes to process k % num_processes): shares
@@ -367,7 +407,9 @@ def build_eval_loader(
     Yields:
         ``{"waveforms": (B, S) float32 zero-padded, "attention_mask": (B, S) int64 (1 = real sample),
         "ids": list[str] (B), "chunks": (B,) int64 chunk index, "durations": (B,) float32 seconds of
-        that row's audio}``; an utterance's duration is the sum over its chunks.
+        that row's audio}``; an utterance's duration is the sum over its chunks. An undecodable file
+        raises ``AudioError`` naming it, or with ``skip_bad`` is left out and listed in the loader's
+        ``bad_files`` (an utterance with a chunk left out keeps its other chunks).
     """
     from mlsv.data.manifest import load_manifest
 
@@ -375,5 +417,5 @@ def build_eval_loader(
     batches = plan_eval_batches(rows["id"], rows["duration"], batch_seconds=batch_seconds,
                                 chunk_seconds=chunk_seconds, sample_rates=rows["sample_rate"])
     mine = batches[process_index::num_processes]
-    return DataLoader(EvalBatches(rows, mine, sample_rate), batch_size=None, shuffle=False,
-                      num_workers=num_workers, generator=torch.Generator().manual_seed(0))
+    return EvalLoader(EvalBatches(rows, mine, sample_rate, skip_bad), num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(0))

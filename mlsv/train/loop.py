@@ -32,7 +32,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -271,6 +270,12 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
 
     first = loader_for(0)
     batches_per_epoch = st.steps_per_epoch * st.grad_accum if st.steps_per_epoch > 0 else len(first)
+    if batches_per_epoch == 0:
+        per_process, workers = len(first.dataset._share()), max(first.num_workers, 1)
+        raise ValueError(f"no full batch in an epoch: {train_manifest} gives each of the {acc.num_processes} "
+                         f"process(es) {per_process} utterances, and a batch of {first.batch_size} per process "
+                         f"from each of {workers} loader worker(s) needs {first.batch_size * workers}; lower "
+                         "data.batch_size or data.num_workers")
     steps_per_epoch = max(batches_per_epoch // st.grad_accum, 1)
     total_steps = steps_per_epoch * st.epochs
     o = cfg.optim
@@ -465,7 +470,8 @@ def _skipped(loader) -> int:
 
 
 def _embed_manifest(model, manifest: str, acc, data):
-    """Embeds a manifest split across processes; every process gets the whole table back."""
+    """Embeds a manifest split across processes; every process gets the whole table back. Undecodable
+    files are skipped and logged, as in training (a trial that names one is then left out)."""
     from accelerate.utils import gather_object
 
     from mlsv.data.loader import build_eval_loader
@@ -474,7 +480,7 @@ def _embed_manifest(model, manifest: str, acc, data):
 
     loader = build_eval_loader(manifest, batch_seconds=data.eval_batch_seconds, chunk_seconds=data.eval_chunk_seconds,
                                sample_rate=data.sample_rate, process_index=acc.process_index,
-                               num_processes=acc.num_processes)
+                               num_processes=acc.num_processes, skip_bad=not data.strict)
     table = extract_embeddings(model, loader, device=acc.device)
     parts = gather_object([(table.ids.tolist(), table.embeddings, table.durations)]) \
         if acc.num_processes > 1 else [(table.ids.tolist(), table.embeddings, table.durations)]
@@ -502,15 +508,24 @@ def _subset_manifest(manifest: str, limit: int, out: Path, acc, seed: int = 0) -
 
 def validation_eer(model, manifest: str, trials_path: str, acc, data) -> float:
     """EER (%) of mean-subtracted cosine scores on the validation trials (never a test list)."""
+    from mlsv.data.manifest import iter_rows
     from mlsv.data.trials import read_trials
     from mlsv.scoring.backend import cosine_scores
     from mlsv.scoring.metrics import eer
 
     table = _embed_manifest(model, manifest, acc, data)
     trials = read_trials(trials_path)
+    known = set(table.ids.tolist())
+    keep = np.array([e in known and t in known for e, t in zip(trials.enroll, trials.test)], dtype=bool)
+    if not keep.all():  # their files failed to decode (skipped above); an unknown id fails in lookup
+        log.warning("validation: %d of %d trials name a skipped file and are left out", (~keep).sum(), len(keep))
+        listed = {str(row["id"]) for _, row in iter_rows(manifest)}
+        unknown = sorted({u for u in [*trials.enroll, *trials.test] if u not in listed})
+        if unknown:
+            raise KeyError(f"{trials_path}: ids not in the validation manifest {manifest}: {unknown[:5]}")
     x = table.embeddings - table.embeddings.mean(0, keepdims=True)
-    scores = cosine_scores(x[table.lookup(trials.enroll)], x[table.lookup(trials.test)])
-    return float(eer(scores, trials.labels)[0])
+    scores = cosine_scores(x[table.lookup(trials.enroll[keep])], x[table.lookup(trials.test[keep])])
+    return float(eer(scores, trials.labels[keep])[0])
 
 
 def training_mean(model, manifest: str, acc, data, limit: int, output_dir: Path) -> list[float]:
@@ -521,4 +536,7 @@ def training_mean(model, manifest: str, acc, data, limit: int, output_dir: Path)
     if not len(table):
         return [0.0] * model.config.embedding_size
     mean = table.embeddings.mean(0)
-    return [float(v) for v in mean if math.isfinite(v)] if np.isfinite(mean).all() else [0.0] * len(mean)
+    if not np.isfinite(mean).all():
+        bad = table.ids[~np.isfinite(table.embeddings).all(1)].tolist()
+        raise ValueError(f"the model gives non-finite embeddings (has training diverged?), e.g. for {bad[:5]}")
+    return [float(v) for v in mean]
