@@ -71,6 +71,42 @@ def test_validate_names_each_culprit(tmp_path):
         validate(path)
 
 
+def _jsonl(path, *rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_load_manifest_names_the_bad_line(tmp_path, streaming):
+    def row(uid, **kw):
+        return {"id": uid, "path": f"{uid}.wav", "speaker": "s", "duration": 1.0, "sample_rate": 16000, **kw}
+
+    no_duration = {k: v for k, v in row("c").items() if k != "duration"}
+    cases = {
+        "empty": ([], "empty.jsonl: manifest has no rows"),
+        "json": ([row("a"), '{"id": oops'], "json.jsonl:2: not valid JSON"),
+        "nodur": ([row("a"), "", no_duration], r"nodur.jsonl:3: missing \['duration'\]"),
+        "dup": ([row("a"), row("b"), row("a")], r"dup.jsonl:3: duplicate id 'a' \(first on line 1\)"),
+        "numid": ([row("a"), row(7)], "numid.jsonl:2: id 7 is not a string"),
+        "strdur": ([row("a"), row("b", duration="1.0")], "strdur.jsonl:2: duration '1.0' is not a number"),
+    }
+    for name, (rows, message) in cases.items():
+        with pytest.raises(ManifestError, match=message):
+            load_manifest(_jsonl(tmp_path / f"{name}.jsonl", *rows), streaming=streaming,
+                          cache_dir=str(tmp_path))
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_manifest([row("a"), row("b")], shards / "shard-0.parquet")
+    write_manifest([row("b")], shards / "shard-1.parquet")
+    with pytest.raises(ManifestError, match=r"shards:3: duplicate id 'b' \(first on line 2\)"):
+        load_manifest(shards, streaming=streaming, cache_dir=str(tmp_path))
+    with pytest.raises(ManifestError, match="ids must be strings"):
+        load_manifest(write_manifest([row(1), row(2)], tmp_path / "num.parquet"), streaming=streaming,
+                      cache_dir=str(tmp_path))
+    report = validate(tmp_path / "numid.jsonl", check_audio=False, raise_on_error=False)
+    assert f"{tmp_path / 'numid.jsonl'}:2: id 7 is not a string" in report.errors[0]
+
+
 def test_labels_sorted_and_saved(tmp_path):
     manifest = tiny_corpus(tmp_path, speakers=3)
     labels = speaker_labels(manifest)

@@ -11,10 +11,10 @@ from data_helpers import tiny_corpus, tone, write_m4a, write_wav
 
 from mlsv.cli import main
 from mlsv.data.audio import read_audio
-from mlsv.data.manifest import iter_rows, load_manifest, validate
+from mlsv.data.manifest import ManifestError, iter_rows, load_manifest, validate, write_manifest
 from mlsv.data.prepare import prepare_folder, prepare_musan, prepare_rirs, prepare_trials, prepare_voxceleb
 from mlsv.data.shards import write_shards
-from mlsv.data.trials import read_trials
+from mlsv.data.trials import Trials, make_trials, read_trials, write_trials
 
 
 def _vox_tree(root, speakers, videos=2, utts=2, m4a=False):
@@ -45,14 +45,14 @@ def test_prepare_voxceleb(vox):
     result = prepare_voxceleb(out, vox1_dev=vox / "vox1_dev/wav", vox1_test=vox / "vox1_test/wav",
                               vox2_dev=vox / "vox2_dev/aac", trials=[vox / "meta/veri_test2.txt",
                                                                      vox / "meta/list_test_hard2.txt"],
-                              validation_speakers=1, convert_dir=vox / "flac", progress=False)
+                              validation_speakers=2, convert_dir=vox / "flac", progress=False)
     assert len(result.bad) == 1 and "00009.wav" in result.bad[0]
     assert (out / "bad_files.txt").read_text().count("\n") == 1
     train = [r for _, r in iter_rows(out / "train.jsonl")]
     val = [r for _, r in iter_rows(out / "validation.jsonl")]
     assert {r["speaker"] for r in train} | {r["speaker"] for r in val} == {"id00012", "id00013", "id00014"}
     assert all(r["path"].endswith(".flac") for r in train) and train[0]["id"].endswith(".wav")
-    assert len({r["speaker"] for r in val}) == 1
+    assert len({r["speaker"] for r in val}) == 2
     test_ids = {r["id"] for _, r in iter_rows(out / "test.jsonl")}
     assert "id10270/vid0/00001.wav" in test_ids and "id10001/vid0/00001.wav" in test_ids
     assert read_trials(out / "trials/vox1_O.txt").name == "vox1_O" and (out / "trials/vox1_H.txt").is_file()
@@ -66,6 +66,11 @@ def test_voxceleb_trials_need_their_speakers(vox):
     with pytest.raises(KeyError, match="need --vox1-dev"):
         prepare_voxceleb(vox / "out", vox1_test=vox / "vox1_test/wav",
                          trials=[vox / "meta/list_test_hard2.txt"], progress=False)
+
+
+def test_voxceleb_refuses_one_validation_speaker(vox):
+    with pytest.raises(ValueError, match="--validation-speakers must be 0 or at least 2"):
+        prepare_voxceleb(vox / "out", vox2_dev=vox / "vox2_dev/aac", validation_speakers=1, progress=False)
 
 
 def test_prepare_folder_resample_option_and_cli(tmp_path):
@@ -82,6 +87,23 @@ def test_prepare_folder_resample_option_and_cli(tmp_path):
                  "--no-resample", "--no-progress"]) == 0
     kept = {r["id"] for _, r in iter_rows(tmp_path / "n.jsonl")}
     assert "bob/d.wav" not in kept and "d.wav" in (tmp_path / "bad_files.txt").read_text()
+
+
+def test_prepare_folder_ids_hold_no_whitespace(tmp_path):
+    root = tmp_path / "mine"
+    for spk, f0 in (("John Smith", 120), ("Ann Lee", 200)):
+        for s in range(2):
+            write_wav(root / spk / f"sess {s}" / f"utt {s}.wav", tone(0.5, f0, seed=s))
+    prepare_folder(root, tmp_path / "m.jsonl", progress=False)
+    rows = {r["id"]: r for _, r in iter_rows(tmp_path / "m.jsonl")}
+    assert "John_Smith/sess_1/utt_1.wav" in rows and not any(" " in uid for uid in rows)
+    assert rows["John_Smith/sess_1/utt_1.wav"]["speaker"] == "John Smith"
+    assert rows["John_Smith/sess_1/utt_1.wav"]["session"] == "John Smith/sess 1"
+    trials = prepare_trials(tmp_path / "m.jsonl", tmp_path / "t.txt")
+    assert len(read_trials(tmp_path / "t.txt")) == len(trials) > 0
+    write_wav(root / "Ann Lee" / "sess 0" / "utt_0.wav", tone(0.5))
+    with pytest.raises(ValueError, match="utt 0.wav and .*utt_0.wav both get id 'Ann_Lee/sess_0/utt_0.wav'"):
+        prepare_folder(root, tmp_path / "n.jsonl", progress=False)
 
 
 def test_prepare_musan_and_rirs(tmp_path):
@@ -116,6 +138,28 @@ def test_trials_balanced_cross_session_and_deterministic(tmp_path):
     assert len(b) == len(a)
 
 
+@pytest.mark.timeout(30)
+def test_trials_when_other_speakers_have_few_utterances(tmp_path):
+    t = make_trials(["a1", "a2", "a3", "b1"], ["A", "A", "A", "B"])  # used to spin forever
+    assert list(t.labels) == [1, 1, 1, 0, 0, 0] and set(t.test[3:]) == {"b1"}
+    rows = [{"id": f"{spk}{u}", "path": "x.wav", "speaker": spk, "duration": 1.0, "sample_rate": 16000}
+            for spk, n in (("A", 10), ("B", 2)) for u in range(n)]
+    manifest = write_manifest(rows, tmp_path / "m.jsonl")
+    t = prepare_trials(manifest, tmp_path / "t.txt", per_utterance=5)
+    assert int(t.labels.sum()) * 2 == len(t) and len({frozenset(p) for p in zip(t.enroll, t.test)}) == len(t)
+    with pytest.raises(ValueError, match="one.jsonl: .*no target and non-target trials"):
+        prepare_trials(write_manifest(rows[:10], tmp_path / "one.jsonl"), tmp_path / "u.txt")
+    bare = [{k: v for k, v in r.items() if k != "speaker"} for r in rows]
+    (tmp_path / "bare.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bare))
+    with pytest.raises(ManifestError, match=r"bare.jsonl:1: missing \['speaker'\]"):
+        prepare_trials(tmp_path / "bare.jsonl", tmp_path / "v.txt")
+    assert main(["prepare", "trials", "--manifest", str(tmp_path / "bare.jsonl"),
+                 "--out", str(tmp_path / "v.txt")]) == 2
+    with pytest.raises(ValueError, match="id 'a b' is empty or holds whitespace"):
+        write_trials(Trials(np.array(["a b"], object), np.array(["c"], object), np.array([1], np.int8)),
+                     tmp_path / "w.txt")
+
+
 def test_shards_stream_back_identical_audio(tmp_path):
     manifest = tiny_corpus(tmp_path, speakers=2, utts=3)
     paths, bad = write_shards(manifest, tmp_path / "shards", rows_per_shard=4, progress=False)
@@ -137,6 +181,16 @@ def test_shards_stream_back_identical_audio(tmp_path):
     for b in build_eval_loader(tmp_path / "shards", batch_seconds=10):
         for uid, wave, mask in zip(b["ids"], b["waveforms"], b["attention_mask"]):
             np.testing.assert_array_equal(wave[mask.bool()].numpy(), originals[uid])
+
+
+def test_shards_refuse_zero_rows_per_shard(tmp_path, capsys):
+    manifest = tiny_corpus(tmp_path, speakers=2, utts=2)
+    with pytest.raises(ValueError, match="rows_per_shard must be at least 1, got 0"):
+        write_shards(manifest, tmp_path / "shards", rows_per_shard=0, progress=False)
+    with pytest.raises(SystemExit):
+        main(["prepare", "shards", "--manifest", str(manifest), "--out", str(tmp_path / "s"),
+              "--rows-per-shard", "0"])
+    assert "--rows-per-shard: must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_cli_synthetic_and_trials(tmp_path, capsys):

@@ -18,6 +18,17 @@ EXAMPLES = """examples:
 """
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-rate", type=int, default=16000, help="expected rate (default 16000)")
     p.add_argument("--resample", action=argparse.BooleanOptionalAction, default=True,
@@ -65,14 +76,15 @@ def register(subparsers) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", required=True)
     p.add_argument("--out", required=True, help="trial list to write")
-    p.add_argument("--per-utterance", type=int, default=5, help="target (and non-target) trials per utterance")
+    p.add_argument("--per-utterance", type=_positive_int, default=5,
+                   help="target (and non-target) trials per utterance")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("shards", help="parquet shards with embedded FLAC", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", required=True)
     p.add_argument("--out", required=True, help="output folder for shard-*.parquet")
-    p.add_argument("--rows-per-shard", type=int, default=2000)
+    p.add_argument("--rows-per-shard", type=_positive_int, default=2000, help="rows per shard (default 2000)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run)

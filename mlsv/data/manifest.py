@@ -132,17 +132,24 @@ def load_manifest(
 
     Returns:
         ``datasets.Dataset`` or ``datasets.IterableDataset``; audio stays as paths (or ``audio`` bytes).
+
+    Raises:
+        ManifestError: no rows, a malformed line, a missing column or value, a non-string or repeated id;
+            the message names the file and line (audio is not opened here: ``validate`` does that).
     """
     import datasets
     from datasets.distributed import split_dataset_by_node
 
     path = Path(path)
-    ds = datasets.load_dataset(_format(path), data_files=_data_files(path), split="train",
-                               streaming=streaming, cache_dir=cache_dir)
-    missing = [c for c in REQUIRED_COLUMNS if c not in (ds.column_names or [])
-               and not (c == "path" and "audio" in (ds.column_names or []))]
-    if ds.column_names is not None and missing:
-        raise ManifestError(f"{path}: manifest lacks column(s) {missing}")
+    fmt, files = _format(path), _data_files(path)
+    try:
+        ds = datasets.load_dataset(fmt, data_files=files, split="train", streaming=streaming,
+                                   cache_dir=cache_dir)
+    except Exception:
+        if fmt == "json":
+            _scan_json(path)  # raises a ManifestError naming the line, if a line is to blame
+        raise
+    _check_rows(path, _header_table(path, fmt, files) if streaming else ds.data.table)
     if resolve and "path" in (ds.column_names or ["path"]):
         root = os.fspath(manifest_root(path))
 
@@ -154,6 +161,98 @@ def load_manifest(
     if num_processes > 1:
         ds = split_dataset_by_node(ds, rank=process_index, world_size=num_processes)
     return ds
+
+
+def _scan_json(path: Path) -> None:
+    """Raises ManifestError for an empty JSONL manifest or the first line that is not a JSON object, has a
+    non-string id or a non-numeric duration or sample rate."""
+    rows = 0
+    for lineno, row in iter_rows(path):
+        rows += 1
+        if row.get("id") is not None and not isinstance(row["id"], str):
+            raise ManifestError(f"{path}:{lineno}: id {row['id']!r} is not a string (write it in quotes)")
+        for c in ("duration", "sample_rate"):
+            if row.get(c) is not None and (isinstance(row[c], bool) or not isinstance(row[c], (int, float))):
+                raise ManifestError(f"{path}:{lineno}: {c} {row[c]!r} is not a number")
+    if not rows:
+        raise ManifestError(f"{path}: manifest has no rows")
+
+
+def _header_table(path: Path, fmt: str, files: list[str]):
+    """Every column but ``audio``, read with pyarrow (for the checks on a streamed manifest)."""
+    import pyarrow as pa
+
+    if fmt == "json":
+        import pyarrow.json as pj
+
+        try:
+            return pj.read_json(files[0])
+        except pa.ArrowInvalid as e:
+            _scan_json(path)
+            raise ManifestError(f"{path}: {e}") from None
+    import pyarrow.parquet as pq
+
+    tables = []
+    for file in files:
+        names = pq.read_schema(file).names
+        table = pq.read_table(file, columns=[c for c in names if c != "audio"])
+        if "audio" in names:  # the checks need to know it is there, not its bytes
+            table = table.append_column("audio", pa.nulls(table.num_rows, pa.binary()))
+        tables.append(table)
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def _check_rows(path: Path, table) -> None:
+    """Header checks on a loaded manifest (no audio is read): rows, a value in every required column,
+    string ids, no id twice. Raises ManifestError naming the line (JSONL) or row (parquet)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0:
+        raise ManifestError(f"{path}: manifest has no rows")
+    names = table.column_names
+    needed = [c for c in REQUIRED_COLUMNS if not (c == "path" and "audio" in names)]
+    missing = [c for c in needed if c not in names]
+    if missing:
+        raise ManifestError(f"{path}: manifest lacks column(s) {missing}")
+    lines: list[int] = []
+
+    def line(i: int) -> int:  # on errors only: JSONL rows skip blank lines, parquet rows count from 1
+        if not lines:
+            json_lines = _format(path) == "json"
+            lines.extend([n for n, _ in iter_rows(path)] if json_lines else range(1, table.num_rows + 1))
+        return lines[i]
+
+    def fail(errors: list[str]) -> None:
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        raise ManifestError("; ".join(errors[:5]) + more)
+
+    empty: dict[int, list[str]] = {}
+    for c in needed:
+        col = table[c]
+        mask = pc.is_null(col)
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            mask = pc.or_kleene(mask, pc.equal(col, ""))
+        if pc.any(mask).as_py():
+            for i, bad in enumerate(mask.to_pylist()):
+                if bad:
+                    empty.setdefault(i, []).append(c)
+    if empty:
+        fail([f"{path}:{line(i)}: missing {cols}" for i, cols in sorted(empty.items())])
+    types = {c: table[c].type for c in ("id", "duration", "sample_rate")}
+    wrong = {c: str(t) for c, t in types.items()
+             if not (pa.types.is_string(t) or pa.types.is_large_string(t) if c == "id"
+                     else pa.types.is_integer(t) or pa.types.is_floating(t))}
+    if wrong:
+        if _format(path) == "json":
+            _scan_json(path)
+        raise ManifestError(f"{path}: column types {wrong}; ids must be strings, durations and sample rates "
+                            "numbers")
+    ids = table["id"].to_pylist()
+    if len(set(ids)) != len(ids):
+        first: dict[str, int] = {}
+        fail([f"{path}:{line(i)}: duplicate id {uid!r} (first on line {line(first[uid])})"
+              for i, uid in enumerate(ids) if first.setdefault(uid, i) != i])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,6 +316,8 @@ def validate(
             report.errors.append(f"{where}: missing {missing}")
             continue
         uid = str(row["id"])
+        if not isinstance(row["id"], str):
+            report.errors.append(f"{where}: id {row['id']!r} is not a string (write it in quotes)")
         if uid in seen:
             report.errors.append(f"{where}: duplicate id {uid!r} (first on line {seen[uid]})")
         seen.setdefault(uid, lineno)

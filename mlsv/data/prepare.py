@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mlsv.data.audio import AudioError, audio_info, read_audio, write_audio
-from mlsv.data.manifest import iter_rows, write_manifest
+from mlsv.data.manifest import ManifestError, iter_rows, write_manifest
 from mlsv.data.trials import Trials, make_trials, read_trials, write_trials
 
 logger = logging.getLogger(__name__)
@@ -204,6 +205,8 @@ def prepare_voxceleb(
     roots = {k: Path(v) for k, v in roots.items() if v}
     if not roots:
         raise ValueError("give at least one of --vox1-dev, --vox1-test, --vox2-dev, --vox2-test")
+    if validation_speakers == 1:
+        raise ValueError("--validation-speakers must be 0 or at least 2 (one speaker gives no non-target trials)")
     sets: dict[str, list[dict]] = {}
     for name, root in roots.items():
         files = _voxceleb_files(root)
@@ -274,17 +277,28 @@ def prepare_folder(root: str | Path, out: str | Path, *, sample_rate: int = 1600
                    workers: int = 1, progress: bool = True) -> PrepareResult:
     """A manifest from ``root/SPEAKER/[SESSION/]UTT.{wav,flac,ogg,mp3}``.
 
-    ids are paths relative to ``root``; ``session`` is SPEAKER/SESSION when there is a session level.
+    ids are paths relative to ``root`` with each whitespace character replaced by ``_`` (trial lists are
+    whitespace-separated); ``speaker`` and ``session`` (SPEAKER/SESSION when there is a session level)
+    keep the names as they are.
+
+    Raises:
+        ValueError: two files get the same id (``a b.wav`` and ``a_b.wav``), naming both.
     """
     root, out = Path(root), Path(out)
     if not root.is_dir():
         raise FileNotFoundError(f"folder not found: {root}")
     partial = []
+    files: dict[str, Path] = {}
     for f in sorted(root.rglob("*")):
         rel = f.relative_to(root)
         if f.suffix.lower() not in AUDIO_SUFFIXES or len(rel.parts) not in (2, 3):
             continue
-        row = {"id": rel.as_posix(), "path": _rel(f, out.parent), "speaker": rel.parts[0]}
+        uid = re.sub(r"\s", "_", rel.as_posix())
+        if uid in files:
+            raise ValueError(f"{files[uid]} and {f} both get id {uid!r} (whitespace in names becomes '_'): "
+                             "rename one")
+        files[uid] = f
+        row = {"id": uid, "path": _rel(f, out.parent), "speaker": rel.parts[0]}
         if len(rel.parts) == 3:
             row["session"] = f"{rel.parts[0]}/{rel.parts[1]}"
         partial.append(row)
@@ -341,12 +355,33 @@ def prepare_rirs(root: str | Path, out: str | Path, *, sample_rate: int = 16000,
 
 
 def prepare_trials(manifest: str | Path, out: str | Path, *, per_utterance: int = 5, seed: int = 0) -> Trials:
-    """A balanced trial list (same-session pairs excluded, deterministic by seed) for any manifest."""
-    rows = [row for _, row in iter_rows(manifest)]
-    trials = make_trials([r["id"] for r in rows], [r["speaker"] for r in rows],
-                         [r.get("session") for r in rows], per_utterance=per_utterance, seed=seed,
-                         name=Path(out).stem)
-    if not len(trials):
-        raise ValueError(f"{manifest}: no trials possible (need 2+ speakers with 2+ sessions or utterances)")
+    """A balanced trial list (same-session pairs excluded, deterministic by seed) for any manifest.
+
+    Raises:
+        ManifestError: no rows, a row without ``id`` or ``speaker``, a repeated, non-string or
+            whitespace-holding id (naming the manifest line).
+        ValueError: the manifest allows no target and non-target trials.
+    """
+    rows, first = [], {}
+    for lineno, row in iter_rows(manifest):
+        missing = [c for c in ("id", "speaker") if row.get(c) in (None, "")]
+        if missing:
+            raise ManifestError(f"{manifest}:{lineno}: missing {missing} (a trial list needs each row's id and "
+                                "speaker)")
+        uid = row["id"]
+        if not isinstance(uid, str) or len(uid.split()) != 1:
+            raise ManifestError(f"{manifest}:{lineno}: id {uid!r} must be a string without whitespace (trial "
+                                "lists are whitespace-separated)")
+        if first.setdefault(uid, lineno) != lineno:
+            raise ManifestError(f"{manifest}:{lineno}: duplicate id {uid!r} (first on line {first[uid]})")
+        rows.append(row)
+    if not rows:
+        raise ManifestError(f"{manifest}: manifest has no rows")
+    try:
+        trials = make_trials([r["id"] for r in rows], [str(r["speaker"]) for r in rows],
+                             [r.get("session") for r in rows], per_utterance=per_utterance, seed=seed,
+                             name=Path(out).stem)
+    except ValueError as e:
+        raise ValueError(f"{manifest}: {e}") from None
     write_trials(trials, out)
     return trials

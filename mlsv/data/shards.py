@@ -46,7 +46,12 @@ def write_shards(manifest: str | Path, out_dir: str | Path, *, rows_per_shard: i
 
     Returns:
         (shard paths, bad-file messages naming the files left out).
+
+    Raises:
+        ValueError: ``rows_per_shard`` < 1 or an empty manifest.
     """
+    if rows_per_shard < 1:
+        raise ValueError(f"rows_per_shard must be at least 1, got {rows_per_shard}")
     rows = [row for _, row in iter_rows(manifest)]
     if not rows:
         raise ValueError(f"{manifest}: empty manifest")

@@ -65,8 +65,15 @@ def read_trials(path: str | Path) -> Trials:
 
 
 def write_trials(trials: Trials, path: str | Path) -> None:
-    """Writes a trial list in VoxCeleb format (labels must be known)."""
+    """Writes a trial list in VoxCeleb format (labels must be known).
+
+    Raises:
+        ValueError: an id holds whitespace (the format is whitespace-separated), naming the id.
+    """
     path = Path(path)
+    for x in (*trials.enroll, *trials.test):
+        if len(str(x).split()) != 1:
+            raise ValueError(f"{path}: id {x!r} is empty or holds whitespace, which a trial list cannot store")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -112,8 +119,15 @@ def make_trials(
         seed: the only source of randomness.
 
     Returns:
-        Trials with labels 1 (same speaker) / 0, targets first in enrolment order.
+        Trials with labels 1 (same speaker) / 0, targets first in enrolment order; fewer than asked
+        when fewer distinct pairs exist, none when there are no utterances.
+
+    Raises:
+        ValueError: repeated ids, ``per_utterance < 1``, or utterances that allow no target and
+            non-target trials.
     """
+    if per_utterance < 1:
+        raise ValueError(f"make_trials: per_utterance must be at least 1, got {per_utterance}")
     ids = np.asarray(ids, dtype=object)
     speakers = np.asarray(speakers, dtype=object)
     sessions = ids if sessions is None else np.asarray(
@@ -121,13 +135,14 @@ def make_trials(
     order = np.argsort(ids.astype(str), kind="stable")
     ids, speakers, sessions = ids[order], speakers[order], sessions[order]
     if len(set(ids)) != len(ids):
-        raise ValueError("make_trials: utterance ids are not unique")
+        raise ValueError(f"make_trials: id {next(a for a, b in zip(ids, ids[1:]) if a == b)!r} is repeated")
     rng = np.random.default_rng(seed)
     spk_codes = np.unique(speakers.astype(str), return_inverse=True)[1]
     by_speaker = [np.flatnonzero(spk_codes == k) for k in range(spk_codes.max() + 1)] if len(ids) else []
     n = len(ids)
     seen: set[tuple[int, int]] = set()
     pairs: dict[int, list[tuple[int, int]]] = {1: [], 0: []}
+    pools: dict[int, np.ndarray] = {}  # other speakers' utterances, listed only when they are few
     for i in range(n):
         same = by_speaker[spk_codes[i]]
         targets = same[(same != i) & (sessions[same] != sessions[i])]
@@ -135,12 +150,17 @@ def make_trials(
         if k == 0 or n - len(same) == 0:
             continue
         chosen_t = rng.choice(targets, size=k, replace=False)
-        # rejection-sample non-targets: far cheaper than listing all other speakers' utterances
-        chosen_n: list[int] = []
-        while len(chosen_n) < k:
-            j = int(rng.integers(n))
-            if spk_codes[j] != spk_codes[i] and j not in chosen_n:
-                chosen_n.append(j)
+        others = n - len(same)
+        if others < k or 4 * others < n:  # few other utterances: rejection sampling would crawl or never end
+            if spk_codes[i] not in pools:
+                pools[spk_codes[i]] = np.flatnonzero(spk_codes != spk_codes[i])
+            chosen_n = [int(j) for j in rng.choice(pools[spk_codes[i]], size=min(k, others), replace=False)]
+        else:  # rejection-sample non-targets: far cheaper than listing all other speakers' utterances
+            chosen_n = []
+            while len(chosen_n) < k:
+                j = int(rng.integers(n))
+                if spk_codes[j] != spk_codes[i] and j not in chosen_n:
+                    chosen_n.append(j)
         for label, chosen in ((1, chosen_t), (0, chosen_n)):
             for j in chosen:
                 key = (min(i, int(j)), max(i, int(j)))
@@ -148,6 +168,10 @@ def make_trials(
                     seen.add(key)
                     pairs[label].append((i, int(j)))
     m = min(len(pairs[1]), len(pairs[0]))
+    if m == 0 and n:
+        raise ValueError(f"{name}: no target and non-target trials possible from {n} utterances of "
+                         f"{len(by_speaker)} speaker(s) (need 2+ speakers and a speaker with 2+ utterances "
+                         "from different sessions)")
     for label in (1, 0):
         if len(pairs[label]) > m:
             keep = np.sort(rng.choice(len(pairs[label]), size=m, replace=False))
