@@ -49,7 +49,7 @@ from typing import Any, Union
 import numpy as np
 
 from mlsv.data.audio import AudioError, read_audio
-from mlsv.scoring.embeddings import EmbeddingTable, load_embeddings
+from mlsv.scoring.embeddings import EmbeddingTable, check_finite, load_embeddings
 
 __all__ = [
     "AUDIO_SUFFIXES",
@@ -58,6 +58,7 @@ __all__ = [
     "VerificationResult",
     "Verifier",
     "find_audio_files",
+    "load_model",
     "record_score_statistics",
 ]
 
@@ -262,8 +263,31 @@ class TorchEmbedder:
             return self.model(x, attention_mask=m).embeddings.float().cpu().numpy()
 
 
+def _model_source(src: str) -> str:
+    """``src`` when it exists or could be a hub id (``name`` or ``owner/name``); else FileNotFoundError."""
+    if os.path.exists(src):
+        return src
+    if src.startswith((".", "/", "~")) or src.count("/") > 1 or "\\" in src or src.endswith(".onnx"):
+        raise FileNotFoundError(f"model folder not found: {src}")
+    return src
+
+
+def load_model(src: str | os.PathLike, revision: str | None = None):
+    """An ``MLSVModel`` from a model folder or hub id; FileNotFoundError naming ``src`` when neither loads."""
+    import mlsv.models  # noqa: F401  (registers the Auto classes)
+    from mlsv.models import MLSVModel
+
+    src = _model_source(os.fspath(src))
+    try:
+        return MLSVModel.from_pretrained(src, revision=revision)
+    except OSError as e:
+        what = "not a model folder" if os.path.isdir(src) else "no such model folder, nor a model on the hub"
+        raise FileNotFoundError(f"{src}: {what} ({e})") from None
+
+
 def _resolve_file(model: str, filename: str, revision: str | None) -> str:
     """A file of a local model folder or, for a hub id, downloaded with huggingface_hub."""
+    model = _model_source(model)
     if os.path.isdir(model):
         path = os.path.join(model, filename)
         if not os.path.isfile(path):
@@ -327,8 +351,12 @@ class Verifier:
         self.cohort = None
         self.top_k = 0
         table = None
+        if asnorm_top_k is not None and asnorm_top_k < 2:
+            raise ValueError(f"asnorm_top_k (--asnorm-top-k) must be at least 2, got {asnorm_top_k}")
         if cohort is not None:
             table = cohort if isinstance(cohort, EmbeddingTable) else load_embeddings(cohort)
+            if isinstance(cohort, EmbeddingTable):
+                check_finite(table, "the AS-norm cohort")
             if table.speakers is None:
                 raise ValueError("the AS-norm cohort needs speaker labels ('speakers' in the .npz); "
                                  "embed it with mlsv embed --manifest")
@@ -375,17 +403,15 @@ class Verifier:
         """
         src = os.fspath(model_dir_or_id)
         if runtime == "torch":
-            import mlsv.models  # noqa: F401  (registers the Auto classes)
-            from mlsv.models import MLSVModel
-
             if src.endswith(".onnx"):
                 raise ValueError(f"{src} is an ONNX file; use runtime='onnx'")
-            model = MLSVModel.from_pretrained(src, revision=revision)
-            return cls(model, device=device, **kwargs)
+            return cls(load_model(src, revision), device=device, **kwargs)
         if runtime == "onnx":
             from mlsv.export import OnnxEmbedder
 
             if src.endswith(".onnx"):
+                if not os.path.isfile(src):
+                    raise FileNotFoundError(f"ONNX file not found: {src}")
                 onnx_file, config_src = src, os.path.dirname(os.path.abspath(src))
                 if not os.path.isfile(os.path.join(config_src, "config.json")):
                     raise FileNotFoundError(f"no config.json beside {src}; give the model folder and "
@@ -443,6 +469,10 @@ class Verifier:
             raise ValueError(f"{len(ids)} ids for {len(inputs)} inputs")
         if chunk_seconds < 0:
             raise ValueError(f"chunk_seconds must be >= 0, got {chunk_seconds}")
+        chunk = int(chunk_seconds * self.sampling_rate)
+        if chunk_seconds > 0 and chunk < self.min_samples:
+            raise ValueError(f"chunk_seconds={chunk_seconds:g} gives chunks of {chunk} samples; the encoder needs at "
+                             f"least {self.min_samples} ({self.min_samples / self.sampling_rate:.4f} s)")
         items = [_Item(i, x, _input_name(x, i), self._estimate_length(x, sample_rate, _input_name(x, i)))
                  for i, x in enumerate(inputs)]
         items.sort(key=lambda it: -it.length)
@@ -453,7 +483,6 @@ class Verifier:
                 batches[-1].append(it)
             else:
                 batches.append([it])
-        chunk = int(chunk_seconds * self.sampling_rate)
         sums = np.zeros((len(inputs), self.embedding_size), dtype=np.float64)
         weights = np.zeros(len(inputs), dtype=np.float64)
         durations = np.zeros(len(inputs), dtype=np.float32)

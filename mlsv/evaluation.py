@@ -7,6 +7,7 @@ decision threshold, the AS-norm cohort (speaker means, saved as a buffer) and th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -15,32 +16,78 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mlsv.scoring.embeddings import EmbeddingTable, load_embeddings, save_embeddings
+from mlsv.scoring.embeddings import EmbeddingTable, check_finite, load_embeddings, save_embeddings
 
 log = logging.getLogger("mlsv.evaluation")
 
 
 def embed_manifest(model, manifest: str | Path, *, batch_seconds: float = 120.0, chunk_seconds: float = 0.0,
                    device: str | torch.device | None = None, progress: bool = True,
-                   autocast_dtype: torch.dtype | None = None) -> EmbeddingTable:
-    """Embeds every utterance of a manifest (length-sorted padded batches); speakers from the manifest."""
+                   autocast_dtype: torch.dtype | None = None, num_workers: int = 0) -> EmbeddingTable:
+    """Embeds every utterance of a manifest (length-sorted padded batches); speakers from the manifest.
+
+    Ids are strings; ``speakers`` is None unless every row has one. Raises ValueError naming
+    ``chunk_seconds`` or the utterances too short for the encoder, and the utterances (with their
+    paths) whose embeddings are NaN or infinite.
+    """
     from mlsv.data.loader import build_eval_loader
     from mlsv.data.manifest import iter_rows
-    from mlsv.inference import extract_embeddings
+    from mlsv.inference import extract_embeddings, min_length
 
+    rate = int(model.config.sampling_rate)
+    need = min_length(model)
+    if 0 < chunk_seconds * rate < need:
+        raise ValueError(f"chunk_seconds (--chunk-seconds) {chunk_seconds:g} is shorter than the encoder's "
+                         f"minimum of {need} samples ({need / rate:.4f} s)")
     loader = build_eval_loader(str(manifest), batch_seconds=batch_seconds, chunk_seconds=chunk_seconds,
-                               sample_rate=model.config.sampling_rate)
-    table = extract_embeddings(model, loader, device=device, progress=progress, autocast_dtype=autocast_dtype)
-    speakers = {row["id"]: row["speaker"] for _, row in iter_rows(manifest)}
-    table.speakers = np.array([speakers[u] for u in table.ids])
+                               sample_rate=rate, num_workers=num_workers)
+    table = extract_embeddings(model, loader, device=device, progress=progress, autocast_dtype=autocast_dtype,
+                               total=len(loader) if hasattr(loader, "__len__") else None)
+    rows = [row for _, row in iter_rows(manifest)]
+    speakers = {str(row["id"]): row.get("speaker") for row in rows}
+    if all(speakers.get(u) not in (None, "") for u in table.ids):
+        table.speakers = np.array([str(speakers[u]) for u in table.ids])
+    check_finite(table, str(manifest), {str(row["id"]): str(row["path"]) for row in rows if row.get("path")})
     return table
 
 
-def _cached_embeddings(model, manifest, path: Path, **kw) -> EmbeddingTable:
+def _model_fingerprint(model) -> str:
+    """sha256 of a model's config and weights: what its embeddings depend on."""
+    h = hashlib.sha256(model.config.to_json_string().encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _fingerprint(model_hash: str, manifest: str | Path, **settings) -> dict:
+    """What an embeddings cache depends on: the model, the manifest file(s) (size, mtime) and ``settings``."""
+    path = Path(manifest).resolve()
+    if not path.exists():
+        raise FileNotFoundError(f"manifest not found: {manifest}")
+    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    return {"model": model_hash, "manifest": [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files],
+            **settings}
+
+
+def _cached_embeddings(model, manifest, path: Path, fingerprint: dict, **kw) -> EmbeddingTable:
+    """Embeddings of ``manifest``, reused from ``path`` when its ``.source.json`` matches ``fingerprint``."""
+    source = path.with_suffix(".source.json")
     if path.is_file():
-        return load_embeddings(path)
+        try:
+            old = json.loads(source.read_text())
+        except (OSError, ValueError):
+            old = None
+        if old == fingerprint:
+            log.info("reusing %s (same model, manifest and settings)", path)
+            return load_embeddings(path)
+        why = ("no record of what made it" if old is None else
+               "made with another " + ", ".join(k for k in fingerprint if old.get(k) != fingerprint[k]))
+        log.warning("%s: %s; embedding %s again", path, why, manifest)
+    source.unlink(missing_ok=True)
     table = embed_manifest(model, manifest, **kw)
     save_embeddings(table, path)
+    source.write_text(json.dumps(fingerprint, indent=2) + "\n")
     return table
 
 
@@ -69,24 +116,41 @@ def evaluate_model(model_dir: str | Path, *, manifest: str, trials: list[str], o
     Returns:
         ``{"metrics": {stage: {list: metrics}}, "final_stage": ..., "model": out_dir/model}``
     """
+    from mlsv.api import load_model
     from mlsv.data.trials import read_trials
-    from mlsv.models import MLSVModel
     from mlsv.scoring.backend import cohort_from_table, embedding_mean
     from mlsv.scoring.calibration import fit_calibration
-    from mlsv.scoring.pipeline import score_trial_lists, trial_metrics, write_metrics_json, write_scores_tsv
+    from mlsv.scoring.pipeline import (
+        check_distinct_names,
+        score_trial_lists,
+        trial_metrics,
+        write_metrics_json,
+        write_scores_tsv,
+    )
     from mlsv.scoring.plots import plot_det, plot_histogram, write_report
+    from mlsv.speed import autocast_dtype
 
+    if top_k < 2:
+        raise ValueError(f"top_k (--asnorm-top-k) must be at least 2, got {top_k}")
+    check_distinct_names([Path(t).stem for t in trials], trials)
+    trial_lists = [read_trials(t) for t in trials]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = MLSVModel.from_pretrained(model_dir).to(dev).eval()
-    trial_lists = [read_trials(t) for t in trials]
-    from mlsv.speed import autocast_dtype
-
+    model = load_model(model_dir)
+    model_hash = _model_fingerprint(model)
+    model = model.to(dev).eval()
     kw = dict(batch_seconds=batch_seconds, chunk_seconds=chunk_seconds, device=dev,
               autocast_dtype=autocast_dtype(precision))
-    table = _cached_embeddings(model, manifest, out / "embeddings.npz", **kw)
-    cohort_table = _cached_embeddings(model, cohort, out / "cohort.npz", **kw) if cohort else None
+
+    def cached(what: str, path: Path) -> EmbeddingTable:
+        fingerprint = _fingerprint(model_hash, what, precision=precision, chunk_seconds=chunk_seconds)
+        return _cached_embeddings(model, what, path, fingerprint, **kw)
+
+    table = cached(manifest, out / "embeddings.npz")
+    cohort_table = cached(cohort, out / "cohort.npz") if cohort else None
+    if cohort_table is not None and cohort_table.speakers is None:
+        raise ValueError(f"{cohort}: the cohort manifest needs a speaker on every row")
 
     if cohort_table is not None:
         mean = embedding_mean(cohort_table.embeddings)
@@ -131,7 +195,7 @@ def evaluate_model(model_dir: str | Path, *, manifest: str, trials: list[str], o
         from mlsv.api import record_score_statistics
 
         held_out = read_trials(threshold_trials)
-        held_table = _cached_embeddings(model, threshold_manifest or manifest, out / "threshold_embeddings.npz", **kw)
+        held_table = cached(threshold_manifest or manifest, out / "threshold_embeddings.npz")
         held_scores = score_trial_lists(held_table, [held_out], mean=mean, cohort=cohort_table, top_k=top_k,
                                         calibrator=calibrator)[0]
         record_score_statistics(cfg, held_scores, held_out.labels, trial_list=held_out.name)

@@ -15,6 +15,34 @@ import torch
 from mlsv.scoring.embeddings import EmbeddingTable
 
 
+def min_length(model) -> int:
+    """Fewest samples that give ``model``'s encoder one frame (per ``model.frontend.frame_lengths``)."""
+    frames = model.frontend.frame_lengths
+    lo, hi = 0, 1
+    while frames(hi) < 1:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:  # frames(lo) == 0 < frames(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if frames(mid) < 1 else (lo, mid)
+    return hi
+
+
+def _check_lengths(model, batch: dict, sample_rate: int) -> None:
+    """Raises ValueError naming the batch's utterances (or chunks) too short to give the encoder a frame."""
+    frontend = getattr(model, "frontend", None)
+    if frontend is None:
+        return
+    lengths = batch["attention_mask"].sum(-1)
+    short = (frontend.frame_lengths(lengths) < 1).nonzero().flatten().tolist()
+    if short:
+        chunks = batch.get("chunks")
+        names = [f"{batch['ids'][i]}" + (f" (chunk {int(chunks[i])})" if chunks is not None and chunks[i] else "")
+                 + f": {int(lengths[i])} samples" for i in short[:5]]
+        need = min_length(model)
+        raise ValueError(f"too short for the encoder, which needs at least {need} samples "
+                         f"({need / sample_rate * 1000:.1f} ms): {'; '.join(names)}")
+
+
 @torch.no_grad()
 def extract_embeddings(model, batches: Iterable[dict], *, device: torch.device | str | None = None,
                        autocast_dtype: torch.dtype | None = None, progress: bool = False,
@@ -30,7 +58,9 @@ def extract_embeddings(model, batches: Iterable[dict], *, device: torch.device |
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, total=total, desc="embedding", unit="batch")
+    rate = int(getattr(getattr(model, "config", None), "sampling_rate", None) or 16000)
     for batch in batches:
+        _check_lengths(model, batch, rate)
         wav = batch["waveforms"].to(device, non_blocking=True)
         # a batch without padding (equal lengths, e.g. fixed chunks) needs no masks; asked of the host copy
         full = bool(batch["attention_mask"].all())

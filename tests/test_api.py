@@ -276,3 +276,138 @@ def test_embed_command_manifest_keeps_ids_and_speakers(model_dir, audio_dir, tmp
     a, b = load_embeddings(fast).embeddings, table.embeddings
     cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
     assert cos.min() > 0.99 and not np.array_equal(a, b)
+
+
+def _write_manifest(path, audio: dict[str, tuple[str, np.ndarray]]):
+    """A JSONL manifest of ``{id: (speaker, samples at SR)}``, each written as a WAV beside it."""
+    rows = []
+    for uid, (speaker, x) in audio.items():
+        wav = path.parent / f"{uid}.wav"
+        sf.write(wav, x, SR, subtype="FLOAT")
+        rows.append({"id": uid, "path": str(wav), "speaker": speaker, "duration": len(x) / SR, "sample_rate": SR})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture()
+def eval_inputs(tmp_path):
+    manifest = _write_manifest(tmp_path / "m.jsonl", {
+        "a1": ("a", voice(0.6, seed=1)), "a2": ("a", voice(0.5, seed=2)),
+        "b1": ("b", voice(0.6, f0=210, seed=3)), "b2": ("b", voice(0.5, f0=210, seed=4))})
+    trials = tmp_path / "list.txt"
+    trials.write_text("1 a1 a2\n0 a1 b1\n1 b1 b2\n0 a2 b2\n")
+    return manifest, trials
+
+
+def test_evaluate_reuses_embeddings_only_when_nothing_changed(model_dir, eval_inputs, tmp_path, monkeypatch, caplog):
+    import torch
+
+    import mlsv.evaluation as evaluation
+    from mlsv.models import MLSVModel
+
+    torch.manual_seed(1)
+    other = tmp_path / "other"
+    MLSVModel.from_encoder("tiny-wavlm", lap_heads=4, lap_channels=32, embedding_size=16).save_pretrained(other)
+    manifest, trials = eval_inputs
+    calls = []
+    embed = evaluation.embed_manifest
+    monkeypatch.setattr(evaluation, "embed_manifest", lambda *a, **kw: calls.append(a[1]) or embed(*a, **kw))
+
+    def run(model, **kw):
+        evaluation.evaluate_model(model, manifest=str(manifest), trials=[str(trials)], out_dir=tmp_path / "ev",
+                                  device="cpu", plots=False, **kw)
+        return load_embeddings(tmp_path / "ev" / "embeddings.npz").embeddings
+
+    first = run(model_dir)
+    np.testing.assert_array_equal(run(model_dir), first)  # resumed: nothing embedded again
+    assert len(calls) == 1
+    caplog.set_level("WARNING", logger="mlsv.evaluation")
+    second = run(other)
+    assert len(calls) == 2 and "made with another model;" in caplog.text
+    assert not np.allclose(second, first)
+    caplog.clear()
+    run(other, chunk_seconds=0.3)
+    assert len(calls) == 3 and "made with another chunk_seconds;" in caplog.text
+    caplog.clear()
+    manifest.write_text(manifest.read_text() + "\n")  # an edited manifest
+    run(other, chunk_seconds=0.3)
+    assert len(calls) == 4 and "made with another manifest;" in caplog.text
+    run(other, chunk_seconds=0.3)
+    assert len(calls) == 4
+
+
+def test_evaluate_refuses_trial_lists_sharing_a_name(model_dir, eval_inputs, tmp_path):
+    from mlsv.evaluation import evaluate_model
+
+    manifest, trials = eval_inputs
+    for d in ("x", "y"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "list.txt").write_text(trials.read_text())
+    with pytest.raises(ValueError, match=r"distinct file names.*x/list.txt.*y/list.txt"):
+        evaluate_model(model_dir, manifest=str(manifest), trials=[str(tmp_path / "x" / "list.txt"),
+                       str(tmp_path / "y" / "list.txt")], out_dir=tmp_path / "ev", device="cpu", plots=False)
+    with pytest.raises(ValueError, match="asnorm-top-k"):
+        evaluate_model(model_dir, manifest=str(manifest), trials=[str(trials)], out_dir=tmp_path / "ev",
+                       top_k=0, device="cpu", plots=False)
+
+
+def test_non_finite_embeddings_and_cohorts_are_named(model_dir, eval_inputs, audio_dir, tmp_path):
+    import torch
+
+    from mlsv.models import MLSVModel
+
+    model = MLSVModel.from_pretrained(model_dir)
+    with torch.no_grad():
+        model.backend.embedding_norm.bias.fill_(float("nan"))  # as an fp16 overflow would
+    model.save_pretrained(tmp_path / "nan_model")
+    manifest, _ = eval_inputs
+    with pytest.raises(ValueError, match=r"4 embeddings are NaN.*a1 \(.*a1\.wav\)"):
+        run_command("embed", ["--model", str(tmp_path / "nan_model"), "--manifest", str(manifest),
+                              "--out", str(tmp_path / "e.npz"), "--num-workers", "0"])
+    assert not (tmp_path / "e.npz").exists()
+    emb = np.ones((4, 16), np.float32)
+    emb[2, 3] = np.nan
+    bad = tmp_path / "nan_cohort.npz"
+    np.savez(bad, ids=np.array(["u0", "u1", "u2", "u3"]), embeddings=emb, durations=np.ones(4, np.float32),
+             speakers=np.array(["s0", "s0", "s1", "s1"]))
+    with pytest.raises(ValueError, match=r"nan_cohort\.npz: 1 embeddings are NaN.*u2"):
+        run_command("verify", ["--model", str(model_dir), str(audio_dir / "a16k.wav"), str(audio_dir / "c.ogg"),
+                               "--cohort", str(bad)])
+    table = EmbeddingTable(["u0", "u1", "u2", "u3"], emb, np.ones(4), ["s0", "s0", "s1", "s1"])
+    with pytest.raises(ValueError, match="cohort.*u2"):
+        Verifier.from_pretrained(model_dir, cohort=table)
+    not_npz = tmp_path / "emb.txt"
+    not_npz.write_text("u0 0.1 0.2\n")
+    with pytest.raises(ValueError, match=r"emb\.txt: not an embeddings \.npz"):
+        load_embeddings(not_npz)
+
+
+def test_too_short_audio_and_chunks_are_named(model_dir, verifier, tmp_path):
+    manifest = _write_manifest(tmp_path / "short.jsonl", {"tiny": ("a", voice(0.5)[:30])})
+    out = str(tmp_path / "e.npz")
+    with pytest.raises(ValueError, match=r"at least 40 samples.*tiny: 30 samples"):
+        run_command("embed", ["--model", str(model_dir), "--manifest", str(manifest), "--out", out,
+                              "--num-workers", "0"])
+    mixed = _write_manifest(tmp_path / "mixed.jsonl", {"long": ("a", voice(0.5)), "tiny": ("b", voice(0.5)[:30])})
+    with pytest.raises(ValueError, match="tiny: 30 samples"):  # padded beside a long one it gave a wrong embedding
+        run_command("embed", ["--model", str(model_dir), "--manifest", str(mixed), "--out", out, "--num-workers", "0"])
+    with pytest.raises(ValueError, match=r"chunk-seconds.*0\.002"):
+        run_command("embed", ["--model", str(model_dir), "--manifest", str(mixed), "--out", out,
+                              "--chunk-seconds", "0.002", "--num-workers", "0"])
+    with pytest.raises(ValueError, match=r"chunk_seconds=0\.001.*at least 40"):
+        verifier.embed(voice(0.5), chunk_seconds=0.001)
+    sf.write(tmp_path / "v.wav", voice(0.5), SR)
+    with pytest.raises(ValueError, match=r"--max-seconds 0\.001 keeps 16 samples.*at least 40"):
+        run_command("inspect", ["--model", str(model_dir), str(tmp_path / "v.wav"), "--out", str(tmp_path / "x.png"),
+                                "--max-seconds", "0.001"])
+
+
+def test_missing_model_folder_and_bad_top_k_are_named(model_dir, tmp_path):
+    missing = tmp_path / "no_such_model"
+    with pytest.raises(FileNotFoundError, match=f"model folder not found: {missing}"):
+        Verifier.from_pretrained(missing)
+    with pytest.raises(FileNotFoundError, match="model folder not found"):
+        run_command("embed", ["--model", str(missing), "--manifest", str(tmp_path / "m.jsonl"),
+                              "--out", str(tmp_path / "e.npz")])
+    with pytest.raises(ValueError, match="at least 2, got 0"):
+        Verifier.from_pretrained(model_dir, asnorm_top_k=0)

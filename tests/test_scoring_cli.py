@@ -135,6 +135,26 @@ def test_score_errors_are_clear(files, capsys):
                      calibrator=object())
 
 
+def test_score_names_bad_inputs(files, capsys):
+    d, evl, _ = files
+    args = ["--trials", str(d / "listO.txt"), "--out", str(d / "s.tsv")]
+    assert _mlsv(["score", "--embeddings", str(d / "eval.npz"), "--cohort", str(d / "cohort.npz"),
+                  "--asnorm-top-k", "0", *args]) == 2  # was taken as 600
+    assert "--asnorm-top-k must be at least 2, got 0" in capsys.readouterr().err
+    assert _mlsv(["score", "--embeddings", str(d / "listO.txt"), *args]) == 2
+    assert f"{d / 'listO.txt'}: not an embeddings .npz file" in capsys.readouterr().err
+    emb = evl.embeddings.copy()
+    emb[1, 0] = np.inf
+    save_embeddings(EmbeddingTable(evl.ids, emb, evl.durations, evl.speakers), d / "inf.npz")
+    assert _mlsv(["score", "--embeddings", str(d / "inf.npz"), *args]) == 2
+    assert "inf.npz: 1 embeddings are NaN or infinite" in capsys.readouterr().err
+    (d / "a").mkdir()
+    (d / "a" / "listO.txt").write_text((d / "listO.txt").read_text())
+    assert _mlsv(["score", "--embeddings", str(d / "eval.npz"), "--trials", str(d / "listO.txt"),
+                  str(d / "a" / "listO.txt"), "--out", str(d / "s.tsv")]) == 2
+    assert f"{d / 'a' / 'listO.txt'}" in capsys.readouterr().err
+
+
 def test_help_has_examples(capsys):
     for mod, name in ((score_cmd, "score"), (calibrate_cmd, "calibrate")):
         parser = argparse.ArgumentParser(prog="mlsv")

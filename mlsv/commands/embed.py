@@ -38,28 +38,16 @@ def register(subparsers) -> None:
 
 def _embed_manifest(args: argparse.Namespace):
     """Manifest rows through the evaluation loader and the batched extractor (ids = manifest ids)."""
-    import numpy as np
-
-    import mlsv.models  # noqa: F401
-    from mlsv.data.loader import build_eval_loader
-    from mlsv.data.manifest import iter_rows
-    from mlsv.inference import extract_embeddings
-    from mlsv.models import MLSVModel
+    from mlsv.api import load_model
+    from mlsv.evaluation import embed_manifest
+    from mlsv.speed import autocast_dtype
 
     if args.runtime != "torch":
         raise ValueError("--manifest runs with --runtime torch; for ONNX give the files")
-    model = MLSVModel.from_pretrained(args.model).to(args.device)
-    loader = build_eval_loader(args.manifest, batch_seconds=args.batch_seconds, chunk_seconds=args.chunk_seconds,
-                               sample_rate=int(model.config.sampling_rate), num_workers=args.num_workers)
-    total = len(loader) if hasattr(loader, "__len__") else None
-    from mlsv.speed import autocast_dtype
-
-    table = extract_embeddings(model, loader, device=args.device, progress=True, total=total,
-                               autocast_dtype=autocast_dtype(args.precision))
-    speakers = {row["id"]: row.get("speaker") for _, row in iter_rows(args.manifest)}
-    if all(speakers.get(u) not in (None, "") for u in table.ids):
-        table.speakers = np.asarray([str(speakers[u]) for u in table.ids])
-    return table
+    model = load_model(args.model).to(args.device)
+    return embed_manifest(model, args.manifest, batch_seconds=args.batch_seconds, chunk_seconds=args.chunk_seconds,
+                          device=args.device, autocast_dtype=autocast_dtype(args.precision),
+                          num_workers=args.num_workers)
 
 
 def run(args: argparse.Namespace) -> int:

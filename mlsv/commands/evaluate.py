@@ -11,6 +11,9 @@ EXAMPLE = """example:
       --cohort data/vox2/dev.jsonl --out runs/eval_vox1
 writes embeddings.npz, cohort.npz, scores_<list>.tsv, metrics.json (final scores), metrics_by_stage.json,
 calibration.json, det.png, scores.png, report.md and model/ (the model with its calibration and threshold).
+A rerun into the same --out reuses embeddings.npz / cohort.npz made by the same model weights, manifest
+file (path, size, time) and --precision / --chunk-seconds (recorded in *.source.json), and embeds again
+when any of them changed. Edited audio files behind an unchanged manifest are not noticed: use a new --out.
 """
 
 
@@ -21,7 +24,7 @@ def register(subparsers) -> None:
     p.add_argument("--manifest", required=True, help="manifest of the utterances the trials name")
     p.add_argument("--trials", required=True, nargs="+", help="trial lists (LABEL ENROLL TEST)")
     p.add_argument("--cohort", default=None, help="cohort manifest (with speakers) for AS-norm and QMF")
-    p.add_argument("--asnorm-top-k", type=int, default=600, help="AS-norm cohort size (default 600)")
+    p.add_argument("--asnorm-top-k", type=int, default=600, help="AS-norm cohort size, at least 2 (default 600)")
     p.add_argument("--calibration-pairs", type=int, default=30000, help="QMF training pairs from the cohort")
     p.add_argument("--batch-seconds", type=float, default=120.0, help="audio per embedding batch")
     p.add_argument("--chunk-seconds", type=float, default=0.0, help="cut longer files into chunks (0: off)")

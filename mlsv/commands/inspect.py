@@ -29,16 +29,19 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import mlsv.models  # noqa: F401
-    from mlsv.api import load_audio, min_samples
+    from mlsv.api import load_audio, load_model, min_samples
+    from mlsv.inference import min_length
     from mlsv.inspect_layers import analyze_layers, format_layer_table, plot_layers, write_layer_table
-    from mlsv.models import MLSVModel
 
-    model = MLSVModel.from_pretrained(args.model).to(args.device).eval()
+    model = load_model(args.model).to(args.device).eval()
     sr = int(model.config.sampling_rate)
     wav = load_audio(args.audio, None, target_sr=sr, min_length=min_samples(model.config))
     if args.max_seconds > 0:
         wav = wav[: int(args.max_seconds * sr)]
+        if model.frontend.frame_lengths(wav.size) < 1:
+            need = min_length(model)
+            raise ValueError(f"--max-seconds {args.max_seconds:g} keeps {wav.size} samples; the encoder needs at "
+                             f"least {need} ({need / sr:.4f} s)")
     analysis = analyze_layers(model, wav)
     plot_layers(analysis, args.out, title=f"{args.audio.name}: {analysis.aggregation.upper()} layer aggregation")
     print(format_layer_table(analysis))

@@ -34,12 +34,13 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def output_paths(out: Path, names: list[str]) -> list[Path]:
+def output_paths(out: Path, names: list[str], paths: list[Path] | None = None) -> list[Path]:
     """The scores file of each trial list: ``out`` for one list, ``<out stem>.<name><suffix>`` for several."""
+    from mlsv.scoring.pipeline import check_distinct_names
+
     if len(names) == 1:
         return [out]
-    if len(set(names)) != len(names):
-        raise ValueError(f"trial lists must have distinct file names to get distinct outputs: {names}")
+    check_distinct_names(names, paths)
     suffix = out.suffix or ".tsv"
     return [out.with_name(f"{out.stem}.{n}{suffix}") for n in names]
 
@@ -56,9 +57,13 @@ def run(args: argparse.Namespace) -> int:
 
     table = load_embeddings(args.embeddings)
     trial_lists = [read_trials(p) for p in args.trials]
-    outs = output_paths(args.out, [t.name for t in trial_lists])
+    outs = output_paths(args.out, [t.name for t in trial_lists], args.trials)
     calibrator = QualityCalibrator.load(args.calibration) if args.calibration else None
-    top_k = args.asnorm_top_k or int((calibrator.info.get("top_k") if calibrator else None) or 600)
+    top_k = args.asnorm_top_k
+    if top_k is None:
+        top_k = int((calibrator.info.get("top_k") if calibrator else None) or 600)
+    elif top_k < 2:
+        raise ValueError(f"--asnorm-top-k must be at least 2, got {top_k}")
     cohort = load_embeddings(args.cohort) if args.cohort else None
     mean = np.load(args.mean) if args.mean else None
     results = score_trial_lists(table, trial_lists, mean=mean, cohort=cohort, top_k=top_k,

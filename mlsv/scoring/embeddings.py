@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,13 +74,35 @@ def save_embeddings(table: EmbeddingTable, path: str | Path) -> None:
     tmp.replace(path)
 
 
+def check_finite(table: EmbeddingTable, source: str, paths: dict[str, str] | None = None) -> None:
+    """Raises ValueError naming ``source`` and the first ids (with their ``paths``) of non-finite rows."""
+    bad = np.flatnonzero(~np.isfinite(table.embeddings).all(axis=1))
+    if bad.size:
+        names = [f"{u} ({paths[u]})" if paths and u in paths else str(u) for u in table.ids[bad[:5]]]
+        more = f" and {bad.size - 5} more" if bad.size > 5 else ""
+        raise ValueError(f"{source}: {bad.size} embeddings are NaN or infinite (NaN/infinite audio samples, or "
+                         f"a numeric overflow): {', '.join(names)}{more}")
+
+
 def load_embeddings(path: str | Path) -> EmbeddingTable:
+    """Reads an ``.npz`` written by :func:`save_embeddings`; ValueError naming the file when it is not one."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"embedding file not found: {path}")
-    with np.load(path, allow_pickle=False) as z:
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not an embeddings .npz file ({e})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: not an embeddings .npz file (a single {type(z).__name__})")
+    with z:
         for key in ("ids", "embeddings", "durations"):
             if key not in z:
                 raise ValueError(f"{path}: missing array {key!r} (has {sorted(z.files)})")
-        speakers = z["speakers"] if "speakers" in z else None
-        return EmbeddingTable(z["ids"], z["embeddings"], z["durations"], speakers)
+        try:
+            speakers = z["speakers"] if "speakers" in z else None
+            table = EmbeddingTable(z["ids"], z["embeddings"], z["durations"], speakers)
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{path}: {e}") from None
+    check_finite(table, str(path))
+    return table

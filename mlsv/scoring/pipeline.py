@@ -27,6 +27,7 @@ from mlsv.scoring.metrics import compute_metrics
 
 __all__ = [
     "STAGES",
+    "check_distinct_names",
     "final_stage",
     "score_index_lists",
     "score_trial_lists",
@@ -186,6 +187,14 @@ def score_trials(table: EmbeddingTable, trials: Trials, *, mean: np.ndarray | No
     """
     return score_trial_lists(table, [trials], mean=mean, cohort=cohort, top_k=top_k,
                              calibrator=calibrator, device=device)[0]
+
+
+def check_distinct_names(names: Sequence[str], paths: Sequence | None = None) -> None:
+    """Raises ValueError naming the trial lists (``paths``, else ``names``) that share a name: the
+    outputs named after them would overwrite each other."""
+    clash = [str(p) for p, n in zip(paths or names, names) if list(names).count(n) > 1]
+    if clash:
+        raise ValueError(f"trial lists must have distinct file names to get distinct outputs: {', '.join(clash)}")
 
 
 def final_stage(scores: Mapping[str, np.ndarray]) -> str:
