@@ -202,3 +202,16 @@ def test_eval_loader_names_a_bad_file_or_skips_it(tmp_path, workers):
     ids = [i for b in dl for i in b["ids"]]
     assert len(ids) == 5
     assert len(dl.bad_files) == 1 and dl.bad_files[0].endswith("nan.wav")
+
+
+def test_a_sample_rate_the_file_does_not_have_is_a_bad_file(tmp_path):
+    """Crop offsets and chunk bounds come from the manifest's rate: a file at another rate is refused
+    (skipped and counted in training), not read at the wrong place and length."""
+    manifest = tiny_corpus(tmp_path, speakers=2, utts=4)
+    rows = [r for _, r in iter_rows(manifest)]
+    rows[2] = {**rows[2], "sample_rate": 8000}
+    wrong = write_manifest(rows, tmp_path / "wrong.jsonl")
+    with pytest.raises(AudioError, match="sample rate 16000 Hz, but the manifest says 8000 Hz"):
+        list(build_eval_loader(wrong, batch_seconds=4.0))
+    dl = build_train_loader(wrong, _cfg(batch_size=2), None, labels=speaker_labels(wrong), epoch=0, seed=0)
+    assert len(list(dl)) == 4 and dl.num_bad_files == 1

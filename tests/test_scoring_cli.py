@@ -141,6 +141,9 @@ def test_score_names_bad_inputs(files, capsys):
     assert _mlsv(["score", "--embeddings", str(d / "eval.npz"), "--cohort", str(d / "cohort.npz"),
                   "--asnorm-top-k", "0", *args]) == 2  # was taken as 600
     assert "--asnorm-top-k must be at least 2, got 0" in capsys.readouterr().err
+    assert _mlsv(["calibrate", "--embeddings", str(d / "cohort.npz"), "--out", str(d / "c.json"),
+                  "--asnorm-top-k", "1"]) == 2
+    assert "--asnorm-top-k must be at least 2, got 1" in capsys.readouterr().err
     assert _mlsv(["score", "--embeddings", str(d / "listO.txt"), *args]) == 2
     assert f"{d / 'listO.txt'}: not an embeddings .npz file" in capsys.readouterr().err
     emb = evl.embeddings.copy()

@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from mlsv.scoring.calibration import fit_calibration
     from mlsv.scoring.embeddings import load_embeddings
 
+    if args.asnorm_top_k < 2:
+        raise ValueError(f"--asnorm-top-k must be at least 2, got {args.asnorm_top_k}")
     table = load_embeddings(args.embeddings)
     mean = np.load(args.mean) if args.mean else None
     cal = fit_calibration(table, mean=mean, top_k=args.asnorm_top_k, n_pairs=args.pairs, seed=args.seed,

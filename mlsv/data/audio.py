@@ -116,6 +116,7 @@ def read_audio(
     target_sr: int | None = None,
     mono: bool = True,
     allow_resample: bool = True,
+    expected_sr: int | None = None,
 ) -> tuple[np.ndarray, int]:
     """Reads ``frames`` samples from ``start`` (in the file's own rate), seeking so a crop reads only itself.
 
@@ -126,6 +127,8 @@ def read_audio(
         target_sr: resample to this rate (soxr) when the file's rate differs.
         mono: average the channels.
         allow_resample: when False a rate other than ``target_sr`` raises instead.
+        expected_sr: the file's rate as a manifest gives it; another rate raises (``start`` and
+            ``frames`` were computed from it).
 
     Returns:
         (samples, sample_rate): float32 (S,) when ``mono`` else (S, C), and the rate of the samples.
@@ -149,6 +152,8 @@ def read_audio(
                 x = f.read(frames, dtype="float32", always_2d=True)
             except (sf.LibsndfileError, RuntimeError) as e:
                 raise AudioError(f"{_name(source)}: corrupt audio data ({e})") from None
+    if expected_sr is not None and sr != expected_sr:
+        raise AudioError(f"{_name(source)}: sample rate {sr} Hz, but the manifest says {expected_sr} Hz")
     if not np.isfinite(x).all():
         raise AudioError(f"{_name(source)}: NaN or infinite samples")
     if mono:

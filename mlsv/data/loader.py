@@ -83,9 +83,9 @@ def read_crop(
     """
     need = int(math.ceil(crop_samples * factor * file_rate / sample_rate))
     if total_frames > need:
-        x, _ = read_audio(source, int(rng.integers(0, total_frames - need + 1)), need)
+        x, _ = read_audio(source, int(rng.integers(0, total_frames - need + 1)), need, expected_sr=file_rate)
     else:
-        x, _ = read_audio(source)
+        x, _ = read_audio(source, expected_sr=file_rate)
     if len(x) == 0:
         raise AudioError(f"{source if isinstance(source, str) else '<bytes>'}: no samples read")
     if factor != 1.0 or file_rate != sample_rate:
@@ -308,7 +308,8 @@ class EvalBatches(Dataset):
             _, _, index, start, frames = item
             row = self.rows[index]
             try:
-                waves.append(read_audio(_source(row), start, frames, target_sr=self.sample_rate)[0])
+                waves.append(read_audio(_source(row), start, frames, target_sr=self.sample_rate,
+                                        expected_sr=int(row["sample_rate"]))[0])
                 items.append(item)
             except AudioError as e:  # reported by EvalLoader in the main process, not as a worker traceback
                 if not self.skip_bad:
