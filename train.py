@@ -52,7 +52,7 @@ def main(argv=None) -> int:
             out = Path(args.output_dir or f"runs/{Path(args.config).stem}")
             run_stage(cfg, out, config_dir=Path(args.config).resolve().parent)
             print(f"model: {out / 'model'}")
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, KeyError, ValueError) as e:  # bad input: named, no traceback
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -290,11 +290,16 @@ def upload_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = Fa
     from huggingface_hub import HfApi
 
     api = HfApi()
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    if revision:
-        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-    info = api.upload_folder(folder_path=os.fspath(folder), repo_id=repo_id, repo_type="model",
-                             revision=revision, commit_message=commit_message)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+        info = api.upload_folder(folder_path=os.fspath(folder), repo_id=repo_id, repo_type="model",
+                                 revision=revision, commit_message=commit_message)
+    except Exception as e:  # network, login or permission: one line, not the HTTP stack's traceback
+        raise ConnectionError(f"could not upload to the Hub repository {repo_id!r} ({type(e).__name__}: {e}); "
+                              "check the network and your login (hf auth login or HF_TOKEN), or check the "
+                              "package first with --dry-run") from e
     return str(getattr(info, "commit_url", info))
 
 
@@ -343,6 +348,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 commit_message=args.commit_message)
         print(f"uploaded {args.model} to https://huggingface.co/{args.repo_id} ({url})")
         return 0
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError, ConnectionError) as e:
         print(f"push_to_hub.py: error: {e}", file=sys.stderr)
         return 2

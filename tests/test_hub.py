@@ -141,3 +141,17 @@ def test_card_without_results_and_metric_discovery(run_dir):
     assert [label for label, _ in found] == ["LAP / cosine / test_trials", "LAP / calibrated / test_trials"]
     assert load_metrics({"vox1_O": {"eer": 1.0}}) == [("vox1_O", {"eer": 1.0})]
     assert main(["--model", str(run_dir / "missing"), "--repo-id", "a/b", "--dry-run", str(run_dir / "x")]) == 2
+
+
+def test_an_unreachable_hub_is_one_line(run_dir, monkeypatch, capsys):
+    import huggingface_hub
+
+    class OfflineApi:
+        def create_repo(self, repo_id, **kw):
+            raise OSError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", OfflineApi)
+    assert main(["--model", str(run_dir / "model"), "--repo-id", "me/tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "could not upload to the Hub repository 'me/tiny' (OSError: Name or service not known)" in err
+    assert "--dry-run" in err and "Traceback" not in err

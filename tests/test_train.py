@@ -204,6 +204,12 @@ def test_train_py_quick_end_to_end_and_model_loads(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--quick", "--output-dir", str(out)],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0 and time.time() - t0 < 60
+    # ...but not a step made with other settings, and a step name that does not exist is an error
+    for extra, message in ((["--set", "stage.seed=7"], "stage.seed: 42 -> 7"), (["--steps", "lap_stage9"],
+                                                                                "no step named 'lap_stage9'")):
+        r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--quick", "--output-dir", str(out), *extra],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert r.returncode == 2 and message in r.stderr, r.stderr[-2000:]
 
 
 def test_bad_config_key_is_a_clear_error(tmp_path):
@@ -255,3 +261,21 @@ def test_an_epoch_without_a_full_batch_is_an_error(corpus, tmp_path):
     with pytest.raises(ValueError, match="no full batch in an epoch: .* 48 utterances, and a batch of 64"):
         _train(corpus, tmp_path / "run", **{"data.batch_size": 64})
     assert not (tmp_path / "run" / "COMPLETE").exists()
+
+
+def test_an_output_folder_belongs_to_one_config(corpus, tmp_path):
+    """A run (finished or killed) is neither resumed nor skipped under other settings: its checkpoints and
+    results were made with the old ones. How it is watched and run may change."""
+    from mlsv.config import ConfigError
+
+    out = _train(corpus, tmp_path / "run", **{"stage.epochs": 1})
+    saved = (out / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"holds a run made with other settings \(data.batch_size: 8 -> 4\)"):
+        _train(corpus, out, **{"stage.epochs": 1, "data.batch_size": 4})
+    assert (out / "config.yaml").read_text() == saved
+    _train(corpus, out, **{"stage.epochs": 1, "log.progress": True, "data.num_workers": 1})  # skipped: complete
+
+
+def test_more_steps_per_epoch_than_batches_is_an_error(corpus, tmp_path):
+    with pytest.raises(ValueError, match="stage.steps_per_epoch 50 needs 50 batches per epoch, but .* gives 6"):
+        _train(corpus, tmp_path / "run", **{"stage.steps_per_epoch": 50})

@@ -40,7 +40,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mlsv import speed
-from mlsv.config import TrainConfig, dump_config
+from mlsv.config import ConfigError, TrainConfig, dump_config, load_config, to_dict
 from mlsv.data.loader import speed_perturb_classes
 from mlsv.models import MLSVModel, SubCenterAAMSoftmax
 from mlsv.train import checkpoint as ckpt
@@ -92,6 +92,39 @@ def eager(module: torch.nn.Module):
     finally:
         for m, impl in saved:
             m._compiled_call_impl = impl
+
+
+# settings that may change between a run and its resumption: how it is watched and run, not what it learns
+RESUMABLE_CHANGES = ("log.", "data.num_workers", "data.eval_batch_seconds", "stage.keep_best",
+                     "stage.checkpoint_every_steps")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_same_run(cfg: TrainConfig, output_dir: Path) -> None:
+    """An output folder belongs to one config: resuming or skipping a run made with other settings would
+    mix them (a checkpoint's batches counted under another batch size) or keep stale results. Raises
+    ConfigError naming the changed keys; settings in ``RESUMABLE_CHANGES`` may change."""
+    saved = output_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    try:
+        before = _flat(to_dict(load_config(saved)))
+    except ConfigError as e:  # written by another version of mlsv: nothing to compare with
+        log.warning("cannot compare with %s (%s)", saved, e)
+        return
+    now = _flat(to_dict(cfg))
+    changed = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
+               if before.get(k) != now.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+    if changed:
+        raise ConfigError(f"{output_dir} holds a run made with other settings ({'; '.join(changed[:6])}"
+                          f"{'; ...' if len(changed) > 6 else ''}): give another output folder, or delete "
+                          "this one to start again")
 
 
 def _find_unused_parameters(acc) -> None:
@@ -189,8 +222,6 @@ class _Trackers:
 
 def _public_config(cfg: TrainConfig) -> dict:
     """The config as logged: flat ``section/key`` values (no secrets live in configs)."""
-    from mlsv.config import to_dict
-
     flat = {}
     for section, values in to_dict(cfg).items():
         for k, v in values.items():
@@ -208,6 +239,7 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
     from mlsv.data.manifest import load_labels, save_labels, speaker_labels
 
     output_dir = Path(output_dir)
+    check_same_run(cfg, output_dir)
     if (output_dir / "COMPLETE").is_file():
         log.info("%s is complete; skipping", output_dir)
         return output_dir
@@ -270,6 +302,9 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
 
     first = loader_for(0)
     batches_per_epoch = st.steps_per_epoch * st.grad_accum if st.steps_per_epoch > 0 else len(first)
+    if st.steps_per_epoch > 0 and not data.streaming and len(first) < batches_per_epoch:
+        raise ValueError(f"stage.steps_per_epoch {st.steps_per_epoch} needs {batches_per_epoch} batches per "
+                         f"epoch, but {train_manifest} gives {len(first)} per process; lower it (0: one pass)")
     if batches_per_epoch == 0:
         per_process, workers = len(first.dataset._share()), max(first.num_workers, 1)
         raise ValueError(f"no full batch in an epoch: {train_manifest} gives each of the {acc.num_processes} "

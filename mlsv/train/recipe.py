@@ -107,6 +107,10 @@ def load_recipe(path: str | Path, *, output_dir: str | Path | None = None, quick
 
 def run_recipe(recipe: Recipe, *, only: list[str] | None = None) -> dict:
     """Runs the steps in order (or only those named), skipping complete ones. Returns the report, if any."""
+    unknown = sorted(set(only or []) - {step.name for step in recipe.steps})
+    if unknown:
+        raise ConfigError(f"{recipe.path}: no step named {', '.join(map(repr, unknown))}; the steps are "
+                          f"{', '.join(step.name for step in recipe.steps)}")
     recipe.output_dir.mkdir(parents=True, exist_ok=True)
     result: dict = {}
     for step in recipe.steps:
@@ -114,6 +118,10 @@ def run_recipe(recipe: Recipe, *, only: list[str] | None = None) -> dict:
             continue
         out = recipe.step_dir(step.name)
         if (out / "COMPLETE").is_file():
+            if step.kind == "train":  # a stage done with other settings is an error, not a result to reuse
+                from mlsv.train.loop import check_same_run
+
+                check_same_run(_stage_config(recipe, step)[0], out)
             log.info("step %s: complete, skipped", step.name)
             continue
         t0 = time.time()
@@ -161,9 +169,8 @@ def _prepare(step: Step, out: Path) -> None:
     state.wait_for_everyone()
 
 
-def _train(recipe: Recipe, step: Step, out: Path) -> None:
-    from mlsv.train.loop import run_stage
-
+def _stage_config(recipe: Recipe, step: Step):
+    """A training step's config and the folder its relative paths start from."""
     config_path = Path(step.spec)
     if not config_path.is_absolute():
         config_path = recipe.path.parent / config_path
@@ -171,8 +178,14 @@ def _train(recipe: Recipe, step: Step, out: Path) -> None:
     if step.init_from:
         sets.append(f"stage.init_from={recipe.step_dir(step.init_from)}")
     sets.append(f"stage.name={step.name}")
-    cfg = load_config(config_path, sets)
-    run_stage(cfg, out, config_dir=config_path.parent)
+    return load_config(config_path, sets), config_path.parent
+
+
+def _train(recipe: Recipe, step: Step, out: Path) -> None:
+    from mlsv.train.loop import run_stage
+
+    cfg, config_dir = _stage_config(recipe, step)
+    run_stage(cfg, out, config_dir=config_dir)
 
 
 def _evaluate(recipe: Recipe, step: Step, out: Path) -> None:
