@@ -279,3 +279,19 @@ def test_an_output_folder_belongs_to_one_config(corpus, tmp_path):
 def test_more_steps_per_epoch_than_batches_is_an_error(corpus, tmp_path):
     with pytest.raises(ValueError, match="stage.steps_per_epoch 50 needs 50 batches per epoch, but .* gives 6"):
         _train(corpus, tmp_path / "run", **{"stage.steps_per_epoch": 50})
+
+
+def test_a_non_finite_training_mean_names_the_utterances(corpus, tmp_path):
+    """A model giving NaN embeddings (a diverged run) stops the stage's last step with the ids, instead of
+    storing a zero mean that would silently switch off mean subtraction."""
+    from accelerate import Accelerator
+    from conftest import tiny_model
+
+    from mlsv.train.loop import training_mean
+
+    model = tiny_model().eval()
+    with torch.no_grad():
+        model.backend.embedding.bias.fill_(float("nan"))
+    cfg = load_config(None, _stage_overrides(corpus))
+    with pytest.raises(ValueError, match=r"non-finite embeddings \(has training diverged\?\), e.g. for \["):
+        training_mean(model, corpus.validation, Accelerator(cpu=True), cfg.data, 0, tmp_path)
