@@ -222,11 +222,8 @@ class _Trackers:
 
 def _public_config(cfg: TrainConfig) -> dict:
     """The config as logged: flat ``section/key`` values (no secrets live in configs)."""
-    flat = {}
-    for section, values in to_dict(cfg).items():
-        for k, v in values.items():
-            flat[f"{section}/{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return flat
+    return {key.replace(".", "/"): v if isinstance(v, (int, float, str, bool)) else str(v)
+            for key, v in _flat(to_dict(cfg)).items()}
 
 
 def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | None = None,
