@@ -227,30 +227,35 @@ def test_numpy_is_seeded():  # the suite's fixture seeds numpy; guards against a
     assert np.random.rand() == pytest.approx(0.5488135)
 
 
-def _broken_copy(manifest, tmp_path, name: str, every: int = 5) -> str:
-    """``manifest`` with absolute paths, every ``every``-th row pointing at a corrupt or a NaN file."""
+def _broken_copy(manifest, tmp_path, name: str, every: int = 5, kinds=("nan.wav", "broken.wav")) -> str:
+    """``manifest`` with absolute paths, every ``every``-th row pointing in turn at one of ``kinds``: a NaN
+    file, a corrupt one, or one too short for the encoder (``short.wav``, 20 samples)."""
     import soundfile as sf
 
     from mlsv.data.manifest import iter_rows, manifest_root, resolve_path, write_manifest
 
     (tmp_path / "broken.wav").write_bytes(b"RIFF....garbage")
     sf.write(tmp_path / "nan.wav", np.full(16000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
+    sf.write(tmp_path / "short.wav", np.full(20, 0.1, dtype=np.float32), 16000, subtype="FLOAT")
     rows = [{**r, "path": resolve_path(r["path"], manifest_root(manifest))} for _, r in iter_rows(manifest)]
     for k, i in enumerate(range(0, len(rows), every)):
-        rows[i]["path"] = str(tmp_path / ("broken.wav" if k % 2 else "nan.wav"))
+        rows[i]["path"] = str(tmp_path / kinds[k % len(kinds)])
     return str(write_manifest(rows, tmp_path / name))
 
 
 def test_bad_files_are_skipped_in_training_validation_and_the_training_mean(corpus, tmp_path, caplog):
     """Undecodable or NaN files are skipped and counted in the epochs, and skipped again when the
-    validation set and the training mean are embedded (validation trials naming them are left out)."""
+    validation set and the training mean are embedded (validation trials naming them are left out), as
+    are validation files too short for the encoder."""
     train = _broken_copy(corpus.train, tmp_path, "train.jsonl")
-    validation = _broken_copy(corpus.validation, tmp_path, "validation.jsonl", every=7)
+    validation = _broken_copy(corpus.validation, tmp_path, "validation.jsonl", every=7,
+                              kinds=("nan.wav", "broken.wav", "short.wav"))
     out = _train(corpus, tmp_path / "run", **{"stage.epochs": 1, "data.train_manifest": train,
                                               "data.validation_manifest": validation, "stage.mean_utterances": 0})
     row = _rows(out)[0]
     assert int(row["skipped_files"]) > 0 and float(row["validation_eer"]) >= 0
     assert "trials name a skipped file and are left out" in caplog.text
+    assert "short.wav: too short: 20 samples, the encoder needs at least" in caplog.text
     from mlsv.models import MLSVModel
 
     mean = MLSVModel.from_pretrained(out / "model").config.training_mean

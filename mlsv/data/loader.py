@@ -296,27 +296,34 @@ class EvalBatches(Dataset):
     """Planned evaluation batches over ``rows``; item i decodes batch i into padded tensors."""
 
     def __init__(self, rows, batches: list[list[tuple[str, int, int, int, int]]], sample_rate: int,
-                 skip_bad: bool = False):
+                 skip_bad: bool = False, min_samples: int = 0):
         self.rows, self.batches, self.sample_rate, self.skip_bad = rows, batches, sample_rate, skip_bad
+        self.min_samples = min_samples
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        items, waves, bad = [], [], []
+        items, waves, bad, why = [], [], [], []
         for item in self.batches[i]:
-            _, _, index, start, frames = item
+            _, chunk, index, start, frames = item
             row = self.rows[index]
             try:
-                waves.append(read_audio(_source(row), start, frames, target_sr=self.sample_rate,
-                                        expected_sr=int(row["sample_rate"]))[0])
+                wave = read_audio(_source(row), start, frames, target_sr=self.sample_rate,
+                                  expected_sr=int(row["sample_rate"]))[0]
+                if len(wave) < self.min_samples:
+                    raise AudioError(f"{row.get('path') or row.get('id')}: too short"
+                                     f"{f' (chunk {chunk})' if chunk else ''}: {len(wave)} samples, the encoder "
+                                     f"needs at least {self.min_samples} ({self.min_samples / self.sample_rate * 1000:.1f} ms)")
+                waves.append(wave)
                 items.append(item)
             except AudioError as e:  # reported by EvalLoader in the main process, not as a worker traceback
                 if not self.skip_bad:
                     return {"error": str(e)}
                 bad.append(str(row.get("path") or row.get("id")))
+                why.append(str(e))
         if not items:
-            return {"ids": [], "bad_files": bad}
+            return {"ids": [], "bad_files": bad, "bad_reasons": why}
         longest = max(len(w) for w in waves)
         out = torch.zeros(len(waves), longest)
         mask = torch.zeros(len(waves), longest, dtype=torch.long)
@@ -330,13 +337,14 @@ class EvalBatches(Dataset):
             "chunks": torch.tensor([c for _, c, *_ in items], dtype=torch.long),
             "durations": torch.tensor([len(w) / self.sample_rate for w in waves], dtype=torch.float32),
             "bad_files": bad,
+            "bad_reasons": why,
         }
 
 
 class EvalLoader(DataLoader):
     """``EvalBatches`` through a DataLoader: an undecodable file stops it with an ``AudioError`` naming the
     file, raised here rather than as a worker's traceback; with ``skip_bad`` such files are left out
-    instead and listed in ``bad_files``. Batches come without ``bad_files``."""
+    instead, listed in ``bad_files`` and logged with the reasons. Batches come without these lists."""
 
     def __init__(self, dataset: EvalBatches, **kwargs: Any):
         super().__init__(dataset, batch_size=None, shuffle=False, **kwargs)
@@ -346,9 +354,9 @@ class EvalLoader(DataLoader):
         for batch in super().__iter__():
             if "error" in batch:
                 raise AudioError(batch["error"])
-            bad = batch.pop("bad_files")
+            bad, why = batch.pop("bad_files"), batch.pop("bad_reasons")
             if bad:
-                logger.warning("skipping undecodable files: %s", bad)
+                logger.warning("skipping %d files: %s", len(bad), "; ".join(why))
                 self.bad_files.extend(bad)
             if batch["ids"]:
                 yield batch
@@ -399,6 +407,7 @@ def build_eval_loader(
     num_processes: int = 1,
     num_workers: int = 0,
     skip_bad: bool = False,
+    min_samples: int = 0,
 ) -> EvalLoader:
     """Whole utterances (or chunks) of a manifest in padded, length-sorted batches.
 
@@ -410,7 +419,8 @@ def build_eval_loader(
         "ids": list[str] (B), "chunks": (B,) int64 chunk index, "durations": (B,) float32 seconds of
         that row's audio}``; an utterance's duration is the sum over its chunks. An undecodable file
         raises ``AudioError`` naming it, or with ``skip_bad`` is left out and listed in the loader's
-        ``bad_files`` (an utterance with a chunk left out keeps its other chunks).
+        ``bad_files`` (an utterance with a chunk left out keeps its other chunks). So is an utterance
+        (or chunk) shorter than ``min_samples`` at ``sample_rate`` (too short to give the encoder a frame).
     """
     from mlsv.data.manifest import load_manifest
 
@@ -418,5 +428,5 @@ def build_eval_loader(
     batches = plan_eval_batches(rows["id"], rows["duration"], batch_seconds=batch_seconds,
                                 chunk_seconds=chunk_seconds, sample_rates=rows["sample_rate"])
     mine = batches[process_index::num_processes]
-    return EvalLoader(EvalBatches(rows, mine, sample_rate, skip_bad), num_workers=num_workers,
+    return EvalLoader(EvalBatches(rows, mine, sample_rate, skip_bad, min_samples), num_workers=num_workers,
                       generator=torch.Generator().manual_seed(0))

@@ -503,16 +503,18 @@ def _skipped(loader) -> int:
 
 def _embed_manifest(model, manifest: str, acc, data):
     """Embeds a manifest split across processes; every process gets the whole table back. Undecodable
-    files are skipped and logged, as in training (a trial that names one is then left out)."""
+    files and files too short for the encoder are skipped and logged, as in training (a trial that
+    names one is then left out); with ``data.strict`` they stop the run, naming the file."""
     from accelerate.utils import gather_object
 
     from mlsv.data.loader import build_eval_loader
-    from mlsv.inference import extract_embeddings
+    from mlsv.inference import extract_embeddings, min_length
     from mlsv.scoring.embeddings import EmbeddingTable
 
     loader = build_eval_loader(manifest, batch_seconds=data.eval_batch_seconds, chunk_seconds=data.eval_chunk_seconds,
                                sample_rate=data.sample_rate, process_index=acc.process_index,
-                               num_processes=acc.num_processes, skip_bad=not data.strict)
+                               num_processes=acc.num_processes, skip_bad=not data.strict,
+                               min_samples=min_length(model))
     table = extract_embeddings(model, loader, device=acc.device)
     parts = gather_object([(table.ids.tolist(), table.embeddings, table.durations)]) \
         if acc.num_processes > 1 else [(table.ids.tolist(), table.embeddings, table.durations)]
