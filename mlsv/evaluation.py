@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -60,14 +61,34 @@ def _model_fingerprint(model) -> str:
     return h.hexdigest()
 
 
+def _audio_digest(manifest: Path) -> str:
+    """sha256 over the (path, size, mtime) of every audio file a manifest's rows name: an edited or
+    replaced file behind an unchanged manifest changes it. Missing files count as such (the loader
+    names them later); audio stored in the rows is covered by the manifest's own size and mtime."""
+    from mlsv.data.manifest import iter_rows, manifest_root, resolve_path
+
+    root, h = manifest_root(manifest), hashlib.sha256()
+    for _, row in iter_rows(manifest):
+        if not row.get("path"):
+            continue
+        path = resolve_path(str(row["path"]), root)
+        try:
+            st = os.stat(path)
+            h.update(f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{path}\tmissing\n".encode())
+    return h.hexdigest()
+
+
 def _fingerprint(model_hash: str, manifest: str | Path, **settings) -> dict:
-    """What an embeddings cache depends on: the model, the manifest file(s) (size, mtime) and ``settings``."""
+    """What an embeddings cache depends on: the model, the manifest file(s) (size, mtime), the audio
+    files the rows name (size, mtime) and ``settings``."""
     path = Path(manifest).resolve()
     if not path.exists():
         raise FileNotFoundError(f"manifest not found: {manifest}")
     files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
     return {"model": model_hash, "manifest": [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files],
-            **settings}
+            "audio": _audio_digest(path), **settings}
 
 
 def _cached_embeddings(model, manifest, path: Path, fingerprint: dict, **kw) -> EmbeddingTable:

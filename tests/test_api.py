@@ -334,6 +334,11 @@ def test_evaluate_reuses_embeddings_only_when_nothing_changed(model_dir, eval_in
     assert len(calls) == 4 and "made with another manifest;" in caplog.text
     run(other, chunk_seconds=0.3)
     assert len(calls) == 4
+    caplog.clear()
+    wav = manifest.parent / "a1.wav"  # an audio file replaced behind an unchanged manifest
+    sf.write(wav, voice(0.6, seed=9), 16000)
+    run(other, chunk_seconds=0.3)
+    assert len(calls) == 5 and "made with another audio;" in caplog.text
 
 
 def test_evaluate_refuses_trial_lists_sharing_a_name(model_dir, eval_inputs, tmp_path):

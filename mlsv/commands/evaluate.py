@@ -12,8 +12,8 @@ EXAMPLE = """example:
 writes embeddings.npz, cohort.npz, scores_<list>.tsv, metrics.json (final scores), metrics_by_stage.json,
 calibration.json, det.png, scores.png, report.md and model/ (the model with its calibration and threshold).
 A rerun into the same --out reuses embeddings.npz / cohort.npz made by the same model weights, manifest
-file (path, size, time) and --precision / --chunk-seconds (recorded in *.source.json), and embeds again
-when any of them changed. Edited audio files behind an unchanged manifest are not noticed: use a new --out.
+file (path, size, time), audio files (the same of each) and --precision / --chunk-seconds (recorded in
+*.source.json), and embeds again when any of them changed.
 """
 
 
