@@ -150,6 +150,28 @@ def test_resume_after_kill_gives_the_same_weights(corpus, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
     torch.testing.assert_close(load_file(str(ref / "head.safetensors"))["weight"],
                                load_file(str(out / "head.safetensors"))["weight"], rtol=0, atol=1e-6)
+    # the resumed epoch's metrics and data audit cover the whole epoch, the batches before the kill too
+    for r, o in zip(_rows(ref), _rows(out), strict=True):
+        assert (r["epoch"], r["step"]) == (o["epoch"], o["step"])
+        assert float(o["loss"]) == pytest.approx(float(r["loss"]), rel=1e-5)
+        assert float(o["accuracy"]) == pytest.approx(float(r["accuracy"]), rel=1e-5)
+    audit = "data_audit/process_0.json"
+    assert json.loads((out / audit).read_text()) == json.loads((ref / audit).read_text())
+
+
+def test_an_epoch_logged_again_replaces_its_row(tmp_path):
+    """A run killed after logging an epoch but before checkpointing it trains and logs that epoch again:
+    metrics.csv keeps one row per epoch, the last."""
+    from accelerate import Accelerator
+
+    from mlsv.train.loop import _Trackers
+
+    trackers = _Trackers(Accelerator(cpu=True), load_config(None, {}), tmp_path)
+    for epoch, loss in ((1, 3.0), (2, 2.0), (2, 1.5), (3, 1.0)):
+        trackers.log({"epoch": epoch, "step": 10 * epoch, "loss": loss, "validation_eer": None}, step=10 * epoch)
+    rows = _rows(tmp_path)
+    assert [(r["epoch"], r["loss"]) for r in rows] == [("1", "3.0"), ("2", "1.5"), ("3", "1.0")]
+    assert rows[0]["validation_eer"] == ""
 
 
 def test_two_processes_train_on_different_data_and_agree(corpus, tmp_path):

@@ -32,6 +32,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -183,8 +184,6 @@ class _Trackers:
         names = [t for t in cfg.log.trackers if t not in ("csv", "neptune")]
         if names:
             if cfg.log.offline:
-                import os
-
                 os.environ.setdefault("WANDB_MODE", "offline")
             accelerator.init_trackers(cfg.log.project, config=_public_config(cfg))
         if "neptune" in cfg.log.trackers:
@@ -197,12 +196,16 @@ class _Trackers:
     def log(self, row: dict, step: int) -> None:
         if not self.acc.is_main_process:
             return
-        new = not self.path.exists()
-        with open(self.path, "a", newline="") as f:
+        kept = []
+        if self.path.exists():  # a run killed after logging an epoch but before its checkpoint redoes it
+            with open(self.path, newline="") as f:
+                kept = [r for r in csv.DictReader(f) if int(r["epoch"]) < row["epoch"]]
+        tmp = self.path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
+            w.writeheader()
+            w.writerows([*kept, row])
+        os.replace(tmp, self.path)
         numeric = {k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None}
         if self.acc.trackers:
             self.acc.log(numeric, step=step)
@@ -337,13 +340,15 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
     # -- resume ------------------------------------------------------------------------------------------
     ckpt_root = output_dir / "checkpoints"
     start_epoch, skip_batches, global_step = 0, 0, 0
+    partial = None  # a mid-epoch checkpoint's running (loss sum, correct, utterances) over all processes
     done = ckpt.checkpoint_dirs(ckpt_root)
     if done:
         acc.load_state(str(done[-1]))
         meta = ckpt.read_meta(done[-1])
         start_epoch, skip_batches, global_step = meta["epoch"], meta["batches_in_epoch"], meta["global_step"]
+        partial = meta.get("epoch_totals")
         if skip_batches >= batches_per_epoch:
-            start_epoch, skip_batches = start_epoch + 1, 0
+            start_epoch, skip_batches, partial = start_epoch + 1, 0, None
         log.info("resuming from %s (epoch %d, step %d)", done[-1], start_epoch, global_step)
 
     trackers = _Trackers(acc, cfg, output_dir)
@@ -356,6 +361,8 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
         model.train()
         head.train()
         stats, seen = torch.zeros(2, device=acc.device), 0  # loss sum, correct (on the device); utterances
+        if partial is not None and skip_batches and acc.is_main_process:  # the batches before the checkpoint
+            stats, seen = torch.tensor(partial[:2], device=acc.device), int(partial[2])
         aug_rng = np.random.default_rng([st.seed, epoch, acc.process_index])  # device augmentation's host draws
         audit = hashlib.sha1()  # what this process trained on (labels in order), for the data audit
         progress = _progress(acc, cfg, batches_per_epoch, epoch)
@@ -363,12 +370,12 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
         for i, batch in enumerate(loader):
             if i >= batches_per_epoch:
                 break
-            if i < skip_batches:
+            audit.update(batch["labels"].numpy().tobytes())
+            if i < skip_batches:  # trained before the checkpoint this run resumed from
                 batches_done = i + 1
                 if progress is not None:
                     progress.update(1)
                 continue
-            audit.update(batch["labels"].numpy().tobytes())
             unwrapped_head.set_margin(margin_at(global_step / steps_per_epoch, margin=h.margin, kind=h.margin_schedule,
                                                 start_epoch=h.margin_start_epoch, ramp_epochs=h.margin_ramp_epochs))
             loss = train_batch(acc, model, head, optimizer, scheduler, batch, stats, augmenter=device_augmenter,
@@ -382,9 +389,10 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
                     ema.update(acc.unwrap_model(model))
                 if st.checkpoint_every_steps and global_step % st.checkpoint_every_steps == 0 \
                         and batches_done < batches_per_epoch:
+                    totals = acc.reduce(torch.cat([stats, stats.new_tensor([seen])]), reduction="sum").tolist()
                     ckpt.save_checkpoint(acc, ckpt_root, f"step_{global_step:08d}",
                                          {"epoch": epoch, "batches_in_epoch": batches_done,
-                                          "global_step": global_step})
+                                          "global_step": global_step, "epoch_totals": totals})
             if progress is not None:
                 progress.update(1)
                 if batches_done % PROGRESS_EVERY == 0 or batches_done == batches_per_epoch:
@@ -393,7 +401,7 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
                                          m=f"{unwrapped_head.margin:.3f}")
         if progress is not None:
             progress.close()
-        skip_batches = 0
+        skip_batches, partial = 0, None
         total = acc.reduce(torch.cat([stats, stats.new_tensor([seen])]), reduction="sum").tolist()
         row = {"epoch": epoch + 1, "step": global_step,
                "loss": total[0] / total[2] if total[2] > 0 else float("nan"),
