@@ -400,6 +400,11 @@ class Verifier:
             onnx_path: the ONNX file when it is not ``model.onnx`` in the folder.
             revision: hub revision.
             kwargs: :class:`Verifier` options (``cohort``, ``asnorm_top_k``, ``batch_seconds``).
+
+        Raises:
+            mlsv.export.StaleExportError: (``runtime="onnx"``) the export's report (``<onnx>.json``)
+                records other weights than the model's ``model.safetensors``: re-export it. Without
+                weights to compare with, or a report without the fingerprint, it warns and loads.
         """
         src = os.fspath(model_dir_or_id)
         if runtime == "torch":
@@ -420,8 +425,10 @@ class Verifier:
                 onnx_file = os.fspath(onnx_path) if onnx_path else _resolve_file(src, "model.onnx", revision)
                 config_src = src
             config = _load_config(config_src, revision)
+            cohort = _read_stored_cohort(config_src, config, revision)
+            _check_onnx_weights(onnx_file, config_src, revision, explicit=onnx_path is not None)
             embedder = OnnxEmbedder(onnx_file, config=config, device=device)
-            embedder.cohort_embeddings = _read_stored_cohort(config_src, config, revision)
+            embedder.cohort_embeddings = cohort
             return cls(embedder, **kwargs)
         raise ValueError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
 
@@ -702,6 +709,42 @@ def _read_stored_cohort(src: str, config, revision: str | None = None) -> np.nda
 
     with safe_open(_resolve_file(src, "model.safetensors", revision), framework="numpy") as f:
         return f.get_tensor("cohort_embeddings") if "cohort_embeddings" in f.keys() else None
+
+
+def _check_onnx_weights(onnx_file: str, src: str, revision: str | None, explicit: bool = False) -> None:
+    """Refuses an ONNX export made from other weights than the model's; warns when it cannot tell.
+
+    ``src`` is the model folder (or hub id) whose config is used. A hub model's export is compared with
+    the weights only when they are in the local cache (they are downloaded anyway for a stored
+    cohort): the check never downloads the weights for itself.
+    """
+    from mlsv.export import WEIGHTS_INDEX_NAME, WEIGHTS_NAME, check_export_weights
+
+    report = onnx_file + ".json"
+    if os.path.isdir(src):
+        folder = Path(src)
+        weights = next((folder / n for n in (WEIGHTS_NAME, WEIGHTS_INDEX_NAME) if (folder / n).is_file()), None)
+    else:  # a hub id
+        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub.errors import EntryNotFoundError
+
+        if not explicit and not os.path.isfile(report):
+            try:
+                report = _resolve_file(src, "model.onnx.json", revision)
+            except EntryNotFoundError:
+                pass  # an export without a report: check_export_weights says so
+        cached = try_to_load_from_cache(src, WEIGHTS_NAME, revision=revision)
+        if not isinstance(cached, str):
+            import logging
+
+            logging.getLogger(__name__).info(
+                "%s: the weights of %s are not downloaded, so the export is not compared with them "
+                "(push_to_hub compares them before uploading)", onnx_file, src)
+            return
+        weights = Path(cached)
+    reason = check_export_weights(onnx_file, weights, report_file=report, model_ref=src)
+    if reason is not None:
+        warnings.warn(f"{reason}; loading it unchecked", stacklevel=3)
 
 
 def _load_config(src: str, revision: str | None = None):

@@ -8,28 +8,170 @@ embeddings of the utterances alone, as in PyTorch.
 The legacy TorchScript exporter (``dynamo=False``) is tried first: it handles transformers' speech
 encoders (WavLM's relative position bias, ``F.multi_head_attention_forward``) reliably. WavLM is
 exported through transformers' attention ("eager"): mlsv's fused path pads lengths to multiples of 16
-with Python integers, which a trace would freeze to the example's length; the parameters are the same. When it fails,
+with Python integers, which a trace would freeze to the example's length; the first CNN layer runs as
+a convolution (``first_conv_block`` unfolds the waveform, which the exporter cannot do at a dynamic
+length); the parameters are the same. When it fails,
 the dynamo exporter (``torch.export``) is tried with dynamic shapes. Every export is checked against
 PyTorch with onnxruntime at lengths other than the traced one; the result is written beside the file
 (``<out>.json``).
+
+The report also records a fingerprint of the weights the graph was exported from
+(:func:`weights_fingerprint`). The same fingerprint is computed from a model folder's
+``model.safetensors`` without building the model (:func:`saved_weights_fingerprint`), so that
+:func:`check_export_weights` can refuse an export made before the weights were overwritten (a retrain):
+such a graph would silently give another model's embeddings.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import shlex
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ExportReport", "OnnxEmbedder", "check_onnx", "export_onnx"]
+__all__ = ["ExportReport", "OnnxEmbedder", "StaleExportError", "check_export_weights", "check_onnx",
+           "export_onnx", "saved_weights_fingerprint", "weights_fingerprint"]
 
 INPUT_NAMES = ("input_values", "attention_mask")
 OUTPUT_NAMES = ("embeddings",)
 DEFAULT_OPSET = 17
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+#: Names the fingerprint's recipe; a report with another one is not compared (it cannot tell).
+FINGERPRINT_SCHEME = "mlsv-weights-sha256-v1"
+#: Saved tensors the fingerprint leaves out: the AS-norm cohort is not part of the graph (the ONNX
+#: runtime reads it from the weights file) and ``mlsv evaluate`` rewrites it without touching the graph.
+FINGERPRINT_EXCLUDES = frozenset({"cohort_embeddings"})
+
+
+class StaleExportError(ValueError):
+    """An ONNX export whose report says it was exported from other weights than the model's."""
+
+
+# ------------------------------------------------------------------------------------------------
+# which weights an export was made from
+
+
+def _hash_tensors(names: Iterable[str], get: Callable[[str], Any]) -> str:
+    """``SCHEME:sha256`` over the named torch tensors, by sorted name: name, dtype, shape, bytes.
+
+    Floating-point tensors are hashed as float32 values, so the fingerprint does not depend on the
+    dtype the weights were stored or loaded in (a bf16 file loaded as float32 gives the same values).
+    """
+    import torch
+
+    h = hashlib.sha256(FINGERPRINT_SCHEME.encode())
+    for name in sorted(set(names) - FINGERPRINT_EXCLUDES):
+        t = get(name).detach()
+        t = t.to("cpu", torch.float32) if t.is_floating_point() else t.cpu()
+        data = t.contiguous().numpy().reshape(-1).view(np.uint8)
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0{data.nbytes}\n".encode())
+        h.update(data)
+    return f"{FINGERPRINT_SCHEME}:{h.hexdigest()}"
+
+
+def weights_fingerprint(model) -> str:
+    """Fingerprint of a model's weights: its ``state_dict`` (what ``save_pretrained`` writes).
+
+    Equal to :func:`saved_weights_fingerprint` of the folder the model was saved to or loaded from
+    (checked for every encoder family in the tests). Leaves out ``FINGERPRINT_EXCLUDES``.
+    """
+    state = model.state_dict()
+    return _hash_tensors(state.keys(), state.__getitem__)
+
+
+def _weights_files(path: Path) -> list[Path]:
+    """The safetensors file(s) of ``path``: a ``.safetensors`` file, a shard index, or a model folder."""
+    if path.is_dir():
+        for name in (WEIGHTS_NAME, WEIGHTS_INDEX_NAME):
+            if (path / name).is_file():
+                return _weights_files(path / name)
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {path}")
+    if path.name.endswith(".index.json"):
+        shards = json.loads(path.read_text(encoding="utf-8"))["weight_map"].values()
+        return [path.parent / name for name in sorted(set(shards))]
+    return [path]
+
+
+def saved_weights_fingerprint(path: str | os.PathLike) -> str:
+    """:func:`weights_fingerprint` of saved weights, read with safetensors without building the model.
+
+    Args:
+        path: a ``model.safetensors`` file, a ``model.safetensors.index.json`` (sharded weights), or a
+            model folder holding one of them.
+    """
+    from safetensors import safe_open
+
+    with contextlib.ExitStack() as stack:
+        where = {}
+        for file in _weights_files(Path(path)):
+            f = stack.enter_context(safe_open(os.fspath(file), framework="pt"))
+            where.update(dict.fromkeys(f.keys(), f))
+        return _hash_tensors(where.keys(), lambda name: where[name].get_tensor(name))
+
+
+def _reexport_command(model_ref: str, onnx_file: str) -> str:
+    return f"mlsv export --model {shlex.quote(model_ref)} --out {shlex.quote(onnx_file)}"
+
+
+def check_export_weights(onnx_file: str | os.PathLike, weights: str | os.PathLike | None, *,
+                         report_file: str | os.PathLike | None = None, model_ref: str | None = None,
+                         fingerprint: str | None = None) -> str | None:
+    """Checks that an ONNX export was made from ``weights``, with the fingerprint in its report.
+
+    Args:
+        onnx_file: the ``.onnx`` file.
+        weights: the weights it must match: a ``model.safetensors`` file, a shard index or a model
+            folder; None when there are none (an ONNX-only folder).
+        report_file: the export's report (default ``<onnx_file>.json``); may be missing.
+        model_ref: the model folder or hub id for the re-export command (default: the weights' folder).
+        fingerprint: the weights' fingerprint when already known (``weights`` is then only named).
+
+    Returns:
+        None when the report records the weights' fingerprint; otherwise why it cannot be checked (no
+        weights, no report, or a report without a fingerprint), for the caller to warn with.
+
+    Raises:
+        StaleExportError: the report records another fingerprint: the weights changed after the export.
+    """
+    onnx_file = os.fspath(onnx_file)
+    report_file = os.fspath(report_file) if report_file is not None else onnx_file + ".json"
+    if weights is None and fingerprint is None:
+        return (f"there are no weights beside {onnx_file} (an ONNX-only folder), so whether it was exported "
+                "from the model's current weights cannot be checked")
+    weights = Path(weights) if weights is not None else None
+    if model_ref is None:
+        model_ref = "MODEL" if weights is None else os.fspath(weights if weights.is_dir() else weights.parent)
+    command = _reexport_command(model_ref, onnx_file)
+    try:
+        recorded = json.loads(Path(report_file).read_text(encoding="utf-8")).get("weights_fingerprint")
+    except FileNotFoundError:
+        return (f"{onnx_file} has no export report ({report_file}), so whether it was exported from {weights} "
+                f"cannot be checked; re-export it to record one: {command}")
+    except (OSError, ValueError, AttributeError) as e:
+        return f"{report_file} is unreadable ({type(e).__name__}: {e}); re-export it: {command}"
+    if not isinstance(recorded, str) or not recorded:
+        return (f"{report_file} records no weights fingerprint (an export made before mlsv recorded one), so "
+                f"whether {onnx_file} was exported from {weights} cannot be checked; re-export it: {command}")
+    if recorded.rpartition(":")[0] != FINGERPRINT_SCHEME:
+        return (f"{report_file} records a weights fingerprint of another kind ({recorded.rpartition(':')[0]!r}), "
+                f"so whether {onnx_file} was exported from {weights} cannot be checked; re-export it: {command}")
+    actual = fingerprint if fingerprint is not None else saved_weights_fingerprint(weights)
+    if actual != recorded:
+        raise StaleExportError(
+            f"{onnx_file} was exported from other weights than {weights} (its report {report_file} records "
+            f"{recorded.rpartition(':')[2][:12]}..., the weights are {actual.rpartition(':')[2][:12]}...): the "
+            f"weights changed after the export, and the ONNX model would give another model's embeddings. "
+            f"Re-export it: {command}")
+    return None
 
 
 @dataclass
@@ -44,6 +186,7 @@ class ExportReport:
         check_lengths: lengths (seconds) of the parity batch; the export traced ``trace_seconds``.
         trace_seconds: length of the example input the export traced.
         errors: messages of exporters that failed before the one that worked.
+        weights_fingerprint: :func:`weights_fingerprint` of the exported model (``SCHEME:sha256``).
     """
 
     path: str
@@ -55,15 +198,19 @@ class ExportReport:
     embedding_size: int = 0
     sampling_rate: int = 16000
     errors: list[str] = field(default_factory=list)
+    weights_fingerprint: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        import onnxruntime
         import torch
 
+        try:
+            import onnxruntime
+        except ImportError:  # an export without the parity check does not need it
+            onnxruntime = None
         return {**asdict(self), "inputs": {"input_values": "float32 (batch, samples)",
                                            "attention_mask": "int64 (batch, samples)"},
                 "outputs": {"embeddings": f"float32 (batch, {self.embedding_size})"},
-                "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
+                "torch": torch.__version__, "onnxruntime": getattr(onnxruntime, "__version__", None)}
 
 
 class _EmbeddingGraph:
@@ -120,6 +267,26 @@ def _export_dynamo(graph, example, path: str, opset: int) -> None:
     prog.save(path)
 
 
+@contextlib.contextmanager
+def _traceable(frontend):
+    """The frontend's plain paths while exporting (same parameters, same outputs): transformers'
+    attention, since the fused one rounds lengths up with Python integers, which tracing would freeze;
+    the first CNN layer as a convolution, since the TorchScript exporter has no dynamic-length unfold."""
+    attention = getattr(frontend, "attention", None)
+    fused_conv = getattr(frontend, "fuse_first_conv", False)
+    if attention not in (None, "eager") and hasattr(frontend, "set_attention"):
+        frontend.set_attention("eager")
+    if fused_conv:
+        frontend.fuse_first_conv = False
+    try:
+        yield
+    finally:
+        if attention not in (None, "eager") and hasattr(frontend, "set_attention"):
+            frontend.set_attention(attention)
+        if fused_conv:
+            frontend.fuse_first_conv = True
+
+
 def export_onnx(model, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET, exporter: str = "auto",
                 trace_seconds: float = 1.0, check: bool = True,
                 check_seconds: tuple[float, ...] = (1.7, 0.9, 0.45)) -> ExportReport:
@@ -131,11 +298,13 @@ def export_onnx(model, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET, ex
         opset: ONNX opset (17 by default; dynamo uses at least 18).
         exporter: ``"auto"`` (TorchScript, then dynamo), ``"torchscript"`` or ``"dynamo"``.
         trace_seconds: length of the traced example (two rows, the second padded).
-        check: run the parity check and write ``<out>.json``.
+        check: run the parity check.
         check_seconds: valid lengths of the parity batch (one padded batch, longest first).
 
     Returns:
-        An :class:`ExportReport`; ``max_abs_diff`` is the parity result.
+        An :class:`ExportReport`, also written to ``<out>.json`` (with the weights' fingerprint, which
+        loading with ``runtime="onnx"`` and ``push_to_hub`` compare with the model's weights);
+        ``max_abs_diff`` is the parity result (None without the check).
 
     Raises:
         RuntimeError: every exporter failed (their messages are included).
@@ -144,6 +313,10 @@ def export_onnx(model, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET, ex
     sr = int(model.config.sampling_rate)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
+    report_file = Path(os.fspath(path) + ".json")
+    # a report left by an earlier export must not vouch for this one, even if this one fails half-way
+    report_file.unlink(missing_ok=True)
+    fingerprint = weights_fingerprint(model)
     graph = _EmbeddingGraph.build(model)
     example = _example(sr, trace_seconds)
     order = {"auto": ("torchscript", "dynamo"), "torchscript": ("torchscript",), "dynamo": ("dynamo",)}
@@ -151,12 +324,7 @@ def export_onnx(model, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET, ex
         raise ValueError(f"exporter must be 'auto', 'torchscript' or 'dynamo', got {exporter!r}")
     errors: list[str] = []
     used = None
-    frontend = model.frontend
-    attention = getattr(frontend, "attention", None)
-    if attention not in (None, "eager") and hasattr(frontend, "set_attention"):
-        # the fused attention path rounds lengths up with Python integers, which tracing would freeze
-        frontend.set_attention("eager")
-    try:
+    with _traceable(model.frontend):
         for name in order[exporter]:
             try:
                 (_export_torchscript if name == "torchscript" else _export_dynamo)(graph, example, os.fspath(path),
@@ -165,18 +333,16 @@ def export_onnx(model, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET, ex
                 break
             except Exception as e:  # noqa: BLE001 - any exporter failure falls through to the next one
                 errors.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-    finally:
-        if attention not in (None, "eager") and hasattr(frontend, "set_attention"):
-            frontend.set_attention(attention)
     if used is None:
         raise RuntimeError("ONNX export failed:\n  " + "\n  ".join(errors))
     report = ExportReport(path=os.fspath(path), exporter=used, opset=opset if used == "torchscript" else max(opset, 18),
                           max_abs_diff=None, trace_seconds=trace_seconds,
-                          embedding_size=int(model.config.embedding_size), sampling_rate=sr, errors=errors)
+                          embedding_size=int(model.config.embedding_size), sampling_rate=sr, errors=errors,
+                          weights_fingerprint=fingerprint)
     if check:
         report.max_abs_diff = check_onnx(model, path, check_seconds)
         report.check_lengths = list(check_seconds)
-        Path(os.fspath(path) + ".json").write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    report_file.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     return report
 
 

@@ -5,9 +5,10 @@
 The folder holds ``config.json``, ``model.safetensors``, ``preprocessor_config.json``, the model code
 (``configuration_mlsv.py``, ``modeling_mlsv.py`` and its siblings) so that
 ``AutoModel.from_pretrained(repo, trust_remote_code=True)`` works where mlsv is not installed, an ONNX
-export when the model folder has one, and a ``README.md`` model card with YAML metadata and the
-evaluation table. The upload is one commit through ``huggingface_hub``; the token comes from
-``huggingface-cli login`` / ``hf auth login`` or ``HF_TOKEN`` and is never written anywhere.
+export when the model folder has one (refused when its report says it came from other weights), and a
+``README.md`` model card with YAML metadata and the evaluation table. The upload is one commit through
+``huggingface_hub``; the token comes from ``huggingface-cli login`` / ``hf auth login`` or ``HF_TOKEN``
+and is never written anywhere.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -194,7 +196,7 @@ def build_model_card(config, *, repo_id: str, metrics: Sequence[tuple[str, dict]
         lines += ["An ONNX export (`model.onnx`, inputs `input_values` float32 (B, S) and `attention_mask` "
                   "int64 (B, S), output `embeddings`) runs with onnxruntime: "
                   f'`Verifier.from_pretrained("{repo_id}", runtime="onnx")`. `model.onnx.json` records its '
-                  "parity with PyTorch.", ""]
+                  "parity with PyTorch and a fingerprint of the weights it was exported from.", ""]
     lines += [
         "## Intended use", "",
         "Speaker verification (is this the same speaker?) and speaker embeddings for clustering, "
@@ -232,7 +234,10 @@ def build_publish_folder(model_dir: str | os.PathLike, out: str | os.PathLike, *
     """Builds the folder to upload from a model folder made by ``save_pretrained``.
 
     The model is loaded and saved again, so the folder always has the current model code for
-    ``trust_remote_code`` and the ``auto_map`` entries; the ONNX export is copied when present.
+    ``trust_remote_code`` and the ``auto_map`` entries; the ONNX export is copied when present, after
+    checking that its report (``model.onnx.json``) records the model's weights: an export made before
+    the weights changed raises :class:`mlsv.export.StaleExportError` (a ValueError) naming the
+    re-export command.
 
     Args:
         model_dir: the trained model folder.
@@ -258,6 +263,7 @@ def build_publish_folder(model_dir: str | os.PathLike, out: str | os.PathLike, *
             raise ValueError("the publish folder must differ from the model folder")
         shutil.rmtree(out)
     model = MLSVModel.from_pretrained(model_dir)
+    _check_onnx_export(model_dir, model)
     tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=out.parent if out.parent.exists() else None))
     try:
         model.save_pretrained(tmp)
@@ -279,6 +285,23 @@ def build_publish_folder(model_dir: str | os.PathLike, out: str | os.PathLike, *
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _check_onnx_export(model_dir: Path, model) -> None:
+    """Refuses (StaleExportError) a ``model.onnx`` whose report records other weights than ``model``'s.
+
+    Warns when it cannot tell (no report, or one written before exports recorded a fingerprint).
+    """
+    onnx = model_dir / "model.onnx"
+    if not onnx.is_file():
+        return
+    from mlsv.export import WEIGHTS_NAME, check_export_weights, weights_fingerprint
+
+    weights = model_dir / WEIGHTS_NAME if (model_dir / WEIGHTS_NAME).is_file() else model_dir
+    reason = check_export_weights(onnx, weights, model_ref=os.fspath(model_dir),
+                                  fingerprint=weights_fingerprint(model))
+    if reason is not None:
+        warnings.warn(f"{reason}; publishing it unchecked", stacklevel=3)
 
 
 def upload_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = False, revision: str | None = None,

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import warnings
 
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import TINY_FAMILIES
 
 pytest.importorskip("onnxruntime")
 
 warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask.*")
 
 
-def tiny_model_dir(root, encoder: str):
+def tiny_model_dir(root, encoder: str, cohort: bool = True):
     import torch
 
     from mlsv.models import MLSVModel
@@ -24,8 +26,9 @@ def tiny_model_dir(root, encoder: str):
     model = MLSVModel.from_encoder(encoder, lap_heads=4, lap_channels=32, embedding_size=16)
     model.config.training_mean = [0.01] * 16
     model.config.threshold = 0.3
-    model.config.evaluation = {"threshold_scale": "asnorm", "top_k": 4}
-    model.set_cohort(torch.randn(6, 16))  # AS-norm speaker means stored in the weights
+    if cohort:
+        model.config.evaluation = {"threshold_scale": "asnorm", "top_k": 4}
+        model.set_cohort(torch.randn(6, 16))  # AS-norm speaker means stored in the weights
     out = root / encoder
     model.save_pretrained(out)
     return out, model
@@ -84,3 +87,136 @@ def test_onnx_runtime_without_export_explains(tmp_path):
     model_dir, _ = tiny_model_dir(tmp_path, "tiny-hubert")
     with pytest.raises(FileNotFoundError, match="mlsv export"):
         Verifier.from_pretrained(model_dir, runtime="onnx")
+
+
+def retrain(model, model_dir) -> None:
+    """Changes one weight and saves over ``model_dir``: what a retrain does to an exported folder."""
+    import torch
+
+    with torch.no_grad():
+        next(model.backend.parameters()).view(-1)[0] += 0.01
+    model.save_pretrained(model_dir)
+
+
+@pytest.mark.parametrize("encoder", TINY_FAMILIES)
+def test_weights_fingerprint_of_the_model_equals_the_saved_files(tmp_path, encoder):
+    import torch
+
+    from mlsv.export import saved_weights_fingerprint, weights_fingerprint
+    from mlsv.models import MLSVModel
+
+    model_dir, model = tiny_model_dir(tmp_path, encoder)
+    saved = saved_weights_fingerprint(model_dir)  # what loading with runtime onnx computes
+    assert weights_fingerprint(model) == saved == saved_weights_fingerprint(model_dir / "model.safetensors")
+    assert weights_fingerprint(MLSVModel.from_pretrained(model_dir)) == saved  # what `mlsv export` records
+    # the stored cohort is not in the graph (mlsv evaluate rewrites it); every weight is
+    model.set_cohort(torch.randn(3, 16))
+    assert weights_fingerprint(model) == saved
+    with torch.no_grad():
+        next(model.frontend.encoder.parameters()).view(-1)[0] += 1e-3
+    assert weights_fingerprint(model) != saved
+    # stored as bf16 and loaded as float32: the same values, the same fingerprint
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    loaded = MLSVModel.from_pretrained(tmp_path / "bf16", dtype=torch.float32)
+    assert weights_fingerprint(loaded) == saved_weights_fingerprint(tmp_path / "bf16") == weights_fingerprint(model)
+
+
+def test_onnx_export_of_other_weights_is_refused(tmp_path, capsys):
+    import torch
+
+    from mlsv import cli
+    from mlsv.api import Verifier
+    from mlsv.export import StaleExportError, export_onnx, saved_weights_fingerprint
+
+    model_dir, model = tiny_model_dir(tmp_path, "tiny-hubert")
+    onnx = model_dir / "model.onnx"
+    export_onnx(model, onnx, trace_seconds=0.4, check=False)
+    report = json.loads((model_dir / "model.onnx.json").read_text())  # written without the parity check too
+    assert report["max_abs_diff"] is None and report["weights_fingerprint"] == saved_weights_fingerprint(model_dir)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*unchecked")
+        Verifier.from_pretrained(model_dir, runtime="onnx")
+        # mlsv evaluate rewrites the config and the stored cohort, not the graph's weights
+        model.set_cohort(torch.randn(5, 16))
+        model.config.threshold = 0.5
+        model.save_pretrained(model_dir)
+        Verifier.from_pretrained(model_dir, runtime="onnx")
+
+    retrain(model, model_dir)
+    with pytest.raises(StaleExportError) as info:
+        Verifier.from_pretrained(model_dir, runtime="onnx")
+    message = str(info.value)
+    assert f"{onnx} was exported from other weights than {model_dir / 'model.safetensors'}" in message
+    assert f"mlsv export --model {model_dir} --out {onnx}" in message
+    with pytest.raises(StaleExportError):
+        Verifier.from_pretrained(onnx, runtime="onnx")  # the .onnx file itself, its weights beside it
+    wav = tmp_path / "a.wav"
+    sf.write(wav, (0.1 * np.random.default_rng(0).standard_normal(8000)).astype(np.float32), 16000)
+    assert cli.main(["verify", "--model", str(model_dir), "--runtime", "onnx", str(wav), str(wav)]) == 2
+    assert "mlsv export --model" in capsys.readouterr().err
+
+    export_onnx(model, onnx, trace_seconds=0.4, check=False)  # the re-export the message asks for
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*unchecked")
+        assert Verifier.from_pretrained(model_dir, runtime="onnx").embedder.runtime == "onnx"
+
+
+def test_onnx_export_that_cannot_be_checked_warns_once_and_loads(tmp_path):
+    from mlsv.api import Verifier
+    from mlsv.export import export_onnx
+
+    model_dir, model = tiny_model_dir(tmp_path, "tiny-hubert", cohort=False)
+    report = model_dir / "model.onnx.json"
+    export_onnx(model, model_dir / "model.onnx", trace_seconds=0.4, check=False)
+    only = tmp_path / "onnx-only"  # the export and the config, no weights
+    only.mkdir()
+    for name in ("config.json", "model.onnx", "model.onnx.json"):
+        shutil.copy(model_dir / name, only / name)
+    old = json.loads(report.read_text())
+    del old["weights_fingerprint"]  # an export made before reports recorded the weights
+    report.write_text(json.dumps(old))
+    retrain(model, model_dir)
+    for src, reason in ((model_dir, "records no weights fingerprint"), (only, "no weights beside")):
+        with pytest.warns(UserWarning, match=reason) as record:
+            v = Verifier.from_pretrained(src, runtime="onnx")
+        assert v.embedder.runtime == "onnx" and len([w for w in record if "unchecked" in str(w.message)]) == 1
+    report.unlink()
+    with pytest.warns(UserWarning, match="has no export report"):
+        Verifier.from_pretrained(model_dir, runtime="onnx")
+
+
+def test_hub_export_is_checked_against_weights_already_downloaded(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    import mlsv.api
+    from mlsv.api import Verifier
+    from mlsv.export import StaleExportError, export_onnx
+    from mlsv.models import MLSVConfig
+
+    repos = {}
+    for repo_id, cohort in (("me/plain", False), ("me/cohort", True)):
+        model_dir, model = tiny_model_dir(tmp_path / repo_id.replace("/", "-"), "tiny-hubert", cohort=cohort)
+        export_onnx(model, model_dir / "model.onnx", trace_seconds=0.4, check=False)
+        retrain(model, model_dir)  # new weights pushed after the export
+        repos[repo_id] = model_dir
+    cache = tmp_path / "cache"
+
+    def download(repo_id, filename, revision=None, **kw):  # the hub: a copy into the local cache
+        if not (repos[repo_id] / filename).is_file():
+            raise EntryNotFoundError(f"{filename} is not in {repo_id}")
+        (cache / repo_id).mkdir(parents=True, exist_ok=True)
+        return str(shutil.copy(repos[repo_id] / filename, cache / repo_id / filename))
+
+    def cached(repo_id, filename, revision=None, **kw):
+        return str(cache / repo_id / filename) if (cache / repo_id / filename).is_file() else None
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", cached)
+    monkeypatch.setattr(mlsv.api, "_load_config", lambda src, revision=None: MLSVConfig.from_pretrained(repos[src]))
+    # the weights are not downloaded for the check alone
+    assert Verifier.from_pretrained("me/plain", runtime="onnx").embedder.runtime == "onnx"
+    assert sorted(p.name for p in (cache / "me/plain").iterdir()) == ["model.onnx", "model.onnx.json"]
+    # a stored cohort downloads them anyway: then the export is compared with them
+    with pytest.raises(StaleExportError, match="mlsv export --model me/cohort"):
+        Verifier.from_pretrained("me/cohort", runtime="onnx")

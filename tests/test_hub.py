@@ -155,3 +155,50 @@ def test_an_unreachable_hub_is_one_line(run_dir, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "could not upload to the Hub repository 'me/tiny' (OSError: Name or service not known)" in err
     assert "--dry-run" in err and "Traceback" not in err
+
+
+def test_a_stale_onnx_export_is_refused_before_any_upload(run_dir, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import huggingface_hub
+    import torch
+
+    from mlsv.export import export_onnx
+    from mlsv.models import MLSVModel
+
+    pytest.importorskip("onnxruntime")
+    folder = tmp_path / "model"
+    shutil.copytree(run_dir / "model", folder)
+    model = MLSVModel.from_pretrained(folder)
+    export_onnx(model, folder / "model.onnx", trace_seconds=0.4, check=False)
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kw):
+            calls.append("create_repo")
+
+        def upload_folder(self, *, folder_path, **kw):
+            calls.append(sorted(os.listdir(folder_path)))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    argv = ["--model", str(folder), "--repo-id", "me/tiny"]
+    assert main(argv) == 0  # an export of these weights goes up with them
+    assert {"model.onnx", "model.onnx.json", "model.safetensors"} <= set(calls[-1])
+
+    with torch.no_grad():  # a retrain overwrites the weights; the export stays behind
+        next(model.backend.parameters()).view(-1)[0] += 0.01
+    model.save_pretrained(folder)
+    calls.clear()
+    capsys.readouterr()
+    assert main(argv) == 2 and main([*argv, "--dry-run", str(tmp_path / "publish")]) == 2
+    err = capsys.readouterr().err
+    assert calls == [] and not (tmp_path / "publish").exists()
+    assert f"{folder / 'model.onnx'} was exported from other weights than {folder / 'model.safetensors'}" in err
+    assert f"mlsv export --model {folder} --out {folder / 'model.onnx'}" in err
+
+    report = json.loads((folder / "model.onnx.json").read_text())
+    del report["weights_fingerprint"]  # an export made before reports recorded the weights: cannot tell
+    (folder / "model.onnx.json").write_text(json.dumps(report))
+    with pytest.warns(UserWarning, match="records no weights fingerprint"):
+        assert main(argv) == 0
+    assert "model.onnx" in calls[-1]

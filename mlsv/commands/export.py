@@ -13,7 +13,9 @@ at the model's sample rate and attention_mask (batch, samples) int64 (1 = real s
 embeddings (batch, E). Batch and length are dynamic. The legacy TorchScript exporter is tried first, then
 the dynamo exporter. The parity check embeds a padded batch of lengths other than the traced one with
 both runtimes; the max abs difference is printed and written to OUT.json. Put the file in the model
-folder as model.onnx to use it with `mlsv verify/embed --runtime onnx` or Verifier(runtime="onnx")."""
+folder as model.onnx to use it with `mlsv verify/embed --runtime onnx` or Verifier(runtime="onnx").
+OUT.json also records a fingerprint of the weights exported: after the model's weights change (a
+retrain), loading the export with --runtime onnx and push_to_hub.py refuse it until it is exported again."""
 
 
 def register(subparsers) -> None:
@@ -25,7 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--exporter", choices=("auto", "torchscript", "dynamo"), default="auto",
                    help="auto: TorchScript first, dynamo if it fails (default)")
-    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the onnxruntime parity check (OUT.json is still written)")
     p.add_argument("--tolerance", type=float, default=1e-3,
                    help="fail (exit 1) when the max abs difference exceeds this (default 1e-3)")
     p.set_defaults(func=run)
