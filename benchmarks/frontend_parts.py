@@ -5,7 +5,8 @@ chosen precision: ``cnn`` (input normalisation and the CNN feature encoder), ``p
 projection), ``positional`` (the positional convolution), ``layers`` (the transformer layers),
 ``lap_astp`` (LAP + ASTP forward on the states) and ``whole`` (the model's forward). The CNN and the
 positional convolution are timed once per convolution layout (``--layouts``), so the layouts can be
-compared on the same machine. Device time with CUDA events (median of ``--repeats``) on a GPU, wall
+compared on the same machine; channels_last also without ``first_conv_block`` (``cnn[unfused]``) and,
+with ``--compile-cnn`` (the default on a GPU), both compiled (``cnn_compiled[fused|unfused]``). Device time with CUDA events (median of ``--repeats``) on a GPU, wall
 time on a CPU.
 
     python benchmarks/frontend_parts.py                           # CPU: tiny shape
@@ -37,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=2.0 if cuda else 0.5)
     p.add_argument("--precision", choices=sorted(speed.PRECISIONS), default="bf16" if cuda else "fp32")
     p.add_argument("--layouts", default=",".join(CONV_LAYOUTS), help="convolution layouts to time")
+    p.add_argument("--compile-cnn", action=argparse.BooleanOptionalAction, default=cuda,
+                   help="also time the CNN under torch.compile, with and without first_conv_block")
     p.add_argument("--repeats", type=int, default=20 if cuda else 3)
     p.add_argument("--device", default="cuda" if cuda else "cpu")
     return p.parse_args(argv)
@@ -89,7 +92,15 @@ def run(args: argparse.Namespace) -> dict:
         f.set_conv_layout(layout)
         timed(f"cnn[{layout}]", lambda: f._cnn(x, lengths, padded=False))
         timed(f"positional[{layout}]", lambda: f._positional(enc.encoder.pos_conv_embed, h, None))
-    f.set_conv_layout("channels_last")
+    f.set_conv_layout("channels_last", fuse_first_conv=False)
+    timed("cnn[unfused]", lambda: f._cnn(x, lengths, padded=False))
+    if args.compile_cnn:
+        for fused in (True, False):
+            f.set_conv_layout("channels_last", fuse_first_conv=fused)
+            torch._dynamo.reset()
+            cnn = torch.compile(f._cnn, dynamic=False)
+            timed(f"cnn_compiled[{'fused' if fused else 'unfused'}]", lambda c=cnn: c(x, lengths, padded=False))
+    f.set_conv_layout("channels_last", fuse_first_conv=True)
     timed("projection", lambda: enc.feature_projection(feats))
     timed("layers", lambda: f._run_layers(h, None))
     mask = torch.ones(states.shape[1:3], dtype=torch.bool, device=device)

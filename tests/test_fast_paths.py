@@ -244,6 +244,80 @@ def test_grouped_conv_with_groups_padded_to_64_channels(groups, channels):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+def _first_layer(norm: str):
+    """A CNN's first layer as transformers builds it: WavLM Base's GroupNorm (no conv bias), Large's
+    LayerNorm (with one), or no norm."""
+    cfg = encoder_config_from_name("tiny-wavlm")
+    cfg.feat_extract_norm, cfg.conv_bias = ("layer", True) if norm == "layer" else ("group", False)
+    layer = build_encoder(cfg).feature_extractor.conv_layers[0]
+    if norm == "none":
+        del layer.layer_norm
+    torch.manual_seed(5)
+    for p in layer.parameters():  # away from the identity init, so the norm's affine matters
+        p.data.add_(0.3 * torch.randn_like(p))
+    return layer
+
+
+def _plain_first_layer(layer, x, frame_mask):
+    from mlsv.models.frontend import _channel_norm_over_time, conv_channels_last
+
+    h = conv_channels_last(layer.conv, x[:, :, None], "channels_first")
+    norm = getattr(layer, "layer_norm", None)
+    if isinstance(norm, torch.nn.GroupNorm):
+        h = _channel_norm_over_time(h, norm, frame_mask)
+    elif norm is not None:
+        h = norm(h)
+    return layer.activation(h)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "padded"])
+@pytest.mark.parametrize("norm", ["group", "layer", "none"])
+def test_first_conv_block_equals_the_layer(norm, masked):
+    """The first CNN layer with its norm folded in (statistics from the waveform's windows) gives the
+    convolution -> norm -> activation result and the same gradients (a CNN trained in stage 2)."""
+    from mlsv.models.frontend import first_conv_block
+
+    layer = _first_layer(norm)
+    x = torch.randn(3, 4000, generator=torch.Generator().manual_seed(6)) + 0.2  # an offset: non-zero means
+    T = (4000 - 10) // 5 + 1
+    mask = torch.arange(T)[None] < torch.tensor([T, 500, 77])[:, None] if masked else None
+    outs, grads = [], []
+    for fn in (_plain_first_layer, lambda *a: first_conv_block(*a)):
+        xi = x.clone().requires_grad_(True)
+        layer.zero_grad(set_to_none=True)
+        y = fn(layer, xi, mask)
+        w = torch.randn(y.shape, generator=torch.Generator().manual_seed(7))
+        (y * w).sum().backward()
+        outs.append(y.detach())
+        grads.append({"x": xi.grad, **{n: p.grad for n, p in layer.named_parameters()}})
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    _assert_grads_close(grads[0], grads[1])
+
+
+def test_first_conv_block_compiled_and_bf16():
+    """Compiled (inductor) it gives the eager result; under bf16 autocast it returns bf16, as the
+    convolution it replaces would, within bf16 rounding of fp32 and no further from fp32 than the
+    convolution -> norm path is."""
+    from mlsv.models.frontend import first_conv_block
+
+    x = torch.randn(2, 3000, generator=torch.Generator().manual_seed(8))
+    T = (3000 - 10) // 5 + 1
+    mask = torch.arange(T)[None] < torch.tensor([T, 321])[:, None]
+    for norm in ("group", "layer"):
+        layer = _first_layer(norm)
+        with torch.no_grad():
+            ref = first_conv_block(layer, x, mask)
+            torch._dynamo.reset()
+            compiled = torch.compile(first_conv_block, dynamic=False)(layer, x, mask)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                fast = first_conv_block(layer, x, mask)
+                plain = _plain_first_layer(layer, x, mask)
+        torch.testing.assert_close(compiled, ref, rtol=1e-5, atol=1e-5)
+        assert fast.dtype == plain.dtype == torch.bfloat16
+        torch.testing.assert_close(fast.float(), ref, rtol=2e-2, atol=2e-2)
+        assert (fast.float() - ref).abs().max() <= (plain.float() - ref).abs().max() * 1.5
+
+
 def test_extract_embeddings_unpadded_batches_skip_masks_with_the_same_result():
     """A batch of equal lengths runs without masks (decided on the host copy of the mask); the embeddings
     equal those of the same utterances padded beside a longer one."""

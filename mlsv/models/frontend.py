@@ -132,6 +132,74 @@ def _channel_norm_over_time(h: torch.Tensor, norm: nn.GroupNorm, frame_mask: tor
     return torch.addcmul(shift.to(h.dtype), h, scale.to(h.dtype))
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a convolution would give under the active autocast (x's own otherwise)."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+
+
+def _window_products(windows: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor, dtype: torch.dtype):
+    """``windows`` (B, T, k) @ ``weight`` (B or 1, k, C) + ``shift`` (B or 1, 1, C): one batched matrix
+    product in ``dtype`` (the same kernel eager and compiled, so the two agree to the bit)."""
+    batch = windows.shape[0]
+    with torch.autocast(windows.device.type, enabled=False):
+        return torch.baddbmm(shift.to(dtype).expand(batch, -1, -1), windows.to(dtype),
+                             weight.to(dtype).expand(batch, -1, -1))
+
+
+def first_conv_block(layer: nn.Module, x: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+    """The first CNN layer (a 1-channel convolution, its norm, its activation) without materialising the
+    convolution's output before the norm: (B, S) -> (B, T, C), equal to the layer's own result.
+
+    Since the convolution is linear in each window (B, T, k) of the waveform, its norm's statistics come
+    from the windows: a GroupNorm with a group per channel (over time, over the valid frames of
+    ``frame_mask`` when given) from the windows' mean and k x k covariance per utterance, a LayerNorm
+    (over channels, per frame) from a k x k quadratic form per window. The norm then folds into
+    per-utterance weights (GroupNorm) or a per-frame scale (LayerNorm): the largest tensor of the
+    encoder (128 x 2 s: 128 x 6,399 x 512) is not re-read for statistics, and a 1-channel convolution
+    (a poor fit for convolution kernels) becomes a matrix product. Statistics are fp32; the output has
+    the autocast dtype.
+    """
+    conv, norm = layer.conv, getattr(layer, "layer_norm", None)
+    k, stride = conv.kernel_size[0], conv.stride[0]
+    dtype = _compute_dtype(x)
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.float()
+        windows = x.unfold(1, k, stride)  # (B, T, k): a view
+        w = conv.weight.float().reshape(conv.out_channels, k)  # (C, k)
+        bias = conv.bias.float() if conv.bias is not None else w.new_zeros(conv.out_channels)
+        if isinstance(norm, nn.GroupNorm):
+            if frame_mask is None:
+                n = windows.new_full((windows.shape[0], 1), windows.shape[1])
+                weighted = windows
+            else:
+                m = frame_mask[..., None].float()
+                n = m.sum(1).clamp_min(1.0)  # (B, 1)
+                weighted = windows * m
+            mean = weighted.sum(1) / n  # (B, k)
+            cov = weighted.transpose(1, 2) @ windows / n[..., None] - mean[:, :, None] * mean[:, None, :]
+            var = ((w @ cov) * w).sum(-1)  # (B, C): w_c' cov w_c; the conv bias cancels in the norm
+            scale = torch.rsqrt(var.clamp_min(0.0) + norm.eps)
+            if norm.weight is not None:
+                scale = scale * norm.weight.float()
+            shift = -scale * (mean @ w.T) + (norm.bias.float() if norm.bias is not None else 0.0)
+            y = _window_products(windows, w.T[None] * scale[:, None, :], shift[:, None, :], dtype)
+        elif isinstance(norm, nn.LayerNorm):
+            w0, b0 = w - w.mean(0), bias - bias.mean()  # centred over channels
+            C = conv.out_channels
+            gram = w0.T @ w0 / C  # (k, k)
+            var = ((windows @ gram) * windows).sum(-1) + windows @ (2.0 / C * (w0.T @ b0)) + (b0 @ b0) / C
+            r = torch.rsqrt(var.clamp_min(0.0) + norm.eps)[..., None]  # (B, T, 1)
+            y = _window_products(windows, w0.T[None], b0[None, None], dtype) * r
+            if norm.weight is not None:
+                y = y * norm.weight.float()
+            if norm.bias is not None:
+                y = y + norm.bias.float()
+        else:
+            y = _window_products(windows, w.T[None], bias[None, None], dtype)
+        return layer.activation(y).to(dtype)
+
+
 GROUP_ALIGN = 64  # channels per group that cuDNN's grouped convolutions run fast with
 
 
@@ -388,8 +456,14 @@ class Frontend(nn.Module):
             cur_len = lengths
             for i, layer in enumerate(enc.feature_extractor.conv_layers):
                 k, s = enc.config.conv_kernel[i], enc.config.conv_stride[i]
-                h = conv_channels_last(layer.conv, h, self.conv_layout)  # (B, L, C)
                 cur_len = torch.div(cur_len - k, s, rounding_mode="floor") + 1
+                if i == 0 and self.fuse_first_conv and self.conv_layout == "channels_last" \
+                        and layer.conv.in_channels == 1 and layer.conv.padding[0] == 0 and layer.conv.dilation[0] == 1:
+                    T = (x.shape[1] - k) // s + 1
+                    mask = torch.arange(T, device=x.device)[None, :] < cur_len[:, None] if padded else None
+                    h = first_conv_block(layer, x, mask)
+                    continue
+                h = conv_channels_last(layer.conv, h, self.conv_layout)  # (B, L, C)
                 norm = getattr(layer, "layer_norm", None)
                 if isinstance(norm, nn.GroupNorm):
                     mask = torch.arange(h.shape[1], device=h.device)[None, :] < cur_len[:, None] if padded else None
@@ -498,6 +572,8 @@ class Frontend(nn.Module):
     # How the CNN and the positional convolution run (same parameters, same outputs): "channels_last"
     # keeps (B, T, C) throughout; "channels_first" is transformers' (B, C, T) with transposes around it.
     conv_layout = "channels_last"
+    # channels_last: the first CNN layer (convolution, norm, activation) as ``first_conv_block``
+    fuse_first_conv = True
 
     @property
     def attention(self) -> str:
@@ -521,11 +597,14 @@ class Frontend(nn.Module):
         if fused_qkv is not None:
             self.fused_qkv = bool(fused_qkv)
 
-    def set_conv_layout(self, layout: str) -> None:
-        """Chooses how the convolutions run: "channels_last" (default) or "channels_first"; same outputs."""
+    def set_conv_layout(self, layout: str, fuse_first_conv: bool | None = None) -> None:
+        """Chooses how the convolutions run: "channels_last" (default) or "channels_first", and whether
+        channels_last runs the first CNN layer as ``first_conv_block``; same outputs."""
         if layout not in CONV_LAYOUTS:
             raise ValueError(f"conv layout must be one of {', '.join(CONV_LAYOUTS)}, got {layout!r}")
         self.conv_layout = layout
+        if fuse_first_conv is not None:
+            self.fuse_first_conv = bool(fuse_first_conv)
 
     def _run_layers(self, h, frame_mask, draws: TrainingDraws | None = None):
         states = [h]
