@@ -7,17 +7,32 @@
 #   OUT=/tmp/r SUITE_LIMIT=60 bash benchmarks/gpu_suite.sh
 #   SUITE_ARCHIVE=$OUT/results.tgz ...        # also pack every result into one archive (the loose files
 #                                             # are removed: some remote runners return few files)
+#   SUITE_DEADLINE=560 ...                    # the whole suite within this many seconds: later steps get
+#                                             # what is left or are skipped, so the summary always comes
 set -u
 OUT=${OUT:-gpu-results}
 LIMIT=${SUITE_LIMIT:-150}
+DEADLINE=${SUITE_DEADLINE:-0}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 B=benchmarks
 start=$(date +%s)
 
+budget() {  # budget LIMIT: LIMIT cut to what SUITE_DEADLINE leaves (20 s kept for the summary); 0: none left
+  local limit=$1 left
+  if [ "$DEADLINE" -gt 0 ]; then
+    left=$(( DEADLINE - ($(date +%s) - start) - 20 ))
+    [ "$left" -lt "$limit" ] && limit=$left
+    [ "$limit" -lt 15 ] && limit=0
+  fi
+  echo "$limit"
+}
+
 step() {  # step NAME LIMIT COMMAND...: run it, JSON to $OUT/NAME.json, log to $OUT/NAME.log
-  local name=$1 limit=$2
+  local name=$1 limit
+  limit=$(budget "$2")
   shift 2
+  if [ "$limit" -eq 0 ]; then echo "== $name: skipped (SUITE_DEADLINE)"; return; fi
   local t0=$(date +%s)
   timeout "$limit" "$@" > "$OUT/$name.json" 2> "$OUT/$name.log"
   local rc=$?
@@ -30,8 +45,9 @@ cat "$OUT/gpu.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__,
 'cuda', torch.version.cuda, torch.cuda.get_device_name())" 2>&1 | tee "$OUT/versions.txt"
 
-# 0. where the frozen frontend's time goes, per part and convolution layout
-step parts_base "$LIMIT" python3 $B/frontend_parts.py --shape base
+# 0. where the frozen frontend's time goes, per part and convolution layout; the CNN with and without
+#    first_conv_block, eager and compiled
+step parts_base $((3 * LIMIT / 2)) python3 $B/frontend_parts.py --shape base
 # 1. Base+ shape: stage 1 (batch 128), stage 2 (batch 64, as the reference), frontend, backend alone, and
 #    stage 1 through the training loop's own step with device augmentation (needs soundfile for its banks)
 step ts_base "$LIMIT" python3 $B/train_step.py --shape base --stage2-batch 64 --profile "$OUT/prof_base"
@@ -42,7 +58,8 @@ step embed_base "$LIMIT" python3 $B/embed.py --shape base
 # 4. equivalence of every fast path on CUDA kernels; the training step under CUDA's synchronisation check
 #    (a file of its own: it needs soundfile, and a collection error would stop the other file's tests)
 for t in fast_paths host_syncs; do
-  timeout "$LIMIT" python3 -m pytest tests/test_$t.py -m gpu -q -p no:cacheprovider > "$OUT/pytest_gpu_$t.txt" 2>&1
+  [ "$(budget "$LIMIT")" -eq 0 ] && { echo "== pytest -m gpu $t: skipped (SUITE_DEADLINE)"; continue; }
+  timeout "$(budget "$LIMIT")" python3 -m pytest tests/test_$t.py -m gpu -q -p no:cacheprovider > "$OUT/pytest_gpu_$t.txt" 2>&1
   echo "== pytest -m gpu $t: rc=$? $(tail -1 "$OUT/pytest_gpu_$t.txt") (suite at $(( $(date +%s) - start )) s)"
 done
 # 5. memory: stage 2 of the Large shape at batch 128 x 2 s (gradient checkpointing)
