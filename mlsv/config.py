@@ -152,18 +152,6 @@ class StageConfig:
 
 
 @dataclass
-class EvalConfig:
-    """Scoring of the final model."""
-
-    trials: list[str] = field(default_factory=list)
-    manifest: str = ""
-    cohort_manifest: str = ""
-    asnorm_top_k: int = _bounded(600, low=1)
-    calibration_pairs: int = _bounded(30000, low=0)
-    p_targets: list[float] = field(default_factory=lambda: [0.01, 0.05])
-
-
-@dataclass
 class LogConfig:
     trackers: list[str] = _choice(["csv"], "csv", "tensorboard", "wandb", "neptune")
     project: str = "mlsv"
@@ -181,7 +169,6 @@ class TrainConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     stage: StageConfig = field(default_factory=StageConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -344,7 +331,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Loads a config file (or the defaults when ``path`` is None) with overrides applied."""
     data = read_yaml(path) if path else {}
     data = apply_overrides(data, overrides)
-    return from_dict(cls, data)
+    cfg = from_dict(cls, data)
+    if isinstance(cfg, TrainConfig) and cfg.data.streaming and cfg.stage.steps_per_epoch == 0:
+        raise ConfigError(f"{path or 'config'}: data.streaming=true needs stage.steps_per_epoch > 0 (a stream has "
+                          "no length to make an epoch of)")
+    return cfg
 
 
 def dump_config(cfg, path: str | Path) -> None:

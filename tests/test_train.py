@@ -284,6 +284,35 @@ def test_bad_files_are_skipped_in_training_validation_and_the_training_mean(corp
     assert len(mean) == 16 and all(math.isfinite(v) for v in mean) and any(v != 0 for v in mean)
 
 
+def test_a_stage_trains_from_streamed_shards_to_the_end(corpus, tmp_path):
+    """Shards (audio inside the rows) stream through the epochs, validation and the training mean, whose
+    subset of the shards stays parquet, read a shard at a time."""
+    from mlsv.config import ConfigError
+    from mlsv.data.manifest import iter_rows
+    from mlsv.data.shards import write_shards
+    from mlsv.models import MLSVModel
+
+    write_shards(corpus.train, tmp_path / "shards", rows_per_shard=16, progress=False)
+    with pytest.raises(ConfigError, match=r"data.streaming=true needs stage.steps_per_epoch > 0"):
+        _train(corpus, tmp_path / "nosteps", **{"data.train_manifest": tmp_path / "shards", "data.streaming": True})
+    out = _train(corpus, tmp_path / "run", **{"data.train_manifest": tmp_path / "shards", "data.streaming": True,
+                                              "stage.steps_per_epoch": 2, "stage.epochs": 1,
+                                              "stage.mean_utterances": 10})
+    subset = out / "mean_utterances.parquet"
+    assert len([row for _, row in iter_rows(subset)]) == 10 and all(row["audio"] for _, row in iter_rows(subset))
+    mean = MLSVModel.from_pretrained(out / "model").config.training_mean
+    assert len(mean) == 16 and all(math.isfinite(v) for v in mean)
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_can_be_rerun_with_other_settings(corpus, tmp_path):
+    """A mistyped path stops a run before it trains: its folder holds no results, so the corrected run may
+    use it (a folder with a checkpoint or a finished stage stays bound to its config)."""
+    with pytest.raises(FileNotFoundError, match="trian.jsonl"):
+        _train(corpus, tmp_path / "run", **{"data.train_manifest": tmp_path / "trian.jsonl"})
+    out = _train(corpus, tmp_path / "run", **{"stage.epochs": 1})
+    assert (out / "COMPLETE").exists()
+
+
 def test_an_epoch_without_a_full_batch_is_an_error(corpus, tmp_path):
     with pytest.raises(ValueError, match="no full batch in an epoch: .* 48 utterances, and a batch of 64"):
         _train(corpus, tmp_path / "run", **{"data.batch_size": 64})

@@ -70,6 +70,50 @@ def write_manifest(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
+def sample_manifest(path: str | Path, limit: int, out: str | Path, seed: int = 0) -> Path:
+    """A seeded random subset of at most ``limit`` rows of a manifest, written to ``out`` (returned).
+
+    JSONL: rows with absolute paths, as JSONL. Parquet (a file or a folder of shards): the chosen rows as
+    they are (shard rows carry their audio), as one parquet file at ``out`` with a ``.parquet`` suffix,
+    read one shard at a time so that a corpus of encoded audio is never held in memory. A manifest of
+    ``limit`` rows or fewer is returned as it is.
+    """
+    import numpy as np
+
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    if _format(path) == "json":
+        rows = [row for _, row in iter_rows(path)]
+        if len(rows) <= limit:
+            return path
+        root = manifest_root(path)
+        pick = np.sort(rng.choice(len(rows), limit, replace=False))
+        return write_manifest([{**rows[i], "path": resolve_path(rows[i]["path"], root)} for i in pick], out)
+    import pyarrow.parquet as pq
+
+    files = _data_files(path)
+    counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
+    if sum(counts) <= limit:
+        return path
+    pick = np.sort(rng.choice(sum(counts), limit, replace=False))
+    out = Path(out).with_suffix(".parquet")
+    tmp = out.with_name(out.name + ".tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer, start = None, 0
+    for file, n in zip(files, counts):
+        mine = pick[(pick >= start) & (pick < start + n)] - start
+        start += n
+        if not len(mine):
+            continue
+        table = pq.read_table(file).take(mine)
+        if writer is None:
+            writer = pq.ParquetWriter(tmp, table.schema)
+        writer.write_table(table.cast(writer.schema))
+    writer.close()
+    os.replace(tmp, out)
+    return out
+
+
 def iter_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yields (line number from 1, row) without ``datasets``; parquet rows count from 1 too.
 

@@ -110,9 +110,12 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def check_same_run(cfg: TrainConfig, output_dir: Path) -> None:
     """An output folder belongs to one config: resuming or skipping a run made with other settings would
     mix them (a checkpoint's batches counted under another batch size) or keep stale results. Raises
-    ConfigError naming the changed keys; settings in ``RESUMABLE_CHANGES`` may change."""
+    ConfigError naming the changed keys; settings in ``RESUMABLE_CHANGES`` may change. A folder without
+    results (a run that stopped before its first checkpoint, e.g. on a mistyped path) is free."""
     saved = output_dir / "config.yaml"
     if not saved.is_file():
+        return
+    if not ((output_dir / "COMPLETE").exists() or ckpt.checkpoint_dirs(output_dir / "checkpoints")):
         return
     try:
         before = _flat(to_dict(load_config(saved)))
@@ -533,19 +536,17 @@ def _embed_manifest(model, manifest: str, acc, data):
 
 
 def _subset_manifest(manifest: str, limit: int, out: Path, acc, seed: int = 0) -> str:
-    """A seeded random subset of at most ``limit`` rows as ``out`` (absolute paths), written by the main
-    process while the others wait."""
-    from mlsv.data.manifest import iter_rows, manifest_root, resolve_path, write_manifest
+    """A seeded random subset of at most ``limit`` rows (``sample_manifest``), written by the main process
+    while the others wait; every process gets its path."""
+    from accelerate.utils import broadcast_object_list
 
-    rows = [row for _, row in iter_rows(manifest)]
-    if len(rows) <= limit:
-        return manifest
-    if acc.is_main_process:
-        pick = np.sort(np.random.default_rng(seed).choice(len(rows), limit, replace=False))
-        root = manifest_root(manifest)
-        write_manifest([{**rows[i], "path": resolve_path(rows[i]["path"], root)} for i in pick], out)
+    from mlsv.data.manifest import sample_manifest
+
+    chosen = [str(sample_manifest(manifest, limit, out, seed)) if acc.is_main_process else None]
+    if acc.num_processes > 1:
+        broadcast_object_list(chosen)
     acc.wait_for_everyone()
-    return str(out)
+    return chosen[0]
 
 
 def validation_eer(model, manifest: str, trials_path: str, acc, data) -> float:
