@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from mlsv.config import load_config
@@ -243,6 +244,34 @@ def test_bad_config_key_is_a_clear_error(tmp_path):
 def test_unknown_init_from_fails_clearly(corpus, tmp_path):
     with pytest.raises(FileNotFoundError, match="not a completed stage"):
         _train(corpus, tmp_path / "x", **{"stage.init_from": tmp_path / "nowhere"})
+
+
+def test_a_recipe_checks_its_evaluations_before_training(tmp_path):
+    """A missing trial list or a mistyped evaluate key stops a recipe before its training steps run, not
+    after them; files a later prepare step will make are not asked for."""
+    from mlsv.config import ConfigError
+    from mlsv.train.recipe import check_evaluations, load_recipe, run_recipe
+
+    (tmp_path / "m.jsonl").write_text("")
+    recipe_file = tmp_path / "recipe.yaml"
+
+    def recipe(evaluate: dict, prepare_after: bool = False):
+        steps = [{"name": "stage1", "train": "missing_stage.yaml"}]
+        if prepare_after:
+            steps.append({"name": "more", "prepare": "synthetic"})
+        steps.append({"name": "eval", "evaluate": {"model": "stage1", "manifest": str(tmp_path / "m.jsonl"),
+                                                   **evaluate}})
+        recipe_file.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "steps": steps}))
+        return load_recipe(recipe_file)
+
+    with pytest.raises(ConfigError, match=r"step 'eval': trials .*vox1_O.txt not found \(checked before training"):
+        run_recipe(recipe({"trials": [str(tmp_path / "vox1_O.txt")]}))
+    assert not (tmp_path / "run" / "stage1").exists()  # nothing trained
+    with pytest.raises(ConfigError, match=r"unknown evaluate key 'trails' \(did you mean 'trials'\?\)"):
+        run_recipe(recipe({"trails": [str(tmp_path / "m.jsonl")]}))
+    (tmp_path / "vox1_O.txt").write_text("1 a b\n")
+    check_evaluations(recipe({"trials": [str(tmp_path / "vox1_O.txt")]}), 0)
+    check_evaluations(recipe({"trials": [str(tmp_path / "later.txt")]}, prepare_after=True), 0)
 
 
 def test_numpy_is_seeded():  # the suite's fixture seeds numpy; guards against accidental global RNG use

@@ -113,7 +113,7 @@ def run_recipe(recipe: Recipe, *, only: list[str] | None = None) -> dict:
                           f"{', '.join(step.name for step in recipe.steps)}")
     recipe.output_dir.mkdir(parents=True, exist_ok=True)
     result: dict = {}
-    for step in recipe.steps:
+    for index, step in enumerate(recipe.steps):
         if only and step.name not in only:
             continue
         out = recipe.step_dir(step.name)
@@ -126,6 +126,8 @@ def run_recipe(recipe: Recipe, *, only: list[str] | None = None) -> dict:
             continue
         t0 = time.time()
         log.info("step %s (%s)", step.name, step.kind)
+        if step.kind == "train":
+            check_evaluations(recipe, index, only)
         if step.kind == "prepare":
             _prepare(step, out)
         elif step.kind == "train":
@@ -136,6 +138,43 @@ def run_recipe(recipe: Recipe, *, only: list[str] | None = None) -> dict:
             result = _report(recipe, step, out)
         _mark_complete(out, time.time() - t0)
     return result
+
+
+EVALUATE_PATHS = ("manifest", "trials", "cohort", "threshold_manifest", "threshold_trials")
+
+
+def check_evaluations(recipe: Recipe, index: int, only: list[str] | None = None) -> None:
+    """Before a training step: the evaluate steps after it have known keys and name existing files, so
+    that a mistyped or missing trial list stops the recipe now rather than after hours of training.
+    Steps after a later prepare step are not checked (it may make their files)."""
+    import inspect
+
+    from mlsv.evaluation import evaluate_model
+
+    known = (set(inspect.signature(evaluate_model).parameters) - {"model_dir", "out_dir"}) | {"model"}
+    names = {step.name for step in recipe.steps}
+    for later in recipe.steps[index + 1:]:
+        if later.kind == "prepare":
+            return
+        if later.kind != "evaluate" or (only and later.name not in only):
+            continue
+        spec = {**later.spec, **later.args} if isinstance(later.spec, dict) else None
+        if spec is None or "model" not in spec:
+            raise ConfigError(f"{recipe.path}: step {later.name!r}: evaluate needs a mapping with a model (a step "
+                              "name or a model folder)")
+        bad = sorted(set(spec) - known)
+        if bad:
+            raise ConfigError(f"{recipe.path}: step {later.name!r}: unknown evaluate key {bad[0]!r}"
+                              f"{_nearest(bad[0], known)}")
+        if spec["model"] not in names and not Path(spec["model"]).is_dir():
+            raise ConfigError(f"{recipe.path}: step {later.name!r}: model {spec['model']!r} is neither a step nor a "
+                              "model folder")
+        for key in EVALUATE_PATHS:
+            value = spec.get(key)
+            for path in value if isinstance(value, list) else [value] if value else []:
+                if not Path(path).exists():
+                    raise ConfigError(f"{recipe.path}: step {later.name!r}: {key} {path} not found (checked before "
+                                      "training, which would otherwise run first)")
 
 
 def _mark_complete(out: Path, seconds: float) -> None:
