@@ -272,6 +272,9 @@ def test_a_recipe_checks_its_evaluations_before_training(tmp_path):
     (tmp_path / "vox1_O.txt").write_text("1 a b\n")
     check_evaluations(recipe({"trials": [str(tmp_path / "vox1_O.txt")]}), 0)
     check_evaluations(recipe({"trials": [str(tmp_path / "later.txt")]}, prepare_after=True), 0)
+    recipe_file.write_text(yaml.safe_dump({"steps": [{"name": "s", "train": "x.yaml", "args": {"epochs": 1}}]}))
+    with pytest.raises(ConfigError, match="step 's': a training step takes set / quick_set"):
+        load_recipe(recipe_file)
 
 
 def test_numpy_is_seeded():  # the suite's fixture seeds numpy; guards against accidental global RNG use

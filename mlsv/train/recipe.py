@@ -5,11 +5,13 @@ recipe's output folder) and ``${config}`` (the recipe file's folder).
 
     output_dir: runs/default
     steps:
-      - {name: data, prepare: synthetic, args: {speakers: 40}, quick: {speakers: 12}}
-      - {name: stage1, train: stages/frozen.yaml, set: [data.train_manifest=${run}/data/train.jsonl]}
+      - {name: data, prepare: synthetic, args: {n_speakers: 40}, quick: {n_speakers: 12}}
+      - {name: stage1, train: stages/frozen.yaml, set: ["data.train_manifest=${run}/data/train.jsonl"]}
       - {name: stage2, train: stages/joint.yaml, init_from: stage1}
-      - {name: eval, evaluate: {model: stage2, manifest: ..., trials: [...], cohort: ...}}
-      - {name: report, report: {systems: {LAP: eval}, baseline: ${run}/data/baseline.json}}
+      - {name: eval, evaluate: {model: stage2, manifest: "${run}/data/test.jsonl", trials: [...], cohort: ...}}
+      - {name: report, report: {systems: {LAP: eval}, baseline: "${run}/data/baseline.json"}}
+
+Training steps take ``set`` / ``quick_set``; ``args`` / ``quick`` belong to prepare and evaluate steps.
 """
 
 from __future__ import annotations
@@ -90,6 +92,9 @@ def load_recipe(path: str | Path, *, output_dir: str | Path | None = None, quick
         kinds = [k for k in STEP_KINDS if k in raw]
         if len(kinds) != 1:
             raise ConfigError(f"{path}: step {raw['name']!r} must have exactly one of {', '.join(STEP_KINDS)}")
+        if "train" in raw and ("args" in raw or "quick" in raw):
+            raise ConfigError(f"{path}: step {raw['name']!r}: a training step takes set / quick_set (a list of "
+                              "section.key=value), not args / quick")
         raw = _substitute(raw, mapping)
         init_from = raw.get("init_from", "")
         if init_from and init_from not in names:
