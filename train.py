@@ -2,12 +2,15 @@
 """Train (and evaluate) mlsv models.
 
     python train.py                      # the default run: synthetic corpus, 3 stages, evaluation, report
-    python train.py --quick              # the same, shrunk to under a minute (used by the tests)
+    python train.py --quick              # the same, shrunk to about a minute and a half on 2 CPU cores
+                                         # (used by the tests)
     accelerate launch train.py --config configs/voxceleb2_wavlm_large.yaml      # a recipe
     accelerate launch train.py --config configs/voxceleb/stage1_frozen.yaml --output-dir runs/x --set optim.lr=5e-4
 
 A config with ``steps:`` is a recipe (prepare, stages, evaluation, report, run in order); any other
 config is one training stage. Rerunning the same command resumes where it stopped and skips what is done.
+Relative paths in a stage config and in --set values (manifests, trials, stage.init_from) start from
+the stage config file's folder, not the working directory: give absolute paths on the command line.
 """
 
 from __future__ import annotations
