@@ -205,6 +205,30 @@ def test_two_processes_train_on_different_data_and_agree(corpus, tmp_path):
         torch.testing.assert_close(final[k], saved[k], msg=k)
 
 
+def test_two_processes_run_a_recipes_evaluation_and_report_once(corpus, tmp_path):
+    """Under a multi-process launch the evaluate and report steps write shared files: the main process runs
+    them while the others wait (each process redoing them raced on their files and crashed)."""
+    from conftest import tiny_model
+
+    tiny_model().save_pretrained(tmp_path / "model")
+    evaluate = {"model": str(tmp_path / "model"), "manifest": str(corpus.test), "trials": [str(corpus.test_trials)],
+                "cohort": str(corpus.train), "top_k": 5, "calibration_pairs": 200, "plots": False}
+    recipe = {"output_dir": str(tmp_path / "run"), "steps": [
+        {"name": "eval", "evaluate": evaluate}, {"name": "report", "report": {"systems": {"LAP": "eval"}}}]}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    script = tmp_path / "run.py"
+    script.write_text("from accelerate import PartialState\nfrom mlsv.train.recipe import load_recipe, run_recipe\n"
+                      "PartialState(cpu=True)\n"
+                      f"run_recipe(load_recipe({str(tmp_path / 'recipe.yaml')!r}))\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-4000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert "LAP" in results["systems"] and (tmp_path / "run" / "model" / "config.json").is_file()
+    assert (tmp_path / "run" / "eval" / "COMPLETE").is_file()
+
+
 def test_train_py_quick_end_to_end_and_model_loads(tmp_path):
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--quick", "--output-dir", str(out)],
@@ -272,6 +296,8 @@ def test_a_recipe_checks_its_evaluations_before_training(tmp_path):
     (tmp_path / "vox1_O.txt").write_text("1 a b\n")
     check_evaluations(recipe({"trials": [str(tmp_path / "vox1_O.txt")]}), 0)
     check_evaluations(recipe({"trials": [str(tmp_path / "later.txt")]}, prepare_after=True), 0)
+    with pytest.raises(ConfigError, match=r"step 'eval' evaluates the model of step 'stage1', which has not made"):
+        run_recipe(recipe({"trials": [str(tmp_path / "vox1_O.txt")]}), only=["eval"])  # not a hub id
     recipe_file.write_text(yaml.safe_dump({"steps": [{"name": "s", "train": "x.yaml", "args": {"epochs": 1}}]}))
     with pytest.raises(ConfigError, match="step 's': a training step takes set / quick_set"):
         load_recipe(recipe_file)

@@ -138,9 +138,9 @@ def run_recipe(recipe: Recipe, *, only: list[str] | None = None) -> dict:
         elif step.kind == "train":
             _train(recipe, step, out)
         elif step.kind == "evaluate":
-            _evaluate(recipe, step, out)
+            _on_main_process(_evaluate, recipe, step, out)
         elif step.kind == "report":
-            result = _report(recipe, step, out)
+            result = _on_main_process(_report, recipe, step, out)
         _mark_complete(out, time.time() - t0)
     return result
 
@@ -180,6 +180,17 @@ def check_evaluations(recipe: Recipe, index: int, only: list[str] | None = None)
                 if not Path(path).exists():
                     raise ConfigError(f"{recipe.path}: step {later.name!r}: {key} {path} not found (checked before "
                                       "training, which would otherwise run first)")
+
+
+def _on_main_process(fn, *args):
+    """Runs a step that writes shared files (evaluation, report) in the main process only, while the
+    others wait: in a multi-process launch each process would otherwise redo it and race on its files."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    result = fn(*args) if state.is_main_process else {}
+    state.wait_for_everyone()
+    return result
 
 
 def _mark_complete(out: Path, seconds: float) -> None:
@@ -238,6 +249,10 @@ def _evaluate(recipe: Recipe, step: Step, out: Path) -> None:
     spec = {**step.spec, **step.args}
     model = spec.pop("model")
     model_dir = recipe.step_dir(model) / "model" if (recipe.step_dir(model) / "model").is_dir() else Path(model)
+    if model in {s.name for s in recipe.steps} and not model_dir.is_dir():
+        raise ConfigError(f"{recipe.path}: step {step.name!r} evaluates the model of step {model!r}, which has "
+                          f"not made {recipe.step_dir(model) / 'model'} yet: run that step first "
+                          f"(--steps {model} {step.name})")
     evaluate_model(model_dir, out_dir=out, **spec)
 
 
