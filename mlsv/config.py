@@ -332,10 +332,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data = read_yaml(path) if path else {}
     data = apply_overrides(data, overrides)
     cfg = from_dict(cls, data)
-    if isinstance(cfg, TrainConfig) and cfg.data.streaming and cfg.stage.steps_per_epoch == 0:
-        raise ConfigError(f"{path or 'config'}: data.streaming=true needs stage.steps_per_epoch > 0 (a stream has "
-                          "no length to make an epoch of)")
+    if isinstance(cfg, TrainConfig):
+        _check_combinations(cfg, str(path or "config"))
     return cfg
+
+
+def _check_combinations(cfg: TrainConfig, where: str) -> None:
+    """Settings that are valid alone but not together."""
+    if cfg.data.streaming and cfg.stage.steps_per_epoch == 0:
+        raise ConfigError(f"{where}: data.streaming=true needs stage.steps_per_epoch > 0 (a stream has no length "
+                          "to make an epoch of)")
+    if cfg.optim.ema_decay > 0 and cfg.stage.average_best > 1:
+        raise ConfigError(f"{where}: optim.ema_decay and stage.average_best {cfg.stage.average_best} both choose the "
+                          "final weights (the moving average, or the mean of the best checkpoints): set one")
 
 
 def dump_config(cfg, path: str | Path) -> None:

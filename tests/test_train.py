@@ -390,6 +390,35 @@ def test_an_output_folder_belongs_to_one_config(corpus, tmp_path):
     _train(corpus, out, **{"stage.epochs": 1, "log.progress": True, "data.num_workers": 1})  # skipped: complete
 
 
+def test_an_epoch_holds_whole_gradient_accumulation_cycles(corpus, tmp_path):
+    """3 batches per epoch with stage.grad_accum 2: each epoch trains 2 (one optimiser step) and drops the
+    third, instead of carrying half an accumulated gradient into the next epoch, which a checkpoint does
+    not hold; more accumulation than an epoch has batches is an error, not epochs without a step."""
+    out = _train(corpus, tmp_path / "run", **{"stage.epochs": 2, "data.batch_size": 16, "stage.grad_accum": 2})
+    assert [(r["epoch"], r["step"]) for r in _rows(out)] == [("1", "1"), ("2", "2")]
+    audit = json.loads((out / "data_audit" / "process_0.json").read_text())
+    assert [audit[e]["batches"] for e in ("1", "2")] == [2, 2]
+    with pytest.raises(ValueError, match="stage.grad_accum 16 needs 16 batches per optimiser step, but .* gives 6"):
+        _train(corpus, tmp_path / "run16", **{"stage.grad_accum": 16})
+
+
+def test_average_best_keeps_and_averages_as_many_checkpoints_as_asked(corpus, tmp_path, caplog):
+    """stage.average_best 3 with stage.keep_best 1: pruning keeps the 3 best for the average (it kept 1,
+    and the average silently had one member); EMA together with averaging is refused."""
+    from mlsv.config import ConfigError
+
+    caplog.set_level("INFO", logger="mlsv.train")
+    out = _train(corpus, tmp_path / "run", **{"stage.epochs": 3, "stage.keep_best": 1, "stage.average_best": 3})
+    kept = ckpt.checkpoint_dirs(out / "checkpoints")
+    assert len(kept) == 3 and "averaged 3 best checkpoints" in caplog.text
+    mean = ckpt.average_checkpoints(kept, "model.safetensors")
+    final = load_file(str(out / "model" / "model.safetensors"))
+    for k, v in mean.items():
+        torch.testing.assert_close(final[k], v, msg=k)
+    with pytest.raises(ConfigError, match="optim.ema_decay and stage.average_best 3 both choose the final weights"):
+        load_config(None, _stage_overrides(corpus, **{"optim.ema_decay": 0.9, "stage.average_best": 3}))
+
+
 def test_more_steps_per_epoch_than_batches_is_an_error(corpus, tmp_path):
     with pytest.raises(ValueError, match="stage.steps_per_epoch 50 needs 50 batches per epoch, but .* gives 6"):
         _train(corpus, tmp_path / "run", **{"stage.steps_per_epoch": 50})

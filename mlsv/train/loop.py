@@ -304,7 +304,13 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
                                   process_index=acc.process_index, num_processes=acc.num_processes)
 
     first = loader_for(0)
-    batches_per_epoch = st.steps_per_epoch * st.grad_accum if st.steps_per_epoch > 0 else len(first)
+    # whole accumulation cycles only: a partial one would carry its gradients into the next epoch, which a
+    # checkpoint does not hold (a resumed run would differ), and an epoch shorter than one would not step
+    batches_per_epoch = st.steps_per_epoch * st.grad_accum if st.steps_per_epoch > 0 \
+        else len(first) // st.grad_accum * st.grad_accum
+    if st.steps_per_epoch == 0 and 0 < len(first) < st.grad_accum:
+        raise ValueError(f"stage.grad_accum {st.grad_accum} needs {st.grad_accum} batches per optimiser step, but "
+                         f"{train_manifest} gives {len(first)} per epoch and process; lower it or data.batch_size")
     if st.steps_per_epoch > 0 and not data.streaming and len(first) < batches_per_epoch:
         raise ValueError(f"stage.steps_per_epoch {st.steps_per_epoch} needs {batches_per_epoch} batches per "
                          f"epoch, but {train_manifest} gives {len(first)} per process; lower it (0: one pass)")
@@ -426,7 +432,7 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
                              {"epoch": epoch, "batches_in_epoch": batches_per_epoch, "global_step": global_step,
                               "validation_eer": val_eer, "loss": row["loss"]})
         if acc.is_main_process:
-            ckpt.prune_checkpoints(ckpt_root, st.keep_best)
+            ckpt.prune_checkpoints(ckpt_root, max(st.keep_best, st.average_best))  # what averaging needs
         acc.wait_for_everyone()
 
     # -- the stage's final model ---------------------------------------------------------------------------
