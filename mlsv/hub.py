@@ -6,7 +6,9 @@ The folder holds ``config.json``, ``model.safetensors``, ``preprocessor_config.j
 (``configuration_mlsv.py``, ``modeling_mlsv.py`` and its siblings) so that
 ``AutoModel.from_pretrained(repo, trust_remote_code=True)`` works where mlsv is not installed, an ONNX
 export when the model folder has one (refused when its report says it came from other weights), and a
-``README.md`` model card with YAML metadata and the evaluation table. The upload is one commit through
+``README.md`` model card with YAML metadata and the model's evaluation table: the metrics it records
+(``mlsv evaluate`` output), or its run's ``results.json`` where that is about this very model, never
+another model's (a training stage's model has none). The upload is one commit through
 ``huggingface_hub``; the token comes from ``huggingface-cli login`` / ``hf auth login`` or ``HF_TOKEN``
 and is never written anywhere.
 """
@@ -14,6 +16,7 @@ and is never written anywhere.
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import math
 import os
@@ -25,7 +28,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_model_card", "build_publish_folder", "find_results", "load_metrics", "main", "upload_folder"]
+__all__ = ["build_model_card", "build_publish_folder", "find_results", "load_metrics", "main", "own_metrics",
+           "run_metrics", "upload_folder"]
 
 #: Files of the model folder copied as they are, when present.
 EXTRA_FILES = ("model.onnx", "model.onnx.json")
@@ -39,13 +43,108 @@ _METRIC_COLUMNS = (("eer", "EER (%)"), ("min_dcf_0.01", "minDCF (p=0.01)"), ("mi
 
 
 def find_results(model_dir: str | os.PathLike, levels: int = 2) -> Path | None:
-    """``results.json`` in the model folder or up to ``levels`` folders above it, else None."""
+    """``results.json`` in the model folder or up to ``levels`` folders above it, else None.
+
+    The file found may be about another model of the run (a run's ``results.json`` is about its
+    ``model`` folder only): :func:`run_metrics` tells.
+    """
     d = Path(model_dir).resolve()
     for _ in range(levels + 1):
         if (d / RESULTS_NAME).is_file():
             return d / RESULTS_NAME
         d = d.parent
     return None
+
+
+def own_metrics(config) -> list[tuple[str, dict]]:
+    """The metrics a model records in its own config (``config.evaluation``, written by ``mlsv evaluate``),
+    labelled with their score scale (``"calibrated / test_trials"``); [] when it records none."""
+    evaluation = config.evaluation or {}
+    metrics = evaluation.get("metrics")
+    if not isinstance(metrics, Mapping):
+        return []
+    return load_metrics({str(evaluation.get("final_stage") or "evaluation"): metrics})
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """JSON values equal, NaN / infinity / null alike (results files write non-finite numbers as null)."""
+    def missing(v: Any) -> bool:
+        return v is None or (isinstance(v, float) and not math.isfinite(v))
+
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in a)
+    if missing(a) or missing(b):
+        return missing(a) and missing(b)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def _model_files(folder: Path) -> dict[str, Any]:
+    """What a saved model is: its config (less what saving stamps on it) and its weight files."""
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    for key in ("transformers_version", "_name_or_path"):
+        config.pop(key, None)
+    weights = sorted(p.name for p in folder.iterdir()
+                     if p.is_file() and (".safetensors" in p.name or p.name.startswith("pytorch_model")))
+    return {"config": config, "weights": weights}
+
+
+def _same_model(a: Path, b: Path) -> bool:
+    """The folders hold the same model: equal configs and byte-identical weight files (a copy)."""
+    try:
+        if a.resolve() == b.resolve():
+            return True
+        fa, fb = _model_files(a), _model_files(b)
+        return (bool(fa["weights"]) and fa == fb
+                and all(filecmp.cmp(a / name, b / name, shallow=False) for name in fa["weights"]))
+    except (OSError, ValueError):
+        return False
+
+
+def run_metrics(results_file: str | os.PathLike, model_dir: str | os.PathLike,
+                evaluation: Mapping | None = None) -> tuple[list[tuple[str, dict]], str | None]:
+    """The rows of a run's ``results.json`` that are about the model in ``model_dir``, or why there are none.
+
+    ``mlsv train``'s report step writes ``results.json`` with every evaluated system of the run and the
+    folder its chosen model was copied to (``"model"``). The file is about ``model_dir`` only when that
+    folder is ``model_dir`` (the recorded path, or the same name beside ``results.json`` for a run folder
+    moved since) or holds the same model (config and weights: the evaluated model it was copied from).
+    Its rows are then those of the system whose final-stage metrics are the model's own
+    (``evaluation``, the model's ``config.evaluation``); the run's other systems are other models.
+
+    Returns:
+        ``(rows, None)``, or ``([], reason)`` when the file is not (provably) about this model.
+    """
+    results_file, model_dir = Path(results_file), Path(model_dir)
+    try:
+        results = json.loads(results_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{results_file}: cannot read results ({e})") from e
+    recorded = results.get("model") if isinstance(results, Mapping) else None
+    if not isinstance(recorded, str) or not recorded:
+        return [], "it does not record which model it is about"
+    named = Path(recorded)
+    candidates = [named if named.is_absolute() else Path.cwd() / named, results_file.parent / named.name]
+    if not any(_same_model(c, model_dir) for c in candidates):
+        return [], f"it is about the model {recorded}, not {model_dir}"
+    systems = results.get("systems")
+    if not isinstance(systems, Mapping) or not systems:
+        return load_metrics(results), None
+    metrics = (evaluation or {}).get("metrics")
+    if isinstance(metrics, Mapping):
+        stage = (evaluation or {}).get("final_stage")
+        chosen = [label for label, by_stage in systems.items()
+                  if isinstance(by_stage, Mapping) and _same_value(by_stage.get(stage), metrics)]
+        why = (f"none of its systems ({', '.join(map(str, systems))}) has the metrics recorded in "
+               f"{model_dir / 'config.json'}; it was written for another evaluation of that folder")
+    else:
+        chosen = list(systems) if len(systems) == 1 else []
+        why = (f"{model_dir} records no evaluation, so which of its systems ({', '.join(map(str, systems))}) "
+               "it is cannot be told")
+    if not chosen:
+        return [], why
+    return load_metrics({"systems": {chosen[0]: systems[chosen[0]]}}), None
 
 
 def load_metrics(source: Mapping | str | os.PathLike | None) -> list[tuple[str, dict]]:
@@ -163,7 +262,8 @@ def build_model_card(config, *, repo_id: str, metrics: Sequence[tuple[str, dict]
                   "EER in percent; minDCF with the target prior given. Scores as named in each row "
                   "(cosine, AS-norm, calibrated).", ""]
     else:
-        lines += ["No evaluation results were published with this model.", ""]
+        lines += ["No evaluation is recorded for this model: it was not published from the output of "
+                  "`mlsv evaluate`, which stores the metrics, AS-norm cohort and calibration with the model.", ""]
     lines += [
         "## How to use", "",
         "With mlsv (`pip install mlsv`): embeddings, scores and decisions, any sample rate or channel count.", "",
@@ -243,8 +343,10 @@ def build_publish_folder(model_dir: str | os.PathLike, out: str | os.PathLike, *
         model_dir: the trained model folder.
         out: the folder to write (replaced when ``overwrite``).
         repo_id: the hub repository (for the card's examples).
-        results: a ``results.json`` path or dict; default: found beside or above ``model_dir``.
-            Falls back to the metrics in the model's ``config.evaluation``.
+        results: a ``results.json`` path or dict, used as given; default: the run's ``results.json``
+            found beside or above ``model_dir`` when it is about this model (:func:`run_metrics`;
+            a warning says why when it is not). Falls back to the metrics the model records in its
+            ``config.evaluation``; the card says when there are none.
         datasets: training / evaluation dataset names for the card's metadata.
         license: license identifier for the metadata.
     """
@@ -270,11 +372,18 @@ def build_publish_folder(model_dir: str | os.PathLike, out: str | os.PathLike, *
         for name in EXTRA_FILES:
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, tmp / name)
-        if results is None:
-            results = find_results(model_dir)
-        records = load_metrics(results)
-        if not records and model.config.evaluation:
-            records = load_metrics(model.config.evaluation)
+        if results is not None:  # given: used as it is
+            records = load_metrics(results)
+        elif (found := find_results(model_dir)) is not None:
+            records, why = run_metrics(found, model_dir, model.config.evaluation)
+            if why:
+                shows = ("the metrics this model records" if own_metrics(model.config)
+                         else "that no evaluation is recorded")
+                warnings.warn(f"{found} is not used for the model card: {why}; the card shows {shows}",
+                              stacklevel=2)
+        else:
+            records = []
+        records = records or own_metrics(model.config)
         card = build_model_card(model.config, repo_id=repo_id, metrics=records, datasets=datasets,
                                 license=license, parameter_counts=model.parameter_counts(),
                                 has_onnx=(tmp / "model.onnx").is_file())
@@ -346,7 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="create the repository as private")
     p.add_argument("--revision", default=None, help="branch to push to (created when missing)")
     p.add_argument("--results", default=None,
-                   help="results.json with the metrics for the card (default: beside or above --model)")
+                   help="results.json with the metrics for the card, used as given (default: the run's "
+                        "results.json beside or above --model when it is about this model, else the "
+                        "metrics the model records)")
     p.add_argument("--dataset", action="append", default=[], dest="datasets",
                    help="dataset name for the card's metadata (repeatable), e.g. voxceleb2")
     p.add_argument("--license", default=None, help="license identifier for the card, e.g. mit")

@@ -22,21 +22,36 @@ RESULTS = {"systems": {"LAP": {"cosine": {"test_trials": {"eer": 4.321, "min_dcf
                                                               "min_dcf_0.05": 0.25, "cllr": 0.41,
                                                               "n_trials": 4000}}}},
            "baseline": {"mfcc_eer": 20.0}}
+SUPERB = {"cosine": {"test_trials": {"eer": 36.486, "min_dcf_0.01": 0.9, "min_dcf_0.05": 0.8, "n_trials": 4000}},
+          "calibrated": {"test_trials": {"eer": 35.125, "min_dcf_0.01": 0.95, "min_dcf_0.05": 0.85,
+                                         "cllr": 0.9, "n_trials": 4000}}}
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def evaluation_of(by_stage: dict) -> dict:
+    """``config.evaluation`` as ``mlsv evaluate`` writes it for a system of a run's results."""
+    return {"final_stage": "calibrated", "metrics": by_stage["calibrated"], "top_k": 600}
+
+
+def save_tiny(folder, *, seed: int = 0, evaluation: dict | None = None):
     import torch
 
     from mlsv.models import MLSVModel
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = MLSVModel.from_encoder("tiny-wavlm", lap_heads=4, lap_channels=32, embedding_size=16)
     model.config.training_mean = [0.1] * 16
     model.config.threshold = 0.42
+    model.config.evaluation = evaluation
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run as the report step leaves it: results.json about the evaluated model copied to run/model."""
     root = tmp_path_factory.mktemp("run")
-    model.save_pretrained(root / "model")
-    (root / "results.json").write_text(json.dumps(RESULTS))
+    save_tiny(root / "model", evaluation=evaluation_of(RESULTS["systems"]["LAP"]))
+    (root / "results.json").write_text(json.dumps({**RESULTS, "model": str(root / "model")}))
     return root
 
 
@@ -136,7 +151,9 @@ def test_card_without_results_and_metric_discovery(run_dir):
 
     cfg = MLSVConfig.from_pretrained(run_dir / "model")
     card = build_model_card(cfg, repo_id="a/b")
-    assert "No evaluation results" in card and "datasets:" not in card
+    cfg.evaluation = None
+    card = build_model_card(cfg, repo_id="a/b")
+    assert "No evaluation is recorded for this model" in card and "datasets:" not in card
     found = load_metrics(RESULTS)
     assert [label for label, _ in found] == ["LAP / cosine / test_trials", "LAP / calibrated / test_trials"]
     assert load_metrics({"vox1_O": {"eer": 1.0}}) == [("vox1_O", {"eer": 1.0})]
@@ -202,3 +219,70 @@ def test_a_stale_onnx_export_is_refused_before_any_upload(run_dir, tmp_path, mon
     with pytest.warns(UserWarning, match="records no weights fingerprint"):
         assert main(argv) == 0
     assert "model.onnx" in calls[-1]
+
+
+def publish(model_dir, out) -> tuple[str, list[str]]:
+    """push_to_hub.py --dry-run: the card and the warnings it gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["--model", str(model_dir), "--repo-id", "me/tiny", "--dry-run", str(out)]) == 0
+    return (out / "README.md").read_text(), [str(w.message) for w in caught if "model card" in str(w.message)]
+
+
+def table_rows(card: str) -> list[str]:
+    return [line.split(" | ")[0].lstrip("| ") for line in card.split("## Evaluation")[1].split("## How")[0]
+            .splitlines() if line.startswith("| ") and not line.startswith("| trial list")]
+
+
+def test_a_card_shows_only_the_metrics_of_the_model_published(tmp_path):
+    """A run's results.json is about its model folder: a stage's model (never evaluated: no cohort, no
+    calibration) or the run's other system shows none of its rows; the run's model shows its own system."""
+    import shutil
+
+    run = tmp_path / "run"
+    evaluated = save_tiny(run / "lap_eval" / "model", seed=0, evaluation=evaluation_of(RESULTS["systems"]["LAP"]))
+    shutil.copytree(evaluated, run / "model")
+    save_tiny(run / "lap_stage1" / "model", seed=1)
+    save_tiny(run / "superb_eval" / "model", seed=2, evaluation=evaluation_of(SUPERB))
+    results = {"systems": {**RESULTS["systems"], "SUPERB": SUPERB}, "model": str(run / "model")}
+    (run / "results.json").write_text(json.dumps(results))
+    lap_rows = ["LAP / cosine / test_trials", "LAP / calibrated / test_trials"]
+
+    card, warned = publish(run / "lap_stage1" / "model", tmp_path / "stage1")
+    assert table_rows(card) == [] and "No evaluation is recorded for this model" in card
+    assert not any(v in card for v in ("4.321", "3.988", "36.486", "35.125"))
+    assert warned == [f"{(run / 'results.json').resolve()} is not used for the model card: it is about the "
+                      f"model {run / 'model'}, not {run / 'lap_stage1' / 'model'}; the card shows that no "
+                      "evaluation is recorded"]
+
+    card, warned = publish(run / "superb_eval" / "model", tmp_path / "superb")  # its own metrics only
+    assert table_rows(card) == ["calibrated / test_trials"] and "35.125" in card and "3.988" not in card
+    assert len(warned) == 1 and "the card shows the metrics this model records" in warned[0]
+
+    for model_dir in (run / "model", run / "lap_eval" / "model"):  # the run's model, and the one it copies
+        card, warned = publish(model_dir, tmp_path / "run_model")
+        assert table_rows(card) == lap_rows and warned == []
+        assert "| LAP / calibrated / test_trials | 3.988 | 0.2999 | 0.2500 | 0.4100 | 4,000 |" in card
+
+    moved = tmp_path / "moved"  # a run folder moved since: results.json names where its model was
+    shutil.copytree(run, moved)
+    shutil.rmtree(run)
+    assert table_rows(publish(moved / "model", tmp_path / "moved_model")[0]) == lap_rows
+    assert table_rows(publish(moved / "lap_stage1" / "model", tmp_path / "moved_stage1")[0]) == []
+
+    # the run's model replaced by another evaluation since the report: results.json is not about it
+    shutil.rmtree(moved / "model")
+    save_tiny(moved / "model", seed=3, evaluation=evaluation_of(
+        {"calibrated": {"test_trials": {"eer": 7.5, "min_dcf_0.01": 0.5, "min_dcf_0.05": 0.4}}}))
+    card, warned = publish(moved / "model", tmp_path / "replaced")
+    assert table_rows(card) == ["calibrated / test_trials"] and "7.500" in card and "3.988" not in card
+    assert len(warned) == 1 and "none of its systems (LAP, SUPERB) has the metrics recorded" in warned[0]
+
+
+def test_results_json_that_names_no_model_is_not_used(tmp_path):
+    run = tmp_path / "run"
+    save_tiny(run / "model")
+    (run / "results.json").write_text(json.dumps(RESULTS))  # written before runs recorded their model
+    card, warned = publish(run / "model", tmp_path / "out")
+    assert table_rows(card) == [] and "3.988" not in card
+    assert len(warned) == 1 and "it does not record which model it is about" in warned[0]
