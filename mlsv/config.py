@@ -322,7 +322,10 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {k!r} is not a section")
-        node[keys[-1]] = value
+        old = node.get(keys[-1])
+        # a mapping given for a section sets those keys, keeping the section's others (a replaced section
+        # would quietly fall back to the defaults for the keys it does not name)
+        node[keys[-1]] = _deep_merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
     return data
 
 

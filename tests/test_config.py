@@ -22,6 +22,9 @@ def test_base_inheritance_and_overrides(tmp_path):
     assert cfg.data.strict is False and cfg.data.speed_factors == [1.0]
     dump_config(cfg, tmp_path / "out.yaml")
     assert load_config(tmp_path / "out.yaml") == cfg
+    # a mapping for a whole section sets its keys and keeps the file's others
+    cfg = load_config(tmp_path / "s2.yaml", ["stage={keep_best: 3}"])
+    assert cfg.stage.epochs == 10 and cfg.stage.keep_best == 3
 
 
 @pytest.mark.parametrize("override,message", [
