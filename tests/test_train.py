@@ -424,6 +424,34 @@ def test_more_steps_per_epoch_than_batches_is_an_error(corpus, tmp_path):
         _train(corpus, tmp_path / "run", **{"stage.steps_per_epoch": 50})
 
 
+def test_chunked_validation_split_over_processes_equals_one_process(corpus):
+    """With data.eval_chunk_seconds an utterance's chunks can land in both processes' shares: the gathered
+    parts are merged into one row per utterance, equal to what one process embeds (they stayed two rows,
+    the last one winning)."""
+    from conftest import tiny_model
+
+    from mlsv.data.loader import build_eval_loader
+    from mlsv.inference import extract_embeddings
+    from mlsv.train.loop import merge_parts
+
+    model = tiny_model().eval()
+
+    def table(process: int, processes: int):
+        loader = build_eval_loader(corpus.validation, batch_seconds=2.0, chunk_seconds=0.5, process_index=process,
+                                   num_processes=processes)
+        t = extract_embeddings(model, loader)
+        return t.ids.tolist(), t.embeddings, t.durations
+
+    one = merge_parts([table(0, 1)])
+    parts = [table(0, 2), table(1, 2)]
+    assert len(set(parts[0][0]) & set(parts[1][0])) > 0  # shared utterances: the case being tested
+    two = merge_parts(parts)
+    assert sorted(two.ids.tolist()) == sorted(one.ids.tolist())
+    order = [two.ids.tolist().index(u) for u in one.ids]
+    np.testing.assert_allclose(two.embeddings[order], one.embeddings, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(two.durations[order], one.durations, rtol=1e-5)
+
+
 def test_a_non_finite_training_mean_names_the_utterances(corpus, tmp_path):
     """A model giving NaN embeddings (a diverged run) stops the stage's last step with the ids, instead of
     storing a zero mean that would silently switch off mean subtraction."""

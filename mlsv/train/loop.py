@@ -526,7 +526,6 @@ def _embed_manifest(model, manifest: str, acc, data):
 
     from mlsv.data.loader import build_eval_loader
     from mlsv.inference import extract_embeddings, min_length
-    from mlsv.scoring.embeddings import EmbeddingTable
 
     loader = build_eval_loader(manifest, batch_seconds=data.eval_batch_seconds, chunk_seconds=data.eval_chunk_seconds,
                                sample_rate=data.sample_rate, process_index=acc.process_index,
@@ -535,10 +534,28 @@ def _embed_manifest(model, manifest: str, acc, data):
     table = extract_embeddings(model, loader, device=acc.device)
     parts = gather_object([(table.ids.tolist(), table.embeddings, table.durations)]) \
         if acc.num_processes > 1 else [(table.ids.tolist(), table.embeddings, table.durations)]
+    return merge_parts(parts)
+
+
+def merge_parts(parts: list[tuple[list[str], np.ndarray, np.ndarray]]):
+    """Per-process (ids, embeddings, durations) -> one table. An utterance cut into chunks may have been
+    embedded in parts by several processes (evaluation batches are dealt by chunk): its rows become their
+    duration-weighted mean (the weights the embedder uses within a process) with the summed duration."""
+    from mlsv.scoring.embeddings import EmbeddingTable
+
     ids = [u for p in parts for u in p[0]]
-    emb = np.concatenate([p[1] for p in parts if len(p[0])]) if ids else np.zeros((0, 0), np.float32)
-    dur = np.concatenate([p[2] for p in parts if len(p[0])]) if ids else np.zeros(0, np.float32)
-    return EmbeddingTable(np.array(ids), emb, dur)
+    if not ids:
+        return EmbeddingTable(np.array([], dtype=str), np.zeros((0, 0), np.float32), np.zeros(0, np.float32))
+    emb = np.concatenate([p[1] for p in parts if len(p[0])])
+    dur = np.concatenate([p[2] for p in parts if len(p[0])])
+    if len(set(ids)) < len(ids):
+        position = {u: i for i, u in enumerate(dict.fromkeys(ids))}
+        index = np.array([position[u] for u in ids])
+        sums = np.zeros((len(position), emb.shape[1]), np.float64)
+        np.add.at(sums, index, emb.astype(np.float64) * dur[:, None])
+        total = np.bincount(index, weights=dur, minlength=len(position))
+        ids, emb, dur = list(position), (sums / np.maximum(total, 1e-9)[:, None]).astype(np.float32), total
+    return EmbeddingTable(np.array(ids), emb, np.asarray(dur, np.float32))
 
 
 def _subset_manifest(manifest: str, limit: int, out: Path, acc, seed: int = 0) -> str:
