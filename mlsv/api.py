@@ -455,8 +455,10 @@ class Verifier:
 
         Inputs are read lazily, sorted by length and batched (``batch_seconds`` of padded audio per
         batch); padding never changes an embedding, so an input gives the same embedding alone or in
-        a batch. ``chunk_seconds > 0`` embeds long inputs in chunks and averages them (weighted by
-        length). ``progress`` (default: when more than 16 inputs) shows a progress bar.
+        a batch. ``chunk_seconds > 0`` cuts an input longer than that into equal chunks (the rule of
+        evaluation, :func:`mlsv.data.loader.chunk_bounds`, so a file gets the embedding a manifest gives
+        it) and averages their embeddings (weighted by length). ``progress`` (default: when more than 16
+        inputs) shows a progress bar.
         """
         single = not isinstance(inputs, (list, tuple))
         table = self.embed_table([inputs] if single else list(inputs), sample_rate=sample_rate,
@@ -504,7 +506,7 @@ class Verifier:
             for it in batch:
                 wav = self.load(it.source, sample_rate, it.name)
                 durations[it.index] = wav.size / self.sampling_rate
-                pieces.extend((it.index, p) for p in self._chunks(wav, chunk))
+                pieces.extend((it.index, p) for p in self._chunks(wav, chunk_seconds, it.name))
             pieces.sort(key=lambda ip: -ip[1].size)
             start = 0
             while start < len(pieces):  # the batch's estimate can be off (resampling, chunks): re-split
@@ -529,13 +531,16 @@ class Verifier:
         n = max(shape) if len(shape) == 2 else (shape[0] if len(shape) == 1 else 0)
         return max(1, int(n * self.sampling_rate / (sample_rate or self.sampling_rate)))
 
-    def _chunks(self, wav: np.ndarray, chunk: int) -> list[np.ndarray]:
-        if chunk <= 0 or wav.size <= chunk:
-            return [wav]
-        parts = [wav[s:s + chunk] for s in range(0, wav.size, chunk)]
-        if len(parts) > 1 and parts[-1].size < max(self.min_samples, chunk // 2):
-            parts[-2] = np.concatenate([parts[-2], parts.pop()])  # a short tail joins its neighbour
-        return parts
+    def _chunks(self, wav: np.ndarray, chunk_seconds: float, name: str) -> list[np.ndarray]:
+        from mlsv.data.loader import chunk_bounds  # evaluation's rule: equal chunks
+
+        bounds = chunk_bounds(wav.size, self.sampling_rate, chunk_seconds)
+        shortest = int(np.diff(bounds).min())
+        if shortest < self.min_samples:  # equal chunks can be down to half of chunk_seconds
+            raise ValueError(f"{name}: chunk_seconds={chunk_seconds:g} cuts it into {len(bounds) - 1} chunks of "
+                             f"{shortest}+ samples; the encoder needs at least {self.min_samples} "
+                             f"({self.min_samples / self.sampling_rate:.4f} s)")
+        return [wav[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     def _run(self, waves: list[np.ndarray]) -> np.ndarray:
         n = max(w.size for w in waves)

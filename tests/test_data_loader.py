@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -9,14 +12,17 @@ from data_helpers import tiny_corpus, tone, write_wav
 
 import mlsv.data.loader as loader_mod
 from mlsv.config import AugmentConfig, DataConfig
-from mlsv.data.audio import AudioError
+from mlsv.data.audio import AudioError, MissingDependencyError
 from mlsv.data.loader import (
     TrainCrops,
     build_eval_loader,
     build_train_loader,
+    chunk_bounds,
     label_offset,
+    plan_eval_batches,
     read_crop,
     speed_perturb_classes,
+    utterance_subset,
 )
 from mlsv.data.manifest import iter_rows, load_manifest, speaker_labels, write_manifest
 
@@ -129,12 +135,124 @@ def test_workers_and_cpu_augmentation(tmp_path):
     assert not torch.equal(batches[0]["waveforms"], clean[0]["waveforms"])
 
 
-def test_streaming_train_stream(tmp_path):
-    manifest = tiny_corpus(tmp_path, speakers=3, utts=4)
+def _spy_crops(monkeypatch) -> list[str]:
+    """The ids TrainCrops crops from, in order (appended to the returned list)."""
+    ids, real = [], TrainCrops._crop
+
+    def spy(self, row, rng):
+        ids.append(row["id"])
+        return real(self, row, rng)
+
+    monkeypatch.setattr(TrainCrops, "_crop", spy)
+    return ids
+
+
+def test_streaming_train_stream_repeats_with_a_new_shuffle_each_pass(tmp_path, monkeypatch):
+    """A stream shorter than the epoch's steps starts another pass instead of running dry: one process
+    would train a short epoch, and with several the one that ran dry would leave the others waiting."""
+    manifest = tiny_corpus(tmp_path, speakers=3, utts=4)  # 12 rows: 3 batches of 4 per pass
     labels = speaker_labels(manifest)
-    dl = build_train_loader(manifest, _cfg(streaming=True), None, labels=labels, epoch=0, seed=0)
-    batches = list(dl)
-    assert len(batches) == 3 and batches[0]["waveforms"].shape == (4, 8000)
+    ids = _spy_crops(monkeypatch)
+
+    def first_batches(n, epoch=0):
+        dl = build_train_loader(manifest, _cfg(streaming=True), None, labels=labels, epoch=epoch, seed=0)
+        return list(itertools.islice(dl, n))
+
+    batches = first_batches(7)
+    assert len(batches) == 7 and {b["waveforms"].shape for b in batches} == {(4, 8000)}
+    passes = [ids[:12], ids[12:24]]
+    assert sorted(passes[0]) == sorted(passes[1]) == sorted(r["id"] for _, r in iter_rows(manifest))
+    assert passes[0] != passes[1]  # each pass its own shuffle
+    first_run = ids[:28]
+    ids.clear()
+    again = first_batches(7)  # reproducible, as a resumed run needs
+    assert ids[:28] == first_run
+    assert all(torch.equal(a["labels"], b["labels"]) for a, b in zip(batches, again))
+    ids.clear()
+    first_batches(3, epoch=1)
+    assert ids[:12] != passes[0] and ids[:12] != passes[1]
+
+
+def test_uneven_shards_give_every_process_the_steps_it_is_asked_for(tmp_path, monkeypatch):
+    """Shards of 3/3/3/2 rows over 2 processes of 2 loader workers: every worker's stream repeats."""
+    import datasets
+
+    from mlsv.data.shards import write_shards
+
+    # datasets pauses 5 s after each pass over interleaved parquet shards (an arrow workaround)
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
+
+    rows = [r for _, r in iter_rows(tiny_corpus(tmp_path, speakers=3, utts=4))][:11]
+    manifest = write_manifest(rows, tmp_path / "eleven.jsonl")
+    write_shards(manifest, tmp_path / "shards", rows_per_shard=3, progress=False)
+    cfg = _cfg(streaming=True, num_workers=2)
+    for process in range(2):
+        dl = build_train_loader(tmp_path / "shards", cfg, None, labels=speaker_labels(manifest), epoch=0, seed=0,
+                                process_index=process, num_processes=2)
+        assert dl.num_workers == 2
+        batches = list(itertools.islice(dl, 8))
+        assert len(batches) == 8 and {b["waveforms"].shape for b in batches} == {(2, 8000)}
+
+
+def test_streaming_train_stream_that_yields_nothing_raises(tmp_path):
+    manifest = tiny_corpus(tmp_path, speakers=2, utts=2)
+    labels = speaker_labels(manifest)
+    empty = load_manifest(manifest, streaming=True).filter(lambda row: False)
+    with pytest.raises(ValueError, match="training stream of process 0 holds no rows"):
+        next(iter(TrainCrops(empty, labels, _cfg(streaming=True))))
+    broken = write_manifest([{**r, "path": "gone.wav"} for _, r in iter_rows(manifest)], tmp_path / "gone.jsonl")
+    dl = build_train_loader(broken, _cfg(streaming=True), None, labels=labels, epoch=0, seed=0)
+    with pytest.raises(AudioError, match=r"every file of the training stream of process 0 failed .*gone\.wav"):
+        next(iter(dl))
+
+
+def test_max_utterances_is_a_seeded_subset_of_every_speaker(tmp_path):
+    """Prepared manifests are sorted by speaker: the first rows would hold only the first speakers."""
+    manifest = tiny_corpus(tmp_path, speakers=4, utts=4)
+    labels = speaker_labels(manifest)
+    rows = [r["id"] for _, r in iter_rows(manifest)]
+
+    def kept(seed, epoch=0, process_index=0):
+        dl = build_train_loader(manifest, _cfg(max_utterances=8, batch_size=2), None, labels=labels, epoch=epoch,
+                                seed=seed, process_index=process_index, num_processes=2)
+        return list(dl.dataset.rows["id"])
+
+    subset = kept(seed=0)
+    assert len(subset) == 8 and subset == [r for r in rows if r in set(subset)]  # in manifest order
+    assert len({uid.split("/")[0] for uid in subset}) > 2  # the first 8 rows hold 2 speakers
+    assert kept(seed=0, epoch=3, process_index=1) == subset  # every epoch and process agrees
+    assert kept(seed=1) != subset
+    np.testing.assert_array_equal(utterance_subset(16, 8, 0), utterance_subset(16, 8, 0))
+    assert len(utterance_subset(5, 8, 0)) == 5
+
+
+def test_missing_pyav_stops_training_and_evaluation_rather_than_skipping(tmp_path, monkeypatch):
+    """Without PyAV every m4a file fails alike: skipping them would train on what is left, or nothing."""
+    manifest = tiny_corpus(tmp_path, speakers=2, utts=4)
+    rows = [r for _, r in iter_rows(manifest)]
+    (tmp_path / "vox2.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A " + bytes(64))
+    rows[1] = {**rows[1], "path": "vox2.m4a"}
+    mixed = write_manifest(rows, tmp_path / "mixed.jsonl")
+    monkeypatch.setitem(sys.modules, "av", None)  # import av fails
+    message = r"vox2\.m4a: decoding m4a/AAC needs PyAV.*\.\[m4a\].*--convert-dir"
+    for streaming in (False, True):
+        dl = build_train_loader(mixed, _cfg(batch_size=2, streaming=streaming), None,
+                                labels=speaker_labels(mixed), epoch=0, seed=0)
+        with pytest.raises(MissingDependencyError, match=message):
+            list(itertools.islice(dl, 8))
+        assert dl.num_bad_files == 0
+    with pytest.raises(AudioError, match=message):
+        list(build_eval_loader(mixed, batch_seconds=4.0, skip_bad=True))
+
+
+def test_chunk_bounds_cut_equal_chunks():
+    np.testing.assert_array_equal(chunk_bounds(16000, 16000, 0.0), [0, 16000])
+    np.testing.assert_array_equal(chunk_bounds(16000, 16000, 1.0), [0, 16000])  # not longer than a chunk
+    np.testing.assert_array_equal(chunk_bounds(52800, 16000, 1.0), [0, 13200, 26400, 39600, 52800])  # 3.3 s
+    bounds = chunk_bounds(212800, 16000, 5.0)  # 13.3 s: three chunks of 4.43 s, no 3.3 s tail
+    assert len(bounds) == 4 and np.ptp(np.diff(bounds)) <= 1
+    plan = plan_eval_batches(["u"], [13.3], batch_seconds=100.0, chunk_seconds=5.0)
+    assert sorted((start, start + frames) for *_, start, frames in plan[0]) == list(zip(bounds[:-1], bounds[1:]))
 
 
 def test_eval_loader_pads_sorts_chunks_and_splits(tmp_path):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
 from data_helpers import tiny_corpus, tone, write_m4a, write_wav
 
-from mlsv.data.audio import AudioError, audio_info, read_audio
+from mlsv.data.audio import AudioError, MissingDependencyError, audio_info, read_audio
 from mlsv.data.manifest import (
     ManifestError,
     iter_rows,
@@ -181,3 +182,16 @@ def test_m4a_decodes_with_pyav(tmp_path):
     assert sr == rate == 16000 and channels == 1 and abs(frames - 16000) < 2048
     y2, _ = read_audio(path.read_bytes())
     np.testing.assert_array_equal(y, y2)
+
+
+def test_m4a_without_pyav_names_the_file_and_the_fix(tmp_path, monkeypatch):
+    path = tmp_path / "id1/vid/00001.m4a"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\x00\x00\x00\x18ftypM4A " + bytes(64))
+    monkeypatch.setitem(sys.modules, "av", None)  # import av fails as when PyAV is not installed
+    fix = r"needs PyAV, which is not installed: pip install -e \"\.\[m4a\]\".*--convert-dir"
+    for read in (read_audio, audio_info):
+        with pytest.raises(MissingDependencyError, match=f"{path}: decoding m4a/AAC {fix}"):
+            read(path)
+    with pytest.raises(AudioError, match=fix):  # an AudioError: callers that report those name the file
+        read_audio(path.read_bytes())

@@ -3,14 +3,16 @@ trial lists, and parquet shards that stream back identical audio."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import sys
 
 import numpy as np
 import pytest
 from data_helpers import tiny_corpus, tone, write_m4a, write_wav
 
 from mlsv.cli import main
-from mlsv.data.audio import read_audio
+from mlsv.data.audio import MissingDependencyError, read_audio
 from mlsv.data.manifest import ManifestError, iter_rows, load_manifest, validate, write_manifest
 from mlsv.data.prepare import prepare_folder, prepare_musan, prepare_rirs, prepare_trials, prepare_voxceleb
 from mlsv.data.shards import write_shards
@@ -66,6 +68,21 @@ def test_voxceleb_trials_need_their_speakers(vox):
     with pytest.raises(KeyError, match="need --vox1-dev"):
         prepare_voxceleb(vox / "out", vox1_test=vox / "vox1_test/wav",
                          trials=[vox / "meta/list_test_hard2.txt"], progress=False)
+    # --vox1-dev given, but it is the training set (no --vox2-dev): Vox1-H would test on training speakers
+    with pytest.raises(KeyError) as info:
+        prepare_voxceleb(vox / "out2", vox1_dev=vox / "vox1_dev/wav", vox1_test=vox / "vox1_test/wav",
+                         trials=[vox / "meta/list_test_hard2.txt"], progress=False)
+    message = str(info.value)
+    assert "list_test_hard2.txt" in message and "VoxCeleb1 dev is the training set here" in message
+    assert "Give --vox2-dev" in message and "need --vox1-dev" not in message
+
+
+def test_voxceleb_without_pyav_stops_rather_than_dropping_every_m4a(vox, monkeypatch):
+    """Without PyAV every m4a file fails alike: it is not a bad file to leave out of the manifest."""
+    monkeypatch.setitem(sys.modules, "av", None)
+    for convert_dir in (None, vox / "flac"):
+        with pytest.raises(MissingDependencyError, match=r"\.m4a: decoding m4a/AAC needs PyAV"):
+            prepare_voxceleb(vox / "out", vox2_dev=vox / "vox2_dev/aac", convert_dir=convert_dir, progress=False)
 
 
 def test_voxceleb_refuses_one_validation_speaker(vox):
@@ -160,7 +177,22 @@ def test_trials_when_other_speakers_have_few_utterances(tmp_path):
                      tmp_path / "w.txt")
 
 
-def test_shards_stream_back_identical_audio(tmp_path):
+def test_read_trials_accepts_a_byte_order_mark_and_refuses_an_empty_list(tmp_path):
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes("1 a b\n0 a c\n".encode("utf-8-sig"))  # as some Windows editors save it
+    t = read_trials(bom)
+    assert t.labels.tolist() == [1, 0] and list(t.enroll) == ["a", "a"] and t.has_labels
+    for name, text in (("empty.txt", ""), ("blank.txt", "\n  \n")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=f"^empty trial list: {tmp_path / name}$"):
+            read_trials(tmp_path / name)
+
+
+def test_shards_stream_back_identical_audio(tmp_path, monkeypatch):
+    import datasets
+
+    # datasets pauses 5 s after each pass over interleaved parquet shards (an arrow workaround)
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
     manifest = tiny_corpus(tmp_path, speakers=2, utts=3)
     paths, bad = write_shards(manifest, tmp_path / "shards", rows_per_shard=4, progress=False)
     assert len(paths) == 2 and not bad
@@ -175,9 +207,9 @@ def test_shards_stream_back_identical_audio(tmp_path):
     from mlsv.data.manifest import speaker_labels
 
     cfg = DataConfig(batch_size=2, num_workers=2, crop_seconds=0.25, speed_factors=[1.0], streaming=True)
-    batches = list(build_train_loader(tmp_path / "shards", cfg, None, labels=speaker_labels(manifest),
-                                      epoch=0, seed=0))
-    assert len(batches) == 3
+    stream = build_train_loader(tmp_path / "shards", cfg, None, labels=speaker_labels(manifest), epoch=0, seed=0)
+    batches = list(itertools.islice(stream, 5))  # the stream repeats: a pass gives 3 batches
+    assert len(batches) == 5 and {b["waveforms"].shape for b in batches} == {(2, 4000)}
     for b in build_eval_loader(tmp_path / "shards", batch_seconds=10):
         for uid, wave, mask in zip(b["ids"], b["waveforms"], b["attention_mask"]):
             np.testing.assert_array_equal(wave[mask.bool()].numpy(), originals[uid])

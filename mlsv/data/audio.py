@@ -1,7 +1,8 @@
 """Audio decoding: soundfile for WAV/FLAC/OGG/MP3 (with seeking), PyAV for m4a/AAC, soxr resampling.
 
 Every reader returns float32 samples in [-1, 1]. Errors are ``AudioError`` naming the file and the
-problem, so callers can report and skip bad files.
+problem, so callers can report and skip bad files; ``MissingDependencyError`` (an ``AudioError``: no
+PyAV for an m4a file) is never skipped, since it is the installation, not the file, that is at fault.
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ AV_SUFFIXES = frozenset({".m4a", ".aac", ".mp4"})
 
 class AudioError(ValueError):
     """A file is missing, empty, not decodable audio, or at a refused sample rate."""
+
+
+class MissingDependencyError(AudioError):
+    """A file needs an optional decoder that is not installed (PyAV for m4a/AAC).
+
+    It fails every such file alike, so the readers that skip bad files raise it instead.
+    """
 
 
 def _name(source: AudioSource) -> str:
@@ -58,8 +66,14 @@ def _sf_open(source: AudioSource) -> sf.SoundFile:
 
 def _av_decode(source: AudioSource) -> tuple[np.ndarray, int]:
     """Decodes a whole m4a/AAC file with PyAV. Returns ((S, C) float32, sample rate)."""
-    import av  # lazy: only VoxCeleb2 needs it
-
+    try:
+        import av  # lazy: only VoxCeleb2 needs it
+    except ImportError:
+        raise MissingDependencyError(
+            f"{_name(source)}: decoding m4a/AAC needs PyAV, which is not installed: pip install -e \".[m4a]\" "
+            "(or pip install av); or, to train without it, convert the files to FLAC once with "
+            "mlsv prepare voxceleb --convert-dir DIR (where PyAV is installed)"
+        ) from None
     target = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else os.fspath(source)
     try:
         with av.open(target) as container:

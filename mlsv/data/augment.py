@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from mlsv.config import AugmentConfig
-from mlsv.data.audio import AudioError, read_audio, resample
+from mlsv.data.audio import AudioError, MissingDependencyError, read_audio, resample
 from mlsv.data.manifest import iter_rows, manifest_root, resolve_path
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,8 @@ def _read_bank_file(bank: str, files: list[_Entry], e: _Entry, **kwargs) -> tupl
     blamed for it; a bank left with no files is an error naming it."""
     try:
         return read_audio(e.source, **kwargs)
+    except MissingDependencyError:  # not a bad file: every such file fails
+        raise
     except AudioError as error:
         logger.warning("dropping an undecodable file of the augmentation bank %s: %s", bank, error)
         files.remove(e)

@@ -4,13 +4,16 @@ Training: random fixed-length crops that read only the samples they need (soundf
 files wrap-padded, speed perturbation as new speakers (``speed_perturb_classes``/``label_offset``
 are the only places that know about it), optional CPU augmentation in the workers, RNG seeded per
 (seed, epoch, process, worker), a different shuffle every epoch and a disjoint share per process.
+A streaming manifest repeats (a new shuffle each pass), so the loop bounds its epochs by steps.
 
-Evaluation: whole utterances (optionally cut into equal chunks) in length-sorted, zero-padded
-batches bounded by a total number of seconds, dealt round-robin to processes.
+Evaluation: whole utterances (optionally cut into equal chunks, ``chunk_bounds``: the one rule the
+verification API uses too) in length-sorted, zero-padded batches bounded by a total number of
+seconds, dealt round-robin to processes.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -22,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from mlsv.config import AugmentConfig, DataConfig
-from mlsv.data.audio import AudioError, read_audio, resample
+from mlsv.data.audio import AudioError, MissingDependencyError, read_audio, resample
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,9 @@ def label_offset(factor: float, factors: Sequence[float]) -> int:
 
 # ----------------------------------------------------------------------------------------------
 # crops
+
+#: Rows in the shuffle buffer of a streaming training manifest (``datasets.IterableDataset.shuffle``).
+STREAM_SHUFFLE_BUFFER = 10_000
 
 
 def read_crop(
@@ -106,8 +112,12 @@ class TrainCrops(IterableDataset):
     (``perm[process_index::num_processes]``, cut to equal lengths) and then to loader workers. A file
     that fails to decode is counted, logged and its slot refilled with another utterance of the same
     share, so every process yields the same number of crops (``strict`` raises instead).
-    Streaming manifests (``datasets.IterableDataset``, already split per process): shuffled with a
-    buffer and ``set_epoch``; workers take whole shards (``datasets``' rule); a failing file is skipped.
+    Streaming manifests (``datasets.IterableDataset``, already split per process): workers take whole
+    shards (``datasets``' rule); a failing file is skipped. The stream repeats: pass p of epoch e is
+    shuffled with a buffer (``seed``) and ``set_epoch(stream_epoch(e, p))``, so runs are reproducible, a
+    resumed run sees the same data and a process whose share is short never runs dry (the training loop
+    bounds a streaming epoch by steps; with several processes a dry one would leave the others waiting
+    in their all-reduce). A pass that yields no crop at all raises rather than looping for ever.
     """
 
     def __init__(self, rows, labels: dict[str, int], data_cfg: DataConfig, augmenter=None, *,
@@ -150,7 +160,7 @@ class TrainCrops(IterableDataset):
         return np.asarray(x, dtype=np.float32), label
 
     def _failed(self, row: dict[str, Any], error: AudioError, bad: list[str]) -> None:
-        if self.cfg.strict:
+        if self.cfg.strict or isinstance(error, MissingDependencyError):  # a missing decoder fails every file
             raise error
         logger.warning("skipping undecodable training file: %s", error)
         bad.append(str(row.get("path") or row.get("id")))
@@ -161,14 +171,7 @@ class TrainCrops(IterableDataset):
         rng = np.random.default_rng([self.seed, self.epoch, self.process_index, worker_id])
         bad: list[str] = []
         if self.streaming:
-            for row in self.rows:
-                try:
-                    x, y = self._crop(row, rng)
-                except AudioError as e:
-                    self._failed(row, e, bad)
-                    continue
-                yield x, y, bad
-                bad = []
+            yield from self._stream(rng, worker_id, num_workers)
             return
         items = self.worker_items(worker_id, num_workers)
         failed: set[int] = set()
@@ -190,6 +193,45 @@ class TrainCrops(IterableDataset):
             yield x, y, bad
             bad = []
 
+    def _stream(self, rng: np.random.Generator, worker_id: int,
+                num_workers: int) -> Iterator[tuple[np.ndarray, int, list[str]]]:
+        """Pass after pass over this worker's rows (streaming), each with its own deterministic shuffle."""
+        bad: list[str] = []
+        for pass_index in itertools.count():
+            # a new dataset object each pass: set_epoch writes to memory datasets shares with the other
+            # loader workers, and self.rows stays as it was (a second iteration starts over)
+            rows = self.rows.shuffle(seed=self.seed, buffer_size=STREAM_SHUFFLE_BUFFER)
+            rows.set_epoch(stream_epoch(self.epoch, pass_index))
+            read, crops, error = 0, 0, None
+            for row in rows:
+                read += 1
+                try:
+                    x, y = self._crop(row, rng)
+                except AudioError as e:
+                    self._failed(row, e, bad)
+                    error = e
+                    continue
+                crops += 1
+                yield x, y, bad
+                bad = []
+            if crops == 0:
+                where = f"process {self.process_index}"
+                if num_workers > 1:
+                    where += f", loader worker {worker_id}"
+                if read == 0:
+                    raise ValueError(f"the training stream of {where} holds no rows (each loader worker reads "
+                                     "whole shards, and each process its own share: lower data.num_workers, "
+                                     "or write the shards with fewer rows each so that every worker gets some)")
+                raise AudioError(f"every file of the training stream of {where} failed to decode ({read} rows); "
+                                 f"last: {error}") from error
+
+
+def stream_epoch(epoch: int, pass_index: int) -> int:
+    """The ``datasets`` epoch (``IterableDataset.set_epoch``) of pass ``pass_index`` over a streaming
+    manifest in training epoch ``epoch``: the first pass uses the epoch itself, later passes values that
+    no other (epoch, pass) of a run below 2**20 epochs gets, so every pass is shuffled differently."""
+    return epoch + pass_index * 2**20
+
 
 def _collate_train(items: list[tuple[np.ndarray, int, list[str]]]) -> dict[str, Any]:
     return {
@@ -203,7 +245,8 @@ class TrainLoader(DataLoader):
     """A DataLoader of ``{"waveforms": (B, S) float32, "labels": (B,) int64}`` batches.
 
     ``bad_files`` lists the files skipped so far (``num_bad_files`` counts them); ``len()`` is the
-    exact number of batches of a map-style epoch (each worker drops its last partial batch).
+    exact number of batches of a map-style epoch (each worker drops its last partial batch). A
+    streaming one has no length and never ends.
     """
 
     def __init__(self, dataset: TrainCrops, **kwargs: Any):
@@ -243,6 +286,10 @@ def build_train_loader(
     Args:
         manifest_path: JSONL/parquet manifest or a folder of parquet shards.
         data_cfg: crop length, rate, per-step global batch, workers, speed factors, streaming, strict.
+            ``max_utterances`` keeps a random subset of the manifest's rows, drawn with ``seed`` (the
+            same rows in every epoch and process); with ``streaming`` each process keeps instead the
+            first ``max_utterances // num_processes`` rows of its share, in shard order (the same rows
+            every pass: a stream cannot be sampled without reading it through).
         augment_cfg: CPU augmentation in the workers when ``where == "cpu"`` and ``probability > 0``;
             with ``where == "device"`` the crops come out clean and the training loop applies
             ``BatchAugmenter``. None: no augmentation.
@@ -252,7 +299,9 @@ def build_train_loader(
 
     Returns:
         ``TrainLoader`` yielding ``{"waveforms": (B, S), "labels": (B,)}`` with
-        B = data_cfg.batch_size // num_processes and S = round(crop_seconds * sample_rate).
+        B = data_cfg.batch_size // num_processes and S = round(crop_seconds * sample_rate). A
+        streaming loader never ends (its manifest repeats, shuffled anew each pass): bound the epoch by
+        steps.
     """
     from mlsv.data.augment import Augmenter
     from mlsv.data.manifest import load_manifest
@@ -260,17 +309,15 @@ def build_train_loader(
     batch = data_cfg.batch_size // num_processes
     if batch < 1:
         raise ValueError(f"data.batch_size {data_cfg.batch_size} is smaller than the {num_processes} processes")
-    if data_cfg.streaming:
+    if data_cfg.streaming:  # TrainCrops shuffles it, pass after pass
         rows = load_manifest(manifest_path, streaming=True, process_index=process_index,
                              num_processes=num_processes)
-        if data_cfg.max_utterances:
+        if data_cfg.max_utterances:  # a stream cannot be sampled without reading it: its first rows
             rows = rows.take(data_cfg.max_utterances // num_processes)
-        rows = rows.shuffle(seed=seed, buffer_size=10_000)
-        rows.set_epoch(epoch)
     else:
         rows = load_manifest(manifest_path)
-        if data_cfg.max_utterances:
-            rows = rows.select(range(min(data_cfg.max_utterances, len(rows))))
+        if data_cfg.max_utterances and data_cfg.max_utterances < len(rows):
+            rows = rows.select(utterance_subset(len(rows), data_cfg.max_utterances, seed))
     augmenter = None
     if augment_cfg is not None and augment_cfg.where == "cpu" and augment_cfg.probability > 0 and augment_cfg.kinds:
         augmenter = Augmenter.from_config(augment_cfg)
@@ -286,6 +333,15 @@ def build_train_loader(
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return TrainLoader(dataset, batch_size=batch, num_workers=workers, pin_memory=torch.cuda.is_available(),
                        generator=generator)
+
+
+def utterance_subset(n_rows: int, size: int, seed: int) -> np.ndarray:
+    """Row indices of ``data.max_utterances``: ``size`` of ``n_rows`` drawn at random (seeded by ``seed``
+    alone, so every epoch and process keeps the same rows), in manifest order. Prepared manifests are
+    sorted by speaker, so their first rows would hold only a few speakers."""
+    # its own spawn key: a stream independent of the per-epoch shuffles (seeded by [seed, epoch])
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
+    return np.sort(rng.choice(n_rows, size=min(size, n_rows), replace=False))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,7 +374,7 @@ class EvalBatches(Dataset):
                 waves.append(wave)
                 items.append(item)
             except AudioError as e:  # reported by EvalLoader in the main process, not as a worker traceback
-                if not self.skip_bad:
+                if not self.skip_bad or isinstance(e, MissingDependencyError):  # not a bad file: never skipped
                     return {"error": str(e)}
                 bad.append(str(row.get("path") or row.get("id")))
                 why.append(str(e))
@@ -362,13 +418,28 @@ class EvalLoader(DataLoader):
                 yield batch
 
 
+def chunk_bounds(frames: int, rate: int, chunk_seconds: float) -> np.ndarray:
+    """Where an utterance of ``frames`` samples at ``rate`` Hz is cut to be embedded in chunks.
+
+    The one rule of evaluation (manifests, ``plan_eval_batches``) and of the verification API (files
+    and arrays), so that a file gets the same embedding either way: an utterance longer than
+    ``chunk_seconds`` (> 0) is cut into ceil(seconds / chunk_seconds) equal, contiguous chunks (equal
+    lengths avoid a tiny last chunk); a shorter one, or ``chunk_seconds <= 0``, stays whole.
+
+    Returns:
+        (n_chunks + 1,) int64 offsets from 0 to ``frames``; chunk c is ``[bounds[c], bounds[c + 1])``.
+    """
+    n_chunks = max(1, math.ceil(frames / rate / chunk_seconds - 1e-9)) if chunk_seconds > 0 else 1
+    return np.linspace(0, frames, n_chunks + 1).round().astype(np.int64)
+
+
 def plan_eval_batches(ids: Sequence[str], durations: Sequence[float], *, batch_seconds: float,
                       chunk_seconds: float = 0.0, sample_rates: Sequence[int] | None = None):
     """Length-sorted (longest first) batches whose padded size stays within ``batch_seconds``.
 
-    Chunking: an utterance longer than ``chunk_seconds`` (> 0) is cut into ceil(duration / chunk)
-    equal, contiguous chunks (equal lengths avoid a tiny last chunk); each keeps the utterance id and
-    gets its chunk index, so the embedder can average chunk embeddings per id.
+    Chunking: an utterance longer than ``chunk_seconds`` (> 0) is cut into equal, contiguous chunks
+    (``chunk_bounds``); each keeps the utterance id and gets its chunk index, so the embedder can
+    average chunk embeddings per id.
 
     Args:
         ids, durations: (N,) utterance ids and seconds; sample_rates: (N,) file rates (default 16 kHz).
@@ -380,9 +451,8 @@ def plan_eval_batches(ids: Sequence[str], durations: Sequence[float], *, batch_s
     for index, (uid, seconds) in enumerate(zip(ids, durations)):
         rate = int(sample_rates[index]) if sample_rates is not None else 16000
         frames = int(round(float(seconds) * rate))
-        n_chunks = max(1, math.ceil(float(seconds) / chunk_seconds - 1e-9)) if chunk_seconds > 0 else 1
-        bounds = np.linspace(0, frames, n_chunks + 1).round().astype(int)
-        for c in range(n_chunks):
+        bounds = chunk_bounds(frames, rate, chunk_seconds)
+        for c in range(len(bounds) - 1):
             items.append((str(uid), c, index, int(bounds[c]), int(bounds[c + 1] - bounds[c]), rate))
     items.sort(key=lambda it: (-it[4] / it[5], it[0], it[1]))
     batches, current = [], []

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlsv.data.audio import AudioError, audio_info, read_audio, write_audio
+from mlsv.data.audio import AudioError, MissingDependencyError, audio_info, read_audio, write_audio
 from mlsv.data.manifest import ManifestError, iter_rows, write_manifest
 from mlsv.data.trials import Trials, make_trials, read_trials, write_trials
 
@@ -64,6 +64,8 @@ def _probe(task: tuple[dict, str, int, bool]) -> tuple[dict | None, str | None]:
     row, path, sample_rate, resample = task
     try:
         frames, sr, _ = audio_info(path)
+    except MissingDependencyError:  # not a bad file: every such file fails
+        raise
     except AudioError as e:
         return None, str(e)
     if sr != sample_rate and not resample:
@@ -131,6 +133,8 @@ def _convert_one(task: tuple[str, str, int]) -> str | None:
         if len(x) == 0:
             raise AudioError(f"{src}: empty audio")
         write_audio(dst, x, sample_rate)
+    except MissingDependencyError:  # not a bad file: every such file fails
+        raise
     except AudioError as e:
         return str(e)
     return None
@@ -167,6 +171,23 @@ def trial_list_name(path: str | Path) -> str:
     """vox1_O / vox1_E / vox1_H for the official cleaned lists, else the file's stem."""
     stem = Path(path).stem
     return TRIAL_NAMES.get(stem.lower(), stem)
+
+
+def _missing_trial_ids(path: str | Path, missing: list[str], sets: dict[str, list[dict]],
+                       train_set: str | None) -> str:
+    """Why a trial list names ids that ``test.jsonl`` lacks, and what to do about it."""
+    head = f"trial list {path}: {len(set(missing))} id(s) not in test.jsonl, e.g. {missing[:3]}"
+    dev = {r["id"] for r in sets.get("vox1_dev", ())}
+    if train_set == "vox1_dev" and any(x in dev for x in missing):
+        return (f"{head}: they include VoxCeleb1 dev utterances, and VoxCeleb1 dev is the training set here (no "
+                "--vox2-dev was given), so this list would test on training speakers (Vox1-E/H use dev "
+                "speakers). Give --vox2-dev as well (VoxCeleb2 dev then trains and VoxCeleb1 dev joins "
+                "test.jsonl), or leave this list out (Vox1-O uses test speakers only)")
+    if "vox1_dev" not in sets:
+        return f"{head} (Vox1-E/H need --vox1-dev as well as --vox1-test)"
+    if "vox1_test" not in sets:
+        return f"{head} (VoxCeleb1 trial lists need --vox1-test)"
+    return f"{head}: is it a VoxCeleb1 trial list, and are the VoxCeleb1 folders complete?"
 
 
 def prepare_voxceleb(
@@ -249,8 +270,7 @@ def prepare_voxceleb(
         t = read_trials(path)
         missing = [x for pair in zip(t.enroll, t.test) for x in pair if x not in known]
         if missing:
-            raise KeyError(f"trial list {path}: {len(set(missing))} id(s) not in test.jsonl, e.g. {missing[:3]} "
-                           "(Vox1-E/H need --vox1-dev as well as --vox1-test)")
+            raise KeyError(_missing_trial_ids(path, missing, sets, train_set))
         name = trial_list_name(path)
         write_trials(Trials(t.enroll, t.test, t.labels, name), out / "trials" / f"{name}.txt")
         result.outputs[f"trials/{name}"] = out / "trials" / f"{name}.txt"

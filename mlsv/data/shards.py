@@ -12,7 +12,7 @@ import math
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from mlsv.data.audio import AudioError, encode_flac, pcm_subtype, read_audio
+from mlsv.data.audio import AudioError, MissingDependencyError, encode_flac, pcm_subtype, read_audio
 from mlsv.data.manifest import iter_rows, manifest_root, resolve_path
 from mlsv.data.prepare import progress_bar
 
@@ -30,6 +30,8 @@ def _write_shard(task: tuple[list[dict], str, str]) -> tuple[int, list[str]]:
             x, sr = read_audio(path, mono=False)
             # keep a source's channels: reading back with mono=True then equals reading the original
             data = encode_flac(x if x.shape[1] > 1 else x[:, 0], sr, subtype)
+        except MissingDependencyError:  # not a bad file: every such file fails
+            raise
         except AudioError as e:
             bad.append(str(e))
             continue

@@ -35,15 +35,17 @@ class Trials:
 def read_trials(path: str | Path) -> Trials:
     """Reads a trial list; lines are ``LABEL ENROLL TEST`` or ``ENROLL TEST`` (label unknown).
 
+    UTF-8, with or without a byte-order mark (as some Windows editors save it); blank lines are skipped.
+
     Raises:
         FileNotFoundError: the file is missing.
-        ValueError: a malformed line, naming the file and line number.
+        ValueError: a malformed line, naming the file and line number; a list without trials.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"trial list not found: {path}")
     enroll, test, labels = [], [], []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, 1):
             parts = line.split()
             if not parts:
@@ -60,6 +62,8 @@ def read_trials(path: str | Path) -> Trials:
                 test.append(parts[1])
             else:
                 raise ValueError(f"{path}:{lineno}: expected 'LABEL ENROLL TEST', got {line.strip()!r}")
+    if not labels:
+        raise ValueError(f"empty trial list: {path}")
     return Trials(np.asarray(enroll, dtype=object), np.asarray(test, dtype=object),
                   np.asarray(labels, dtype=np.int8), name=path.stem)
 
