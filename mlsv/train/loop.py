@@ -30,6 +30,7 @@ import contextlib
 import csv
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -376,9 +377,7 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
         audit = hashlib.sha1()  # what this process trained on (labels in order), for the data audit
         progress = _progress(acc, cfg, batches_per_epoch, epoch)
         batches_done = 0
-        for i, batch in enumerate(loader):
-            if i >= batches_per_epoch:
-                break
+        for i, batch in enumerate(itertools.islice(loader, batches_per_epoch)):  # no batch read past the epoch
             audit.update(batch["labels"].numpy().tobytes())
             if i < skip_batches:  # trained before the checkpoint this run resumed from
                 batches_done = i + 1
