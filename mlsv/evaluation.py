@@ -53,12 +53,10 @@ def embed_manifest(model, manifest: str | Path, *, batch_seconds: float = 120.0,
 
 
 def _model_fingerprint(model) -> str:
-    """sha256 of a model's config and weights: what its embeddings depend on."""
-    h = hashlib.sha256(model.config.to_json_string().encode())
-    for name, t in sorted(model.state_dict().items()):
-        h.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
+    """sha256 of a model's config and weights (``weights_fingerprint``): what its embeddings depend on."""
+    from mlsv.export import weights_fingerprint
+
+    return hashlib.sha256(f"{model.config.to_json_string()}\n{weights_fingerprint(model)}".encode()).hexdigest()
 
 
 def _audio_digest(manifest: Path) -> str:
@@ -67,6 +65,12 @@ def _audio_digest(manifest: Path) -> str:
     names them later); audio stored in the rows is covered by the manifest's own size and mtime."""
     from mlsv.data.manifest import iter_rows, manifest_root, resolve_path
 
+    if manifest.is_dir() or manifest.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        files = sorted(manifest.glob("*.parquet")) if manifest.is_dir() else [manifest]
+        if any("audio" in pq.read_schema(f).names for f in files):
+            return ""  # shards: the audio is in the files, whose size and mtime are in the fingerprint
     root, h = manifest_root(manifest), hashlib.sha256()
     for _, row in iter_rows(manifest):
         if not row.get("path"):
