@@ -6,7 +6,8 @@ projection), ``positional`` (the positional convolution), ``layers`` (the transf
 ``lap_astp`` (LAP + ASTP forward on the states) and ``whole`` (the model's forward). The CNN and the
 positional convolution are timed once per convolution layout (``--layouts``), so the layouts can be
 compared on the same machine; channels_last also without ``first_conv_block`` (``cnn[unfused]``) and,
-with ``--compile-cnn`` (the default on a GPU), both compiled (``cnn_compiled[fused|unfused]``). Device time with CUDA events (median of ``--repeats``) on a GPU, wall
+with ``--compile-cnn`` (the default on a GPU), both compiled (``cnn_compiled[fused|unfused]``). Device
+time with CUDA events (median of ``--repeats``) on a GPU, wall
 time on a CPU.
 
     python benchmarks/frontend_parts.py                           # CPU: tiny shape

@@ -63,14 +63,10 @@ def _audio_digest(manifest: Path) -> str:
     """sha256 over the (path, size, mtime) of every audio file a manifest's rows name: an edited or
     replaced file behind an unchanged manifest changes it. Missing files count as such (the loader
     names them later); audio stored in the rows is covered by the manifest's own size and mtime."""
-    from mlsv.data.manifest import iter_rows, manifest_root, resolve_path
+    from mlsv.data.manifest import _has_audio, iter_rows, manifest_root, resolve_path
 
-    if manifest.is_dir() or manifest.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        files = sorted(manifest.glob("*.parquet")) if manifest.is_dir() else [manifest]
-        if any("audio" in pq.read_schema(f).names for f in files):
-            return ""  # shards: the audio is in the files, whose size and mtime are in the fingerprint
+    if (manifest.is_dir() or manifest.suffix == ".parquet") and _has_audio(manifest):
+        return ""  # shards: the audio is in the files, whose size and mtime are in the fingerprint
     root, h = manifest_root(manifest), hashlib.sha256()
     for _, row in iter_rows(manifest):
         if not row.get("path"):

@@ -70,11 +70,18 @@ def write_manifest(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
+def _has_audio(path: Path) -> bool:
+    """A parquet manifest whose rows carry their encoded audio (shards)."""
+    import pyarrow.parquet as pq
+
+    return any("audio" in pq.read_schema(f).names for f in _data_files(path))
+
+
 def sample_manifest(path: str | Path, limit: int, out: str | Path, seed: int = 0) -> Path:
     """A seeded random subset of at most ``limit`` rows of a manifest, written to ``out`` (returned).
 
-    JSONL: rows with absolute paths, as JSONL. Parquet (a file or a folder of shards): the chosen rows as
-    they are (shard rows carry their audio), as one parquet file at ``out`` with a ``.parquet`` suffix,
+    Rows with paths: with the paths made absolute, in ``out``'s format. Shards (parquet rows carrying their
+    audio): the chosen rows as they are, as one parquet file at ``out`` with a ``.parquet`` suffix,
     read one shard at a time so that a corpus of encoded audio is never held in memory. A manifest of
     ``limit`` rows or fewer is returned as it is.
     """
@@ -82,7 +89,7 @@ def sample_manifest(path: str | Path, limit: int, out: str | Path, seed: int = 0
 
     path = Path(path)
     rng = np.random.default_rng(seed)
-    if _format(path) == "json":
+    if _format(path) == "json" or not _has_audio(path):  # rows with paths: made absolute for ``out``'s folder
         rows = [row for _, row in iter_rows(path)]
         if len(rows) <= limit:
             return path
