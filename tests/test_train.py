@@ -129,7 +129,23 @@ def test_three_stages_loss_falls_and_validation_beats_chance(corpus, tmp_path):
 
 
 def test_resume_after_kill_gives_the_same_weights(corpus, tmp_path):
-    extra = {"stage.epochs": 2, "stage.checkpoint_every_steps": 1, "augment.probability": 0.0}
+    """Killed mid-epoch and rerun: the same weights, metrics and data audit as a run never interrupted, with
+    device augmentation (drawn per batch) and files that fail to decode before and after the kill."""
+    from mlsv.data.loader import TrainCrops
+    from mlsv.data.manifest import iter_rows, load_manifest, speaker_labels, write_manifest
+
+    rows = [{**r, "path": str(corpus.root / r["path"])} for _, r in iter_rows(corpus.train)]
+    labels = speaker_labels(corpus.train)
+    cfg = load_config(None, _stage_overrides(corpus))
+    for epoch in (0, 1):  # a file in each epoch's first batch fails (before any checkpoint), one in its last
+        crops = TrainCrops(load_manifest(corpus.train), labels, cfg.data, epoch=epoch, seed=cfg.stage.seed,
+                           batch_size=8)
+        for i in crops.worker_items(0, 1)[[0, -1]]:
+            (tmp_path / f"broken{i}.wav").write_bytes(b"RIFF....garbage")
+            rows[i] = {**rows[i], "path": str(tmp_path / f"broken{i}.wav")}
+    manifest = write_manifest(rows, tmp_path / "train.jsonl")
+    extra = {"stage.epochs": 2, "stage.checkpoint_every_steps": 1, "augment.where": "device",
+             "augment.probability": 1.0, "data.train_manifest": manifest}
     ref = _train(corpus, tmp_path / "ref", **extra)
     # the same stage in a subprocess, killed (SIGKILL) once its first checkpoint exists, then rerun
     out = tmp_path / "killed"
@@ -156,6 +172,7 @@ def test_resume_after_kill_gives_the_same_weights(corpus, tmp_path):
         assert (r["epoch"], r["step"]) == (o["epoch"], o["step"])
         assert float(o["loss"]) == pytest.approx(float(r["loss"]), rel=1e-5)
         assert float(o["accuracy"]) == pytest.approx(float(r["accuracy"]), rel=1e-5)
+        assert int(o["skipped_files"]) == int(r["skipped_files"]) > 0
     audit = "data_audit/process_0.json"
     assert json.loads((out / audit).read_text()) == json.loads((ref / audit).read_text())
 
@@ -372,7 +389,7 @@ def test_a_run_that_stopped_before_its_first_checkpoint_can_be_rerun_with_other_
 
 
 def test_an_epoch_without_a_full_batch_is_an_error(corpus, tmp_path):
-    with pytest.raises(ValueError, match="no full batch in an epoch: .* 48 utterances, and a batch of 64"):
+    with pytest.raises(ValueError, match="no full batch in an epoch: .* 48 utterances, fewer than a batch of 64"):
         _train(corpus, tmp_path / "run", **{"data.batch_size": 64})
     assert not (tmp_path / "run" / "COMPLETE").exists()
 

@@ -2,9 +2,11 @@
 
 Training: random fixed-length crops that read only the samples they need (soundfile seeks), short
 files wrap-padded, speed perturbation as new speakers (``speed_perturb_classes``/``label_offset``
-are the only places that know about it), optional CPU augmentation in the workers, RNG seeded per
-(seed, epoch, process, worker), a different shuffle every epoch and a disjoint share per process.
-A streaming manifest repeats (a new shuffle each pass), so the loop bounds its epochs by steps.
+are the only places that know about it), optional CPU augmentation in the workers, a different shuffle every epoch and a disjoint share per
+process. Every crop's random draws are seeded by (seed, epoch, process, its place in the share), so the
+stream does not depend on the number of loader workers, and a resumed epoch starts at its next batch
+without decoding the ones before it. A streaming manifest repeats (a new shuffle each pass), so the
+loop bounds its epochs by steps.
 
 Evaluation: whole utterances (optionally cut into equal chunks, ``chunk_bounds``: the one rule the
 verification API uses too) in length-sorted, zero-padded batches bounded by a total number of
@@ -109,23 +111,30 @@ class TrainCrops(IterableDataset):
     """Yields (crop (S,) float32, label, names of files that failed since the last item).
 
     Map-style manifests: every epoch a permutation seeded by (seed, epoch) is dealt to processes
-    (``perm[process_index::num_processes]``, cut to equal lengths) and then to loader workers. A file
-    that fails to decode is counted, logged and its slot refilled with another utterance of the same
-    share, so every process yields the same number of crops (``strict`` raises instead).
+    (``perm[process_index::num_processes]``, cut to equal lengths) and cut into whole batches, which are
+    dealt round-robin to the loader workers (the order the DataLoader collects them in). The crop at
+    place k of the share draws (speed factor, offset, augmentation) from its own generator, seeded by
+    (seed, epoch, process, k): the stream is the same for any number of workers, and ``start_batch``
+    starts the epoch at a later batch without reading or decoding the earlier ones (a resumed run). A
+    file that fails to decode is counted, logged and its slot refilled with another utterance of the
+    share, drawn by the same generator, so every process yields the same number of crops (``strict``
+    raises instead).
     Streaming manifests (``datasets.IterableDataset``, already split per process): workers take whole
-    shards (``datasets``' rule); a failing file is skipped. The stream repeats: pass p of epoch e is
-    shuffled with a buffer (``seed``) and ``set_epoch(stream_epoch(e, p))``, so runs are reproducible, a
-    resumed run sees the same data and a process whose share is short never runs dry (the training loop
-    bounds a streaming epoch by steps; with several processes a dry one would leave the others waiting
-    in their all-reduce). A pass that yields no crop at all raises rather than looping for ever.
+    shards (``datasets``' rule), each with a generator seeded by (seed, epoch, process, worker); a
+    failing file is skipped. The stream repeats: pass p of epoch e is shuffled with a buffer (``seed``)
+    and ``set_epoch(stream_epoch(e, p))``, so runs are reproducible, a resumed run sees the same data
+    and a process whose share is short never runs dry (the training loop bounds a streaming epoch by
+    steps; with several processes a dry one would leave the others waiting in their all-reduce). A pass
+    that yields no crop at all raises rather than looping for ever. A stream cannot skip without
+    reading: ``TrainLoader`` reads a streaming epoch's first ``start_batch`` batches and drops them.
     """
 
     def __init__(self, rows, labels: dict[str, int], data_cfg: DataConfig, augmenter=None, *,
                  epoch: int = 0, seed: int = 0, process_index: int = 0, num_processes: int = 1,
-                 batch_size: int = 1):
+                 batch_size: int = 1, start_batch: int = 0):
         super().__init__()
         self.rows, self.labels, self.cfg, self.augmenter = rows, labels, data_cfg, augmenter
-        self.batch_size = batch_size
+        self.batch_size, self.start_batch = batch_size, start_batch
         self.epoch, self.seed = epoch, seed
         self.process_index, self.num_processes = process_index, num_processes
         self.crop_samples = int(round(data_cfg.crop_seconds * data_cfg.sample_rate))
@@ -142,12 +151,21 @@ class TrainCrops(IterableDataset):
         per_process = n // self.num_processes
         return perm[self.process_index::self.num_processes][:per_process]
 
+    def num_batches(self) -> int:
+        """Whole batches in this process's share of an epoch (map-style only; a partial last batch is
+        dropped, never decoded)."""
+        return len(self.rows) // self.num_processes // self.batch_size
+
+    def worker_batches(self, worker_id: int, num_workers: int) -> range:
+        """The epoch's batches (numbered from 0) worker ``worker_id`` reads: from ``start_batch`` on,
+        round-robin."""
+        return range(self.start_batch + worker_id, self.num_batches(), num_workers)
+
     def worker_items(self, worker_id: int, num_workers: int) -> np.ndarray:
-        """Row indices worker ``worker_id`` of this process reads this epoch (map-style only): whole
-        batches, since the loader drops a worker's last partial batch (never decoded, so no skipped file
-        is reported with a batch that is dropped)."""
-        items = self._share()[worker_id::num_workers]
-        return items[:len(items) // self.batch_size * self.batch_size]
+        """Row indices of the first choice of each crop worker ``worker_id`` reads (map-style only)."""
+        share, b = self._share(), self.batch_size
+        places = [np.arange(k * b, (k + 1) * b) for k in self.worker_batches(worker_id, num_workers)]
+        return share[np.concatenate(places)] if places else share[:0]
 
     def _crop(self, row: dict[str, Any], rng: np.random.Generator) -> tuple[np.ndarray, int]:
         factor = float(self.factors[int(rng.integers(len(self.factors)))])
@@ -168,30 +186,31 @@ class TrainCrops(IterableDataset):
     def __iter__(self) -> Iterator[tuple[np.ndarray, int, list[str]]]:
         info = get_worker_info()
         worker_id, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        rng = np.random.default_rng([self.seed, self.epoch, self.process_index, worker_id])
-        bad: list[str] = []
         if self.streaming:
+            rng = np.random.default_rng([self.seed, self.epoch, self.process_index, worker_id])
             yield from self._stream(rng, worker_id, num_workers)
             return
-        items = self.worker_items(worker_id, num_workers)
-        failed: set[int] = set()
-        for i in items:
-            index = int(i)
-            while True:
-                row = self.rows[index]
-                try:
-                    x, y = self._crop(row, rng)
-                    break
-                except AudioError as e:
-                    self._failed(row, e, bad)
-                    failed.add(index)
-                    if len(failed) >= len(items):
-                        raise AudioError(f"every file of this worker's share failed to decode; last: {e}") from e
-                    index = int(items[rng.integers(len(items))])
-                    while index in failed:
-                        index = int(items[rng.integers(len(items))])
-            yield x, y, bad
-            bad = []
+        share = self._share()
+        bad: list[str] = []
+        failed: set[int] = set()  # only to notice a share that fails throughout: every failure is decoded
+        for k in self.worker_batches(worker_id, num_workers):
+            for place in range(k * self.batch_size, (k + 1) * self.batch_size):
+                rng = np.random.default_rng([self.seed, self.epoch, self.process_index, place])
+                index = int(share[place])
+                while True:
+                    row = self.rows[index]
+                    try:
+                        x, y = self._crop(row, rng)
+                        break
+                    except AudioError as e:
+                        self._failed(row, e, bad)
+                        failed.add(index)
+                        if len(failed) >= len(share):
+                            raise AudioError(f"every file of this process's share failed to decode; last: {e}") \
+                                from e
+                        index = int(share[rng.integers(len(share))])  # a known bad file again is decoded again
+                yield x, y, bad
+                bad = []
 
     def _stream(self, rng: np.random.Generator, worker_id: int,
                 num_workers: int) -> Iterator[tuple[np.ndarray, int, list[str]]]:
@@ -244,14 +263,22 @@ def _collate_train(items: list[tuple[np.ndarray, int, list[str]]]) -> dict[str, 
 class TrainLoader(DataLoader):
     """A DataLoader of ``{"waveforms": (B, S) float32, "labels": (B,) int64}`` batches.
 
-    ``bad_files`` lists the files skipped so far (``num_bad_files`` counts them); ``len()`` is the
-    exact number of batches of a map-style epoch (each worker drops its last partial batch). A
-    streaming one has no length and never ends.
+    ``bad_files`` lists the files skipped so far, each once (``num_bad_files`` counts them);
+    ``len()`` is the exact number of batches of a map-style epoch from ``start_batch`` on. A streaming
+    one has no length and never ends.
     """
 
     def __init__(self, dataset: TrainCrops, **kwargs: Any):
         super().__init__(dataset, collate_fn=_collate_train, drop_last=True, **kwargs)
         self.bad_files: list[str] = []
+        self._bad: set[str] = set()
+
+    def note_bad_files(self, names: Sequence[str]) -> None:
+        """Adds files to ``bad_files`` unless listed already (a resumed epoch's files before its start)."""
+        for name in names:
+            if name not in self._bad:
+                self._bad.add(name)
+                self.bad_files.append(name)
 
     @property
     def num_bad_files(self) -> int:
@@ -261,12 +288,16 @@ class TrainLoader(DataLoader):
         ds: TrainCrops = self.dataset  # type: ignore[assignment]
         if ds.streaming:
             raise TypeError("a streaming training loader has no length; bound the epoch by steps")
-        workers = max(self.num_workers, 1)
-        return sum(len(ds.worker_items(w, workers)) // self.batch_size for w in range(workers))
+        return max(ds.num_batches() - ds.start_batch, 0)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for batch in super().__iter__():
-            self.bad_files.extend(batch.pop("bad_files"))
+        ds: TrainCrops = self.dataset  # type: ignore[assignment]
+        batches = super().__iter__()
+        if ds.streaming and ds.start_batch:  # a stream cannot skip without reading (nor count those files)
+            for _ in itertools.islice(batches, ds.start_batch):
+                pass
+        for batch in batches:
+            self.note_bad_files(batch.pop("bad_files"))
             yield batch
 
 
@@ -280,6 +311,7 @@ def build_train_loader(
     seed: int,
     process_index: int = 0,
     num_processes: int = 1,
+    start_batch: int = 0,
 ) -> TrainLoader:
     """The training stream of one process for one epoch.
 
@@ -294,8 +326,11 @@ def build_train_loader(
             with ``where == "device"`` the crops come out clean and the training loop applies
             ``BatchAugmenter``. None: no augmentation.
         labels: speaker -> index (``speaker_labels``); speed perturbation adds ``len(labels)`` per factor.
-        epoch, seed: the shuffle and every random draw derive from (seed, epoch, process, worker).
+        epoch, seed: the shuffle and every random draw derive from (seed, epoch, process, place in the
+            share); streaming: (seed, epoch, process, loader worker).
         process_index, num_processes: this process's disjoint share (accelerate's numbering).
+        start_batch: the epoch's first batch (a resumed epoch); map-style, the ones before it are
+            neither read nor decoded.
 
     Returns:
         ``TrainLoader`` yielding ``{"waveforms": (B, S), "labels": (B,)}`` with
@@ -324,7 +359,8 @@ def build_train_loader(
     elif augment_cfg is not None and augment_cfg.where not in ("cpu", "device"):
         raise ValueError(f"augment.where must be 'cpu' or 'device', got {augment_cfg.where!r}")
     dataset = TrainCrops(rows, labels, data_cfg, augmenter, epoch=epoch, seed=seed,
-                         process_index=process_index, num_processes=num_processes, batch_size=batch)
+                         process_index=process_index, num_processes=num_processes, batch_size=batch,
+                         start_batch=start_batch)
     workers = data_cfg.num_workers
     if data_cfg.streaming:
         workers = min(workers, rows.num_shards)  # datasets gives each worker whole shards

@@ -237,7 +237,7 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
               accelerator=None) -> Path:
     """Trains one stage; returns ``output_dir``. Resumes when checkpoints exist; does nothing if complete."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import gather_object, set_seed
 
     from mlsv.data.loader import build_train_loader
     from mlsv.data.manifest import load_labels, save_labels, speaker_labels
@@ -300,9 +300,10 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
     if st.compile:  # in place, before prepare: DDP, checkpoints and save_pretrained see the same names
         compile_for_training(model, head, mode=st.compile_mode)
 
-    def loader_for(epoch: int):
+    def loader_for(epoch: int, start_batch: int = 0):
         return build_train_loader(train_manifest, data, cfg.augment, labels=labels, epoch=epoch, seed=st.seed,
-                                  process_index=acc.process_index, num_processes=acc.num_processes)
+                                  process_index=acc.process_index, num_processes=acc.num_processes,
+                                  start_batch=start_batch)
 
     first = loader_for(0)
     # whole accumulation cycles only: a partial one would carry its gradients into the next epoch, which a
@@ -316,11 +317,9 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
         raise ValueError(f"stage.steps_per_epoch {st.steps_per_epoch} needs {batches_per_epoch} batches per "
                          f"epoch, but {train_manifest} gives {len(first)} per process; lower it (0: one pass)")
     if batches_per_epoch == 0:
-        per_process, workers = len(first.dataset._share()), max(first.num_workers, 1)
         raise ValueError(f"no full batch in an epoch: {train_manifest} gives each of the {acc.num_processes} "
-                         f"process(es) {per_process} utterances, and a batch of {first.batch_size} per process "
-                         f"from each of {workers} loader worker(s) needs {first.batch_size * workers}; lower "
-                         "data.batch_size or data.num_workers")
+                         f"process(es) {len(first.dataset._share())} utterances, fewer than a batch of "
+                         f"{first.batch_size} per process; lower data.batch_size")
     steps_per_epoch = max(batches_per_epoch // st.grad_accum, 1)
     total_steps = steps_per_epoch * st.epochs
     o = cfg.optim
@@ -350,15 +349,17 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
     # -- resume ------------------------------------------------------------------------------------------
     ckpt_root = output_dir / "checkpoints"
     start_epoch, skip_batches, global_step = 0, 0, 0
-    partial = None  # a mid-epoch checkpoint's running (loss sum, correct, utterances) over all processes
+    # a mid-epoch checkpoint's running (loss sum, correct, utterances) over all processes, and per process its
+    # data-audit digest and skipped files so far
+    partial, audits, bad_files = None, None, None
     done = ckpt.checkpoint_dirs(ckpt_root)
     if done:
         acc.load_state(str(done[-1]))
         meta = ckpt.read_meta(done[-1])
         start_epoch, skip_batches, global_step = meta["epoch"], meta["batches_in_epoch"], meta["global_step"]
-        partial = meta.get("epoch_totals")
+        partial, audits, bad_files = meta.get("epoch_totals"), meta.get("audits"), meta.get("bad_files")
         if skip_batches >= batches_per_epoch:
-            start_epoch, skip_batches, partial = start_epoch + 1, 0, None
+            start_epoch, skip_batches, partial, audits, bad_files = start_epoch + 1, 0, None, None, None
         log.info("resuming from %s (epoch %d, step %d)", done[-1], start_epoch, global_step)
 
     trackers = _Trackers(acc, cfg, output_dir)
@@ -367,23 +368,27 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
     graph_mode = st.compile_mode if st.compile else "default"  # what train_batch marks per batch
     for epoch in range(start_epoch, st.epochs):
         t0 = time.time()
-        loader = loader_for(epoch) if epoch else first
+        # a resumed epoch starts at the batch after its checkpoint (map-style: the ones before are not decoded)
+        loader = first if epoch == 0 and not skip_batches else loader_for(epoch, skip_batches)
         model.train()
         head.train()
         stats, seen = torch.zeros(2, device=acc.device), 0  # loss sum, correct (on the device); utterances
         if partial is not None and skip_batches and acc.is_main_process:  # the batches before the checkpoint
             stats, seen = torch.tensor(partial[:2], device=acc.device), int(partial[2])
-        aug_rng = np.random.default_rng([st.seed, epoch, acc.process_index])  # device augmentation's host draws
-        audit = hashlib.sha1()  # what this process trained on (labels in order), for the data audit
+        # what this process trained on, for the data audit: a chain of SHA-1 digests over the batches' labels,
+        # which a mid-epoch checkpoint carries on, as it does the files skipped before it
+        audit = b""
+        if skip_batches and audits and len(audits) == acc.num_processes:
+            audit = bytes.fromhex(audits[acc.process_index])
+            loader.note_bad_files(bad_files[acc.process_index] if bad_files else [])
         progress = _progress(acc, cfg, batches_per_epoch, epoch)
-        batches_done = 0
-        for i, batch in enumerate(itertools.islice(loader, batches_per_epoch)):  # no batch read past the epoch
-            audit.update(batch["labels"].numpy().tobytes())
-            if i < skip_batches:  # trained before the checkpoint this run resumed from
-                batches_done = i + 1
-                if progress is not None:
-                    progress.update(1)
-                continue
+        if progress is not None:
+            progress.update(skip_batches)
+        batches_done = skip_batches
+        for i, batch in enumerate(itertools.islice(loader, batches_per_epoch - skip_batches), start=skip_batches):
+            audit = hashlib.sha1(audit + batch["labels"].numpy().tobytes()).digest()
+            # device augmentation's host draws: per batch, so a resumed epoch draws what the first run would
+            aug_rng = np.random.default_rng([st.seed, epoch, acc.process_index, i])
             unwrapped_head.set_margin(margin_at(global_step / steps_per_epoch, margin=h.margin, kind=h.margin_schedule,
                                                 start_epoch=h.margin_start_epoch, ramp_epochs=h.margin_ramp_epochs))
             loss = train_batch(acc, model, head, optimizer, scheduler, batch, stats, augmenter=device_augmenter,
@@ -400,7 +405,9 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
                     totals = acc.reduce(torch.cat([stats, stats.new_tensor([seen])]), reduction="sum").tolist()
                     ckpt.save_checkpoint(acc, ckpt_root, f"step_{global_step:08d}",
                                          {"epoch": epoch, "batches_in_epoch": batches_done,
-                                          "global_step": global_step, "epoch_totals": totals})
+                                          "global_step": global_step, "epoch_totals": totals,
+                                          "audits": gather_object([audit.hex()]),
+                                          "bad_files": gather_object([loader.bad_files])})
             if progress is not None:
                 progress.update(1)
                 if batches_done % PROGRESS_EVERY == 0 or batches_done == batches_per_epoch:
@@ -409,13 +416,13 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
                                          m=f"{unwrapped_head.margin:.3f}")
         if progress is not None:
             progress.close()
-        skip_batches, partial = 0, None
-        total = acc.reduce(torch.cat([stats, stats.new_tensor([seen])]), reduction="sum").tolist()
+        skip_batches, partial, audits, bad_files = 0, None, None, None
+        total = acc.reduce(torch.cat([stats, stats.new_tensor([seen, _skipped(loader)])]), reduction="sum").tolist()
         row = {"epoch": epoch + 1, "step": global_step,
                "loss": total[0] / total[2] if total[2] > 0 else float("nan"),
                "accuracy": total[1] / total[2] if total[2] > 0 else float("nan"),
                "lr": scheduler.get_last_lr()[-1], "margin": unwrapped_head.margin,
-               "skipped_files": _skipped(loader), "seconds": round(time.time() - t0, 2)}
+               "skipped_files": int(total[3]), "seconds": round(time.time() - t0, 2)}
         val_eer = None
         if data.validation_manifest and data.validation_trials and (
                 (epoch + 1) % st.validate_every == 0 or epoch + 1 == st.epochs):
@@ -423,7 +430,7 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
                 val_eer = validation_eer(m, _resolve(data.validation_manifest, config_dir),
                                          _resolve(data.validation_trials, config_dir), acc, data)
         row["validation_eer"] = val_eer
-        _write_audit(output_dir, acc.process_index, epoch, audit.hexdigest(), batches_done)
+        _write_audit(output_dir, acc.process_index, epoch, audit.hex(), batches_done)
         trackers.log(row, step=global_step)
         if acc.is_main_process:
             log.info("epoch %d: %s", epoch + 1, json.dumps(row))
