@@ -2,7 +2,8 @@
 
 ``evaluate_model`` is what ``mlsv evaluate`` and the recipes' evaluate steps run. It also writes the
 evaluated model (``out_dir/model``) with what evaluation learnt in its config: the calibration, the
-decision threshold, the AS-norm cohort (speaker means, saved as a buffer) and the metrics.
+decision threshold, the AS-norm cohort (speaker means, saved as a buffer) and the metrics of every
+score scale (which the model card shows).
 """
 
 from __future__ import annotations
@@ -205,7 +206,8 @@ def evaluate_model(model_dir: str | Path, *, manifest: str, trials: list[str], o
     # the evaluated model carries its mean, calibration, threshold and cohort
     cfg = model.config
     cfg.training_mean = [float(v) for v in mean]
-    cfg.evaluation = {"final_stage": final, "metrics": metrics[final], "top_k": top_k}
+    cfg.evaluation = {"final_stage": final, "metrics": metrics[final], "metrics_by_stage": metrics,
+                      "trial_lists": [tr.name for tr in trial_lists], "top_k": top_k}
     if calibrator is not None:
         cfg.calibration = calibrator.to_dict()
         cfg.threshold = float(calibrator.threshold_)

@@ -7,8 +7,8 @@ The folder holds ``config.json``, ``model.safetensors``, ``preprocessor_config.j
 ``AutoModel.from_pretrained(repo, trust_remote_code=True)`` works where mlsv is not installed, an ONNX
 export when the model folder has one (refused when its report says it came from other weights), and a
 ``README.md`` model card with YAML metadata and the model's evaluation table: the metrics it records
-(``mlsv evaluate`` output), or its run's ``results.json`` where that is about this very model, never
-another model's (a training stage's model has none). The upload is one commit through
+in its own config (``mlsv evaluate`` stores every score scale's), never another model's (a training
+stage's model has none), or a results file given explicitly. The upload is one commit through
 ``huggingface_hub``; the token comes from ``huggingface-cli login`` / ``hf auth login`` or ``HF_TOKEN``
 and is never written anywhere.
 """
@@ -16,7 +16,6 @@ and is never written anywhere.
 from __future__ import annotations
 
 import argparse
-import filecmp
 import json
 import math
 import os
@@ -28,12 +27,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_model_card", "build_publish_folder", "find_results", "load_metrics", "main", "own_metrics",
-           "run_metrics", "upload_folder"]
+__all__ = ["build_model_card", "build_publish_folder", "load_metrics", "main", "own_metrics", "upload_folder"]
 
 #: Files of the model folder copied as they are, when present.
 EXTRA_FILES = ("model.onnx", "model.onnx.json")
-RESULTS_NAME = "results.json"
 _METRIC_COLUMNS = (("eer", "EER (%)"), ("min_dcf_0.01", "minDCF (p=0.01)"), ("min_dcf_0.05", "minDCF (p=0.05)"),
                    ("act_dcf_0.01", "actDCF (p=0.01)"), ("cllr", "Cllr"), ("n_trials", "trials"))
 
@@ -42,109 +39,27 @@ _METRIC_COLUMNS = (("eer", "EER (%)"), ("min_dcf_0.01", "minDCF (p=0.01)"), ("mi
 # metrics
 
 
-def find_results(model_dir: str | os.PathLike, levels: int = 2) -> Path | None:
-    """``results.json`` in the model folder or up to ``levels`` folders above it, else None.
-
-    The file found may be about another model of the run (a run's ``results.json`` is about its
-    ``model`` folder only): :func:`run_metrics` tells.
-    """
-    d = Path(model_dir).resolve()
-    for _ in range(levels + 1):
-        if (d / RESULTS_NAME).is_file():
-            return d / RESULTS_NAME
-        d = d.parent
-    return None
-
-
 def own_metrics(config) -> list[tuple[str, dict]]:
-    """The metrics a model records in its own config (``config.evaluation``, written by ``mlsv evaluate``),
-    labelled with their score scale (``"calibrated / test_trials"``); [] when it records none."""
+    """The metrics a model records in its own config (``config.evaluation``, written by ``mlsv evaluate``):
+    every score scale's (``"cosine / test_trials"``, ``"asnorm / ..."``, ``"calibrated / ..."``), or the
+    final scale's alone for a model evaluated before those were stored; [] when it records none."""
+    from mlsv.scoring.pipeline import STAGES
+
     evaluation = config.evaluation or {}
+    by_stage = evaluation.get("metrics_by_stage")
+    if isinstance(by_stage, Mapping) and by_stage:
+        # in pipeline order, and the trial lists in the order evaluated (the saved config sorts its keys)
+        def ordered(names, first: list) -> list:
+            return sorted(names, key=lambda n: (first.index(n) if n in first else len(first), n))
+
+        lists = list(evaluation.get("trial_lists") or [])
+        return load_metrics({stage: {name: by_stage[stage][name] for name in ordered(by_stage[stage], lists)}
+                             if isinstance(by_stage[stage], Mapping) else by_stage[stage]
+                             for stage in ordered(by_stage, list(STAGES))})
     metrics = evaluation.get("metrics")
     if not isinstance(metrics, Mapping):
         return []
     return load_metrics({str(evaluation.get("final_stage") or "evaluation"): metrics})
-
-
-def _same_value(a: Any, b: Any) -> bool:
-    """JSON values equal, NaN / infinity / null alike (results files write non-finite numbers as null)."""
-    def missing(v: Any) -> bool:
-        return v is None or (isinstance(v, float) and not math.isfinite(v))
-
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in a)
-    if missing(a) or missing(b):
-        return missing(a) and missing(b)
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
-    return a == b
-
-
-def _model_files(folder: Path) -> dict[str, Any]:
-    """What a saved model is: its config (less what saving stamps on it) and its weight files."""
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    for key in ("transformers_version", "_name_or_path"):
-        config.pop(key, None)
-    weights = sorted(p.name for p in folder.iterdir()
-                     if p.is_file() and (".safetensors" in p.name or p.name.startswith("pytorch_model")))
-    return {"config": config, "weights": weights}
-
-
-def _same_model(a: Path, b: Path) -> bool:
-    """The folders hold the same model: equal configs and byte-identical weight files (a copy)."""
-    try:
-        if a.resolve() == b.resolve():
-            return True
-        fa, fb = _model_files(a), _model_files(b)
-        return (bool(fa["weights"]) and fa == fb
-                and all(filecmp.cmp(a / name, b / name, shallow=False) for name in fa["weights"]))
-    except (OSError, ValueError):
-        return False
-
-
-def run_metrics(results_file: str | os.PathLike, model_dir: str | os.PathLike,
-                evaluation: Mapping | None = None) -> tuple[list[tuple[str, dict]], str | None]:
-    """The rows of a run's ``results.json`` that are about the model in ``model_dir``, or why there are none.
-
-    ``mlsv train``'s report step writes ``results.json`` with every evaluated system of the run and the
-    folder its chosen model was copied to (``"model"``). The file is about ``model_dir`` only when that
-    folder is ``model_dir`` (the recorded path, or the same name beside ``results.json`` for a run folder
-    moved since) or holds the same model (config and weights: the evaluated model it was copied from).
-    Its rows are then those of the system whose final-stage metrics are the model's own
-    (``evaluation``, the model's ``config.evaluation``); the run's other systems are other models.
-
-    Returns:
-        ``(rows, None)``, or ``([], reason)`` when the file is not (provably) about this model.
-    """
-    results_file, model_dir = Path(results_file), Path(model_dir)
-    try:
-        results = json.loads(results_file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{results_file}: cannot read results ({e})") from e
-    recorded = results.get("model") if isinstance(results, Mapping) else None
-    if not isinstance(recorded, str) or not recorded:
-        return [], "it does not record which model it is about"
-    named = Path(recorded)
-    candidates = [named if named.is_absolute() else Path.cwd() / named, results_file.parent / named.name]
-    if not any(_same_model(c, model_dir) for c in candidates):
-        return [], f"it is about the model {recorded}, not {model_dir}"
-    systems = results.get("systems")
-    if not isinstance(systems, Mapping) or not systems:
-        return load_metrics(results), None
-    metrics = (evaluation or {}).get("metrics")
-    if isinstance(metrics, Mapping):
-        stage = (evaluation or {}).get("final_stage")
-        chosen = [label for label, by_stage in systems.items()
-                  if isinstance(by_stage, Mapping) and _same_value(by_stage.get(stage), metrics)]
-        why = (f"none of its systems ({', '.join(map(str, systems))}) has the metrics recorded in "
-               f"{model_dir / 'config.json'}; it was written for another evaluation of that folder")
-    else:
-        chosen = list(systems) if len(systems) == 1 else []
-        why = (f"{model_dir} records no evaluation, so which of its systems ({', '.join(map(str, systems))}) "
-               "it is cannot be told")
-    if not chosen:
-        return [], why
-    return load_metrics({"systems": {chosen[0]: systems[chosen[0]]}}), None
 
 
 def load_metrics(source: Mapping | str | os.PathLike | None) -> list[tuple[str, dict]]:
@@ -343,10 +258,9 @@ def build_publish_folder(model_dir: str | os.PathLike, out: str | os.PathLike, *
         model_dir: the trained model folder.
         out: the folder to write (replaced when ``overwrite``).
         repo_id: the hub repository (for the card's examples).
-        results: a ``results.json`` path or dict, used as given; default: the run's ``results.json``
-            found beside or above ``model_dir`` when it is about this model (:func:`run_metrics`;
-            a warning says why when it is not). Falls back to the metrics the model records in its
-            ``config.evaluation``; the card says when there are none.
+        results: a ``results.json`` path or dict, used as given; default: the metrics the model
+            records in its ``config.evaluation`` (``mlsv evaluate``; a run's ``results.json`` beside it
+            may be about another model, and is not read); the card says when there are none.
         datasets: training / evaluation dataset names for the card's metadata.
         license: license identifier for the metadata.
     """
@@ -372,18 +286,7 @@ def build_publish_folder(model_dir: str | os.PathLike, out: str | os.PathLike, *
         for name in EXTRA_FILES:
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, tmp / name)
-        if results is not None:  # given: used as it is
-            records = load_metrics(results)
-        elif (found := find_results(model_dir)) is not None:
-            records, why = run_metrics(found, model_dir, model.config.evaluation)
-            if why:
-                shows = ("the metrics this model records" if own_metrics(model.config)
-                         else "that no evaluation is recorded")
-                warnings.warn(f"{found} is not used for the model card: {why}; the card shows {shows}",
-                              stacklevel=2)
-        else:
-            records = []
-        records = records or own_metrics(model.config)
+        records = load_metrics(results) if results is not None else own_metrics(model.config)
         card = build_model_card(model.config, repo_id=repo_id, metrics=records, datasets=datasets,
                                 license=license, parameter_counts=model.parameter_counts(),
                                 has_onnx=(tmp / "model.onnx").is_file())
@@ -455,9 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="create the repository as private")
     p.add_argument("--revision", default=None, help="branch to push to (created when missing)")
     p.add_argument("--results", default=None,
-                   help="results.json with the metrics for the card, used as given (default: the run's "
-                        "results.json beside or above --model when it is about this model, else the "
-                        "metrics the model records)")
+                   help="results.json with the metrics for the card, used as given (default: the metrics "
+                        "the model records, which mlsv evaluate stores in it)")
     p.add_argument("--dataset", action="append", default=[], dest="datasets",
                    help="dataset name for the card's metadata (repeatable), e.g. voxceleb2")
     p.add_argument("--license", default=None, help="license identifier for the card, e.g. mit")

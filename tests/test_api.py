@@ -361,6 +361,25 @@ def test_evaluate_reuses_embeddings_only_when_nothing_changed(model_dir, eval_in
     assert len(calls) == 5 and "made with another audio;" in caplog.text
 
 
+def test_evaluate_stores_every_scale_s_metrics_and_the_card_shows_them_in_order(model_dir, eval_inputs, tmp_path):
+    from mlsv.evaluation import evaluate_model
+    from mlsv.hub import build_publish_folder
+    from mlsv.models import MLSVConfig
+
+    manifest, trials = eval_inputs
+    second = tmp_path / "alpha.txt"  # evaluated second, sorted first: the card keeps the order evaluated
+    second.write_text("1 a2 a1\n0 b2 a1\n")
+    result = evaluate_model(model_dir, manifest=str(manifest), trials=[str(trials), str(second)],
+                            out_dir=tmp_path / "ev", device="cpu", plots=False)
+    evaluation = MLSVConfig.from_pretrained(result["model"]).evaluation
+    assert evaluation["metrics_by_stage"] == json.loads((tmp_path / "ev" / "metrics_by_stage.json").read_text())
+    assert evaluation["trial_lists"] == ["list", "alpha"]
+    card = (build_publish_folder(result["model"], tmp_path / "pub", repo_id="me/x") / "README.md").read_text()
+    rows = [line.split(" | ")[0].lstrip("| ") for line in card.split("## Evaluation")[1].splitlines()
+            if line.startswith("| ") and not line.startswith("| trial list")]
+    assert rows == [f"{stage} / {name}" for stage in result["metrics"] for name in ("list", "alpha")]
+
+
 def test_evaluate_refuses_trial_lists_sharing_a_name(model_dir, eval_inputs, tmp_path):
     from mlsv.evaluation import evaluate_model
 

@@ -29,7 +29,8 @@ SUPERB = {"cosine": {"test_trials": {"eer": 36.486, "min_dcf_0.01": 0.9, "min_dc
 
 def evaluation_of(by_stage: dict) -> dict:
     """``config.evaluation`` as ``mlsv evaluate`` writes it for a system of a run's results."""
-    return {"final_stage": "calibrated", "metrics": by_stage["calibrated"], "top_k": 600}
+    return {"final_stage": "calibrated", "metrics": by_stage["calibrated"], "metrics_by_stage": by_stage,
+            "trial_lists": ["test_trials"], "top_k": 600}
 
 
 def save_tiny(folder, *, seed: int = 0, evaluation: dict | None = None):
@@ -87,14 +88,14 @@ def test_dry_run_folder_loads_without_mlsv(run_dir, tmp_path, capsys):
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md",
             "configuration_mlsv.py", "modeling_mlsv.py"} <= names
-    # the card: metadata and the run's metrics
+    # the card: metadata and the model's metrics
     card = (out / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\n")
     meta = card.split("---")[1]
     for tag in ("speaker-verification", "mlsv", "wavlm", "lap"):
         assert f'- "{tag}"' in meta
     assert '- "voxceleb2"' in meta and "license: mit" in meta
-    assert "| LAP / calibrated / test_trials | 3.988 | 0.2999 | 0.2500 | 0.4100 | 4,000 |" in card
+    assert "| calibrated / test_trials | 3.988 | 0.2999 | 0.2500 | 0.4100 | 4,000 |" in card
     assert "4.321" in card and "trust_remote_code=True" in card and "Limitations" in card
 
     # a fresh process where mlsv cannot be imported, run elsewhere, with its own module cache
@@ -234,55 +235,37 @@ def table_rows(card: str) -> list[str]:
             .splitlines() if line.startswith("| ") and not line.startswith("| trial list")]
 
 
-def test_a_card_shows_only_the_metrics_of_the_model_published(tmp_path):
-    """A run's results.json is about its model folder: a stage's model (never evaluated: no cohort, no
-    calibration) or the run's other system shows none of its rows; the run's model shows its own system."""
-    import shutil
-
+def test_a_card_shows_only_the_metrics_the_model_records(tmp_path):
+    """The card shows what ``mlsv evaluate`` stored in the model's config, every score scale; a run's
+    results.json beside it (the run's systems, about another model folder) is not read, so a training
+    stage's model (never evaluated: no cohort, no calibration) or the run's other system shows none of
+    its rows. A results file given explicitly is used as given."""
     run = tmp_path / "run"
-    evaluated = save_tiny(run / "lap_eval" / "model", seed=0, evaluation=evaluation_of(RESULTS["systems"]["LAP"]))
-    shutil.copytree(evaluated, run / "model")
+    save_tiny(run / "model", seed=0, evaluation=evaluation_of(RESULTS["systems"]["LAP"]))
     save_tiny(run / "lap_stage1" / "model", seed=1)
     save_tiny(run / "superb_eval" / "model", seed=2, evaluation=evaluation_of(SUPERB))
     results = {"systems": {**RESULTS["systems"], "SUPERB": SUPERB}, "model": str(run / "model")}
     (run / "results.json").write_text(json.dumps(results))
-    lap_rows = ["LAP / cosine / test_trials", "LAP / calibrated / test_trials"]
+    own_rows = ["cosine / test_trials", "calibrated / test_trials"]
 
     card, warned = publish(run / "lap_stage1" / "model", tmp_path / "stage1")
-    assert table_rows(card) == [] and "No evaluation is recorded for this model" in card
+    assert table_rows(card) == [] and "No evaluation is recorded for this model" in card and warned == []
     assert not any(v in card for v in ("4.321", "3.988", "36.486", "35.125"))
-    assert warned == [f"{(run / 'results.json').resolve()} is not used for the model card: it is about the "
-                      f"model {run / 'model'}, not {run / 'lap_stage1' / 'model'}; the card shows that no "
-                      "evaluation is recorded"]
 
-    card, warned = publish(run / "superb_eval" / "model", tmp_path / "superb")  # its own metrics only
-    assert table_rows(card) == ["calibrated / test_trials"] and "35.125" in card and "3.988" not in card
-    assert len(warned) == 1 and "the card shows the metrics this model records" in warned[0]
+    card, _ = publish(run / "superb_eval" / "model", tmp_path / "superb")
+    assert table_rows(card) == own_rows and "36.486" in card and "35.125" in card and "3.988" not in card
 
-    for model_dir in (run / "model", run / "lap_eval" / "model"):  # the run's model, and the one it copies
-        card, warned = publish(model_dir, tmp_path / "run_model")
-        assert table_rows(card) == lap_rows and warned == []
-        assert "| LAP / calibrated / test_trials | 3.988 | 0.2999 | 0.2500 | 0.4100 | 4,000 |" in card
+    card, _ = publish(run / "model", tmp_path / "run_model")
+    assert table_rows(card) == own_rows and "36.486" not in card
+    assert "| calibrated / test_trials | 3.988 | 0.2999 | 0.2500 | 0.4100 | 4,000 |" in card
 
-    moved = tmp_path / "moved"  # a run folder moved since: results.json names where its model was
-    shutil.copytree(run, moved)
-    shutil.rmtree(run)
-    assert table_rows(publish(moved / "model", tmp_path / "moved_model")[0]) == lap_rows
-    assert table_rows(publish(moved / "lap_stage1" / "model", tmp_path / "moved_stage1")[0]) == []
+    # a model evaluated before every scale was stored: its final scale's row
+    final_only = {"final_stage": "calibrated", "metrics": SUPERB["calibrated"], "top_k": 600}
+    card, _ = publish(save_tiny(tmp_path / "older", evaluation=final_only), tmp_path / "older_card")
+    assert table_rows(card) == ["calibrated / test_trials"] and "35.125" in card and "36.486" not in card
 
-    # the run's model replaced by another evaluation since the report: results.json is not about it
-    shutil.rmtree(moved / "model")
-    save_tiny(moved / "model", seed=3, evaluation=evaluation_of(
-        {"calibrated": {"test_trials": {"eer": 7.5, "min_dcf_0.01": 0.5, "min_dcf_0.05": 0.4}}}))
-    card, warned = publish(moved / "model", tmp_path / "replaced")
-    assert table_rows(card) == ["calibrated / test_trials"] and "7.500" in card and "3.988" not in card
-    assert len(warned) == 1 and "none of its systems (LAP, SUPERB) has the metrics recorded" in warned[0]
-
-
-def test_results_json_that_names_no_model_is_not_used(tmp_path):
-    run = tmp_path / "run"
-    save_tiny(run / "model")
-    (run / "results.json").write_text(json.dumps(RESULTS))  # written before runs recorded their model
-    card, warned = publish(run / "model", tmp_path / "out")
-    assert table_rows(card) == [] and "3.988" not in card
-    assert len(warned) == 1 and "it does not record which model it is about" in warned[0]
+    out = tmp_path / "given"
+    assert main(["--model", str(run / "lap_stage1" / "model"), "--repo-id", "me/tiny", "--dry-run", str(out),
+                 "--results", str(run / "results.json")]) == 0
+    assert table_rows((out / "README.md").read_text()) == [f"{system} / {row}" for system in ("LAP", "SUPERB")
+                                                           for row in own_rows]
