@@ -116,6 +116,7 @@ class OptimConfig:
     lr: float = _bounded(1e-3, above=0)  # peak lr of the backend and head groups
     min_lr: float = _bounded(1e-5, low=0)
     frontend_lr_scale: float = _bounded(1.0, low=0)  # frontend group's lr = lr * this
+    backend_lr_scale: float = _bounded(1.0, low=0)  # aggregation + backend group's lr = lr * this (0: kept as they are)
     weight_decay: float = _bounded(5e-5, low=0)
     frontend_weight_decay: float = -1.0  # < 0: same as weight_decay
     warmup_ratio: float = _bounded(0.1, low=0, high=1)
@@ -131,6 +132,7 @@ class StageConfig:
 
     name: str = "stage"
     init_from: str = ""  # previous stage's output folder (model + head)
+    init_model: str = ""  # a trained model folder (save_pretrained): its weights, a new head on this data's speakers
     frontend_trainable: str = _choice("none", "none", "transformer", "all")
     layerdrop: float = _bounded(0.0, low=0, below=1)
     mask_time_prob: float = _bounded(0.0, low=0, high=1)
@@ -345,6 +347,9 @@ def _check_combinations(cfg: TrainConfig, where: str) -> None:
     if cfg.data.streaming and cfg.stage.steps_per_epoch == 0:
         raise ConfigError(f"{where}: data.streaming=true needs stage.steps_per_epoch > 0 (a stream has no length "
                           "to make an epoch of)")
+    if cfg.stage.init_from and cfg.stage.init_model:
+        raise ConfigError(f"{where}: stage.init_from (a stage's model and head, on its speakers) and stage.init_model "
+                          "(a model's weights, with a new head on this data's speakers) both choose the start: set one")
     if cfg.optim.ema_decay > 0 and cfg.stage.average_best > 1:
         raise ConfigError(f"{where}: optim.ema_decay and stage.average_best {cfg.stage.average_best} both choose the "
                           "final weights (the moving average, or the mean of the best checkpoints): set one")

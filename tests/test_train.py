@@ -177,6 +177,44 @@ def test_resume_after_kill_gives_the_same_weights(corpus, tmp_path):
     assert json.loads((out / audit).read_text()) == json.loads((ref / audit).read_text())
 
 
+def test_a_trained_model_is_fine_tuned_on_other_speakers_with_a_new_head(corpus, tmp_path):
+    """``stage.init_model``: a model folder's weights, a new head on the training data's speakers; what the
+    source's evaluation stored (mean, cohort, calibration, thresholds, metrics) is dropped. With
+    ``optim.backend_lr_scale=0`` and a frozen frontend only the head learns (a head warm-up)."""
+    from mlsv.config import ConfigError
+    from mlsv.data.manifest import speaker_labels
+    from mlsv.models import MLSVModel
+
+    torch.manual_seed(3)
+    source = MLSVModel.from_encoder("tiny-wavlm", random_init=True, lap_heads=4, lap_channels=32, embedding_size=16)
+    source.config.training_mean, source.config.threshold = [0.5] * 16, 0.7
+    source.config.evaluation = {"final_stage": "cosine", "metrics": {"list": {"eer": 1.0}}}
+    source.set_cohort(torch.randn(5, 16))
+    source.save_pretrained(tmp_path / "source")
+    extra = {"stage.epochs": 1, "stage.init_model": tmp_path / "source", "data.train_manifest": corpus.validation,
+             "augment.probability": 0.0, "data.validation_manifest": "", "data.validation_trials": ""}
+    warm = _train(corpus, tmp_path / "warm", **extra, **{"optim.backend_lr_scale": 0.0})
+    labels = json.loads((warm / "labels.json").read_text())
+    assert sorted(labels) == sorted(speaker_labels(corpus.validation)) and len(labels) == 4
+    assert json.loads((warm / "head.json").read_text())["num_classes"] == 4 * 3  # speed-perturbed classes
+    tuned = MLSVModel.from_pretrained(warm / "model")
+    c = tuned.config
+    assert (c.threshold, c.calibration, c.evaluation, c.cohort_size) == (None, None, None, 0)
+    assert len(c.training_mean) == 16 and c.training_mean != [0.5] * 16  # this data's mean
+    before, after = dict(source.named_parameters()), dict(tuned.named_parameters())
+    assert before.keys() == after.keys()
+    for name, p in after.items():  # nothing but the head learnt
+        torch.testing.assert_close(p, before[name], rtol=0, atol=0, msg=name)
+    full = MLSVModel.from_pretrained(_train(corpus, tmp_path / "full", **extra) / "model")
+    assert not torch.equal(full.aggregation.excite_bias, source.aggregation.excite_bias)
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"stage.init_model: .*empty is not a model folder"):
+        _train(corpus, tmp_path / "bad", **{**extra, "stage.init_model": tmp_path / "empty"})
+    with pytest.raises(ConfigError, match="stage.init_from .* and stage.init_model .* set one"):
+        load_config(None, _stage_overrides(corpus, **{**extra, "stage.init_from": warm}))
+
+
 def test_an_epoch_logged_again_replaces_its_row(tmp_path):
     """A run killed after logging an epoch but before checkpointing it trains and logs that epoch again:
     metrics.csv keeps one row per epoch, the last."""

@@ -65,6 +65,21 @@ def build_model(cfg: TrainConfig) -> MLSVModel:
     return MLSVModel.from_encoder(m.encoder, random_init=m.random_init, **settings)
 
 
+def load_for_finetuning(folder: Path) -> MLSVModel:
+    """``stage.init_model``: a trained model's weights, to train on other speakers with a new head. What
+    evaluation learnt about its embeddings (training mean, AS-norm cohort, calibration, thresholds,
+    metrics) no longer holds once training moves them, so it is dropped; the stage computes a new mean."""
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"stage.init_model: {folder} is not a model folder (no config.json); give a folder "
+                                "that save_pretrained wrote, e.g. runs/NAME/model, or a downloaded hub snapshot")
+    model = MLSVModel.from_pretrained(folder)
+    c = model.config
+    c.training_mean = c.calibration = c.threshold = c.evaluation = None
+    model.cohort_embeddings = model.cohort_embeddings[:0]
+    c.cohort_size = 0
+    return model
+
+
 # torch.compile backend for stage.compile; the tests set "aot_eager" (graphs traced, no kernels generated)
 COMPILE_BACKEND = "inductor"
 
@@ -154,7 +169,7 @@ def _param_groups(model: MLSVModel, head: torch.nn.Module, cfg: TrainConfig) -> 
     frontend = [p for p in model.frontend.parameters() if p.requires_grad]
     backend = [p for n, p in model.named_parameters() if not n.startswith("frontend.") and p.requires_grad]
     groups = [
-        {"name": "backend", "params": backend, "lr": o.lr, "weight_decay": o.weight_decay},
+        {"name": "backend", "params": backend, "lr": o.lr * o.backend_lr_scale, "weight_decay": o.weight_decay},
         {"name": "head", "params": list(head.parameters()), "lr": o.lr, "weight_decay": o.weight_decay},
     ]
     if frontend:
@@ -277,7 +292,7 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
         n_classes = head_meta["num_classes"]  # preserved: the speed-perturbation classes stay negatives
     else:
         labels = speaker_labels(train_manifest)
-        model = build_model(cfg)
+        model = load_for_finetuning(Path(_resolve(st.init_model, config_dir))) if st.init_model else build_model(cfg)
         n_classes = speed_perturb_classes(len(labels), data.speed_factors)
     if acc.is_main_process:
         save_labels(labels, output_dir / "labels.json")
