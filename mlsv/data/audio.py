@@ -50,6 +50,8 @@ def _check_exists(source: AudioSource) -> None:
             raise AudioError(f"{_name(source)}: empty audio buffer")
         return
     path = Path(source)
+    if path.is_dir():
+        raise AudioError(f"{path}: a directory, not an audio file")
     if not path.is_file():
         raise AudioError(f"{path}: file not found")
     if path.stat().st_size == 0:

@@ -23,6 +23,66 @@ class ManifestError(ValueError):
     """A manifest is malformed or fails validation; the message names the file and lines."""
 
 
+def _decode_line(raw: bytes, where: str) -> str:
+    """A manifest line as text; ManifestError at ``where`` (FILE:LINE) when it is not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{where}: {not_utf8(raw, e)}") from None
+
+
+def not_utf8(raw: bytes, e: UnicodeDecodeError) -> str:
+    """What is wrong with a line ``raw`` that failed to decode with ``e``, and the fix (for a FILE:LINE message)."""
+    return (f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line); save the file as "
+            "UTF-8 (from Latin-1: iconv -f latin1 -t utf-8 OLD > NEW)")
+
+
+def _check_utf8(path: Path, block: int = 1 << 24) -> None:
+    """Raises ManifestError naming the first line of a JSONL manifest that is not UTF-8.
+
+    ``datasets`` (pyarrow) loads such a file without complaint and fails only when the row is read, deep
+    inside a data loader. Reads whole lines in blocks of about ``block`` bytes, so memory stays bounded.
+    """
+    lines = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            chunk += f.readline()  # end on a line break: no character split between blocks
+            try:
+                chunk.decode("utf-8")
+            except UnicodeDecodeError as e:
+                start = chunk.rfind(b"\n", 0, e.start) + 1
+                end = chunk.find(b"\n", e.start)
+                lineno = lines + chunk.count(b"\n", 0, start) + 1
+                _decode_line(chunk[start:end if end >= 0 else len(chunk)], f"{path}:{lineno}")
+            lines += chunk.count(b"\n")
+
+
+def _parquet_error(file: str | Path, e: Exception) -> ManifestError:
+    return ManifestError(f"{file}: not a readable parquet file ({e})")
+
+
+def _read_schema(file: str | Path):
+    """``pyarrow.parquet.read_schema``, with a ManifestError naming a corrupt or foreign file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(file)
+    except (pa.ArrowException, OSError) as e:
+        raise _parquet_error(file, e) from None
+
+
+def _parquet_file(file: str | Path):
+    """``pyarrow.parquet.ParquetFile``, with a ManifestError naming a corrupt or foreign file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(file)
+    except (pa.ArrowException, OSError) as e:
+        raise _parquet_error(file, e) from None
+
+
 def _format(path: Path) -> str:
     if path.is_dir() or path.suffix == ".parquet":
         return "parquet"
@@ -72,9 +132,7 @@ def write_manifest(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
 
 def _has_audio(path: Path) -> bool:
     """A parquet manifest whose rows carry their encoded audio (shards)."""
-    import pyarrow.parquet as pq
-
-    return any("audio" in pq.read_schema(f).names for f in _data_files(path))
+    return any("audio" in _read_schema(f).names for f in _data_files(path))
 
 
 def sample_manifest(path: str | Path, limit: int, out: str | Path, seed: int = 0) -> Path:
@@ -99,7 +157,7 @@ def sample_manifest(path: str | Path, limit: int, out: str | Path, seed: int = 0
     import pyarrow.parquet as pq
 
     files = _data_files(path)
-    counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
+    counts = [_parquet_file(f).metadata.num_rows for f in files]
     if sum(counts) <= limit:
         return path
     pick = np.sort(rng.choice(sum(counts), limit, replace=False))
@@ -124,12 +182,14 @@ def sample_manifest(path: str | Path, limit: int, out: str | Path, seed: int = 0
 def iter_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yields (line number from 1, row) without ``datasets``; parquet rows count from 1 too.
 
-    Paths are returned as stored (not resolved). Raises ManifestError naming a malformed line.
+    Paths are returned as stored (not resolved). Raises ManifestError naming a malformed line (or one
+    not UTF-8) or a file that is not parquet.
     """
     path = Path(path)
     if _format(path) == "json":
-        with open(_data_files(path)[0], encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        with open(_data_files(path)[0], "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                line = _decode_line(raw, f"{path}:{lineno}")
                 if not line.strip():
                     continue
                 try:
@@ -140,11 +200,18 @@ def iter_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     raise ManifestError(f"{path}:{lineno}: a row must be a JSON object")
                 yield lineno, row
     else:
-        import pyarrow.parquet as pq
+        import pyarrow as pa
 
         n = 0
         for file in _data_files(path):
-            for batch in pq.ParquetFile(file).iter_batches(batch_size=1024):
+            batches = _parquet_file(file).iter_batches(batch_size=1024)
+            while True:
+                try:
+                    batch = next(batches, None)
+                except (pa.ArrowException, OSError) as e:  # a corrupt page past a sound footer
+                    raise _parquet_error(file, e) from None
+                if batch is None:
+                    break
                 for row in batch.to_pylist():
                     n += 1
                     yield n, row
@@ -185,20 +252,28 @@ def load_manifest(
         ``datasets.Dataset`` or ``datasets.IterableDataset``; audio stays as paths (or ``audio`` bytes).
 
     Raises:
-        ManifestError: no rows, a malformed line, a missing column or value, a non-string or repeated id;
-            the message names the file and line (audio is not opened here: ``validate`` does that).
+        ManifestError: no rows, a malformed line or one not UTF-8, a missing column or value, a non-string
+            or repeated id, a file that is not parquet; the message names the file and line (audio is not
+            opened here: ``validate`` does that).
     """
     import datasets
     from datasets.distributed import split_dataset_by_node
 
     path = Path(path)
     fmt, files = _format(path), _data_files(path)
+    if fmt == "json":
+        _check_utf8(path)  # pyarrow reads bad bytes into strings that fail later, inside a data loader
+    else:
+        for file in files:
+            _read_schema(file)  # a corrupt footer; datasets' own error would not name the file
     try:
         ds = datasets.load_dataset(fmt, data_files=files, split="train", streaming=streaming,
                                    cache_dir=cache_dir)
     except Exception:
         if fmt == "json":
             _scan_json(path)  # raises a ManifestError naming the line, if a line is to blame
+        else:
+            _scan_parquet(files)  # raises a ManifestError naming the file, if a file is corrupt
         raise
     _check_rows(path, _header_table(path, fmt, files) if streaming else ds.data.table)
     if resolve and "path" in (ds.column_names or ["path"]):
@@ -229,6 +304,18 @@ def _scan_json(path: Path) -> None:
         raise ManifestError(f"{path}: manifest has no rows")
 
 
+def _scan_parquet(files: list[str]) -> None:
+    """Reads every page of the parquet files; raises ManifestError naming the first one that is corrupt."""
+    import pyarrow as pa
+
+    for file in files:
+        try:
+            for _ in _parquet_file(file).iter_batches(batch_size=4096):
+                pass
+        except (pa.ArrowException, OSError) as e:
+            raise _parquet_error(file, e) from None
+
+
 def _header_table(path: Path, fmt: str, files: list[str]):
     """Every column but ``audio``, read with pyarrow (for the checks on a streamed manifest)."""
     import pyarrow as pa
@@ -245,8 +332,11 @@ def _header_table(path: Path, fmt: str, files: list[str]):
 
     tables = []
     for file in files:
-        names = pq.read_schema(file).names
-        table = pq.read_table(file, columns=[c for c in names if c != "audio"])
+        names = _read_schema(file).names
+        try:
+            table = pq.read_table(file, columns=[c for c in names if c != "audio"])
+        except (pa.ArrowException, OSError) as e:
+            raise _parquet_error(file, e) from None
         if "audio" in names:  # the checks need to know it is there, not its bytes
             table = table.append_column("audio", pa.nulls(table.num_rows, pa.binary()))
         tables.append(table)
@@ -397,10 +487,10 @@ def validate(
         lists = [trials] if isinstance(trials, (str, Path)) else list(trials)
         for trial_path in lists:
             t = read_trials(trial_path)
-            for i, (e, s) in enumerate(zip(t.enroll, t.test), 1):
-                for x in (e, s):
+            for lineno, e, s in zip(t.lines, t.enroll, t.test):
+                for x in dict.fromkeys((e, s)):
                     if x not in seen:
-                        report.errors.append(f"{trial_path}:{i}: id {x!r} not in {manifest_path}")
+                        report.errors.append(f"{trial_path}:{lineno}: id {x!r} not in {manifest_path}")
     if raise_on_error and not report.ok:
         raise ManifestError(report.summary())
     return report

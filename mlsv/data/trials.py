@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlsv.data.manifest import not_utf8
+
 
 @dataclass(frozen=True)
 class Trials:
@@ -17,12 +19,16 @@ class Trials:
         test: (N,) test utterance ids.
         labels: (N,) int8, 1 same speaker, 0 different, -1 unknown.
         name: the list's name (its file name without extension).
+        path: the file it was read from (None when built in memory); errors name it.
+        lines: (N,) the file line of each trial (blank lines counted); None means trial i is on line i + 1.
     """
 
     enroll: np.ndarray
     test: np.ndarray
     labels: np.ndarray
     name: str = "trials"
+    path: str | None = None
+    lines: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -33,39 +39,59 @@ class Trials:
 
 
 def read_trials(path: str | Path) -> Trials:
-    """Reads a trial list; lines are ``LABEL ENROLL TEST`` or ``ENROLL TEST`` (label unknown).
+    """Reads a trial list; lines are ``LABEL ENROLL TEST`` or ``ENROLL TEST`` (label unknown), all alike.
 
     UTF-8, with or without a byte-order mark (as some Windows editors save it); blank lines are skipped.
+    Every line must have as many fields as the first, so that a stray unlabelled line cannot turn a
+    labelled list into one without labels (or a truncated first line be read as an unlabelled trial).
 
     Raises:
         FileNotFoundError: the file is missing.
-        ValueError: a malformed line, naming the file and line number; a list without trials.
+        ValueError: a folder given, a line that is not UTF-8, malformed or unlike the first, naming the file
+            and line number; a list without trials.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: a directory, not a trial list")
     if not path.is_file():
         raise FileNotFoundError(f"trial list not found: {path}")
-    enroll, test, labels = [], [], []
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
+    forms = {3: "LABEL ENROLL TEST", 2: "ENROLL TEST"}
+    enroll, test, labels, lines = [], [], [], []
+    first = None  # (line number, field count) of the first trial
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: {not_utf8(raw, e)}") from None
             parts = line.split()
             if not parts:
                 continue
+            if len(parts) not in forms:
+                raise ValueError(f"{path}:{lineno}: expected 'LABEL ENROLL TEST', got {line.strip()!r}")
+            if first is None:
+                first = (lineno, len(parts))
+            elif len(parts) != first[1]:
+                like = f"line {first[0]}" if len(labels) == 1 else "the other lines"
+                raise ValueError(f"{path}:{lineno}: expected {forms[first[1]]!r} like {like}, got {len(parts)} "
+                                 "fields (a trial list is all 'LABEL ENROLL TEST' or all 'ENROLL TEST' lines)")
             if len(parts) == 3:
                 if parts[0] not in ("0", "1"):
                     raise ValueError(f"{path}:{lineno}: label must be 0 or 1, got {parts[0]!r}")
                 labels.append(int(parts[0]))
-                enroll.append(parts[1])
-                test.append(parts[2])
-            elif len(parts) == 2:
-                labels.append(-1)
-                enroll.append(parts[0])
-                test.append(parts[1])
+                parts = parts[1:]
             else:
-                raise ValueError(f"{path}:{lineno}: expected 'LABEL ENROLL TEST', got {line.strip()!r}")
+                labels.append(-1)
+            enroll.append(parts[0])
+            test.append(parts[1])
+            lines.append(lineno)
     if not labels:
         raise ValueError(f"empty trial list: {path}")
     return Trials(np.asarray(enroll, dtype=object), np.asarray(test, dtype=object),
-                  np.asarray(labels, dtype=np.int8), name=path.stem)
+                  np.asarray(labels, dtype=np.int8), name=path.stem, path=str(path),
+                  lines=np.asarray(lines, dtype=np.int64))
 
 
 def write_trials(trials: Trials, path: str | Path) -> None:
@@ -87,17 +113,19 @@ def write_trials(trials: Trials, path: str | Path) -> None:
 
 
 def check_trial_ids(trials: Trials, known_ids, source: str = "manifest") -> None:
-    """Raises KeyError naming the first trial lines whose ids are not in ``known_ids``."""
+    """Raises KeyError naming the file lines (``FILE:LINE``) and ids of trials not in ``known_ids``.
+
+    The first five are listed, with a count of the rest.
+    """
     known = set(known_ids)
+    where = trials.path or trials.name
     bad = []
-    for i, (e, t) in enumerate(zip(trials.enroll, trials.test), 1):
-        for x in (e, t):
-            if x not in known:
-                bad.append(f"line {i}: {x}")
-        if len(bad) >= 5:
-            break
+    for i, (e, t) in enumerate(zip(trials.enroll, trials.test)):
+        lineno = int(trials.lines[i]) if trials.lines is not None else i + 1
+        bad.extend(f"{where}:{lineno}: id {x!r} not in the {source}" for x in dict.fromkeys((e, t)) if x not in known)
     if bad:
-        raise KeyError(f"trial list {trials.name!r} names ids missing from the {source}: " + "; ".join(bad))
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise KeyError("; ".join(bad[:5]) + more)
 
 
 def make_trials(

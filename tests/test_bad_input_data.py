@@ -1,0 +1,184 @@
+"""Bad input to the data layer: mixed trial forms, blank lines in trial lists, files not UTF-8, corrupt
+parquet, folders given for files. Each gives one error line naming the file (and line)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from data_helpers import tiny_corpus, tone, write_wav
+
+from mlsv.cli import main
+from mlsv.data.audio import AudioError, audio_info, read_audio
+from mlsv.data.manifest import (
+    ManifestError,
+    iter_rows,
+    load_manifest,
+    sample_manifest,
+    validate,
+    write_manifest,
+)
+from mlsv.data.prepare import prepare_voxceleb
+from mlsv.data.trials import check_trial_ids, read_trials
+from mlsv.scoring.embeddings import EmbeddingTable, save_embeddings
+
+LABELLED = ["1 a/1.wav a/2.wav", "0 a/1.wav b/1.wav", "1 b/1.wav b/2.wav"]
+
+
+def _rows(n: int = 3) -> list[dict]:
+    return [{"id": f"u{i}", "path": f"u{i}.wav", "speaker": f"s{i % 2}", "duration": 1.0, "sample_rate": 16000}
+            for i in range(n)]
+
+
+def _latin1_manifest(path):
+    """A JSONL manifest whose last (third) line holds speaker 'José' in Latin-1."""
+    rows = _rows()
+    rows[-1]["speaker"] = "Jos\xe9"
+    path.write_bytes("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("latin-1"))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. every trial line has as many fields as the first
+
+
+def test_trial_list_mixing_labelled_and_unlabelled_lines_is_refused(tmp_path):
+    twocol = tmp_path / "twocol.txt"
+    twocol.write_text("\n".join([*LABELLED, "a/1.wav b/2.wav"]) + "\n")
+    with pytest.raises(ValueError, match=r"twocol\.txt:4: expected 'LABEL ENROLL TEST' like the other lines, "
+                                         r"got 2 fields"):
+        read_trials(twocol)
+    first = tmp_path / "first.txt"  # a truncated first line: read alone, it looks like an unlabelled trial
+    first.write_text("\n".join(["1 a/1.wav", *LABELLED]) + "\n")
+    with pytest.raises(ValueError, match=r"first\.txt:2: expected 'ENROLL TEST' like line 1, got 3 fields"):
+        read_trials(first)
+    same = tmp_path / "same.txt"  # all one form stays accepted, labelled or not
+    same.write_text("a/1.wav a/2.wav\n\nb/1.wav a/2.wav\n")
+    assert read_trials(same).labels.tolist() == [-1, -1]
+
+
+def test_prepare_voxceleb_refuses_a_trial_list_with_a_truncated_first_line(tmp_path):
+    for spk in ("id10270", "id10271"):
+        for v in range(2):
+            write_wav(tmp_path / "wav" / spk / f"vid{v}" / "00001.wav", tone(0.3, 150 + 40 * v))
+    trials = tmp_path / "veri_test2.txt"
+    trials.write_text("1 id10270/vid0/00001.wav\n1 id10270/vid0/00001.wav id10270/vid1/00001.wav\n"
+                      "0 id10270/vid0/00001.wav id10271/vid0/00001.wav\n")
+    with pytest.raises(ValueError, match=r"veri_test2\.txt:2: expected 'ENROLL TEST' like line 1"):
+        prepare_voxceleb(tmp_path / "out", vox1_test=tmp_path / "wav", trials=[trials], progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. unknown ids name the file and its real line
+
+
+def test_unknown_trial_ids_name_the_file_line_despite_blank_lines(tmp_path):
+    path = tmp_path / "lineno2.txt"
+    path.write_text("1 a b\n0 a c\n\n\n1 a b\n0 a c\n1 b c\n\n1 zz b\n")
+    t = read_trials(path)
+    assert t.lines.tolist() == [1, 2, 5, 6, 7, 9] and t.path == str(path)
+    with pytest.raises(KeyError) as info:
+        check_trial_ids(t, {"a", "b", "c"}, source="embeddings")
+    assert info.value.args[0] == f"{path}:9: id 'zz' not in the embeddings"
+
+
+def test_score_cli_names_the_line_of_an_unknown_id_and_a_mixed_list(tmp_path, capsys):
+    emb = tmp_path / "e.npz"
+    save_embeddings(EmbeddingTable(np.array(["a", "b", "c"]), np.eye(3, dtype=np.float32), np.ones(3)), emb)
+    path = tmp_path / "lineno2.txt"
+    path.write_text("1 a b\n\n\n0 a c\n1 b zz\n")
+    assert main(["score", "--embeddings", str(emb), "--trials", str(path), "--out", str(tmp_path / "s.tsv")]) == 2
+    assert capsys.readouterr().err.strip() == f"mlsv score: error: {path}:5: id 'zz' not in the embeddings"
+    path.write_text("1 a b\n0 a c\nb c\n")
+    assert main(["score", "--embeddings", str(emb), "--trials", str(path), "--out", str(tmp_path / "s.tsv")]) == 2
+    assert f"{path}:3: expected 'LABEL ENROLL TEST'" in capsys.readouterr().err
+
+
+def test_validate_names_the_trial_file_line_despite_blank_lines(tmp_path):
+    manifest = tiny_corpus(tmp_path, speakers=2, utts=2)
+    ids = [row["id"] for _, row in iter_rows(manifest)]
+    trials = tmp_path / "t.txt"
+    trials.write_text(f"1 {ids[0]} {ids[1]}\n\n0 {ids[0]} nope\n")
+    report = validate(manifest, trials, check_audio=False, raise_on_error=False)
+    assert report.errors == [f"{trials}:3: id 'nope' not in {manifest}"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. files that are not UTF-8
+
+
+def test_latin1_manifest_is_refused_at_load_naming_the_line(tmp_path):
+    from mlsv.data.manifest import _check_utf8
+
+    path = _latin1_manifest(tmp_path / "latin1.jsonl")
+    message = r"latin1\.jsonl:3: not valid UTF-8 \(byte 0xe9 at byte \d+ of the line\)"
+    for streaming in (False, True):
+        with pytest.raises(ManifestError, match=message):
+            load_manifest(path, streaming=streaming)
+    with pytest.raises(ManifestError, match=message):
+        list(iter_rows(path))
+    with pytest.raises(ManifestError, match=message):
+        _check_utf8(path, block=7)  # lines counted right across blocks
+    with pytest.raises(ManifestError, match=message):
+        validate(path, check_audio=False)
+
+
+def test_latin1_trial_list_is_refused_naming_the_line(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("1 a b\n\n0 a Jos\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1\.txt:3: not valid UTF-8 \(byte 0xe9 at byte 8 of the line\)"):
+        read_trials(path)
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes("1 a b\n0 a José\n".encode("utf-8-sig"))
+    assert read_trials(bom).test.tolist() == ["b", "José"]
+
+
+def test_embed_cli_reports_a_latin1_manifest_without_a_traceback(tmp_path, capsys):
+    from conftest import tiny_model
+
+    tiny_model(lap_heads=2, lap_channels=16, embedding_size=8).save_pretrained(tmp_path / "model")
+    path = _latin1_manifest(tmp_path / "latin1.jsonl")
+    for row in _rows():  # real audio: the rows load, and only the bad bytes are to blame
+        write_wav(tmp_path / row["path"], tone(1.0))
+    assert main(["embed", "--model", str(tmp_path / "model"), "--manifest", str(path),
+                 "--out", str(tmp_path / "o.npz"), "--num-workers", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"mlsv embed: error: {path}:3: not valid UTF-8 (byte 0xe9")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. corrupt parquet
+
+
+def test_corrupt_parquet_manifest_names_the_file(tmp_path):
+    bad = tmp_path / "corrupt.parquet"
+    bad.write_bytes(b"PAR1garbage")
+    shards = tmp_path / "shards"
+    write_manifest(_rows(), shards / "a.parquet")
+    (shards / "b.parquet").write_bytes(b"PAR1garbage")
+    for manifest, culprit in ((bad, bad), (shards, shards / "b.parquet")):
+        message = f"^{culprit}: not a readable parquet file \\("
+        for streaming in (False, True):
+            with pytest.raises(ManifestError, match=message):
+                load_manifest(manifest, streaming=streaming)
+        with pytest.raises(ManifestError, match=message):
+            list(iter_rows(manifest))
+        with pytest.raises(ManifestError, match=message):
+            sample_manifest(manifest, 1, tmp_path / "sample.parquet")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 5. a folder where a file is expected
+
+
+def test_a_folder_given_as_audio_or_trial_list_is_named_as_such(tmp_path):
+    folder = tmp_path / "dir.wav"
+    folder.mkdir()
+    for reader in (read_audio, audio_info):
+        with pytest.raises(AudioError, match=f"^{folder}: a directory, not an audio file$"):
+            reader(folder)
+    with pytest.raises(ValueError, match=f"^{tmp_path}: a directory, not a trial list$"):
+        read_trials(tmp_path)
+    with pytest.raises(AudioError, match="file not found"):
+        read_audio(tmp_path / "missing.wav")
