@@ -38,7 +38,9 @@ Thresholds always live on the scale being scored (:meth:`Verifier.threshold`):
 
 from __future__ import annotations
 
+import logging
 import math
+import numbers
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -57,6 +59,8 @@ __all__ = [
     "Threshold",
     "VerificationResult",
     "Verifier",
+    "check_device",
+    "check_sample_rate",
     "find_audio_files",
     "load_model",
     "record_score_statistics",
@@ -71,6 +75,8 @@ SILENCE_PEAK = 1e-4
 MAX_CHANNELS = 8
 #: FAR levels tabulated by :func:`record_score_statistics`.
 _FAR_GRID = tuple(float(x) for x in np.geomspace(1e-5, 0.5, 48))
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -162,6 +168,33 @@ def min_samples(config) -> int:
     return int(n)
 
 
+def check_sample_rate(sample_rate: Any, what: str = "sample_rate") -> int | None:
+    """``sample_rate`` as a positive int (None stays None); ValueError naming ``what`` otherwise.
+
+    Integral floats (``16000.0``) are accepted; 0, negative, fractional, non-finite, boolean and
+    non-numeric values (``"16000"``) are refused rather than guessed at.
+    """
+    if sample_rate is None:
+        return None
+    ok = False
+    if isinstance(sample_rate, (bool, np.bool_)):
+        pass
+    elif isinstance(sample_rate, numbers.Integral):
+        ok = True
+    elif isinstance(sample_rate, numbers.Real) and math.isfinite(sample_rate):
+        ok = float(sample_rate).is_integer()
+    if not ok or int(sample_rate) <= 0:
+        raise ValueError(f"{what} must be a positive integer (samples per second), got {sample_rate!r}"
+                         + (f" ({type(sample_rate).__name__})" if isinstance(sample_rate, str) else ""))
+    return int(sample_rate)
+
+
+def silent_audio_message(name: str, peak: float) -> str:
+    """The error for silent audio, one wording for paths, arrays and manifest rows."""
+    return (f"{name}: silent audio (peak amplitude {peak:.2e}, below {SILENCE_PEAK:g}); "
+            "no voice to embed or verify")
+
+
 def load_audio(x: AudioInput, sample_rate: int | None, *, target_sr: int, min_length: int = 1,
                name: str | None = None) -> np.ndarray:
     """Decodes / converts one input to float32 mono samples at ``target_sr`` and checks them.
@@ -176,13 +209,18 @@ def load_audio(x: AudioInput, sample_rate: int | None, *, target_sr: int, min_le
 
     Raises:
         AudioError: missing, empty, undecodable, too short, non-finite or silent audio, naming it.
+        ValueError: ``sample_rate`` is not a positive integer.
     """
     name = name or _input_name(x)
+    sample_rate = check_sample_rate(sample_rate)
     if _is_pathlike(x):
         samples, _ = read_audio(x, target_sr=target_sr, mono=True)
     else:
         if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor without importing torch
-            x = x.detach().cpu().numpy()
+            x = x.detach().cpu()
+            if x.is_floating_point():  # bf16 / fp16 have no (or a lossy) numpy dtype: samples are float32
+                x = x.float()
+            x = x.numpy()
         a = np.asarray(x)
         if a.dtype.kind not in "fiu":
             raise AudioError(f"{name}: expected numeric audio samples, got dtype {a.dtype}")
@@ -194,9 +232,7 @@ def load_audio(x: AudioInput, sample_rate: int | None, *, target_sr: int, min_le
             half = (np.iinfo(a.dtype).max + 1.0) / 2
             a = (a.astype(np.float64) - half) / half
         samples = np.ascontiguousarray(_to_mono(np.asarray(a, dtype=np.float32), name), dtype=np.float32)
-        sr = int(sample_rate or target_sr)
-        if sr <= 0:
-            raise AudioError(f"{name}: sample rate must be positive, got {sample_rate}")
+        sr = target_sr if sample_rate is None else sample_rate
         if sr != target_sr:
             if not np.isfinite(samples).all():
                 raise AudioError(f"{name}: audio contains NaN or infinite samples")
@@ -212,13 +248,15 @@ def load_audio(x: AudioInput, sample_rate: int | None, *, target_sr: int, min_le
                          f"least {min_length / target_sr * 1000:.1f} ms")
     peak = float(np.abs(samples).max())
     if peak < SILENCE_PEAK:
-        raise AudioError(f"{name}: silent audio (peak amplitude {peak:.2e}, below {SILENCE_PEAK:g}); "
-                         "no speaker to verify")
+        raise AudioError(silent_audio_message(name, peak))
     return samples
 
 
 def find_audio_files(paths: Sequence[str | os.PathLike], suffixes: Sequence[str] = AUDIO_SUFFIXES) -> list[str]:
     """Expands folders (recursively, sorted) into their audio files; files are kept as given.
+
+    A file named twice (``a.wav a.wav``, ``./a.wav a.wav``, or a file and its folder) is kept once, as
+    first named, with a logged warning: its path is its id, and an embeddings table holds one row per id.
 
     Raises:
         FileNotFoundError: a path does not exist, or a folder holds no audio file.
@@ -235,11 +273,75 @@ def find_audio_files(paths: Sequence[str | os.PathLike], suffixes: Sequence[str]
             out.append(os.fspath(p))
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")
-    return out
+    seen: dict[str, str] = {}
+    unique = []
+    for f in out:
+        key = os.path.normcase(os.path.abspath(f))
+        if key in seen:
+            log.warning("%s: named more than once; embedded once (id %s)", f, seen[key])
+            continue
+        seen[key] = f
+        unique.append(f)
+    return unique
 
 
 # ------------------------------------------------------------------------------------------------
 # runtimes
+
+
+def check_device(device: Any):
+    """``device`` as a ``torch.device`` this torch can run on; ValueError naming it otherwise.
+
+    The one check of every device string that enters the API (``TorchEmbedder``,
+    ``Verifier.from_pretrained``, ``load_model``, the evaluation functions): a misspelt device
+    (``gpu``) or one this machine lacks (``cuda`` on a CPU-only torch, ``cuda:3`` with 2 GPUs, ``mps``
+    off a Mac) is refused before any model is loaded, instead of failing deep inside torch.
+    """
+    import torch
+
+    name = str(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device {name!r} is not a torch device (cpu, cuda, cuda:0, mps, ...)") from None
+    if dev.type == "cuda":
+        if not torch.backends.cuda.is_built():
+            raise ValueError(f"device {name!r}: this torch build has no CUDA (use cpu)")
+        n = torch.cuda.device_count()
+        if n == 0:
+            raise ValueError(f"device {name!r}: no CUDA GPU is visible to this torch (use cpu)")
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"device {name!r}: this machine has {n} CUDA device{'s' * (n > 1)} "
+                             f"(cuda:0 to cuda:{n - 1})")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {name!r}: MPS is not available on this machine (use cpu)")
+    elif dev.type != "cpu":
+        backend = getattr(torch, dev.type, None)
+        available = getattr(backend, "is_available", None)
+        if available is None or not available():
+            raise ValueError(f"device {name!r}: this torch cannot run a model there (use cpu or cuda)")
+    return dev
+
+
+def _check_onnx_device(device: Any) -> str:
+    """``cpu`` or ``cuda[:N]`` for ONNX Runtime; ValueError when it is neither or has no CUDA provider."""
+    import torch
+
+    name = str(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r} is not a device for ONNX Runtime (cpu or cuda)")
+    if dev.type == "cuda":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ValueError(f"device {name!r}: this onnxruntime has no CUDA provider (install onnxruntime-gpu, "
+                             "or use cpu)")
+    return name
 
 
 class TorchEmbedder:
@@ -248,9 +350,7 @@ class TorchEmbedder:
     runtime = "torch"
 
     def __init__(self, model, device: str = "cpu"):
-        import torch
-
-        self.device = torch.device(device)
+        self.device = check_device(device)
         self.model = model.to(self.device).eval()
         self.config = model.config
 
@@ -263,31 +363,134 @@ class TorchEmbedder:
             return self.model(x, attention_mask=m).embeddings.float().cpu().numpy()
 
 
-def _model_source(src: str) -> str:
-    """``src`` when it exists or could be a hub id (``name`` or ``owner/name``); else FileNotFoundError."""
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, read when asked (not at import)."""
+    return any(os.environ.get(k, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached (a TCP connection to its endpoint within ``timeout`` s), or None.
+
+    A quick check before looking a model up on the hub: offline, huggingface_hub retries for about
+    half a minute before failing. Behind a proxy (``HTTPS_PROXY``, ``ALL_PROXY``) nothing is checked:
+    the proxy, not this machine, reaches the hub.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    if not url.hostname:
+        return None
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as e:
+        return f"cannot reach {constants.ENDPOINT}: {e.strerror or e}"
+    return None
+
+
+def _model_source(src: str, revision: str | None = None, probe_hub: bool = True) -> str:
+    """``src`` when it is a local path or a hub id worth asking the hub for; else FileNotFoundError at once.
+
+    Only ``namespace/name`` is looked up on the hub, and only when it is in the local hub cache or
+    (``probe_hub``) the hub can be reached; with HF_HUB_OFFLINE set only from the cache. A mistyped
+    folder name fails now, not after the hub client's retries.
+    """
     if os.path.exists(src):
         return src
     if src.startswith((".", "/", "~")) or src.count("/") > 1 or "\\" in src or src.endswith(".onnx"):
         raise FileNotFoundError(f"model folder not found: {src}")
+    if "/" not in src or not all(src.split("/")):
+        raise FileNotFoundError(f"model folder not found: {src} (a hub model id is namespace/name)")
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = isinstance(try_to_load_from_cache(src, "config.json", revision=revision), str)
+    except ValueError:  # not a valid repo id
+        raise FileNotFoundError(f"model folder not found: {src} (nor a valid hub model id)") from None
+    if cached:
+        return src
+    if _hub_offline():
+        raise FileNotFoundError(f"model folder not found: {src} (nor in the local hub cache; HF_HUB_OFFLINE "
+                                "is set, so the hub is not asked)")
+    why = _hub_unreachable() if probe_hub else None
+    if why:
+        raise FileNotFoundError(f"model folder not found: {src} (nor in the local hub cache, and the hub "
+                                f"cannot be asked: {why})")
     return src
 
 
-def load_model(src: str | os.PathLike, revision: str | None = None):
-    """An ``MLSVModel`` from a model folder or hub id; FileNotFoundError naming ``src`` when neither loads."""
+def _config_where(src: str) -> str:
+    return os.path.join(src, "config.json") if os.path.isdir(src) else f"{src} (config.json)"
+
+
+def _check_model_config(src: str, revision: str | None = None) -> None:
+    """ValueError when ``src``'s config.json is not an mlsv model's, naming the file and what it is.
+
+    OSError (missing or unreadable config.json, hub errors) is left to the caller.
+    """
+    from transformers import CONFIG_MAPPING, PretrainedConfig
+
+    config, _ = PretrainedConfig.get_config_dict(src, revision=revision)
+    model_type = config.get("model_type")
+    if model_type != "mlsv":
+        what = f"a {model_type!r} model" if model_type else "a config.json without a model_type"
+        raise ValueError(f"{src}: {what}, not an mlsv model")
+    encoder = config.get("encoder_config")
+    if not isinstance(encoder, dict) or not encoder:
+        raise ValueError(f"{_config_where(src)}: no encoder_config (not a complete mlsv model config)")
+    if not encoder.get("model_type"):
+        raise ValueError(f"{_config_where(src)}: encoder_config has no model_type (which encoder family: wavlm, "
+                         "hubert, ...)")
+    if encoder.get("model_type") not in CONFIG_MAPPING:
+        raise ValueError(f"{_config_where(src)}: encoder_config has an unknown model_type "
+                         f"{encoder.get('model_type')!r} (not one this transformers version knows)")
+
+
+def _weights_where(src: str) -> str:
+    if os.path.isdir(src):
+        for name in ("model.safetensors", "model.safetensors.index.json"):
+            if os.path.isfile(os.path.join(src, name)):
+                return os.path.join(src, name) if name == "model.safetensors" else f"{src} (a weights shard)"
+    return f"{src} (model.safetensors)"
+
+
+def load_model(src: str | os.PathLike, revision: str | None = None, *, device: str | Any | None = None):
+    """An ``MLSVModel`` from a model folder or hub id, on ``device`` when given (see :func:`check_device`).
+
+    Raises:
+        FileNotFoundError: ``src`` is neither a model folder nor a model on the hub, naming it.
+        ValueError: a model of another type, an incomplete config.json, corrupt or truncated weights,
+            or a bad ``device``, naming the file (or the device).
+    """
+    from safetensors import SafetensorError
+
     import mlsv.models  # noqa: F401  (registers the Auto classes)
     from mlsv.models import MLSVModel
 
-    src = _model_source(os.fspath(src))
+    dev = check_device(device) if device is not None else None
+    src = _model_source(os.fspath(src), revision)
     try:
-        return MLSVModel.from_pretrained(src, revision=revision)
+        _check_model_config(src, revision)
+        model = MLSVModel.from_pretrained(src, revision=revision)
+    except SafetensorError as e:
+        raise ValueError(f"{_weights_where(src)}: corrupt or truncated weights file ({e}); copy or save the "
+                         "model again") from None
     except OSError as e:
         what = "not a model folder" if os.path.isdir(src) else "no such model folder, nor a model on the hub"
         raise FileNotFoundError(f"{src}: {what} ({e})") from None
+    return model if dev is None else model.to(dev)
 
 
 def _resolve_file(model: str, filename: str, revision: str | None) -> str:
     """A file of a local model folder or, for a hub id, downloaded with huggingface_hub."""
-    model = _model_source(model)
+    # no connection probe: this path leaves reaching the hub to hf_hub_download (retrying ~25 s offline)
+    model = _model_source(model, revision, probe_hub=False)
     if os.path.isdir(model):
         path = os.path.join(model, filename)
         if not os.path.isfile(path):
@@ -410,9 +613,11 @@ class Verifier:
         if runtime == "torch":
             if src.endswith(".onnx"):
                 raise ValueError(f"{src} is an ONNX file; use runtime='onnx'")
-            return cls(load_model(src, revision), device=device, **kwargs)
+            return cls(load_model(src, revision, device=device), device=device, **kwargs)
         if runtime == "onnx":
             from mlsv.export import OnnxEmbedder
+
+            device = _check_onnx_device(device)
 
             if src.endswith(".onnx"):
                 if not os.path.isfile(src):
@@ -426,8 +631,8 @@ class Verifier:
                 config_src = src
             config = _load_config(config_src, revision)
             cohort = _read_stored_cohort(config_src, config, revision)
+            embedder = _onnx_embedder(OnnxEmbedder, onnx_file, config_src, config, device)
             _check_onnx_weights(onnx_file, config_src, revision, explicit=onnx_path is not None)
-            embedder = OnnxEmbedder(onnx_file, config=config, device=device)
             embedder.cohort_embeddings = cohort
             return cls(embedder, **kwargs)
         raise ValueError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
@@ -461,21 +666,39 @@ class Verifier:
         inputs) shows a progress bar.
         """
         single = not isinstance(inputs, (list, tuple))
-        table = self.embed_table([inputs] if single else list(inputs), sample_rate=sample_rate,
-                                 chunk_seconds=chunk_seconds, progress=progress)
-        return table.embeddings[0] if single else table.embeddings
+        matrix, _ = self._embed([inputs] if single else list(inputs), sample_rate, chunk_seconds, progress)
+        return matrix[0] if single else matrix
 
     def embed_table(self, inputs: Sequence[AudioInput], ids: Sequence[str] | None = None, *,
                     sample_rate: int | None = None, chunk_seconds: float = 0.0,
                     progress: bool | None = None) -> EmbeddingTable:
-        """Embeds ``inputs`` into an ``EmbeddingTable`` (ids default to the paths, or ``input #i``)."""
+        """Embeds ``inputs`` into an ``EmbeddingTable`` (ids default to the paths, or ``input #i``).
+
+        Raises:
+            ValueError: an id repeats (a table holds one row per id: give each input once), naming it,
+                before anything is embedded.
+        """
         inputs = list(inputs)
-        if not inputs:
-            raise ValueError("nothing to embed: no inputs given")
         if ids is None:
             ids = [_input_name(x, i) for i, x in enumerate(inputs)]
+        ids = [str(u) for u in ids]
         if len(ids) != len(inputs):
             raise ValueError(f"{len(ids)} ids for {len(inputs)} inputs")
+        first: dict[str, int] = {}
+        for i, u in enumerate(ids):
+            if u in first:
+                raise ValueError(f"id {u!r} is given twice (inputs #{first[u]} and #{i}); an embeddings table has "
+                                 "one row per id: give each input once")
+            first[u] = i
+        matrix, durations = self._embed(inputs, sample_rate, chunk_seconds, progress)
+        return EmbeddingTable(np.asarray(ids), matrix, durations)
+
+    def _embed(self, inputs: list[AudioInput], sample_rate: int | None, chunk_seconds: float,
+               progress: bool | None) -> tuple[np.ndarray, np.ndarray]:
+        """(N, E) float32 embeddings and (N,) float32 seconds of ``inputs``, in their order."""
+        if not inputs:
+            raise ValueError("nothing to embed: no inputs given")
+        sample_rate = check_sample_rate(sample_rate)
         if chunk_seconds < 0:
             raise ValueError(f"chunk_seconds must be >= 0, got {chunk_seconds}")
         chunk = int(chunk_seconds * self.sampling_rate)
@@ -516,8 +739,7 @@ class Verifier:
                 for (idx, p), e in zip(group, self._run([p for _, p in group])):
                     sums[idx] += e.astype(np.float64) * p.size
                     weights[idx] += p.size
-        matrix = (sums / weights[:, None]).astype(np.float32)
-        return EmbeddingTable(np.asarray(ids), matrix, durations)
+        return (sums / weights[:, None]).astype(np.float32), durations
 
     def _estimate_length(self, x: AudioInput, sample_rate: int | None, name: str) -> int:
         if _is_pathlike(x):
@@ -588,8 +810,8 @@ class Verifier:
         return out
 
     def _pair_scores(self, a: AudioInput, b: AudioInput, sample_rate: int | None) -> dict[str, float]:
-        table = self.embed_table([a, b], sample_rate=sample_rate, progress=False)
-        return self.score_embeddings(table.embeddings[0], table.embeddings[1], *map(float, table.durations))
+        matrix, durations = self._embed([a, b], sample_rate, 0.0, False)
+        return self.score_embeddings(matrix[0], matrix[1], *map(float, durations))
 
     def score(self, a: AudioInput, b: AudioInput, sample_rate: int | None = None) -> float:
         """The trial score of two utterances on :attr:`score_scale` (higher: more likely the same speaker)."""
@@ -617,7 +839,7 @@ class Verifier:
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
         stats = self._statistics(scale)
         if far is not None:
-            return self._far_threshold(float(far), scale, stats)
+            return self._far_threshold(_finite(far, "far (--far)"), scale, stats)
         if stats.get("eer_threshold") is not None:
             name = stats.get("trial_list")
             return Threshold(float(stats["eer_threshold"]), scale,
@@ -642,7 +864,7 @@ class Verifier:
 
     def _far_threshold(self, far: float, scale: str, stats: Mapping) -> Threshold:
         if not 0.0 < far < 1.0:
-            raise ValueError(f"far must be in (0, 1), got {far}")
+            raise ValueError(f"far (--far) must be in (0, 1), got {far}")
         tail = stats.get("nontarget_tail")
         if tail:
             levels = np.asarray(tail["far"], dtype=np.float64)
@@ -674,12 +896,19 @@ class Verifier:
         Args:
             a, b: the two utterances (paths or sample arrays).
             far: target false-accept rate instead of the model's EER-point threshold.
-            threshold: an explicit threshold on :attr:`score_scale` (overrides ``far``).
+            threshold: an explicit, finite threshold on :attr:`score_scale` (not with ``far``).
             sample_rate: the rate of array inputs.
+
+        Raises:
+            ValueError: both ``far`` and ``threshold``, a non-finite threshold, a ``far`` outside (0, 1),
+                or a ``sample_rate`` that is not a positive integer, before any audio is read.
         """
         scale = self.score_scale
+        if far is not None and threshold is not None:
+            raise ValueError("give far (--far) or threshold (--threshold), not both: each sets the threshold")
+        sample_rate = check_sample_rate(sample_rate)
         if threshold is not None:
-            th = Threshold(float(threshold), scale, "given by the caller")
+            th = Threshold(_finite(threshold, "threshold (--threshold)"), scale, "given by the caller")
         else:
             th = self.threshold(far=far, scale=scale)  # fails before any audio is read
         scores = self._pair_scores(a, b, sample_rate)
@@ -691,6 +920,36 @@ class Verifier:
         runtime = getattr(self.embedder, "runtime", type(self.embedder).__name__)
         return (f"Verifier(runtime={runtime!r}, embedding_size={self.embedding_size}, "
                 f"sampling_rate={self.sampling_rate}, scale={self.score_scale!r})")
+
+
+def _onnx_embedder(factory, onnx_file: str, model_src: str, config, device: str):
+    """``factory(onnx_file, ...)`` (an ``OnnxEmbedder``), with ONNX Runtime's load errors (a corrupt,
+    truncated or non-ONNX file) as a ValueError naming the file and the command that re-exports it."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+    load_errors = tuple(getattr(ort_errors, n) for n in ("InvalidProtobuf", "InvalidGraph", "NoModel", "Fail",
+                                                         "InvalidArgument", "NotImplemented")
+                        if isinstance(getattr(ort_errors, n, None), type))
+    try:
+        return factory(onnx_file, config=config, device=device)
+    except load_errors as e:
+        folder = model_src if os.path.isdir(model_src) else "MODEL_DIR"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{onnx_file}: not a loadable ONNX model, corrupt or truncated ({first}); re-export it: "
+                         f"mlsv export --model {folder} --out {onnx_file}") from None
+
+
+def _finite(x: Any, what: str) -> float:
+    """``x`` as a finite float; ValueError naming ``what`` for NaN, infinities, booleans and non-numbers."""
+    try:
+        if isinstance(x, (bool, np.bool_)):
+            raise TypeError
+        value = float(x)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number, got {x!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number, got {value}")
+    return value
 
 
 def _stored_cohort(model, embedder) -> np.ndarray | None:
@@ -756,6 +1015,7 @@ def _load_config(src: str, revision: str | None = None):
     import mlsv.models  # noqa: F401
     from mlsv.models import MLSVConfig
 
+    _check_model_config(src, revision)
     return MLSVConfig.from_pretrained(src, revision=revision)
 
 

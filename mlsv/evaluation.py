@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import shutil
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +32,17 @@ def embed_manifest(model, manifest: str | Path, *, batch_seconds: float = 120.0,
 
     Ids are strings; ``speakers`` is None unless every row has one. Raises ValueError naming
     ``chunk_seconds`` or the utterances too short for the encoder, and the utterances (with their
-    paths) whose embeddings are NaN or infinite.
+    paths) whose embeddings are NaN or infinite; ``AudioError`` naming an undecodable or silent file
+    (the rule of :func:`mlsv.api.load_audio`, so a file embeds, or is refused, the same from a manifest
+    as from its path); ValueError naming a bad ``device``.
     """
+    from mlsv.api import check_device
     from mlsv.data.loader import build_eval_loader
     from mlsv.data.manifest import iter_rows
     from mlsv.inference import extract_embeddings, min_length
 
+    if device is not None:
+        device = check_device(device)
     rate = int(model.config.sampling_rate)
     need = min_length(model)
     if 0 < chunk_seconds * rate < need:
@@ -43,14 +50,49 @@ def embed_manifest(model, manifest: str | Path, *, batch_seconds: float = 120.0,
                          f"minimum of {need} samples ({need / rate:.4f} s)")
     loader = build_eval_loader(str(manifest), batch_seconds=batch_seconds, chunk_seconds=chunk_seconds,
                                sample_rate=rate, num_workers=num_workers)
-    table = extract_embeddings(model, loader, device=device, progress=progress, autocast_dtype=autocast_dtype,
-                               total=len(loader) if hasattr(loader, "__len__") else None)
     rows = [row for _, row in iter_rows(manifest)]
+    paths = {str(row["id"]): str(row["path"]) for row in rows if row.get("path")}
+    table = extract_embeddings(model, _refuse_silent(loader, paths), device=device, progress=progress,
+                               autocast_dtype=autocast_dtype, total=len(loader) if hasattr(loader, "__len__") else None)
     speakers = {str(row["id"]): row.get("speaker") for row in rows}
     if all(speakers.get(u) not in (None, "") for u in table.ids):
         table.speakers = np.array([str(speakers[u]) for u in table.ids])
-    check_finite(table, str(manifest), {str(row["id"]): str(row["path"]) for row in rows if row.get("path")})
+    check_finite(table, str(manifest), paths)
     return table
+
+
+def _refuse_silent(loader: Iterable[dict], paths: dict[str, str]) -> Iterator[dict]:
+    """The loader's batches, raising ``AudioError`` for an utterance whose every sample (all its chunks)
+    is below :data:`mlsv.api.SILENCE_PEAK`: the Verifier refuses such a file, so a manifest does too.
+
+    An utterance is judged once its last chunk has passed (the chunks it has come from the loader's
+    plan, ``dataset.batches``), so a silent file stops the pass at its batch; without a plan, at the end.
+    """
+    from mlsv.api import SILENCE_PEAK, silent_audio_message
+    from mlsv.data.audio import AudioError
+
+    plan = getattr(getattr(loader, "dataset", None), "batches", None)
+    expected = Counter(str(item[0]) for batch in plan for item in batch) if plan is not None else None
+    seen: Counter = Counter()
+    peaks: dict[str, float] = {}
+
+    def check(uid: str) -> None:
+        if peaks[uid] < SILENCE_PEAK:
+            name = f"{paths[uid]} (manifest id {uid})" if uid in paths else f"manifest id {uid}"
+            raise AudioError(silent_audio_message(name, peaks[uid]))
+
+    for batch in loader:
+        peak = batch["waveforms"].abs().amax(dim=-1).tolist()  # padding is zeros: it never raises a peak
+        for uid, p in zip(batch["ids"], peak):
+            uid = str(uid)
+            peaks[uid] = max(peaks.get(uid, 0.0), float(p))
+            seen[uid] += 1
+            if expected is not None and seen[uid] == expected[uid]:
+                check(uid)
+        yield batch
+    if expected is None:
+        for uid in peaks:
+            check(uid)
 
 
 def _model_fingerprint(model) -> str:
@@ -138,7 +180,7 @@ def evaluate_model(model_dir: str | Path, *, manifest: str, trials: list[str], o
     Returns:
         ``{"metrics": {stage: {list: metrics}}, "final_stage": ..., "model": out_dir/model}``
     """
-    from mlsv.api import load_model
+    from mlsv.api import check_device, load_model
     from mlsv.data.trials import read_trials
     from mlsv.scoring.backend import cohort_from_table, embedding_mean
     from mlsv.scoring.calibration import fit_calibration
@@ -154,11 +196,11 @@ def evaluate_model(model_dir: str | Path, *, manifest: str, trials: list[str], o
 
     if top_k < 2:
         raise ValueError(f"top_k (--asnorm-top-k) must be at least 2, got {top_k}")
+    dev = check_device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     check_distinct_names([Path(t).stem for t in trials], trials)
     trial_lists = [read_trials(t) for t in trials]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(model_dir)
     model_hash = _model_fingerprint(model)
     model = model.to(dev).eval()

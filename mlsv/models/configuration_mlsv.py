@@ -69,8 +69,13 @@ class MLSVConfig(PretrainedConfig):
         """The nested encoder config as a transformers config object."""
         from transformers import CONFIG_MAPPING
 
+        if not self.encoder_config:
+            raise ValueError("no encoder_config (not a complete mlsv model config)")
         cfg = dict(self.encoder_config)
         model_type = cfg.pop("model_type", None)
+        if model_type is None:
+            raise ValueError("encoder_config has no model_type (which encoder family: wavlm, hubert, ...)")
         if model_type not in CONFIG_MAPPING:
-            raise ValueError(f"encoder_config has an unknown model_type {model_type!r}")
+            raise ValueError(f"encoder_config has an unknown model_type {model_type!r} (not one this "
+                             "transformers version knows)")
         return CONFIG_MAPPING[model_type](**cfg)

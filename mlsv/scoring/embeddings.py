@@ -11,10 +11,10 @@ import numpy as np
 
 @dataclass
 class EmbeddingTable:
-    """N embeddings with their ids.
+    """N embeddings with their ids, one row per id (a repeated id is a ValueError naming it).
 
     Attributes:
-        ids: (N,) utterance ids (str).
+        ids: (N,) utterance ids (str), unique.
         embeddings: (N, E) float32.
         durations: (N,) float32 seconds.
         speakers: (N,) speaker ids, or None (required for cohort files).
@@ -37,6 +37,12 @@ class EmbeddingTable:
             self.speakers = np.asarray(self.speakers).astype(str)
             if self.speakers.shape != (n,):
                 raise ValueError(f"speakers has shape {self.speakers.shape}, expected ({n},)")
+        repeated = repeated_ids(self.ids)
+        if repeated:
+            u, rows = repeated[0]
+            more = f" ({len(repeated) - 1} more ids repeat)" if len(repeated) > 1 else ""
+            raise ValueError(f"id {u!r} appears {len(rows)} times (rows {', '.join(map(str, rows[:5]))}){more}; "
+                             "ids must be unique")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -60,6 +66,21 @@ class EmbeddingTable:
         if missing:
             raise KeyError(f"ids not found in the embeddings: {', '.join(missing)}")
         return out
+
+
+def repeated_ids(ids: np.ndarray) -> list[tuple[str, list[int]]]:
+    """``[(id, rows), ...]`` for every id that appears more than once, in order of first appearance."""
+    ids = np.asarray(ids)
+    if len(ids) < 2:
+        return []
+    uniq, first, counts = np.unique(ids, return_index=True, return_counts=True)
+    if (counts == 1).all():
+        return []
+    out = []
+    for j in np.argsort(first[counts > 1]):
+        u = uniq[counts > 1][j]
+        out.append((str(u), np.flatnonzero(ids == u).tolist()))
+    return out
 
 
 def save_embeddings(table: EmbeddingTable, path: str | Path) -> None:
