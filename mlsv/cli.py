@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rc = args.func(args)
-    except (FileNotFoundError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError) as e:  # FileNotFoundError, IsADirectoryError, ... are OSErrors
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"mlsv {args.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -27,7 +28,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_model_card", "build_publish_folder", "load_metrics", "main", "own_metrics", "upload_folder"]
+__all__ = ["build_model_card", "build_publish_folder", "check_repo_id", "load_metrics", "main", "own_metrics",
+           "upload_folder"]
 
 #: Files of the model folder copied as they are, when present.
 EXTRA_FILES = ("model.onnx", "model.onnx.json")
@@ -256,7 +258,9 @@ def build_publish_folder(model_dir: str | os.PathLike, out: str | os.PathLike, *
 
     Args:
         model_dir: the trained model folder.
-        out: the folder to write (replaced when ``overwrite``).
+        out: the folder to write. An existing one is replaced (when ``overwrite``) only once the new
+            folder is built, and only when it is empty or an earlier publish folder: a file, a folder
+            holding the model folder or other files raise ValueError before any work.
         repo_id: the hub repository (for the card's examples).
         results: a ``results.json`` path or dict, used as given; default: the metrics the model
             records in its ``config.evaluation`` (``mlsv evaluate``; a run's ``results.json`` beside it
@@ -264,23 +268,19 @@ def build_publish_folder(model_dir: str | os.PathLike, out: str | os.PathLike, *
         datasets: training / evaluation dataset names for the card's metadata.
         license: license identifier for the metadata.
     """
-    import mlsv.models  # noqa: F401  (registers the Auto classes)
-    from mlsv.models import MLSVModel
+    from mlsv.api import load_model
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir}: not a model folder (no config.json); give the folder "
                                 "save_pretrained wrote (e.g. runs/NAME/model)")
     out = Path(out)
-    if out.exists():
-        if not overwrite:
-            raise FileExistsError(f"{out} exists")
-        if out.resolve() == model_dir.resolve():
-            raise ValueError("the publish folder must differ from the model folder")
-        shutil.rmtree(out)
-    model = MLSVModel.from_pretrained(model_dir)
+    _check_publish_target(out, model_dir, overwrite=overwrite)
+    model = load_model(model_dir)
     _check_onnx_export(model_dir, model)
-    tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=out.parent if out.parent.exists() else None))
+    # build beside OUT, so that OUT is replaced only by a complete folder (a failed build leaves it as it was)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.publish-", dir=out.parent))
     try:
         model.save_pretrained(tmp)
         for name in EXTRA_FILES:
@@ -291,12 +291,70 @@ def build_publish_folder(model_dir: str | os.PathLike, out: str | os.PathLike, *
                                 license=license, parameter_counts=model.parameter_counts(),
                                 has_onnx=(tmp / "model.onnx").is_file())
         (tmp / "README.md").write_text(card, encoding="utf-8")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.replace(out)
+        if out.exists():
+            # checked above to be an earlier publish folder: moved aside, replaced, then removed
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            out.replace(old / "folder")
+            try:
+                tmp.replace(out)
+            except BaseException:
+                (old / "folder").replace(out)
+                old.rmdir()
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.replace(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+#: A file name of sharded weights (``model-00001-of-00003.safetensors``).
+_SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
+
+
+def _is_publish_file(name: str) -> bool:
+    """Whether a file of this name is one a publish folder holds (weights, config, card, model code, ONNX)."""
+    import mlsv.models
+
+    code = {p.name for p in Path(mlsv.models.__file__).parent.glob("*.py")}
+    return (name in {"config.json", "model.safetensors", "model.safetensors.index.json",
+                     "preprocessor_config.json", "README.md", *EXTRA_FILES, *code}
+            or _SHARD.fullmatch(name) is not None)
+
+
+def _check_publish_target(out: Path, model_dir: Path, *, overwrite: bool) -> None:
+    """Refuses a publish folder ``out`` that is not safe to replace; checked before any work.
+
+    ``out`` may be missing, empty or a folder this tool built before (only the files a publish folder
+    holds, no subfolders): anything else (a file, the model folder or a folder holding it, other files)
+    raises ValueError / FileExistsError, so that nothing but an earlier publish folder is ever deleted.
+    """
+    if not out.exists() and not out.is_symlink():
+        parent = next((p for p in out.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise ValueError(f"{parent} is a file, not a folder; give a new folder for the publish folder")
+        return
+    if out.is_symlink():
+        raise ValueError(f"{out} is a symbolic link; give a new folder for the publish folder")
+    if not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder; give a new folder for the publish folder")
+    if not overwrite:
+        raise FileExistsError(f"{out} exists")
+    model, target = model_dir.resolve(), out.resolve()
+    if target == model or target in model.parents:
+        raise ValueError(f"{out} holds the model folder {model_dir}; give a new folder for the publish folder "
+                         "(it is replaced when built again)")
+    if target == Path.cwd().resolve() or target in Path.cwd().resolve().parents:
+        raise ValueError(f"{out} holds the current folder; give a new folder for the publish folder "
+                         "(it is replaced when built again)")
+    others = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir()
+                    if p.is_dir() or p.is_symlink() or not _is_publish_file(p.name))
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise ValueError(f"{out} exists and is not a publish folder made by push_to_hub.py (it holds {shown}); "
+                         "give a new or empty folder, or remove it yourself")
 
 
 def _check_onnx_export(model_dir: Path, model) -> None:
@@ -365,13 +423,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--license", default=None, help="license identifier for the card, e.g. mit")
     p.add_argument("--commit-message", default="Upload mlsv speaker-verification model")
     p.add_argument("--dry-run", metavar="OUT", default=None,
-                   help="build the folder that would be uploaded in OUT and upload nothing")
+                   help="build the folder that would be uploaded in OUT and upload nothing; OUT must be new, "
+                        "empty or an earlier dry run's folder (it is replaced once the new one is built)")
     return p
+
+
+def check_repo_id(repo_id: str) -> str:
+    """``repo_id`` when it is a hub model repository name ``NAMESPACE/NAME``; else ValueError saying why.
+
+    The characters and length are huggingface_hub's own rules (``validate_repo_id``: letters, digits,
+    ``-``, ``_``, ``.``, no ``--`` or ``..``, no leading or trailing ``-`` / ``.``, at most 96 characters);
+    the namespace is required so that the card's loading examples name the repository others can reach.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ValueError(f"--repo-id {repo_id!r}: give the hub repository as NAMESPACE/NAME (your user or "
+                         "organisation, then the model's name), e.g. me/mlsv-wavlm-lap")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ValueError(f"--repo-id {repo_id!r} is not a valid hub repository name: {e}") from None
+    return repo_id
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_repo_id(args.repo_id)
         if args.dry_run:
             out = build_publish_folder(args.model, args.dry_run, repo_id=args.repo_id, results=args.results,
                                        datasets=args.datasets, license=args.license)
@@ -384,6 +463,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 commit_message=args.commit_message)
         print(f"uploaded {args.model} to https://huggingface.co/{args.repo_id} ({url})")
         return 0
-    except (FileNotFoundError, FileExistsError, ValueError, ConnectionError) as e:
+    except (OSError, ValueError) as e:  # ConnectionError and FileNotFoundError are OSErrors
         print(f"push_to_hub.py: error: {e}", file=sys.stderr)
         return 2

@@ -110,12 +110,12 @@ def test_unknown_trial_id_names_id_and_line(files, capsys):
     lines = (d / "listO.txt").read_text().splitlines()
     lines[2] = f"1 {evl.ids[0]} idXXXX/missing/00001.wav"
     (d / "bad.txt").write_text("\n".join(lines) + "\n")
-    with pytest.raises(KeyError, match=r"line 3: idXXXX/missing/00001.wav"):
+    with pytest.raises(KeyError, match=r"bad\.txt:3: id 'idXXXX/missing/00001.wav' not in the embeddings"):
         score_trials(evl, read_trials(d / "bad.txt"))
     assert _mlsv(["score", "--embeddings", str(d / "eval.npz"), "--trials", str(d / "bad.txt"),
                   "--out", str(d / "s.tsv")]) == 2
     err = capsys.readouterr().err
-    assert "line 3" in err and "idXXXX/missing/00001.wav" in err
+    assert "bad.txt:3" in err and "idXXXX/missing/00001.wav" in err
 
 
 def test_score_errors_are_clear(files, capsys):
@@ -138,12 +138,16 @@ def test_score_errors_are_clear(files, capsys):
 def test_score_names_bad_inputs(files, capsys):
     d, evl, _ = files
     args = ["--trials", str(d / "listO.txt"), "--out", str(d / "s.tsv")]
-    assert _mlsv(["score", "--embeddings", str(d / "eval.npz"), "--cohort", str(d / "cohort.npz"),
-                  "--asnorm-top-k", "0", *args]) == 2  # was taken as 600
-    assert "--asnorm-top-k must be at least 2, got 0" in capsys.readouterr().err
-    assert _mlsv(["calibrate", "--embeddings", str(d / "cohort.npz"), "--out", str(d / "c.json"),
-                  "--asnorm-top-k", "1"]) == 2
-    assert "--asnorm-top-k must be at least 2, got 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # was taken as 600; refused by argparse, as every command does
+        _mlsv(["score", "--embeddings", str(d / "eval.npz"), "--cohort", str(d / "cohort.npz"),
+               "--asnorm-top-k", "0", *args])
+    assert exit_info.value.code == 2
+    assert "argument --asnorm-top-k: must be at least 2, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        _mlsv(["calibrate", "--embeddings", str(d / "cohort.npz"), "--out", str(d / "c.json"),
+               "--asnorm-top-k", "1"])
+    assert exit_info.value.code == 2
+    assert "argument --asnorm-top-k: must be at least 2, got 1" in capsys.readouterr().err
     assert _mlsv(["score", "--embeddings", str(d / "listO.txt"), *args]) == 2
     assert f"{d / 'listO.txt'}: not an embeddings .npz file" in capsys.readouterr().err
     emb = evl.embeddings.copy()

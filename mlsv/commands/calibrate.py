@@ -5,6 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mlsv.commands.options import (
+    check_cohort_speakers,
+    int_at_least,
+    load_mean,
+    output_file,
+    positive_float,
+    prior,
+    probability,
+)
+
 EPILOG = """example:
   mlsv calibrate --embeddings vox2_dev.npz --asnorm-top-k 600 --pairs 30000 --out qmf.json
   mlsv score --embeddings vox1.npz --trials vox1_O.txt --cohort vox2_dev.npz --calibration qmf.json \\
@@ -23,19 +33,19 @@ def register(subparsers) -> None:
     p.add_argument("--embeddings", required=True, type=Path,
                    help="cohort embeddings .npz with speakers and durations")
     p.add_argument("--out", required=True, type=Path, help="calibration JSON")
-    p.add_argument("--asnorm-top-k", type=int, default=600, help="AS-norm cohort size (default 600)")
+    p.add_argument("--asnorm-top-k", type=int_at_least(2), default=600, help="AS-norm cohort size (default 600)")
     p.add_argument("--mean", type=Path, help="mean vector .npy (default: the cohort mean)")
-    p.add_argument("--pairs", type=int, default=30000, help="number of training pairs (default 30000)")
+    p.add_argument("--pairs", type=int_at_least(2), default=30000, help="number of training pairs (default 30000)")
     p.add_argument("--seed", type=int, default=7, help="pair sampling seed (default 7)")
     p.add_argument("--features", nargs="+", default=list(FEATURES), choices=FEATURES, metavar="NAME",
                    help=f"features to use (default all: {' '.join(FEATURES)})")
-    p.add_argument("--prior", type=float, default=0.5,
+    p.add_argument("--prior", type=prior, default=0.5,
                    help="effective target prior of the training pairs; 0 means unweighted (default 0.5)")
-    p.add_argument("--regularization", type=float, default=1.0, help="logistic regression C (default 1)")
+    p.add_argument("--regularization", type=positive_float, default=1.0, help="logistic regression C (default 1)")
     p.add_argument("--threshold", choices=("eer", "far", "bayes"), default="eer",
                    help="stored decision threshold: EER point, a false-accept rate, or Bayes for --p-target")
-    p.add_argument("--target-far", type=float, default=0.01, help="false-accept rate for --threshold far")
-    p.add_argument("--p-target", type=float, default=0.01, help="target prior for --threshold bayes")
+    p.add_argument("--target-far", type=probability, default=0.01, help="false-accept rate for --threshold far")
+    p.add_argument("--p-target", type=probability, default=0.01, help="target prior for --threshold bayes")
     p.add_argument("--device", default="cpu", help="torch device for the cohort products (default cpu)")
     p.set_defaults(func=run)
 
@@ -46,10 +56,13 @@ def run(args: argparse.Namespace) -> int:
     from mlsv.scoring.calibration import fit_calibration
     from mlsv.scoring.embeddings import load_embeddings
 
-    if args.asnorm_top_k < 2:
-        raise ValueError(f"--asnorm-top-k must be at least 2, got {args.asnorm_top_k}")
+    output_file(args.out)
     table = load_embeddings(args.embeddings)
-    mean = np.load(args.mean) if args.mean else None
+    if table.speakers is None:
+        raise ValueError(f"{args.embeddings}: the cohort embeddings need speakers (embed a manifest with a "
+                         "speaker on every row)")
+    check_cohort_speakers(len(np.unique(table.speakers)), args.asnorm_top_k, args.embeddings)
+    mean = load_mean(args.mean, table.embeddings.shape[1], args.embeddings) if args.mean else None
     cal = fit_calibration(table, mean=mean, top_k=args.asnorm_top_k, n_pairs=args.pairs, seed=args.seed,
                           features=args.features, prior=args.prior or None,
                           regularization=args.regularization, threshold=args.threshold,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mlsv.commands.options import non_negative_float, non_negative_int, output_file, positive_float
+
 EPILOG = """example:
   mlsv embed --model runs/default/model --manifest data/vox1_test.jsonl --out emb/vox1.npz
   mlsv embed --model runs/default/model recordings/ extra.flac --out emb/mine.npz --chunk-seconds 20
@@ -24,15 +26,15 @@ def register(subparsers) -> None:
     p.add_argument("files", nargs="*", default=[], help="audio files or folders (instead of --manifest)",
                    metavar="FILES")
     p.add_argument("--out", required=True, type=Path, help="embeddings .npz to write")
-    p.add_argument("--batch-seconds", type=float, default=60.0,
+    p.add_argument("--batch-seconds", type=positive_float, default=60.0,
                    help="padded audio per batch in seconds (default 60)")
-    p.add_argument("--chunk-seconds", type=float, default=0.0,
+    p.add_argument("--chunk-seconds", type=non_negative_float, default=0.0,
                    help="embed long files in chunks of this length and average (default 0: whole files)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="torch or onnx (MODEL/model.onnx)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="with --manifest: autocast precision of the embedding pass (bf16: a GPU's fast path)")
-    p.add_argument("--num-workers", type=int, default=2, help="data loader workers for --manifest (default 2)")
+    p.add_argument("--num-workers", type=non_negative_int, default=2, help="data loader workers for --manifest (default 2)")
     p.set_defaults(func=run)
 
 
@@ -44,7 +46,7 @@ def _embed_manifest(args: argparse.Namespace):
 
     if args.runtime != "torch":
         raise ValueError("--manifest runs with --runtime torch; for ONNX give the files")
-    model = load_model(args.model).to(args.device)
+    model = load_model(args.model, device=args.device)
     return embed_manifest(model, args.manifest, batch_seconds=args.batch_seconds, chunk_seconds=args.chunk_seconds,
                           device=args.device, autocast_dtype=autocast_dtype(args.precision),
                           num_workers=args.num_workers)
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.manifest is not None and args.files:
         raise ValueError("give either --manifest or audio files / folders, not both")
+    output_file(args.out)
     if args.manifest is not None:
         table = _embed_manifest(args)
     else:

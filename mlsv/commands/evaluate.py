@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+from mlsv.commands.options import int_at_least, non_negative_float, output_folder, positive_float
 
 EXAMPLE = """example:
   mlsv evaluate --model runs/default/model --manifest data/vox1/test.jsonl \\
@@ -24,10 +27,10 @@ def register(subparsers) -> None:
     p.add_argument("--manifest", required=True, help="manifest of the utterances the trials name")
     p.add_argument("--trials", required=True, nargs="+", help="trial lists (LABEL ENROLL TEST)")
     p.add_argument("--cohort", default=None, help="cohort manifest (with speakers) for AS-norm and QMF")
-    p.add_argument("--asnorm-top-k", type=int, default=600, help="AS-norm cohort size, at least 2 (default 600)")
-    p.add_argument("--calibration-pairs", type=int, default=30000, help="QMF training pairs from the cohort")
-    p.add_argument("--batch-seconds", type=float, default=120.0, help="audio per embedding batch")
-    p.add_argument("--chunk-seconds", type=float, default=0.0, help="cut longer files into chunks (0: off)")
+    p.add_argument("--asnorm-top-k", type=int_at_least(2), default=600, help="AS-norm cohort size, at least 2 (default 600)")
+    p.add_argument("--calibration-pairs", type=int_at_least(2), default=30000, help="QMF training pairs from the cohort")
+    p.add_argument("--batch-seconds", type=positive_float, default=120.0, help="audio per embedding batch")
+    p.add_argument("--chunk-seconds", type=non_negative_float, default=0.0, help="cut longer files into chunks (0: off)")
     p.add_argument("--threshold-manifest", default=None, help="manifest of the held-out threshold trials")
     p.add_argument("--threshold-trials", default=None,
                    help="held-out (validation) trials that set the model's decision thresholds")
@@ -41,6 +44,9 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from mlsv.evaluation import evaluate_model
 
+    output_folder(args.out)
+    if args.cohort:
+        _check_cohort(args.cohort, args.asnorm_top_k)
     result = evaluate_model(args.model, manifest=args.manifest, trials=args.trials, out_dir=args.out,
                             cohort=args.cohort, top_k=args.asnorm_top_k, calibration_pairs=args.calibration_pairs,
                             batch_seconds=args.batch_seconds, chunk_seconds=args.chunk_seconds, device=args.device,
@@ -49,3 +55,29 @@ def run(args) -> int:
     print(json.dumps(result["metrics"][result["final_stage"]], indent=2))
     print(f"report: {args.out}/report.md")
     return 0
+
+
+def _check_cohort(cohort: str, top_k: int) -> None:
+    """Refuses, before any embedding, a cohort manifest with too few speakers for ``top_k``.
+
+    Reads only the speaker column; a manifest it cannot read that way is left to the evaluation, which
+    reports it.
+    """
+    from mlsv.commands.options import check_cohort_speakers
+    from mlsv.data.manifest import ManifestError, _data_files, _format, iter_rows
+
+    path = Path(cohort)
+    if not path.exists():
+        return
+    try:
+        if _format(path) == "json":
+            speakers = [row.get("speaker") for _, row in iter_rows(path)]
+        else:
+            import pyarrow.parquet as pq
+
+            speakers = [s for f in _data_files(path) for s in pq.read_table(f, columns=["speaker"])["speaker"]
+                        .to_pylist()]
+    except (ManifestError, OSError, KeyError, ValueError, ImportError):
+        return
+    if speakers and all(speakers):
+        check_cohort_speakers(len(set(speakers)), top_k, cohort)

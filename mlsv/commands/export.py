@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mlsv.commands.options import non_negative_float, output_file, positive_int
+
 EPILOG = """example:
   mlsv export --model runs/default/model --out runs/default/model/model.onnx
 
@@ -24,12 +26,12 @@ def register(subparsers) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model folder (save_pretrained) or hub id")
     p.add_argument("--out", required=True, type=Path, help="ONNX file to write, e.g. model.onnx")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--exporter", choices=("auto", "torchscript", "dynamo"), default="auto",
                    help="auto: TorchScript first, dynamo if it fails (default)")
     p.add_argument("--no-check", action="store_true",
                    help="skip the onnxruntime parity check (OUT.json is still written)")
-    p.add_argument("--tolerance", type=float, default=1e-3,
+    p.add_argument("--tolerance", type=non_negative_float, default=1e-3,
                    help="fail (exit 1) when the max abs difference exceeds this (default 1e-3)")
     p.set_defaults(func=run)
 
@@ -37,11 +39,12 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    import mlsv.models  # noqa: F401
+    from mlsv.api import load_model
     from mlsv.export import export_onnx
-    from mlsv.models import MLSVModel
 
-    model = MLSVModel.from_pretrained(args.model)
+    output_file(args.out)
+    output_file(f"{args.out}.json", f"--out {args.out}: its report")
+    model = load_model(args.model)
     report = export_onnx(model, args.out, opset=args.opset, exporter=args.exporter, check=not args.no_check)
     for err in report.errors:
         print(f"note: exporter failed and was skipped: {err}", file=sys.stderr)

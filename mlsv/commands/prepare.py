@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from mlsv.commands.options import non_negative_int, output_file, output_folder, positive_int
+
 EXAMPLES = """examples:
   mlsv prepare synthetic --out data/synthetic --speakers 40 --utterances 20
   mlsv prepare voxceleb --out data/vox --vox2-dev /data/vox2/dev/aac --vox1-dev /data/vox1/dev/wav \\
@@ -18,22 +20,11 @@ EXAMPLES = """examples:
 """
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sample-rate", type=int, default=16000, help="expected rate (default 16000)")
+    p.add_argument("--sample-rate", type=positive_int, default=16000, help="expected rate (default 16000)")
     p.add_argument("--resample", action=argparse.BooleanOptionalAction, default=True,
                    help="keep files at other rates, resampled when read (--no-resample: skip them)")
-    p.add_argument("--workers", type=int, default=1, help="parallel processes")
+    p.add_argument("--workers", type=positive_int, default=1, help="parallel processes")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -52,7 +43,7 @@ def register(subparsers) -> None:
         p.add_argument(f"--{name}", help=f"{name} root holding id*/ speaker folders")
     p.add_argument("--trials", nargs="*", default=[], help="official trial lists to check and copy "
                    "(veri_test2 / list_test_all2 / list_test_hard2 become vox1_O / vox1_E / vox1_H)")
-    p.add_argument("--validation-speakers", type=int, default=0, help="training speakers held out for validation")
+    p.add_argument("--validation-speakers", type=non_negative_int, default=0, help="training speakers held out for validation")
     p.add_argument("--convert-dir", help="decode m4a to FLAC here (resumable) and use the FLAC files")
     p.add_argument("--seed", type=int, default=0)
     _common(p)
@@ -67,8 +58,8 @@ def register(subparsers) -> None:
     p = sub.add_parser("synthetic", help="the built-in synthetic corpus + its MFCC baseline", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--speakers", type=int, default=40, help="training speakers (default 40)")
-    p.add_argument("--utterances", type=int, default=20, help="utterances per speaker (default 20)")
+    p.add_argument("--speakers", type=positive_int, default=40, help="training speakers (default 40)")
+    p.add_argument("--utterances", type=positive_int, default=20, help="utterances per speaker (default 20)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="remake even if the folder is complete")
 
@@ -76,7 +67,7 @@ def register(subparsers) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", required=True)
     p.add_argument("--out", required=True, help="trial list to write")
-    p.add_argument("--per-utterance", type=_positive_int, default=5,
+    p.add_argument("--per-utterance", type=positive_int, default=5,
                    help="target (and non-target) trials per utterance")
     p.add_argument("--seed", type=int, default=0)
 
@@ -84,13 +75,21 @@ def register(subparsers) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", required=True)
     p.add_argument("--out", required=True, help="output folder for shard-*.parquet")
-    p.add_argument("--rows-per-shard", type=_positive_int, default=2000, help="rows per shard (default 2000)")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--rows-per-shard", type=positive_int, default=2000, help="rows per shard (default 2000)")
+    p.add_argument("--workers", type=positive_int, default=1, help="parallel processes")
     p.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run)
 
 
+#: Whether each source's --out is a folder (else a file).
+OUT_IS_FOLDER = {"voxceleb": True, "synthetic": True, "shards": True, "folder": False, "musan": False,
+                 "rirs": False, "trials": False}
+
+
 def run(args: argparse.Namespace) -> int:
+    (output_folder if OUT_IS_FOLDER[args.source] else output_file)(args.out)
+    if args.source == "voxceleb":
+        output_folder(args.convert_dir, "--convert-dir")
     if args.source == "synthetic":
         from mlsv.data.synthetic import corpus_baseline, make_synthetic_corpus
 

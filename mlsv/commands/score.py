@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mlsv.commands.options import int_at_least, load_mean, output_file
+
 EPILOG = """example:
   mlsv score --embeddings vox1.npz --trials vox1_O.txt vox1_E.txt vox1_H.txt \\
       --cohort vox2_dev.npz --asnorm-top-k 600 --calibration qmf.json \\
@@ -24,7 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("--embeddings", required=True, type=Path, help="embeddings .npz of the trial utterances")
     p.add_argument("--trials", required=True, nargs="+", type=Path, help="trial list(s), VoxCeleb format")
     p.add_argument("--cohort", type=Path, help="cohort embeddings .npz with speakers (enables AS-norm)")
-    p.add_argument("--asnorm-top-k", type=int, default=None,
+    p.add_argument("--asnorm-top-k", type=int_at_least(2), default=None,
                    help="AS-norm cohort size (default: the calibration's, else 600)")
     p.add_argument("--calibration", type=Path, help="QMF calibration JSON from `mlsv calibrate`")
     p.add_argument("--mean", type=Path, help="mean vector .npy (default: the cohort mean)")
@@ -48,24 +50,28 @@ def output_paths(out: Path, names: list[str], paths: list[Path] | None = None) -
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    import numpy as np
-
     from mlsv.data.trials import read_trials
     from mlsv.scoring.calibration import QualityCalibrator
     from mlsv.scoring.embeddings import load_embeddings
     from mlsv.scoring.pipeline import score_trial_lists, trial_metrics, write_metrics_json, write_scores_tsv
 
+    output_file(args.out)
+    output_file(args.metrics, "--metrics")
     table = load_embeddings(args.embeddings)
     trial_lists = [read_trials(p) for p in args.trials]
     outs = output_paths(args.out, [t.name for t in trial_lists], args.trials)
+    for out in outs:
+        output_file(out, f"--out {args.out}: the scores file")
     calibrator = QualityCalibrator.load(args.calibration) if args.calibration else None
     top_k = args.asnorm_top_k
     if top_k is None:
         top_k = int((calibrator.info.get("top_k") if calibrator else None) or 600)
-    elif top_k < 2:
-        raise ValueError(f"--asnorm-top-k must be at least 2, got {top_k}")
     cohort = load_embeddings(args.cohort) if args.cohort else None
-    mean = np.load(args.mean) if args.mean else None
+    dim = table.embeddings.shape[1]
+    if cohort is not None and cohort.embeddings.shape[1] != dim:
+        raise ValueError(f"{args.cohort}: cohort embeddings have {cohort.embeddings.shape[1]} dimensions, "
+                         f"{args.embeddings} has {dim}")
+    mean = load_mean(args.mean, dim, args.embeddings) if args.mean else None
     results = score_trial_lists(table, trial_lists, mean=mean, cohort=cohort, top_k=top_k,
                                 calibrator=calibrator, device=args.device)
     metrics = {}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mlsv.commands.options import int_at_least, probability
+
 EPILOG = """example:
   mlsv verify --model runs/default/model enroll.wav test.flac
   mlsv verify --model runs/default/model a.wav b.mp3 --far 0.01 --json
@@ -25,10 +27,10 @@ def register(subparsers) -> None:
     p.add_argument("a", type=Path, help="first recording (enrolment)")
     p.add_argument("b", type=Path, help="second recording (test)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--far", type=float, default=None, help="target false-accept rate, e.g. 0.01")
+    p.add_argument("--far", type=probability, default=None, help="target false-accept rate, e.g. 0.01")
     p.add_argument("--threshold", type=float, default=None, help="explicit threshold on the score scale in use")
     p.add_argument("--cohort", type=Path, default=None, help="AS-norm cohort embeddings .npz with speakers")
-    p.add_argument("--asnorm-top-k", type=int, default=None, help="AS-norm cohort size (default: calibration's)")
+    p.add_argument("--asnorm-top-k", type=int_at_least(2), default=None, help="AS-norm cohort size (default: calibration's)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="torch, or onnx (runs MODEL/model.onnx with onnxruntime)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")

@@ -1,0 +1,154 @@
+"""Checks the ``mlsv`` subcommands share: number ranges as argparse types, output paths, mean vectors.
+
+Every command refuses the same out-of-range values with the option's name (argparse prints
+``mlsv CMD: error: argument --batch-seconds: must be a positive number, got 0``), and checks its output
+paths before any work, so that a directory given for a file (or a file for a folder) is one error line,
+not a traceback after the work and a stray temporary file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["check_cohort_speakers", "int_at_least", "load_mean", "non_negative_float", "non_negative_int",
+           "output_file", "output_folder", "positive_float", "positive_int", "prior", "probability"]
+
+
+def _number(text: str, kind: type) -> float | int:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                         f"got {text!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number above 0 (seconds, tolerances, regularization)."""
+    value = _number(text, float)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite number of at least 0 (0 usually meaning "off")."""
+    value = _number(text, float)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        value = _number(text, int)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"int_at_least_{minimum}"
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+
+
+def probability(text: str) -> float:
+    """An argparse type: a probability strictly between 0 and 1 (a false-accept rate, a target prior)."""
+    value = _number(text, float)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
+
+
+def prior(text: str) -> float:
+    """An argparse type: a prior in [0, 1), where 0 means "unweighted"."""
+    value = _number(text, float)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1) (0: unweighted), got {text}")
+    return value
+
+
+def _existing_ancestor_is_file(path: Path) -> Path | None:
+    """The nearest existing folder above ``path`` when it is a file (so nothing can be written there)."""
+    parent = next((p for p in path.parents if p.exists()), None)
+    return parent if parent is not None and not parent.is_dir() else None
+
+
+def output_file(path: str | os.PathLike | None, option: str = "--out") -> None:
+    """Refuses (ValueError naming ``option``) a file output that is a directory or lies under a file."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a directory; give a file name")
+    blocker = _existing_ancestor_is_file(path)
+    if blocker is not None:
+        raise ValueError(f"{option} {path}: {blocker} is a file, not a folder")
+
+
+def output_folder(path: str | os.PathLike | None, option: str = "--out") -> None:
+    """Refuses (ValueError naming ``option``) a folder output that is an existing file or lies under one."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path} is a file; give a folder")
+    blocker = _existing_ancestor_is_file(path)
+    if blocker is not None:
+        raise ValueError(f"{option} {path}: {blocker} is a file, not a folder")
+
+
+def load_mean(path: str | os.PathLike, dim: int, against: str | os.PathLike):
+    """The (dim,) float32 mean vector of a ``.npy`` file, checked before any scoring.
+
+    Raises ValueError naming ``path``: not a numeric ``.npy`` array, ``dim`` values expected (the
+    dimension of the embeddings in ``against``), or NaN / infinite values.
+    """
+    import numpy as np
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--mean {path} is a directory; give a .npy mean vector")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic != b"\x93NUMPY":
+            raise ValueError("no .npy header; write it with numpy.save")
+        mean = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--mean {path}: no such file") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"{path}: not a .npy mean vector ({e})") from None
+    if not isinstance(mean, np.ndarray) or not np.issubdtype(mean.dtype, np.number) \
+            or np.issubdtype(mean.dtype, np.complexfloating):
+        raise ValueError(f"{path}: not a .npy mean vector (a real-valued array is expected)")
+    mean = mean.astype(np.float32).reshape(-1)
+    if mean.size != dim:
+        raise ValueError(f"{path}: mean vector has {mean.size} dimensions, {against} has {dim}")
+    if not np.isfinite(mean).all():
+        raise ValueError(f"{path}: NaN or infinite values in the mean vector")
+    return mean
+
+
+def check_cohort_speakers(n_speakers: int, top_k: int, source: str | os.PathLike) -> None:
+    """Refuses a calibration cohort too small for ``--asnorm-top-k``.
+
+    Each calibration pair leaves its two speakers out of its AS-norm cohort, so the cohort needs
+    ``top_k + 2`` speakers.
+    """
+    if n_speakers < top_k + 2:
+        fix = (f"use --asnorm-top-k {n_speakers - 2} or less, or a larger cohort" if n_speakers >= 4
+               else "use a cohort of at least 4 speakers")
+        raise ValueError(f"{source}: {n_speakers} cohort speakers are too few for --asnorm-top-k {top_k}: "
+                         f"calibration needs at least top-k + 2 = {top_k + 2} (each pair's two speakers are "
+                         f"left out of its cohort); {fix}")
