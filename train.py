@@ -55,10 +55,19 @@ def main(argv=None) -> int:
             out = Path(args.output_dir or f"runs/{Path(args.config).stem}")
             run_stage(cfg, out, config_dir=Path(args.config).resolve().parent)
             print(f"model: {out / 'model'}")
-    except (ConfigError, FileNotFoundError, KeyError, ValueError) as e:  # bad input: named, no traceback
-        print(f"train.py: error: {e}", file=sys.stderr)
+    except (ConfigError, OSError, KeyError, ValueError) as e:  # bad input: named, no traceback
+        print(f"train.py: error: {error_message(e)}", file=sys.stderr)
         return 2
     return 0
+
+
+def error_message(e: BaseException) -> str:
+    """The message of an expected error: a KeyError's text (its str() is the quoted repr), and for an error
+    raised in a DataLoader worker the original message, not the worker's traceback that torch wraps it in."""
+    from mlsv.train.loop import unwrap_worker_error
+
+    e = unwrap_worker_error(e)
+    return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Training configuration: typed dataclasses as schema and defaults, YAML files with one level of
 ``base:`` inheritance, and ``--set section.key=value`` overrides parsed as YAML values.
 
-Unknown keys, wrong types and values outside a field's ``choices`` (dataclass field metadata) are
-errors naming the key and the nearest valid one. Derived values (number of classes, encoder width) are
+Unknown keys, wrong types, values outside a field's ``choices`` or ``bounds`` and ``[low, high]``
+ranges that are not ordered (dataclass field metadata) are errors naming the key and the nearest valid one;
+so are YAML syntax errors (naming the file and line). Derived values (number of classes, encoder width) are
 computed elsewhere and never written back here.
 """
 
@@ -30,13 +31,20 @@ def _choice(default, *choices):
     return field(default=default, metadata={"choices": choices})
 
 
-def _bounded(default, *, low=None, high=None, above=None, below=None):
+def _bounded(default, *, low=None, high=None, above=None, below=None, interval=False):
     """A number (or each number of a list) within bounds: ``low``/``high`` inclusive, ``above``/``below``
-    exclusive."""
+    exclusive. ``interval``: the list is a ``[low, high]`` range (two numbers, the first not above the
+    second)."""
     bounds = {k: v for k, v in dict(low=low, high=high, above=above, below=below).items() if v is not None}
+    metadata = {"bounds": bounds, **({"interval": True} if interval else {})}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"bounds": bounds})
-    return field(default=default, metadata={"bounds": bounds})
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _interval(default: list, **bounds):
+    """A ``[low, high]`` range, such as an SNR range in dB, with ``low <= high`` (and optional bounds on both)."""
+    return _bounded(default, interval=True, **bounds)
 
 
 @dataclass
@@ -67,10 +75,10 @@ class AugmentConfig:
     noise_manifest: str = ""  # MUSAN-like manifest with a "category" column: noise, music, speech
     rir_manifest: str = ""
     kinds: list[str] = _choice(["reverb", "noise", "music", "babble", "tv"], "reverb", "noise", "music", "babble", "tv")
-    noise_snr: list[float] = field(default_factory=lambda: [0.0, 15.0])
-    music_snr: list[float] = field(default_factory=lambda: [5.0, 15.0])
-    babble_snr: list[float] = field(default_factory=lambda: [13.0, 20.0])
-    babble_speakers: list[int] = field(default_factory=lambda: [4, 7])
+    noise_snr: list[float] = _interval([0.0, 15.0])  # dB, [low, high]
+    music_snr: list[float] = _interval([5.0, 15.0])
+    babble_snr: list[float] = _interval([13.0, 20.0])
+    babble_speakers: list[int] = _interval([4, 7], low=1)  # speech sources summed, [fewest, most]
 
 
 @dataclass
@@ -102,7 +110,7 @@ class HeadConfig:
     margin: float = _bounded(0.3, low=0)
     sub_centers: int = _bounded(3, low=1)
     top_k: int = _bounded(5, low=0)
-    penalty: float = 0.06
+    penalty: float = _bounded(0.06, low=0)
     margin_schedule: str = _choice("log", "log", "cos", "exp", "linear", "constant")
     margin_start_epoch: float = 0.0
     margin_ramp_epochs: float = _bounded(20.0, low=0)
@@ -227,8 +235,11 @@ _BOUNDS = {"low": (">=", lambda v, b: v >= b), "high": ("<=", lambda v, b: v <= 
 
 def _check_choice(value: Any, f: dataclasses.Field, where: str) -> Any:
     """Validates ``value`` (each item of a list) against the field's ``metadata`` ``choices`` and
-    ``bounds`` when it has them."""
+    ``bounds`` when it has them, and a list against ``interval`` (``[low, high]``, ``low <= high``)."""
     if isinstance(value, list):
+        if f.metadata.get("interval") and (len(value) != 2 or value[0] > value[1]):
+            shown = ", ".join(f"{v:g}" if isinstance(v, (int, float)) else repr(v) for v in value)
+            raise ConfigError(f"{where}: [{shown}] must be [low, high] with low <= high")
         for i, item in enumerate(value):
             _check_choice(item, f, f"{where}[{i}]")
         return value
@@ -283,20 +294,55 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def load_yaml_file(path: str | Path, what: str = "config file") -> Any:
+    """A YAML file's contents (None when empty). A missing file, a folder, a file that is not UTF-8 text
+    and a YAML syntax error are ConfigErrors naming the file (and the line: ``FILE:LINE: message``)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder: give the YAML file")
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}): is it a YAML file?") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it ({e.strerror or e})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(_yaml_error(path, e)) from None
+
+
+def _yaml_error(path: Path, e: yaml.YAMLError) -> str:
+    """``FILE:LINE: problem`` for a YAML syntax error (line numbers from 1, as editors show them)."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None)
+    context = getattr(e, "context", None)
+    if mark is None or problem is None:
+        return f"{path}: not valid YAML: {' '.join(str(e).split())}"
+    detail = f"{problem} ({context})" if context else problem
+    return f"{path}:{mark.line + 1}: {detail} (column {mark.column + 1})"
+
+
 def read_yaml(path: str | Path) -> dict:
     """Reads a YAML file, resolving one level of ``base:`` (relative to the file)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = load_yaml_file(path) or {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
+        raise ConfigError(f"{path}: the top level must be a mapping (section: {{key: value}}), got a "
+                          f"{type(data).__name__}")
     base = data.pop("base", None)
     if base:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: base must be a file name, got {base!r}")
         base_path = (path.parent / base).resolve()
-        base_data = yaml.safe_load(base_path.read_text()) if base_path.is_file() else None
-        if base_data is None:
+        if not base_path.is_file() and not base_path.is_dir():
             raise ConfigError(f"{path}: base config not found: {base_path}")
+        base_data = load_yaml_file(base_path, "base config") or {}
+        if not isinstance(base_data, dict):
+            raise ConfigError(f"{base_path} (the base of {path}): the top level must be a mapping "
+                              f"(section: {{key: value}}), got a {type(base_data).__name__}")
         if "base" in base_data:
             raise ConfigError(f"{base_path}: only one level of 'base:' inheritance is allowed")
         data = _deep_merge(base_data, data)
@@ -350,6 +396,14 @@ def _check_combinations(cfg: TrainConfig, where: str) -> None:
     if cfg.stage.init_from and cfg.stage.init_model:
         raise ConfigError(f"{where}: stage.init_from (a stage's model and head, on its speakers) and stage.init_model "
                           "(a model's weights, with a new head on this data's speakers) both choose the start: set one")
+    if cfg.optim.min_lr > cfg.optim.lr:
+        raise ConfigError(f"{where}: optim.min_lr {cfg.optim.min_lr:g} is above optim.lr {cfg.optim.lr:g}: the "
+                          "schedule decays from lr to min_lr, so min_lr must be at most lr (equal: a constant lr)")
+    if bool(cfg.data.validation_manifest) != bool(cfg.data.validation_trials):
+        given, missing = (("validation_trials", "validation_manifest") if cfg.data.validation_trials
+                          else ("validation_manifest", "validation_trials"))
+        raise ConfigError(f"{where}: data.{given} is set but data.{missing} is not: validation needs both (the "
+                          "manifest of the utterances its trial list names), or neither")
     if cfg.optim.ema_decay > 0 and cfg.stage.average_best > 1:
         raise ConfigError(f"{where}: optim.ema_decay and stage.average_best {cfg.stage.average_best} both choose the "
                           "final weights (the moving average, or the mean of the best checkpoints): set one")

@@ -20,8 +20,42 @@ def checkpoint_dirs(root: Path) -> list[Path]:
     return sorted(done, key=lambda p: read_meta(p)["global_step"])
 
 
+class CheckpointError(ValueError):
+    """A checkpoint folder cannot be read back; the message names it and how to go on."""
+
+
 def read_meta(path: Path) -> dict:
-    return json.loads((path / META).read_text())
+    try:
+        meta = json.loads((path / META).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {path} is damaged ({path / META}: {e}): {_delete_hint(path)}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("global_step"), int):
+        raise CheckpointError(f"checkpoint {path} is damaged ({path / META} has no global_step): {_delete_hint(path)}")
+    return meta
+
+
+def _delete_hint(path: Path, previous: Path | None = None, only: bool = False) -> str:
+    if previous is not None:
+        return f"delete that folder to resume from the previous checkpoint, {previous.name}"
+    if only:
+        return "delete that folder to start the stage again (it is the only checkpoint)"
+    return "delete that folder to resume from the previous checkpoint (or start again if it is the only one)"
+
+
+def load_checkpoint(accelerator, path: Path, previous: Path | None = None) -> None:
+    """``accelerator.load_state(path)``. A damaged checkpoint (a truncated weights file, say, after a full disk)
+    is a CheckpointError naming the folder; it is not skipped silently (falling back would quietly redo
+    training, and hide a storage problem that may have damaged other files): the user deletes it to resume
+    from ``previous``."""
+    try:
+        accelerator.load_state(str(path))
+    except (MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception as e:  # safetensors, torch.load and pickle raise their own types for a damaged file
+        reason = " ".join(str(e).split())[:200]
+        raise CheckpointError(f"checkpoint {path} cannot be loaded ({type(e).__name__}{': ' if reason else ''}"
+                              f"{reason}): if it is damaged (a truncated file, say), "
+                              f"{_delete_hint(path, previous, only=previous is None)}") from e
 
 
 def save_checkpoint(accelerator, root: Path, name: str, meta: dict) -> Path:

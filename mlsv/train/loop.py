@@ -26,6 +26,7 @@ eval mode: they run the same modules eagerly (``eager``), never recompiling per 
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import csv
 import dataclasses
@@ -42,7 +43,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mlsv import speed
-from mlsv.config import ConfigError, TrainConfig, dump_config, load_config, to_dict
+from mlsv.config import ConfigError, TrainConfig, dump_config, load_config, load_yaml_file, to_dict
 from mlsv.data.loader import speed_perturb_classes
 from mlsv.models import MLSVModel, SubCenterAAMSoftmax
 from mlsv.train import checkpoint as ckpt
@@ -58,11 +59,52 @@ MODEL_SETTINGS = ("layers", "aggregation", "lap_heads", "lap_channels", "lap_dro
 
 
 def build_model(cfg: TrainConfig) -> MLSVModel:
-    """A new model from the config's model section (pre-trained or random-init encoder)."""
+    """A new model from the config's model section (pre-trained or random-init encoder). An encoder that
+    cannot be found or downloaded is a ConfigError naming ``model.encoder``."""
     m = cfg.model
     settings = {k: getattr(m, k) for k in MODEL_SETTINGS}
     settings["layers"] = settings["layers"] or None
-    return MLSVModel.from_encoder(m.encoder, random_init=m.random_init, **settings)
+    try:
+        return MLSVModel.from_encoder(m.encoder, random_init=m.random_init, **settings)
+    except OSError as e:  # transformers' "not a local folder and not a valid model identifier" / no connection
+        first = " ".join(str(e).split("\n")[0].split())
+        raise ConfigError(f"model.encoder {m.encoder!r}: cannot load it ({first}); give a hub id (such as "
+                          "microsoft/wavlm-base-plus), a local model folder or a built-in tiny config name "
+                          "(tiny-wavlm)") from None
+
+
+def check_crop_length(model: MLSVModel, data) -> None:
+    """Training crops must give the encoder at least one frame; a shorter ``data.crop_seconds`` would fail
+    in the first forward pass with the convolution's shape error."""
+    from mlsv.inference import min_length
+
+    crop, shortest = int(round(data.crop_seconds * data.sample_rate)), min_length(model)
+    if crop < shortest:
+        raise ConfigError(f"data.crop_seconds {data.crop_seconds:g} gives {crop} samples at {data.sample_rate} Hz, "
+                          f"fewer than the encoder's minimum of {shortest} ({shortest / data.sample_rate:.4f} s): "
+                          "raise it")
+
+
+def unwrap_worker_error(e: BaseException) -> BaseException:
+    """An exception re-raised by a DataLoader from one of its workers carries the worker's whole traceback in
+    its message ("Caught AudioError in DataLoader worker process 0. Original Traceback ..."): the same
+    exception type with the original message, or ``e`` itself when it is not such an exception."""
+    text = str(e.args[0]) if e.args else ""
+    if not (text.startswith("Caught ") and "\nOriginal Traceback" in text):
+        return e
+    kind = type(e)
+    for prefix in (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__qualname__}: "):
+        at = text.rfind("\n" + prefix)
+        if at >= 0:
+            message = text[at + 1 + len(prefix):].rstrip("\n")
+            if kind is KeyError and message[:1] in "'\"":
+                with contextlib.suppress(ValueError, SyntaxError):
+                    message = ast.literal_eval(message)
+            try:
+                return kind(message)
+            except Exception:  # a type that needs other arguments: keep torch's message
+                return e
+    return e
 
 
 def load_for_finetuning(folder: Path) -> MLSVModel:
@@ -133,6 +175,11 @@ def check_same_run(cfg: TrainConfig, output_dir: Path) -> None:
         return
     if not ((output_dir / "COMPLETE").exists() or ckpt.checkpoint_dirs(output_dir / "checkpoints")):
         return
+    try:
+        load_yaml_file(saved)
+    except ConfigError as e:  # damaged or edited by hand: not silently taken for another version's file
+        raise ConfigError(f"{e}; it holds the settings of the run in {output_dir}: restore it, or delete it to "
+                          "resume without comparing settings") from None
     try:
         before = _flat(to_dict(load_config(saved)))
     except ConfigError as e:  # written by another version of mlsv: nothing to compare with
@@ -266,6 +313,9 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
     train_manifest = _resolve(data.train_manifest, config_dir)
     if not train_manifest:
         raise ValueError("data.train_manifest is empty: give a training manifest (mlsv prepare ...)")
+    if data.validation_manifest and data.validation_trials:
+        check_validation_trials(_resolve(data.validation_manifest, config_dir), _resolve(data.validation_trials,
+                                                                                           config_dir))
     if accelerator is None:
         trackers = [t for t in cfg.log.trackers if t not in ("csv", "neptune")]
         accelerator = Accelerator(mixed_precision=st.mixed_precision, gradient_accumulation_steps=st.grad_accum,
@@ -294,6 +344,7 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
         labels = speaker_labels(train_manifest)
         model = load_for_finetuning(Path(_resolve(st.init_model, config_dir))) if st.init_model else build_model(cfg)
         n_classes = speed_perturb_classes(len(labels), data.speed_factors)
+    check_crop_length(model, data)
     if acc.is_main_process:
         save_labels(labels, output_dir / "labels.json")
     needed = speed_perturb_classes(len(labels), data.speed_factors)
@@ -369,7 +420,7 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
     partial, audits, bad_files = None, None, None
     done = ckpt.checkpoint_dirs(ckpt_root)
     if done:
-        acc.load_state(str(done[-1]))
+        ckpt.load_checkpoint(acc, done[-1], done[-2] if len(done) > 1 else None)
         meta = ckpt.read_meta(done[-1])
         start_epoch, skip_batches, global_step = meta["epoch"], meta["batches_in_epoch"], meta["global_step"]
         partial, audits, bad_files = meta.get("epoch_totals"), meta.get("audits"), meta.get("bad_files")
@@ -593,6 +644,27 @@ def _subset_manifest(manifest: str, limit: int, out: Path, acc, seed: int = 0) -
     return chosen[0]
 
 
+def _check_trial_ids(trials, listed: set[str], manifest: str, trials_path: str) -> None:
+    """Raises KeyError when trials name ids that ``manifest`` does not list (another corpus's trial list)."""
+    unknown = list(dict.fromkeys(u for u in [*trials.enroll, *trials.test] if u not in listed))
+    if unknown:
+        raise KeyError(f"data.validation_trials {trials_path}: {len(unknown)} ids are not in data.validation_manifest "
+                       f"{manifest}, e.g. {', '.join(map(str, unknown[:5]))}: give the trial list made for that "
+                       "manifest")
+
+
+def check_validation_trials(manifest: str, trials_path: str) -> None:
+    """Before training: the validation trial list reads and names only utterances of the validation manifest
+    (checked again after each epoch's embedding, which would otherwise find out after the first epoch)."""
+    from mlsv.data.manifest import iter_rows
+    from mlsv.data.trials import read_trials
+
+    if not Path(manifest).is_file() and not Path(manifest).is_dir():
+        raise FileNotFoundError(f"data.validation_manifest: {manifest} not found")
+    _check_trial_ids(read_trials(trials_path), {str(row["id"]) for _, row in iter_rows(manifest)}, manifest,
+                     trials_path)
+
+
 def validation_eer(model, manifest: str, trials_path: str, acc, data) -> float:
     """EER (%) of mean-subtracted cosine scores on the validation trials (never a test list)."""
     from mlsv.data.manifest import iter_rows
@@ -604,12 +676,9 @@ def validation_eer(model, manifest: str, trials_path: str, acc, data) -> float:
     trials = read_trials(trials_path)
     known = set(table.ids.tolist())
     keep = np.array([e in known and t in known for e, t in zip(trials.enroll, trials.test)], dtype=bool)
-    if not keep.all():  # their files failed to decode (skipped above); an unknown id fails in lookup
+    if not keep.all():  # their files failed to decode or were too short (skipped above), or are not listed
+        _check_trial_ids(trials, {str(row["id"]) for _, row in iter_rows(manifest)}, manifest, trials_path)
         log.warning("validation: %d of %d trials name a skipped file and are left out", (~keep).sum(), len(keep))
-        listed = {str(row["id"]) for _, row in iter_rows(manifest)}
-        unknown = sorted({u for u in [*trials.enroll, *trials.test] if u not in listed})
-        if unknown:
-            raise KeyError(f"{trials_path}: ids not in the validation manifest {manifest}: {unknown[:5]}")
     x = table.embeddings - table.embeddings.mean(0, keepdims=True)
     scores = cosine_scores(x[table.lookup(trials.enroll[keep])], x[table.lookup(trials.test[keep])])
     return float(eer(scores, trials.labels[keep])[0])

@@ -12,20 +12,29 @@ recipe's output folder) and ``${config}`` (the recipe file's folder).
       - {name: report, report: {systems: {LAP: eval}, baseline: "${run}/data/baseline.json"}}
 
 Training steps take ``set`` / ``quick_set``; ``args`` / ``quick`` belong to prepare and evaluate steps.
+
+``load_recipe`` checks what it can before any step runs: step names (unique, usable as folder names),
+keys and their types (against the functions the steps call), the steps that ``init_from``, ``evaluate``
+``model`` and ``report`` ``systems`` name, and a prepare step's argument list.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
+import io
 import json
 import logging
+import operator
 import time
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from mlsv.config import ConfigError, _nearest, load_config
+from mlsv.config import ConfigError, _check_type, _nearest, load_config, load_yaml_file, parse_override
 
 log = logging.getLogger("mlsv.recipe")
 
@@ -53,8 +62,12 @@ class Recipe:
         return self.output_dir / name
 
 
+# files a report writes into the run folder: a step of that name would be overwritten
+RESERVED_NAMES = ("model", "results.json", "report.md")
+
+
 def is_recipe(path: str | Path) -> bool:
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = load_yaml_file(path) or {}
     return isinstance(data, dict) and "steps" in data
 
 
@@ -72,42 +85,226 @@ def _substitute(value, mapping: dict[str, str]):
 
 def load_recipe(path: str | Path, *, output_dir: str | Path | None = None, quick: bool = False,
                 overrides: list[str] | None = None) -> Recipe:
-    """Reads a recipe; ``overrides`` (``--set``) apply to every training step."""
+    """Reads a recipe; ``overrides`` (``--set``) apply to every training step. Mistakes a step would only
+    meet after the steps before it ran (an unknown or mistyped argument, a step name that is not an
+    earlier step, a bad prepare argument list) are ConfigErrors naming the recipe, the step and the key."""
     path = Path(path).resolve()
-    data = yaml.safe_load(path.read_text()) or {}
+    data = load_yaml_file(path, "recipe") or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping with output_dir and steps, got a {type(data).__name__}")
     unknown = set(data) - {"output_dir", "steps"}
     if unknown:
-        key = sorted(unknown)[0]
+        key = sorted(map(str, unknown))[0]
         raise ConfigError(f"{path}: unknown recipe key {key!r}{_nearest(key, ['output_dir', 'steps'])}")
+    if not isinstance(data.get("steps") or [], list):
+        raise ConfigError(f"{path}: steps must be a list of steps (- {{name: ..., train: ...}}), got "
+                          f"{type(data['steps']).__name__}")
+    if not isinstance(data.get("output_dir") or "", str):
+        raise ConfigError(f"{path}: output_dir must be a folder name, got {data['output_dir']!r}")
     out = Path(output_dir or data.get("output_dir") or f"runs/{path.stem}").resolve()
     mapping = {"run": str(out), "config": str(path.parent)}
-    steps, names = [], set()
+    steps: list[Step] = []
     for i, raw in enumerate(data.get("steps") or [], 1):
         if not isinstance(raw, dict) or "name" not in raw:
             raise ConfigError(f"{path}: step {i} needs a name")
+        name = raw["name"]
+        _check_name(name, path, i, [s.name for s in steps])
+        where = f"{path}: step {name!r}"
         bad = set(raw) - STEP_KEYS
         if bad:
-            key = sorted(bad)[0]
-            raise ConfigError(f"{path}: step {raw['name']!r}: unknown key {key!r}{_nearest(key, STEP_KEYS)}")
+            key = sorted(map(str, bad))[0]
+            raise ConfigError(f"{where}: unknown key {key!r}{_nearest(key, STEP_KEYS)}")
         kinds = [k for k in STEP_KINDS if k in raw]
         if len(kinds) != 1:
-            raise ConfigError(f"{path}: step {raw['name']!r} must have exactly one of {', '.join(STEP_KINDS)}")
+            raise ConfigError(f"{path}: step {name!r} must have exactly one of {', '.join(STEP_KINDS)}")
+        kind = kinds[0]
         if "train" in raw and ("args" in raw or "quick" in raw):
-            raise ConfigError(f"{path}: step {raw['name']!r}: a training step takes set / quick_set (a list of "
+            raise ConfigError(f"{where}: a training step takes set / quick_set (a list of "
                               "section.key=value), not args / quick")
+        for key in ("set", "quick_set", "init_from"):
+            if key in raw and kind != "train":
+                raise ConfigError(f"{where}: {key} belongs to training steps; a {kind} step takes "
+                                  f"{'args / quick' if kind in ('prepare', 'evaluate') else 'its report mapping'}")
         raw = _substitute(raw, mapping)
-        init_from = raw.get("init_from", "")
-        if init_from and init_from not in names:
-            raise ConfigError(f"{path}: step {raw['name']!r}: init_from {init_from!r} is not an earlier step")
+        init_from = raw.get("init_from") or ""
+        if init_from:
+            _check_step_ref(init_from, "init_from", "train", steps, where)
+        for key in ("args", "quick"):
+            if raw.get(key) is not None and not isinstance(raw[key], dict):
+                raise ConfigError(f"{where}: {key} must be a mapping of argument: value, got {raw[key]!r}")
         args = dict(raw.get("args") or {})
         if quick:
             args.update(raw.get("quick") or {})
+        for key in ("set", "quick_set"):
+            _check_sets(raw.get(key), f"{where}: {key}")
         sets = list(raw.get("set") or []) + (list(raw.get("quick_set") or []) if quick else [])
-        if kinds[0] == "train":
+        if kind == "train":
             sets += list(overrides or [])
-        steps.append(Step(raw["name"], kinds[0], raw[kinds[0]], args, sets, init_from))
-        names.add(raw["name"])
+        step = Step(name, kind, raw[kind], args, sets, init_from)
+        _check_step(step, raw, where, steps)
+        steps.append(step)
+    for i, step in enumerate(steps):  # an evaluate step's model may be a folder, but not a later step
+        model = {**step.spec, **step.args}.get("model") if step.kind == "evaluate" else None
+        if model in {s.name for s in steps[i:]}:
+            _check_step_ref(model, "model", "train", steps[:i], f"{path}: step {step.name!r}")
     return Recipe(path, out, steps)
+
+
+def _check_name(name: Any, path: Path, index: int, earlier: list[str]) -> None:
+    """A step's name is its folder in the run folder: text, no path separators or dot-dot, not a file the
+    report writes there, and unique."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{path}: step {index}: name must be text (a folder name), got {name!r}")
+    if name.startswith(".") or ".." in name or any(c in name for c in "/\\\0"):
+        raise ConfigError(f"{path}: step {index}: name {name!r} must be a plain folder name (no '/', no '..', "
+                          "not starting with '.'): the step writes into OUTPUT_DIR/NAME")
+    if name in RESERVED_NAMES:
+        raise ConfigError(f"{path}: step {index}: name {name!r} is taken by the run's report (OUTPUT_DIR/{name}); "
+                          "choose another")
+    if name in earlier:
+        raise ConfigError(f"{path}: step {index}: name {name!r} is also step {earlier.index(name) + 1}'s; step "
+                          "names must be unique (each is a folder)")
+
+
+def _check_step_ref(value: Any, key: str, kind: str, earlier: list[Step], where: str) -> None:
+    """``value`` names an earlier step of ``kind``."""
+    names = {s.name: s for s in earlier}
+    if not isinstance(value, str) or value not in names:
+        hint = f"; the earlier steps are {', '.join(names)}" if names else ""
+        raise ConfigError(f"{where}: {key} {value!r} is not an earlier step{hint}")
+    if names[value].kind != kind:
+        raise ConfigError(f"{where}: {key} {value!r} is a {names[value].kind} step, not a {kind} step")
+
+
+def _check_sets(sets: Any, where: str) -> None:
+    """``set`` / ``quick_set``: a list of ``section.key=value`` strings (one string would be read letter by
+    letter)."""
+    if sets is None:
+        return
+    if not isinstance(sets, list):
+        raise ConfigError(f"{where} must be a list of section.key=value (- data.batch_size=8, or [a.b=1, c.d=2]), "
+                          f"got {sets!r}")
+    for item in sets:
+        if not isinstance(item, str):
+            raise ConfigError(f"{where}: {item!r} must be a section.key=value string")
+        try:
+            parse_override(item)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+
+
+def _plain_type(tp: Any) -> Any:
+    """A parameter annotation as ``config._check_type`` reads YAML values: paths are text, tuples are
+    lists, other classes are not checked."""
+    if tp is Path:
+        return str
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return functools.reduce(operator.or_, [_plain_type(a) for a in typing.get_args(tp)])
+    if origin in (list, tuple):
+        inner = [a for a in typing.get_args(tp) if a is not Ellipsis] or [Any]
+        return list[functools.reduce(operator.or_, [_plain_type(a) for a in inner])]
+    if origin is dict or tp is dict:
+        return dict
+    return tp if tp in (str, int, float, bool, type(None)) else Any
+
+
+def _check_arguments(fn, given: dict, where: str, what: str, *, skip: tuple[str, ...] = (),
+                     extra: dict[str, Any] | None = None) -> None:
+    """The keys of ``given`` name parameters of ``fn`` (less ``skip``, plus ``extra``: name -> type) and
+    their values have the parameters' types."""
+    params = {n: p for n, p in inspect.signature(fn).parameters.items() if n not in skip
+              and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # an annotation that does not resolve: names are still checked
+        hints = {}
+    known = {**{n: hints.get(n, Any) for n in params}, **(extra or {})}
+    for key, value in given.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown {what} key {key!r}{_nearest(str(key), known)}")
+        _check_type(value, _plain_type(known[key]), f"{where}: {what} {key}")
+
+
+def _required(fn, skip: tuple[str, ...] = ()) -> list[str]:
+    return [n for n, p in inspect.signature(fn).parameters.items()
+            if n not in skip and p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _check_step(step: Step, raw: dict, where: str, earlier: list[Step]) -> None:
+    """A step's own spec, args and quick args, against the function it calls."""
+    spec = step.spec
+    if step.kind == "prepare":
+        if spec == "synthetic":
+            from mlsv.data.synthetic import make_synthetic_corpus
+
+            for key in ("args", "quick"):
+                _check_arguments(make_synthetic_corpus, raw.get(key) or {}, f"{where}: {key}", "synthetic prepare",
+                                 skip=("out_dir",))
+        elif isinstance(spec, list) and spec:
+            if raw.get("args") or raw.get("quick"):
+                raise ConfigError(f"{where}: an mlsv prepare step takes its options in its list, not args / quick")
+            _prepare_arguments(step, where)
+        else:
+            raise ConfigError(f"{where}: prepare must be 'synthetic' or an argument list for mlsv prepare "
+                              f"([folder, --root, DIR, --out, FILE]), got {spec!r}")
+    elif step.kind == "train":
+        if not isinstance(spec, str) or not spec:
+            raise ConfigError(f"{where}: train must be a stage config file, got {spec!r}")
+    elif step.kind == "evaluate":
+        from mlsv.evaluation import evaluate_model
+
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: evaluate must be a mapping of evaluate_model's arguments (model, manifest, "
+                              f"trials, ...), got {spec!r}")
+        skip = ("model_dir", "out_dir")
+        for key, given in (("evaluate", spec), ("args", raw.get("args") or {}), ("quick", raw.get("quick") or {})):
+            _check_arguments(evaluate_model, given, where if key == "evaluate" else f"{where}: {key}", "evaluate",
+                             skip=skip, extra={"model": str})
+        merged = {**spec, **step.args}
+        missing = [k for k in ["model", *_required(evaluate_model, skip)] if k not in merged]
+        if missing:
+            raise ConfigError(f"{where}: evaluate needs {', '.join(missing)}")
+        model = merged["model"]
+        if model in {s.name for s in earlier} or model == step.name:
+            _check_step_ref(model, "model", "train", earlier, where)
+    elif step.kind == "report":
+        from mlsv.evaluation import write_run_report
+
+        if not isinstance(spec, dict) or not isinstance(spec.get("systems"), dict) or not spec["systems"]:
+            raise ConfigError(f"{where}: report needs systems, a mapping of table label -> evaluate step "
+                              "({LAP: lap_eval})")
+        if raw.get("args") or raw.get("quick"):
+            raise ConfigError(f"{where}: a report step takes no args / quick: its settings are its mapping")
+        _check_arguments(write_run_report, {k: v for k, v in spec.items() if k != "systems"}, where, "report",
+                         skip=("run_dir", "systems"))
+        for label, name in spec["systems"].items():
+            _check_step_ref(name, f"systems {label!r}:", "evaluate", earlier, where)
+        model = spec.get("model")
+        if model is not None and model not in spec["systems"]:
+            raise ConfigError(f"{where}: report model {model!r} is not one of its systems' labels: "
+                              f"{', '.join(map(str, spec['systems']))}{_nearest(str(model), map(str, spec['systems']))}")
+
+
+def _prepare_parser_error(argv: list[str]) -> tuple[Any, str]:
+    """Parses ``mlsv prepare ARGV``: (the parsed arguments, "") or (None, argparse's error line)."""
+    from mlsv.cli import build_parser
+
+    text = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(text), contextlib.redirect_stdout(text):
+            return build_parser().parse_args(argv), ""
+    except SystemExit:
+        lines = [line for line in text.getvalue().splitlines() if line.strip()]
+        errors = [line for line in lines if ": error: " in line]
+        return None, (errors or lines or ["not valid arguments"])[-1]
+
+
+def _prepare_arguments(step: Step, where: str):
+    args, error = _prepare_parser_error(["prepare", *[str(a) for a in step.spec]])
+    if args is None:
+        raise ConfigError(f"{where}: prepare {step.spec}: {error}")
+    return args
 
 
 def run_recipe(recipe: Recipe, *, only: list[str] | None = None) -> dict:
@@ -214,11 +411,15 @@ def _prepare(step: Step, out: Path) -> None:
             corpus = make_synthetic_corpus(out, **step.args)
             corpus_baseline(corpus, out / "baseline.json")
         elif isinstance(step.spec, list):
-            from mlsv.cli import main
-
-            rc = main(["prepare", *[str(a) for a in step.spec]])
+            # called here rather than through mlsv.cli.main, so that its error is this step's one line
+            where = f"step {step.name!r}: mlsv prepare {' '.join(map(str, step.spec))}"
+            args = _prepare_arguments(step, f"step {step.name!r}")
+            try:
+                rc = args.func(args)
+            except (OSError, KeyError, ValueError) as e:  # as mlsv.cli.main: bad input, one line
+                raise ConfigError(f"{where}: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from None
             if rc:
-                raise RuntimeError(f"step {step.name}: mlsv prepare failed with exit code {rc}")
+                raise ConfigError(f"{where}: failed with exit code {rc}")
         else:
             raise ConfigError(f"step {step.name}: prepare must be 'synthetic' or an argument list for mlsv prepare")
     state.wait_for_everyone()
@@ -261,4 +462,9 @@ def _report(recipe: Recipe, step: Step, out: Path) -> dict:
 
     spec = dict(step.spec)
     systems = {label: recipe.step_dir(name) for label, name in spec.pop("systems").items()}
+    for label, folder in systems.items():
+        if not (folder / "metrics_by_stage.json").is_file():
+            raise ConfigError(f"{recipe.path}: step {step.name!r} reports system {label!r} from step {folder.name!r}, "
+                              f"which has not evaluated yet (no {folder / 'metrics_by_stage.json'}): run it first "
+                              f"(--steps {folder.name} {step.name})")
     return write_run_report(recipe.output_dir, systems, **spec)
