@@ -64,7 +64,7 @@ def main(argv=None) -> int:
 def error_message(e: BaseException) -> str:
     """The message of an expected error: a KeyError's text (its str() is the quoted repr), and for an error
     raised in a DataLoader worker the original message, not the worker's traceback that torch wraps it in."""
-    from mlsv.train.loop import unwrap_worker_error
+    from mlsv.data.loader import unwrap_worker_error
 
     e = unwrap_worker_error(e)
     return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)

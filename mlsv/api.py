@@ -50,7 +50,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from mlsv.data.audio import AudioError, read_audio
+from mlsv.data.audio import SILENCE_PEAK, AudioError, read_audio, silent_audio_message
 from mlsv.scoring.embeddings import EmbeddingTable, check_finite, load_embeddings
 
 __all__ = [
@@ -69,8 +69,6 @@ __all__ = [
 AudioInput = Union[str, "os.PathLike[str]", np.ndarray, Any]  # Any: a torch.Tensor
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".aiff", ".aif")
 SCALES = ("cosine", "asnorm", "calibrated")
-#: Peak amplitude below which audio counts as silent (-80 dBFS).
-SILENCE_PEAK = 1e-4
 #: Most channels an array may have; a 2-D array with more on both axes is refused.
 MAX_CHANNELS = 8
 #: FAR levels tabulated by :func:`record_score_statistics`.
@@ -187,12 +185,6 @@ def check_sample_rate(sample_rate: Any, what: str = "sample_rate") -> int | None
         raise ValueError(f"{what} must be a positive integer (samples per second), got {sample_rate!r}"
                          + (f" ({type(sample_rate).__name__})" if isinstance(sample_rate, str) else ""))
     return int(sample_rate)
-
-
-def silent_audio_message(name: str, peak: float) -> str:
-    """The error for silent audio, one wording for paths, arrays and manifest rows."""
-    return (f"{name}: silent audio (peak amplitude {peak:.2e}, below {SILENCE_PEAK:g}); "
-            "no voice to embed or verify")
 
 
 def load_audio(x: AudioInput, sample_rate: int | None, *, target_sr: int, min_length: int = 1,

@@ -63,13 +63,12 @@ def embed_manifest(model, manifest: str | Path, *, batch_seconds: float = 120.0,
 
 def _refuse_silent(loader: Iterable[dict], paths: dict[str, str]) -> Iterator[dict]:
     """The loader's batches, raising ``AudioError`` for an utterance whose every sample (all its chunks)
-    is below :data:`mlsv.api.SILENCE_PEAK`: the Verifier refuses such a file, so a manifest does too.
+    is below :data:`mlsv.data.audio.SILENCE_PEAK`: the Verifier refuses such a file, so a manifest does too.
 
     An utterance is judged once its last chunk has passed (the chunks it has come from the loader's
     plan, ``dataset.batches``), so a silent file stops the pass at its batch; without a plan, at the end.
     """
-    from mlsv.api import SILENCE_PEAK, silent_audio_message
-    from mlsv.data.audio import AudioError
+    from mlsv.data.audio import SILENCE_PEAK, AudioError, silent_audio_message
 
     plan = getattr(getattr(loader, "dataset", None), "batches", None)
     expected = Counter(str(item[0]) for batch in plan for item in batch) if plan is not None else None

@@ -127,7 +127,7 @@ def test_worker_errors_keep_their_own_message():
     from torch.utils.data._utils import ExceptionWrapper
 
     from mlsv.data.audio import AudioError
-    from mlsv.train.loop import unwrap_worker_error
+    from mlsv.data.loader import unwrap_worker_error
 
     for error, message in ((AudioError("a.wav: NaN or infinite samples"), "a.wav: NaN or infinite samples"),
                            (KeyError("no such id 'x'"), "no such id 'x'")):

@@ -377,3 +377,32 @@ def test_a_sample_rate_the_file_does_not_have_is_a_bad_file(tmp_path):
         list(build_eval_loader(wrong, batch_seconds=4.0))
     dl = build_train_loader(wrong, _cfg(batch_size=2), None, labels=speaker_labels(wrong), epoch=0, seed=0)
     assert len(list(dl)) == 4 and dl.num_bad_files == 1
+
+
+def test_a_silent_file_is_a_bad_file_for_the_eval_loader_as_for_a_path(tmp_path):
+    """A whole file below the silence peak is refused (or skipped and listed) as ``Verifier`` refuses its
+    path; a chunk of silence inside a voiced file is not judged alone."""
+    manifest = tiny_corpus(tmp_path, speakers=2, utts=3)
+    rows = [r for _, r in iter_rows(manifest)]
+    write_wav(tmp_path / "quiet.wav", np.zeros(8000, np.float32), subtype="FLOAT")
+    write_wav(tmp_path / "late.wav", np.r_[np.zeros(16000, np.float32), tone(1.0)], subtype="FLOAT")
+    rows[1] = {**rows[1], "path": "quiet.wav", "duration": 0.5}
+    rows[2] = {**rows[2], "path": "late.wav", "duration": 2.0}
+    with_silence = write_manifest(rows, tmp_path / "silence.jsonl")
+    with pytest.raises(AudioError, match=rf"quiet\.wav \(manifest id {rows[1]['id']}\): silent audio"):
+        list(build_eval_loader(with_silence, batch_seconds=4.0))
+    dl = build_eval_loader(with_silence, batch_seconds=4.0, skip_bad=True)
+    ids = [i for b in dl for i in b["ids"]]
+    assert len(ids) == 5 and rows[1]["id"] not in ids and dl.bad_files[0].endswith("quiet.wav")
+    chunked = build_eval_loader(with_silence, batch_seconds=4.0, chunk_seconds=0.5, skip_bad=True)
+    assert rows[2]["id"] in {i for b in chunked for i in b["ids"]} and len(chunked.bad_files) == 1
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_training_error_in_a_loader_worker_keeps_its_own_message(tmp_path, workers):
+    manifest = _with_bad_rows(tmp_path, tiny_corpus(tmp_path, speakers=2, utts=4), {3: "nan"})
+    dl = build_train_loader(manifest, _cfg(batch_size=2, strict=True, num_workers=workers), None,
+                            labels=speaker_labels(manifest), epoch=0, seed=0)
+    with pytest.raises(AudioError) as caught:
+        list(dl)
+    assert str(caught.value).endswith("nan.wav: NaN or infinite samples") and "Traceback" not in str(caught.value)

@@ -20,6 +20,14 @@ AudioSource = Union[str, "os.PathLike[str]", bytes]
 
 # Containers soundfile cannot open; decoded whole with PyAV (VoxCeleb2 ships AAC in .m4a).
 AV_SUFFIXES = frozenset({".m4a", ".aac", ".mp4"})
+#: Peak amplitude below which audio counts as silent (-80 dBFS).
+SILENCE_PEAK = 1e-4
+
+
+def silent_audio_message(name: str, peak: float) -> str:
+    """The error for silent audio, one wording for paths, arrays and manifest rows."""
+    return (f"{name}: silent audio (peak amplitude {peak:.2e}, below {SILENCE_PEAK:g}); "
+            "no voice to embed or verify")
 
 
 class AudioError(ValueError):

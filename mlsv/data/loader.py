@@ -15,6 +15,8 @@ seconds, dealt round-robin to processes.
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import itertools
 import logging
 import math
@@ -27,7 +29,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from mlsv.config import AugmentConfig, DataConfig
-from mlsv.data.audio import AudioError, MissingDependencyError, read_audio, resample
+from mlsv.data.audio import (
+    SILENCE_PEAK,
+    AudioError,
+    MissingDependencyError,
+    read_audio,
+    resample,
+    silent_audio_message,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -260,6 +269,28 @@ def _collate_train(items: list[tuple[np.ndarray, int, list[str]]]) -> dict[str, 
     }
 
 
+def unwrap_worker_error(e: BaseException) -> BaseException:
+    """An exception re-raised by a DataLoader from one of its workers carries the worker's whole traceback in
+    its message ("Caught AudioError in DataLoader worker process 0. Original Traceback ..."): the same
+    exception type with the original message, or ``e`` itself when it is not such an exception."""
+    text = str(e.args[0]) if e.args else ""
+    if not (text.startswith("Caught ") and "\nOriginal Traceback" in text):
+        return e
+    kind = type(e)
+    for prefix in (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__qualname__}: "):
+        at = text.rfind("\n" + prefix)
+        if at >= 0:
+            message = text[at + 1 + len(prefix):].rstrip("\n")
+            if kind is KeyError and message[:1] in "'\"":
+                with contextlib.suppress(ValueError, SyntaxError):
+                    message = ast.literal_eval(message)
+            try:
+                return kind(message)
+            except Exception:  # a type that needs other arguments: keep torch's message
+                return e
+    return e
+
+
 class TrainLoader(DataLoader):
     """A DataLoader of ``{"waveforms": (B, S) float32, "labels": (B,) int64}`` batches.
 
@@ -293,12 +324,18 @@ class TrainLoader(DataLoader):
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         ds: TrainCrops = self.dataset  # type: ignore[assignment]
         batches = super().__iter__()
-        if ds.streaming and ds.start_batch:  # a stream cannot skip without reading (nor count those files)
-            for _ in itertools.islice(batches, ds.start_batch):
-                pass
-        for batch in batches:
-            self.note_bad_files(batch.pop("bad_files"))
-            yield batch
+        try:
+            if ds.streaming and ds.start_batch:  # a stream cannot skip without reading (nor count those files)
+                for _ in itertools.islice(batches, ds.start_batch):
+                    pass
+            for batch in batches:
+                self.note_bad_files(batch.pop("bad_files"))
+                yield batch
+        except Exception as e:  # a worker's error (data.strict, a share that fails throughout): its own message
+            clean = unwrap_worker_error(e)
+            if clean is e:
+                raise
+            raise clean from None
 
 
 def build_train_loader(
@@ -403,6 +440,12 @@ class EvalBatches(Dataset):
             try:
                 wave = read_audio(_source(row), start, frames, target_sr=self.sample_rate,
                                   expected_sr=int(row["sample_rate"]))[0]
+                if start == 0 and frames == int(round(float(row["duration"]) * int(row["sample_rate"]))):
+                    # a whole file (the evaluation pipeline judges chunked ones over all their chunks)
+                    peak = float(np.abs(wave).max()) if len(wave) else 0.0
+                    if peak < SILENCE_PEAK:
+                        name = f"{row['path']} (manifest id {row['id']})" if row.get("path") else f"manifest id {row['id']}"
+                        raise AudioError(silent_audio_message(name, peak))
                 if len(wave) < self.min_samples:
                     raise AudioError(f"{row.get('path') or row.get('id')}: too short"
                                      f"{f' (chunk {chunk})' if chunk else ''}: {len(wave)} samples, the encoder "

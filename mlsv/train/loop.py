@@ -26,7 +26,6 @@ eval mode: they run the same modules eagerly (``eager``), never recompiling per 
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import csv
 import dataclasses
@@ -83,28 +82,6 @@ def check_crop_length(model: MLSVModel, data) -> None:
         raise ConfigError(f"data.crop_seconds {data.crop_seconds:g} gives {crop} samples at {data.sample_rate} Hz, "
                           f"fewer than the encoder's minimum of {shortest} ({shortest / data.sample_rate:.4f} s): "
                           "raise it")
-
-
-def unwrap_worker_error(e: BaseException) -> BaseException:
-    """An exception re-raised by a DataLoader from one of its workers carries the worker's whole traceback in
-    its message ("Caught AudioError in DataLoader worker process 0. Original Traceback ..."): the same
-    exception type with the original message, or ``e`` itself when it is not such an exception."""
-    text = str(e.args[0]) if e.args else ""
-    if not (text.startswith("Caught ") and "\nOriginal Traceback" in text):
-        return e
-    kind = type(e)
-    for prefix in (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__qualname__}: "):
-        at = text.rfind("\n" + prefix)
-        if at >= 0:
-            message = text[at + 1 + len(prefix):].rstrip("\n")
-            if kind is KeyError and message[:1] in "'\"":
-                with contextlib.suppress(ValueError, SyntaxError):
-                    message = ast.literal_eval(message)
-            try:
-                return kind(message)
-            except Exception:  # a type that needs other arguments: keep torch's message
-                return e
-    return e
 
 
 def load_for_finetuning(folder: Path) -> MLSVModel:
