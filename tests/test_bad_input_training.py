@@ -101,16 +101,23 @@ def test_a_damaged_saved_config_is_named(trained, tiny, tmp_path):
 
 
 def test_an_encoder_that_cannot_load_names_model_encoder(tiny, tmp_path, capsys, monkeypatch):
+    import mlsv.api
     from mlsv.models import MLSVModel
 
     def offline(name, **kwargs):  # what transformers raises for an unknown hub id without a connection
         raise OSError(f"We couldn't connect to 'https://huggingface.co' to load the files of {name}.\nCheck ...")
 
-    monkeypatch.setattr(MLSVModel, "from_encoder", offline)
     rc, err = _train_py(["--config", str(tiny), "--output-dir", str(tmp_path / "x"),
-                         "--set", "model.encoder=nonexistent-encoder"], capsys)
+                         "--set", "model.encoder=nonexistent-encoder"], capsys)  # at once, no hub retries
     assert rc == 2 and err.count("\n") == 1, err
-    assert err.startswith("train.py: error: model.encoder 'nonexistent-encoder': cannot load it (We couldn't")
+    assert err.startswith("train.py: error: model.encoder 'nonexistent-encoder': model folder not found: "
+                          "nonexistent-encoder (a hub model id is namespace/name); give a hub id"), err
+    monkeypatch.setattr(mlsv.api, "_model_source", lambda src, *a, **kw: src)  # a hub id the hub then refuses
+    monkeypatch.setattr(MLSVModel, "from_encoder", offline)
+    rc, err = _train_py(["--config", str(tiny), "--output-dir", str(tmp_path / "y"),
+                         "--set", "model.encoder=someone/missing-encoder"], capsys)
+    assert rc == 2 and err.count("\n") == 1, err
+    assert err.startswith("train.py: error: model.encoder 'someone/missing-encoder': cannot load it (We couldn't")
 
 
 def test_a_crop_too_short_for_the_encoder_is_named(tiny, tmp_path, capsys):

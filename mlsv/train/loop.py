@@ -60,16 +60,24 @@ MODEL_SETTINGS = ("layers", "aggregation", "lap_heads", "lap_channels", "lap_dro
 def build_model(cfg: TrainConfig) -> MLSVModel:
     """A new model from the config's model section (pre-trained or random-init encoder). An encoder that
     cannot be found or downloaded is a ConfigError naming ``model.encoder``."""
+    from mlsv.api import _model_source
+    from mlsv.models import TINY_ENCODERS
+
     m = cfg.model
     settings = {k: getattr(m, k) for k in MODEL_SETTINGS}
     settings["layers"] = settings["layers"] or None
+    hint = ("give a hub id (such as microsoft/wavlm-base-plus), a local model folder or a built-in tiny config "
+            f"name ({', '.join(sorted(TINY_ENCODERS))})")
+    if m.encoder not in TINY_ENCODERS:
+        try:
+            _model_source(m.encoder)  # a mistyped name fails now, not after the hub client's retries
+        except FileNotFoundError as e:
+            raise ConfigError(f"model.encoder {m.encoder!r}: {e}; {hint}") from None
     try:
         return MLSVModel.from_encoder(m.encoder, random_init=m.random_init, **settings)
     except OSError as e:  # transformers' "not a local folder and not a valid model identifier" / no connection
         first = " ".join(str(e).split("\n")[0].split())
-        raise ConfigError(f"model.encoder {m.encoder!r}: cannot load it ({first}); give a hub id (such as "
-                          "microsoft/wavlm-base-plus), a local model folder or a built-in tiny config name "
-                          "(tiny-wavlm)") from None
+        raise ConfigError(f"model.encoder {m.encoder!r}: cannot load it ({first}); {hint}") from None
 
 
 def check_crop_length(model: MLSVModel, data) -> None:
