@@ -140,3 +140,18 @@ def test_calibrator_prior_threshold_and_errors():
         QualityCalibrator().transform(feats)
     with pytest.raises(ValueError, match="cohort"):
         fit_calibration(_corpus(rng, 5, 2, "c"), top_k=4, n_pairs=10)
+
+
+def test_calibration_pair_errors_name_the_setting_and_the_need():
+    from mlsv.scoring.calibration import draw_calibration_pairs, pair_features
+
+    rng = np.random.default_rng(0)
+    table = EmbeddingTable(ids=np.array([f"u{i}" for i in range(12)]), embeddings=rng.normal(size=(12, 8)),
+                           durations=np.ones(12, np.float32), speakers=np.repeat(np.array(["a", "b", "c", "d"]), 3))
+    with pytest.raises(ValueError, match=r"n_pairs \(--calibration-pairs\) must be at least 2, got 1"):
+        draw_calibration_pairs(table, 1)
+    pairs, cohort = draw_calibration_pairs(table, 20), cohort_from_table(table, np.zeros(8))
+    with pytest.raises(ValueError, match=r"top_k \(--asnorm-top-k\) must be at least 2, got 1"):
+        pair_features(table, pairs, cohort, 1)
+    with pytest.raises(ValueError, match=r"the cohort has 4 speakers, too few .* top_k=3: .* needs top_k \+ 2 = 5"):
+        pair_features(table, pairs, cohort, 3)

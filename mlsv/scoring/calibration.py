@@ -332,7 +332,7 @@ def draw_calibration_pairs(table: EmbeddingTable, n_pairs: int, seed: int = 7) -
     if table.speakers is None:
         raise ValueError("calibration pairs need a cohort table with 'speakers'")
     if n_pairs < 2:
-        raise ValueError(f"n_pairs must be at least 2, got {n_pairs}")
+        raise ValueError(f"n_pairs (--calibration-pairs) must be at least 2, got {n_pairs}")
     rng = np.random.default_rng(seed)
     speakers, inv = np.unique(table.speakers, return_inverse=True)
     inv = inv.reshape(-1)
@@ -382,9 +382,12 @@ def pair_features(table: EmbeddingTable, pairs: CalibrationPairs, cohort: Cohort
         top_k: AS-norm cohort size.
     """
     m = pairs.exclude.shape[1]
-    if top_k < 2 or top_k + m > len(cohort):
-        raise ValueError(f"the cohort has {len(cohort)} speakers; calibration pairs need "
-                         f"2 <= top_k <= {len(cohort) - m} (got top_k={top_k})")
+    if top_k < 2:
+        raise ValueError(f"top_k (--asnorm-top-k) must be at least 2, got {top_k}")
+    if top_k + m > len(cohort):
+        raise ValueError(f"the cohort has {len(cohort)} speakers, too few for calibration pairs with top_k={top_k}: "
+                         f"each pair leaves its own {m} speakers out, so it needs top_k + {m} = {top_k + m}; lower "
+                         "top_k (--asnorm-top-k) or use a larger cohort")
     used, inv = np.unique(np.concatenate([pairs.enroll, pairs.test]), return_inverse=True)
     inv = inv.reshape(-1)
     e, t = inv[:len(pairs)], inv[len(pairs):]
