@@ -318,7 +318,7 @@ def _is_publish_file(name: str) -> bool:
     """Whether a file of this name is one a publish folder holds (weights, config, card, model code, ONNX)."""
     import mlsv.models
 
-    code = {p.name for p in Path(mlsv.models.__file__).parent.glob("*.py")}
+    code = {p.name for p in Path(mlsv.models.__file__).parent.glob("*.py")} - {"__init__.py"}
     return (name in {"config.json", "model.safetensors", "model.safetensors.index.json",
                      "preprocessor_config.json", "README.md", *EXTRA_FILES, *code}
             or _SHARD.fullmatch(name) is not None)
@@ -355,6 +355,22 @@ def _check_publish_target(out: Path, model_dir: Path, *, overwrite: bool) -> Non
         shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
         raise ValueError(f"{out} exists and is not a publish folder made by push_to_hub.py (it holds {shown}); "
                          "give a new or empty folder, or remove it yourself")
+    if any(out.iterdir()) and not _made_by_publish(out):
+        raise ValueError(f"{out} exists and is not a publish folder made by push_to_hub.py (no mlsv config.json, "
+                         "weights and model card); give a new or empty folder, or remove it yourself")
+
+
+def _made_by_publish(folder: Path) -> bool:
+    """The folder holds what a publish build writes: an mlsv ``config.json``, weights and the model card
+    (file names alone would take a user's folder with a README.md and a config.json for one)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        card = (folder / "README.md").read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return False
+    weights = (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
+    return (isinstance(config, dict) and config.get("model_type") == "mlsv" and weights
+            and card.startswith("---\nlibrary_name: transformers\n") and '- "mlsv"' in card.split("---")[1])
 
 
 def _check_onnx_export(model_dir: Path, model) -> None:

@@ -266,3 +266,12 @@ def test_silent_file_is_refused_from_a_manifest_as_from_its_path(verifier, wavs,
     assert sorted(table.ids) == ["a", "late"]  # a silent chunk of a voiced file is not a silent file
     np.testing.assert_allclose(table.embeddings[list(table.ids).index("late")],
                                verifier.embed(wavs / "late.wav", chunk_seconds=0.3), atol=2e-5)
+
+
+def test_repeated_ids_are_found_in_one_pass():
+    """A cohort file made of two concatenated tables (the search was quadratic: about 30 s at this size)."""
+    from mlsv.scoring.embeddings import repeated_ids
+
+    ids = np.array([f"utt{i}" for i in range(50_000)] * 2 + ["x", "y", "x"])
+    found = repeated_ids(ids)
+    assert len(found) == 50_001 and found[0] == ("utt0", [0, 50_000]) and found[-1] == ("x", [100_000, 100_002])

@@ -107,10 +107,10 @@ def test_dry_run_rerun_replaces_its_own_output(model_dir, tmp_path, capsys):
     assert _dry_run(model_dir, out) == 0
     first = sorted(p.name for p in out.iterdir())
     assert {"config.json", "model.safetensors", "README.md", "modeling_mlsv.py"} <= set(first)
-    (out / "README.md").write_text("old card")
+    (out / "README.md").write_text((out / "README.md").read_text() + "\nold edit\n")
     assert _dry_run(model_dir, out, repo_id="me/y") == 0
     assert sorted(p.name for p in out.iterdir()) == first
-    assert "me/y" in (out / "README.md").read_text()
+    assert "me/y" in (out / "README.md").read_text() and "old edit" not in (out / "README.md").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pub"]  # no temporary folder left beside it
 
 
@@ -307,7 +307,7 @@ def test_inspect_refuses_bad_figure_names_and_lengths(model_dir, files, capsys):
     ("evaluate --model {model} --manifest {d}/m.jsonl --trials {d}/trials.txt --out {d}/ev --asnorm-top-k 1",
      "--asnorm-top-k"),
     ("prepare folder --root {d} --out {d}/x.jsonl --sample-rate 0", "--sample-rate"),
-    ("prepare folder --root {d} --out {d}/x.jsonl --workers 0", "--workers"),
+    ("prepare folder --root {d} --out {d}/x.jsonl --workers -1", "--workers"),
     ("prepare synthetic --out {d}/syn --speakers 0", "--speakers"),
     ("calibrate --embeddings {d}/cohort.npz --out {d}/c.json --pairs 0", "--pairs"),
     ("calibrate --embeddings {d}/cohort.npz --out {d}/c.json --target-far 1.5", "--target-far"),
@@ -339,3 +339,25 @@ def test_evaluate_checks_the_cohort_size_before_embedding(model_dir, files, caps
                  "--out", str(files / "ev")]) == 2
     assert "3 cohort speakers are too few for --asnorm-top-k 600" in _error(capsys)
     assert not (files / "ev").exists()
+
+
+def test_dry_run_refuses_a_folder_with_publish_file_names_that_it_did_not_build(tmp_path):
+    """File names alone do not make a publish folder: a user's README.md and config.json stay."""
+    from mlsv.hub import main
+    from mlsv.models import MLSVModel
+
+    model = tmp_path / "model"
+    MLSVModel.from_encoder("tiny-wavlm", lap_heads=2, lap_channels=16, embedding_size=8).save_pretrained(model)
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "README.md").write_text("# my notes\n")
+    (mine / "config.json").write_text('{"mine": 1}')
+    assert main(["--model", str(model), "--repo-id", "me/x", "--dry-run", str(mine)]) == 2
+    assert sorted(p.name for p in mine.iterdir()) == ["README.md", "config.json"]
+    assert (mine / "README.md").read_text() == "# my notes\n"
+    (mine / "__init__.py").write_text("")
+    assert main(["--model", str(model), "--repo-id", "me/x", "--dry-run", str(mine)]) == 2
+    assert (mine / "__init__.py").is_file()
+    built = tmp_path / "built"  # an earlier dry run's folder is replaced
+    assert main(["--model", str(model), "--repo-id", "me/x", "--dry-run", str(built)]) == 0
+    assert main(["--model", str(model), "--repo-id", "me/x", "--dry-run", str(built)]) == 0

@@ -24,7 +24,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-rate", type=positive_int, default=16000, help="expected rate (default 16000)")
     p.add_argument("--resample", action=argparse.BooleanOptionalAction, default=True,
                    help="keep files at other rates, resampled when read (--no-resample: skip them)")
-    p.add_argument("--workers", type=positive_int, default=1, help="parallel processes")
+    p.add_argument("--workers", type=non_negative_int, default=1, help="parallel processes (0 or 1: none)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -76,7 +76,7 @@ def register(subparsers) -> None:
     p.add_argument("--manifest", required=True)
     p.add_argument("--out", required=True, help="output folder for shard-*.parquet")
     p.add_argument("--rows-per-shard", type=positive_int, default=2000, help="rows per shard (default 2000)")
-    p.add_argument("--workers", type=positive_int, default=1, help="parallel processes")
+    p.add_argument("--workers", type=non_negative_int, default=1, help="parallel processes (0 or 1: none)")
     p.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run)
 

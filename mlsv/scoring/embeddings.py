@@ -76,11 +76,11 @@ def repeated_ids(ids: np.ndarray) -> list[tuple[str, list[int]]]:
     uniq, first, counts = np.unique(ids, return_index=True, return_counts=True)
     if (counts == 1).all():
         return []
-    out = []
-    for j in np.argsort(first[counts > 1]):
-        u = uniq[counts > 1][j]
-        out.append((str(u), np.flatnonzero(ids == u).tolist()))
-    return out
+    rows: dict[str, list[int]] = {str(u): [] for u in uniq[counts > 1]}
+    for i, u in enumerate(ids.tolist()):  # one pass: rows of the repeated ids
+        if (listed := rows.get(str(u))) is not None:
+            listed.append(i)
+    return sorted(rows.items(), key=lambda item: item[1][0])  # in order of first appearance
 
 
 def save_embeddings(table: EmbeddingTable, path: str | Path) -> None:

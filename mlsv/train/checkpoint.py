@@ -49,7 +49,7 @@ def load_checkpoint(accelerator, path: Path, previous: Path | None = None) -> No
     from ``previous``."""
     try:
         accelerator.load_state(str(path))
-    except (MemoryError, torch.OutOfMemoryError):
+    except (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)):  # the first: torch 2.5
         raise
     except Exception as e:  # safetensors, torch.load and pickle raise their own types for a damaged file
         reason = " ".join(str(e).split())[:200]

@@ -439,7 +439,9 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
         for i, batch in enumerate(itertools.islice(loader, batches_per_epoch - skip_batches), start=skip_batches):
             audit = hashlib.sha1(audit + batch["labels"].numpy().tobytes()).digest()
             # device augmentation's host draws: per batch, so a resumed epoch draws what the first run would
-            aug_rng = np.random.default_rng([st.seed, epoch, acc.process_index, i])
+            # (its own spawn key: the crop at share place i draws from [seed, epoch, process, i] without one)
+            aug_rng = np.random.default_rng(np.random.SeedSequence([st.seed, epoch, acc.process_index, i],
+                                                                   spawn_key=(2,)))
             unwrapped_head.set_margin(margin_at(global_step / steps_per_epoch, margin=h.margin, kind=h.margin_schedule,
                                                 start_epoch=h.margin_start_epoch, ramp_epochs=h.margin_ramp_epochs))
             loss = train_batch(acc, model, head, optimizer, scheduler, batch, stats, augmenter=device_augmenter,
