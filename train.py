@@ -62,11 +62,8 @@ def main(argv=None) -> int:
 
 
 def error_message(e: BaseException) -> str:
-    """The message of an expected error: a KeyError's text (its str() is the quoted repr), and for an error
-    raised in a DataLoader worker the original message, not the worker's traceback that torch wraps it in."""
-    from mlsv.data.loader import unwrap_worker_error
-
-    e = unwrap_worker_error(e)
+    """The message of an expected error: a KeyError's text (its str() is the quoted repr). Errors raised in
+    loader workers arrive with their own message (``TrainLoader`` and ``EvalLoader`` unwrap them)."""
     return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
 
 

@@ -54,3 +54,17 @@ def tiny_corpus(root: Path, speakers: int = 4, utts: int = 3, seconds: tuple[flo
             rows.append({"id": uid, "path": f"audio/{uid}", "speaker": f"spk{s}", "duration": dur,
                          "sample_rate": 16000, "session": f"spk{s}/s{u % sessions}"})
     return write_manifest(rows, root / "train.jsonl")
+
+
+def speaker_table(rng: np.random.Generator, n_spk: int, per_spk: int, prefix: str, dim: int, *,
+                  spread: float = 0.6, max_seconds: float = 10.0):
+    """An ``EmbeddingTable`` of ``n_spk`` speakers x ``per_spk`` utterances around random speaker centres
+    (ids ``{prefix}{speaker}/v/{i}.wav``, durations uniform in [1, max_seconds], speakers ``{prefix}{s}``)."""
+    from mlsv.scoring.embeddings import EmbeddingTable
+
+    centres = rng.standard_normal((n_spk, dim))
+    spk = np.repeat(np.arange(n_spk), per_spk)
+    emb = (centres[spk] + spread * rng.standard_normal((len(spk), dim))).astype(np.float32)
+    return EmbeddingTable(np.array([f"{prefix}{s}/v/{i}.wav" for i, s in enumerate(spk)]), emb,
+                          rng.uniform(1, max_seconds, len(spk)).astype(np.float32),
+                          np.array([f"{prefix}{s}" for s in spk]))

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from data_helpers import tone, write_wav
+from data_helpers import speaker_table, tone, write_wav
 
 from mlsv import hub
 from mlsv.cli import main
@@ -25,10 +25,7 @@ def model_dir(tmp_path_factory):
 
 
 def _table(rng, n_spk: int, per_spk: int, prefix: str, dim: int = DIM) -> EmbeddingTable:
-    spk = np.repeat(np.arange(n_spk), per_spk)
-    emb = (rng.standard_normal((n_spk, dim))[spk] + 0.5 * rng.standard_normal((len(spk), dim))).astype(np.float32)
-    return EmbeddingTable(np.array([f"{prefix}{s}/{i}.wav" for i, s in enumerate(spk)]), emb,
-                          rng.uniform(1, 5, len(spk)).astype(np.float32), np.array([f"{prefix}{s}" for s in spk]))
+    return speaker_table(rng, n_spk, per_spk, prefix, dim, spread=0.5, max_seconds=5.0)
 
 
 @pytest.fixture()

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from data_helpers import speaker_table
 
 from mlsv.commands import calibrate as calibrate_cmd
 from mlsv.commands import score as score_cmd
@@ -44,11 +45,7 @@ def _mlsv(argv: list[str]) -> int:
 
 
 def _table(rng, n_spk: int, per_spk: int, prefix: str) -> EmbeddingTable:
-    centres = rng.standard_normal((n_spk, DIM))
-    spk = np.repeat(np.arange(n_spk), per_spk)
-    emb = (centres[spk] + 0.6 * rng.standard_normal((len(spk), DIM))).astype(np.float32)
-    return EmbeddingTable(np.array([f"{prefix}{s}/v/{i}.wav" for i, s in enumerate(spk)]), emb,
-                          rng.uniform(1, 10, len(spk)).astype(np.float32), np.array([f"{prefix}{s}" for s in spk]))
+    return speaker_table(rng, n_spk, per_spk, prefix, DIM)
 
 
 @pytest.fixture()
