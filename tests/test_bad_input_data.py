@@ -109,7 +109,7 @@ def test_validate_names_the_trial_file_line_despite_blank_lines(tmp_path):
 
 
 def test_latin1_manifest_is_refused_at_load_naming_the_line(tmp_path):
-    from mlsv.data.manifest import _check_utf8
+    from mlsv.data.manifest import _scan_utf8
 
     path = _latin1_manifest(tmp_path / "latin1.jsonl")
     message = r"latin1\.jsonl:3: not valid UTF-8 \(byte 0xe9 at byte \d+ of the line\)"
@@ -119,9 +119,27 @@ def test_latin1_manifest_is_refused_at_load_naming_the_line(tmp_path):
     with pytest.raises(ManifestError, match=message):
         list(iter_rows(path))
     with pytest.raises(ManifestError, match=message):
-        _check_utf8(path, block=7)  # lines counted right across blocks
+        _scan_utf8(path, block=7)  # lines counted right across blocks
     with pytest.raises(ManifestError, match=message):
         validate(path, check_audio=False)
+
+
+def test_a_manifest_is_read_for_utf8_once_until_it_changes(tmp_path, monkeypatch):
+    """The training loop loads its manifest every epoch: an unchanged file is not decoded again, and a
+    file edited since (here to Latin-1) is checked again."""
+    from mlsv.data import manifest as module
+
+    path = tmp_path / "m.jsonl"
+    path.write_text(_latin1_manifest(tmp_path / "latin1.jsonl").read_bytes().decode("latin-1"), encoding="utf-8")
+    scans = []
+    monkeypatch.setattr(module, "_scan_utf8", lambda p, real=module._scan_utf8: (scans.append(p), real(p)))
+    load_manifest(path)
+    load_manifest(path, streaming=True)
+    assert len(scans) == 1
+    path.write_bytes(path.read_bytes().replace("é".encode(), b"\xe9"))
+    with pytest.raises(ManifestError, match=r"m\.jsonl:3: not valid UTF-8"):
+        load_manifest(path)
+    assert len(scans) == 2
 
 
 def test_latin1_trial_list_is_refused_naming_the_line(tmp_path):

@@ -37,12 +37,27 @@ def not_utf8(raw: bytes, e: UnicodeDecodeError) -> str:
             "UTF-8 (from Latin-1: iconv -f latin1 -t utf-8 OLD > NEW)")
 
 
-def _check_utf8(path: Path, block: int = 1 << 24) -> None:
+#: JSONL manifests found to be UTF-8, by resolved path: (size, modification time in ns) when checked.
+_UTF8_CHECKED: dict[str, tuple[int, int]] = {}
+
+
+def _check_utf8(path: Path) -> None:
     """Raises ManifestError naming the first line of a JSONL manifest that is not UTF-8.
 
     ``datasets`` (pyarrow) loads such a file without complaint and fails only when the row is read, deep
-    inside a data loader. Reads whole lines in blocks of about ``block`` bytes, so memory stays bounded.
+    inside a data loader. A file is read again only when its size or modification time has changed: the
+    training loop loads its manifest every epoch.
     """
+    stat = path.stat()
+    key, version = os.fspath(path.resolve()), (stat.st_size, stat.st_mtime_ns)
+    if _UTF8_CHECKED.get(key) == version:
+        return
+    _scan_utf8(path)
+    _UTF8_CHECKED[key] = version
+
+
+def _scan_utf8(path: Path, block: int = 1 << 24) -> None:
+    """``_check_utf8``'s reading: whole lines in blocks of about ``block`` bytes, so memory stays bounded."""
     lines = 0
     with open(path, "rb") as f:
         while chunk := f.read(block):
