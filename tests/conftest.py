@@ -31,6 +31,17 @@ def tiny_model(encoder: str = "tiny-wavlm", **settings):
     return MLSVModel.from_encoder(encoder, **{**TINY_SETTINGS, **settings})
 
 
+def saved_tiny_model(folder, *, seed: int = 0, encoder: str = "tiny-wavlm", config: dict | None = None,
+                     **settings):
+    """``tiny_model(encoder, **settings)`` from ``seed``, with ``config`` fields set, saved to ``folder``."""
+    torch.manual_seed(seed)
+    model = tiny_model(encoder, **settings)
+    for key, value in (config or {}).items():
+        setattr(model.config, key, value)
+    model.save_pretrained(folder)
+    return folder
+
+
 def padded_batch(lengths, seed=0):
     """Random waveforms (B, max) zero-padded, with their (B, max) attention mask."""
     g = torch.Generator().manual_seed(seed)

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import saved_tiny_model
 
 from mlsv.api import Verifier, find_audio_files, load_audio, record_score_statistics
 from mlsv.data.audio import AudioError
@@ -32,17 +33,8 @@ def voice(seconds: float, sr: int = SR, f0: float = 140.0, seed: int = 0) -> np.
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    import torch
-
-    from mlsv.models import MLSVModel
-
-    torch.manual_seed(0)
-    model = MLSVModel.from_encoder("tiny-wavlm", lap_heads=4, lap_channels=32, embedding_size=16)
-    model.config.training_mean = [0.05 * i for i in range(16)]
-    model.config.threshold = THRESHOLD
-    out = tmp_path_factory.mktemp("model") / "model"
-    model.save_pretrained(out)
-    return out
+    return saved_tiny_model(tmp_path_factory.mktemp("model") / "model",
+                            config={"training_mean": [0.05 * i for i in range(16)], "threshold": THRESHOLD})
 
 
 @pytest.fixture(scope="module")
@@ -320,14 +312,10 @@ def eval_inputs(tmp_path):
 
 
 def test_evaluate_reuses_embeddings_only_when_nothing_changed(model_dir, eval_inputs, tmp_path, monkeypatch, caplog):
-    import torch
 
     import mlsv.evaluation as evaluation
-    from mlsv.models import MLSVModel
 
-    torch.manual_seed(1)
-    other = tmp_path / "other"
-    MLSVModel.from_encoder("tiny-wavlm", lap_heads=4, lap_channels=32, embedding_size=16).save_pretrained(other)
+    other = saved_tiny_model(tmp_path / "other", seed=1)
     manifest, trials = eval_inputs
     calls = []
     embed = evaluation.embed_manifest

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import saved_tiny_model
 
 from mlsv.api import Verifier, find_audio_files, load_model
 from mlsv.data.audio import AudioError
@@ -27,14 +28,8 @@ def voice(seconds: float = 0.5, f0: float = 150.0, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from mlsv.models import MLSVModel
-
-    torch.manual_seed(0)
-    model = MLSVModel.from_encoder("tiny-wavlm", lap_heads=2, lap_channels=16, embedding_size=8)
-    model.config.threshold = 0.3
-    out = tmp_path_factory.mktemp("model") / "model"
-    model.save_pretrained(out)
-    return out
+    return saved_tiny_model(tmp_path_factory.mktemp("model") / "model", config={"threshold": 0.3}, lap_heads=2,
+                            lap_channels=16, embedding_size=8)
 
 
 @pytest.fixture(scope="module")

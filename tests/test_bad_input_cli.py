@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import saved_tiny_model
 from data_helpers import speaker_table, tone, write_wav
 
 from mlsv import hub
@@ -17,11 +18,8 @@ DIM = 8
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from mlsv.models import MLSVModel
-
-    folder = tmp_path_factory.mktemp("model") / "model"
-    MLSVModel.from_encoder("tiny-wavlm", lap_heads=2, lap_channels=16, embedding_size=DIM).save_pretrained(folder)
-    return folder
+    return saved_tiny_model(tmp_path_factory.mktemp("model") / "model", lap_heads=2, lap_channels=16,
+                            embedding_size=DIM)
 
 
 def _table(rng, n_spk: int, per_spk: int, prefix: str, dim: int = DIM) -> EmbeddingTable:
@@ -341,10 +339,7 @@ def test_evaluate_checks_the_cohort_size_before_embedding(model_dir, files, caps
 def test_dry_run_refuses_a_folder_with_publish_file_names_that_it_did_not_build(tmp_path):
     """File names alone do not make a publish folder: a user's README.md and config.json stay."""
     from mlsv.hub import main
-    from mlsv.models import MLSVModel
-
-    model = tmp_path / "model"
-    MLSVModel.from_encoder("tiny-wavlm", lap_heads=2, lap_channels=16, embedding_size=8).save_pretrained(model)
+    model = saved_tiny_model(tmp_path / "model", lap_heads=2, lap_channels=16, embedding_size=8)
     mine = tmp_path / "project"
     mine.mkdir()
     (mine / "README.md").write_text("# my notes\n")

@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import saved_tiny_model
 
 from mlsv.hub import build_model_card, load_metrics, main
 
@@ -34,17 +35,8 @@ def evaluation_of(by_stage: dict) -> dict:
 
 
 def save_tiny(folder, *, seed: int = 0, evaluation: dict | None = None):
-    import torch
-
-    from mlsv.models import MLSVModel
-
-    torch.manual_seed(seed)
-    model = MLSVModel.from_encoder("tiny-wavlm", lap_heads=4, lap_channels=32, embedding_size=16)
-    model.config.training_mean = [0.1] * 16
-    model.config.threshold = 0.42
-    model.config.evaluation = evaluation
-    model.save_pretrained(folder)
-    return folder
+    return saved_tiny_model(folder, seed=seed,
+                            config={"training_mean": [0.1] * 16, "threshold": 0.42, "evaluation": evaluation})
 
 
 @pytest.fixture(scope="module")
