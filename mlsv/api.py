@@ -124,6 +124,55 @@ class VerificationResult:
         return f"{self.label} (score {self.score:.4f} {op} threshold {self.threshold:.4f}, {self.scale})"
 
 
+@dataclass(frozen=True, eq=False)
+class WindowEmbeddings:
+    """A recording's sliding windows: ``starts`` and ``ends`` (N,) in seconds, ``embeddings`` (N, E)."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+    embeddings: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class SpeakerTrack:
+    """An enrolled speaker scored against each window of a recording (``Verifier.track``).
+
+    Attributes:
+        starts, ends: (N,) window bounds in seconds.
+        scores: (N,) scores on ``scale``.
+        threshold, scale, threshold_source: as in :class:`VerificationResult`.
+    """
+
+    starts: np.ndarray
+    ends: np.ndarray
+    scores: np.ndarray
+    threshold: float
+    scale: str
+    threshold_source: str
+
+    @property
+    def decisions(self) -> np.ndarray:
+        """(N,) bool: ``score >= threshold`` (the enrolled speaker)."""
+        return self.scores >= self.threshold
+
+    def segments(self) -> list[tuple[float, float]]:
+        """The spans (start, end) in seconds covered by accepted windows, overlapping or touching ones
+        merged."""
+        spans: list[tuple[float, float]] = []
+        for a, b in zip(self.starts[self.decisions].tolist(), self.ends[self.decisions].tolist()):
+            if spans and a <= spans[-1][1]:
+                spans[-1] = (spans[-1][0], max(spans[-1][1], b))
+            else:
+                spans.append((a, b))
+        return spans
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale, "threshold": self.threshold, "threshold_source": self.threshold_source,
+                "windows": [{"start": round(a, 4), "end": round(b, 4), "score": s, "decision": bool(s >= self.threshold)}
+                            for a, b, s in zip(self.starts.tolist(), self.ends.tolist(), self.scores.tolist())],
+                "segments": [[round(a, 4), round(b, 4)] for a, b in self.segments()]}
+
+
 # ------------------------------------------------------------------------------------------------
 # audio
 
@@ -779,26 +828,34 @@ class Verifier:
 
         ``duration_*`` (seconds) are needed only on the calibrated scale.
         """
+        durations = None if duration_a is None or duration_b is None else (duration_a, [duration_b])
+        return {k: float(v[0]) for k, v in self._scores_against(a, np.asarray(b).reshape(1, -1), durations).items()}
+
+    def _scores_against(self, a: np.ndarray, tests: np.ndarray,
+                        durations: tuple[float, Sequence[float]] | None) -> dict[str, np.ndarray]:
+        """Scores of one raw embedding ``a`` (E,) against each row of ``tests`` (N, E), on every available
+        scale: ``{"cosine", "asnorm"?, "calibrated"?}`` of (N,) float64. ``durations`` (seconds of ``a``,
+        and of each test) are needed only on the calibrated scale."""
         from mlsv.scoring.backend import as_norm, cohort_stats, cosine_scores, subtract_mean
 
-        raw = np.stack([np.asarray(a, np.float32).reshape(-1), np.asarray(b, np.float32).reshape(-1)])
+        tests = np.asarray(tests, np.float32)
+        raw = np.concatenate([np.asarray(a, np.float32).reshape(1, -1), tests.reshape(len(tests), -1)])
         if raw.shape[1] != self.embedding_size:
             raise ValueError(f"embeddings have {raw.shape[1]} dimensions, the model gives {self.embedding_size}")
         x = subtract_mean(raw, self.mean)
-        out = {"cosine": float(cosine_scores(x[:1], x[1:])[0])}
+        e, t = np.zeros(len(tests), np.int64), np.arange(1, len(tests) + 1)
+        out = {"cosine": cosine_scores(x[e], x[t])}
         if self.cohort is None:
             return out
         mu, sigma = cohort_stats(x, self.cohort, self.top_k)
-        e, t = np.array([0]), np.array([1])
-        asn = as_norm(np.array([out["cosine"]]), e, t, mu, sigma)
-        out["asnorm"] = float(asn[0])
+        out["asnorm"] = as_norm(out["cosine"], e, t, mu, sigma)
         if self.calibrator is not None:
             from mlsv.scoring.calibration import quality_measures, trial_features
 
-            if duration_a is None or duration_b is None:
+            if durations is None:
                 raise ValueError("calibrated scoring needs both utterances' durations")
-            q = quality_measures(raw, np.array([duration_a, duration_b], dtype=np.float64))
-            out["calibrated"] = float(self.calibrator.transform(trial_features(asn, q, e, t))[0])
+            q = quality_measures(raw, np.array([durations[0], *durations[1]], dtype=np.float64))
+            out["calibrated"] = self.calibrator.transform(trial_features(out["asnorm"], q, e, t))
         return out
 
     def _pair_scores(self, a: AudioInput, b: AudioInput, sample_rate: int | None) -> dict[str, float]:
@@ -896,17 +953,89 @@ class Verifier:
                 or a ``sample_rate`` that is not a positive integer, before any audio is read.
         """
         scale = self.score_scale
-        if far is not None and threshold is not None:
-            raise ValueError("give far (--far) or threshold (--threshold), not both: each sets the threshold")
+        th = self._decision_threshold(far, threshold, scale)  # fails before any audio is read
         sample_rate = check_sample_rate(sample_rate)
-        if threshold is not None:
-            th = Threshold(_finite(threshold, "threshold (--threshold)"), scale, "given by the caller")
-        else:
-            th = self.threshold(far=far, scale=scale)  # fails before any audio is read
         scores = self._pair_scores(a, b, sample_rate)
         s = scores[scale]
         return VerificationResult(score=s, threshold=th.value, decision=bool(s >= th.value), scale=scale,
                                   threshold_source=th.source, cosine=scores["cosine"])
+
+    def _decision_threshold(self, far: float | None, threshold: float | None, scale: str) -> Threshold:
+        """The threshold of ``verify`` and ``track``: a given one, one for ``far``, or the model's."""
+        if far is not None and threshold is not None:
+            raise ValueError("give far (--far) or threshold (--threshold), not both: each sets the threshold")
+        if threshold is not None:
+            return Threshold(_finite(threshold, "threshold (--threshold)"), scale, "given by the caller")
+        return self.threshold(far=far, scale=scale)
+
+    # -- sliding windows --------------------------------------------------------------------------
+    def embed_windows(self, x: AudioInput, *, window: float = 1.5, hop: float | None = None,
+                      sample_rate: int | None = None, progress: bool | None = None) -> WindowEmbeddings:
+        """Embeddings of a recording's sliding windows (for where a voice is in it, or for clustering).
+
+        Windows of ``window`` seconds start every ``hop`` seconds (default ``window / 2``); when the
+        last one stops short of the end, one more window ends exactly at the end, so every sample is
+        covered and every window has the same length. A recording shorter than ``window`` is one
+        window. Windows are embedded in batches; each gets the embedding the same samples would get
+        alone (``embed(samples[start:end])``).
+
+        Raises:
+            ValueError: ``window`` shorter than the encoder's minimum, or ``hop`` not positive.
+            AudioError: the recording is missing, empty, corrupt, too short or silent, naming it.
+        """
+        size = self._window_samples(window, "window")
+        step = self._window_samples(window / 2 if hop is None else hop, "hop", minimum=1)
+        sample_rate = check_sample_rate(sample_rate)
+        wav = self.load(x, sample_rate, _input_name(x))
+        size = min(size, wav.size)
+        last = wav.size - size
+        starts = np.arange(0, last + 1, step, dtype=np.int64)
+        if starts[-1] != last:
+            starts = np.append(starts, last)
+        frames = np.lib.stride_tricks.sliding_window_view(wav, size)
+        per = max(1, int(self.batch_seconds * self.sampling_rate) // size)
+        groups: Iterable[int] = range(0, len(starts), per)
+        if progress if progress is not None else len(starts) > 16 * per:
+            from tqdm.auto import tqdm
+
+            groups = tqdm(groups, desc="windows", unit="batch", total=-(-len(starts) // per))
+        parts = []
+        for i in groups:
+            part = frames[starts[i:i + per]]
+            parts.append(np.asarray(self.embedder(np.ascontiguousarray(part), np.ones(part.shape, np.int64)),
+                                    dtype=np.float32))
+        rate = float(self.sampling_rate)
+        return WindowEmbeddings(starts / rate, (starts + size) / rate, np.concatenate(parts))
+
+    def _window_samples(self, seconds: Any, what: str, minimum: int | None = None) -> int:
+        value = _finite(seconds, what)
+        samples = int(round(value * self.sampling_rate))
+        least = self.min_samples if minimum is None else minimum
+        if value <= 0 or samples < least:
+            raise ValueError(f"{what} must be at least {least / self.sampling_rate:.4g} s"
+                             f"{' (the encoder needs ' + str(least) + ' samples)' if minimum is None else ''}, "
+                             f"got {seconds}")
+        return samples
+
+    def track(self, enroll: AudioInput, recording: AudioInput, *, window: float = 1.5, hop: float | None = None,
+              far: float | None = None, threshold: float | None = None,
+              sample_rate: int | None = None) -> SpeakerTrack:
+        """Where the enrolled speaker speaks in a recording: ``enroll`` scored against each of the
+        recording's sliding windows (:meth:`embed_windows`), on :attr:`score_scale`, each window
+        compared with the threshold as in :meth:`verify`.
+
+        The model's threshold was chosen on whole utterances; on the calibrated scale a window's
+        duration enters its score, on the others short windows score lower, so a threshold for the
+        windows' length (``threshold=`` or ``far=``) may suit them better.
+        """
+        scale = self.score_scale
+        th = self._decision_threshold(far, threshold, scale)
+        sample_rate = check_sample_rate(sample_rate)
+        matrix, durations = self._embed([enroll], sample_rate, 0.0, False)
+        windows = self.embed_windows(recording, window=window, hop=hop, sample_rate=sample_rate)
+        scores = self._scores_against(matrix[0], windows.embeddings,
+                                      (float(durations[0]), windows.ends - windows.starts))[scale]
+        return SpeakerTrack(windows.starts, windows.ends, np.asarray(scores, np.float64), th.value, scale, th.source)
 
     def __repr__(self) -> str:
         runtime = getattr(self.embedder, "runtime", type(self.embedder).__name__)

@@ -239,6 +239,91 @@ def test_calibrated_scale_with_a_given_or_stored_cohort(model_dir, audio_dir, ca
     assert Verifier.from_pretrained(tmp_path / "calibrated", use_stored_cohort=False).score_scale == "cosine"
 
 
+# -- sliding windows -----------------------------------------------------------------------------
+
+
+def test_windows_cover_the_recording_and_each_gets_its_embedding_alone(model_dir, verifier):
+    wav = np.concatenate([voice(0.5, seed=5), voice(0.45, f0=210, seed=6)])  # 15,200 samples
+    small = Verifier.from_pretrained(model_dir, batch_seconds=0.9)  # two windows per batch
+    w = small.embed_windows(wav, window=0.4, hop=0.25, sample_rate=SR)
+    starts = np.round(w.starts * SR).astype(int)
+    assert starts.tolist() == [0, 4000, 8000, 8800]  # the last window ends at the end
+    np.testing.assert_allclose(w.ends - w.starts, 0.4)
+    alone = verifier.embed([wav[a:a + 6400] for a in starts], sample_rate=SR)
+    np.testing.assert_allclose(w.embeddings, alone, atol=1e-5)
+    # the default hop is half a window; a recording shorter than a window is one window, all of it
+    assert np.diff(verifier.embed_windows(wav, window=0.4, sample_rate=SR).starts)[0] == pytest.approx(0.2)
+    short = verifier.embed_windows(wav[:5000], window=2.0, sample_rate=SR)
+    assert short.starts.tolist() == [0.0] and short.ends.tolist() == [5000 / SR]
+    np.testing.assert_allclose(short.embeddings[0], verifier.embed(wav[:5000], sample_rate=SR), atol=1e-5)
+
+
+def test_track_finds_the_enrolled_recording_and_merges_accepted_windows(verifier):
+    from mlsv.api import SpeakerTrack
+
+    x, y = voice(0.5, seed=7), voice(0.5, f0=230, seed=8)
+    recording = np.concatenate([x, y, x])
+    first = verifier.track(x, recording, window=0.5, hop=0.5, threshold=0.0, sample_rate=SR)
+    assert first.starts.tolist() == [0.0, 0.5, 1.0] and first.scale == "cosine"
+    assert first.scores[0] == pytest.approx(1.0, abs=1e-5) and first.scores[2] == pytest.approx(1.0, abs=1e-5)
+    assert first.scores[1] < first.scores[0]
+    middle = float((first.scores[0] + first.scores[1]) / 2)
+    t = verifier.track(x, recording, window=0.5, hop=0.5, threshold=middle, sample_rate=SR)
+    assert t.decisions.tolist() == [True, False, True] and t.segments() == [(0.0, 0.5), (1.0, 1.5)]
+    assert t.threshold == middle and t.threshold_source == "given by the caller"
+    # overlapping and touching accepted windows merge into one span
+    merged = SpeakerTrack(np.array([0.0, 0.5, 1.0, 2.0, 3.0]), np.array([1.0, 1.5, 2.0, 3.0, 4.0]),
+                          np.array([1.0, 1.0, 1.0, 0.0, 1.0]), 0.5, "cosine", "given")
+    assert merged.segments() == [(0.0, 2.0), (3.0, 4.0)]
+    assert merged.to_dict()["segments"] == [[0.0, 2.0], [3.0, 4.0]]
+    # the stored threshold by default, as verify
+    assert verifier.track(x, recording, window=0.5, sample_rate=SR).threshold == THRESHOLD
+
+
+def test_track_scores_equal_verify_scores_of_each_window_on_the_calibrated_scale(model_dir, calibrated_setup):
+    from mlsv.models import MLSVModel
+
+    cal, cohort = calibrated_setup
+    model = MLSVModel.from_pretrained(model_dir)
+    model.config.calibration = cal.to_dict()
+    model.config.threshold = None  # the calibration's threshold
+    v = Verifier(model, cohort=cohort)
+    enroll, recording = voice(0.6, seed=9), np.concatenate([voice(0.7, seed=10), voice(0.5, f0=200, seed=11)])
+    t = v.track(enroll, recording, window=0.45, hop=0.3, sample_rate=SR)
+    assert t.scale == "calibrated" and t.threshold == pytest.approx(cal.threshold_)
+    for a, b, score in zip(t.starts, t.ends, t.scores):
+        piece = recording[int(round(a * SR)):int(round(b * SR))]
+        assert score == pytest.approx(v.score(enroll, piece, sample_rate=SR), abs=1e-4)
+
+
+def test_bad_windows_are_refused_before_reading_audio(verifier, tmp_path):
+    x = voice(0.5, seed=7)
+    with pytest.raises(ValueError, match=r"window must be at least 0\.0025 s \(the encoder needs 40 samples\), got 0\.001"):
+        verifier.embed_windows(x, window=0.001, sample_rate=SR)
+    for hop in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="hop must"):
+            verifier.embed_windows(tmp_path / "missing.wav", window=0.5, hop=hop)
+    with pytest.raises(ValueError, match="not both"):
+        verifier.track(tmp_path / "missing.wav", x, far=0.01, threshold=0.2)
+    with pytest.raises(AudioError, match="silent audio"):
+        verifier.track(x, np.zeros(SR, np.float32), sample_rate=SR)
+
+
+def test_verify_command_with_windows(model_dir, audio_dir, capsys):
+    a, b = str(audio_dir / "a16k.wav"), str(audio_dir / "a22k_stereo.wav")
+    assert run_command("verify", ["--model", str(model_dir), a, b, "--window", "0.3", "--hop", "0.2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["threshold"] == THRESHOLD and out["windows"][0]["start"] == 0.0 and len(out["windows"]) == 3
+    assert all(w["decision"] == (w["score"] >= THRESHOLD) for w in out["windows"])
+    assert run_command("verify", ["--model", str(model_dir), a, a, "--window", "0.65", "--threshold", "0.5"]) == 0
+    text = capsys.readouterr().out
+    assert "a16k.wav speaks in a16k.wav: 0.00-0.65 s" in text
+    from mlsv.cli import main
+
+    assert main(["verify", "--model", str(model_dir), a, b, "--hop", "0.2"]) == 2
+    assert "--hop needs --window" in capsys.readouterr().err
+
+
 # -- commands ------------------------------------------------------------------------------------
 
 
