@@ -52,13 +52,18 @@ import numpy as np
 
 from mlsv.data.audio import SILENCE_PEAK, AudioError, read_audio, silent_audio_message
 from mlsv.scoring.embeddings import EmbeddingTable, check_finite, load_embeddings
+from mlsv.tracking import OnlineTracker, SpeakerTrack, WindowEmbeddings, WindowScore, window_starts
 
 __all__ = [
     "AUDIO_SUFFIXES",
     "AudioInput",
+    "OnlineTracker",
+    "SpeakerTrack",
     "Threshold",
     "VerificationResult",
     "Verifier",
+    "WindowEmbeddings",
+    "WindowScore",
     "check_device",
     "check_sample_rate",
     "find_audio_files",
@@ -122,55 +127,6 @@ class VerificationResult:
     def __str__(self) -> str:
         op = ">=" if self.decision else "<"
         return f"{self.label} (score {self.score:.4f} {op} threshold {self.threshold:.4f}, {self.scale})"
-
-
-@dataclass(frozen=True, eq=False)
-class WindowEmbeddings:
-    """A recording's sliding windows: ``starts`` and ``ends`` (N,) in seconds, ``embeddings`` (N, E)."""
-
-    starts: np.ndarray
-    ends: np.ndarray
-    embeddings: np.ndarray
-
-
-@dataclass(frozen=True, eq=False)
-class SpeakerTrack:
-    """An enrolled speaker scored against each window of a recording (``Verifier.track``).
-
-    Attributes:
-        starts, ends: (N,) window bounds in seconds.
-        scores: (N,) scores on ``scale``.
-        threshold, scale, threshold_source: as in :class:`VerificationResult`.
-    """
-
-    starts: np.ndarray
-    ends: np.ndarray
-    scores: np.ndarray
-    threshold: float
-    scale: str
-    threshold_source: str
-
-    @property
-    def decisions(self) -> np.ndarray:
-        """(N,) bool: ``score >= threshold`` (the enrolled speaker)."""
-        return self.scores >= self.threshold
-
-    def segments(self) -> list[tuple[float, float]]:
-        """The spans (start, end) in seconds covered by accepted windows, overlapping or touching ones
-        merged."""
-        spans: list[tuple[float, float]] = []
-        for a, b in zip(self.starts[self.decisions].tolist(), self.ends[self.decisions].tolist()):
-            if spans and a <= spans[-1][1]:
-                spans[-1] = (spans[-1][0], max(spans[-1][1], b))
-            else:
-                spans.append((a, b))
-        return spans
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"scale": self.scale, "threshold": self.threshold, "threshold_source": self.threshold_source,
-                "windows": [{"start": round(a, 4), "end": round(b, 4), "score": s, "decision": bool(s >= self.threshold)}
-                            for a, b, s in zip(self.starts.tolist(), self.ends.tolist(), self.scores.tolist())],
-                "segments": [[round(a, 4), round(b, 4)] for a, b in self.segments()]}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -257,22 +213,7 @@ def load_audio(x: AudioInput, sample_rate: int | None, *, target_sr: int, min_le
     if _is_pathlike(x):
         samples, _ = read_audio(x, target_sr=target_sr, mono=True)
     else:
-        if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor without importing torch
-            x = x.detach().cpu()
-            if x.is_floating_point():  # bf16 / fp16 have no (or a lossy) numpy dtype: samples are float32
-                x = x.float()
-            x = x.numpy()
-        a = np.asarray(x)
-        if a.dtype.kind not in "fiu":
-            raise AudioError(f"{name}: expected numeric audio samples, got dtype {a.dtype}")
-        if a.size == 0:
-            raise AudioError(f"{name}: empty audio (0 samples)")
-        if a.dtype.kind == "i":
-            a = a.astype(np.float64) / (np.iinfo(a.dtype).max + 1.0)
-        elif a.dtype.kind == "u":
-            half = (np.iinfo(a.dtype).max + 1.0) / 2
-            a = (a.astype(np.float64) - half) / half
-        samples = np.ascontiguousarray(_to_mono(np.asarray(a, dtype=np.float32), name), dtype=np.float32)
+        samples = _array_samples(x, name)
         sr = target_sr if sample_rate is None else sample_rate
         if sr != target_sr:
             if not np.isfinite(samples).all():
@@ -291,6 +232,26 @@ def load_audio(x: AudioInput, sample_rate: int | None, *, target_sr: int, min_le
     if peak < SILENCE_PEAK:
         raise AudioError(silent_audio_message(name, peak))
     return samples
+
+
+def _array_samples(x: Any, name: str) -> np.ndarray:
+    """An array or tensor of samples as float32 mono ((S,)); integer samples scaled to [-1, 1]."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor without importing torch
+        x = x.detach().cpu()
+        if x.is_floating_point():  # bf16 / fp16 have no (or a lossy) numpy dtype: samples are float32
+            x = x.float()
+        x = x.numpy()
+    a = np.asarray(x)
+    if a.dtype.kind not in "fiu":
+        raise AudioError(f"{name}: expected numeric audio samples, got dtype {a.dtype}")
+    if a.size == 0:
+        raise AudioError(f"{name}: empty audio (0 samples)")
+    if a.dtype.kind == "i":
+        a = a.astype(np.float64) / (np.iinfo(a.dtype).max + 1.0)
+    elif a.dtype.kind == "u":
+        half = (np.iinfo(a.dtype).max + 1.0) / 2
+        a = (a.astype(np.float64) - half) / half
+    return np.ascontiguousarray(_to_mono(np.asarray(a, dtype=np.float32), name), dtype=np.float32)
 
 
 def find_audio_files(paths: Sequence[str | os.PathLike], suffixes: Sequence[str] = AUDIO_SUFFIXES) -> list[str]:
@@ -988,24 +949,24 @@ class Verifier:
         sample_rate = check_sample_rate(sample_rate)
         wav = self.load(x, sample_rate, _input_name(x))
         size = min(size, wav.size)
-        last = wav.size - size
-        starts = np.arange(0, last + 1, step, dtype=np.int64)
-        if starts[-1] != last:
-            starts = np.append(starts, last)
-        frames = np.lib.stride_tricks.sliding_window_view(wav, size)
-        per = max(1, int(self.batch_seconds * self.sampling_rate) // size)
-        groups: Iterable[int] = range(0, len(starts), per)
-        if progress if progress is not None else len(starts) > 16 * per:
+        starts = window_starts(wav.size, size, step)
+        embeddings = self._embed_windows(np.lib.stride_tricks.sliding_window_view(wav, size)[starts], progress)
+        rate = float(self.sampling_rate)
+        return WindowEmbeddings(starts / rate, (starts + size) / rate, embeddings)
+
+    def _embed_windows(self, frames: np.ndarray, progress: bool | None = False) -> np.ndarray:
+        """(N, E) embeddings of (N, W) equal-length windows, in batches of ``batch_seconds``."""
+        per = max(1, int(self.batch_seconds * self.sampling_rate) // frames.shape[1])
+        groups: Iterable[int] = range(0, len(frames), per)
+        if progress if progress is not None else len(frames) > 16 * per:
             from tqdm.auto import tqdm
 
-            groups = tqdm(groups, desc="windows", unit="batch", total=-(-len(starts) // per))
+            groups = tqdm(groups, desc="windows", unit="batch", total=-(-len(frames) // per))
         parts = []
         for i in groups:
-            part = frames[starts[i:i + per]]
-            parts.append(np.asarray(self.embedder(np.ascontiguousarray(part), np.ones(part.shape, np.int64)),
-                                    dtype=np.float32))
-        rate = float(self.sampling_rate)
-        return WindowEmbeddings(starts / rate, (starts + size) / rate, np.concatenate(parts))
+            part = np.ascontiguousarray(frames[i:i + per], dtype=np.float32)
+            parts.append(np.asarray(self.embedder(part, np.ones(part.shape, np.int64)), dtype=np.float32))
+        return np.concatenate(parts)
 
     def _window_samples(self, seconds: Any, what: str, minimum: int | None = None) -> int:
         value = _finite(seconds, what)
@@ -1036,6 +997,28 @@ class Verifier:
         scores = self._scores_against(matrix[0], windows.embeddings,
                                       (float(durations[0]), windows.ends - windows.starts))[scale]
         return SpeakerTrack(windows.starts, windows.ends, np.asarray(scores, np.float64), th.value, scale, th.source)
+
+    def online(self, enroll: AudioInput, *, window: float = 1.5, hop: float | None = None, far: float | None = None,
+               threshold: float | None = None, sample_rate: int | None = None) -> OnlineTracker:
+        """``track`` for a live stream: an :class:`~mlsv.tracking.OnlineTracker` whose ``push(samples)``
+        returns each window's score and decision as soon as its last sample arrives.
+
+        >>> tracker = v.online("enroll.wav", window=1.5, hop=0.5)
+        >>> for chunk in microphone():                       # float32 samples at the model's rate
+        ...     for w in tracker.push(chunk):
+        ...         print(w.start, w.end, w.score, w.decision)
+        >>> tracker.flush()                                   # the last window, at the end of the stream
+
+        ``sample_rate`` is the rate of the stream (and of an array ``enroll``); default: the model's. Other
+        rates are resampled as the samples come.
+        """
+        scale = self.score_scale
+        th = self._decision_threshold(far, threshold, scale)
+        size = self._window_samples(window, "window")
+        step = self._window_samples(window / 2 if hop is None else hop, "hop", minimum=1)
+        sample_rate = check_sample_rate(sample_rate)
+        matrix, durations = self._embed([enroll], sample_rate, 0.0, False)
+        return OnlineTracker(self, matrix[0], float(durations[0]), size, step, th, sample_rate or self.sampling_rate)
 
     def __repr__(self) -> str:
         runtime = getattr(self.embedder, "runtime", type(self.embedder).__name__)

@@ -296,6 +296,70 @@ def test_track_scores_equal_verify_scores_of_each_window_on_the_calibrated_scale
         assert score == pytest.approx(v.score(enroll, piece, sample_rate=SR), abs=1e-4)
 
 
+def _stream(tracker, samples, seed: int = 0, most: int = 3000) -> list:
+    """Pushes ``samples`` in chunks of random sizes (an empty one among them), then flushes."""
+    rng = np.random.default_rng(seed)
+    out, i = tracker.push(samples[:0]), 0
+    while i < len(samples):
+        n = int(rng.integers(1, most))
+        out += tracker.push(samples[i:i + n])
+        i += n
+    return out + tracker.flush()
+
+
+def test_online_tracker_gives_the_windows_and_scores_of_track(model_dir, calibrated_setup):
+    """A stream pushed in chunks of any size gives track's windows and scores, on the calibrated scale
+    and resampled on the way; each window is scored by the push that completes it."""
+    import soxr
+
+    from mlsv.models import MLSVModel
+
+    cal, cohort = calibrated_setup
+    model = MLSVModel.from_pretrained(model_dir)
+    model.config.calibration = cal.to_dict()
+    model.config.threshold = None
+    v = Verifier(model, cohort=cohort)
+    enroll, recording = voice(0.6, seed=9), np.concatenate([voice(1.3, seed=10), voice(1.1, f0=220, seed=11)])
+    whole = v.track(enroll, recording, window=0.5, hop=0.3, sample_rate=SR)
+    windows = _stream(v.online(enroll, window=0.5, hop=0.3, sample_rate=SR), recording)
+    assert [(w.start, w.end) for w in windows] == list(zip(whole.starts.tolist(), whole.ends.tolist()))
+    np.testing.assert_allclose([w.score for w in windows], whole.scores, atol=1e-4)
+    assert [w.decision for w in windows] == whole.decisions.tolist()
+    # an 8 kHz stream, resampled chunk by chunk, against the whole 8 kHz recording resampled at once
+    slow = [soxr.resample(x, SR, 8000).astype(np.float32) for x in (enroll, recording)]
+    whole8 = v.track(*slow, window=0.5, hop=0.3, sample_rate=8000)
+    windows8 = _stream(v.online(slow[0], window=0.5, hop=0.3, sample_rate=8000), slow[1], seed=1, most=1500)
+    assert [w.start for w in windows8] == whole8.starts.tolist()
+    np.testing.assert_allclose([w.score for w in windows8], whole8.scores, atol=1e-3)
+
+
+def test_online_windows_come_as_soon_as_complete_and_old_samples_are_dropped(verifier):
+    tracker = verifier.online(voice(0.5, seed=1), window=0.5, hop=0.25, threshold=0.0, sample_rate=SR)
+    stream = voice(4.0, f0=190, seed=2)
+    assert tracker.push(stream[:7999]) == []
+    first = tracker.push(stream[7999:12000])  # 0.75 s: the windows ending at 0.5 and 0.75 s
+    assert [(w.start, w.end) for w in first] == [(0.0, 0.5), (0.25, 0.75)]
+    for i in range(12000, len(stream), 1000):
+        tracker.push(stream[i:i + 1000])
+        assert tracker._buffer.size <= 8000 + 4000 + 1000  # a window, a hop and a chunk at most
+    assert tracker.seconds == 4.0 and tracker.flush() == []  # the last window already ends at the end
+    assert tracker.flush() == []
+    with pytest.raises(ValueError, match="flushed"):
+        tracker.push(stream[:100])
+    # a stream shorter than a window is one window, all of it; too short for the encoder is an error
+    short = verifier.online(voice(0.5, seed=1), window=2.0, sample_rate=SR)
+    short.push(stream[:5000])
+    assert [(w.start, w.end) for w in short.flush()] == [(0.0, 5000 / SR)]
+    tiny = verifier.online(voice(0.5, seed=1), window=2.0, sample_rate=SR)
+    tiny.push(stream[:10])
+    with pytest.raises(AudioError, match="stream is too short"):
+        tiny.flush()
+    bad = verifier.online(voice(0.5, seed=1), sample_rate=SR)
+    bad.push(stream[:100])
+    with pytest.raises(AudioError, match="stream chunk 1: audio contains NaN"):
+        bad.push(np.full(100, np.nan, np.float32))
+
+
 def test_bad_windows_are_refused_before_reading_audio(verifier, tmp_path):
     x = voice(0.5, seed=7)
     with pytest.raises(ValueError, match=r"window must be at least 0\.0025 s \(the encoder needs 40 samples\), got 0\.001"):
