@@ -60,6 +60,14 @@ def test_export_parity_at_other_lengths(tmp_path, encoder):
     assert onnx_v.threshold().value == torch_v.threshold().value == 0.3
     s_onnx = onnx_v.score_embeddings(*e_onnx)["asnorm"]
     assert s_onnx == pytest.approx(torch_v.score_embeddings(*e_torch)["asnorm"], abs=1e-3)
+    # sliding windows and a live stream run on ONNX Runtime as on PyTorch
+    t_onnx = onnx_v.track(wav[:3000], wav, window=0.1, hop=0.07, sample_rate=11025)
+    t_torch = torch_v.track(wav[:3000], wav, window=0.1, hop=0.07, sample_rate=11025)
+    np.testing.assert_allclose(t_onnx.scores, t_torch.scores, atol=1e-3)
+    live = onnx_v.online(wav[:3000], window=0.1, hop=0.07, sample_rate=11025)
+    scores = [w.score for i in range(0, wav.size, 700) for w in live.push(wav[i:i + 700])] + \
+        [w.score for w in live.flush()]
+    np.testing.assert_allclose(scores, t_onnx.scores, atol=1e-3)
 
 
 def test_export_command_prints_difference(tmp_path, capsys):
