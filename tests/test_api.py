@@ -416,6 +416,27 @@ def test_embed_command_files_and_folders(model_dir, audio_dir, tmp_path):
         run_command("embed", ["--model", str(model_dir), str(tmp_path / "missing.wav"), "--out", str(out)])
 
 
+def test_embed_command_windows(model_dir, audio_dir, tmp_path, capsys):
+    out = tmp_path / "windows.npz"
+    a, c = str(audio_dir / "a16k.wav"), str(audio_dir / "c.ogg")
+    assert run_command("embed", ["--model", str(model_dir), a, c, "--out", str(out), "--window", "0.3",
+                                 "--hop", "0.2"]) == 0
+    table = load_embeddings(out)
+    v = Verifier.from_pretrained(model_dir)
+    expected = [v.embed_windows(f, window=0.3, hop=0.2) for f in (a, c)]
+    assert table.ids.tolist() == [f"{f}@{s:.3f}-{e:.3f}" for f, w in zip((a, c), expected)
+                                  for s, e in zip(w.starts, w.ends)]
+    assert table.ids[0] == f"{a}@0.000-0.300" and table.ids[-1] == f"{c}@0.100-0.400"
+    np.testing.assert_allclose(table.embeddings, np.concatenate([w.embeddings for w in expected]), atol=1e-5)
+    np.testing.assert_allclose(table.durations, 0.3, atol=1e-6)
+    from mlsv.cli import main
+
+    for extra, message in ((["--hop", "0.2"], "--hop needs --window"),
+                           (["--window", "0.3", "--chunk-seconds", "5"], "without --manifest or --chunk-seconds")):
+        assert main(["embed", "--model", str(model_dir), a, "--out", str(out), *extra]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_embed_command_manifest_keeps_ids_and_speakers(model_dir, audio_dir, tmp_path):
     rows = [{"id": f"spk{i}/utt{i}.wav", "path": str(audio_dir / name), "speaker": f"spk{i}",
              "duration": sf.info(audio_dir / name).duration, "sample_rate": sf.info(audio_dir / name).samplerate}

@@ -10,11 +10,13 @@ from mlsv.commands.options import non_negative_float, non_negative_int, output_f
 EPILOG = """example:
   mlsv embed --model runs/default/model --manifest data/vox1_test.jsonl --out emb/vox1.npz
   mlsv embed --model runs/default/model recordings/ extra.flac --out emb/mine.npz --chunk-seconds 20
+  mlsv embed --model runs/default/model meeting.wav --out emb/windows.npz --window 1.5 --hop 0.75
 
 The .npz holds ids (manifest ids, or the file paths as given), embeddings (N x E float32), durations
 (seconds) and, for a manifest with speakers, speakers (usable as an AS-norm cohort). Folders are searched
 recursively for .wav .flac .ogg .mp3 .m4a files. --chunk-seconds embeds long files in chunks and
-averages them (weighted by length)."""
+averages them (weighted by length). --window embeds each file's sliding windows instead, one row each,
+with ids FILE@START-END (seconds) and the window's duration (for clustering, e.g. diarization)."""
 
 
 def register(subparsers) -> None:
@@ -30,6 +32,10 @@ def register(subparsers) -> None:
                    help="padded audio per batch in seconds (default 60)")
     p.add_argument("--chunk-seconds", type=non_negative_float, default=0.0,
                    help="embed long files in chunks of this length and average (default 0: whole files)")
+    p.add_argument("--window", type=positive_float, default=None, metavar="SECONDS",
+                   help="embed each file's sliding windows of this length, one row each (files only)")
+    p.add_argument("--hop", type=positive_float, default=None, metavar="SECONDS",
+                   help="with --window: seconds between window starts (default: half a window)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="torch or onnx (MODEL/model.onnx)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
@@ -58,6 +64,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.manifest is not None and args.files:
         raise ValueError("give either --manifest or audio files / folders, not both")
+    if args.hop is not None and args.window is None:
+        raise ValueError("--hop needs --window (the windows' length in seconds)")
+    if args.window is not None and (args.manifest is not None or args.chunk_seconds):
+        raise ValueError("--window embeds the windows of audio files: give files or folders, without --manifest "
+                         "or --chunk-seconds")
     output_file(args.out)
     if args.manifest is not None:
         table = _embed_manifest(args)
@@ -67,7 +78,26 @@ def run(args: argparse.Namespace) -> int:
         files = find_audio_files(args.files)
         verifier = Verifier.from_pretrained(args.model, device=args.device, runtime=args.runtime,
                                             batch_seconds=args.batch_seconds)
-        table = verifier.embed_table(files, ids=files, chunk_seconds=args.chunk_seconds, progress=len(files) > 1)
+        if args.window is not None:
+            table = _embed_windows(verifier, files, args.window, args.hop)
+        else:
+            table = verifier.embed_table(files, ids=files, chunk_seconds=args.chunk_seconds,
+                                         progress=len(files) > 1)
     save_embeddings(table, args.out)
     print(f"wrote {len(table)} embeddings of dimension {table.embeddings.shape[1]} to {args.out}")
     return 0
+
+
+def _embed_windows(verifier, files: list[str], window: float, hop: float | None):
+    """Every file's sliding windows as rows of one table: ids FILE@START-END, the windows' durations."""
+    import numpy as np
+
+    from mlsv.scoring.embeddings import EmbeddingTable
+
+    ids, parts, durations = [], [], []
+    for file in files:
+        w = verifier.embed_windows(file, window=window, hop=hop)
+        ids += [f"{file}@{a:.3f}-{b:.3f}" for a, b in zip(w.starts.tolist(), w.ends.tolist())]
+        parts.append(w.embeddings)
+        durations.append(w.ends - w.starts)
+    return EmbeddingTable(np.asarray(ids), np.concatenate(parts), np.concatenate(durations).astype(np.float32))
