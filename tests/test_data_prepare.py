@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,6 +122,21 @@ def test_prepare_folder_ids_hold_no_whitespace(tmp_path):
     write_wav(root / "Ann Lee" / "sess 0" / "utt_0.wav", tone(0.5))
     with pytest.raises(ValueError, match="utt 0.wav and .*utt_0.wav both get id 'Ann_Lee/sess_0/utt_0.wav'"):
         prepare_folder(root, tmp_path / "n.jsonl", progress=False)
+
+
+@pytest.mark.parametrize("kind", ["folder", "musan", "rirs"])
+def test_prepare_into_a_folder_that_does_not_exist_yet(tmp_path, monkeypatch, kind):
+    """The README's commands write to data/...: on a fresh checkout there is no data/ yet, and every file's
+    path (relative to the manifest, data/../mine/a.wav) was reported missing."""
+    monkeypatch.chdir(tmp_path)
+    write_wav(Path("mine/alice/a.wav"), tone(0.5))
+    write_wav(Path("musan/noise/sub/n.wav"), tone(0.5))
+    write_wav(Path("RIRS_NOISES/simulated_rirs/smallroom/Room001/Room001-00001.wav"), tone(0.2))
+    root = {"folder": "mine", "musan": "musan", "rirs": "."}[kind]
+    out = Path(f"data/{kind}/{kind}.jsonl")
+    assert main(["prepare", kind, "--root", root, "--out", str(out), "--no-progress"]) == 0
+    rows = [r for _, r in iter_rows(out)]
+    assert len(rows) == 1 and validate(out).ok
 
 
 def test_prepare_musan_and_rirs(tmp_path):

@@ -286,6 +286,9 @@ def _scan_and_write(partial: list[dict], out: Path, *, sample_rate: int, resampl
                     progress: bool) -> PrepareResult:
     """Checks every listed file (bad ones are reported and left out) and writes the manifest ``out``."""
     result = PrepareResult()
+    # the rows' paths are relative to the manifest's folder ("data/../mine/a.wav"): it must exist for the
+    # system to resolve them
+    out.parent.mkdir(parents=True, exist_ok=True)
     rows, bad = scan(partial, sample_rate=sample_rate, resample=resample, workers=workers, progress=progress,
                      root=out.parent)
     _write(rows, bad, out, result, "manifest")
