@@ -2,7 +2,7 @@
 """Train (and evaluate) mlsv models.
 
     python train.py                      # the default run: synthetic corpus, 3 stages, evaluation, report
-    python train.py --quick              # the same, shrunk to about a minute and a half on 2 CPU cores
+    python train.py --quick              # the same, shrunk to about 20 seconds on 2 CPU cores
                                          # (used by the tests)
     accelerate launch train.py --config configs/voxceleb2_wavlm_large.yaml      # a recipe
     accelerate launch train.py --config configs/voxceleb/stage1_frozen.yaml --output-dir runs/x --set optim.lr=5e-4
