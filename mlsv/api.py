@@ -431,6 +431,16 @@ def _config_where(src: str) -> str:
     return os.path.join(src, "config.json") if os.path.isdir(src) else f"{src} (config.json)"
 
 
+def _check_model_folder(src: str) -> None:
+    """FileNotFoundError for a local folder without a config.json (a run's or a training stage's folder
+    gets the path of its model/ folder)."""
+    if os.path.isdir(src) and not os.path.isfile(os.path.join(src, "config.json")):
+        inner = os.path.join(src, "model")
+        hint = (f"; a run's or training stage's model is in its model/ folder: {inner}"
+                if os.path.isfile(os.path.join(inner, "config.json")) else "")
+        raise FileNotFoundError(f"{src}: not a model folder (no config.json){hint}")
+
+
 def _check_model_config(src: str, revision: str | None = None) -> None:
     """ValueError when ``src``'s config.json is not an mlsv model's, naming the file and what it is.
 
@@ -438,6 +448,7 @@ def _check_model_config(src: str, revision: str | None = None) -> None:
     """
     from transformers import CONFIG_MAPPING, PretrainedConfig
 
+    _check_model_folder(src)
     config, _ = PretrainedConfig.get_config_dict(src, revision=revision)
     model_type = config.get("model_type")
     if model_type != "mlsv":
@@ -477,6 +488,7 @@ def load_model(src: str | os.PathLike, revision: str | None = None, *, device: s
 
     dev = check_device(device) if device is not None else None
     src = _model_source(os.fspath(src), revision)
+    _check_model_folder(src)
     try:
         _check_model_config(src, revision)
         model = MLSVModel.from_pretrained(src, revision=revision)
@@ -629,6 +641,7 @@ class Verifier:
                     raise FileNotFoundError(f"no config.json beside {src}; give the model folder and "
                                             "onnx_path=... (or put the file in the model folder)")
             else:
+                _check_model_folder(src)
                 onnx_file = os.fspath(onnx_path) if onnx_path else _resolve_file(src, "model.onnx", revision)
                 config_src = src
             config = _load_config(config_src, revision)

@@ -152,6 +152,25 @@ def test_models_of_other_types_and_incomplete_configs_are_named(model_dir, tmp_p
         MLSVConfig(encoder_config={"hidden_size": 8}).encoder_pretrained_config()
 
 
+def test_a_run_or_stage_folder_points_to_its_model_folder(model_dir, tmp_path, capsys):
+    """A stage folder (config.yaml, checkpoints, model/) has no config.json: it was reported as "a
+    config.json without a model_type"; now the error says so and names its model/ folder."""
+    from mlsv.cli import main
+
+    stage = tmp_path / "stage1"
+    shutil.copytree(model_dir, stage / "model")
+    (stage / "config.yaml").write_text("stage: {name: stage1}\n")
+    message = rf"^{stage}: not a model folder \(no config.json\); a run's or training stage's model is in its " \
+              rf"model/ folder: {stage / 'model'}$"
+    for load in (load_model, Verifier.from_pretrained, lambda m: Verifier.from_pretrained(m, runtime="onnx")):
+        with pytest.raises(FileNotFoundError, match=message):
+            load(stage)
+    assert main(["verify", "--model", str(stage), "a.wav", "b.wav"]) == 2
+    assert f"model/ folder: {stage / 'model'}" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match=rf"^{tmp_path}: not a model folder \(no config.json\)$"):
+        load_model(tmp_path)
+
+
 # -- 4. nonsense thresholds, sample rates and dtypes -------------------------------------------------
 
 
