@@ -57,6 +57,7 @@ from mlsv.tracking import OnlineTracker, SpeakerTrack, WindowEmbeddings, WindowS
 __all__ = [
     "AUDIO_SUFFIXES",
     "AudioInput",
+    "Enrolment",
     "OnlineTracker",
     "SpeakerTrack",
     "Threshold",
@@ -72,6 +73,8 @@ __all__ = [
 ]
 
 AudioInput = Union[str, "os.PathLike[str]", np.ndarray, Any]  # Any: a torch.Tensor
+#: One speaker's enrolment: a recording, or a list (or tuple) of them.
+Enrolment = AudioInput | Sequence[AudioInput]
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".aiff", ".aif")
 SCALES = ("cosine", "asnorm", "calibrated")
 #: Most channels an array may have; a 2-D array with more on both axes is refused.
@@ -832,12 +835,19 @@ class Verifier:
             out["calibrated"] = self.calibrator.transform(trial_features(out["asnorm"], q, e, t))
         return out
 
-    def _pair_scores(self, a: AudioInput, b: AudioInput, sample_rate: int | None) -> dict[str, float]:
-        matrix, durations = self._embed([a, b], sample_rate, 0.0, False)
-        return self.score_embeddings(matrix[0], matrix[1], *map(float, durations))
+    def _pair_scores(self, a: Enrolment, b: AudioInput, sample_rate: int | None) -> dict[str, float]:
+        enroll = _inputs(a)
+        matrix, durations = self._embed([*enroll, b], sample_rate, 0.0, False)
+        embedding, seconds = _pool(matrix[:-1], durations[:-1])
+        return self.score_embeddings(embedding, matrix[-1], seconds, float(durations[-1]))
 
-    def score(self, a: AudioInput, b: AudioInput, sample_rate: int | None = None) -> float:
-        """The trial score of two utterances on :attr:`score_scale` (higher: more likely the same speaker)."""
+    def _enrolment(self, enroll: Enrolment, sample_rate: int | None) -> tuple[np.ndarray, float]:
+        """The raw embedding and seconds of an enrolment (one recording, or a list of them)."""
+        return _pool(*self._embed(_inputs(enroll), sample_rate, 0.0, False))
+
+    def score(self, a: Enrolment, b: AudioInput, sample_rate: int | None = None) -> float:
+        """The trial score of two utterances on :attr:`score_scale` (higher: more likely the same speaker);
+        ``a`` may be a list of one speaker's recordings (see :meth:`verify`)."""
         return self._pair_scores(a, b, sample_rate)[self.score_scale]
 
     # -- thresholds and decisions -----------------------------------------------------------------
@@ -912,12 +922,14 @@ class Verifier:
             "Re-evaluate the model to store its score statistics (mlsv.api.record_score_statistics), "
             "score on the calibrated scale (a model calibration and cohort=...), or pass threshold=...")
 
-    def verify(self, a: AudioInput, b: AudioInput, *, far: float | None = None, threshold: float | None = None,
+    def verify(self, a: Enrolment, b: AudioInput, *, far: float | None = None, threshold: float | None = None,
                sample_rate: int | None = None) -> VerificationResult:
         """Same speaker or not: score the pair and compare with the threshold (``score >= threshold``).
 
         Args:
-            a, b: the two utterances (paths or sample arrays).
+            a, b: the two utterances (paths or sample arrays). ``a`` may be a list (or tuple) of one
+                speaker's recordings: their embeddings are averaged, weighted by duration (the rule for
+                a long file's chunks), and their durations add up.
             far: target false-accept rate instead of the model's EER-point threshold.
             threshold: an explicit, finite threshold on :attr:`score_scale` (not with ``far``).
             sample_rate: the rate of array inputs.
@@ -991,7 +1003,7 @@ class Verifier:
                              f"got {seconds}")
         return samples
 
-    def track(self, enroll: AudioInput, recording: AudioInput, *, window: float = 1.5, hop: float | None = None,
+    def track(self, enroll: Enrolment, recording: AudioInput, *, window: float = 1.5, hop: float | None = None,
               far: float | None = None, threshold: float | None = None,
               sample_rate: int | None = None) -> SpeakerTrack:
         """Where the enrolled speaker speaks in a recording: ``enroll`` scored against each of the
@@ -1005,13 +1017,12 @@ class Verifier:
         scale = self.score_scale
         th = self._decision_threshold(far, threshold, scale)
         sample_rate = check_sample_rate(sample_rate)
-        matrix, durations = self._embed([enroll], sample_rate, 0.0, False)
+        embedding, seconds = self._enrolment(enroll, sample_rate)
         windows = self.embed_windows(recording, window=window, hop=hop, sample_rate=sample_rate)
-        scores = self._scores_against(matrix[0], windows.embeddings,
-                                      (float(durations[0]), windows.ends - windows.starts))[scale]
+        scores = self._scores_against(embedding, windows.embeddings, (seconds, windows.ends - windows.starts))[scale]
         return SpeakerTrack(windows.starts, windows.ends, np.asarray(scores, np.float64), th.value, scale, th.source)
 
-    def online(self, enroll: AudioInput, *, window: float = 1.5, hop: float | None = None, far: float | None = None,
+    def online(self, enroll: Enrolment, *, window: float = 1.5, hop: float | None = None, far: float | None = None,
                threshold: float | None = None, sample_rate: int | None = None) -> OnlineTracker:
         """``track`` for a live stream: an :class:`~mlsv.tracking.OnlineTracker` whose ``push(samples)``
         returns each window's score and decision as soon as its last sample arrives.
@@ -1030,8 +1041,8 @@ class Verifier:
         size = self._window_samples(window, "window")
         step = self._window_samples(window / 2 if hop is None else hop, "hop", minimum=1)
         sample_rate = check_sample_rate(sample_rate)
-        matrix, durations = self._embed([enroll], sample_rate, 0.0, False)
-        return OnlineTracker(self, matrix[0], float(durations[0]), size, step, th, sample_rate or self.sampling_rate)
+        embedding, seconds = self._enrolment(enroll, sample_rate)
+        return OnlineTracker(self, embedding, seconds, size, step, th, sample_rate or self.sampling_rate)
 
     def __repr__(self) -> str:
         runtime = getattr(self.embedder, "runtime", type(self.embedder).__name__)
@@ -1054,6 +1065,22 @@ def _onnx_embedder(factory, onnx_file: str, model_src: str, config, device: str)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{onnx_file}: not a loadable ONNX model, corrupt or truncated ({first}); re-export it: "
                          f"mlsv export --model {folder} --out {onnx_file}") from None
+
+
+def _inputs(enroll: Enrolment) -> list:
+    """An enrolment's recordings as a list (a list or tuple holds several)."""
+    inputs = list(enroll) if isinstance(enroll, (list, tuple)) else [enroll]
+    if not inputs:
+        raise ValueError("an empty enrolment: give one recording, or a list of one speaker's recordings")
+    return inputs
+
+
+def _pool(matrix: np.ndarray, durations: np.ndarray) -> tuple[np.ndarray, float]:
+    """Several recordings of one speaker as one: (E,) their embeddings' mean weighted by duration, and
+    their total seconds. One recording is itself."""
+    w = np.asarray(durations, np.float64)
+    mean = (np.asarray(matrix, np.float64) * w[:, None]).sum(0) / w.sum()
+    return mean.astype(np.float32), float(w.sum())
 
 
 def _finite(x: Any, what: str) -> float:

@@ -239,6 +239,44 @@ def test_calibrated_scale_with_a_given_or_stored_cohort(model_dir, audio_dir, ca
     assert Verifier.from_pretrained(tmp_path / "calibrated", use_stored_cohort=False).score_scale == "cosine"
 
 
+def test_enrolment_from_several_recordings(model_dir, audio_dir, calibrated_setup, capsys):
+    """A list of one speaker's recordings enrols as one: their embeddings averaged weighted by duration,
+    their durations added (what the calibrated scale sees), for verify, score, track and online alike."""
+    from mlsv.models import MLSVModel
+
+    cal, cohort = calibrated_setup
+    model = MLSVModel.from_pretrained(model_dir)
+    model.config.calibration = cal.to_dict()
+    model.config.threshold = None
+    v = Verifier(model, cohort=cohort)
+    enrol = [audio_dir / "a16k.wav", audio_dir / "b8k.flac", voice(0.3, f0=150, seed=12)]
+    test = audio_dir / "c.ogg"
+    table = v.embed_table(enrol + [test], ids=["a", "b", "c", "t"])
+    seconds = table.durations[:3].astype(np.float64)
+    pooled = (table.embeddings[:3] * seconds[:, None]).sum(0) / seconds.sum()
+    expected = v.score_embeddings(pooled, table.embeddings[3], float(seconds.sum()), float(table.durations[3]))
+    r = v.verify(enrol, test)
+    assert r.scale == "calibrated" and r.score == pytest.approx(expected["calibrated"], abs=1e-5)
+    assert v.score(tuple(enrol), test) == pytest.approx(r.score, abs=1e-6)
+    # the same as one recording: the pooled embedding and total duration are what it scores
+    assert r.score != pytest.approx(v.verify(enrol[0], test).score, abs=1e-3)
+    recording = np.concatenate([voice(0.6, seed=13), voice(0.5, f0=210, seed=14)])
+    t = v.track(enrol, recording, window=0.5, hop=0.3, sample_rate=SR)
+    assert t.scores[0] == pytest.approx(v.score(enrol, recording[:8000], sample_rate=SR), abs=1e-4)
+    live = _stream(v.online(enrol, window=0.5, hop=0.3, sample_rate=SR), recording)
+    np.testing.assert_allclose([w.score for w in live], t.scores, atol=1e-4)
+    for call in (lambda: v.verify([], test), lambda: v.track((), recording, sample_rate=SR), lambda: v.online([])):
+        with pytest.raises(ValueError, match="an empty enrolment"):
+            call()
+    # the command: every recording but the last is the enrolment
+    plain = Verifier.from_pretrained(model_dir)
+    files = [str(audio_dir / "a16k.wav"), str(audio_dir / "b8k.flac"), str(test)]
+    assert run_command("verify", ["--model", str(model_dir), *files, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["a"] == files[:2] and out["b"] == files[2]
+    assert out["score"] == pytest.approx(plain.verify(files[:2], files[2]).score, abs=1e-6)
+
+
 # -- sliding windows -----------------------------------------------------------------------------
 
 

@@ -1,5 +1,5 @@
 """``mlsv verify``: one decision for two recordings: score, threshold in use, same / different speaker;
-with ``--window``, one decision per window of the second recording (where the enrolled speaker speaks)."""
+with ``--window``, one decision per window of the test recording (where the enrolled speaker speaks)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ EPILOG = """example:
   mlsv verify --model runs/default/model enroll.wav test.flac
   mlsv verify --model runs/default/model a.wav b.mp3 --far 0.01 --json
   mlsv verify --model runs/default/model a.wav b.wav --cohort cohort.npz   # AS-norm (+ calibration)
+  mlsv verify --model runs/default/model ann1.wav ann2.wav ann3.wav test.wav # enrolled from three
   mlsv verify --model runs/default/model enroll.wav meeting.wav --window 1.5 --hop 0.75
 
-Audio at any sample rate and channel count is resampled and downmixed. The score is cosine after
+Audio at any sample rate and channel count is resampled and downmixed. All recordings but the last are the
+enrolment: their embeddings are averaged, weighted by duration. The score is cosine after
 subtracting the model's training mean; with --cohort it is AS-norm, calibrated to an LLR when the model
 carries a calibration. The threshold is the model's EER point for that score, --far picks one for a
 false-accept rate (needs stored score statistics or a calibration), --threshold sets one.
-With --window, the first recording is scored against each window of the second (windows of that many
+With --window, the enrolment is scored against each window of the test recording (windows of that many
 seconds every --hop seconds, the last one ending at the end) and the spans of accepted windows are
 printed (the threshold was chosen on whole utterances: --threshold or --far may suit short windows).
 Exit status 0 whatever the decision; read it from the output ("decision" in --json)."""
@@ -29,15 +31,16 @@ def register(subparsers) -> None:
                               description=__doc__, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model folder (save_pretrained) or hub id")
-    p.add_argument("a", type=Path, help="first recording (enrolment)")
-    p.add_argument("b", type=Path, help="second recording (test)")
+    p.add_argument("a", type=Path, nargs="+", metavar="ENROL",
+                   help="the enrolment: one recording, or several of one speaker (averaged)")
+    p.add_argument("b", type=Path, metavar="TEST", help="the test recording")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--far", type=probability, default=None, help="target false-accept rate, e.g. 0.01")
     p.add_argument("--threshold", type=float, default=None, help="explicit threshold on the score scale in use")
     p.add_argument("--cohort", type=Path, default=None, help="AS-norm cohort embeddings .npz with speakers")
     p.add_argument("--asnorm-top-k", type=int_at_least(2), default=None, help="AS-norm cohort size (default: calibration's)")
     p.add_argument("--window", type=positive_float, default=None, metavar="SECONDS",
-                   help="score each window of this length of the second recording (where the speaker speaks)")
+                   help="score each window of this length of the test recording (where the speaker speaks)")
     p.add_argument("--hop", type=positive_float, default=None, metavar="SECONDS",
                    help="with --window: seconds between window starts (default: half a window)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         return _track(verifier, args)
     result = verifier.verify(args.a, args.b, far=args.far, threshold=args.threshold)
     if args.json:
-        print(json.dumps({"a": str(args.a), "b": str(args.b), **result.to_dict()}, indent=2))
+        print(json.dumps({"a": _names(args.a), "b": str(args.b), **result.to_dict()}, indent=2))
     else:
         print(f"score      {result.score:.4f}  ({result.scale})")
         print(f"threshold  {result.threshold:.4f}  ({result.threshold_source})")
@@ -72,12 +75,17 @@ def _track(verifier, args: argparse.Namespace) -> int:
 
     track = verifier.track(args.a, args.b, window=args.window, hop=args.hop, far=args.far, threshold=args.threshold)
     if args.json:
-        print(json.dumps({"a": str(args.a), "b": str(args.b), **track.to_dict()}, indent=2))
+        print(json.dumps({"a": _names(args.a), "b": str(args.b), **track.to_dict()}, indent=2))
         return 0
     print(f"threshold  {track.threshold:.4f}  ({track.scale}; {track.threshold_source})")
     print(f"{'start':>8} {'end':>8} {'score':>9}  decision")
     for a, b, score, same in zip(track.starts, track.ends, track.scores, track.decisions):
         print(f"{a:8.2f} {b:8.2f} {score:9.4f}  {'same speaker' if same else '-'}")
     spans = track.segments()
-    print(f"{args.a.name} speaks in {args.b.name}: " + (", ".join(f"{a:.2f}-{b:.2f} s" for a, b in spans) or "nowhere"))
+    print(f"{' + '.join(a.name for a in args.a)} speaks in {args.b.name}: " + (", ".join(f"{a:.2f}-{b:.2f} s" for a, b in spans) or "nowhere"))
     return 0
+
+
+def _names(paths: list[Path]) -> str | list[str]:
+    """The enrolment's path in JSON: one as text (as before several were allowed), several as a list."""
+    return str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]
