@@ -237,8 +237,10 @@ def load_audio(x: AudioInput, sample_rate: int | None, *, target_sr: int, min_le
     return samples
 
 
-def _array_samples(x: Any, name: str) -> np.ndarray:
-    """An array or tensor of samples as float32 mono ((S,)); integer samples scaled to [-1, 1]."""
+def _array_samples(x: Any, name: str, frames_first: bool = False) -> np.ndarray:
+    """An array or tensor of samples as float32 mono ((S,)); integer samples scaled to [-1, 1]. A 2-D
+    array is (S, C) or (C, S), whichever fits (``_to_mono``), or always (S, C) with ``frames_first``
+    (a stream's chunk, which may hold fewer samples than channels)."""
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor without importing torch
         x = x.detach().cpu()
         if x.is_floating_point():  # bf16 / fp16 have no (or a lossy) numpy dtype: samples are float32
@@ -254,7 +256,10 @@ def _array_samples(x: Any, name: str) -> np.ndarray:
     elif a.dtype.kind == "u":
         half = (np.iinfo(a.dtype).max + 1.0) / 2
         a = (a.astype(np.float64) - half) / half
-    return np.ascontiguousarray(_to_mono(np.asarray(a, dtype=np.float32), name), dtype=np.float32)
+    a = np.asarray(a, dtype=np.float32)
+    if frames_first and a.ndim == 2:
+        a = a.mean(axis=1)
+    return np.ascontiguousarray(_to_mono(a, name), dtype=np.float32)
 
 
 def find_audio_files(paths: Sequence[str | os.PathLike], suffixes: Sequence[str] = AUDIO_SUFFIXES) -> list[str]:
@@ -960,38 +965,48 @@ class Verifier:
         """Embeddings of a recording's sliding windows (for where a voice is in it, or for clustering).
 
         Windows of ``window`` seconds start every ``hop`` seconds (default ``window / 2``); when the
-        last one stops short of the end, one more window ends exactly at the end, so every sample is
-        covered and every window has the same length. A recording shorter than ``window`` is one
-        window. Windows are embedded in batches; each gets the embedding the same samples would get
-        alone (``embed(samples[start:end])``).
+        last one stops short of the end, one more window ends exactly at the end, so every window has
+        the same length and (with ``hop <= window``) every sample is covered. A recording shorter than
+        ``window`` is one window. Windows are cut and embedded batch by batch; each gets the embedding
+        the same samples would get alone (``embed(samples[start:end])``).
 
         Raises:
-            ValueError: ``window`` shorter than the encoder's minimum, or ``hop`` not positive.
+            ValueError: ``window`` shorter than the encoder's minimum, or ``hop`` not positive, before
+                any audio is read.
             AudioError: the recording is missing, empty, corrupt, too short or silent, naming it.
         """
-        size = self._window_samples(window, "window")
-        step = self._window_samples(window / 2 if hop is None else hop, "hop", minimum=1)
-        sample_rate = check_sample_rate(sample_rate)
+        size, step = self._window_sizes(window, hop)
+        return self._windows(x, size, step, check_sample_rate(sample_rate), progress)
+
+    def _windows(self, x: AudioInput, size: int, step: int, sample_rate: int | None,
+                 progress: bool | None) -> WindowEmbeddings:
         wav = self.load(x, sample_rate, _input_name(x))
         size = min(size, wav.size)
         starts = window_starts(wav.size, size, step)
-        embeddings = self._embed_windows(np.lib.stride_tricks.sliding_window_view(wav, size)[starts], progress)
+        embeddings = self._embed_windows(np.lib.stride_tricks.sliding_window_view(wav, size), starts, progress)
         rate = float(self.sampling_rate)
         return WindowEmbeddings(starts / rate, (starts + size) / rate, embeddings)
 
-    def _embed_windows(self, frames: np.ndarray, progress: bool | None = False) -> np.ndarray:
-        """(N, E) embeddings of (N, W) equal-length windows, in batches of ``batch_seconds``."""
+    def _embed_windows(self, frames: np.ndarray, starts: np.ndarray, progress: bool | None = False) -> np.ndarray:
+        """(N, E) embeddings of the windows ``frames[starts]`` (``frames``: a (S - W + 1, W) sliding view),
+        cut and embedded in batches of ``batch_seconds``, so only one batch is ever copied."""
         per = max(1, int(self.batch_seconds * self.sampling_rate) // frames.shape[1])
-        groups: Iterable[int] = range(0, len(frames), per)
-        if progress if progress is not None else len(frames) > 16 * per:
+        groups: Iterable[int] = range(0, len(starts), per)
+        if progress if progress is not None else len(starts) > 16 * per:
             from tqdm.auto import tqdm
 
-            groups = tqdm(groups, desc="windows", unit="batch", total=-(-len(frames) // per))
+            groups = tqdm(groups, desc="windows", unit="batch", total=-(-len(starts) // per))
         parts = []
         for i in groups:
-            part = np.ascontiguousarray(frames[i:i + per], dtype=np.float32)
+            part = np.ascontiguousarray(frames[starts[i:i + per]], dtype=np.float32)
             parts.append(np.asarray(self.embedder(part, np.ones(part.shape, np.int64)), dtype=np.float32))
         return np.concatenate(parts)
+
+    def _window_sizes(self, window: Any, hop: Any) -> tuple[int, int]:
+        """(window, hop) in samples, checked: a window the encoder can embed, a positive hop (default half
+        a window)."""
+        size = self._window_samples(window, "window")
+        return size, self._window_samples(_finite(window, "window") / 2 if hop is None else hop, "hop", minimum=1)
 
     def _window_samples(self, seconds: Any, what: str, minimum: int | None = None) -> int:
         value = _finite(seconds, what)
@@ -1016,9 +1031,10 @@ class Verifier:
         """
         scale = self.score_scale
         th = self._decision_threshold(far, threshold, scale)
+        size, step = self._window_sizes(window, hop)
         sample_rate = check_sample_rate(sample_rate)
         embedding, seconds = self._enrolment(enroll, sample_rate)
-        windows = self.embed_windows(recording, window=window, hop=hop, sample_rate=sample_rate)
+        windows = self._windows(recording, size, step, sample_rate, None)
         scores = self._scores_against(embedding, windows.embeddings, (seconds, windows.ends - windows.starts))[scale]
         return SpeakerTrack(windows.starts, windows.ends, np.asarray(scores, np.float64), th.value, scale, th.source)
 
@@ -1038,8 +1054,7 @@ class Verifier:
         """
         scale = self.score_scale
         th = self._decision_threshold(far, threshold, scale)
-        size = self._window_samples(window, "window")
-        step = self._window_samples(window / 2 if hop is None else hop, "hop", minimum=1)
+        size, step = self._window_sizes(window, hop)
         sample_rate = check_sample_rate(sample_rate)
         embedding, seconds = self._enrolment(enroll, sample_rate)
         return OnlineTracker(self, embedding, seconds, size, step, th, sample_rate or self.sampling_rate)

@@ -7,8 +7,8 @@
   scored as soon as its last sample arrives.
 
 Windows of ``window`` samples start every ``hop`` samples; one more window ends exactly at the end when
-the last one stops short of it, so all windows have the same length and every sample is covered; a
-recording shorter than a window is one window.
+the last one stops short of it, so all windows have the same length and (with ``hop <= window``) every
+sample is covered; a recording shorter than a window is one window.
 """
 
 from __future__ import annotations
@@ -94,8 +94,8 @@ class OnlineTracker:
     as its last sample arrives, so the delay of a decision is the window's length plus that pass; only
     the samples of unfinished windows are kept.
 
-    Windows are not checked for silence: a pause in a stream is normal, and its windows get scores like
-    any other (usually low ones).
+    Windows are not checked for silence: a pause in a stream is normal, and its windows are scored like
+    any other.
     """
 
     def __init__(self, verifier: Any, enrolment: np.ndarray, enrolment_seconds: float, window: int, hop: int,
@@ -114,26 +114,38 @@ class OnlineTracker:
         self._next = 0  # where the next window starts
         self._covered = 0  # the end of the last window scored
         self._chunks = 0
+        self._channels: int | None = None  # fixed by the first chunk
         self._closed = False
 
     @property
     def seconds(self) -> float:
-        """Seconds of the stream received so far."""
+        """Seconds of the stream received so far (after resampling, which holds back a few ms)."""
         return self._total / self.rate
 
     def push(self, samples: Any) -> list[WindowScore]:
-        """Adds a chunk of samples ((S,), (S, C) or (C, S), at the tracker's sample rate); returns the
-        windows it completes, in order."""
-        from mlsv.api import _array_samples
+        """Adds a chunk of samples at the tracker's sample rate, (S,) or (S, C) (channels averaged; every
+        chunk of a stream has the same channels); returns the windows it completes, in order."""
+        from mlsv.api import MAX_CHANNELS, _array_samples
         from mlsv.data.audio import AudioError
 
         if self._closed:
             raise ValueError("this stream has been flushed: start another with Verifier.online")
         name = f"stream chunk {self._chunks}"
         self._chunks += 1
-        if 0 in tuple(getattr(samples, "shape", np.shape(samples))):
+        shape = tuple(getattr(samples, "shape", np.shape(samples)))
+        if 0 in shape:
             return []  # a callback with nothing new
-        x = _array_samples(samples, name)
+        if len(shape) > 2:
+            raise AudioError(f"{name}: a stream's chunks are (samples,) or (samples, channels), got shape {shape}")
+        channels = shape[1] if len(shape) == 2 else 1
+        if channels > MAX_CHANNELS:
+            raise AudioError(f"{name}: shape {shape} has {channels} channels; a stream's chunks are (samples,) or "
+                             f"(samples, channels) with at most {MAX_CHANNELS} channels")
+        if self._channels is not None and channels != self._channels:
+            raise AudioError(f"{name}: {channels} channel(s), where the stream's first chunk had {self._channels} "
+                             "(chunks are (samples,) or (samples, channels))")
+        x = _array_samples(samples, name, frames_first=True)
+        self._channels = channels
         if not np.isfinite(x).all():
             raise AudioError(f"{name}: audio contains NaN or infinite samples")
         if self._resampler is not None:
@@ -144,7 +156,7 @@ class OnlineTracker:
         """Ends the stream: the last window (ending at the end) if the windows so far stop short of it.
 
         Raises:
-            AudioError: the stream is shorter than the encoder's minimum.
+            AudioError: the stream is empty, or shorter than the encoder's minimum.
         """
         from mlsv.data.audio import AudioError
 
@@ -153,7 +165,9 @@ class OnlineTracker:
         out = self._add(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)) \
             if self._resampler is not None else []
         self._closed = True
-        if self._total == 0 or self._covered >= self._total:
+        if self._total == 0:
+            raise AudioError("the stream is empty: no samples were pushed")
+        if self._covered >= self._total:
             return out
         if self._total < self.verifier.min_samples:
             raise AudioError(f"the stream is too short ({self.seconds * 1000:.1f} ms); the encoder needs at least "
@@ -164,11 +178,10 @@ class OnlineTracker:
     def _add(self, x: np.ndarray) -> list[WindowScore]:
         self._buffer = np.concatenate([self._buffer, x])
         self._total += x.size
-        starts = []
-        while self._next + self.window <= self._total:
-            starts.append(self._next)
-            self._next += self.hop
-        out = self._score(starts, self.window)
+        starts = list(range(self._next, self._total - self.window + 1, self.hop))
+        out = self._score(starts, self.window)  # if it fails, the next push scores these windows again
+        if starts:
+            self._next = starts[-1] + self.hop
         keep = max(0, min(self._next, self._total - self.window))  # the last window of flush may need them
         self._buffer = self._buffer[keep - self._offset:]
         self._offset = keep
@@ -178,8 +191,7 @@ class OnlineTracker:
         if not starts:
             return []
         at = np.asarray(starts, np.int64) - self._offset
-        frames = np.lib.stride_tricks.sliding_window_view(self._buffer, size)[at]
-        embeddings = self.verifier._embed_windows(frames)
+        embeddings = self.verifier._embed_windows(np.lib.stride_tricks.sliding_window_view(self._buffer, size), at)
         scores = self.verifier._scores_against(self.enrolment, embeddings,
                                                (self.enrolment_seconds, [size / self.rate] * len(starts)))
         self._covered = starts[-1] + size

@@ -396,6 +396,39 @@ def test_online_windows_come_as_soon_as_complete_and_old_samples_are_dropped(ver
     bad.push(stream[:100])
     with pytest.raises(AudioError, match="stream chunk 1: audio contains NaN"):
         bad.push(np.full(100, np.nan, np.float32))
+    with pytest.raises(AudioError, match=r"stream chunk 2: 2 channel\(s\), where the stream's first chunk had 1"):
+        bad.push(np.zeros((100, 2), np.float32))
+    with pytest.raises(AudioError, match=r"stream chunk 3: shape \(2, 1000\) has 1000 channels"):
+        bad.push(np.zeros((2, 1000), np.float32))  # (channels, samples) is not a stream's layout
+    with pytest.raises(AudioError, match="the stream is empty"):
+        verifier.online(voice(0.5, seed=1), sample_rate=SR).flush()
+
+
+def test_online_stereo_chunks_of_any_size_and_a_failed_pass_retried(verifier, monkeypatch):
+    """Chunks are (samples, channels) however short (a one-frame stereo chunk was read as two mono
+    samples); windows whose forward pass failed are scored by the next push."""
+    left, right = voice(1.0, seed=4), voice(1.0, f0=200, seed=5)
+    whole = verifier.track(voice(0.5, seed=1), (left + right) / 2, window=0.4, hop=0.3, sample_rate=SR)
+    tracker = verifier.online(voice(0.5, seed=1), window=0.4, hop=0.3, sample_rate=SR)
+    stereo = np.stack([left, right], axis=1)
+    windows = []
+    for i in range(0, len(stereo), 3):
+        windows += tracker.push(stereo[i:i + 3])
+    windows += tracker.flush()
+    assert [w.start for w in windows] == whole.starts.tolist()
+    np.testing.assert_allclose([w.score for w in windows], whole.scores, atol=1e-4)
+
+    tracker = verifier.online(voice(0.5, seed=1), window=0.4, hop=0.3, sample_rate=SR)
+    real = verifier.embedder
+
+    def failing(*args):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(verifier, "embedder", failing)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        tracker.push(left[:8000])  # completes the window at 0-0.4 s
+    monkeypatch.setattr(verifier, "embedder", real)
+    assert [w.start for w in tracker.push(left[8000:12000])] == [0.0, pytest.approx(0.3)]
 
 
 def test_bad_windows_are_refused_before_reading_audio(verifier, tmp_path):
@@ -407,6 +440,9 @@ def test_bad_windows_are_refused_before_reading_audio(verifier, tmp_path):
             verifier.embed_windows(tmp_path / "missing.wav", window=0.5, hop=hop)
     with pytest.raises(ValueError, match="not both"):
         verifier.track(tmp_path / "missing.wav", x, far=0.01, threshold=0.2)
+    for call in (verifier.track, lambda e, r, **kw: verifier.online(e, **kw)):
+        with pytest.raises(ValueError, match="window must be at least"):
+            call(tmp_path / "missing.wav", x, window=0.001, sample_rate=SR)
     with pytest.raises(AudioError, match="silent audio"):
         verifier.track(x, np.zeros(SR, np.float32), sample_rate=SR)
 
@@ -462,11 +498,16 @@ def test_embed_command_windows(model_dir, audio_dir, tmp_path, capsys):
     table = load_embeddings(out)
     v = Verifier.from_pretrained(model_dir)
     expected = [v.embed_windows(f, window=0.3, hop=0.2) for f in (a, c)]
-    assert table.ids.tolist() == [f"{f}@{s:.3f}-{e:.3f}" for f, w in zip((a, c), expected)
-                                  for s, e in zip(w.starts, w.ends)]
-    assert table.ids[0] == f"{a}@0.000-0.300" and table.ids[-1] == f"{c}@0.100-0.400"
+    assert len(table.ids) == sum(len(w.starts) for w in expected)
+    assert table.ids[0] == f"{a}@0-0.3" and table.ids[1] == f"{a}@0.2-0.5" and table.ids[-1] == f"{c}@0.1-0.4"
     np.testing.assert_allclose(table.embeddings, np.concatenate([w.embeddings for w in expected]), atol=1e-5)
     np.testing.assert_allclose(table.durations, 0.3, atol=1e-6)
+    # an end-aligned last window a few samples after the one before it gets an id of its own
+    odd = tmp_path / "odd.wav"
+    sf.write(odd, voice(8003 / SR, seed=3), SR, subtype="FLOAT")
+    assert run_command("embed", ["--model", str(model_dir), str(odd), "--out", str(out), "--window", "0.25",
+                                 "--hop", "0.25"]) == 0
+    assert load_embeddings(out).ids.tolist() == [f"{odd}@0-0.25", f"{odd}@0.25-0.5", f"{odd}@0.250188-0.500188"]
     from mlsv.cli import main
 
     for extra, message in ((["--hop", "0.2"], "--hop needs --window"),

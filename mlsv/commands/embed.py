@@ -16,7 +16,8 @@ The .npz holds ids (manifest ids, or the file paths as given), embeddings (N x E
 (seconds) and, for a manifest with speakers, speakers (usable as an AS-norm cohort). Folders are searched
 recursively for .wav .flac .ogg .mp3 .m4a files. --chunk-seconds embeds long files in chunks and
 averages them (weighted by length). --window embeds each file's sliding windows instead, one row each,
-with ids FILE@START-END (seconds) and the window's duration (for clustering, e.g. diarization)."""
+with ids FILE@START-END (seconds, e.g. a.wav@0.75-2.25) and the window's duration (for clustering,
+e.g. diarization)."""
 
 
 def register(subparsers) -> None:
@@ -89,15 +90,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _embed_windows(verifier, files: list[str], window: float, hop: float | None):
-    """Every file's sliding windows as rows of one table: ids FILE@START-END, the windows' durations."""
+    """Every file's sliding windows as rows of one table: ids FILE@START-END (seconds to the microsecond,
+    so windows a sample apart get their own ids), the windows' durations."""
     import numpy as np
+    from tqdm.auto import tqdm
 
     from mlsv.scoring.embeddings import EmbeddingTable
 
     ids, parts, durations = [], [], []
-    for file in files:
+    for file in tqdm(files, desc="files", unit="file", disable=len(files) < 2):
         w = verifier.embed_windows(file, window=window, hop=hop)
-        ids += [f"{file}@{a:.3f}-{b:.3f}" for a, b in zip(w.starts.tolist(), w.ends.tolist())]
+        ids += [f"{file}@{_seconds(a)}-{_seconds(b)}" for a, b in zip(w.starts.tolist(), w.ends.tolist())]
         parts.append(w.embeddings)
         durations.append(w.ends - w.starts)
     return EmbeddingTable(np.asarray(ids), np.concatenate(parts), np.concatenate(durations).astype(np.float32))
+
+
+def _seconds(x: float) -> str:
+    """Seconds to the microsecond, without trailing zeros: 0, 0.25, 0.250188."""
+    return f"{x:.6f}".rstrip("0").rstrip(".")

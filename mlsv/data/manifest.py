@@ -46,7 +46,8 @@ def _check_utf8(path: Path) -> None:
 
     ``datasets`` (pyarrow) loads such a file without complaint and fails only when the row is read, deep
     inside a data loader. A file is read again only when its size or modification time has changed: the
-    training loop loads its manifest every epoch.
+    training loop loads its manifest every epoch. (An edit that keeps both, such as a same-size file
+    copied over it with ``cp -p``, is not read again in the same process.)
     """
     stat = path.stat()
     key, version = os.fspath(path.resolve()), (stat.st_size, stat.st_mtime_ns)
