@@ -104,6 +104,62 @@ def test_bias_is_aligned_and_masks_padding():
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_long_inputs_attend_in_query_blocks_with_the_same_results(train, monkeypatch):
+    """Past LONG_FRAMES the bias is a table of offsets and attention runs in blocks of query rows (a
+    10-minute file needed a 43 GB bias): the rows cut from the table are compute_bias's, and the layers'
+    outputs and gradients equal the one-block path's, with padding, over several uneven blocks."""
+    from mlsv.models import fast_attention
+
+    enc = _wavlm_encoder(name="tiny-wavlm").train(train)
+    attention = enc.encoder.layers[0].attention
+    T = 45
+    table = fast_attention.relative_position_table(attention, T)
+    full = attention.compute_bias(T, T)
+    windows = table.unfold(1, fast_attention.padded_length(T), 1)
+    for i in (0, 7, 30, 44):  # query i's row is window T - 1 - i
+        torch.testing.assert_close(windows[:, T - 1 - i, :T], full[:, i])
+    B, D = 2, enc.config.hidden_size
+    frame_mask = torch.arange(T)[None] < torch.tensor([45, 30])[:, None]
+    h0 = torch.randn(B, T, D, requires_grad=True)
+    w = torch.randn(B, T, D) * frame_mask[..., None]
+    key_bias = key_padding_bias(frame_mask)
+
+    def run(blocked: bool):
+        enc.zero_grad(set_to_none=True)
+        h0.grad = None
+        pb = (fast_attention.relative_position_table if blocked else relative_position_bias)(attention, T)
+        h = h0
+        for layer in enc.encoder.layers:
+            h = wavlm_layer_forward(layer, h, key_bias, pb)
+        (h * w).sum().backward()
+        return h.detach() * frame_mask[..., None], h0.grad.clone(), {
+            n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}
+
+    monkeypatch.setattr(fast_attention, "BLOCK_BYTES", 4 * B * enc.config.num_attention_heads * 48 * 16)
+    torch.manual_seed(0)
+    one = run(False)
+    torch.manual_seed(0)
+    blocks = run(True)  # blocks of 16 query rows: 16, 16, 13
+    torch.testing.assert_close(blocks[0], one[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(blocks[1], one[1], rtol=1e-4, atol=1e-5)
+    _assert_grads_close(one[2], blocks[2])
+    # through the frontend: a long input takes the table once LONG_FRAMES is passed, with the same states
+    f = Frontend(_wavlm_encoder(name="tiny-wavlm"), trainable="none").eval()
+    wav, mask = padded_batch([6000, 4000])
+    lengths = mask.sum(-1)
+    with torch.no_grad():
+        short, frames = f(wav, lengths)
+        monkeypatch.setattr(fast_attention, "LONG_FRAMES", 8)
+        calls = []
+        real = fast_attention.relative_position_table
+        monkeypatch.setattr("mlsv.models.frontend.relative_position_table", lambda *a: calls.append(a) or real(*a))
+        long = f(wav, lengths)[0]
+    assert calls
+    valid = (torch.arange(short.shape[2])[None] < frames[:, None])[None, :, :, None]
+    torch.testing.assert_close(long * valid, short * valid, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("stable", [False, True], ids=["post-ln", "pre-ln"])
 def test_frontend_attention_switch_same_states_and_gradients(train, stable):
     """Frontend with attention "eager" vs "sdpa": same states on valid frames, same gradients."""
@@ -461,6 +517,23 @@ def _states_and_grads(f, x, lengths, seed=1):
     w = torch.randn(states.shape, generator=torch.Generator().manual_seed(seed)).to(x.device) * valid
     (states * w).sum().backward()
     return (states.detach() * valid).cpu(), {n: p.grad.cpu() for n, p in f.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.gpu
+def test_gpu_long_inputs_in_query_blocks_match_one_block(exact_cuda, monkeypatch):
+    """The blocked attention of long inputs on CUDA's memory-efficient kernel: the one-block path's states
+    and gradients, padded batch, training mode, several blocks."""
+    from mlsv.models import fast_attention
+
+    f = Frontend(_wavlm_encoder(), trainable="all").to(exact_cuda).train()
+    x, mask = padded_batch([16000, 11000, 7000])
+    x, lengths = x.to(exact_cuda), mask.sum(-1).to(exact_cuda)
+    one = _states_and_grads(f, x, lengths)
+    monkeypatch.setattr(fast_attention, "LONG_FRAMES", 8)
+    monkeypatch.setattr(fast_attention, "BLOCK_BYTES", 4 * 3 * f.encoder.config.num_attention_heads * 64 * 16)
+    blocks = _states_and_grads(f, x, lengths)
+    torch.testing.assert_close(blocks[0], one[0], rtol=1e-4, atol=1e-4)
+    _assert_grads_close(one[1], blocks[1], rel=1e-3)
 
 
 @pytest.mark.gpu

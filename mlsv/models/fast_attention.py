@@ -16,6 +16,12 @@ negative number for padding); the ungated relative-position bias (1, H, T, Tp). 
 multiple of 16 and the extra columns are sliced away before the attention call: the kernel then sees a
 bias whose rows are 16-element aligned and does not copy it to pad it.
 
+Long inputs (more than ``LONG_FRAMES`` frames, about 41 s of audio): the (B, H, T, T) bias grows with the
+square of the length (43 GB for 10 minutes of WavLM Base+), so the bias is kept as its (H, 2T - 1) table
+of one value per relative position, and attention runs in blocks of query rows whose bias rows are cut
+from that table (a Toeplitz matrix) when needed: at most ``BLOCK_BYTES`` of bias at a time. Each query's
+row of attention is computed as before, so the output is the same.
+
 This module is part of the model code saved beside a model for ``trust_remote_code``: it imports only
 torch and transformers.
 """
@@ -28,6 +34,10 @@ from torch import nn
 
 ATTENTION_MODES = ("eager", "sdpa")
 _ALIGN = 16  # the memory-efficient kernel wants the bias rows aligned to 16 elements
+#: Frames above which the relative-position bias is kept as a table and attention runs in query blocks.
+LONG_FRAMES = 2048
+#: Most bytes of float32 bias one block of query rows may take.
+BLOCK_BYTES = 1 << 28
 
 
 def padded_length(T: int) -> int:
@@ -56,6 +66,21 @@ def relative_position_bias(attention: nn.Module, T: int) -> torch.Tensor:
     return F.pad(values, (0, padded_length(T) - T))[None]
 
 
+def relative_position_table(attention: nn.Module, T: int) -> torch.Tensor:
+    """The ungated relative-position bias of every offset j - i from -(T - 1) to T - 1, zero-padded on the
+    right to Tp + T - 1 columns: (H, Tp + T - 1) float32, the same buckets as ``compute_bias``. Query i's
+    row of a head's (T, Tp) bias is columns T - 1 - i to T - 1 - i + Tp of its row."""
+    device = attention.rel_attn_embed.weight.device
+    offsets = torch.arange(-(T - 1), T, dtype=torch.long, device=device)
+    table = attention.rel_attn_embed(attention._relative_positions_bucket(offsets)).t().float()  # (H, 2T - 1)
+    return F.pad(table, (0, padded_length(T) - T))
+
+
+def is_long(T: int) -> bool:
+    """Whether T frames take the blocked attention (never while compiling: training crops are short)."""
+    return T > LONG_FRAMES and not torch.compiler.is_compiling()
+
+
 def _gate(attention: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     """The per-query gate of the relative-position bias. (B, T, D) -> (B, H, T, 1).
 
@@ -80,7 +105,8 @@ def wavlm_sdpa_attention(attention: nn.Module, hidden_states: torch.Tensor, key_
         attention: a transformers ``WavLMAttention`` whose parameters are used as they are.
         hidden_states: (B, T, D), what the layer passes to its attention.
         key_bias: (B, 1, 1, Tp) from ``key_padding_bias``, or None when no frame is padding.
-        position_bias: (1, H, T, Tp) from ``relative_position_bias`` (computed once, by the first layer).
+        position_bias: (1, H, T, Tp) from ``relative_position_bias`` (computed once, by the first layer),
+            or, for long inputs, the (H, Tp + T - 1) ``relative_position_table``: attention in query blocks.
         fused_qkv: one (3D x D) matrix product for the queries, keys and values instead of three.
 
     Returns:
@@ -89,12 +115,6 @@ def wavlm_sdpa_attention(attention: nn.Module, hidden_states: torch.Tensor, key_
     B, T, D = hidden_states.shape
     H = attention.num_heads
     gate = _gate(attention, hidden_states)  # (B, H, T, 1) float32
-    # bias = gate * position bias + key padding, in one kernel, cast to the queries' dtype (the kernel
-    # wants them equal) while still Tp wide; then the view of its T columns keeps rows 16-aligned
-    if key_bias is None:  # no padding
-        bias = gate * position_bias
-    else:
-        bias = torch.addcmul(key_bias, gate, position_bias)
     if fused_qkv:
         w = torch.cat([attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight])
         b = torch.cat([attention.q_proj.bias, attention.k_proj.bias, attention.v_proj.bias])
@@ -104,8 +124,29 @@ def wavlm_sdpa_attention(attention: nn.Module, hidden_states: torch.Tensor, key_
         k = attention.k_proj(hidden_states).view(B, T, H, -1).transpose(1, 2)
         v = attention.v_proj(hidden_states).view(B, T, H, -1).transpose(1, 2)
     p = float(attention.dropout) if attention.training else 0.0
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype)[..., :T], dropout_p=p)
+    if position_bias.dim() == 2:  # a long input: blocks of query rows
+        # window s of the offset table is the bias row of query T - 1 - s: with the queries (and their
+        # gates) in reverse order, a block's rows are consecutive windows, copied row-major once
+        Tp = padded_length(T)
+        rows = max(_ALIGN, BLOCK_BYTES // (4 * B * H * Tp))
+        windows = position_bias.unfold(1, Tp, 1)  # (H, T, Tp) view
+        q_rev, gate_rev = q.flip(2), gate.flip(2)
+        out = torch.cat([_attend(q_rev[:, :, a:a + rows], k, v, gate_rev[:, :, a:a + rows],
+                                 windows[:, a:a + rows].contiguous(), key_bias, p)
+                         for a in range(0, T, rows)], dim=2).flip(2)
+    else:
+        out = _attend(q, k, v, gate, position_bias, key_bias, p)
     return attention.out_proj(out.transpose(1, 2).reshape(B, T, D))
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: torch.Tensor, position_bias: torch.Tensor,
+            key_bias: torch.Tensor | None, p: float) -> torch.Tensor:
+    """``scaled_dot_product_attention`` of queries (B, H, R, d) over all T keys with the bias
+    gate * position_bias + key_bias, built in one kernel and cast to the queries' dtype (the kernel wants
+    them equal) while still Tp wide; the view of its T columns keeps its rows 16-aligned."""
+    T = k.shape[2]
+    bias = gate * position_bias if key_bias is None else torch.addcmul(key_bias, gate, position_bias)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype)[..., :T], dropout_p=p)
 
 
 def wavlm_layer_forward(layer: nn.Module, hidden_states: torch.Tensor, key_bias: torch.Tensor | None,
@@ -113,7 +154,8 @@ def wavlm_layer_forward(layer: nn.Module, hidden_states: torch.Tensor, key_bias:
     """One WavLM transformer layer (post-LN ``WavLMEncoderLayer`` or pre-LN
     ``WavLMEncoderLayerStableLayerNorm``) with the SDPA attention; the layer's own modules otherwise.
 
-    (B, T, D) -> (B, T, D). ``position_bias`` is the ungated bias of ``relative_position_bias``.
+    (B, T, D) -> (B, T, D). ``position_bias`` is the ungated bias of ``relative_position_bias`` (or, for
+    long inputs, ``relative_position_table``).
     """
     stable = type(layer).__name__.endswith("StableLayerNorm")
     residual = hidden_states

@@ -29,8 +29,10 @@ from torch.utils.checkpoint import checkpoint
 
 from .fast_attention import (
     ATTENTION_MODES,
+    is_long,
     key_padding_bias,
     relative_position_bias,
+    relative_position_table,
     set_encoder_attention,
     wavlm_layer_forward,
 )
@@ -615,7 +617,9 @@ class Frontend(nn.Module):
         long_mask = frame_mask.long() if frame_mask is not None else None  # transformers' WavLM layers
         if fast_wavlm:
             key_bias = key_padding_bias(frame_mask) if frame_mask is not None else None
-            position_bias = relative_position_bias(layers[0].attention, h.shape[1])
+            # long inputs keep the bias as a table of offsets and attend in blocks of queries
+            position_bias = (relative_position_table if is_long(h.shape[1]) else relative_position_bias)(
+                layers[0].attention, h.shape[1])
         keep = draws.keep if draws is not None else None
         # compiled: every layer runs and a dropped one's output is replaced by its input, which keeps one
         # static graph; eager: a dropped layer is skipped (its input passed on), the same result for less work
