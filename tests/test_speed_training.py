@@ -400,6 +400,24 @@ def test_loss_curve_benchmark_batches_are_fixed_and_learnable(capsys):
     assert len(plain) == 16 and out["plain"]["tail_mean"] < sum(plain[:4]) / 4 - 1.0
 
 
+def test_long_audio_benchmark_runs_both_paths_with_the_same_embedding(capsys):
+    """45 s of audio (2,250 frames, past LONG_FRAMES): the blocked and the one-block attention, each in a
+    process of its own, give the same embedding; a bias over --max-gb skips the one-block path."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import long_audio
+    finally:
+        sys.path.pop(0)
+    long_audio.main(["--seconds", "45", "--threads", "1"])
+    out = json.loads(capsys.readouterr().out)
+    row = out["results"]["45s"]
+    assert out["benchmark"] == "long_audio" and out["long_frames"] == 2048
+    assert row["blocked"]["peak_memory_mb"] > 0 and row["one_block"]["seconds"] > 0, row
+    assert row["max_abs_diff"] < 1e-4
+    long_audio.main(["--seconds", "45", "--threads", "1", "--max-gb", "0.01"])
+    assert "skipped" in json.loads(capsys.readouterr().out)["results"]["45s"]["one_block"]
+
+
 def test_adam_runs_fused_on_a_gpu_only():
     """The stage optimiser asks for the fused Adam/AdamW kernel when the accelerator's device is a GPU."""
     cfg = load_config()
