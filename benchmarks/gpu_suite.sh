@@ -82,6 +82,8 @@ fi
 # 11. stage 2 as the VoxCeleb recipe runs it (CNN frozen: frontend_trainable transformer), Base+ batch 64
 step ts_base_stage2_transformer "$LIMIT" python3 $B/train_step.py --shape base --parts stage2 --stage2-batch 64 \
   --stage2-trainable transformer
+# 12. one long recording (2 and 10 minutes, Base+): blocked attention of long inputs against one block
+step long_audio "$LIMIT" python3 $B/long_audio.py --shape base --device cuda --seconds 120 600 --max-gb 20
 
 python3 - "$OUT" <<'EOF' | tee "$OUT/summary.txt"
 import json, pathlib, sys
@@ -96,6 +98,9 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
         continue
     if "ms" in d:
         print(f"{f.stem}: ms per batch " + json.dumps(d["ms"]))
+        continue
+    if d.get("benchmark") == "long_audio":
+        print(f"{f.stem}: " + json.dumps(d.get("results")))
         continue
     if d.get("benchmark") == "loader" or "crops_per_s" in d:
         print(f"{f.stem}: " + json.dumps(d.get("crops_per_s", d)))
