@@ -204,6 +204,19 @@ def calibrated_setup(model_dir):
     return cal, cohort
 
 
+@pytest.fixture(scope="module")
+def calibrated(model_dir, calibrated_setup):
+    """A Verifier on the calibrated scale: the model with that calibration (and its threshold), the
+    synthetic cohort given."""
+    from mlsv.models import MLSVModel
+
+    cal, cohort = calibrated_setup
+    model = MLSVModel.from_pretrained(model_dir)
+    model.config.calibration = cal.to_dict()
+    model.config.threshold = None  # the calibration's threshold
+    return Verifier(model, cohort=cohort)
+
+
 def test_calibrated_scale_with_a_given_or_stored_cohort(model_dir, audio_dir, calibrated_setup, tmp_path):
     import torch
 
@@ -239,16 +252,10 @@ def test_calibrated_scale_with_a_given_or_stored_cohort(model_dir, audio_dir, ca
     assert Verifier.from_pretrained(tmp_path / "calibrated", use_stored_cohort=False).score_scale == "cosine"
 
 
-def test_enrolment_from_several_recordings(model_dir, audio_dir, calibrated_setup, capsys):
+def test_enrolment_from_several_recordings(model_dir, audio_dir, calibrated, capsys):
     """A list of one speaker's recordings enrols as one: their embeddings averaged weighted by duration,
     their durations added (what the calibrated scale sees), for verify, score, track and online alike."""
-    from mlsv.models import MLSVModel
-
-    cal, cohort = calibrated_setup
-    model = MLSVModel.from_pretrained(model_dir)
-    model.config.calibration = cal.to_dict()
-    model.config.threshold = None
-    v = Verifier(model, cohort=cohort)
+    v = calibrated
     enrol = [audio_dir / "a16k.wav", audio_dir / "b8k.flac", voice(0.3, f0=150, seed=12)]
     test = audio_dir / "c.ogg"
     table = v.embed_table(enrol + [test], ids=["a", "b", "c", "t"])
@@ -318,14 +325,8 @@ def test_track_finds_the_enrolled_recording_and_merges_accepted_windows(verifier
     assert verifier.track(x, recording, window=0.5, sample_rate=SR).threshold == THRESHOLD
 
 
-def test_track_scores_equal_verify_scores_of_each_window_on_the_calibrated_scale(model_dir, calibrated_setup):
-    from mlsv.models import MLSVModel
-
-    cal, cohort = calibrated_setup
-    model = MLSVModel.from_pretrained(model_dir)
-    model.config.calibration = cal.to_dict()
-    model.config.threshold = None  # the calibration's threshold
-    v = Verifier(model, cohort=cohort)
+def test_track_scores_equal_verify_scores_of_each_window_on_the_calibrated_scale(calibrated_setup, calibrated):
+    cal, v = calibrated_setup[0], calibrated
     enroll, recording = voice(0.6, seed=9), np.concatenate([voice(0.7, seed=10), voice(0.5, f0=200, seed=11)])
     t = v.track(enroll, recording, window=0.45, hop=0.3, sample_rate=SR)
     assert t.scale == "calibrated" and t.threshold == pytest.approx(cal.threshold_)
@@ -345,18 +346,12 @@ def _stream(tracker, samples, seed: int = 0, most: int = 3000) -> list:
     return out + tracker.flush()
 
 
-def test_online_tracker_gives_the_windows_and_scores_of_track(model_dir, calibrated_setup):
+def test_online_tracker_gives_the_windows_and_scores_of_track(calibrated):
     """A stream pushed in chunks of any size gives track's windows and scores, on the calibrated scale
     and resampled on the way; each window is scored by the push that completes it."""
     import soxr
 
-    from mlsv.models import MLSVModel
-
-    cal, cohort = calibrated_setup
-    model = MLSVModel.from_pretrained(model_dir)
-    model.config.calibration = cal.to_dict()
-    model.config.threshold = None
-    v = Verifier(model, cohort=cohort)
+    v = calibrated
     enroll, recording = voice(0.6, seed=9), np.concatenate([voice(1.3, seed=10), voice(1.1, f0=220, seed=11)])
     whole = v.track(enroll, recording, window=0.5, hop=0.3, sample_rate=SR)
     windows = _stream(v.online(enroll, window=0.5, hop=0.3, sample_rate=SR), recording)
