@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--max-gb", type=float, default=8.0,
                    help="skip the one-block path when its float32 bias alone would take more")
+    p.add_argument("--block-bytes", type=int, default=None, help="float32 bias per block (default: the library's)")
     p.add_argument("--run", choices=("blocked", "one_block"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -73,6 +74,8 @@ def run_one(args: argparse.Namespace) -> None:
 
     if args.run == "one_block":
         fast_attention.LONG_FRAMES = 1 << 62
+    if args.block_bytes:
+        fast_attention.BLOCK_BYTES = args.block_bytes
     verifier = _load(args)
     x = recording(args.seconds[0])
     t0 = time.perf_counter()
@@ -118,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
                 out = os.path.join(tmp, f"{path}.npy")
                 cmd = [sys.executable, __file__, "--run", path, "--out", out, "--seconds", str(seconds),
                        "--device", args.device, "--threads", str(args.threads), "--shape", args.shape,
+                       *(["--block-bytes", str(args.block_bytes)] if args.block_bytes else []),
                        *(["--model", args.model] if args.model else [])]
                 r = subprocess.run(cmd, capture_output=True, text=True)
                 if r.returncode != 0:
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "long_audio", "device": args.device if args.device != "cpu" else
         f"cpu ({os.cpu_count()} cores, {args.threads} threads)", "torch": torch.__version__,
         "model": args.model or f"random {args.shape}", "long_frames": LONG_FRAMES,
-        "block_bytes": BLOCK_BYTES, "results": results}, indent=1))
+        "block_bytes": args.block_bytes or BLOCK_BYTES, "results": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # a command whose last positional takes several values (``mlsv verify E1 E2 --json T``) gets the values
+    # that follow an option: argparse matches a positional once, before the first option
+    field = getattr(args, "more_positionals", None)
+    if extra and (field is None or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        getattr(args, field).extend(map(type(getattr(args, field)[0]), extra))
     try:
         rc = args.func(args)
     except (OSError, KeyError, ValueError) as e:  # FileNotFoundError, IsADirectoryError, ... are OSErrors

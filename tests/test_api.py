@@ -282,6 +282,18 @@ def test_enrolment_from_several_recordings(model_dir, audio_dir, calibrated, cap
     out = json.loads(capsys.readouterr().out)
     assert out["a"] == files[:2] and out["b"] == files[2]
     assert out["score"] == pytest.approx(plain.verify(files[:2], files[2]).score, abs=1e-6)
+    # options may come between the recordings (argparse alone matched "E1 E2 --json T" as E1 E2, then failed)
+    from mlsv.cli import main
+
+    for argv in ([*files[:2], "--json", files[2]], [files[0], "--json", *files[1:]]):
+        assert main(["verify", "--model", str(model_dir), *argv]) == 0
+        again = json.loads(capsys.readouterr().out)
+        assert (again["a"], again["b"], again["score"]) == (out["a"], out["b"], out["score"])
+    assert main(["verify", "--model", str(model_dir), files[0]]) == 2
+    assert "give the enrolment recording(s) and then the test recording" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["verify", "--model", str(model_dir), *files[:2], "--jsn", files[2]])
+    assert "unrecognized arguments: --jsn" in capsys.readouterr().err
 
 
 # -- sliding windows -----------------------------------------------------------------------------

@@ -197,7 +197,7 @@ def test_cli_reports_os_errors(files, capsys, monkeypatch):
     import mlsv.commands.verify as verify
 
     def refuse(args):
-        raise PermissionError(13, "Permission denied", str(args.a))
+        raise PermissionError(13, "Permission denied", str(args.recordings[0]))
 
     monkeypatch.setattr(verify, "run", refuse)
     assert main(["verify", "--model", "m", str(files / "good.wav"), str(files / "good.wav")]) == 2

@@ -157,6 +157,11 @@ def test_long_inputs_attend_in_query_blocks_with_the_same_results(train, monkeyp
     assert calls
     valid = (torch.arange(short.shape[2])[None] < frames[:, None])[None, :, :, None]
     torch.testing.assert_close(long * valid, short * valid, rtol=1e-5, atol=1e-5)
+    # a frozen frontend runs without gradients; a trained one keeps the one bias all layers share, since
+    # autograd would hold every block's
+    calls.clear()
+    Frontend(_wavlm_encoder(name="tiny-wavlm"), trainable="all").train()(wav, lengths)
+    assert not calls
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
@@ -521,19 +526,39 @@ def _states_and_grads(f, x, lengths, seed=1):
 
 @pytest.mark.gpu
 def test_gpu_long_inputs_in_query_blocks_match_one_block(exact_cuda, monkeypatch):
-    """The blocked attention of long inputs on CUDA's memory-efficient kernel: the one-block path's states
-    and gradients, padded batch, training mode, several blocks."""
+    """The blocked attention of long inputs on CUDA's memory-efficient kernel, several blocks, padded batch:
+    the one-block path's frontend states in inference (fp32 and bf16), and its layer gradients."""
     from mlsv.models import fast_attention
 
-    f = Frontend(_wavlm_encoder(), trainable="all").to(exact_cuda).train()
+    f = Frontend(_wavlm_encoder(), trainable="none").to(exact_cuda).eval()
     x, mask = padded_batch([16000, 11000, 7000])
     x, lengths = x.to(exact_cuda), mask.sum(-1).to(exact_cuda)
-    one = _states_and_grads(f, x, lengths)
-    monkeypatch.setattr(fast_attention, "LONG_FRAMES", 8)
-    monkeypatch.setattr(fast_attention, "BLOCK_BYTES", 4 * 3 * f.encoder.config.num_attention_heads * 64 * 16)
-    blocks = _states_and_grads(f, x, lengths)
-    torch.testing.assert_close(blocks[0], one[0], rtol=1e-4, atol=1e-4)
-    _assert_grads_close(one[1], blocks[1], rel=1e-3)
+    heads = f.encoder.config.num_attention_heads
+    for dtype in (torch.float32, torch.bfloat16):
+        with torch.inference_mode(), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            monkeypatch.setattr(fast_attention, "LONG_FRAMES", 1 << 30)
+            one, frames = f(x, lengths)
+            monkeypatch.setattr(fast_attention, "LONG_FRAMES", 8)
+            monkeypatch.setattr(fast_attention, "BLOCK_BYTES", 4 * 3 * heads * 64 * 16)
+            blocks, _ = f(x, lengths)
+        valid = (torch.arange(one.shape[2], device=exact_cuda)[None] < frames[:, None])[None, :, :, None]
+        tol = 1e-4 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close((blocks * valid).float(), (one * valid).float(), rtol=tol, atol=tol)
+    enc = _wavlm_encoder().to(exact_cuda).train()
+    attention, T = enc.encoder.layers[0].attention, 49
+    h0 = torch.randn(3, T, enc.config.hidden_size, device=exact_cuda, requires_grad=True)
+    key_bias = key_padding_bias(torch.arange(T, device=exact_cuda)[None] < torch.tensor([49, 30, 9],
+                                                                                       device=exact_cuda)[:, None])
+    grads = []
+    for pb in (relative_position_bias(attention, T), fast_attention.relative_position_table(attention, T)):
+        enc.zero_grad(set_to_none=True)
+        h0.grad = None
+        h = h0
+        for layer in enc.encoder.layers:
+            h = wavlm_layer_forward(layer, h, key_bias, pb)
+        h.square().sum().backward()
+        grads.append({n: p.grad.cpu() for n, p in enc.named_parameters() if p.grad is not None})
+    _assert_grads_close(grads[0], grads[1], rel=1e-3)
 
 
 @pytest.mark.gpu

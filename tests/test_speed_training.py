@@ -401,15 +401,17 @@ def test_loss_curve_benchmark_batches_are_fixed_and_learnable(capsys):
 
 
 def test_long_audio_benchmark_runs_both_paths_with_the_same_embedding(capsys):
-    """45 s of audio (2,250 frames, past LONG_FRAMES): the blocked and the one-block attention, each in a
-    process of its own, give the same embedding; a bias over --max-gb skips the one-block path."""
+    """45 s of audio (2,250 frames, past LONG_FRAMES): the blocked attention (blocks of 55 query rows) and
+    the one-block path, each in a process of its own, give the same embedding; a bias over --max-gb skips
+    the one-block path."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import long_audio
     finally:
         sys.path.pop(0)
-    long_audio.main(["--seconds", "45", "--threads", "1"])
+    long_audio.main(["--seconds", "45", "--threads", "1", "--block-bytes", "2000000"])
     out = json.loads(capsys.readouterr().out)
+    assert out["block_bytes"] == 2_000_000
     row = out["results"]["45s"]
     assert out["benchmark"] == "long_audio" and out["long_frames"] == 2048
     assert row["blocked"]["peak_memory_mb"] > 0 and row["one_block"]["seconds"] > 0, row

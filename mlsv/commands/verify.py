@@ -31,9 +31,10 @@ def register(subparsers) -> None:
                               description=__doc__, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model folder (save_pretrained) or hub id")
-    p.add_argument("a", type=Path, nargs="+", metavar="ENROL",
-                   help="the enrolment: one recording, or several of one speaker (averaged)")
-    p.add_argument("b", type=Path, metavar="TEST", help="the test recording")
+    # one positional list split in run(); mlsv.cli.main adds the recordings that follow an option
+    p.add_argument("recordings", type=Path, nargs="+", metavar="RECORDING",
+                   help="the enrolment (one recording, or several of one speaker: averaged), then the test "
+                        "recording")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--far", type=probability, default=None, help="target false-accept rate, e.g. 0.01")
     p.add_argument("--threshold", type=float, default=None, help="explicit threshold on the score scale in use")
@@ -46,7 +47,7 @@ def register(subparsers) -> None:
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="torch, or onnx (runs MODEL/model.onnx with onnxruntime)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, more_positionals="recordings")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
 
     from mlsv.api import Verifier
 
+    if len(args.recordings) < 2:
+        raise ValueError("give the enrolment recording(s) and then the test recording")
+    args.a, args.b = args.recordings[:-1], args.recordings[-1]
     if args.hop is not None and args.window is None:
         raise ValueError("--hop needs --window (the windows' length in seconds)")
     verifier = Verifier.from_pretrained(args.model, device=args.device, runtime=args.runtime, cohort=args.cohort,

@@ -16,11 +16,12 @@ negative number for padding); the ungated relative-position bias (1, H, T, Tp). 
 multiple of 16 and the extra columns are sliced away before the attention call: the kernel then sees a
 bias whose rows are 16-element aligned and does not copy it to pad it.
 
-Long inputs (more than ``LONG_FRAMES`` frames, about 41 s of audio): the (B, H, T, T) bias grows with the
-square of the length (43 GB for 10 minutes of WavLM Base+), so the bias is kept as its (H, 2T - 1) table
-of one value per relative position, and attention runs in blocks of query rows whose bias rows are cut
-from that table (a Toeplitz matrix) when needed: at most ``BLOCK_BYTES`` of bias at a time. Each query's
-row of attention is computed as before, so the output is the same.
+Long inputs in inference (more than ``LONG_FRAMES`` frames, about 41 s of audio, without gradients): the
+(B, H, T, T) bias grows with the square of the length (43 GB for 10 minutes of WavLM Base+), so the bias
+is kept as its (H, 2T - 1) table of one value per relative position, and attention runs in blocks of
+query rows whose bias rows are cut from that table (a Toeplitz matrix) when needed: ``BLOCK_BYTES`` of
+float32 bias per block (with its working copies, about twice that). Each query's row of attention is
+computed as before, so the output is the same.
 
 This module is part of the model code saved beside a model for ``trust_remote_code``: it imports only
 torch and transformers.
@@ -77,8 +78,10 @@ def relative_position_table(attention: nn.Module, T: int) -> torch.Tensor:
 
 
 def is_long(T: int) -> bool:
-    """Whether T frames take the blocked attention (never while compiling: training crops are short)."""
-    return T > LONG_FRAMES and not torch.compiler.is_compiling()
+    """Whether T frames take the blocked attention: in inference only (no gradients: autograd would keep
+    every block's bias for the backward pass, more than the one bias all layers share) and never while
+    compiling (one static graph)."""
+    return T > LONG_FRAMES and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
 
 
 def _gate(attention: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
