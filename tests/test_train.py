@@ -150,7 +150,10 @@ def test_resume_after_kill_gives_the_same_weights(corpus, tmp_path):
     # the same stage in a subprocess, killed (SIGKILL) once its first checkpoint exists, then rerun
     out = tmp_path / "killed"
     sets = _stage_overrides(corpus, **extra)
-    code = ("import sys\nfrom mlsv.config import load_config\nfrom mlsv.train.loop import run_stage\n"
+    # the same thread count as this process: the runs are compared to 1e-6, and float sums split over
+    # other thread counts round differently (a test that changed this process's count once broke it)
+    code = ("import sys, torch\nfrom mlsv.config import load_config\nfrom mlsv.train.loop import run_stage\n"
+            f"torch.set_num_threads({torch.get_num_threads()})\n"
             f"run_stage(load_config(None, {sets!r}), {str(out)!r})\n")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path)
     deadline = time.time() + 240
