@@ -420,6 +420,31 @@ def test_long_audio_benchmark_runs_both_paths_with_the_same_embedding(capsys):
     assert "skipped" in json.loads(capsys.readouterr().out)["results"]["45s"]["one_block"]
 
 
+def test_tracking_benchmark_measures_misses_and_false_alarms(tmp_path, capsys):
+    """Conversations of two speakers' turns tracked with a threshold nothing reaches (every frame of the
+    enrolled speaker missed, no false alarm) and one everything reaches (the reverse); the windows and
+    their threshold-free EER come either way."""
+    from conftest import saved_tiny_model
+    from data_helpers import tiny_corpus
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import tracking
+    finally:
+        sys.path.pop(0)
+    manifest = tiny_corpus(tmp_path, speakers=3, utts=4)
+    model = saved_tiny_model(tmp_path / "model")
+    runs = {}
+    for threshold in ("2", "-2"):
+        tracking.main(["--model", str(model), "--manifest", str(manifest), "--conversations", "3",
+                       "--window", "0.3", "--hop", "0.1", "--threshold", threshold])
+        runs[threshold] = json.loads(capsys.readouterr().out)
+    assert (runs["2"]["miss_rate"], runs["2"]["false_alarm_rate"]) == (1.0, 0.0)
+    assert (runs["-2"]["miss_rate"], runs["-2"]["false_alarm_rate"]) == (0.0, 1.0)
+    assert runs["2"]["windows"] == runs["-2"]["windows"] > 0 and runs["2"]["scale"] == "cosine"
+    assert runs["2"]["window_eer_percent"] == runs["-2"]["window_eer_percent"] is not None
+
+
 def test_adam_runs_fused_on_a_gpu_only():
     """The stage optimiser asks for the fused Adam/AdamW kernel when the accelerator's device is a GPU."""
     cfg = load_config()
