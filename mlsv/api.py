@@ -58,6 +58,7 @@ __all__ = [
     "AUDIO_SUFFIXES",
     "AudioInput",
     "Enrolment",
+    "Identification",
     "OnlineTracker",
     "SpeakerTrack",
     "Threshold",
@@ -98,6 +99,34 @@ class Threshold:
     value: float
     scale: str
     source: str
+
+
+@dataclass(frozen=True)
+class Identification:
+    """An open-set identification (``Verifier.identify``).
+
+    Attributes:
+        speaker: the best-scoring enrolled speaker when its score reaches the threshold, else None.
+        score: the best score (on ``scale``).
+        threshold, scale, threshold_source: as in :class:`VerificationResult`.
+        ranking: every enrolled speaker with its score, best first.
+    """
+
+    speaker: str | None
+    score: float
+    threshold: float
+    scale: str
+    threshold_source: str
+    ranking: list[tuple[str, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ranking": [{"speaker": n, "score": v} for n, v in self.ranking]}
+
+    def __str__(self) -> str:
+        if self.speaker is None:
+            return (f"unknown speaker (best: {self.ranking[0][0]}, score {self.score:.4f} < threshold "
+                    f"{self.threshold:.4f}, {self.scale})")
+        return f"{self.speaker} (score {self.score:.4f} >= threshold {self.threshold:.4f}, {self.scale})"
 
 
 @dataclass(frozen=True)
@@ -813,11 +842,12 @@ class Verifier:
         durations = None if duration_a is None or duration_b is None else (duration_a, [duration_b])
         return {k: float(v[0]) for k, v in self._scores_against(a, np.asarray(b).reshape(1, -1), durations).items()}
 
-    def _scores_against(self, a: np.ndarray, tests: np.ndarray,
-                        durations: tuple[float, Sequence[float]] | None) -> dict[str, np.ndarray]:
+    def _scores_against(self, a: np.ndarray, tests: np.ndarray, durations: tuple[float, Sequence[float]] | None,
+                        a_is_test: bool = False) -> dict[str, np.ndarray]:
         """Scores of one raw embedding ``a`` (E,) against each row of ``tests`` (N, E), on every available
         scale: ``{"cosine", "asnorm"?, "calibrated"?}`` of (N,) float64. ``durations`` (seconds of ``a``,
-        and of each test) are needed only on the calibrated scale."""
+        and of each row) are needed only on the calibrated scale. ``a`` is each trial's enrolment side,
+        or with ``a_is_test`` its test side (the rows are then the enrolments)."""
         from mlsv.scoring.backend import as_norm, cohort_stats, cosine_scores, subtract_mean
 
         tests = np.asarray(tests, np.float32)
@@ -826,6 +856,8 @@ class Verifier:
             raise ValueError(f"embeddings have {raw.shape[1]} dimensions, the model gives {self.embedding_size}")
         x = subtract_mean(raw, self.mean)
         e, t = np.zeros(len(tests), np.int64), np.arange(1, len(tests) + 1)
+        if a_is_test:
+            e, t = t, e
         out = {"cosine": cosine_scores(x[e], x[t])}
         if self.cohort is None:
             return out
@@ -958,6 +990,63 @@ class Verifier:
         if threshold is not None:
             return Threshold(_finite(threshold, "threshold (--threshold)"), scale, "given by the caller")
         return self.threshold(far=far, scale=scale)
+
+    # -- identification ---------------------------------------------------------------------------
+    def identify(self, test: AudioInput, speakers: Mapping[str, Enrolment] | EmbeddingTable, *,
+                 far: float | None = None, threshold: float | None = None,
+                 sample_rate: int | None = None) -> Identification:
+        """Which of the enrolled ``speakers`` is speaking in ``test``, or none of them (open set).
+
+        Each enrolled speaker is scored against ``test`` as :meth:`verify` would score them (the speaker
+        as the enrolment side); the best one is the answer when its score reaches the threshold, else
+        the speaker is unknown.
+
+        Args:
+            speakers: name -> recording(s) (see :meth:`verify`), or an embeddings table with speakers
+                (``mlsv embed --manifest`` of an enrolment manifest): each speaker's rows are pooled as
+                several recordings are (duration-weighted mean, durations added).
+        """
+        scale = self.score_scale
+        th = self._decision_threshold(far, threshold, scale)
+        sample_rate = check_sample_rate(sample_rate)
+        names, matrix, seconds = self._speaker_set(speakers, sample_rate)
+        test_matrix, test_seconds = self._embed([test], sample_rate, 0.0, False)
+        scores = self._scores_against(test_matrix[0], matrix, (float(test_seconds[0]), seconds),
+                                      a_is_test=True)[scale]
+        order = np.argsort(-scores, kind="stable")
+        best = float(scores[order[0]])
+        return Identification(speaker=names[order[0]] if best >= th.value else None, score=best,
+                              threshold=th.value, scale=scale, threshold_source=th.source,
+                              ranking=[(names[i], float(scores[i])) for i in order])
+
+    def _speaker_set(self, speakers: Mapping[str, Enrolment] | EmbeddingTable,
+                     sample_rate: int | None) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Enrolled speakers as (names, (S, E) raw embeddings, (S,) seconds): all recordings embedded in
+        one batched pass, or a table's rows, pooled per speaker."""
+        if isinstance(speakers, EmbeddingTable):
+            if speakers.speakers is None:
+                raise ValueError("the enrolled speakers' table has no speaker labels; embed an enrolment manifest "
+                                 "with speakers (mlsv embed --manifest)")
+            if speakers.embeddings.shape[1] != self.embedding_size:
+                raise ValueError(f"the enrolled speakers' embeddings have {speakers.embeddings.shape[1]} dimensions, "
+                                 f"the model gives {self.embedding_size}")
+            owners, matrix, durations = speakers.speakers.tolist(), speakers.embeddings, speakers.durations
+        else:
+            if not isinstance(speakers, Mapping) or not speakers:
+                raise ValueError("speakers must be a non-empty mapping of name -> recording(s), or an embeddings "
+                                 "table with speakers")
+            owners, inputs = [], []
+            for name, enrolment in speakers.items():
+                recordings = _inputs(enrolment)
+                owners += [str(name)] * len(recordings)
+                inputs += recordings
+            matrix, durations = self._embed(inputs, sample_rate, 0.0, False)
+        names = list(dict.fromkeys(owners))
+        rows = {n: [] for n in names}
+        for i, owner in enumerate(owners):
+            rows[owner].append(i)
+        pooled = [_pool(matrix[rows[n]], durations[rows[n]]) for n in names]
+        return names, np.stack([p[0] for p in pooled]), np.array([p[1] for p in pooled])
 
     # -- sliding windows --------------------------------------------------------------------------
     def embed_windows(self, x: AudioInput, *, window: float = 1.5, hop: float | None = None,

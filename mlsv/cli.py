@@ -7,14 +7,14 @@ import importlib
 import sys
 
 # Each module defines ``register(subparsers)``, which adds its parser and sets ``func``.
-COMMANDS = ("prepare", "embed", "score", "calibrate", "evaluate", "verify", "export", "inspect")
+COMMANDS = ("prepare", "embed", "score", "calibrate", "evaluate", "verify", "identify", "export", "inspect")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlsv",
         description="Multi-layer speaker verification: prepare data, embed, score, calibrate, evaluate, "
-        "verify, export and inspect models. Training is `python train.py` / `accelerate launch train.py`.",
+        "verify, identify, export and inspect models. Training is `python train.py` / `accelerate launch train.py`.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:

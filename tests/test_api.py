@@ -296,6 +296,67 @@ def test_enrolment_from_several_recordings(model_dir, audio_dir, calibrated, cap
     assert "unrecognized arguments: --jsn" in capsys.readouterr().err
 
 
+# -- identification ------------------------------------------------------------------------------
+
+
+def test_identify_names_the_enrolled_speaker_or_none(verifier, calibrated, audio_dir):
+    """The best of the enrolled speakers when it reaches the threshold, else unknown; each speaker scored
+    as verify scores it (enrolment side), from recordings or from a table of embeddings with speakers."""
+    x, y, z = voice(0.6, seed=20), voice(0.6, f0=220, seed=21), voice(0.5, f0=300, seed=22)
+    enrolled = {"ann": [x, voice(0.4, seed=23)], "bob": y, "cy": (z,)}
+    r = verifier.identify(x, enrolled, sample_rate=SR)
+    assert r.speaker == r.ranking[0][0] and r.threshold == THRESHOLD and r.scale == "cosine"
+    assert [s for s, _ in r.ranking] == sorted(enrolled, key=lambda n: -dict(r.ranking)[n])
+    assert r.score == r.ranking[0][1] and "ranking" in r.to_dict()
+    unknown = verifier.identify(x, enrolled, threshold=r.score + 1e-3, sample_rate=SR)
+    assert unknown.speaker is None and unknown.ranking == r.ranking and "unknown speaker" in str(unknown)
+    # every scale, the enrolment side: the scores of verify
+    c = calibrated.identify(audio_dir / "c.ogg", {"ann": [x, y], "cy": z}, sample_rate=SR)
+    assert c.scale == "calibrated"
+    for name, enrolment in (("ann", [x, y]), ("cy", z)):
+        assert dict(c.ranking)[name] == pytest.approx(calibrated.score(enrolment, audio_dir / "c.ogg",
+                                                                       sample_rate=SR), abs=1e-5)
+    # a table with speakers: its rows pooled as recordings are
+    table = calibrated.embed_table([x, y, z], ids=["a", "b", "c"], sample_rate=SR)
+    table.speakers = np.array(["ann", "ann", "cy"])
+    t = calibrated.identify(audio_dir / "c.ogg", table, sample_rate=SR)
+    np.testing.assert_allclose([v for _, v in t.ranking], [v for _, v in c.ranking], atol=1e-5)
+    assert [n for n, _ in t.ranking] == [n for n, _ in c.ranking]
+    table.speakers = None
+    for speakers, message in ((table, "no speaker labels"), ({}, "non-empty mapping"),
+                              ([x], "non-empty mapping")):
+        with pytest.raises(ValueError, match=message):
+            calibrated.identify(x, speakers, sample_rate=SR)
+
+
+def test_identify_command(model_dir, audio_dir, tmp_path, capsys):
+    from mlsv.cli import main
+
+    a, b, c = (str(audio_dir / n) for n in ("a16k.wav", "b8k.flac", "c.ogg"))
+    argv = ["identify", "--model", str(model_dir), "--speaker", f"ann={a},{b}", "--speaker", f"cy={c}"]
+    assert main([*argv, a, "--json", c]) == 0  # options may come between the test recordings
+    out = json.loads(capsys.readouterr().out)
+    v = Verifier.from_pretrained(model_dir)
+    assert [o["test"] for o in out] == [a, c]
+    for o, test in zip(out, (a, c)):
+        expected = v.identify(test, {"ann": [a, b], "cy": c})
+        assert o["speaker"] == expected.speaker and o["score"] == pytest.approx(expected.score, abs=1e-6)
+        assert [r["speaker"] for r in o["ranking"]] == [n for n, _ in expected.ranking]
+    assert main([*argv, a, "--top", "1"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"{a}: ") and len(text.strip().splitlines()) == 2
+    table = tmp_path / "enrolled.npz"
+    assert main(["embed", "--model", str(model_dir), "--out", str(table), a, c]) == 0
+    capsys.readouterr()
+    for extra, message in ((["--speaker", "ann"], "expected NAME=FILE"),
+                           (["--speaker", f"ann={a}", "--speaker", f"ann={b}"], "'ann' is given twice"),
+                           (["--speakers", str(table), "--speaker", f"ann={a}"], "not both"),
+                           ([], "no enrolled speakers"),
+                           (["--speakers", str(table)], "no speaker labels")):
+        assert main(["identify", "--model", str(model_dir), *extra, a]) == 2
+        assert message in capsys.readouterr().err
+
+
 # -- sliding windows -----------------------------------------------------------------------------
 
 
