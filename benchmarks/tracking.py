@@ -64,6 +64,18 @@ def conversations(manifest: str, n: int, turns: int, seed: int):
     return out
 
 
+def frame_errors(truth: np.ndarray, spans: list[tuple[float, float]], rate: int) -> tuple[int, int, int, int]:
+    """(missed, false-alarm, enrolled-speaker, other-speaker) 10 ms frames of a conversation whose samples
+    are ``truth`` (True: the enrolled speaker) against the accepted ``spans`` in seconds. A frame is its
+    first sample's speaker."""
+    frames = truth[(np.arange(int(truth.size / rate / FRAME)) * FRAME * rate).astype(int)]
+    detected = np.zeros(frames.size, bool)
+    for a, b in spans:
+        detected[int(round(a / FRAME)):int(round(b / FRAME))] = True
+    return (int((frames & ~detected).sum()), int((~frames & detected).sum()), int(frames.sum()),
+            int((~frames).sum()))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from mlsv.api import Verifier
@@ -80,14 +92,9 @@ def main(argv: list[str] | None = None) -> None:
         track = verifier.track(enrol, np.concatenate(pieces), window=args.window, hop=args.hop, sample_rate=rate,
                                threshold=args.threshold)
         seconds += truth.size / rate
-        frames = truth[(np.arange(int(truth.size / rate / FRAME)) * FRAME * rate).astype(int)]
-        detected = np.zeros(frames.size, bool)
-        for a, b in track.segments():
-            detected[int(round(a / FRAME)):int(round(b / FRAME))] = True
-        target_frames += int(frames.sum())
-        other_frames += int((~frames).sum())
-        misses += int((frames & ~detected).sum())
-        false_alarms += int((~frames & detected).sum())
+        counts = frame_errors(truth, track.segments(), rate)
+        misses, false_alarms = misses + counts[0], false_alarms + counts[1]
+        target_frames, other_frames = target_frames + counts[2], other_frames + counts[3]
         for a, b, score in zip(track.starts, track.ends, track.scores):
             share = truth[int(round(a * rate)):int(round(b * rate))].mean()
             if share >= 0.5 or share == 0:

@@ -1030,12 +1030,17 @@ class Verifier:
             if speakers.embeddings.shape[1] != self.embedding_size:
                 raise ValueError(f"the enrolled speakers' embeddings have {speakers.embeddings.shape[1]} dimensions, "
                                  f"the model gives {self.embedding_size}")
+            if not len(speakers.ids):
+                raise ValueError("the enrolled speakers' table is empty")
             owners, matrix, durations = speakers.speakers.tolist(), speakers.embeddings, speakers.durations
         else:
             if not isinstance(speakers, Mapping) or not speakers:
                 raise ValueError("speakers must be a non-empty mapping of name -> recording(s), or an embeddings "
                                  "table with speakers")
             owners, inputs = [], []
+            if len({str(name) for name in speakers}) < len(speakers):
+                raise ValueError(f"speaker names repeat as text ({', '.join(map(repr, speakers))}): each speaker "
+                                 "needs a name of its own")
             for name, enrolment in speakers.items():
                 recordings = _inputs(enrolment)
                 owners += [str(name)] * len(recordings)

@@ -28,10 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     # a command whose last positional takes several values (``mlsv verify E1 E2 --json T``) gets the values
     # that follow an option: argparse matches a positional once, before the first option
     field = getattr(args, "more_positionals", None)
-    if extra and (field is None or any(e.startswith("-") for e in extra)):
+    if extra and field is not None:
+        # after a "--" every value is positional, even one that starts with "-"
+        before, after = (extra[:extra.index("--")], extra[extra.index("--") + 1:]) if "--" in extra else (extra, [])
+        if any(e.startswith("-") for e in before):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        getattr(args, field).extend(map(type(getattr(args, field)[0]), before + after))
+    elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if extra:
-        getattr(args, field).extend(map(type(getattr(args, field)[0]), extra))
     try:
         rc = args.func(args)
     except (OSError, KeyError, ValueError) as e:  # FileNotFoundError, IsADirectoryError, ... are OSErrors

@@ -323,13 +323,14 @@ def test_identify_names_the_enrolled_speaker_or_none(verifier, calibrated, audio
     np.testing.assert_allclose([v for _, v in t.ranking], [v for _, v in c.ranking], atol=1e-5)
     assert [n for n, _ in t.ranking] == [n for n, _ in c.ranking]
     table.speakers = None
-    for speakers, message in ((table, "no speaker labels"), ({}, "non-empty mapping"),
-                              ([x], "non-empty mapping")):
+    empty = EmbeddingTable(np.array([], str), np.zeros((0, 16), np.float32), np.zeros(0), np.array([], str))
+    for speakers, message in ((table, "no speaker labels"), ({}, "non-empty mapping"), ([x], "non-empty mapping"),
+                              ({1: x, "1": y}, "speaker names repeat as text"), (empty, "table is empty")):
         with pytest.raises(ValueError, match=message):
             calibrated.identify(x, speakers, sample_rate=SR)
 
 
-def test_identify_command(model_dir, audio_dir, tmp_path, capsys):
+def test_identify_command(model_dir, audio_dir, tmp_path, capsys, monkeypatch):
     from mlsv.cli import main
 
     a, b, c = (str(audio_dir / n) for n in ("a16k.wav", "b8k.flac", "c.ogg"))
@@ -342,9 +343,15 @@ def test_identify_command(model_dir, audio_dir, tmp_path, capsys):
         expected = v.identify(test, {"ann": [a, b], "cy": c})
         assert o["speaker"] == expected.speaker and o["score"] == pytest.approx(expected.score, abs=1e-6)
         assert [r["speaker"] for r in o["ranking"]] == [n for n, _ in expected.ranking]
-    assert main([*argv, a, "--top", "1"]) == 0
+    # the enrolment is embedded once for all the tests: 3 recordings, then one per test
+    sizes = []
+    embed = Verifier._embed
+    monkeypatch.setattr(Verifier, "_embed", lambda self, inputs, *rest: sizes.append(len(inputs)) or embed(self, inputs, *rest))
+    assert main([*argv, a, "--top", "1", b, "--", c]) == 0  # after "--" everything is a test recording
+    assert sizes == [3, 1, 1, 1]
+    monkeypatch.undo()
     text = capsys.readouterr().out
-    assert text.startswith(f"{a}: ") and len(text.strip().splitlines()) == 2
+    assert text.startswith(f"{a}: ") and len(text.strip().splitlines()) == 6
     table = tmp_path / "enrolled.npz"
     assert main(["embed", "--model", str(model_dir), "--out", str(table), a, c]) == 0
     capsys.readouterr()

@@ -443,6 +443,11 @@ def test_tracking_benchmark_measures_misses_and_false_alarms(tmp_path, capsys):
     assert (runs["-2"]["miss_rate"], runs["-2"]["false_alarm_rate"]) == (0.0, 1.0)
     assert runs["2"]["windows"] == runs["-2"]["windows"] > 0 and runs["2"]["scale"] == "cosine"
     assert runs["2"]["window_eer_percent"] == runs["-2"]["window_eer_percent"] is not None
+    # the frame counts on a known case: 1 s of the enrolled speaker, 1 s of the other, at 100 Hz
+    truth = np.r_[np.ones(100, bool), np.zeros(100, bool)]
+    assert tracking.frame_errors(truth, [(0.5, 1.2)], 100) == (50, 20, 100, 100)
+    assert tracking.frame_errors(truth, [(0.0, 0.3), (0.8, 1.0)], 100) == (50, 0, 100, 100)
+    assert tracking.frame_errors(truth, [], 100) == (100, 0, 100, 100)
 
 
 def test_adam_runs_fused_on_a_gpu_only():

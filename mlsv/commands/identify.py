@@ -10,12 +10,15 @@ from mlsv.commands.options import int_at_least, probability
 EPILOG = """example:
   mlsv identify --model runs/default/model --speaker ann=ann1.wav,ann2.wav --speaker bob=bob.flac test.wav
   mlsv embed --model runs/default/model --manifest enrol.jsonl --out enrolled.npz      # many speakers
-  mlsv identify --model runs/default/model --speakers enrolled.npz calls/ --json
+  mlsv identify --model runs/default/model --speakers enrolled.npz calls/ --far 0.01 --json
 
 Each enrolled speaker (several recordings, or a table's rows, pooled: duration-weighted mean) is scored
 against each test recording as mlsv verify scores a pair, on the same scale and threshold (--far,
 --threshold). The best speaker is the answer when its score reaches the threshold; otherwise the
-recording's speaker is unknown. Folders are searched for audio files."""
+recording's speaker is unknown. The threshold is a per-pair one: an unknown speaker has one chance per
+enrolled speaker to pass it, so with many speakers choose a stricter --far or a higher --threshold.
+Folders are searched for audio files (not in --speaker). An enrolment table must come from the same
+model (its .npz does not record which)."""
 
 
 def register(subparsers) -> None:
@@ -33,6 +36,7 @@ def register(subparsers) -> None:
     p.add_argument("--far", type=probability, default=None, help="target false-accept rate, e.g. 0.01")
     p.add_argument("--threshold", type=float, default=None, help="explicit threshold on the score scale in use")
     p.add_argument("--cohort", type=Path, default=None, help="AS-norm cohort embeddings .npz with speakers")
+    p.add_argument("--asnorm-top-k", type=int_at_least(2), default=None, help="AS-norm cohort size (default: calibration's)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="torch, or onnx (runs MODEL/model.onnx with onnxruntime)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -40,7 +44,7 @@ def register(subparsers) -> None:
 
 
 def _enrolled(args: argparse.Namespace):
-    """The enrolled speakers: a table (--speakers) and NAME=FILES (--speaker), as one table or mapping."""
+    """The enrolled speakers: a table (--speakers), or NAME=FILES (--speaker) as a mapping."""
     from mlsv.scoring.embeddings import load_embeddings
 
     mapping: dict[str, list[str]] = {}
@@ -64,11 +68,20 @@ def _enrolled(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import json
 
+    import numpy as np
+
     from mlsv.api import Verifier, find_audio_files
 
     speakers = _enrolled(args)
     tests = find_audio_files(args.tests)
-    verifier = Verifier.from_pretrained(args.model, device=args.device, runtime=args.runtime, cohort=args.cohort)
+    verifier = Verifier.from_pretrained(args.model, device=args.device, runtime=args.runtime, cohort=args.cohort,
+                                        asnorm_top_k=args.asnorm_top_k)
+    if isinstance(speakers, dict):  # embedded once, as a table, for all the tests
+        owners = [name for name, files in speakers.items() for _ in files]
+        files = [f for recordings in speakers.values() for f in recordings]
+        speakers = verifier.embed_table(files, ids=[f"{n}#{i}" for i, n in enumerate(owners)],
+                                        progress=len(files) > 16)
+        speakers.speakers = np.asarray(owners)
     results = []
     for test in tests:
         r = verifier.identify(test, speakers, far=args.far, threshold=args.threshold)
