@@ -51,7 +51,7 @@ from typing import Any, Union
 import numpy as np
 
 from mlsv.data.audio import SILENCE_PEAK, AudioError, read_audio, silent_audio_message
-from mlsv.scoring.embeddings import EmbeddingTable, check_finite, load_embeddings
+from mlsv.scoring.embeddings import EmbeddingTable, check_finite, load_embeddings, pool_rows
 from mlsv.tracking import OnlineTracker, SpeakerTrack, WindowEmbeddings, WindowScore, window_starts
 
 __all__ = [
@@ -481,11 +481,11 @@ def _check_model_folder(src: str) -> None:
 def _check_model_config(src: str, revision: str | None = None) -> None:
     """ValueError when ``src``'s config.json is not an mlsv model's, naming the file and what it is.
 
-    OSError (missing or unreadable config.json, hub errors) is left to the caller.
+    OSError (missing or unreadable config.json, hub errors) is left to the caller, who checks a local
+    folder first (``_check_model_folder``: transformers reads a folder without one as an empty config).
     """
     from transformers import CONFIG_MAPPING, PretrainedConfig
 
-    _check_model_folder(src)
     config, _ = PretrainedConfig.get_config_dict(src, revision=revision)
     model_type = config.get("model_type")
     if model_type != "mlsv":
@@ -1046,12 +1046,8 @@ class Verifier:
                 owners += [str(name)] * len(recordings)
                 inputs += recordings
             matrix, durations = self._embed(inputs, sample_rate, 0.0, False)
-        names = list(dict.fromkeys(owners))
-        rows = {n: [] for n in names}
-        for i, owner in enumerate(owners):
-            rows[owner].append(i)
-        pooled = [_pool(matrix[rows[n]], durations[rows[n]]) for n in names]
-        return names, np.stack([p[0] for p in pooled]), np.array([p[1] for p in pooled])
+        pooled = pool_rows(owners, matrix, durations)
+        return pooled.ids.tolist(), pooled.embeddings, pooled.durations
 
     # -- sliding windows --------------------------------------------------------------------------
     def embed_windows(self, x: AudioInput, *, window: float = 1.5, hop: float | None = None,
@@ -1185,11 +1181,9 @@ def _inputs(enroll: Enrolment) -> list:
 
 
 def _pool(matrix: np.ndarray, durations: np.ndarray) -> tuple[np.ndarray, float]:
-    """Several recordings of one speaker as one: (E,) their embeddings' mean weighted by duration, and
-    their total seconds. One recording is itself."""
-    w = np.asarray(durations, np.float64)
-    mean = (np.asarray(matrix, np.float64) * w[:, None]).sum(0) / w.sum()
-    return mean.astype(np.float32), float(w.sum())
+    """Several recordings of one speaker as one (``pool_rows``): (E,) embedding and total seconds."""
+    one = pool_rows(np.zeros(len(matrix), np.int64), matrix, durations)
+    return one.embeddings[0], float(one.durations[0])
 
 
 def _finite(x: Any, what: str) -> float:
@@ -1268,6 +1262,7 @@ def _load_config(src: str, revision: str | None = None):
     import mlsv.models  # noqa: F401
     from mlsv.models import MLSVConfig
 
+    _check_model_folder(src)
     _check_model_config(src, revision)
     return MLSVConfig.from_pretrained(src, revision=revision)
 

@@ -83,6 +83,20 @@ def repeated_ids(ids: np.ndarray) -> list[tuple[str, list[int]]]:
     return sorted(rows.items(), key=lambda item: item[1][0])  # in order of first appearance
 
 
+def pool_rows(ids, embeddings: np.ndarray, durations: np.ndarray) -> EmbeddingTable:
+    """Rows that share an id as one: their duration-weighted mean embedding and summed duration, ids in
+    the order they first appear. The rule for a long file's chunks and for one speaker's recordings."""
+    ids = [str(u) for u in ids]
+    position = {u: i for i, u in enumerate(dict.fromkeys(ids))}
+    index = np.array([position[u] for u in ids], dtype=np.int64)
+    dur = np.asarray(durations, np.float64)
+    sums = np.zeros((len(position), np.shape(embeddings)[1]), np.float64)
+    np.add.at(sums, index, np.asarray(embeddings, np.float64) * dur[:, None])
+    total = np.bincount(index, weights=dur, minlength=len(position))
+    return EmbeddingTable(np.array(list(position)), (sums / np.maximum(total, 1e-9)[:, None]).astype(np.float32),
+                          total.astype(np.float32))
+
+
 def save_embeddings(table: EmbeddingTable, path: str | Path) -> None:
     """Writes the table atomically as ``.npz``."""
     path = Path(path)

@@ -600,7 +600,7 @@ def merge_parts(parts: list[tuple[list[str], np.ndarray, np.ndarray]]):
     """Per-process (ids, embeddings, durations) -> one table. An utterance cut into chunks may have been
     embedded in parts by several processes (evaluation batches are dealt by chunk): its rows become their
     duration-weighted mean (the weights the embedder uses within a process) with the summed duration."""
-    from mlsv.scoring.embeddings import EmbeddingTable
+    from mlsv.scoring.embeddings import EmbeddingTable, pool_rows
 
     ids = [u for p in parts for u in p[0]]
     if not ids:
@@ -608,12 +608,7 @@ def merge_parts(parts: list[tuple[list[str], np.ndarray, np.ndarray]]):
     emb = np.concatenate([p[1] for p in parts if len(p[0])])
     dur = np.concatenate([p[2] for p in parts if len(p[0])])
     if len(set(ids)) < len(ids):
-        position = {u: i for i, u in enumerate(dict.fromkeys(ids))}
-        index = np.array([position[u] for u in ids])
-        sums = np.zeros((len(position), emb.shape[1]), np.float64)
-        np.add.at(sums, index, emb.astype(np.float64) * dur[:, None])
-        total = np.bincount(index, weights=dur, minlength=len(position))
-        ids, emb, dur = list(position), (sums / np.maximum(total, 1e-9)[:, None]).astype(np.float32), total
+        return pool_rows(ids, emb, dur)
     return EmbeddingTable(np.array(ids), emb, np.asarray(dur, np.float32))
 
 
