@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mlsv.commands.options import non_negative_float, non_negative_int, output_file, positive_float
+from mlsv.commands.options import (
+    add_window_options,
+    check_window_options,
+    non_negative_float,
+    non_negative_int,
+    output_file,
+    positive_float,
+)
 
 EPILOG = """example:
   mlsv embed --model runs/default/model --manifest data/vox1_test.jsonl --out emb/vox1.npz
@@ -33,10 +40,7 @@ def register(subparsers) -> None:
                    help="padded audio per batch in seconds (default 60)")
     p.add_argument("--chunk-seconds", type=non_negative_float, default=0.0,
                    help="embed long files in chunks of this length and average (default 0: whole files)")
-    p.add_argument("--window", type=positive_float, default=None, metavar="SECONDS",
-                   help="embed each file's sliding windows of this length, one row each (files only)")
-    p.add_argument("--hop", type=positive_float, default=None, metavar="SECONDS",
-                   help="with --window: seconds between window starts (default: half a window)")
+    add_window_options(p, "embed each file's sliding windows of this length, one row each (files only)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="torch or onnx (MODEL/model.onnx)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
@@ -65,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.manifest is not None and args.files:
         raise ValueError("give either --manifest or audio files / folders, not both")
-    if args.hop is not None and args.window is None:
-        raise ValueError("--hop needs --window (the windows' length in seconds)")
+    check_window_options(args)
     if args.window is not None and (args.manifest is not None or args.chunk_seconds):
         raise ValueError("--window embeds the windows of audio files: give files or folders, without --manifest "
                          "or --chunk-seconds")

@@ -85,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for test in tests:
         r = verifier.identify(test, speakers, far=args.far, threshold=args.threshold)
-        results.append({"test": test, **r.to_dict(), "ranking": r.to_dict()["ranking"][:args.top]})
+        result = r.to_dict()
+        results.append({"test": test, **result, "ranking": result["ranking"][:args.top]})
         if not args.json:
             print(f"{test}: {r}")
             for name, score in r.ranking[:args.top]:

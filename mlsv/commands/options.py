@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["check_cohort_speakers", "int_at_least", "load_mean", "non_negative_float", "non_negative_int",
+__all__ = ["add_window_options", "check_cohort_speakers", "check_window_options", "int_at_least", "load_mean", "non_negative_float", "non_negative_int",
            "output_file", "output_folder", "positive_float", "positive_int", "prior", "probability"]
 
 
@@ -152,3 +152,16 @@ def check_cohort_speakers(n_speakers: int, top_k: int, source: str | os.PathLike
         raise ValueError(f"{source}: {n_speakers} cohort speakers are too few for --asnorm-top-k {top_k}: "
                          f"calibration needs at least top-k + 2 = {top_k + 2} (each pair's two speakers are "
                          f"left out of its cohort); {fix}")
+
+
+def add_window_options(parser: argparse.ArgumentParser, window_help: str) -> None:
+    """``--window SECONDS`` and ``--hop SECONDS`` (sliding windows, ``Verifier.embed_windows``)."""
+    parser.add_argument("--window", type=positive_float, default=None, metavar="SECONDS", help=window_help)
+    parser.add_argument("--hop", type=positive_float, default=None, metavar="SECONDS",
+                        help="with --window: seconds between window starts (default: half a window)")
+
+
+def check_window_options(args: argparse.Namespace) -> None:
+    """ValueError for a ``--hop`` without ``--window``."""
+    if args.hop is not None and args.window is None:
+        raise ValueError("--hop needs --window (the windows' length in seconds)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mlsv.commands.options import int_at_least, positive_float, probability
+from mlsv.commands.options import add_window_options, check_window_options, int_at_least, probability
 
 EPILOG = """example:
   mlsv verify --model runs/default/model enroll.wav test.flac
@@ -40,10 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--threshold", type=float, default=None, help="explicit threshold on the score scale in use")
     p.add_argument("--cohort", type=Path, default=None, help="AS-norm cohort embeddings .npz with speakers")
     p.add_argument("--asnorm-top-k", type=int_at_least(2), default=None, help="AS-norm cohort size (default: calibration's)")
-    p.add_argument("--window", type=positive_float, default=None, metavar="SECONDS",
-                   help="score each window of this length of the test recording (where the speaker speaks)")
-    p.add_argument("--hop", type=positive_float, default=None, metavar="SECONDS",
-                   help="with --window: seconds between window starts (default: half a window)")
+    add_window_options(p, "score each window of this length of the test recording (where the speaker speaks)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="torch, or onnx (runs MODEL/model.onnx with onnxruntime)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -58,8 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if len(args.recordings) < 2:
         raise ValueError("give the enrolment recording(s) and then the test recording")
     args.a, args.b = args.recordings[:-1], args.recordings[-1]
-    if args.hop is not None and args.window is None:
-        raise ValueError("--hop needs --window (the windows' length in seconds)")
+    check_window_options(args)
     verifier = Verifier.from_pretrained(args.model, device=args.device, runtime=args.runtime, cohort=args.cohort,
                                         asnorm_top_k=args.asnorm_top_k)
     if args.window is not None:
