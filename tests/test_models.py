@@ -223,10 +223,18 @@ def test_model_save_load_roundtrip_through_automodel(tmp_path):
     assert isinstance(AutoConfig.from_pretrained(tmp_path), MLSVConfig)
     wav, mask = padded_batch([9000, 4000])
     ref = model(wav, attention_mask=mask).embeddings
+    saved = model.state_dict()
     for cls in (AutoModel, AutoModelForAudioXVector, MLSVModel):
         loaded = cls.from_pretrained(tmp_path).eval()
         assert isinstance(loaded, MLSVModel)
-        torch.testing.assert_close(loaded(wav, attention_mask=mask).embeddings, ref, rtol=0, atol=0)
+        # the stored tensors come back bit for bit ...
+        for name, value in loaded.state_dict().items():
+            assert torch.equal(value, saved[name]), name
+        # ... but transformers' loader may rebuild modules (the positional convolution's weight norm, fused
+        # projections) whose float32 forward then rounds in another order: observed differences are ~1e-7 on
+        # embeddings whose entries are O(1) (transformers 5.25); 1e-5 is ~100 float32 ulps at that size, far
+        # below any change that matters.
+        torch.testing.assert_close(loaded(wav, attention_mask=mask).embeddings, ref, rtol=1e-5, atol=1e-5)
         assert loaded.config.training_mean == [0.1] * 16
 
 
@@ -243,7 +251,7 @@ def test_trust_remote_code_in_a_process_without_mlsv(tmp_path):
         "assert not type(m).__module__.startswith('mlsv'), type(m).__module__\n"
         f"io = torch.load({str(tmp_path / 'io.pt')!r})\n"
         "d = (m(io['wav'], attention_mask=io['mask']).embeddings - io['emb']).abs().max().item()\n"
-        "assert d == 0.0, d\n"
+        "assert d < 1e-5, d\n"  # float32 rounding of another code path: see the round-trip test above
         "print('ok')\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
