@@ -192,7 +192,7 @@ def test_stage_compile_mode_reaches_every_compiled_part(monkeypatch):
     seen = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: seen.append((type(self).__name__, kw)))
     loop.compile_for_training(tiny_model(), SubCenterAAMSoftmax(16, 10), backend="inductor", mode="reduce-overhead")
-    assert [name for name, _ in seen] == ["Frontend", "LayerAttentivePooling", "ASTP",
+    assert [name for name, _ in seen] == ["WavLMFrontend", "LayerAttentivePooling", "ASTP",
                                           "SubCenterAAMSoftmax"]
     assert all(kw["mode"] == "reduce-overhead" for _, kw in seen)
     field = StageConfig.__dataclass_fields__["compile_mode"]

@@ -11,6 +11,12 @@ are called one by one here instead of through the encoder's ``forward`` so that
   (wav2vec 2.0 / WavLM Base style) are computed over the valid samples only;
 * Whisper's encoder takes any length (transformers insists on 30 s): positions are sliced to length.
 
+One class per family, in ``FRONTENDS`` (``build_frontend`` picks it; so does ``Frontend(encoder, ...)``):
+``Frontend`` runs what is common (trainability, LayerDrop, the layers), ``Wav2Vec2Frontend`` the
+wav2vec 2.0-like encoders (HuBERT, wav2vec 2.0, data2vec-audio), ``WavLMFrontend`` adds WavLM's
+relative-position attention, ``WhisperFrontend`` Whisper's log-mel and convolution stem. ``frame_count``
+and ``min_samples`` give the frame arithmetic from an encoder config alone.
+
 This module is part of the model code saved beside a model for ``trust_remote_code``: it imports only
 torch, transformers and its sibling modules.
 """
@@ -36,12 +42,21 @@ from .fast_attention import (
     set_encoder_attention,
     wavlm_layer_forward,
 )
+from .fast_conv import (  # noqa: F401  (re-exported: their home was this module)
+    CONV_LAYOUTS,
+    GROUP_ALIGN,
+    _channel_norm_over_time,
+    _compute_dtype,
+    _var_mean,
+    _window_products,
+    conv_channels_last,
+    first_conv_block,
+)
 
 # transformers' WavLM attention passes a bool padding mask beside its float position bias; torch warns
 # about the mix on every call although the result is right.
 warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask and attn_mask")
 
-CONV_LAYOUTS = ("channels_last", "channels_first")
 WAV2VEC2_FAMILY = ("wavlm", "hubert", "wav2vec2", "data2vec-audio")
 FAMILIES = WAV2VEC2_FAMILY + ("whisper",)
 WHISPER_N_FFT, WHISPER_HOP = 400, 160  # Whisper's 25 ms window, 10 ms hop at 16 kHz
@@ -88,156 +103,14 @@ def encoder_config_from_name(name: str, encoder_type: str = ""):
 
 def build_encoder(encoder_config) -> nn.Module:
     """Builds a randomly initialised encoder from a transformers config (Whisper: its encoder only)."""
-    from transformers import AutoModel
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
-    if encoder_config.model_type not in FAMILIES:
-        raise ValueError(f"encoder type {encoder_config.model_type!r} is not supported; "
-                         f"choose one of {', '.join(FAMILIES)}")
-    if encoder_config.model_type == "whisper":
-        return WhisperEncoder(encoder_config)
-    return AutoModel.from_config(encoder_config)
+    return frontend_class(encoder_config.model_type).encoder_from_config(encoder_config)
 
 
 def load_pretrained_encoder(name_or_path: str) -> nn.Module:
     """Loads pre-trained encoder weights from a local folder or hub id with the family's own class
     (HuBERT with HubertModel, never wav2vec 2.0's class)."""
-    from transformers import AutoModel, WhisperModel
-
     cfg = encoder_config_from_name(name_or_path)
-    if cfg.model_type == "whisper":
-        return WhisperModel.from_pretrained(name_or_path).get_encoder()
-    return AutoModel.from_pretrained(name_or_path)
-
-
-def _var_mean(x: torch.Tensor, dim: int, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Population variance and mean over ``dim`` (kept), over the positions where ``mask`` (x's shape
-    without its trailing axes past ``dim``) is True, or over all when ``mask`` is None."""
-    if mask is None:
-        return torch.var_mean(x, dim=dim, correction=0, keepdim=True)
-    m = mask.reshape(*mask.shape, *([1] * (x.dim() - mask.dim()))).to(x.dtype)
-    n = m.sum(dim, keepdim=True).clamp_min(1.0)
-    mean = (x * m).sum(dim, keepdim=True) / n
-    return (((x - mean) * m) ** 2).sum(dim, keepdim=True) / n, mean
-
-
-def _channel_norm_over_time(h: torch.Tensor, norm: nn.GroupNorm, frame_mask: torch.Tensor | None) -> torch.Tensor:
-    """GroupNorm with one group per channel (wav2vec 2.0 / WavLM Base's first CNN layer) on a channel-last
-    (B, T, C) tensor, over the valid frames only when ``frame_mask`` (B, T) is given, over all otherwise.
-
-    The statistics are reduced once; normalisation and affine are then one fused multiply-add in the
-    input's dtype (an fp32 output under autocast would double the bytes of the largest tensor).
-    """
-    var, mean = _var_mean(h, 1, frame_mask)
-    scale = torch.rsqrt(var.float() + norm.eps) * norm.weight
-    shift = norm.bias - mean.float() * scale
-    return torch.addcmul(shift.to(h.dtype), h, scale.to(h.dtype))
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype a convolution would give under the active autocast (x's own otherwise)."""
-    kind = x.device.type
-    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
-
-
-def _window_products(windows: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor, dtype: torch.dtype):
-    """``windows`` (B, T, k) @ ``weight`` (B or 1, k, C) + ``shift`` (B or 1, 1, C): one batched matrix
-    product in ``dtype`` (the same kernel eager and compiled, so the two agree to the bit)."""
-    batch = windows.shape[0]
-    with torch.autocast(windows.device.type, enabled=False):
-        return torch.baddbmm(shift.to(dtype).expand(batch, -1, -1), windows.to(dtype),
-                             weight.to(dtype).expand(batch, -1, -1))
-
-
-def first_conv_block(layer: nn.Module, x: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
-    """The first CNN layer (a 1-channel convolution, its norm, its activation) without materialising the
-    convolution's output before the norm: (B, S) -> (B, T, C), equal to the layer's own result.
-
-    Since the convolution is linear in each window (B, T, k) of the waveform, its norm's statistics come
-    from the windows: a GroupNorm with a group per channel (over time, over the valid frames of
-    ``frame_mask`` when given) from the windows' mean and k x k covariance per utterance, a LayerNorm
-    (over channels, per frame) from a k x k quadratic form per window. The norm then folds into
-    per-utterance weights (GroupNorm) or a per-frame scale (LayerNorm): the largest tensor of the
-    encoder (128 x 2 s: 128 x 6,399 x 512) is not re-read for statistics, and a 1-channel convolution
-    (a poor fit for convolution kernels) becomes a matrix product. Statistics are fp32; the output has
-    the autocast dtype.
-    """
-    conv, norm = layer.conv, getattr(layer, "layer_norm", None)
-    k, stride = conv.kernel_size[0], conv.stride[0]
-    dtype = _compute_dtype(x)
-    with torch.autocast(x.device.type, enabled=False):
-        x = x.float()
-        windows = x.unfold(1, k, stride)  # (B, T, k): a view
-        w = conv.weight.float().reshape(conv.out_channels, k)  # (C, k)
-        bias = conv.bias.float() if conv.bias is not None else w.new_zeros(conv.out_channels)
-        if isinstance(norm, nn.GroupNorm):
-            if frame_mask is None:
-                n = windows.new_full((windows.shape[0], 1), windows.shape[1])
-                weighted = windows
-            else:
-                m = frame_mask[..., None].float()
-                n = m.sum(1).clamp_min(1.0)  # (B, 1)
-                weighted = windows * m
-            mean = weighted.sum(1) / n  # (B, k)
-            cov = weighted.transpose(1, 2) @ windows / n[..., None] - mean[:, :, None] * mean[:, None, :]
-            var = ((w @ cov) * w).sum(-1)  # (B, C): w_c' cov w_c; the conv bias cancels in the norm
-            scale = torch.rsqrt(var.clamp_min(0.0) + norm.eps)
-            if norm.weight is not None:
-                scale = scale * norm.weight.float()
-            shift = -scale * (mean @ w.T) + (norm.bias.float() if norm.bias is not None else 0.0)
-            y = _window_products(windows, w.T[None] * scale[:, None, :], shift[:, None, :], dtype)
-        elif isinstance(norm, nn.LayerNorm):
-            w0, b0 = w - w.mean(0), bias - bias.mean()  # centred over channels
-            C = conv.out_channels
-            gram = w0.T @ w0 / C  # (k, k)
-            var = ((windows @ gram) * windows).sum(-1) + windows @ (2.0 / C * (w0.T @ b0)) + (b0 @ b0) / C
-            r = torch.rsqrt(var.clamp_min(0.0) + norm.eps)[..., None]  # (B, T, 1)
-            y = _window_products(windows, w0.T[None], b0[None, None], dtype) * r
-            if norm.weight is not None:
-                y = y * norm.weight.float()
-            if norm.bias is not None:
-                y = y + norm.bias.float()
-        else:
-            y = _window_products(windows, w.T[None], bias[None, None], dtype)
-        return layer.activation(y).to(dtype)
-
-
-GROUP_ALIGN = 64  # channels per group that cuDNN's grouped convolutions run fast with
-
-
-def conv_channels_last(conv: nn.Conv1d, h: torch.Tensor, layout: str = "channels_last",
-                       pad_groups: bool = False) -> torch.Tensor:
-    """``conv`` applied to a channel-last sequence: (B, L, C_in) -> (B, L_out, C_out).
-
-    "channels_last" runs it as a 2-D convolution over (B, C, 1, L) in the channels-last memory format,
-    which is the (B, L, C) tensor itself: no transposed copies before or after, and cuDNN's NHWC kernels
-    on a GPU. "channels_first" transposes to (B, C, L) and calls the Conv1d (the reference layout).
-    On a GPU, grouped convolutions whose groups are not a multiple of 64 channels are zero-padded to
-    one (``pad_groups``: on any device, for tests). (Window matrix products through cuBLAS were also
-    tried for the feature encoder: 7.9 ms against cuDNN's 5.8 ms on an H200, benchmarks/RESULTS.md.)
-    """
-    if layout == "channels_first":
-        return conv(h.transpose(1, 2)).transpose(1, 2)
-    weight, bias, G = conv.weight, conv.bias, conv.groups
-    c_in, c_out = conv.in_channels // G, conv.out_channels // G
-    pad_groups = pad_groups or (G > 1 and h.is_cuda and bool(c_in % GROUP_ALIGN or c_out % GROUP_ALIGN))
-    if pad_groups:
-        # cuDNN's grouped kernels are several times slower for groups of 48 channels (WavLM Base's
-        # positional convolution: 13 ms per 128 x 2 s on an H200) than for 64 (Large's: 1.8 ms); zero
-        # channels pad each group to a multiple of 64 and are sliced off the output.
-        pi, po = (-c % GROUP_ALIGN for c in (c_in, c_out))
-        B, L, _ = h.shape
-        h = F.pad(h.view(B, L, G, c_in), (0, pi)).view(B, L, G * (c_in + pi))
-        weight = F.pad(weight.view(G, c_out, c_in, -1), (0, 0, 0, pi, 0, po)).view(G * (c_out + po), c_in + pi, -1)
-        bias = F.pad(bias.view(G, c_out), (0, po)).view(-1) if bias is not None else None
-    x = h.transpose(1, 2).unsqueeze(2).contiguous(memory_format=torch.channels_last)
-    w = weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-    y = F.conv2d(x, w, bias, stride=(1, conv.stride[0]), padding=(0, conv.padding[0]),
-                 dilation=(1, conv.dilation[0]), groups=G)
-    y = y.squeeze(2).transpose(1, 2)
-    if pad_groups:
-        y = y.reshape(*y.shape[:2], G, c_out + po)[..., :c_out].reshape(*y.shape[:2], G * c_out)
-    return y.contiguous()
+    return frontend_class(cfg.model_type).pretrained_encoder(name_or_path)
 
 
 class TrainingDraws(NamedTuple):
@@ -263,8 +136,16 @@ def _additive_mask(frame_mask: torch.Tensor | None, dtype: torch.dtype) -> torch
     return (~frame_mask)[:, None, None, :].to(dtype) * torch.finfo(dtype).min
 
 
+def _first(out):
+    """A transformers layer's hidden states: its output, or the first item of its output tuple."""
+    return out[0] if isinstance(out, tuple) else out
+
+
 class Frontend(nn.Module):
     """Wraps a transformers speech encoder; returns all hidden states stacked.
+
+    ``Frontend(encoder, ...)`` builds the subclass of the encoder's family (``build_frontend``); the
+    subclasses give the family's embedding (``_embed``), layers and frame arithmetic.
 
     Args:
         encoder: a WavLM / HuBERT / wav2vec 2.0 / data2vec-audio model or a Whisper encoder.
@@ -277,14 +158,31 @@ class Frontend(nn.Module):
         gradient_checkpointing: recompute transformer layers in the backward pass.
     """
 
+    families: tuple[str, ...] = ()  # the encoder families (config.model_type) a subclass runs
+
+    # How the CNN and the positional convolution run (same parameters, same outputs): "channels_last"
+    # keeps (B, T, C) throughout; "channels_first" is transformers' (B, C, T) with transposes around it.
+    conv_layout = "channels_last"
+    # channels_last: the first CNN layer (convolution, norm, activation) as ``first_conv_block``
+    fuse_first_conv = True
+    fused_qkv = False  # WavLM "sdpa" only: one matrix product for q, k and v
+
+    def __new__(cls, encoder: nn.Module | None = None, *args, **kwargs):
+        if cls is Frontend:  # the base class stands for its families: build the encoder's own
+            if encoder is None:
+                raise TypeError("Frontend needs an encoder")
+            cls = frontend_class(encoder.config.model_type)
+        return super().__new__(cls)
+
     def __init__(self, encoder: nn.Module, *, trainable: str = "none", layerdrop: float = 0.0,
                  mask_time_prob: float = 0.0, normalize_input: bool = True, layers: list[int] | None = None,
                  gradient_checkpointing: bool = False):
         super().__init__()
         self.encoder = encoder
         self.family = encoder.config.model_type
-        if self.family not in FAMILIES:
-            raise ValueError(f"encoder type {self.family!r} is not supported")
+        if self.family not in self.families:
+            raise ValueError(f"encoder type {self.family!r} is not supported by {type(self).__name__} "
+                             f"({', '.join(self.families)}); build_frontend picks the class of a family")
         self.normalize_input = normalize_input
         self.layerdrop = float(layerdrop)
         self.mask_time_prob = float(mask_time_prob)
@@ -306,20 +204,64 @@ class Frontend(nn.Module):
             encoder.config.mask_time_prob = self.mask_time_prob
             encoder.config.mask_feature_prob = 0.0
             encoder.config.apply_spec_augment = self.mask_time_prob > 0
-        if self.family == "whisper":  # built here, not on first use: a compiled forward then has no graph break
-            self.register_buffer("mel_filters", self.whisper_mel_filters(), persistent=False)
+        self._build_buffers()
         self.set_trainable(trainable)
+
+    def _build_buffers(self) -> None:
+        """Registers the family's computed (unsaved) buffers, before the first forward."""
+
+    # -- family hooks ---------------------------------------------------------------------------------
+    @classmethod
+    def encoder_from_config(cls, encoder_config) -> nn.Module:
+        """A randomly initialised encoder of this family from its transformers config."""
+        raise NotImplementedError
+
+    @classmethod
+    def pretrained_encoder(cls, name_or_path: str) -> nn.Module:
+        """This family's pre-trained encoder from a local folder or hub id."""
+        raise NotImplementedError
+
+    @classmethod
+    def _frame_count(cls, encoder_config, n):
+        """Frames for ``n`` samples (int or LongTensor; may be negative: ``frame_count`` clamps)."""
+        raise NotImplementedError
+
+    @classmethod
+    def _min_samples(cls, encoder_config) -> int:
+        """Fewest samples that give one frame and run through this frontend."""
+        raise NotImplementedError
+
+    @property
+    def _layer_stack(self) -> nn.Module:
+        """The encoder module holding the transformer ``layers``."""
+        raise NotImplementedError
+
+    @property
+    def _final_layer_norm(self) -> nn.Module | None:
+        """The LayerNorm applied to the last layer's output (None: none)."""
+        return None
+
+    def _cnn_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the convolutional front (frozen by trainable="transformer")."""
+        raise NotImplementedError
+
+    def _embed(self, x: torch.Tensor, lengths: torch.Tensor, padded: bool = True,
+               draws: TrainingDraws | None = None):
+        """Normalised waveforms (B, S) -> (states[0] (B, T, D), frame_lengths (B,), frame_mask (B, T))."""
+        raise NotImplementedError
+
+    def _draw_spans(self, batch: int, samples: int, lengths: torch.Tensor | None, device: torch.device):
+        """SpecAugment's (time_spans, feature_spans) for this forward (None, None: no masking)."""
+        return None, None
 
     # -- shapes ------------------------------------------------------------------------------------
     @property
     def num_layers(self) -> int:
-        c = self.encoder.config
-        return c.encoder_layers if self.family == "whisper" else c.num_hidden_layers
+        raise NotImplementedError
 
     @property
     def hidden_size(self) -> int:
-        c = self.encoder.config
-        return c.d_model if self.family == "whisper" else c.hidden_size
+        raise NotImplementedError
 
     @property
     def num_states(self) -> int:
@@ -332,14 +274,7 @@ class Frontend(nn.Module):
 
     def frame_lengths(self, lengths: torch.Tensor | int) -> torch.Tensor | int:
         """Number of output frames for ``lengths`` samples: (B,) -> (B,), or an int -> int (no tensor)."""
-        is_tensor = isinstance(lengths, torch.Tensor)
-        n = lengths.to(torch.long) if is_tensor else lengths
-        if self.family == "whisper":
-            n = (n // WHISPER_HOP - 1) // 2 + 1  # log-mel frames, then conv2's stride 2
-        else:
-            for k, s in zip(self.encoder.config.conv_kernel, self.encoder.config.conv_stride):
-                n = (n - k) // s + 1
-        return n.clamp_min(0) if is_tensor else max(n, 0)
+        return frame_count(self.encoder.config, lengths)
 
     # -- trainability --------------------------------------------------------------------------------
     def set_trainable(self, trainable: str) -> None:
@@ -363,18 +298,11 @@ class Frontend(nn.Module):
         if self.mask_time_prob == 0 and isinstance(getattr(e, "masked_spec_embed", None), nn.Parameter):
             unused.append(e.masked_spec_embed)
         if self.layers_run < self.num_layers:
-            stack = e if self.family == "whisper" else e.encoder
-            for layer in stack.layers[self.layers_run:]:
+            for layer in self._layer_stack.layers[self.layers_run:]:
                 unused.extend(layer.parameters())
-            if self.family == "whisper" or self._stable_layer_norm:
-                unused.extend(stack.layer_norm.parameters())
+            if self._final_layer_norm is not None:
+                unused.extend(self._final_layer_norm.parameters())
         return unused
-
-    def _cnn_parameters(self):
-        e = self.encoder
-        if self.family == "whisper":
-            return list(e.conv1.parameters()) + list(e.conv2.parameters())
-        return list(e.feature_extractor.parameters())
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -412,22 +340,7 @@ class Frontend(nn.Module):
         keep = None
         if self.layerdrop > 0:  # the first layer is never dropped
             keep = tuple(i == 0 or random.random() >= self.layerdrop for i in range(self.num_layers))
-        time_spans = feature_spans = None
-        if self.mask_time_prob > 0 and self.family != "whisper":
-            from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
-
-            cfg = self.encoder.config
-            frames = self.frame_lengths(samples)
-            mask = None
-            if lengths is not None:
-                mask = (torch.arange(frames)[None, :] < self.frame_lengths(lengths.cpu())[:, None]).long()
-            time_spans = _host_to_device(_compute_mask_indices(
-                (batch, frames), mask_prob=cfg.mask_time_prob, mask_length=cfg.mask_time_length,
-                attention_mask=mask, min_masks=cfg.mask_time_min_masks), device)
-            if cfg.mask_feature_prob > 0:
-                feature_spans = _host_to_device(_compute_mask_indices(
-                    (batch, self.hidden_size), mask_prob=cfg.mask_feature_prob,
-                    mask_length=cfg.mask_feature_length, min_masks=cfg.mask_feature_min_masks), device)
+        time_spans, feature_spans = self._draw_spans(batch, samples, lengths, device)
         return TrainingDraws(keep, _host_to_device(keep, device) if keep else None, time_spans, feature_spans)
 
     def _forward(self, waveforms, lengths, padded: bool = True, draws: TrainingDraws | None = None):
@@ -438,10 +351,7 @@ class Frontend(nn.Module):
             x = (x - mean) * torch.rsqrt(var + 1e-7)
         if sample_mask is not None:
             x = x * sample_mask
-        if self.family == "whisper":
-            hidden, frame_lengths, frame_mask = self._whisper_embed(x, lengths)
-        else:
-            hidden, frame_lengths, frame_mask = self._w2v_embed(x, lengths, padded, draws)
+        hidden, frame_lengths, frame_mask = self._embed(x, lengths, padded, draws)
         states = self._run_layers(hidden, frame_mask if padded else None, draws)
         if self.layers:
             states = [states[i] for i in self.layers]
@@ -449,6 +359,150 @@ class Frontend(nn.Module):
 
     def _cnn_context(self):
         return torch.no_grad() if self.trainable != "all" else torch.enable_grad()
+
+    # -- attention implementation ---------------------------------------------------------------------
+    # transformers' own switch (config._attn_implementation); WavLM overrides it with mlsv's fast path.
+    # The same parameters either way; not saved with the model.
+    @property
+    def attention(self) -> str:
+        """The attention implementation: "eager" or "sdpa"."""
+        return getattr(self.encoder.config, "_attn_implementation", None) or "eager"
+
+    @attention.setter
+    def attention(self, mode: str) -> None:
+        self.set_attention(mode)
+
+    def set_attention(self, mode: str, fused_qkv: bool | None = None) -> None:
+        """Chooses the attention implementation ("eager" | "sdpa"); same outputs, different kernels."""
+        if mode not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_MODES)}, got {mode!r}")
+        self._set_attention(mode)
+        if fused_qkv is not None:
+            self.fused_qkv = bool(fused_qkv)
+
+    def _set_attention(self, mode: str) -> None:
+        set_encoder_attention(self.encoder, mode)
+
+    def set_conv_layout(self, layout: str, fuse_first_conv: bool | None = None) -> None:
+        """Chooses how the convolutions run: "channels_last" (default) or "channels_first", and whether
+        channels_last runs the first CNN layer as ``first_conv_block``; same outputs."""
+        if layout not in CONV_LAYOUTS:
+            raise ValueError(f"conv layout must be one of {', '.join(CONV_LAYOUTS)}, got {layout!r}")
+        self.conv_layout = layout
+        if fuse_first_conv is not None:
+            self.fuse_first_conv = bool(fuse_first_conv)
+
+    # -- transformer layers ---------------------------------------------------------------------------
+    def _layer_calls(self, h: torch.Tensor, frame_mask: torch.Tensor | None):
+        """This forward's layer calls: ``call(layer, i)`` is ``fn(h, carry) -> (h, carry)``, with the first
+        carry (what a layer hands the next one: WavLM's position bias). Here transformers' layers with an
+        additive padding mask, and no carry."""
+        mask = _additive_mask(frame_mask, h.dtype)
+
+        def call(layer: nn.Module, i: int):
+            return lambda h_, carry: (_first(layer(h_, attention_mask=mask)), carry)
+
+        return call, None
+
+    def _run_layers(self, h, frame_mask, draws: TrainingDraws | None = None):
+        states = [h]
+        call, carry = self._layer_calls(h, frame_mask)
+        keep = draws.keep if draws is not None else None
+        # compiled: every layer runs and a dropped one's output is replaced by its input, which keeps one
+        # static graph; eager: a dropped layer is skipped (its input passed on), the same result for less work
+        blend = keep is not None and torch.compiler.is_compiling()
+        for i, layer in enumerate(self._layer_stack.layers[:self.layers_run]):
+            if not blend and keep is not None and not keep[i]:
+                states.append(h)
+                continue
+            fn = call(layer, i)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                out, carry = checkpoint(fn, h, carry, use_reentrant=False)
+            else:
+                out, carry = fn(h, carry)
+            h = torch.where(draws.keep_on_device[i], out, h) if blend and i > 0 else out
+            states.append(h)
+        if self.layers_run < self.num_layers:  # the final LayerNorm belongs to the last layer's state only
+            return states
+        if self._final_layer_norm is not None:
+            states[-1] = self._final_layer_norm(states[-1])
+        return states
+
+
+class Wav2Vec2Frontend(Frontend):
+    """HuBERT, wav2vec 2.0, data2vec-audio (and WavLM's base): CNN feature encoder, feature projection,
+    SpecAugment, positional convolution; post- or pre-LayerNorm ("stable layer norm") transformer."""
+
+    families = ("hubert", "wav2vec2", "data2vec-audio")
+
+    @classmethod
+    def encoder_from_config(cls, encoder_config) -> nn.Module:
+        from transformers import AutoModel
+
+        return AutoModel.from_config(encoder_config)
+
+    @classmethod
+    def pretrained_encoder(cls, name_or_path: str) -> nn.Module:
+        from transformers import AutoModel
+
+        return AutoModel.from_pretrained(name_or_path)
+
+    @classmethod
+    def _frame_count(cls, encoder_config, n):
+        for k, s in zip(_config_value(encoder_config, "conv_kernel"), _config_value(encoder_config, "conv_stride")):
+            n = (n - k) // s + 1
+        return n
+
+    @classmethod
+    def _min_samples(cls, encoder_config) -> int:
+        n = 1  # one frame out of the last CNN layer; each layer needs (n - 1) * stride + kernel samples
+        for k, s in zip(reversed(list(_config_value(encoder_config, "conv_kernel"))),
+                        reversed(list(_config_value(encoder_config, "conv_stride")))):
+            n = (n - 1) * s + k
+        return n
+
+    @property
+    def num_layers(self) -> int:
+        return self.encoder.config.num_hidden_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.encoder.config.hidden_size
+
+    @property
+    def _layer_stack(self) -> nn.Module:
+        return self.encoder.encoder
+
+    @property
+    def _stable_layer_norm(self) -> bool:
+        return bool(getattr(self.encoder.config, "do_stable_layer_norm", False))
+
+    @property
+    def _final_layer_norm(self) -> nn.Module | None:
+        return self.encoder.encoder.layer_norm if self._stable_layer_norm else None
+
+    def _cnn_parameters(self) -> list[nn.Parameter]:
+        return list(self.encoder.feature_extractor.parameters())
+
+    def _draw_spans(self, batch: int, samples: int, lengths: torch.Tensor | None, device: torch.device):
+        if self.mask_time_prob == 0:
+            return None, None
+        from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
+
+        cfg = self.encoder.config
+        frames = self.frame_lengths(samples)
+        mask = None
+        if lengths is not None:
+            mask = (torch.arange(frames)[None, :] < self.frame_lengths(lengths.cpu())[:, None]).long()
+        time_spans = _host_to_device(_compute_mask_indices(
+            (batch, frames), mask_prob=cfg.mask_time_prob, mask_length=cfg.mask_time_length,
+            attention_mask=mask, min_masks=cfg.mask_time_min_masks), device)
+        feature_spans = None
+        if cfg.mask_feature_prob > 0:
+            feature_spans = _host_to_device(_compute_mask_indices(
+                (batch, self.hidden_size), mask_prob=cfg.mask_feature_prob,
+                mask_length=cfg.mask_feature_length, min_masks=cfg.mask_feature_min_masks), device)
+        return time_spans, feature_spans
 
     def _cnn(self, x, lengths, padded: bool = True):
         """The CNN feature encoder, channel-last: (B, S) normalised waveforms -> (B, T, C) features."""
@@ -484,7 +538,7 @@ class Frontend(nn.Module):
             h = h.masked_fill(draws.feature_spans[:, None], 0.0)
         return h
 
-    def _w2v_embed(self, x, lengths, padded: bool = True, draws: TrainingDraws | None = None):
+    def _embed(self, x, lengths, padded: bool = True, draws: TrainingDraws | None = None):
         """The CNN feature encoder, channel-last from the waveform on: (B, S) -> (B, T, C) states[0]."""
         enc = self.encoder
         frame_lengths = self.frame_lengths(lengths)
@@ -519,14 +573,103 @@ class Frontend(nn.Module):
             y = y[:, :-remove]
         return pos_conv.activation(y)
 
-    @property
-    def _stable_layer_norm(self) -> bool:
-        return self.family != "whisper" and bool(getattr(self.encoder.config, "do_stable_layer_norm", False))
 
-    def _whisper_embed(self, x, lengths):
+class WavLMFrontend(Wav2Vec2Frontend):
+    """WavLM: a wav2vec 2.0-like encoder whose layers carry a gated relative-position bias.
+
+    Attention "sdpa" runs mlsv.models.fast_attention (the bias as an additive mask to
+    scaled_dot_product_attention), "eager" transformers' WavLMAttention; the same parameters either way.
+    """
+
+    families = ("wavlm",)
+    _wavlm_attention = "sdpa"
+
+    @Frontend.attention.getter
+    def attention(self) -> str:
+        """The attention implementation: "eager" or "sdpa"."""
+        return self._wavlm_attention
+
+    def _set_attention(self, mode: str) -> None:
+        self._wavlm_attention = mode
+
+    def _layer_calls(self, h: torch.Tensor, frame_mask: torch.Tensor | None):
+        """WavLM's layers hand the position bias on: computed once by the first ("sdpa": here, as a table
+        of offsets for long inputs, which then attend in blocks of queries)."""
+        if self._wavlm_attention == "sdpa":
+            key_bias = key_padding_bias(frame_mask) if frame_mask is not None else None
+            position_bias = (relative_position_table if is_long(h.shape[1]) else relative_position_bias)(
+                self._layer_stack.layers[0].attention, h.shape[1])
+
+            def call(layer: nn.Module, i: int):
+                return lambda h_, pb_: (wavlm_layer_forward(layer, h_, key_bias, pb_, self.fused_qkv), pb_)
+
+            return call, position_bias
+        long_mask = frame_mask.long() if frame_mask is not None else None  # transformers' WavLM layers
+
+        def call(layer: nn.Module, i: int):
+            def fn(h_, pb_):
+                out = layer(h_, attention_mask=long_mask, position_bias=pb_, index=i)
+                return out[0], out[1]
+            return fn
+
+        return call, None
+
+
+class WhisperFrontend(Frontend):
+    """Whisper's encoder on any length: log-mel (over each utterance's valid frames), two convolutions,
+    sliced sinusoidal positions, pre-LayerNorm transformer."""
+
+    families = ("whisper",)
+
+    def _build_buffers(self) -> None:
+        # built here, not on first use: a compiled forward then has no graph break
+        self.register_buffer("mel_filters", self.whisper_mel_filters(), persistent=False)
+
+    @classmethod
+    def encoder_from_config(cls, encoder_config) -> nn.Module:
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+        return WhisperEncoder(encoder_config)
+
+    @classmethod
+    def pretrained_encoder(cls, name_or_path: str) -> nn.Module:
+        from transformers import WhisperModel
+
+        return WhisperModel.from_pretrained(name_or_path).get_encoder()
+
+    @classmethod
+    def _frame_count(cls, encoder_config, n):
+        return (n // WHISPER_HOP - 1) // 2 + 1  # log-mel frames, then conv2's stride 2
+
+    @classmethod
+    def _min_samples(cls, encoder_config) -> int:
+        # One log-mel frame. The STFT zero-pads both edges by half a window (``log_mel``), so a lone hop
+        # of samples runs: no 400-sample window is needed.
+        return WHISPER_HOP
+
+    @property
+    def num_layers(self) -> int:
+        return self.encoder.config.encoder_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.encoder.config.d_model
+
+    @property
+    def _layer_stack(self) -> nn.Module:
+        return self.encoder
+
+    @property
+    def _final_layer_norm(self) -> nn.Module:
+        return self.encoder.layer_norm
+
+    def _cnn_parameters(self) -> list[nn.Parameter]:
+        return list(self.encoder.conv1.parameters()) + list(self.encoder.conv2.parameters())
+
+    def _embed(self, x, lengths, padded: bool = True, draws: TrainingDraws | None = None):
         enc = self.encoder
         mel = self.log_mel(x, lengths)  # (B, n_mels, F)
-        F_len = lengths // 160
+        F_len = lengths // WHISPER_HOP
         with self._cnn_context():
             fmask = torch.arange(mel.shape[-1], device=x.device)[None, :] < F_len[:, None]
             h = F.gelu(enc.conv1(mel * fmask[:, None, :]))
@@ -546,9 +689,9 @@ class Frontend(nn.Module):
         """Whisper's slaney mel filter bank (n_mels, n_fft // 2 + 1), the feature extractor's own."""
         from transformers.audio_utils import mel_filter_bank
 
-        fb = mel_filter_bank(num_frequency_bins=1 + WHISPER_N_FFT // 2, num_mel_filters=self.encoder.config.num_mel_bins,
-                             min_frequency=0.0, max_frequency=8000.0, sampling_rate=16000,
-                             norm="slaney", mel_scale="slaney")
+        fb = mel_filter_bank(num_frequency_bins=1 + WHISPER_N_FFT // 2,
+                             num_mel_filters=self.encoder.config.num_mel_bins, min_frequency=0.0,
+                             max_frequency=8000.0, sampling_rate=16000, norm="slaney", mel_scale="slaney")
         return torch.tensor(fb, dtype=torch.float32).T
 
     def log_mel(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -565,94 +708,55 @@ class Frontend(nn.Module):
         mel = torch.maximum(mel, peak - 8.0)
         return (mel + 4.0) / 4.0
 
-    # -- attention implementation ---------------------------------------------------------------------
-    # WavLM: "sdpa" runs mlsv.models.fast_attention (its gated relative-position bias as an additive mask
-    # to scaled_dot_product_attention), "eager" transformers' WavLMAttention. Other families: transformers'
-    # own switch (config._attn_implementation). The same parameters either way; not saved with the model.
-    _wavlm_attention = "sdpa"
-    fused_qkv = False  # WavLM "sdpa" only: one matrix product for q, k and v
-    # How the CNN and the positional convolution run (same parameters, same outputs): "channels_last"
-    # keeps (B, T, C) throughout; "channels_first" is transformers' (B, C, T) with transposes around it.
-    conv_layout = "channels_last"
-    # channels_last: the first CNN layer (convolution, norm, activation) as ``first_conv_block``
-    fuse_first_conv = True
 
-    @property
-    def attention(self) -> str:
-        """The attention implementation: "eager" or "sdpa"."""
-        if self.family == "wavlm":
-            return self._wavlm_attention
-        return getattr(self.encoder.config, "_attn_implementation", None) or "eager"
+#: The frontend class of each encoder family (``config.model_type``).
+FRONTENDS: dict[str, type[Frontend]] = {
+    family: cls for cls in (WavLMFrontend, Wav2Vec2Frontend, WhisperFrontend) for family in cls.families}
+assert set(FRONTENDS) == set(FAMILIES)
 
-    @attention.setter
-    def attention(self, mode: str) -> None:
-        self.set_attention(mode)
 
-    def set_attention(self, mode: str, fused_qkv: bool | None = None) -> None:
-        """Chooses the attention implementation ("eager" | "sdpa"); same outputs, different kernels."""
-        if mode not in ATTENTION_MODES:
-            raise ValueError(f"attention must be one of {', '.join(ATTENTION_MODES)}, got {mode!r}")
-        if self.family == "wavlm":
-            self._wavlm_attention = mode
-        else:
-            set_encoder_attention(self.encoder, mode)
-        if fused_qkv is not None:
-            self.fused_qkv = bool(fused_qkv)
+def frontend_class(family: str) -> type[Frontend]:
+    """The ``Frontend`` subclass of an encoder family; ValueError naming the supported ones otherwise."""
+    try:
+        return FRONTENDS[family]
+    except (KeyError, TypeError):
+        raise ValueError(f"encoder type {family!r} is not supported; choose one of {', '.join(FAMILIES)}") from None
 
-    def set_conv_layout(self, layout: str, fuse_first_conv: bool | None = None) -> None:
-        """Chooses how the convolutions run: "channels_last" (default) or "channels_first", and whether
-        channels_last runs the first CNN layer as ``first_conv_block``; same outputs."""
-        if layout not in CONV_LAYOUTS:
-            raise ValueError(f"conv layout must be one of {', '.join(CONV_LAYOUTS)}, got {layout!r}")
-        self.conv_layout = layout
-        if fuse_first_conv is not None:
-            self.fuse_first_conv = bool(fuse_first_conv)
 
-    def _run_layers(self, h, frame_mask, draws: TrainingDraws | None = None):
-        states = [h]
-        add_mask = _additive_mask(frame_mask, h.dtype)
-        position_bias = None
-        layers = self.encoder.layers if self.family == "whisper" else self.encoder.encoder.layers
-        fast_wavlm = self.family == "wavlm" and self._wavlm_attention == "sdpa"
-        long_mask = frame_mask.long() if frame_mask is not None else None  # transformers' WavLM layers
-        if fast_wavlm:
-            key_bias = key_padding_bias(frame_mask) if frame_mask is not None else None
-            # long inputs keep the bias as a table of offsets and attend in blocks of queries
-            position_bias = (relative_position_table if is_long(h.shape[1]) else relative_position_bias)(
-                layers[0].attention, h.shape[1])
-        keep = draws.keep if draws is not None else None
-        # compiled: every layer runs and a dropped one's output is replaced by its input, which keeps one
-        # static graph; eager: a dropped layer is skipped (its input passed on), the same result for less work
-        blend = keep is not None and torch.compiler.is_compiling()
-        for i, layer in enumerate(layers[:self.layers_run]):
-            if not blend and keep is not None and not keep[i]:
-                states.append(h)
-                continue
-            if fast_wavlm:
-                fn = lambda h_, pb_, layer=layer: (wavlm_layer_forward(  # noqa: E731
-                    layer, h_, key_bias, pb_, self.fused_qkv), pb_)
-                args = (h, position_bias)
-            elif self.family == "wavlm":
-                fn = lambda h_, pb_, layer=layer, i=i: layer(h_, attention_mask=long_mask,  # noqa: E731
-                                                              position_bias=pb_, index=i)
-                args = (h, position_bias)
-            else:
-                fn = lambda h_, layer=layer: layer(h_, attention_mask=add_mask)  # noqa: E731
-                args = (h,)
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                out = checkpoint(fn, *args, use_reentrant=False)
-            else:
-                out = fn(*args)
-            if self.family == "wavlm":
-                out, position_bias = out
-            elif isinstance(out, tuple):
-                out = out[0]
-            h = torch.where(draws.keep_on_device[i], out, h) if blend and i > 0 else out
-            states.append(h)
-        if self.layers_run < self.num_layers:  # the final LayerNorm belongs to the last layer's state only
-            return states
-        if self.family == "whisper":
-            states[-1] = self.encoder.layer_norm(states[-1])
-        elif self._stable_layer_norm:
-            states[-1] = self.encoder.encoder.layer_norm(states[-1])
-        return states
+def build_frontend(encoder: nn.Module, **settings) -> Frontend:
+    """The frontend of ``encoder``'s family around it; ``settings`` as ``Frontend``'s keyword arguments."""
+    return frontend_class(encoder.config.model_type)(encoder, **settings)
+
+
+def _family(encoder_config) -> str:
+    family = encoder_config.get("model_type") if isinstance(encoder_config, dict) \
+        else getattr(encoder_config, "model_type", None)
+    if not family:
+        raise ValueError(f"encoder config has no model_type; choose one of {', '.join(FAMILIES)}")
+    return family
+
+
+def _config_value(encoder_config, key: str):
+    """``key`` of a transformers config or of its dict (missing from a dict: the family's default)."""
+    if not isinstance(encoder_config, dict):
+        return getattr(encoder_config, key)
+    if key in encoder_config:
+        return encoder_config[key]
+    from transformers import CONFIG_MAPPING
+
+    return getattr(CONFIG_MAPPING[_family(encoder_config)](), key)
+
+
+def frame_count(encoder_config, lengths: torch.Tensor | int) -> torch.Tensor | int:
+    """Output frames of the encoder for ``lengths`` samples: an int -> an int, a tensor (B,) -> LongTensor
+    (B,), never negative. ``encoder_config``: a transformers config or its dict (``MLSVConfig.encoder_config``)."""
+    is_tensor = isinstance(lengths, torch.Tensor)
+    n = lengths.to(torch.long) if is_tensor else lengths
+    n = frontend_class(_family(encoder_config))._frame_count(encoder_config, n)
+    return n.clamp_min(0) if is_tensor else max(n, 0)
+
+
+def min_samples(encoder_config) -> int:
+    """Fewest samples that give one output frame and run through the frontend (alone or in a padded
+    batch); one fewer gives 0 frames. ``encoder_config`` as for ``frame_count``."""
+    return int(frontend_class(_family(encoder_config))._min_samples(encoder_config))
