@@ -2,7 +2,7 @@
 
 import sys
 
-from mlsv.hub import main
+from mlsv.publish.hub import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from mlsv.config import ConfigError, load_config
-    from mlsv.train.recipe import is_recipe, load_recipe, run_recipe
+    from mlsv.recipe import is_recipe, load_recipe, run_recipe
 
     try:
         if is_recipe(args.config):

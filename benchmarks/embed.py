@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mlsv import speed  # noqa: E402
+from mlsv.models import runtime, shapes  # noqa: E402
 from mlsv.models.frontend import CONV_LAYOUTS  # noqa: E402
 
 SAMPLE_RATE = 16000
@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-seconds", type=float, default=3.0 if cuda else 0.5)
     p.add_argument("--max-seconds", type=float, default=15.0 if cuda else 1.5)
     p.add_argument("--batch", type=int, default=64 if cuda else 4, help="utterances per length-sorted batch")
-    p.add_argument("--precision", choices=sorted(speed.PRECISIONS), default="bf16" if cuda else "fp32",
+    p.add_argument("--precision", choices=sorted(runtime.PRECISIONS), default="bf16" if cuda else "fp32",
                    help="fast path precision (the reference is always fp32)")
     p.add_argument("--attention", choices=("eager", "sdpa"), default="sdpa", help="fast path attention")
     p.add_argument("--conv-layout", choices=CONV_LAYOUTS, default="channels_last",
@@ -81,7 +81,7 @@ def make_batches(waves: list[torch.Tensor], batch: int, pin: bool):
 def embed_fast(model, batches, n: int, precision: str, device: str) -> torch.Tensor:
     """Embeds the batches; returns (n, E) float32 on the device, in the original order. No host sync."""
     out = None
-    with torch.inference_mode(), speed.autocast(precision, device):
+    with torch.inference_mode(), runtime.autocast(precision, device):
         for idx, x, mask in batches:
             emb = model(x.to(device, non_blocking=True),
                         attention_mask=mask.to(device, non_blocking=True)).embeddings.float()
@@ -103,10 +103,10 @@ def embed_reference(model, waves: list[torch.Tensor], device: str) -> torch.Tens
 def _best_time(fn, passes: int, device: str):
     best, result = float("inf"), None
     for _ in range(passes):
-        speed.synchronize(device)
+        runtime.synchronize(device)
         start = time.perf_counter()
         result = fn()
-        speed.synchronize(device)
+        runtime.synchronize(device)
         best = min(best, time.perf_counter() - start)
     return best, result
 
@@ -116,16 +116,16 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device
-    speed.enable_tf32(False, cudnn_benchmark=False)  # true fp32 reference; lengths vary
+    runtime.enable_tf32(False, cudnn_benchmark=False)  # true fp32 reference; lengths vary
     with torch.device(device):  # parameters initialised where they will live
-        model = speed.build_benchmark_model(args.shape).to(device).eval()
+        model = shapes.build_benchmark_model(args.shape).to(device).eval()
     g = torch.Generator().manual_seed(args.seed)
     seconds = torch.empty(args.utterances).uniform_(args.min_seconds, args.max_seconds, generator=g)
     waves = [torch.randn(int(s * SAMPLE_RATE), generator=g) for s in seconds.tolist()]
     audio_s = float(sum(w.numel() for w in waves)) / SAMPLE_RATE
     result: dict = {
         "benchmark": "embed",
-        "device": speed.device_name(device),
+        "device": runtime.device_name(device),
         "torch": torch.__version__,
         "peak_memory_kind": "cuda max_memory_allocated" if device.startswith("cuda") else "process max RSS",
         "settings": dict(vars(args)),
@@ -135,25 +135,25 @@ def run(args: argparse.Namespace) -> dict:
     n_ref = min(args.reference_utterances, len(waves))
     ref = None
     if n_ref:
-        speed.set_attention(model, "eager")  # and transformers' own (B, C, T) convolution layout
+        runtime.set_attention(model, "eager")  # and transformers' own (B, C, T) convolution layout
         model.frontend.set_conv_layout("channels_first")
         ref_waves = waves[:n_ref]
         ref_audio = float(sum(w.numel() for w in ref_waves)) / SAMPLE_RATE
-        speed.reset_peak_memory(device)
+        runtime.reset_peak_memory(device)
         t_ref, ref = _best_time(lambda: embed_reference(model, ref_waves, device), 1, device)
         result["reference"] = {
             "utterances": n_ref, "audio_seconds": round(ref_audio, 2),
             "audio_s_per_s": round(ref_audio / t_ref, 2), "utterances_per_s": round(n_ref / t_ref, 2),
-            "peak_memory_mb": round(speed.peak_memory_mb(device), 1),
+            "peak_memory_mb": round(runtime.peak_memory_mb(device), 1),
         }
 
-    speed.set_attention(model, args.attention)
+    runtime.set_attention(model, args.attention)
     model.frontend.set_conv_layout(args.conv_layout)
     if args.compile:
-        speed.compile_model(model, dynamic=None)
+        runtime.compile_model(model, dynamic=None)
     batches = make_batches(waves, args.batch, pin=torch.device(device).type == "cuda")
     embed_fast(model, batches[:1] + batches[-1:], len(waves), args.precision, device)  # warm-up
-    speed.reset_peak_memory(device)
+    runtime.reset_peak_memory(device)
     t_fast, fast = _best_time(lambda: embed_fast(model, batches, len(waves), args.precision, device),
                               args.passes, device)
     fast = fast.cpu()
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> dict:
     result["fast"] = {
         "utterances": len(waves), "batches": len(batches), "padding_fraction": round(1 - audio_s / padded_s, 4),
         "audio_s_per_s": round(audio_s / t_fast, 2), "utterances_per_s": round(len(waves) / t_fast, 2),
-        "peak_memory_mb": round(speed.peak_memory_mb(device), 1),
+        "peak_memory_mb": round(runtime.peak_memory_mb(device), 1),
     }
     if ref is not None:
         result["speedup"] = round(result["fast"]["audio_s_per_s"] / result["reference"]["audio_s_per_s"], 2)

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mlsv import speed  # noqa: E402
+from mlsv.models import runtime, shapes  # noqa: E402
 from mlsv.models.frontend import CONV_LAYOUTS  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shape", default="base" if cuda else "tiny")
     p.add_argument("--batch", type=int, default=128 if cuda else 2)
     p.add_argument("--seconds", type=float, default=2.0 if cuda else 0.5)
-    p.add_argument("--precision", choices=sorted(speed.PRECISIONS), default="bf16" if cuda else "fp32")
+    p.add_argument("--precision", choices=sorted(runtime.PRECISIONS), default="bf16" if cuda else "fp32")
     p.add_argument("--layouts", default=",".join(CONV_LAYOUTS), help="convolution layouts to time")
     p.add_argument("--compile-cnn", action=argparse.BooleanOptionalAction, default=cuda,
                    help="also time the CNN under torch.compile, with and without first_conv_block")
@@ -68,10 +68,10 @@ def _time_ms(fn, repeats: int, device: str) -> float:
 
 def run(args: argparse.Namespace) -> dict:
     device = args.device
-    speed.enable_tf32(True, cudnn_benchmark=True)
+    runtime.enable_tf32(True, cudnn_benchmark=True)
     torch.manual_seed(0)
     with torch.device(device):
-        model = speed.build_benchmark_model(args.shape).to(device).eval()
+        model = shapes.build_benchmark_model(args.shape).to(device).eval()
     f = model.frontend
     x = torch.randn(args.batch, int(args.seconds * 16000), device=device)
     lengths = torch.full((args.batch,), x.shape[1], device=device)
@@ -80,11 +80,11 @@ def run(args: argparse.Namespace) -> dict:
 
     def timed(name, fn):
         def call():
-            with torch.inference_mode(), speed.autocast(args.precision, device):
+            with torch.inference_mode(), runtime.autocast(args.precision, device):
                 return fn()
         ms[name] = round(_time_ms(call, args.repeats, device), 3)
 
-    with torch.inference_mode(), speed.autocast(args.precision, device):
+    with torch.inference_mode(), runtime.autocast(args.precision, device):
         feats = f._cnn(x, lengths, padded=False)
         proj = enc.feature_projection(feats)
         h = proj[0] if isinstance(proj, tuple) else proj
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> dict:
     timed("lap_astp", lambda: model.backend(model.aggregation(states), mask))
     timed("whole", lambda: model(x))
     return {
-        "benchmark": "frontend_parts", "device": speed.device_name(device), "torch": torch.__version__,
+        "benchmark": "frontend_parts", "device": runtime.device_name(device), "torch": torch.__version__,
         "settings": dict(vars(args)), "unit": "ms per batch (median)", "ms": ms,
         "utterances_per_s": {k: round(args.batch * 1000 / v, 1) for k, v in ms.items()},
     }

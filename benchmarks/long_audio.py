@@ -56,14 +56,14 @@ def recording(seconds: float) -> np.ndarray:
 def _load(args: argparse.Namespace):
     import torch
 
-    from mlsv import speed
     from mlsv.api import Verifier
+    from mlsv.models import shapes
 
     torch.set_num_threads(args.threads)
     if args.model:
         return Verifier.from_pretrained(args.model, device=args.device)
     torch.manual_seed(0)
-    return Verifier(speed.build_benchmark_model(args.shape).eval(), device=args.device)
+    return Verifier(shapes.build_benchmark_model(args.shape).eval(), device=args.device)
 
 
 def run_one(args: argparse.Namespace) -> None:
@@ -94,9 +94,9 @@ def encoder_config(args: argparse.Namespace) -> dict:
     """The encoder's config, read without building the model (this process measures nothing)."""
     if args.model:
         return json.loads((Path(args.model) / "config.json").read_text())["encoder_config"]
-    from mlsv import speed
+    from mlsv.models import shapes
 
-    return speed.benchmark_encoder_config(args.shape).to_dict()
+    return shapes.benchmark_encoder_config(args.shape).to_dict()
 
 
 def bias_gb(enc: dict, seconds: float) -> float:

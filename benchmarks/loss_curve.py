@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mlsv import speed  # noqa: E402
+from mlsv.models import runtime, shapes  # noqa: E402
 from mlsv.models.head import SubCenterAAMSoftmax  # noqa: E402
 
 SAMPLE_RATE = 16000
@@ -63,11 +63,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--snr", type=float, default=10.0, help="signature-to-noise ratio of the batches (dB)")
     p.add_argument("--dropout", type=float, default=None,
                    help="LAP and backend dropout (default: the model's, 0.1); 0 to compare compiled runs")
-    p.add_argument("--precision", choices=sorted(speed.PRECISIONS), default="bf16" if cuda else "fp32",
+    p.add_argument("--precision", choices=sorted(runtime.PRECISIONS), default="bf16" if cuda else "fp32",
                    help="the fast path's autocast (the plain path is fp32)")
     p.add_argument("--attention", choices=("eager", "sdpa"), default="sdpa", help="the fast path's attention")
     p.add_argument("--compile", action="store_true", help="the fast path: torch.compile (dynamic=False)")
-    p.add_argument("--compile-mode", choices=speed.COMPILE_MODES, default="default")
+    p.add_argument("--compile-mode", choices=runtime.COMPILE_MODES, default="default")
     p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=cuda,
                    help="the fast path: TF32 matrix products (default on a GPU; the plain path never)")
     p.add_argument("--noise-run", action=argparse.BooleanOptionalAction, default=True,
@@ -122,7 +122,7 @@ def build(args: argparse.Namespace, perturb: bool = False):
     weights times (1 + 2^-23 N(0, 1)), a difference at fp32 rounding level."""
     _seed(args.seed)
     dropout = {} if args.dropout is None else {"lap_dropout": args.dropout, "backend_dropout": args.dropout}
-    model = speed.build_benchmark_model(args.shape, **dropout)
+    model = shapes.build_benchmark_model(args.shape, **dropout)
     head = SubCenterAAMSoftmax(model.config.embedding_size, args.classes, margin=args.margin,
                                top_k=args.top_k)
     if perturb:
@@ -137,31 +137,31 @@ def train(args: argparse.Namespace, batches: list[tuple[torch.Tensor, torch.Tens
     """One stage-1 run; returns its per-step losses and wall time. ``noise``: other dropout masks and the
     head's initial weights perturbed at rounding level."""
     device = args.device
-    speed.enable_tf32(tf32)
+    runtime.enable_tf32(tf32)
     model, head = build(args, perturb=noise)
     model.configure_training(trainable="none")
-    speed.set_attention(model, attention)
+    runtime.set_attention(model, attention)
     params = [*model.aggregation.parameters(), *model.backend.parameters(), *head.parameters()]
     optimizer = torch.optim.Adam(params, lr=args.lr)  # the default (foreach) update on every device
     if compile:
-        speed.compile_model(model, head=head, mode=args.compile_mode, dynamic=False)
-    scaler = speed.grad_scaler(precision, device)
+        runtime.compile_model(model, head=head, mode=args.compile_mode, dynamic=False)
+    scaler = runtime.grad_scaler(precision, device)
     model.train()
     head.train()
     _seed(args.seed + noise)  # the dropout masks: the same sequence in every run but the noise run
     losses, first_step_s = [], 0.0
-    speed.synchronize(device)
+    runtime.synchronize(device)
     start = time.perf_counter()
     for step, (x, y) in enumerate(batches):
-        with speed.autocast(precision, device):
+        with runtime.autocast(precision, device):
             emb = model(x).embeddings
             loss, _ = head(emb, y)
-        speed.backward_and_step(loss, optimizer, scaler)
+        runtime.backward_and_step(loss, optimizer, scaler)
         losses.append(loss.detach())
         if step == 0:
-            speed.synchronize(device)
+            runtime.synchronize(device)
             first_step_s = time.perf_counter() - start
-    speed.synchronize(device)
+    runtime.synchronize(device)
     seconds = time.perf_counter() - start
     losses = [float(v) for v in torch.stack(losses).float().cpu()]
     tail = losses[-max(len(losses) // 4, 1):]
@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> dict:
                  tf32=args.tf32)
     out = {
         "benchmark": "loss_curve",
-        "device": speed.device_name(args.device),
+        "device": runtime.device_name(args.device),
         "torch": torch.__version__,
         "settings": {k: v for k, v in vars(args).items()},
         **compare(plain["losses"], fast["losses"]),

@@ -32,7 +32,7 @@ LISTS = {"vox1_O": 37_611, "vox1_E": 579_818, "vox1_H": 550_894}
 
 
 def naive_asnorm(emb: np.ndarray, cohort: np.ndarray, mean: np.ndarray, e_idx, t_idx, top_k: int) -> np.ndarray:
-    """The reference's per-trial loop (METHOD.md §9.3): cohort cosines and top-k recomputed per trial."""
+    """The reference's per-trial loop (docs/method.md#as-norm): cohort cosines and top-k recomputed per trial."""
     coh = torch.from_numpy(cohort)
     out = []
     for i, j in zip(e_idx, t_idx):

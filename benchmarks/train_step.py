@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mlsv import speed  # noqa: E402
+from mlsv.models import runtime, shapes  # noqa: E402
 from mlsv.models.frontend import CONV_LAYOUTS  # noqa: E402
 from mlsv.models.head import SubCenterAAMSoftmax  # noqa: E402
 
@@ -53,13 +53,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stage2-batch", type=int, default=0, help="batch of the stage2 part (0: --batch)")
     p.add_argument("--seconds", type=float, default=2.0 if cuda else 0.5, help="crop length")
     p.add_argument("--classes", type=int, default=17982, help="head classes (VoxCeleb2 x 3 speed factors)")
-    p.add_argument("--precision", choices=sorted(speed.PRECISIONS), default="bf16" if cuda else "fp32")
+    p.add_argument("--precision", choices=sorted(runtime.PRECISIONS), default="bf16" if cuda else "fp32")
     p.add_argument("--attention", choices=("eager", "sdpa"), default="sdpa")
     p.add_argument("--fused-qkv", action="store_true", help="WavLM sdpa: one matrix product for q, k, v")
     p.add_argument("--conv-layout", choices=CONV_LAYOUTS, default="channels_last",
                    help="memory layout of the CNN and positional convolutions")
     p.add_argument("--compile", action="store_true", help="torch.compile frontend, aggregation, backend, head")
-    p.add_argument("--compile-mode", choices=speed.COMPILE_MODES, default="default")
+    p.add_argument("--compile-mode", choices=runtime.COMPILE_MODES, default="default")
     p.add_argument("--steps", type=int, default=20 if cuda else 5, help="timed steps per part")
     p.add_argument("--warmup", type=int, default=5 if cuda else 2, help="untimed steps per part")
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
@@ -124,11 +124,11 @@ def _timed(step, steps: int, warmup: int, device: str) -> tuple[float, float]:
     (device synchronised). CPU time is the steadier figure on a shared CPU with ``--threads 1``."""
     for _ in range(warmup):
         step()
-    speed.synchronize(device)
+    runtime.synchronize(device)
     start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
-    speed.synchronize(device)
+    runtime.synchronize(device)
     return time.perf_counter() - start, time.process_time() - cpu_start
 
 
@@ -140,7 +140,7 @@ def _profile(step, path: str, device: str) -> str:
     with profile(activities=activities) as prof:
         for _ in range(3):
             step()
-        speed.synchronize(device)
+        runtime.synchronize(device)
     key = "self_cuda_time_total" if torch.device(device).type == "cuda" else "self_cpu_time_total"
     Path(path).write_text(prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=70))
     return path
@@ -152,28 +152,28 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device
-    speed.enable_tf32(True, cudnn_benchmark=True)  # fixed crop shapes
+    runtime.enable_tf32(True, cudnn_benchmark=True)  # fixed crop shapes
     with torch.device(device):  # parameters initialised where they will live
-        model = speed.build_benchmark_model(args.shape).to(device)
-    speed.set_attention(model, args.attention, fused_qkv=args.fused_qkv)
+        model = shapes.build_benchmark_model(args.shape).to(device)
+    runtime.set_attention(model, args.attention, fused_qkv=args.fused_qkv)
     model.frontend.set_conv_layout(args.conv_layout)
     head = SubCenterAAMSoftmax(model.config.embedding_size, args.classes).to(device)
     if args.compile:
-        speed.compile_model(model, head=head, mode=args.compile_mode, dynamic=False)
+        runtime.compile_model(model, head=head, mode=args.compile_mode, dynamic=False)
     samples = int(round(args.seconds * SAMPLE_RATE))
     x_full = torch.randn(args.batch, samples, device=device)
     labels_full = torch.randint(0, args.classes, (args.batch,), device=device)
-    scaler = speed.grad_scaler(args.precision, device)
+    scaler = runtime.grad_scaler(args.precision, device)
     batch = {"x": x_full, "labels": labels_full}
 
     def make_step(optimizer: torch.optim.Optimizer, embed=lambda: (model(batch["x"]).embeddings, batch["labels"])):
         """A training step; ``embed()`` -> (embeddings, labels) is the forward pass it times."""
         def step() -> None:
-            speed.step_begin(args.compile_mode if args.compile else "default")
-            with speed.autocast(args.precision, device):
+            runtime.step_begin(args.compile_mode if args.compile else "default")
+            with runtime.autocast(args.precision, device):
                 emb, labels = embed()
                 loss, _ = head(emb, labels)
-            speed.backward_and_step(loss, optimizer, scaler)
+            runtime.backward_and_step(loss, optimizer, scaler)
         return step
 
     def adam(params) -> torch.optim.Optimizer:
@@ -192,20 +192,20 @@ def run(args: argparse.Namespace) -> dict:
         if n > args.batch:
             batch["x"] = torch.randn(n, samples, device=device)
             batch["labels"] = torch.randint(0, args.classes, (n,), device=device)
-        speed.reset_peak_memory(device)
+        runtime.reset_peak_memory(device)
         if part == "loop":
             step = functools.partial(_loop_step, args, model, head, batch["x"], batch["labels"], workdir)
         elif part == "frontend":
             model.eval()
 
             def step() -> None:
-                with torch.inference_mode(), speed.autocast(args.precision, device):
+                with torch.inference_mode(), runtime.autocast(args.precision, device):
                     model.frontend(batch["x"])
         elif part == "backend":
             model.configure_training(trainable="none")
             model.train()
             head.train()
-            with torch.no_grad(), speed.autocast(args.precision, device):
+            with torch.no_grad(), runtime.autocast(args.precision, device):
                 states, _ = model.frontend(x_full)
             step = backend_step(adam([*model.aggregation.parameters(), *model.backend.parameters(),
                                       *head.parameters()]), states)
@@ -218,14 +218,14 @@ def run(args: argparse.Namespace) -> dict:
                 params = [*model.parameters(), *head.parameters()]
             model.train()
             head.train()
-            speed.set_attention(model, args.attention, fused_qkv=args.fused_qkv)
+            runtime.set_attention(model, args.attention, fused_qkv=args.fused_qkv)
             step = make_step(adam(params))
         try:
             if part == "loop":
                 step = step()  # built here: it needs more (soundfile for its banks) than the others
             seconds, cpu_seconds = _timed(step, args.steps, args.warmup, device)
         except torch.OutOfMemoryError:
-            results[part] = {"error": "out of memory", "peak_memory_mb": round(speed.peak_memory_mb(device), 1)}
+            results[part] = {"error": "out of memory", "peak_memory_mb": round(runtime.peak_memory_mb(device), 1)}
             del step
             model.zero_grad(set_to_none=True)
             head.zero_grad(set_to_none=True)
@@ -241,7 +241,7 @@ def run(args: argparse.Namespace) -> dict:
             "batch": n,
             "utterances_per_s": round(n * args.steps / seconds, 2),
             "ms_per_step": round(1000 * seconds / args.steps, 2),
-            "peak_memory_mb": round(speed.peak_memory_mb(device), 1),
+            "peak_memory_mb": round(runtime.peak_memory_mb(device), 1),
         }
         if args.profile:
             results[part]["profile"] = _profile(step, f"{args.profile}-{part}.txt", device)
@@ -250,7 +250,7 @@ def run(args: argparse.Namespace) -> dict:
     shutil.rmtree(workdir, ignore_errors=True)
     return {
         "benchmark": "train_step",
-        "device": speed.device_name(device),
+        "device": runtime.device_name(device),
         "torch": torch.__version__,
         "peak_memory_kind": "cuda max_memory_allocated" if device.startswith("cuda") else "process max RSS",
         "settings": {k: v for k, v in vars(args).items()},

@@ -68,7 +68,7 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    """MUSAN / RIR augmentation (METHOD.md §4.3)."""
+    """MUSAN / RIR augmentation (docs/method.md#augmentation)."""
 
     probability: float = _bounded(0.6, low=0, high=1)
     where: str = _choice("cpu", "cpu", "device")  # "cpu" (loader workers) or "device" (batched tensor ops on the accelerator)
@@ -104,7 +104,7 @@ class ModelConfig:
 
 @dataclass
 class HeadConfig:
-    """AAM-softmax with sub-centers and inter-top-K (METHOD.md §6)."""
+    """AAM-softmax with sub-centers and inter-top-K (docs/method.md#aam-softmax-head)."""
 
     scale: float = _bounded(30.0, above=0)
     margin: float = _bounded(0.3, low=0)
@@ -148,7 +148,7 @@ class StageConfig:
     steps_per_epoch: int = _bounded(0, low=0)  # 0: one pass over the corpus
     grad_accum: int = _bounded(1, low=1)
     mixed_precision: str = field(default="no", metadata={"choices": ("no", "bf16", "fp16", "fp8")})
-    compile: bool = False  # torch.compile the model and head for the fixed training crops (mlsv.speed)
+    compile: bool = False  # torch.compile the model and head for the fixed training crops (mlsv.models.runtime)
     # torch.compile's mode when stage.compile is on; reduce-overhead and max-autotune add CUDA graphs on a GPU
     compile_mode: str = field(default="default", metadata={"choices": (
         "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")})

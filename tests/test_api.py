@@ -14,6 +14,7 @@ from conftest import saved_tiny_model
 
 from mlsv.api import Verifier, find_audio_files, load_audio, record_score_statistics
 from mlsv.data.audio import AudioError
+from mlsv.inference.embedder import Embedder
 from mlsv.scoring.embeddings import EmbeddingTable, load_embeddings
 
 warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask.*")
@@ -345,8 +346,9 @@ def test_identify_command(model_dir, audio_dir, tmp_path, capsys, monkeypatch):
         assert [r["speaker"] for r in o["ranking"]] == [n for n, _ in expected.ranking]
     # the enrolment is embedded once for all the tests: 3 recordings, then one per test
     sizes = []
-    embed = Verifier._embed
-    monkeypatch.setattr(Verifier, "_embed", lambda self, inputs, *rest: sizes.append(len(inputs)) or embed(self, inputs, *rest))
+    embed = Embedder.embed_many
+    monkeypatch.setattr(Embedder, "embed_many",
+                        lambda self, inputs, *rest: sizes.append(len(inputs)) or embed(self, inputs, *rest))
     assert main([*argv, a, "--top", "1", b, "--", c]) == 0  # after "--" everything is a test recording
     assert sizes == [3, 1, 1, 1]
     monkeypatch.undo()
@@ -494,15 +496,15 @@ def test_online_stereo_chunks_of_any_size_and_a_failed_pass_retried(verifier, mo
     np.testing.assert_allclose([w.score for w in windows], whole.scores, atol=1e-4)
 
     tracker = verifier.online(voice(0.5, seed=1), window=0.4, hop=0.3, sample_rate=SR)
-    real = verifier.embedder
+    real = verifier.embedder.backend
 
     def failing(*args):
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr(verifier, "embedder", failing)
+    monkeypatch.setattr(verifier.embedder, "backend", failing)
     with pytest.raises(RuntimeError, match="out of memory"):
         tracker.push(left[:8000])  # completes the window at 0-0.4 s
-    monkeypatch.setattr(verifier, "embedder", real)
+    monkeypatch.setattr(verifier.embedder, "backend", real)
     assert [w.start for w in tracker.push(left[8000:12000])] == [0.0, pytest.approx(0.3)]
 
 
@@ -637,7 +639,7 @@ def eval_inputs(tmp_path):
 
 def test_evaluate_reuses_embeddings_only_when_nothing_changed(model_dir, eval_inputs, tmp_path, monkeypatch, caplog):
 
-    import mlsv.evaluation as evaluation
+    import mlsv.inference.evaluation as evaluation
 
     other = saved_tiny_model(tmp_path / "other", seed=1)
     manifest, trials = eval_inputs
@@ -653,7 +655,7 @@ def test_evaluate_reuses_embeddings_only_when_nothing_changed(model_dir, eval_in
     first = run(model_dir)
     np.testing.assert_array_equal(run(model_dir), first)  # resumed: nothing embedded again
     assert len(calls) == 1
-    caplog.set_level("WARNING", logger="mlsv.evaluation")
+    caplog.set_level("WARNING", logger="mlsv.inference.evaluation")
     second = run(other)
     assert len(calls) == 2 and "made with another model;" in caplog.text
     assert not np.allclose(second, first)
@@ -674,9 +676,9 @@ def test_evaluate_reuses_embeddings_only_when_nothing_changed(model_dir, eval_in
 
 
 def test_evaluate_stores_every_scale_s_metrics_and_the_card_shows_them_in_order(model_dir, eval_inputs, tmp_path):
-    from mlsv.evaluation import evaluate_model
-    from mlsv.hub import build_publish_folder
+    from mlsv.inference.evaluation import evaluate_model
     from mlsv.models import MLSVConfig
+    from mlsv.publish.hub import build_publish_folder
 
     manifest, trials = eval_inputs
     second = tmp_path / "alpha.txt"  # evaluated second, sorted first: the card keeps the order evaluated
@@ -693,7 +695,7 @@ def test_evaluate_stores_every_scale_s_metrics_and_the_card_shows_them_in_order(
 
 
 def test_evaluate_refuses_trial_lists_sharing_a_name(model_dir, eval_inputs, tmp_path):
-    from mlsv.evaluation import evaluate_model
+    from mlsv.inference.evaluation import evaluate_model
 
     manifest, trials = eval_inputs
     for d in ("x", "y"):

@@ -1,4 +1,4 @@
-"""Bad input to the verification API (mlsv.api, mlsv.evaluation, embedding tables): one clear error naming
+"""Bad input to the verification API (mlsv.api, mlsv.inference.evaluation, embedding tables): one clear error naming
 the culprit, never a traceback from deep inside safetensors, onnxruntime, torch or the hub client."""
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def test_corrupt_onnx_file_is_named_with_the_reexport_command(model_dir, tmp_pat
 
 def test_bad_devices_are_named_before_anything_loads(model_dir, tmp_path):
     from mlsv.api import TorchEmbedder, check_device
-    from mlsv.evaluation import embed_manifest, evaluate_model
+    from mlsv.inference.evaluation import embed_manifest, evaluate_model
 
     assert check_device("cpu") == torch.device("cpu")
     gpu = r"device 'gpu' is not a torch device \(cpu, cuda, cuda:0, mps, \.\.\.\)"
@@ -251,7 +251,7 @@ def test_repeated_ids_are_refused_and_a_file_named_twice_is_embedded_once(verifi
              durations=np.ones(3, np.float32))
     with pytest.raises(ValueError, match=rf"^{dup}: id 'a' appears 2 times"):
         load_embeddings(dup)
-    with caplog.at_level("WARNING", logger="mlsv.api"):
+    with caplog.at_level("WARNING", logger="mlsv.data.inputs"):
         assert find_audio_files([a, wavs / "a.wav", b, str(wavs)]) == [a, b, str(wavs / "late.wav"),
                                                                         str(wavs / "silent.wav")]
     assert "named more than once" in caplog.text
@@ -264,7 +264,7 @@ def test_repeated_ids_are_refused_and_a_file_named_twice_is_embedded_once(verifi
 
 
 def test_silent_file_is_refused_from_a_manifest_as_from_its_path(verifier, wavs, tmp_path):
-    from mlsv.evaluation import embed_manifest
+    from mlsv.inference.evaluation import embed_manifest
 
     rows = [{"id": name, "path": str(wavs / f"{name}.wav"), "speaker": "s",
              "duration": sf.info(wavs / f"{name}.wav").duration, "sample_rate": SR} for name in ("a", "silent", "late")]
@@ -274,9 +274,9 @@ def test_silent_file_is_refused_from_a_manifest_as_from_its_path(verifier, wavs,
         verifier.embed(wavs / "silent.wav")
     for chunk_seconds in (0.0, 0.3):
         with pytest.raises(AudioError, match=rf"{wavs / 'silent.wav'} \(manifest id silent\): silent audio"):
-            embed_manifest(verifier.embedder.model, manifest, progress=False, chunk_seconds=chunk_seconds)
+            embed_manifest(verifier.embedder.backend.model, manifest, progress=False, chunk_seconds=chunk_seconds)
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows if r["id"] != "silent"))
-    table = embed_manifest(verifier.embedder.model, manifest, progress=False, chunk_seconds=0.3)
+    table = embed_manifest(verifier.embedder.backend.model, manifest, progress=False, chunk_seconds=0.3)
     assert sorted(table.ids) == ["a", "late"]  # a silent chunk of a voiced file is not a silent file
     np.testing.assert_allclose(table.embeddings[list(table.ids).index("late")],
                                verifier.embed(wavs / "late.wav", chunk_seconds=0.3), atol=2e-5)

@@ -9,8 +9,8 @@ import pytest
 from conftest import saved_tiny_model
 from data_helpers import speaker_table, tone, write_wav
 
-from mlsv import hub
 from mlsv.cli import main
+from mlsv.publish import hub
 from mlsv.scoring.embeddings import EmbeddingTable, save_embeddings
 
 DIM = 8
@@ -338,7 +338,7 @@ def test_evaluate_checks_the_cohort_size_before_embedding(model_dir, files, caps
 
 def test_dry_run_refuses_a_folder_with_publish_file_names_that_it_did_not_build(tmp_path):
     """File names alone do not make a publish folder: a user's README.md and config.json stay."""
-    from mlsv.hub import main
+    from mlsv.publish.hub import main
     model = saved_tiny_model(tmp_path / "model", lap_heads=2, lap_channels=16, embedding_size=8)
     mine = tmp_path / "project"
     mine.mkdir()

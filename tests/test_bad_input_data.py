@@ -16,11 +16,11 @@ from mlsv.data.manifest import (
     iter_rows,
     load_manifest,
     sample_manifest,
-    validate,
     write_manifest,
 )
 from mlsv.data.prepare import prepare_voxceleb
 from mlsv.data.trials import check_trial_ids, read_trials
+from mlsv.data.validate import validate
 from mlsv.scoring.embeddings import EmbeddingTable, save_embeddings
 
 LABELLED = ["1 a/1.wav a/2.wav", "0 a/1.wav b/1.wav", "1 b/1.wav b/2.wav"]

@@ -101,7 +101,7 @@ def test_a_damaged_saved_config_is_named(trained, tiny, tmp_path):
 
 
 def test_an_encoder_that_cannot_load_names_model_encoder(tiny, tmp_path, capsys, monkeypatch):
-    import mlsv.api
+    import mlsv.train.loop
     from mlsv.models import MLSVModel
 
     def offline(name, **kwargs):  # what transformers raises for an unknown hub id without a connection
@@ -112,7 +112,7 @@ def test_an_encoder_that_cannot_load_names_model_encoder(tiny, tmp_path, capsys,
     assert rc == 2 and err.count("\n") == 1, err
     assert err.startswith("train.py: error: model.encoder 'nonexistent-encoder': model folder not found: "
                           "nonexistent-encoder (a hub model id is namespace/name); give a hub id"), err
-    monkeypatch.setattr(mlsv.api, "_model_source", lambda src, *a, **kw: src)  # a hub id the hub then refuses
+    monkeypatch.setattr(mlsv.train.loop, "_model_source", lambda src, *a, **kw: src)  # a hub id the hub then refuses
     monkeypatch.setattr(MLSVModel, "from_encoder", offline)
     rc, err = _train_py(["--config", str(tiny), "--output-dir", str(tmp_path / "y"),
                          "--set", "model.encoder=someone/missing-encoder"], capsys)
@@ -228,7 +228,7 @@ def _recipe(tmp_path: Path, tiny: Path, **change) -> Path:
      "step 3: name must be text"),
 ])
 def test_recipe_mistakes_are_caught_when_it_loads(tmp_path, tiny, change, message):
-    from mlsv.train.recipe import load_recipe
+    from mlsv.recipe import load_recipe
 
     path = _recipe(tmp_path, tiny, **change)
     with pytest.raises(ConfigError) as e:
@@ -238,7 +238,7 @@ def test_recipe_mistakes_are_caught_when_it_loads(tmp_path, tiny, change, messag
 
 
 def test_the_shipped_recipes_still_load():
-    from mlsv.train.recipe import load_recipe
+    from mlsv.recipe import load_recipe
 
     for name in ("default", "voxceleb2_wavlm_base_plus", "voxceleb2_wavlm_large"):
         for quick in (False, True):

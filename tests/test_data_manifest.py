@@ -18,9 +18,9 @@ from mlsv.data.manifest import (
     load_manifest,
     save_labels,
     speaker_labels,
-    validate,
     write_manifest,
 )
+from mlsv.data.validate import validate
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])

@@ -14,10 +14,11 @@ from data_helpers import tiny_corpus, tone, write_m4a, write_wav
 
 from mlsv.cli import main
 from mlsv.data.audio import MissingDependencyError, read_audio
-from mlsv.data.manifest import ManifestError, iter_rows, load_manifest, validate, write_manifest
+from mlsv.data.manifest import ManifestError, iter_rows, load_manifest, write_manifest
 from mlsv.data.prepare import prepare_folder, prepare_musan, prepare_rirs, prepare_trials, prepare_voxceleb
 from mlsv.data.shards import write_shards
 from mlsv.data.trials import Trials, make_trials, read_trials, write_trials
+from mlsv.data.validate import validate
 
 
 def _vox_tree(root, speakers, videos=2, utts=2, m4a=False):

@@ -37,7 +37,7 @@ def tiny_model_dir(root, encoder: str, cohort: bool = True):
 @pytest.mark.parametrize("encoder", ["tiny-wavlm", "tiny-hubert"])
 def test_export_parity_at_other_lengths(tmp_path, encoder):
     from mlsv.api import Verifier
-    from mlsv.export import export_onnx
+    from mlsv.inference.export import export_onnx
 
     model_dir, model = tiny_model_dir(tmp_path, encoder)
     report = export_onnx(model, model_dir / "model.onnx", trace_seconds=0.4, check_seconds=(0.7, 0.25))
@@ -110,7 +110,7 @@ def retrain(model, model_dir) -> None:
 def test_weights_fingerprint_of_the_model_equals_the_saved_files(tmp_path, encoder):
     import torch
 
-    from mlsv.export import saved_weights_fingerprint, weights_fingerprint
+    from mlsv.inference.export import saved_weights_fingerprint, weights_fingerprint
     from mlsv.models import MLSVModel
 
     model_dir, model = tiny_model_dir(tmp_path, encoder)
@@ -134,7 +134,7 @@ def test_onnx_export_of_other_weights_is_refused(tmp_path, capsys):
 
     from mlsv import cli
     from mlsv.api import Verifier
-    from mlsv.export import StaleExportError, export_onnx, saved_weights_fingerprint
+    from mlsv.inference.export import StaleExportError, export_onnx, saved_weights_fingerprint
 
     model_dir, model = tiny_model_dir(tmp_path, "tiny-hubert")
     onnx = model_dir / "model.onnx"
@@ -171,7 +171,7 @@ def test_onnx_export_of_other_weights_is_refused(tmp_path, capsys):
 
 def test_onnx_export_that_cannot_be_checked_warns_once_and_loads(tmp_path):
     from mlsv.api import Verifier
-    from mlsv.export import export_onnx
+    from mlsv.inference.export import export_onnx
 
     model_dir, model = tiny_model_dir(tmp_path, "tiny-hubert", cohort=False)
     report = model_dir / "model.onnx.json"
@@ -194,12 +194,12 @@ def test_onnx_export_that_cannot_be_checked_warns_once_and_loads(tmp_path):
 
 
 def test_hub_export_is_checked_against_weights_already_downloaded(tmp_path, monkeypatch):
-    import huggingface_hub
     from huggingface_hub.errors import EntryNotFoundError
 
-    import mlsv.api
+    import mlsv.inference.export
+    import mlsv.models.loading
     from mlsv.api import Verifier
-    from mlsv.export import StaleExportError, export_onnx
+    from mlsv.inference.export import StaleExportError, export_onnx
     from mlsv.models import MLSVConfig
 
     repos = {}
@@ -219,9 +219,11 @@ def test_hub_export_is_checked_against_weights_already_downloaded(tmp_path, monk
     def cached(repo_id, filename, revision=None, **kw):
         return str(cache / repo_id / filename) if (cache / repo_id / filename).is_file() else None
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
-    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", cached)
-    monkeypatch.setattr(mlsv.api, "_load_config", lambda src, revision=None: MLSVConfig.from_pretrained(repos[src]))
+    # the hub client's functions where mlsv calls them
+    monkeypatch.setattr(mlsv.models.loading, "hf_hub_download", download)
+    for module in (mlsv.models.loading, mlsv.inference.export):
+        monkeypatch.setattr(module, "try_to_load_from_cache", cached)
+    monkeypatch.setattr(mlsv.inference.export, "load_config", lambda src, revision=None: MLSVConfig.from_pretrained(repos[src]))
     # the weights are not downloaded for the check alone
     assert Verifier.from_pretrained("me/plain", runtime="onnx").embedder.runtime == "onnx"
     assert sorted(p.name for p in (cache / "me/plain").iterdir()) == ["model.onnx", "model.onnx.json"]

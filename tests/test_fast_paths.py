@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import padded_batch, tiny_model
 
-from mlsv import speed
+from mlsv.models import runtime, shapes
 from mlsv.models.aggregation import LayerAttentivePooling
 from mlsv.models.fast_attention import (
     key_padding_bias,
@@ -208,7 +208,7 @@ def test_other_families_use_transformers_attention_switch(name):
     x, mask = padded_batch([4000, 2500])
     res = {}
     for mode in ("eager", "sdpa"):
-        speed.set_attention(f, mode)
+        runtime.set_attention(f, mode)
         assert f.attention == mode == f.encoder.config._attn_implementation
         states, fl = f(x, mask.sum(-1))
         res[mode] = states * (torch.arange(states.shape[2])[None] < fl[:, None])[None, :, :, None]
@@ -220,8 +220,8 @@ def test_model_embeddings_same_with_either_attention_and_padding():
     x, mask = padded_batch([6000, 3500, 2000])
     emb = {}
     for mode in ("eager", "sdpa"):
-        speed.set_attention(model, mode)
-        assert speed.get_attention(model) == mode
+        runtime.set_attention(model, mode)
+        assert runtime.get_attention(model) == mode
         with torch.no_grad():
             emb[mode] = model(x, attention_mask=mask).embeddings
             alone = model(x[2:, :2000]).embeddings
@@ -382,7 +382,7 @@ def test_first_conv_block_compiled_and_bf16():
 def test_extract_embeddings_unpadded_batches_skip_masks_with_the_same_result():
     """A batch of equal lengths runs without masks (decided on the host copy of the mask); the embeddings
     equal those of the same utterances padded beside a longer one."""
-    from mlsv.inference import extract_embeddings
+    from mlsv.scoring.extract import extract_embeddings
 
     model = tiny_model().eval()
     x, mask = padded_batch([3000, 3000, 4500])
@@ -405,7 +405,7 @@ def test_lap_bf16_autocast_close_to_fp32():
     lap = LayerAttentivePooling(5, 64, heads=4, output_size=32, dropout=0.0).eval()
     states = torch.randn(5, 2, 11, 64)
     ref = lap(states)
-    with speed.autocast("bf16", "cpu"):
+    with runtime.autocast("bf16", "cpu"):
         out = lap(states.bfloat16())
     assert out.shape == ref.shape
     assert (out.float() - ref).abs().max() < 0.05 * ref.abs().max()
@@ -417,8 +417,8 @@ def test_compiled_lap_and_model_trace_as_eager():
     x, mask = padded_batch([4000, 2600])
     with torch.no_grad():
         ref = model(x, attention_mask=mask).embeddings
-        speed.compile_model(model, backend="aot_eager")
-        assert speed.is_compiled(model.frontend) and speed.is_compiled(model.backend)
+        runtime.compile_model(model, backend="aot_eager")
+        assert runtime.is_compiled(model.frontend) and runtime.is_compiled(model.backend)
         out = model(x, attention_mask=mask).embeddings
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert "frontend.encoder.encoder.layers.0.attention.q_proj.weight" in model.state_dict()  # names unchanged
@@ -444,7 +444,7 @@ def test_compiled_model_inductor_matches_eager():
         return loss.detach(), model.aggregation.proj_out.weight.grad.clone()
 
     ref = grads()
-    speed.compile_model(model, head=head, dynamic=False)
+    runtime.compile_model(model, head=head, dynamic=False)
     out = grads()
     torch.testing.assert_close(out[0], ref[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out[1], ref[1], rtol=1e-4, atol=1e-5)
@@ -453,23 +453,23 @@ def test_compiled_model_inductor_matches_eager():
 def test_speed_helpers():
     import contextlib
 
-    assert isinstance(speed.autocast("fp32", "cpu"), contextlib.nullcontext)
-    with speed.autocast("bf16", "cpu"):
+    assert isinstance(runtime.autocast("fp32", "cpu"), contextlib.nullcontext)
+    with runtime.autocast("bf16", "cpu"):
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
     with pytest.raises(ValueError):
-        speed.autocast("int8", "cpu")
-    assert speed.autocast_dtype("fp32") is None and speed.autocast_dtype("bf16") is torch.bfloat16
+        runtime.autocast("int8", "cpu")
+    assert runtime.autocast_dtype("fp32") is None and runtime.autocast_dtype("bf16") is torch.bfloat16
     with pytest.raises(ValueError, match="precision must be one of"):
-        speed.autocast_dtype("int8")
+        runtime.autocast_dtype("int8")
     with pytest.raises(ValueError):
-        speed.compile_model(tiny_model(), mode="fastest")
-    assert not speed.grad_scaler("bf16", "cpu").is_enabled()
-    assert speed.peak_memory_mb("cpu") > 0 and speed.device_name("cpu").startswith("cpu")
-    base, large = speed.benchmark_encoder_config("base"), speed.benchmark_encoder_config("large")
+        runtime.compile_model(tiny_model(), mode="fastest")
+    assert not runtime.grad_scaler("bf16", "cpu").is_enabled()
+    assert runtime.peak_memory_mb("cpu") > 0 and runtime.device_name("cpu").startswith("cpu")
+    base, large = shapes.benchmark_encoder_config("base"), shapes.benchmark_encoder_config("large")
     assert (base.hidden_size, base.num_hidden_layers, base.do_stable_layer_norm) == (768, 12, False)
     assert (large.hidden_size, large.num_hidden_layers, large.do_stable_layer_norm) == (1024, 24, True)
     with pytest.raises(ValueError, match="unknown shape"):
-        speed.benchmark_encoder_config("huge")
+        shapes.benchmark_encoder_config("huge")
 
 
 def _run_benchmark(name: str, argv: list[str], capsys) -> dict:
@@ -598,14 +598,14 @@ def test_gpu_frontend_equals_transformers_and_unpadded_equals_masked(exact_cuda,
 def test_gpu_bf16_sdpa_embeddings_close_to_fp32_eager(exact_cuda):
     """The evaluation fast path (bf16 autocast, SDPA, padded batch) against the plain fp32 one on a WavLM
     Base+-shaped model: the stated tolerance is a cosine of at least 0.999 between the two embeddings."""
-    model = speed.build_benchmark_model("base").to(exact_cuda).eval()
+    model = shapes.build_benchmark_model("base").to(exact_cuda).eval()
     x, mask = padded_batch([48000, 40000, 32000, 20000])
     x, mask = x.to(exact_cuda), mask.to(exact_cuda)
     with torch.no_grad():
-        speed.set_attention(model, "eager")
+        runtime.set_attention(model, "eager")
         ref = torch.cat([model(x[i:i + 1, :n]).embeddings for i, n in enumerate(mask.sum(-1).tolist())])
-        speed.set_attention(model, "sdpa")
-        with speed.autocast("bf16", exact_cuda):
+        runtime.set_attention(model, "sdpa")
+        with runtime.autocast("bf16", exact_cuda):
             fast = model(x, attention_mask=mask).embeddings.float()
     cos = torch.nn.functional.cosine_similarity(fast, ref, dim=-1)
     assert cos.min() > 0.999, cos
@@ -636,7 +636,7 @@ def test_gpu_compiled_training_step_matches_eager(exact_cuda):
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     ref = step()
-    speed.compile_model(model, head=head, dynamic=False)
+    runtime.compile_model(model, head=head, dynamic=False)
     out = step()
     torch.testing.assert_close(out[0], ref[0], rtol=1e-4, atol=1e-4)
     _assert_grads_close(ref[1], out[1], rel=1e-3)

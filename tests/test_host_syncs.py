@@ -2,7 +2,7 @@
 
 On a GPU, any read of a device value on the host (``.item()``, ``if tensor:``, ``nonzero``, boolean-mask
 indexing, a blocking copy of host data) drains the queue: the host cannot queue step n+1 while step n
-runs, and a launch-bound step then costs its CPU time plus its GPU time. ``speed.HostSyncCounter``
+runs, and a launch-bound step then costs its CPU time plus its GPU time. ``sync_counter.HostSyncCounter``
 records those calls on any device, so these tests run the loop's own ``train_batch`` (device
 augmentation, forward, backward, gradient clipping, fused Adam, scheduler, running statistics) and the
 weight average on a CPU; ``-m gpu`` repeats it under CUDA's own synchronisation check.
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import sync_counter
 import torch
 from conftest import padded_batch, tiny_model
 
-from mlsv import speed
 from mlsv.config import AugmentConfig, TrainConfig
 from mlsv.data.augment import BatchAugmenter
 from mlsv.data.synthetic import make_synthetic_corpus
@@ -35,7 +35,7 @@ def augmenter_config(tmp_path_factory):
 
 def test_counter_sees_each_kind_of_host_wait():
     x = torch.randn(6)
-    with speed.HostSyncCounter() as syncs:
+    with sync_counter.HostSyncCounter() as syncs:
         y = (x * 2).sum(0) + torch.zeros(3)[0]  # ordinary device work: nothing recorded
         x.item() if x.numel() == 1 else x[0].item()
         bool(x.sum() > 0)
@@ -82,7 +82,7 @@ def test_training_batch_never_waits_for_the_device(augmenter_config, trainable, 
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     for step in range(3):
         batch = {"waveforms": torch.randn(6, 8000) * 0.1, "labels": torch.arange(6) % 7}
-        with speed.HostSyncCounter() as syncs:
+        with sync_counter.HostSyncCounter() as syncs:
             loss = loop.train_batch(acc, model, head, optimizer, scheduler, batch, stats, augmenter=augmenter,
                                     rng=rng, max_grad_norm=5.0)
             ema.update(acc.unwrap_model(model))
@@ -114,7 +114,7 @@ def test_fp16_loss_scaling_waits_only_without_fused_adam(fused, fresh_accelerate
     stats = torch.zeros(2)
     for step in range(2):
         batch = {"waveforms": torch.randn(4, 8000) * 0.1, "labels": torch.arange(4) % 7}
-        with speed.HostSyncCounter() as syncs:
+        with sync_counter.HostSyncCounter() as syncs:
             loop.train_batch(acc, model, head, optimizer, scheduler, batch, stats, max_grad_norm=5.0)
         assert bool(syncs.calls) != fused, f"step {step}: {syncs.calls}"
     assert stats[0] > 0

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import saved_tiny_model
 
-from mlsv.hub import build_model_card, load_metrics, main
+from mlsv.publish.hub import build_model_card, load_metrics, main
 
 warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask.*")
 
@@ -173,7 +173,7 @@ def test_a_stale_onnx_export_is_refused_before_any_upload(run_dir, tmp_path, mon
     import huggingface_hub
     import torch
 
-    from mlsv.export import export_onnx
+    from mlsv.inference.export import export_onnx
     from mlsv.models import MLSVModel
 
     pytest.importorskip("onnxruntime")

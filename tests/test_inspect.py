@@ -34,7 +34,7 @@ def run_inspect(argv: list[str]) -> int:
 def test_lap_analysis_matches_the_model():
     import torch
 
-    from mlsv.inspect_layers import analyze_layers
+    from mlsv.inference.inspect_layers import analyze_layers
 
     model = build("tiny-wavlm", lap_heads=4, lap_channels=32)
     wav = (0.1 * np.random.default_rng(0).standard_normal(6000)).astype(np.float32)
@@ -67,7 +67,7 @@ def test_inspect_command_lap(tmp_path, capsys):
 
 
 def test_inspect_superb_shows_weights_only(tmp_path):
-    from mlsv.inspect_layers import analyze_layers, plot_layers, write_layer_table
+    from mlsv.inference.inspect_layers import analyze_layers, plot_layers, write_layer_table
 
     model = build("tiny-wavlm", aggregation="superb")
     a = analyze_layers(model, np.ones(4000, np.float32))
@@ -79,7 +79,7 @@ def test_inspect_superb_shows_weights_only(tmp_path):
 
 
 def test_inspect_refuses_other_aggregations():
-    from mlsv.inspect_layers import analyze_layers
+    from mlsv.inference.inspect_layers import analyze_layers
 
     with pytest.raises(ValueError, match="LAP scores or SUPERB weights"):
         analyze_layers(build("tiny-hubert", aggregation="last"), np.ones(4000, np.float32))

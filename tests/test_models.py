@@ -174,7 +174,7 @@ def test_lap_scores_shape_and_range():
 
 
 def test_lap_matches_a_direct_reading_of_the_method():
-    """LAP against a literal, loop-based reading of METHOD.md §5.3 on the same parameters."""
+    """LAP against a literal, loop-based reading of docs/method.md#lap on the same parameters."""
     torch.manual_seed(3)
     L, B, T, D, h = 5, 2, 4, 8, 2
     lap = LayerAttentivePooling(L, D, heads=h, output_size=6, dropout=0.0).eval()

@@ -1,4 +1,4 @@
-"""Vectorised cosine / AS-norm equal the reference's per-trial loop (METHOD.md §9.3)."""
+"""Vectorised cosine / AS-norm equal the reference's per-trial loop (docs/method.md#as-norm)."""
 
 from __future__ import annotations
 

@@ -22,8 +22,8 @@ from conftest import TINY_FAMILIES, padded_batch, tiny_model
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from mlsv import speed
 from mlsv.config import ConfigError, load_config
+from mlsv.models import runtime
 from mlsv.train import checkpoint as ckpt
 from mlsv.train import loop
 
@@ -87,20 +87,20 @@ def test_eager_block_runs_compiled_modules_without_recompiling():
     x, mask = padded_batch([5000, 3100, 1700])
     with torch.no_grad():
         ref = model.eval()(x, attention_mask=mask).embeddings
-        speed.compile_model(model, dynamic=False, backend="aot_eager")
+        runtime.compile_model(model, dynamic=False, backend="aot_eager")
         model(torch.randn(2, 3200))  # graphs for one crop shape (eval mode: BatchNorm statistics stay put)
     graphs = counters["stats"]["unique_graphs"]
     assert graphs > 0
-    impls = {n: m._compiled_call_impl for n, m in model.named_modules() if speed.is_compiled(m)}
+    impls = {n: m._compiled_call_impl for n, m in model.named_modules() if runtime.is_compiled(m)}
     assert set(impls) == {"frontend", "aggregation", "backend"}
     with torch.no_grad(), loop.eager(model) as m:
-        assert not any(speed.is_compiled(s) for s in m.modules())
+        assert not any(runtime.is_compiled(s) for s in m.modules())
         out = m.eval()(x, attention_mask=mask).embeddings
         alone = m(x[2:, :1700]).embeddings
     assert counters["stats"]["unique_graphs"] == graphs
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
     torch.testing.assert_close(alone, ref[2:], rtol=1e-5, atol=1e-5)
-    assert {n: m._compiled_call_impl for n, m in model.named_modules() if speed.is_compiled(m)} == impls
+    assert {n: m._compiled_call_impl for n, m in model.named_modules() if runtime.is_compiled(m)} == impls
 
 
 def test_head_compiled_for_training_follows_the_margin_schedule():
@@ -196,14 +196,14 @@ def test_stage_compile_mode_reaches_every_compiled_part(monkeypatch):
                                           "SubCenterAAMSoftmax"]
     assert all(kw["mode"] == "reduce-overhead" for _, kw in seen)
     field = StageConfig.__dataclass_fields__["compile_mode"]
-    assert field.metadata["choices"] == speed.COMPILE_MODES
+    assert field.metadata["choices"] == runtime.COMPILE_MODES
     with pytest.raises(ValueError, match="reduce-overhead"):
         from_dict(StageConfig, {"compile_mode": "fast"})
     marks = []
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
-    for mode in speed.COMPILE_MODES:
-        speed.step_begin(mode)
-    assert len(marks) == len(speed.CUDAGRAPH_MODES) == 2
+    for mode in runtime.COMPILE_MODES:
+        runtime.step_begin(mode)
+    assert len(marks) == len(runtime.CUDAGRAPH_MODES) == 2
 
 
 # -- stage runs ------------------------------------------------------------------------------------------
@@ -247,7 +247,7 @@ def _spy_evaluation(monkeypatch) -> list[tuple[str, bool]]:
         real = getattr(loop, name)
 
         def spy(model, *args, _real=real, _name=name, **kwargs):
-            seen.append((_name, any(speed.is_compiled(m) for m in model.modules())))
+            seen.append((_name, any(runtime.is_compiled(m) for m in model.modules())))
             return _real(model, *args, **kwargs)
 
         monkeypatch.setattr(loop, name, spy)
@@ -272,7 +272,7 @@ def test_compiled_stage_trains_like_eager_and_saves_the_same_names(corpus, plain
     and checkpoint with exactly the plain run's names; aot_eager graphs also give its numbers."""
     monkeypatch.setattr(loop, "COMPILE_BACKEND", "aot_eager")
     compiled_for = []
-    real_compile, real_attention = loop.compile_for_training, speed.set_attention
+    real_compile, real_attention = loop.compile_for_training, runtime.set_attention
     attention_seen = []
 
     def spy_compile(model, head, backend=None, mode="default"):
@@ -284,7 +284,7 @@ def test_compiled_stage_trains_like_eager_and_saves_the_same_names(corpus, plain
         return real_attention(model, mode, fused_qkv)
 
     monkeypatch.setattr(loop, "compile_for_training", spy_compile)
-    monkeypatch.setattr(speed, "set_attention", spy_attention)
+    monkeypatch.setattr(runtime, "set_attention", spy_attention)
     evaluated = _spy_evaluation(monkeypatch)
     out = _train(corpus, tmp_path / "compiled", **{"stage.compile": True})
     assert compiled_for == [("MLSVModel", "SubCenterAAMSoftmax", "default")] and attention_seen == ["eager"]

@@ -275,7 +275,7 @@ def test_two_processes_run_a_recipes_evaluation_and_report_once(corpus, tmp_path
         {"name": "eval", "evaluate": evaluate}, {"name": "report", "report": {"systems": {"LAP": "eval"}}}]}
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     script = tmp_path / "run.py"
-    script.write_text("from accelerate import PartialState\nfrom mlsv.train.recipe import load_recipe, run_recipe\n"
+    script.write_text("from accelerate import PartialState\nfrom mlsv.recipe import load_recipe, run_recipe\n"
                       "PartialState(cpu=True)\n"
                       f"run_recipe(load_recipe({str(tmp_path / 'recipe.yaml')!r}))\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -332,7 +332,7 @@ def test_a_recipe_checks_its_evaluations_before_training(tmp_path):
     """A missing trial list or a mistyped evaluate key stops a recipe before its training steps run, not
     after them; files a later prepare step will make are not asked for."""
     from mlsv.config import ConfigError
-    from mlsv.train.recipe import check_evaluations, load_recipe, run_recipe
+    from mlsv.recipe import check_evaluations, load_recipe, run_recipe
 
     (tmp_path / "m.jsonl").write_text("")
     recipe_file = tmp_path / "recipe.yaml"
@@ -489,7 +489,7 @@ def test_chunked_validation_split_over_processes_equals_one_process(corpus):
     from conftest import tiny_model
 
     from mlsv.data.loader import build_eval_loader
-    from mlsv.inference import extract_embeddings
+    from mlsv.scoring.extract import extract_embeddings
     from mlsv.train.loop import merge_parts
 
     model = tiny_model().eval()

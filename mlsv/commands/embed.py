@@ -51,9 +51,9 @@ def register(subparsers) -> None:
 
 def _embed_manifest(args: argparse.Namespace):
     """Manifest rows through the evaluation loader and the batched extractor (ids = manifest ids)."""
-    from mlsv.api import load_model
-    from mlsv.evaluation import embed_manifest
-    from mlsv.speed import autocast_dtype
+    from mlsv.inference.evaluation import embed_manifest
+    from mlsv.models.loading import load_model
+    from mlsv.models.runtime import autocast_dtype
 
     if args.runtime != "torch":
         raise ValueError("--manifest runs with --runtime torch; for ONNX give the files")
@@ -64,7 +64,8 @@ def _embed_manifest(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from mlsv.api import Verifier, find_audio_files
+    from mlsv.data.inputs import find_audio_files
+    from mlsv.inference.verifier import Verifier
     from mlsv.scoring.embeddings import save_embeddings
 
     if args.manifest is not None and args.files:

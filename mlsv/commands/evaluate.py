@@ -42,7 +42,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from mlsv.evaluation import evaluate_model
+    from mlsv.inference.evaluation import evaluate_model
 
     output_folder(args.out)
     if args.cohort:

@@ -39,8 +39,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from mlsv.api import load_model
-    from mlsv.export import export_onnx
+    from mlsv.inference.export import export_onnx
+    from mlsv.models.loading import load_model
 
     output_file(args.out)
     output_file(f"{args.out}.json", f"--out {args.out}: its report")

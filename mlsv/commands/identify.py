@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from mlsv.api import Verifier, find_audio_files
+    from mlsv.data.inputs import find_audio_files
+    from mlsv.inference.verifier import Verifier
 
     speakers = _enrolled(args)
     tests = find_audio_files(args.tests)

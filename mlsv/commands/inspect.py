@@ -31,9 +31,14 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mlsv.api import load_audio, load_model, min_samples
-    from mlsv.inference import min_length
-    from mlsv.inspect_layers import analyze_layers, format_layer_table, plot_layers, write_layer_table
+    from mlsv.data.inputs import load_audio
+    from mlsv.inference.inspect_layers import (
+        analyze_layers,
+        format_layer_table,
+        plot_layers,
+        write_layer_table,
+    )
+    from mlsv.models.loading import load_model, min_samples
 
     out = _figure_path(args.out)
     output_file(args.table, "--table")
@@ -43,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_seconds > 0:
         wav = wav[: int(args.max_seconds * sr)]
         if model.frontend.frame_lengths(wav.size) < 1:
-            need = min_length(model)
+            need = min_samples(model.config)
             raise ValueError(f"--max-seconds {args.max_seconds:g} keeps {wav.size} samples; the encoder needs at "
                              f"least {need} ({need / sr:.4f} s)")
     analysis = analyze_layers(model, wav)

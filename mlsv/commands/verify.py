@@ -50,7 +50,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from mlsv.api import Verifier
+    from mlsv.inference.verifier import Verifier
 
     if len(args.recordings) < 2:
         raise ValueError("give the enrolment recording(s) and then the test recording")

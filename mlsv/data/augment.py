@@ -1,4 +1,4 @@
-"""Noise, music, babble, TV and reverberation augmentation (METHOD.md §4.3, with D18 fixed).
+"""Noise, music, babble, TV and reverberation augmentation (docs/method.md#augmentation; the reference's defect D18 fixed: docs/method.md#d18-augmentation).
 
 Two implementations with the same distribution:
 
@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mlsv.config import AugmentConfig
 from mlsv.data.audio import AudioError, MissingDependencyError, read_audio, resample
@@ -57,6 +58,19 @@ def align_rir(rir: np.ndarray) -> np.ndarray:
     """(R,) RIR cut to start at its direct-path (largest) peak and scaled to unit energy: (R',) float32."""
     rir = rir[int(np.argmax(np.abs(rir))):].astype(np.float32)
     return rir / max(float(np.linalg.norm(rir)), 1e-8)
+
+
+def host_to_device(data, device: str | torch.device) -> torch.Tensor:
+    """Host data (a numpy array or CPU tensor) on ``device`` without waiting for the device's queue.
+
+    A plain ``.to("cuda")`` of pageable memory waits for every queued kernel; here a GPU copy goes
+    through pinned memory with ``non_blocking=True`` (the caching host allocator keeps the buffer alive
+    until the copy is done). On CPU it is the same tensor.
+    """
+    t = torch.as_tensor(data)
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 @dataclass
@@ -327,8 +341,6 @@ class BatchAugmenter:
     def __init__(self, cfg: AugmentConfig, noise_manifest: str | Path | None = None,
                  rir_manifest: str | Path | None = None, *, sample_rate: int = 16000,
                  device="cpu", max_bank_seconds: float = 1800.0, max_rirs: int = 2000, bank_seed: int = 0):
-        import torch
-
         self.cfg, self.sample_rate, self.device = cfg, sample_rate, torch.device(device)
         self.kinds = _check_kinds(cfg)
         noise_manifest = noise_manifest or cfg.noise_manifest
@@ -346,8 +358,6 @@ class BatchAugmenter:
             self.rirs, self.rir_kind_start, self.rir_kind_count = self._load_rirs(rir_manifest, max_rirs, rng)
 
     def _load_noise(self, manifest: str, entries: list[_Entry], max_seconds: float, rng: np.random.Generator):
-        import torch
-
         order = rng.permutation(len(entries))
         parts, budget = [], max_seconds * self.sample_rate
         pool = list(entries)
@@ -366,8 +376,6 @@ class BatchAugmenter:
         return data.to(self.device), starts.to(self.device), lengths.to(self.device)
 
     def _load_rirs(self, manifest: str | Path, max_rirs: int, rng: np.random.Generator):
-        import torch
-
         by_kind: dict[str, list[_Entry]] = {}
         for e in _load_entries(manifest, "kind", "simulated"):
             by_kind.setdefault(e.group, []).append(e)
@@ -400,15 +408,11 @@ class BatchAugmenter:
     # the same draws on every device.
 
     def _on_device(self, draws: np.ndarray):
-        from mlsv.speed import host_to_device
-
         return host_to_device(draws, self.device)
 
     def _segments(self, category: str, n: int, files, offsets):
         """(b, n) stretches of the ``category`` files ``files`` (b,) starting at fractions ``offsets`` (b,)
         of the room left in each file (a file shorter than n wraps around: its start is 0)."""
-        import torch
-
         data, starts, lengths = self.banks[category]
         length = lengths[files]
         offset = (offsets * (length - n + 1).clamp_min(1)).long()
@@ -418,8 +422,6 @@ class BatchAugmenter:
 
     def _noise(self, x, category: str, snr: tuple[float, float], sources: tuple[int, int], full: bool, rng):
         """The scaled additive signal for x (B, S): x + result is at per-row SNR ~ U(snr)."""
-        import torch
-
         b, n = x.shape
         n_files = len(self.banks[category][2])
         # host draws, per row: source count, target SNR; per source: file, offset in the file, and the
@@ -455,8 +457,6 @@ class BatchAugmenter:
         return total * scale.to(x.dtype)[:, None]
 
     def _reverb(self, x, rng):
-        import torch
-
         b, n = x.shape
         kind = rng.integers(len(self.rir_kind_count), size=b)
         idx = self.rir_kind_start[kind] + (rng.random(b) * self.rir_kind_count[kind]).astype(np.int64)

@@ -37,12 +37,14 @@ from mlsv.data.audio import (
     resample,
     silent_audio_message,
 )
+from mlsv.data.augment import Augmenter
+from mlsv.data.manifest import load_manifest
 
 logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------
-# speed perturbation as new speakers (METHOD.md §4.2, with a deterministic factor order)
+# speed perturbation as new speakers (docs/method.md#speed-perturbation-as-new-speakers, with a deterministic factor order)
 
 
 def _factor_order(factors: Sequence[float]) -> list[float]:
@@ -375,8 +377,6 @@ def build_train_loader(
         streaming loader never ends (its manifest repeats, shuffled anew each pass): bound the epoch by
         steps.
     """
-    from mlsv.data.augment import Augmenter
-    from mlsv.data.manifest import load_manifest
 
     batch = data_cfg.batch_size // num_processes
     if batch < 1:
@@ -534,16 +534,21 @@ def plan_eval_batches(ids: Sequence[str], durations: Sequence[float], *, batch_s
         for c in range(len(bounds) - 1):
             items.append((str(uid), c, index, int(bounds[c]), int(bounds[c + 1] - bounds[c]), rate))
     items.sort(key=lambda it: (-it[4] / it[5], it[0], it[1]))
-    batches, current = [], []
-    for it in items:
-        longest = current[0][4] / current[0][5] if current else 0.0
-        if current and longest * (len(current) + 1) > batch_seconds:
-            batches.append(current)
-            current = []
-        current.append(it)
-    if current:
-        batches.append(current)
-    return [[it[:5] for it in b] for b in batches]
+    return [[items[i][:5] for i in b] for b in pack_batches([it[4] / it[5] for it in items], batch_seconds)]
+
+
+def pack_batches(lengths: Sequence[float], budget: float) -> list[list[int]]:
+    """Indices of ``lengths`` packed into batches, longest first, each padded to its first (longest) item
+    with at most ``budget`` of padded length (count x longest); an item longer than ``budget`` is a batch
+    alone. Equal lengths keep their order. The one batching rule of evaluation and the Verifier."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and lengths[batches[-1][0]] * (len(batches[-1]) + 1) <= budget:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def build_eval_loader(
@@ -571,7 +576,6 @@ def build_eval_loader(
         ``bad_files`` (an utterance with a chunk left out keeps its other chunks). So is an utterance
         (or chunk) shorter than ``min_samples`` at ``sample_rate`` (too short to give the encoder a frame).
     """
-    from mlsv.data.manifest import load_manifest
 
     rows = load_manifest(manifest_path)
     batches = plan_eval_batches(rows["id"], rows["duration"], batch_seconds=batch_seconds,

@@ -44,7 +44,7 @@ class LastLayer(nn.Module):
 
 
 class LayerAttentivePooling(nn.Module):
-    """Layer Attentive Pooling (METHOD.md §5.3).
+    """Layer Attentive Pooling (docs/method.md#lap).
 
     Steps, per frame: a BatchNorm over channels shared by all layers, a D->D linear projection, a split
     into ``heads`` groups of d = D/heads channels; for each head and layer the mean and the max over the

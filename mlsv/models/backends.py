@@ -4,7 +4,7 @@ Every temporal operation is masked: a padded batch gives the embeddings each utt
 Convolutional backends (x-vector, ECAPA-TDNN) use length-preserving padding and zero the padded frames
 before every convolution, so a frame near the end sees zeros in both cases.
 
-* ``ASTP``: the LAP paper's light backend (METHOD.md §5.5): global-context attentive statistics with
+* ``ASTP``: the LAP paper's light backend (docs/method.md#astp): global-context attentive statistics with
   frame dropout, BN, Linear to E, BN.
 * ``XVector``: TDNN x-vector. Its embedding is the first segment-level layer in training and
   evaluation alike (the reference returned different layers in the two modes).

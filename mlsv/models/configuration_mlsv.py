@@ -16,7 +16,7 @@ class MLSVConfig(PretrainedConfig):
         encoder_name_or_path: where the encoder's weights came from (informational).
         layers: hidden-state indices to use (None: all L+1).
         aggregation: "lap", "superb" or "last".
-        lap_heads, lap_channels, lap_dropout: LAP settings (METHOD.md §5.3).
+        lap_heads, lap_channels, lap_dropout: LAP settings (docs/method.md#lap).
         backend: "astp", "xvector", "ecapa" or "mhfa".
         embedding_size: E.
         backend_dropout: ASTP frame dropout.
@@ -27,7 +27,9 @@ class MLSVConfig(PretrainedConfig):
         training_mean: (E,) mean training embedding, subtracted before cosine scoring.
         calibration: QMF calibration parameters (a dict) when the model was calibrated.
         threshold: the decision threshold on the model's final score scale.
-        evaluation: metrics of the model's evaluation (informational, for the model card).
+        evaluation: what the model's evaluation recorded (metrics, score statistics, the threshold's scale):
+            the stored form of ``mlsv.scoring.record.EvaluationRecord``, which the Verifier's thresholds
+            and the model card read; with ``threshold`` and ``calibration`` it is that record.
         cohort_size: rows of the AS-norm cohort (speaker means) stored in the weights (0: none).
     """
 

@@ -124,7 +124,7 @@ class TrainingDraws(NamedTuple):
 
 def _host_to_device(data, device: torch.device) -> torch.Tensor:
     """Host data on ``device`` without waiting for its queue (pinned memory, non-blocking on a GPU); the
-    same as ``mlsv.speed.host_to_device``, here because saved model code imports nothing from mlsv."""
+    same as ``mlsv.data.augment.host_to_device``, here because saved model code imports nothing from mlsv."""
     t = torch.as_tensor(data)
     return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 

@@ -1,6 +1,6 @@
 """The training head: additive angular margin softmax with sub-centers and the inter-top-K penalty.
 
-METHOD.md §6. Kept apart from the embedding model: ``loss, logits = head(embeddings, labels)``.
+docs/method.md#aam-softmax-head. Kept apart from the embedding model: ``loss, logits = head(embeddings, labels)``.
 """
 
 from __future__ import annotations

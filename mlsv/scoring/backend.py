@@ -1,9 +1,9 @@
 """Score back-end: mean subtraction, cosine scoring and adaptive score normalisation (AS-norm), vectorised.
 
-AS-norm follows METHOD.md §9.3: the cohort is the per-speaker mean of the raw cohort embeddings minus the
+AS-norm follows docs/method.md#as-norm: the cohort is the per-speaker mean of the raw cohort embeddings minus the
 mean vector; each utterance's cosine similarities to all cohort speakers are computed, the ``top_k``
 largest kept, and their mean and *unbiased* standard deviation normalise the trial score,
-``0.5 * ((s - mu_e) / sigma_e + (s - mu_t) / sigma_t)``. Unlike the reference (METHOD.md P5), the
+``0.5 * ((s - mu_e) / sigma_e + (s - mu_t) / sigma_t)``. Unlike the reference (docs/method.md#p5-as-norm-per-utterance), the
 statistics are computed once per utterance with one chunked matrix product and a batched top-k (torch,
 multithreaded, optionally on a GPU), and trials only gather them.
 """
@@ -149,7 +149,7 @@ def cosine_scores_indexed(embeddings: np.ndarray, enroll_idx: ArrayLike, test_id
 
 
 def cohort_from_table(table: EmbeddingTable, mean: np.ndarray | None = None) -> Cohort:
-    """Builds the AS-norm cohort from a cohort embedding table (METHOD.md §9.3).
+    """Builds the AS-norm cohort from a cohort embedding table (docs/method.md#as-norm).
 
     Args:
         table: cohort utterances with ``speakers`` set; embeddings are the raw (not normalised) ones.

@@ -1,9 +1,9 @@
 """Quality-measure-function (QMF) calibration: logistic regression from named quality features to LLRs.
 
-METHOD.md §9.4 describes the reference. What we keep: the nine features (AS-norm score, log durations,
+docs/method.md#qmf-calibration describes the reference. What we keep: the nine features (AS-norm score, log durations,
 L1/L2 norms and population std of the raw embeddings of both sides) and the training pairs drawn from the
 cohort set, half targets, half non-targets, each pair's speakers left out of its AS-norm cohort. What we
-change (METHOD.md D19):
+change (docs/method.md#d19-qmf-calibration):
 
 * features are standardised (mean/std fitted on the training pairs) before an L2-regularised logistic
   regression (sklearn ``lbfgs``, which does not penalise the intercept);

@@ -1,4 +1,4 @@
-"""Embedding tables: the ``.npz`` file format of DESIGN.md (ids, embeddings, durations, speakers)."""
+"""Embedding tables: the ``.npz`` file format of docs/evaluation.md#file-formats (ids, embeddings, durations, speakers)."""
 
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ Conventions shared by every function here:
 * ``labels``: (N,) 1 for a target (same-speaker) trial, 0 for a non-target; both classes must occur.
 * A threshold ``t`` accepts a trial when ``score >= t``. Tied scores are one threshold: a group of equal
   scores is accepted or rejected together, so ties never create operating points that no threshold can
-  reach (the reference treated every tied sample as its own threshold, METHOD.md D22).
-* Error rates are fractions, except ``eer`` in :func:`compute_metrics`, which is in percent as in DESIGN.md.
+  reach (the reference treated every tied sample as its own threshold, docs/method.md#d22-eer-and-mindcf).
+* Error rates are fractions, except ``eer`` in :func:`compute_metrics`, which is in percent as in docs/evaluation.md#file-formats.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def eer(scores: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
     interpolation is what randomly accepting a fraction of the tied group at the lower threshold would
     give. The threshold is interpolated between the two scores by the same fraction (the lower score
     when the upper point is "reject all"). This differs from the reference's nearest ROC point and
-    ``max(fpr, fnr)`` (METHOD.md D22), and equals the classic ``brentq`` on ``interp1d(fpr, tpr)``.
+    ``max(fpr, fnr)`` (docs/method.md#d22-eer-and-mindcf), and equals the classic ``brentq`` on ``interp1d(fpr, tpr)``.
 
     Args:
         scores: (N,) scores.
@@ -203,7 +203,7 @@ def _key(p: float) -> str:
 
 def compute_metrics(scores: ArrayLike, labels: ArrayLike, p_targets: tuple[float, ...] = (0.01, 0.05), calibrated: bool = False,
                     c_miss: float = 1.0, c_fa: float = 1.0) -> dict[str, float | int | None]:
-    """All metrics of one trial list, keyed as in DESIGN.md's metrics JSON.
+    """All metrics of one trial list, keyed as in docs/evaluation.md#file-formats's metrics JSON.
 
     Args:
         scores: (N,) scores (log-likelihood ratios when ``calibrated``).

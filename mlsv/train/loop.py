@@ -15,7 +15,7 @@ Rerunning the same command resumes from the newest checkpoint: same weights, opt
 scaler and RNG state, epoch and step; the data order of an epoch depends only on (seed, epoch), and
 batches already trained in a partly done epoch are skipped, not repeated.
 
-Speed settings (``mlsv.speed``): ``stage.attention`` picks the encoder's attention kernels, and
+Speed settings (``mlsv.models.runtime``): ``stage.attention`` picks the encoder's attention kernels, and
 ``stage.compile`` compiles the model and head in place with ``nn.Module.compile`` before
 ``accelerator.prepare`` (parameter names, checkpoints and the saved model are unchanged). Training crops
 have one shape, so the model's graphs are specialised on it (``dynamic=False``); the head is compiled
@@ -41,10 +41,18 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from mlsv import speed
 from mlsv.config import ConfigError, TrainConfig, dump_config, load_config, load_yaml_file, to_dict
-from mlsv.data.loader import speed_perturb_classes
-from mlsv.models import MLSVModel, SubCenterAAMSoftmax
+from mlsv.data.augment import BatchAugmenter
+from mlsv.data.loader import build_eval_loader, build_train_loader, speed_perturb_classes
+from mlsv.data.manifest import iter_rows, load_labels, sample_manifest, save_labels, speaker_labels
+from mlsv.data.trials import read_trials
+from mlsv.models import TINY_ENCODERS, MLSVModel, SubCenterAAMSoftmax, runtime
+from mlsv.models.loading import min_samples
+from mlsv.models.loading import model_source as _model_source
+from mlsv.scoring.backend import cosine_scores
+from mlsv.scoring.embeddings import EmbeddingTable, pool_rows
+from mlsv.scoring.extract import extract_embeddings
+from mlsv.scoring.metrics import eer
 from mlsv.train import checkpoint as ckpt
 from mlsv.train.ema import WeightAverage
 from mlsv.train.schedules import lr_at, margin_at
@@ -60,8 +68,6 @@ MODEL_SETTINGS = ("layers", "aggregation", "lap_heads", "lap_channels", "lap_dro
 def build_model(cfg: TrainConfig) -> MLSVModel:
     """A new model from the config's model section (pre-trained or random-init encoder). An encoder that
     cannot be found or downloaded is a ConfigError naming ``model.encoder``."""
-    from mlsv.api import _model_source
-    from mlsv.models import TINY_ENCODERS
 
     m = cfg.model
     settings = {k: getattr(m, k) for k in MODEL_SETTINGS}
@@ -83,9 +89,8 @@ def build_model(cfg: TrainConfig) -> MLSVModel:
 def check_crop_length(model: MLSVModel, data) -> None:
     """Training crops must give the encoder at least one frame; a shorter ``data.crop_seconds`` would fail
     in the first forward pass with the convolution's shape error."""
-    from mlsv.inference import min_length
 
-    crop, shortest = int(round(data.crop_seconds * data.sample_rate)), min_length(model)
+    crop, shortest = int(round(data.crop_seconds * data.sample_rate)), min_samples(model.config)
     if crop < shortest:
         raise ConfigError(f"data.crop_seconds {data.crop_seconds:g} gives {crop} samples at {data.sample_rate} Hz, "
                           f"fewer than the encoder's minimum of {shortest} ({shortest / data.sample_rate:.4f} s): "
@@ -119,7 +124,7 @@ def compile_for_training(model: MLSVModel, head: torch.nn.Module, backend: str |
     limit and eager fallback); automatic dynamic makes it symbolic after the first change. ``mode`` is
     ``stage.compile_mode`` (inductor only)."""
     backend = backend or COMPILE_BACKEND
-    speed.compile_model(model, mode=mode, dynamic=False, backend=backend)
+    runtime.compile_model(model, mode=mode, dynamic=False, backend=backend)
     head.compile(**({"mode": mode} if backend == "inductor" else {"backend": backend}), dynamic=None)
 
 
@@ -128,7 +133,7 @@ def eager(module: torch.nn.Module):
     """Runs ``module``'s compiled submodules (``nn.Module.compile``) eagerly inside the block: evaluation
     with utterances of every length would recompile graphs specialised on the training crops. The
     compiled callables are set aside and put back; nothing is recompiled either way."""
-    saved = [(m, m._compiled_call_impl) for m in module.modules() if speed.is_compiled(m)]
+    saved = [(m, m._compiled_call_impl) for m in module.modules() if runtime.is_compiled(m)]
     for m, _ in saved:
         m._compiled_call_impl = None
     try:
@@ -286,8 +291,6 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
     from accelerate import Accelerator
     from accelerate.utils import gather_object, set_seed
 
-    from mlsv.data.loader import build_train_loader
-    from mlsv.data.manifest import load_labels, save_labels, speaker_labels
 
     output_dir = Path(output_dir)
     check_same_run(cfg, output_dir)
@@ -338,7 +341,7 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
     model.configure_training(trainable=st.frontend_trainable, layerdrop=st.layerdrop,
                              mask_time_prob=st.mask_time_prob,
                              gradient_checkpointing=cfg.model.gradient_checkpointing)
-    speed.set_attention(model, st.attention)  # not saved with the model: set for every stage
+    runtime.set_attention(model, st.attention)  # not saved with the model: set for every stage
     h = cfg.head
     head = SubCenterAAMSoftmax(model.config.embedding_size, n_classes, scale=h.scale, margin=h.margin,
                                sub_centers=h.sub_centers, top_k=h.top_k, penalty=h.penalty)
@@ -391,7 +394,6 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
 
     device_augmenter = None
     if cfg.augment.where == "device" and cfg.augment.probability > 0:
-        from mlsv.data.augment import BatchAugmenter
 
         aug_cfg = dataclasses.replace(cfg.augment, noise_manifest=_resolve(cfg.augment.noise_manifest, config_dir),
                                       rir_manifest=_resolve(cfg.augment.rir_manifest, config_dir))
@@ -534,11 +536,11 @@ def train_batch(acc, model, head, optimizer, scheduler, batch: dict, stats: torc
     """One training batch: to the device, device augmentation, forward, backward, optimiser and scheduler
     steps (at the end of each accumulation), and the running loss sum and correct count in ``stats`` (2,).
 
-    Nothing here waits for the device (tested with ``speed.HostSyncCounter``): on a GPU the next batch is
+    Nothing here waits for the device (tested with ``tests/sync_counter.py``): on a GPU the next batch is
     queued while this one runs. Returns the loss, still on the device. ``compile_mode``: the mode the
     model was compiled with (a CUDA-graph mode marks each batch as a new iteration).
     """
-    speed.step_begin(compile_mode)
+    runtime.step_begin(compile_mode)
     wav = batch["waveforms"].to(acc.device, non_blocking=True)
     y = batch["labels"].to(acc.device, non_blocking=True)
     if augmenter is not None:
@@ -583,13 +585,11 @@ def _embed_manifest(model, manifest: str, acc, data):
     names one is then left out); with ``data.strict`` they stop the run, naming the file."""
     from accelerate.utils import gather_object
 
-    from mlsv.data.loader import build_eval_loader
-    from mlsv.inference import extract_embeddings, min_length
 
     loader = build_eval_loader(manifest, batch_seconds=data.eval_batch_seconds, chunk_seconds=data.eval_chunk_seconds,
                                sample_rate=data.sample_rate, process_index=acc.process_index,
                                num_processes=acc.num_processes, skip_bad=not data.strict,
-                               min_samples=min_length(model))
+                               min_samples=min_samples(model.config))
     table = extract_embeddings(model, loader, device=acc.device)
     parts = gather_object([(table.ids.tolist(), table.embeddings, table.durations)]) \
         if acc.num_processes > 1 else [(table.ids.tolist(), table.embeddings, table.durations)]
@@ -600,7 +600,6 @@ def merge_parts(parts: list[tuple[list[str], np.ndarray, np.ndarray]]):
     """Per-process (ids, embeddings, durations) -> one table. An utterance cut into chunks may have been
     embedded in parts by several processes (evaluation batches are dealt by chunk): its rows become their
     duration-weighted mean (the weights the embedder uses within a process) with the summed duration."""
-    from mlsv.scoring.embeddings import EmbeddingTable, pool_rows
 
     ids = [u for p in parts for u in p[0]]
     if not ids:
@@ -617,7 +616,6 @@ def _subset_manifest(manifest: str, limit: int, out: Path, acc, seed: int = 0) -
     while the others wait; every process gets its path."""
     from accelerate.utils import broadcast_object_list
 
-    from mlsv.data.manifest import sample_manifest
 
     chosen = [str(sample_manifest(manifest, limit, out, seed)) if acc.is_main_process else None]
     if acc.num_processes > 1:
@@ -638,8 +636,6 @@ def _check_trial_ids(trials, listed: set[str], manifest: str, trials_path: str) 
 def check_validation_trials(manifest: str, trials_path: str) -> None:
     """Before training: the validation trial list reads and names only utterances of the validation manifest
     (checked again after each epoch's embedding, which would otherwise find out after the first epoch)."""
-    from mlsv.data.manifest import iter_rows
-    from mlsv.data.trials import read_trials
 
     if not Path(manifest).is_file() and not Path(manifest).is_dir():
         raise FileNotFoundError(f"data.validation_manifest: {manifest} not found")
@@ -649,10 +645,6 @@ def check_validation_trials(manifest: str, trials_path: str) -> None:
 
 def validation_eer(model, manifest: str, trials_path: str, acc, data) -> float:
     """EER (%) of mean-subtracted cosine scores on the validation trials (never a test list)."""
-    from mlsv.data.manifest import iter_rows
-    from mlsv.data.trials import read_trials
-    from mlsv.scoring.backend import cosine_scores
-    from mlsv.scoring.metrics import eer
 
     table = _embed_manifest(model, manifest, acc, data)
     trials = read_trials(trials_path)

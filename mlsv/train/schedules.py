@@ -7,7 +7,7 @@ import math
 
 def lr_at(step: int, total_steps: int, *, peak: float, floor: float, warmup_ratio: float = 0.1,
           cycles: int = 1, gamma: float = 1.0) -> float:
-    """Cosine annealing with linear warm-up and restarts (METHOD.md §7.4), stepped per optimiser step.
+    """Cosine annealing with linear warm-up and restarts (docs/method.md#learning-rate-schedule), stepped per optimiser step.
 
     Each of ``cycles`` equal cycles warms up linearly from ``floor`` to ``peak * gamma**cycle`` over
     ``warmup_ratio`` of the cycle, then follows a half cosine back down to ``floor``.
@@ -29,7 +29,7 @@ MARGIN_SHAPES = ("log", "cos", "exp", "linear", "constant")
 
 
 def ramp_shape(kind: str, tau: float) -> float:
-    """The normalised ramp in [0, 1] at progress tau in [0, 1] (METHOD.md §6.3)."""
+    """The normalised ramp in [0, 1] at progress tau in [0, 1] (docs/method.md#margin-schedule)."""
     tau = min(max(tau, 0.0), 1.0)
     if kind == "constant":
         return 1.0

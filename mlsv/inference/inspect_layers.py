@@ -1,6 +1,6 @@
 """Which encoder layers a model listens to: LAP's per-frame layer scores, SUPERB's static weights.
 
-For a LAP model (METHOD.md §5.3) the analysis recomputes the aggregation from the frontend's hidden
+For a LAP model (docs/method.md#lap) the analysis recomputes the aggregation from the frontend's hidden
 states with the LAP module's own parameters (eval mode) and keeps what its forward discards:
 
 * ``scores`` (heads, T, L): the sigmoid layer scores of every head and frame;
@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from mlsv.models import LayerAttentivePooling, SuperbAggregation
 
 __all__ = ["LayerAnalysis", "analyze_layers", "format_layer_table", "plot_layers", "write_layer_table"]
 
@@ -90,7 +92,6 @@ def analyze_layers(model, waveform: np.ndarray) -> LayerAnalysis:
     """
     import torch
 
-    from mlsv.models import LayerAttentivePooling, SuperbAggregation
 
     agg = model.aggregation
     if not isinstance(agg, (LayerAttentivePooling, SuperbAggregation)):

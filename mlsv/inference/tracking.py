@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
+import soxr
+
+from mlsv.data.audio import AudioError
+from mlsv.data.inputs import MAX_CHANNELS, array_samples
 
 
 def window_starts(length: int, window: int, hop: int) -> np.ndarray:
@@ -105,8 +109,6 @@ class OnlineTracker:
         self.rate = verifier.sampling_rate
         self._resampler = None
         if sample_rate != self.rate:
-            import soxr
-
             self._resampler = soxr.ResampleStream(sample_rate, self.rate, 1, dtype="float32")
         self._buffer = np.zeros(0, np.float32)
         self._offset = 0  # the stream position of the buffer's first sample
@@ -125,9 +127,6 @@ class OnlineTracker:
     def push(self, samples: Any) -> list[WindowScore]:
         """Adds a chunk of samples at the tracker's sample rate, (S,) or (S, C) (channels averaged; every
         chunk of a stream has the same channels); returns the windows it completes, in order."""
-        from mlsv.api import MAX_CHANNELS, _array_samples
-        from mlsv.data.audio import AudioError
-
         if self._closed:
             raise ValueError("this stream has been flushed: start another with Verifier.online")
         name = f"stream chunk {self._chunks}"
@@ -144,7 +143,7 @@ class OnlineTracker:
         if self._channels is not None and channels != self._channels:
             raise AudioError(f"{name}: {channels} channel(s), where the stream's first chunk had {self._channels} "
                              "(chunks are (samples,) or (samples, channels))")
-        x = _array_samples(samples, name, frames_first=True)
+        x = array_samples(samples, name, frames_first=True)
         self._channels = channels
         if not np.isfinite(x).all():
             raise AudioError(f"{name}: audio contains NaN or infinite samples")
@@ -158,8 +157,6 @@ class OnlineTracker:
         Raises:
             AudioError: the stream is empty, or shorter than the encoder's minimum.
         """
-        from mlsv.data.audio import AudioError
-
         if self._closed:
             return []
         out = self._add(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)) \
@@ -169,9 +166,9 @@ class OnlineTracker:
             raise AudioError("the stream is empty: no samples were pushed")
         if self._covered >= self._total:
             return out
-        if self._total < self.verifier.min_samples:
+        if self._total < self.verifier.embedder.min_samples:
             raise AudioError(f"the stream is too short ({self.seconds * 1000:.1f} ms); the encoder needs at least "
-                             f"{self.verifier.min_samples / self.rate * 1000:.1f} ms")
+                             f"{self.verifier.embedder.min_samples / self.rate * 1000:.1f} ms")
         size = min(self.window, self._total)
         return out + self._score([self._total - size], size)
 
@@ -191,8 +188,8 @@ class OnlineTracker:
         if not starts:
             return []
         at = np.asarray(starts, np.int64) - self._offset
-        embeddings = self.verifier._embed_windows(np.lib.stride_tricks.sliding_window_view(self._buffer, size), at)
-        scores = self.verifier._scores_against(self.enrolment, embeddings,
+        embeddings = self.verifier.embedder.embed_windows_at(np.lib.stride_tricks.sliding_window_view(self._buffer, size), at)
+        scores = self.verifier.scorer.scores_against(self.enrolment, embeddings,
                                                (self.enrolment_seconds, [size / self.rate] * len(starts)))
         self._covered = starts[-1] + size
         value = self.threshold.value

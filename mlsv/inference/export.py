@@ -25,31 +25,39 @@ such a graph would silently give another model's embeddings.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
+import logging
 import os
 import shlex
 import warnings
-from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.errors import EntryNotFoundError
+
+from mlsv.models.loading import (
+    FINGERPRINT_SCHEME,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+    check_model_folder,
+    load_config,
+    read_stored_cohort,
+    resolve_file,
+    saved_weights_fingerprint,
+    weights_fingerprint,
+)
 
 __all__ = ["ExportReport", "OnnxEmbedder", "StaleExportError", "check_export_weights", "check_onnx",
            "export_onnx", "saved_weights_fingerprint", "weights_fingerprint"]
 
+log = logging.getLogger(__name__)
+
 INPUT_NAMES = ("input_values", "attention_mask")
 OUTPUT_NAMES = ("embeddings",)
 DEFAULT_OPSET = 17
-WEIGHTS_NAME = "model.safetensors"
-WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-#: Names the fingerprint's recipe; a report with another one is not compared (it cannot tell).
-FINGERPRINT_SCHEME = "mlsv-weights-sha256-v1"
-#: Saved tensors the fingerprint leaves out: the AS-norm cohort is not part of the graph (the ONNX
-#: runtime reads it from the weights file) and ``mlsv evaluate`` rewrites it without touching the graph.
-FINGERPRINT_EXCLUDES = frozenset({"cohort_embeddings"})
 
 
 class StaleExportError(ValueError):
@@ -58,64 +66,6 @@ class StaleExportError(ValueError):
 
 # ------------------------------------------------------------------------------------------------
 # which weights an export was made from
-
-
-def _hash_tensors(names: Iterable[str], get: Callable[[str], Any]) -> str:
-    """``SCHEME:sha256`` over the named torch tensors, by sorted name: name, dtype, shape, bytes.
-
-    Floating-point tensors are hashed as float32 values, so the fingerprint does not depend on the
-    dtype the weights were stored or loaded in (a bf16 file loaded as float32 gives the same values).
-    """
-    import torch
-
-    h = hashlib.sha256(FINGERPRINT_SCHEME.encode())
-    for name in sorted(set(names) - FINGERPRINT_EXCLUDES):
-        t = get(name).detach()
-        t = t.to("cpu", torch.float32) if t.is_floating_point() else t.cpu()
-        data = t.contiguous().numpy().reshape(-1).view(np.uint8)
-        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0{data.nbytes}\n".encode())
-        h.update(data)
-    return f"{FINGERPRINT_SCHEME}:{h.hexdigest()}"
-
-
-def weights_fingerprint(model) -> str:
-    """Fingerprint of a model's weights: its ``state_dict`` (what ``save_pretrained`` writes).
-
-    Equal to :func:`saved_weights_fingerprint` of the folder the model was saved to or loaded from
-    (checked for every encoder family in the tests). Leaves out ``FINGERPRINT_EXCLUDES``.
-    """
-    state = model.state_dict()
-    return _hash_tensors(state.keys(), state.__getitem__)
-
-
-def _weights_files(path: Path) -> list[Path]:
-    """The safetensors file(s) of ``path``: a ``.safetensors`` file, a shard index, or a model folder."""
-    if path.is_dir():
-        for name in (WEIGHTS_NAME, WEIGHTS_INDEX_NAME):
-            if (path / name).is_file():
-                return _weights_files(path / name)
-        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {path}")
-    if path.name.endswith(".index.json"):
-        shards = json.loads(path.read_text(encoding="utf-8"))["weight_map"].values()
-        return [path.parent / name for name in sorted(set(shards))]
-    return [path]
-
-
-def saved_weights_fingerprint(path: str | os.PathLike) -> str:
-    """:func:`weights_fingerprint` of saved weights, read with safetensors without building the model.
-
-    Args:
-        path: a ``model.safetensors`` file, a ``model.safetensors.index.json`` (sharded weights), or a
-            model folder holding one of them.
-    """
-    from safetensors import safe_open
-
-    with contextlib.ExitStack() as stack:
-        where = {}
-        for file in _weights_files(Path(path)):
-            f = stack.enter_context(safe_open(os.fspath(file), framework="pt"))
-            where.update(dict.fromkeys(f.keys(), f))
-        return _hash_tensors(where.keys(), lambda name: where[name].get_tensor(name))
 
 
 def _reexport_command(model_ref: str, onnx_file: str) -> str:
@@ -386,9 +336,7 @@ class OnnxEmbedder:
         if not path.is_file():
             raise FileNotFoundError(f"ONNX model not found: {path}")
         if config is None:
-            from mlsv.api import _load_config
-
-            config = _load_config(os.fspath(path.parent))
+            config = load_config(os.fspath(path.parent))
         self.config = config
         opts = ort.SessionOptions()
         if threads:
@@ -405,3 +353,77 @@ class OnnxEmbedder:
         feeds = {"input_values": np.ascontiguousarray(input_values, dtype=np.float32),
                  "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64)}
         return self.session.run(list(OUTPUT_NAMES), feeds)[0]
+
+
+def load_onnx_verifier_parts(src: str, device: str, *, onnx_path: str | os.PathLike | None = None,
+                             revision: str | None = None) -> OnnxEmbedder:
+    """The ``OnnxEmbedder`` of a model folder, hub id or ``.onnx`` file (with ``config.json`` beside it) for
+    ``Verifier.from_pretrained(..., runtime="onnx")``, carrying the model's stored AS-norm cohort.
+
+    Raises:
+        FileNotFoundError: no ONNX file, or no ``config.json`` beside it, naming what is missing.
+        StaleExportError: the export's report records other weights than the model's.
+    """
+    if src.endswith(".onnx"):
+        if not os.path.isfile(src):
+            raise FileNotFoundError(f"ONNX file not found: {src}")
+        onnx_file, config_src = src, os.path.dirname(os.path.abspath(src))
+        if not os.path.isfile(os.path.join(config_src, "config.json")):
+            raise FileNotFoundError(f"no config.json beside {src}; give the model folder and "
+                                    "onnx_path=... (or put the file in the model folder)")
+    else:
+        check_model_folder(src)
+        onnx_file = os.fspath(onnx_path) if onnx_path else resolve_file(src, "model.onnx", revision)
+        config_src = src
+    config = load_config(config_src, revision)
+    cohort = read_stored_cohort(config_src, config, revision)
+    embedder = _onnx_embedder(onnx_file, config_src, config, device)
+    _check_onnx_weights(onnx_file, config_src, revision, explicit=onnx_path is not None)
+    embedder.cohort_embeddings = cohort
+    return embedder
+
+
+def _onnx_embedder(onnx_file: str, model_src: str, config, device: str) -> OnnxEmbedder:
+    """``OnnxEmbedder(onnx_file, ...)``, with ONNX Runtime's load errors (a corrupt,
+    truncated or non-ONNX file) as a ValueError naming the file and the command that re-exports it."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+    load_errors = tuple(getattr(ort_errors, n) for n in ("InvalidProtobuf", "InvalidGraph", "NoModel", "Fail",
+                                                         "InvalidArgument", "NotImplemented")
+                        if isinstance(getattr(ort_errors, n, None), type))
+    try:
+        return OnnxEmbedder(onnx_file, config=config, device=device)
+    except load_errors as e:
+        folder = model_src if os.path.isdir(model_src) else "MODEL_DIR"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{onnx_file}: not a loadable ONNX model, corrupt or truncated ({first}); re-export it: "
+                         f"mlsv export --model {folder} --out {onnx_file}") from None
+
+
+def _check_onnx_weights(onnx_file: str, src: str, revision: str | None, explicit: bool = False) -> None:
+    """Refuses an ONNX export made from other weights than the model's; warns when it cannot tell.
+
+    ``src`` is the model folder (or hub id) whose config is used. A hub model's export is compared with
+    the weights only when they are in the local cache (they are downloaded anyway for a stored
+    cohort): the check never downloads the weights for itself.
+    """
+    report = onnx_file + ".json"
+    if os.path.isdir(src):
+        folder = Path(src)
+        weights = next((folder / n for n in (WEIGHTS_NAME, WEIGHTS_INDEX_NAME) if (folder / n).is_file()), None)
+    else:  # a hub id
+        if not explicit and not os.path.isfile(report):
+            try:
+                report = resolve_file(src, "model.onnx.json", revision)
+            except EntryNotFoundError:
+                pass  # an export without a report: check_export_weights says so
+        cached = try_to_load_from_cache(src, WEIGHTS_NAME, revision=revision)
+        if not isinstance(cached, str):
+            log.info(
+                "%s: the weights of %s are not downloaded, so the export is not compared with them "
+                "(push_to_hub compares them before uploading)", onnx_file, src)
+            return
+        weights = Path(cached)
+    reason = check_export_weights(onnx_file, weights, report_file=report, model_ref=src)
+    if reason is not None:
+        warnings.warn(f"{reason}; loading it unchecked", stacklevel=3)

@@ -12,19 +12,8 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from mlsv.models.loading import min_samples
 from mlsv.scoring.embeddings import EmbeddingTable
-
-
-def min_length(model) -> int:
-    """Fewest samples that give ``model``'s encoder one frame (per ``model.frontend.frame_lengths``)."""
-    frames = model.frontend.frame_lengths
-    lo, hi = 0, 1
-    while frames(hi) < 1:
-        lo, hi = hi, hi * 2
-    while hi - lo > 1:  # frames(lo) == 0 < frames(hi)
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if frames(mid) < 1 else (lo, mid)
-    return hi
 
 
 def _check_lengths(model, batch: dict, sample_rate: int) -> None:
@@ -38,7 +27,7 @@ def _check_lengths(model, batch: dict, sample_rate: int) -> None:
         chunks = batch.get("chunks")
         names = [f"{batch['ids'][i]}" + (f" (chunk {int(chunks[i])})" if chunks is not None and chunks[i] else "")
                  + f": {int(lengths[i])} samples" for i in short[:5]]
-        need = min_length(model)
+        need = min_samples(model.config)
         raise ValueError(f"too short for the encoder, which needs at least {need} samples "
                          f"({need / sample_rate * 1000:.1f} ms): {'; '.join(names)}")
 

@@ -15,14 +15,34 @@ import os
 import shutil
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mlsv.data.audio import SILENCE_PEAK, AudioError, silent_audio_message
+from mlsv.data.loader import build_eval_loader
+from mlsv.data.manifest import has_audio, iter_rows, manifest_root, resolve_path
+from mlsv.data.trials import read_trials
+from mlsv.inference.export import weights_fingerprint
+from mlsv.models.loading import check_device, load_model, min_samples
+from mlsv.models.runtime import autocast_dtype
+from mlsv.scoring.backend import cohort_from_table, embedding_mean
+from mlsv.scoring.calibration import fit_calibration
 from mlsv.scoring.embeddings import EmbeddingTable, check_finite, load_embeddings, save_embeddings
+from mlsv.scoring.extract import extract_embeddings
+from mlsv.scoring.pipeline import (
+    check_distinct_names,
+    score_trial_lists,
+    trial_metrics,
+    write_metrics_json,
+    write_scores_tsv,
+)
+from mlsv.scoring.plots import plot_det, plot_histogram, write_report
+from mlsv.scoring.record import EvaluationRecord, record_score_statistics
 
-log = logging.getLogger("mlsv.evaluation")
+log = logging.getLogger("mlsv.inference.evaluation")
 
 
 def embed_manifest(model, manifest: str | Path, *, batch_seconds: float = 120.0, chunk_seconds: float = 0.0,
@@ -33,18 +53,14 @@ def embed_manifest(model, manifest: str | Path, *, batch_seconds: float = 120.0,
     Ids are strings; ``speakers`` is None unless every row has one. Raises ValueError naming
     ``chunk_seconds`` or the utterances too short for the encoder, and the utterances (with their
     paths) whose embeddings are NaN or infinite; ``AudioError`` naming an undecodable or silent file
-    (the rule of :func:`mlsv.api.load_audio`, so a file embeds, or is refused, the same from a manifest
+    (the rule of :func:`mlsv.data.inputs.load_audio`, so a file embeds, or is refused, the same from a manifest
     as from its path); ValueError naming a bad ``device``.
     """
-    from mlsv.api import check_device
-    from mlsv.data.loader import build_eval_loader
-    from mlsv.data.manifest import iter_rows
-    from mlsv.inference import extract_embeddings, min_length
 
     if device is not None:
         device = check_device(device)
     rate = int(model.config.sampling_rate)
-    need = min_length(model)
+    need = min_samples(model.config)
     if 0 < chunk_seconds * rate < need:
         raise ValueError(f"chunk_seconds (--chunk-seconds) {chunk_seconds:g} is shorter than the encoder's "
                          f"minimum of {need} samples ({need / rate:.4f} s)")
@@ -68,7 +84,6 @@ def _refuse_silent(loader: Iterable[dict], paths: dict[str, str]) -> Iterator[di
     An utterance is judged once its last chunk has passed (the chunks it has come from the loader's
     plan, ``dataset.batches``), so a silent file stops the pass at its batch; without a plan, at the end.
     """
-    from mlsv.data.audio import SILENCE_PEAK, AudioError, silent_audio_message
 
     plan = getattr(getattr(loader, "dataset", None), "batches", None)
     expected = Counter(str(item[0]) for batch in plan for item in batch) if plan is not None else None
@@ -96,7 +111,6 @@ def _refuse_silent(loader: Iterable[dict], paths: dict[str, str]) -> Iterator[di
 
 def _model_fingerprint(model) -> str:
     """sha256 of a model's config and weights (``weights_fingerprint``): what its embeddings depend on."""
-    from mlsv.export import weights_fingerprint
 
     return hashlib.sha256(f"{model.config.to_json_string()}\n{weights_fingerprint(model)}".encode()).hexdigest()
 
@@ -105,9 +119,8 @@ def _audio_digest(manifest: Path) -> str:
     """sha256 over the (path, size, mtime) of every audio file a manifest's rows name: an edited or
     replaced file behind an unchanged manifest changes it. Missing files count as such (the loader
     names them later); audio stored in the rows is covered by the manifest's own size and mtime."""
-    from mlsv.data.manifest import _has_audio, iter_rows, manifest_root, resolve_path
 
-    if (manifest.is_dir() or manifest.suffix == ".parquet") and _has_audio(manifest):
+    if (manifest.is_dir() or manifest.suffix == ".parquet") and has_audio(manifest):
         return ""  # shards: the audio is in the files, whose size and mtime are in the fingerprint
     root, h = manifest_root(manifest), hashlib.sha256()
     for _, row in iter_rows(manifest):
@@ -179,19 +192,6 @@ def evaluate_model(model_dir: str | Path, *, manifest: str, trials: list[str], o
     Returns:
         ``{"metrics": {stage: {list: metrics}}, "final_stage": ..., "model": out_dir/model}``
     """
-    from mlsv.api import check_device, load_model
-    from mlsv.data.trials import read_trials
-    from mlsv.scoring.backend import cohort_from_table, embedding_mean
-    from mlsv.scoring.calibration import fit_calibration
-    from mlsv.scoring.pipeline import (
-        check_distinct_names,
-        score_trial_lists,
-        trial_metrics,
-        write_metrics_json,
-        write_scores_tsv,
-    )
-    from mlsv.scoring.plots import plot_det, plot_histogram, write_report
-    from mlsv.speed import autocast_dtype
 
     if top_k < 2:
         raise ValueError(f"top_k (--asnorm-top-k) must be at least 2, got {top_k}")
@@ -247,16 +247,16 @@ def evaluate_model(model_dir: str | Path, *, manifest: str, trials: list[str], o
     # the evaluated model carries its mean, calibration, threshold and cohort
     cfg = model.config
     cfg.training_mean = [float(v) for v in mean]
-    cfg.evaluation = {"final_stage": final, "metrics": metrics[final], "metrics_by_stage": metrics,
-                      "trial_lists": [tr.name for tr in trial_lists], "top_k": top_k}
+    record = EvaluationRecord(final_stage=final, metrics=metrics[final], metrics_by_stage=metrics,
+                              trial_lists=tuple(tr.name for tr in trial_lists), top_k=top_k,
+                              threshold=cfg.threshold, calibration=cfg.calibration)
     if calibrator is not None:
-        cfg.calibration = calibrator.to_dict()
-        cfg.threshold = float(calibrator.threshold_)
-        cfg.evaluation["threshold_scale"] = "calibrated_llr"
+        record = replace(record, calibration=calibrator.to_dict(), threshold=float(calibrator.threshold_),
+                         threshold_scale="calibrated")
         cohort_means = cohort_from_table(cohort_table, mean)
         model.set_cohort(torch.from_numpy(np.asarray(cohort_means.vectors, np.float32)))
+    record.apply(cfg)
     if threshold_trials:
-        from mlsv.api import record_score_statistics
 
         held_out = read_trials(threshold_trials)
         held_table = cached(threshold_manifest or manifest, out / "threshold_embeddings.npz")

@@ -28,6 +28,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import mlsv.models
+from mlsv.inference.export import WEIGHTS_NAME, check_export_weights, weights_fingerprint
+from mlsv.models.loading import load_model
+from mlsv.scoring.pipeline import STAGES
+from mlsv.scoring.record import EvaluationRecord
+
 __all__ = ["build_model_card", "build_publish_folder", "check_repo_id", "load_metrics", "main", "own_metrics",
            "upload_folder"]
 
@@ -45,23 +51,21 @@ def own_metrics(config) -> list[tuple[str, dict]]:
     """The metrics a model records in its own config (``config.evaluation``, written by ``mlsv evaluate``):
     every score scale's (``"cosine / test_trials"``, ``"asnorm / ..."``, ``"calibrated / ..."``), or the
     final scale's alone for a model evaluated before those were stored; [] when it records none."""
-    from mlsv.scoring.pipeline import STAGES
 
-    evaluation = config.evaluation or {}
-    by_stage = evaluation.get("metrics_by_stage")
-    if isinstance(by_stage, Mapping) and by_stage:
+    record = EvaluationRecord.from_config(config)
+    by_stage = record.metrics_by_stage
+    if by_stage:
         # in pipeline order, and the trial lists in the order evaluated (the saved config sorts its keys)
         def ordered(names, first: list) -> list:
             return sorted(names, key=lambda n: (first.index(n) if n in first else len(first), n))
 
-        lists = list(evaluation.get("trial_lists") or [])
+        lists = list(record.trial_lists)
         return load_metrics({stage: {name: by_stage[stage][name] for name in ordered(by_stage[stage], lists)}
                              if isinstance(by_stage[stage], Mapping) else by_stage[stage]
                              for stage in ordered(by_stage, list(STAGES))})
-    metrics = evaluation.get("metrics")
-    if not isinstance(metrics, Mapping):
+    if not record.metrics:
         return []
-    return load_metrics({str(evaluation.get("final_stage") or "evaluation"): metrics})
+    return load_metrics({str(record.final_stage or "evaluation"): record.metrics})
 
 
 def load_metrics(source: Mapping | str | os.PathLike | None) -> list[tuple[str, dict]]:
@@ -163,14 +167,14 @@ def build_model_card(config, *, repo_id: str, metrics: Sequence[tuple[str, dict]
                  + (" (stored)" if config.training_mean is not None else "") + " |")
     n_cohort = int(getattr(config, "cohort_size", 0) or 0)
     if n_cohort:
-        top_k = (config.evaluation or {}).get("top_k")
+        top_k = EvaluationRecord.from_config(config).top_k
         lines.append(f"| AS-norm cohort | {n_cohort} speaker means stored with the weights"
                      + (f" (top {top_k})" if top_k else "") + " |")
     if config.calibration:
         lines.append("| calibration | QMF logistic calibration of AS-norm scores to log-likelihood ratios |")
     if config.threshold is not None:
-        scale = (config.evaluation or {}).get("threshold_scale") or ("calibrated" if config.calibration else "cosine")
-        scale = "calibrated LLR" if scale.startswith("calibrated") else scale
+        scale = EvaluationRecord.from_config(config).default_threshold_scale
+        scale = "calibrated LLR" if scale == "calibrated" else scale
         lines.append(f"| threshold | {config.threshold:.4f} ({scale} scores, EER point) |")
     lines.append("")
     lines += ["## Evaluation", ""]
@@ -253,7 +257,7 @@ def build_publish_folder(model_dir: str | os.PathLike, out: str | os.PathLike, *
     The model is loaded and saved again, so the folder always has the current model code for
     ``trust_remote_code`` and the ``auto_map`` entries; the ONNX export is copied when present, after
     checking that its report (``model.onnx.json``) records the model's weights: an export made before
-    the weights changed raises :class:`mlsv.export.StaleExportError` (a ValueError) naming the
+    the weights changed raises :class:`mlsv.inference.export.StaleExportError` (a ValueError) naming the
     re-export command.
 
     Args:
@@ -268,7 +272,6 @@ def build_publish_folder(model_dir: str | os.PathLike, out: str | os.PathLike, *
         datasets: training / evaluation dataset names for the card's metadata.
         license: license identifier for the metadata.
     """
-    from mlsv.api import load_model
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
@@ -316,7 +319,6 @@ _SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
 
 def _is_publish_file(name: str) -> bool:
     """Whether a file of this name is one a publish folder holds (weights, config, card, model code, ONNX)."""
-    import mlsv.models
 
     code = {p.name for p in Path(mlsv.models.__file__).parent.glob("*.py")} - {"__init__.py"}
     return (name in {"config.json", "model.safetensors", "model.safetensors.index.json",
@@ -381,7 +383,6 @@ def _check_onnx_export(model_dir: Path, model) -> None:
     onnx = model_dir / "model.onnx"
     if not onnx.is_file():
         return
-    from mlsv.export import WEIGHTS_NAME, check_export_weights, weights_fingerprint
 
     weights = model_dir / WEIGHTS_NAME if (model_dir / WEIGHTS_NAME).is_file() else model_dir
     reason = check_export_weights(onnx, weights, model_ref=os.fspath(model_dir),

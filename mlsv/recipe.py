@@ -34,7 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlsv.cli import build_parser
 from mlsv.config import ConfigError, _check_type, _nearest, load_config, load_yaml_file, parse_override
+from mlsv.data.synthetic import corpus_baseline, make_synthetic_corpus
+from mlsv.inference.evaluation import evaluate_model, write_run_report
+from mlsv.train.loop import check_same_run, run_stage
 
 log = logging.getLogger("mlsv.recipe")
 
@@ -236,7 +240,6 @@ def _check_step(step: Step, raw: dict, where: str, earlier: list[Step]) -> None:
     spec = step.spec
     if step.kind == "prepare":
         if spec == "synthetic":
-            from mlsv.data.synthetic import make_synthetic_corpus
 
             for key in ("args", "quick"):
                 _check_arguments(make_synthetic_corpus, raw.get(key) or {}, f"{where}: {key}", "synthetic prepare",
@@ -252,7 +255,6 @@ def _check_step(step: Step, raw: dict, where: str, earlier: list[Step]) -> None:
         if not isinstance(spec, str) or not spec:
             raise ConfigError(f"{where}: train must be a stage config file, got {spec!r}")
     elif step.kind == "evaluate":
-        from mlsv.evaluation import evaluate_model
 
         if not isinstance(spec, dict):
             raise ConfigError(f"{where}: evaluate must be a mapping of evaluate_model's arguments (model, manifest, "
@@ -269,7 +271,6 @@ def _check_step(step: Step, raw: dict, where: str, earlier: list[Step]) -> None:
         if model in {s.name for s in earlier} or model == step.name:
             _check_step_ref(model, "model", "train", earlier, where)
     elif step.kind == "report":
-        from mlsv.evaluation import write_run_report
 
         if not isinstance(spec, dict) or not isinstance(spec.get("systems"), dict) or not spec["systems"]:
             raise ConfigError(f"{where}: report needs systems, a mapping of table label -> evaluate step "
@@ -288,7 +289,6 @@ def _check_step(step: Step, raw: dict, where: str, earlier: list[Step]) -> None:
 
 def _prepare_parser_error(argv: list[str]) -> tuple[Any, str]:
     """Parses ``mlsv prepare ARGV``: (the parsed arguments, "") or (None, argparse's error line)."""
-    from mlsv.cli import build_parser
 
     text = io.StringIO()
     try:
@@ -321,7 +321,6 @@ def run_recipe(recipe: Recipe, *, only: list[str] | None = None) -> dict:
         out = recipe.step_dir(step.name)
         if (out / "COMPLETE").is_file():
             if step.kind == "train":  # a stage done with other settings is an error, not a result to reuse
-                from mlsv.train.loop import check_same_run
 
                 check_same_run(_stage_config(recipe, step)[0], out)
             log.info("step %s: complete, skipped", step.name)
@@ -351,7 +350,6 @@ def check_evaluations(recipe: Recipe, index: int, only: list[str] | None = None)
     Steps after a later prepare step are not checked (it may make their files)."""
     import inspect
 
-    from mlsv.evaluation import evaluate_model
 
     known = (set(inspect.signature(evaluate_model).parameters) - {"model_dir", "out_dir"}) | {"model"}
     names = {step.name for step in recipe.steps}
@@ -406,7 +404,6 @@ def _prepare(step: Step, out: Path) -> None:
     state = PartialState()
     if state.is_main_process:
         if step.spec == "synthetic":
-            from mlsv.data.synthetic import corpus_baseline, make_synthetic_corpus
 
             corpus = make_synthetic_corpus(out, **step.args)
             corpus_baseline(corpus, out / "baseline.json")
@@ -438,14 +435,12 @@ def _stage_config(recipe: Recipe, step: Step):
 
 
 def _train(recipe: Recipe, step: Step, out: Path) -> None:
-    from mlsv.train.loop import run_stage
 
     cfg, config_dir = _stage_config(recipe, step)
     run_stage(cfg, out, config_dir=config_dir)
 
 
 def _evaluate(recipe: Recipe, step: Step, out: Path) -> None:
-    from mlsv.evaluation import evaluate_model
 
     spec = {**step.spec, **step.args}
     model = spec.pop("model")
@@ -458,7 +453,6 @@ def _evaluate(recipe: Recipe, step: Step, out: Path) -> None:
 
 
 def _report(recipe: Recipe, step: Step, out: Path) -> dict:
-    from mlsv.evaluation import write_run_report
 
     spec = dict(step.spec)
     systems = {label: recipe.step_dir(name) for label, name in spec.pop("systems").items()}

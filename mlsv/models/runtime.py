@@ -1,4 +1,4 @@
-"""Speed settings: attention kernels, mixed precision, ``torch.compile`` with fixed crop shapes.
+"""Runtime settings: attention kernels, mixed precision, ``torch.compile`` with fixed crop shapes.
 
 Every helper leaves the model's parameters and outputs alone (up to floating-point rounding; the
 equivalence tests in ``tests/test_fast_paths.py`` bound it), so they can be switched on and off freely.
@@ -13,6 +13,8 @@ equivalence tests in ``tests/test_fast_paths.py`` bound it), so they can be swit
 from __future__ import annotations
 
 import contextlib
+import platform
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -21,46 +23,6 @@ from torch import nn
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes that replay CUDA graphs on a GPU
-
-# Random-initialised encoders with the real hyper-parameters of WavLM Base+ and Large (no download), for
-# benchmarks; "tiny" and "small" are the test/demo encoders of ``TINY_ENCODERS``.
-WAVLM_SHAPES: dict[str, dict] = {
-    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                 feat_extract_norm="group", do_stable_layer_norm=False),
-    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                  feat_extract_norm="layer", do_stable_layer_norm=True),
-}
-_WAVLM_COMMON = dict(conv_dim=(512,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2),
-                     conv_bias=False, num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16,
-                     num_buckets=320, max_bucket_distance=800)
-SHAPE_ALIASES = {"tiny": "tiny-wavlm", "small": "small-wavlm"}
-
-
-def benchmark_encoder_config(shape: str):
-    """A transformers config for a benchmark shape: "base" (WavLM Base+: 12 x 768), "large" (WavLM Large:
-    24 x 1024), "tiny"/"small" (``tiny-wavlm``/``small-wavlm``) or any ``TINY_ENCODERS`` name."""
-    from transformers import WavLMConfig
-
-    from .models.frontend import TINY_ENCODERS, encoder_config_from_name
-
-    if shape in WAVLM_SHAPES:
-        return WavLMConfig(**_WAVLM_COMMON, **WAVLM_SHAPES[shape])
-    name = SHAPE_ALIASES.get(shape, shape)
-    if name not in TINY_ENCODERS:
-        raise ValueError(f"unknown shape {shape!r}; choose base, large, tiny, small or one of "
-                         f"{', '.join(TINY_ENCODERS)}")
-    return encoder_config_from_name(name)
-
-
-def build_benchmark_model(shape: str, **settings):
-    """A random-initialised ``MLSVModel`` (LAP + ASTP by default) around a benchmark encoder shape."""
-    from .models.configuration_mlsv import MLSVConfig
-    from .models.frontend import build_encoder
-    from .models.modeling_mlsv import MLSVModel
-
-    enc_cfg = benchmark_encoder_config(shape)
-    config = MLSVConfig(encoder_config=enc_cfg.to_dict(), encoder_name_or_path=f"random-{shape}", **settings)
-    return MLSVModel(config, encoder=build_encoder(enc_cfg))
 
 
 def _frontend(model: nn.Module) -> nn.Module:
@@ -194,8 +156,7 @@ def peak_memory_mb(device: str | torch.device) -> float:
     """Peak GPU memory allocated since the last reset, in MiB; on CPU the process's peak resident size."""
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-    import sys
+    import resource  # POSIX only
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
@@ -206,8 +167,6 @@ def device_name(device: str | torch.device) -> str:
     d = torch.device(device)
     if d.type == "cuda":
         return torch.cuda.get_device_name(d)
-    import platform
-
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
@@ -216,79 +175,3 @@ def inference_mode() -> Iterator[None]:
     """``torch.inference_mode`` (no autograd bookkeeping at all) for embedding extraction."""
     with torch.inference_mode():
         yield
-
-
-# ----------------------------------------------------------------------------------------------
-# host-device synchronisation
-
-# Tensor operations whose result the host must read back, so that on a GPU the host waits for every
-# queued kernel: the step that calls one cannot be queued while the previous one runs.
-HOST_READS = frozenset({"item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__",
-                        "__complex__", "is_nonzero", "nonzero", "argwhere", "masked_select", "unique",
-                        "unique_consecutive", "equal", "allclose"})
-
-
-def host_to_device(data, device: str | torch.device) -> torch.Tensor:
-    """Host data (a numpy array or CPU tensor) on ``device`` without waiting for the device's queue.
-
-    A plain ``.to("cuda")`` of pageable memory waits for every queued kernel; here a GPU copy goes
-    through pinned memory with ``non_blocking=True`` (the caching host allocator keeps the buffer alive
-    until the copy is done). On CPU it is the same tensor.
-    """
-    t = torch.as_tensor(data)
-    if torch.device(device).type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
-
-
-def _bool_index(index) -> bool:
-    items = index if isinstance(index, tuple) else (index,)
-    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
-
-
-class HostSyncCounter(torch.overrides.TorchFunctionMode):
-    """Records, inside a ``with`` block, each tensor operation that makes the host wait for the device.
-
-    Works on any device, CPU included, so tests catch a synchronising training step without a GPU:
-    reads of values (``.item()``, ``bool(t)``, ``.tolist()``, ``.cpu()``), operations whose output shape
-    depends on the data (``nonzero``, boolean-mask indexing, ``unique``, ``repeat_interleave`` without
-    ``output_size``), and tensors made from host data on a named device (``torch.tensor(x,
-    device=...)``: a blocking copy). ``calls`` maps "operation at file:line" (the first caller outside
-    torch) to a count.
-
-        with HostSyncCounter() as syncs:
-            step()
-        assert not syncs.calls, syncs.calls
-
-    On a GPU, ``torch.cuda.set_sync_debug_mode("error")`` is the kernel-level check of the same thing.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: dict[str, int] = {}
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = getattr(func, "__name__", "")
-        if (name in HOST_READS
-                or (name in ("tensor", "as_tensor") and kwargs.get("device") is not None)
-                or (name in ("__getitem__", "__setitem__", "index_put_") and len(args) > 1
-                    and _bool_index(args[1]))
-                or (name == "repeat_interleave" and len(args) > 1 and isinstance(args[1], torch.Tensor)
-                    and kwargs.get("output_size") is None)):
-            where = _caller_outside_torch()
-            key = f"{name} at {where}"
-            self.calls[key] = self.calls.get(key, 0) + 1
-        return func(*args, **kwargs)
-
-
-def _caller_outside_torch() -> str:
-    import sys
-
-    frame = sys._getframe(2)
-    while frame is not None and (frame.f_globals.get("__name__") == __name__
-                                 or frame.f_globals.get("__name__", "").startswith("torch")):
-        frame = frame.f_back
-    if frame is None:
-        return "?"
-    return f"{frame.f_code.co_filename}:{frame.f_lineno}"

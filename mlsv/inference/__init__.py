@@ -1,0 +1,1 @@
+"""Using a trained model: embedding, scoring, verification, identification, tracking, evaluation, export."""

@@ -1,0 +1,1 @@
+"""Publishing a trained model: the model card, the publish folder and the upload."""
