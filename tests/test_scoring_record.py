@@ -13,7 +13,7 @@ from mlsv.inference.verifier import Verifier
 from mlsv.models import MLSVConfig, MLSVModel
 from mlsv.scoring.record import SCALES, EvaluationRecord, ScoreStatistics, as_scale, record_score_statistics
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent / "fixtures"
 
 # Written by mlsv before this record existed (commit 73e6d38: `evaluate_model` of a tiny model, with a
 # cohort, and for the first one a held-out threshold list), and what its Verifier decided then.

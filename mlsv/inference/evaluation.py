@@ -201,32 +201,65 @@ def evaluate_model(model_dir: str | Path, *, manifest: str, trials: list[str], o
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(model_dir)
-    model_hash = _model_fingerprint(model)
-    model = model.to(dev).eval()
-    kw = dict(batch_seconds=batch_seconds, chunk_seconds=chunk_seconds, device=dev,
-              autocast_dtype=autocast_dtype(precision))
-
-    def cached(what: str, path: Path) -> EmbeddingTable:
-        fingerprint = _fingerprint(model_hash, what, precision=precision, chunk_seconds=chunk_seconds)
-        return _cached_embeddings(model, what, path, fingerprint, **kw)
-
-    table = cached(manifest, out / "embeddings.npz")
-    cohort_table = cached(cohort, out / "cohort.npz") if cohort else None
+    embed = _Embeddings(model, _model_fingerprint(model), out, precision=precision, chunk_seconds=chunk_seconds,
+                        batch_seconds=batch_seconds, device=dev)
+    table = embed(manifest, "embeddings.npz")
+    cohort_table = embed(cohort, "cohort.npz") if cohort else None
     if cohort_table is not None and cohort_table.speakers is None:
         raise ValueError(f"{cohort}: the cohort manifest needs a speaker on every row")
-
-    if cohort_table is not None:
-        mean = embedding_mean(cohort_table.embeddings)
-    elif model.config.training_mean:
-        mean = np.asarray(model.config.training_mean, np.float32)
-    else:
-        mean = embedding_mean(table.embeddings)
+    mean = _scoring_mean(model, table, cohort_table)
     calibrator = None
     if cohort_table is not None:
         calibrator = fit_calibration(cohort_table, mean=mean, top_k=top_k, n_pairs=calibration_pairs)
         calibrator.save(out / "calibration.json")
     scored = score_trial_lists(table, trial_lists, mean=mean, cohort=cohort_table, top_k=top_k,
                                calibrator=calibrator)
+    metrics = _write_results(out, trial_lists, scored, plots=plots, model_name=Path(model_dir).name)
+    final = list(metrics)[-1]
+    _record_in_model(model, mean, metrics, trial_lists, top_k, calibrator, cohort_table)
+    if threshold_trials:
+        held_out = read_trials(threshold_trials)
+        held_table = embed(threshold_manifest or manifest, "threshold_embeddings.npz")
+        held_scores = score_trial_lists(held_table, [held_out], mean=mean, cohort=cohort_table, top_k=top_k,
+                                        calibrator=calibrator)[0]
+        record_score_statistics(model.config, held_scores, held_out.labels, trial_list=held_out.name)
+    model_out = out / "model"
+    if model_out.exists():
+        shutil.rmtree(model_out)
+    model.save_pretrained(model_out)
+    log.info("evaluation of %s: %s", model_dir, json.dumps(metrics[final]))
+    return {"metrics": metrics, "final_stage": final, "model": str(model_out)}
+
+
+class _Embeddings:
+    """Embeds a manifest with the evaluated model into ``out/NAME``, reusing the file when it was made
+    with the same model, manifest, audio and settings (``_cached_embeddings``)."""
+
+    def __init__(self, model, model_hash: str, out: Path, *, precision: str, chunk_seconds: float,
+                 batch_seconds: float, device: torch.device):
+        self.model, self.model_hash, self.out = model.to(device).eval(), model_hash, out
+        self.precision, self.chunk_seconds = precision, chunk_seconds
+        self.kw = dict(batch_seconds=batch_seconds, chunk_seconds=chunk_seconds, device=device,
+                       autocast_dtype=autocast_dtype(precision))
+
+    def __call__(self, manifest: str, name: str) -> EmbeddingTable:
+        fingerprint = _fingerprint(self.model_hash, manifest, precision=self.precision,
+                                   chunk_seconds=self.chunk_seconds)
+        return _cached_embeddings(self.model, manifest, self.out / name, fingerprint, **self.kw)
+
+
+def _scoring_mean(model, table: EmbeddingTable, cohort_table: EmbeddingTable | None) -> np.ndarray:
+    """The mean subtracted before scoring: the cohort's, else the model's training mean, else the test set's."""
+    if cohort_table is not None:
+        return embedding_mean(cohort_table.embeddings)
+    if model.config.training_mean:
+        return np.asarray(model.config.training_mean, np.float32)
+    return embedding_mean(table.embeddings)
+
+
+def _write_results(out: Path, trial_lists: list, scored: list[dict], *, plots: bool, model_name: str) -> dict:
+    """Per-stage metrics of every trial list, written with the scores, plots and report; returns
+    ``{stage: {list: metrics}}`` in pipeline order (the last stage is the final one)."""
     stages = list(scored[0])
     metrics = {stage: {tr.name: trial_metrics(tr, s, stage=stage) for tr, s in zip(trial_lists, scored)}
                for stage in stages}
@@ -242,33 +275,26 @@ def evaluate_model(model_dir: str | Path, *, manifest: str, trials: list[str], o
                                  title=f"DET: {first.name}"))
         pictures.append(plot_histogram(scores0[final], first.labels, out / "scores.png",
                                        title=f"{first.name}: {final} scores"))
-    write_report(out, metrics[final], pictures, title=f"mlsv evaluation of {Path(model_dir).name} ({final} scores)")
+    write_report(out, metrics[final], pictures, title=f"mlsv evaluation of {model_name} ({final} scores)")
+    return metrics
 
-    # the evaluated model carries its mean, calibration, threshold and cohort
+
+def _record_in_model(model, mean: np.ndarray, metrics: dict, trial_lists: list, top_k: int, calibrator,
+                     cohort_table: EmbeddingTable | None) -> None:
+    """The evaluated model carries its mean, its evaluation record (metrics, calibration, threshold) and
+    the AS-norm cohort (speaker means, a buffer saved with the weights)."""
     cfg = model.config
     cfg.training_mean = [float(v) for v in mean]
+    final = list(metrics)[-1]
     record = EvaluationRecord(final_stage=final, metrics=metrics[final], metrics_by_stage=metrics,
                               trial_lists=tuple(tr.name for tr in trial_lists), top_k=top_k,
                               threshold=cfg.threshold, calibration=cfg.calibration)
-    if calibrator is not None:
+    if calibrator is not None and cohort_table is not None:
         record = replace(record, calibration=calibrator.to_dict(), threshold=float(calibrator.threshold_),
                          threshold_scale="calibrated")
         cohort_means = cohort_from_table(cohort_table, mean)
         model.set_cohort(torch.from_numpy(np.asarray(cohort_means.vectors, np.float32)))
     record.apply(cfg)
-    if threshold_trials:
-
-        held_out = read_trials(threshold_trials)
-        held_table = cached(threshold_manifest or manifest, out / "threshold_embeddings.npz")
-        held_scores = score_trial_lists(held_table, [held_out], mean=mean, cohort=cohort_table, top_k=top_k,
-                                        calibrator=calibrator)[0]
-        record_score_statistics(cfg, held_scores, held_out.labels, trial_list=held_out.name)
-    model_out = out / "model"
-    if model_out.exists():
-        shutil.rmtree(model_out)
-    model.save_pretrained(model_out)
-    log.info("evaluation of %s: %s", model_dir, json.dumps(metrics[final]))
-    return {"metrics": metrics, "final_stage": final, "model": str(model_out)}
 
 
 def write_run_report(run_dir: str | Path, systems: dict[str, Path], *, baseline: str | None = None,

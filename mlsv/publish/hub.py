@@ -130,14 +130,28 @@ def build_model_card(config, *, repo_id: str, metrics: Sequence[tuple[str, dict]
                      datasets: Sequence[str] = (), license: str | None = None,
                      parameter_counts: Mapping[str, int] | None = None, has_onnx: bool = False) -> str:
     """The model card (README.md): YAML metadata, summary, metrics, usage, intended use, limitations."""
+    names = _card_names(config)
+    lines = (_card_metadata(config, names, datasets, license) + _card_summary(config, names, repo_id, parameter_counts)
+             + _card_evaluation(metrics) + _card_usage(config, repo_id, has_onnx) + _card_use_and_limits(datasets))
+    return "\n".join(lines)
+
+
+def _card_names(config) -> dict[str, Any]:
+    """The encoder family, its depth, and the aggregation's and backend's names in words."""
     enc = dict(config.encoder_config or {})
     family = enc.get("model_type", "encoder")
-    n_layers = enc.get("encoder_layers") if family == "whisper" else enc.get("num_hidden_layers")
-    agg = config.aggregation
-    agg_name = {"lap": "Layer Attentive Pooling (LAP)", "superb": "SUPERB weighted sum",
-                "last": "last layer"}.get(agg, agg)
-    backend = {"astp": "ASTP", "xvector": "x-vector TDNN", "ecapa": "ECAPA-TDNN",
-               "mhfa": "MHFA"}.get(config.backend, config.backend)
+    return {"family": family,
+            "n_layers": enc.get("encoder_layers") if family == "whisper" else enc.get("num_hidden_layers"),
+            "agg": config.aggregation,
+            "agg_name": {"lap": "Layer Attentive Pooling (LAP)", "superb": "SUPERB weighted sum",
+                         "last": "last layer"}.get(config.aggregation, config.aggregation),
+            "backend": {"astp": "ASTP", "xvector": "x-vector TDNN", "ecapa": "ECAPA-TDNN",
+                        "mhfa": "MHFA"}.get(config.backend, config.backend)}
+
+
+def _card_metadata(config, names: dict, datasets: Sequence[str], license: str | None) -> list[str]:
+    """The card's YAML front matter."""
+    family, agg = names["family"], names["agg"]
     tags = ["speaker-verification", "speaker-embedding", "audio", "mlsv", family, agg, config.backend]
     if agg == "lap":
         tags.append("layer-attentive-pooling")
@@ -147,6 +161,13 @@ def build_model_card(config, *, repo_id: str, metrics: Sequence[tuple[str, dict]
         meta.append(f"license: {license}")
     meta += _yaml_list("tags", tags) + _yaml_list("datasets", list(datasets))
     meta += ["pipeline_tag: feature-extraction", "---", ""]
+    return meta
+
+
+def _card_summary(config, names: dict, repo_id: str, parameter_counts: Mapping[str, int] | None) -> list[str]:
+    """The title, one paragraph and the table of what the model is."""
+    family, n_layers, agg, agg_name, backend = (names[k] for k in ("family", "n_layers", "agg", "agg_name",
+                                                                   "backend"))
     name = repo_id.split("/")[-1]
     lines = [f"# {name}", "",
              f"A speaker-verification model trained with mlsv (multi-layer speaker "
@@ -177,6 +198,12 @@ def build_model_card(config, *, repo_id: str, metrics: Sequence[tuple[str, dict]
         scale = "calibrated LLR" if scale == "calibrated" else scale
         lines.append(f"| threshold | {config.threshold:.4f} ({scale} scores, EER point) |")
     lines.append("")
+    return lines
+
+
+def _card_evaluation(metrics: Sequence[tuple[str, dict]]) -> list[str]:
+    """The metrics table, or a line saying none is recorded."""
+    lines = []
     lines += ["## Evaluation", ""]
     if metrics:
         lines += [metrics_table(metrics), "",
@@ -185,6 +212,12 @@ def build_model_card(config, *, repo_id: str, metrics: Sequence[tuple[str, dict]
     else:
         lines += ["No evaluation is recorded for this model: it was not published from the output of "
                   "`mlsv evaluate`, which stores the metrics, AS-norm cohort and calibration with the model.", ""]
+    return lines
+
+
+def _card_usage(config, repo_id: str, has_onnx: bool) -> list[str]:
+    """How to use the model: with mlsv, from the command line, with transformers alone, with ONNX Runtime."""
+    lines: list[str] = []
     lines += [
         "## How to use", "",
         "With mlsv (`pip install mlsv`): embeddings, scores and decisions, any sample rate or channel count.", "",
@@ -218,6 +251,12 @@ def build_model_card(config, *, repo_id: str, metrics: Sequence[tuple[str, dict]
                   "int64 (B, S), output `embeddings`) runs with onnxruntime: "
                   f'`Verifier.from_pretrained("{repo_id}", runtime="onnx")`. `model.onnx.json` records its '
                   "parity with PyTorch and a fingerprint of the weights it was exported from.", ""]
+    return lines
+
+
+def _card_use_and_limits(datasets: Sequence[str]) -> list[str]:
+    """Intended use, limitations, training data and the method's reference."""
+    lines: list[str] = []
     lines += [
         "## Intended use", "",
         "Speaker verification (is this the same speaker?) and speaker embeddings for clustering, "
@@ -242,7 +281,7 @@ def build_model_card(config, *, repo_id: str, metrics: Sequence[tuple[str, dict]
               "Layer Attentive Pooling and the staged training follow Kim et al., *Rethinking Leveraging "
               "Pre-Trained Multi-Layer Representations for Speaker Verification*, Interspeech 2025 "
               "(arXiv:2512.22148).", ""]
-    return "\n".join(meta + lines)
+    return lines
 
 
 # ------------------------------------------------------------------------------------------------
