@@ -584,7 +584,7 @@ class WavLMFrontend(Wav2Vec2Frontend):
     families = ("wavlm",)
     _wavlm_attention = "sdpa"
 
-    @Frontend.attention.getter
+    @Frontend.attention.getter  # type: ignore[attr-defined]  # mypy does not follow a property's getter()
     def attention(self) -> str:
         """The attention implementation: "eager" or "sdpa"."""
         return self._wavlm_attention
@@ -600,10 +600,10 @@ class WavLMFrontend(Wav2Vec2Frontend):
             position_bias = (relative_position_table if is_long(h.shape[1]) else relative_position_bias)(
                 self._layer_stack.layers[0].attention, h.shape[1])
 
-            def call(layer: nn.Module, i: int):
+            def call_sdpa(layer: nn.Module, i: int):
                 return lambda h_, pb_: (wavlm_layer_forward(layer, h_, key_bias, pb_, self.fused_qkv), pb_)
 
-            return call, position_bias
+            return call_sdpa, position_bias
         long_mask = frame_mask.long() if frame_mask is not None else None  # transformers' WavLM layers
 
         def call(layer: nn.Module, i: int):

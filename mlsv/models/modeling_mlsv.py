@@ -146,7 +146,7 @@ class MLSVModel(MLSVPreTrainedModel):
         """Attention implementation of the encoder: "sdpa" (default) or "eager" (transformers' own)."""
         self.frontend.set_attention(mode, fused_qkv)
 
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None):
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, every_n_layers: int = 1):
         self.frontend.gradient_checkpointing = enable
 
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None,

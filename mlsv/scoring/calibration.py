@@ -237,7 +237,7 @@ class QualityCalibrator:
         return np.asarray(llr) >= self.threshold_
 
     def to_dict(self) -> dict:
-        if not self.is_fitted:
+        if self.center_ is None or self.scale_ is None or self.coef_ is None:
             raise RuntimeError("QualityCalibrator is not fitted")
         return {
             "format": "mlsv-qmf-calibration",

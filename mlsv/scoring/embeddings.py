@@ -105,7 +105,7 @@ def save_embeddings(table: EmbeddingTable, path: str | Path) -> None:
     if table.speakers is not None:
         arrays["speakers"] = table.speakers
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub types the first keyword only
     tmp.replace(path)
 
 

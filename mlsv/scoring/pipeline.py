@@ -132,7 +132,7 @@ def score_index_lists(embeddings: np.ndarray, durations: np.ndarray | None,
         scores = {"cosine": cosine[a:b]}
         if stats is not None:
             scores["asnorm"] = as_norm(scores["cosine"], e, t, *stats)
-        if quality is not None:
+        if quality is not None and calibrator is not None:
             scores["calibrated"] = calibrator.transform(trial_features(scores["asnorm"], quality, e, t))
         out.append(scores)
     return out
