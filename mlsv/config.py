@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -153,7 +154,7 @@ class StageConfig:
     compile_mode: str = field(default="default", metadata={"choices": (
         "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")})
     attention: str = field(default="sdpa", metadata={"choices": ("sdpa", "eager")})  # the encoder's attention
-    seed: int = 42
+    seed: int = _bounded(42, low=0, high=2**32 - 1)  # torch, numpy and random take seeds in [0, 2**32)
     keep_best: int = _bounded(2, low=1)
     average_best: int = _bounded(1, low=0)  # average the N best checkpoints into the stage's final model
     validate_every: int = _bounded(1, low=1)  # epochs
@@ -186,18 +187,18 @@ class TrainConfig:
 # loading
 
 
-def _nearest(key: str, choices) -> str:
+def nearest(key: str, choices) -> str:
     close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.0)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _check_type(value: Any, tp: Any, where: str) -> Any:
+def check_type(value: Any, tp: Any, where: str) -> Any:
     """Validates ``value`` against annotation ``tp``; ints are accepted for floats."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         for arm in typing.get_args(tp):
             try:
-                return _check_type(value, arm, where)
+                return check_type(value, arm, where)
             except ConfigError:
                 pass
         raise ConfigError(f"{where}: {value!r} is not of type {tp}")
@@ -209,7 +210,7 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         (inner,) = typing.get_args(tp) or (Any,)
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r} ({type(value).__name__})")
-        return [_check_type(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [check_type(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
     if tp is Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
@@ -217,9 +218,11 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     if tp is float and isinstance(value, str):
         # PyYAML reads '5e-5' (no dot) as a string; accept any float literal
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: {value!r} is not a finite number")
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
     if tp is int and isinstance(value, bool):
@@ -246,7 +249,7 @@ def _check_choice(value: Any, f: dataclasses.Field, where: str) -> Any:
     choices = f.metadata.get("choices")
     if choices is not None and value not in choices:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}"
-                          f"{_nearest(str(value), map(str, choices))}")
+                          f"{nearest(str(value), map(str, choices))}")
     for name, bound in f.metadata.get("bounds", {}).items():
         sign, ok = _BOUNDS[name]
         if not ok(value, bound):
@@ -269,14 +272,14 @@ def from_dict(cls, data: dict, where: str = ""):
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key not in names:
-            raise ConfigError(f"unknown config key {path!r}{_nearest(key, names)}")
+            raise ConfigError(f"unknown config key {path!r}{nearest(key, names)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = from_dict(tp, value or {}, path)
         else:
             if value is False and "no" in fields[key].metadata.get("choices", ()):
                 value = "no"  # YAML 1.1 reads a bare `no` as false
-            kwargs[key] = _check_choice(_check_type(value, tp, path), fields[key], path)
+            kwargs[key] = _check_choice(check_type(value, tp, path), fields[key], path)
     return cls(**kwargs)
 
 
@@ -407,6 +410,10 @@ def _check_combinations(cfg: TrainConfig, where: str) -> None:
     if cfg.optim.ema_decay > 0 and cfg.stage.average_best > 1:
         raise ConfigError(f"{where}: optim.ema_decay and stage.average_best {cfg.stage.average_best} both choose the "
                           "final weights (the moving average, or the mean of the best checkpoints): set one")
+    if cfg.augment.probability > 0 and not cfg.augment.kinds:
+        raise ConfigError(f"{where}: augment.kinds is empty but augment.probability is {cfg.augment.probability:g}: "
+                          "list the kinds to apply (reverb, noise, music, babble, tv), or set augment.probability=0 "
+                          "to train without augmentation")
 
 
 def dump_config(cfg, path: str | Path) -> None:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mlsv.cli import build_parser
-from mlsv.config import ConfigError, _check_type, _nearest, load_config, load_yaml_file, parse_override
+from mlsv.config import ConfigError, check_type, nearest, load_config, load_yaml_file, parse_override
 from mlsv.data.synthetic import corpus_baseline, make_synthetic_corpus
 from mlsv.inference.evaluation import evaluate_model, write_run_report
 from mlsv.train.loop import check_same_run, run_stage
@@ -99,7 +99,7 @@ def load_recipe(path: str | Path, *, output_dir: str | Path | None = None, quick
     unknown = set(data) - {"output_dir", "steps"}
     if unknown:
         key = sorted(map(str, unknown))[0]
-        raise ConfigError(f"{path}: unknown recipe key {key!r}{_nearest(key, ['output_dir', 'steps'])}")
+        raise ConfigError(f"{path}: unknown recipe key {key!r}{nearest(key, ['output_dir', 'steps'])}")
     if not isinstance(data.get("steps") or [], list):
         raise ConfigError(f"{path}: steps must be a list of steps (- {{name: ..., train: ...}}), got "
                           f"{type(data['steps']).__name__}")
@@ -117,7 +117,7 @@ def load_recipe(path: str | Path, *, output_dir: str | Path | None = None, quick
         bad = set(raw) - STEP_KEYS
         if bad:
             key = sorted(map(str, bad))[0]
-            raise ConfigError(f"{where}: unknown key {key!r}{_nearest(key, STEP_KEYS)}")
+            raise ConfigError(f"{where}: unknown key {key!r}{nearest(key, STEP_KEYS)}")
         kinds = [k for k in STEP_KINDS if k in raw]
         if len(kinds) != 1:
             raise ConfigError(f"{path}: step {name!r} must have exactly one of {', '.join(STEP_KINDS)}")
@@ -198,7 +198,7 @@ def _check_sets(sets: Any, where: str) -> None:
 
 
 def _plain_type(tp: Any) -> Any:
-    """A parameter annotation as ``config._check_type`` reads YAML values: paths are text, tuples are
+    """A parameter annotation as ``config.check_type`` reads YAML values: paths are text, tuples are
     lists, other classes are not checked."""
     if tp is Path:
         return str
@@ -226,8 +226,8 @@ def _check_arguments(fn, given: dict, where: str, what: str, *, skip: tuple[str,
     known = {**{n: hints.get(n, Any) for n in params}, **(extra or {})}
     for key, value in given.items():
         if key not in known:
-            raise ConfigError(f"{where}: unknown {what} key {key!r}{_nearest(str(key), known)}")
-        _check_type(value, _plain_type(known[key]), f"{where}: {what} {key}")
+            raise ConfigError(f"{where}: unknown {what} key {key!r}{nearest(str(key), known)}")
+        check_type(value, _plain_type(known[key]), f"{where}: {what} {key}")
 
 
 def _required(fn, skip: tuple[str, ...] = ()) -> list[str]:
@@ -284,7 +284,7 @@ def _check_step(step: Step, raw: dict, where: str, earlier: list[Step]) -> None:
         model = spec.get("model")
         if model is not None and model not in spec["systems"]:
             raise ConfigError(f"{where}: report model {model!r} is not one of its systems' labels: "
-                              f"{', '.join(map(str, spec['systems']))}{_nearest(str(model), map(str, spec['systems']))}")
+                              f"{', '.join(map(str, spec['systems']))}{nearest(str(model), map(str, spec['systems']))}")
 
 
 def _prepare_parser_error(argv: list[str]) -> tuple[Any, str]:
@@ -365,7 +365,7 @@ def check_evaluations(recipe: Recipe, index: int, only: list[str] | None = None)
         bad = sorted(set(spec) - known)
         if bad:
             raise ConfigError(f"{recipe.path}: step {later.name!r}: unknown evaluate key {bad[0]!r}"
-                              f"{_nearest(bad[0], known)}")
+                              f"{nearest(bad[0], known)}")
         if spec["model"] not in names and not Path(spec["model"]).is_dir():
             raise ConfigError(f"{recipe.path}: step {later.name!r}: model {spec['model']!r} is neither a step nor a "
                               "model folder")

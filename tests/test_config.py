@@ -53,6 +53,18 @@ def test_base_inheritance_and_overrides(tmp_path):
     ("model.embedding_size=0", "model.embedding_size: 0 must be >= 1"),
     ("augment.probability=1.5", "augment.probability: 1.5 must be <= 1"),
     ("stage.layerdrop=1", "stage.layerdrop: 1.0 must be < 1"),
+    # every float finite (a NaN or infinite value passed every bound and trained a whole epoch on NaN)
+    ("optim.lr=.inf", "optim.lr: inf is not a finite number"),
+    ("head.scale=.inf", "head.scale: inf is not a finite number"),
+    ("head.margin_start_epoch=.nan", "head.margin_start_epoch: nan is not a finite number"),
+    ("data.crop_seconds=.inf", "data.crop_seconds: inf is not a finite number"),
+    ("data.speed_factors=[1.0,.nan]", "data.speed_factors[1]: nan is not a finite number"),
+    ("optim.lr=-.inf", "optim.lr: -inf is not a finite number"),
+    # the seed names its key
+    ("stage.seed=-1", "stage.seed: -1 must be >= 0"),
+    ("stage.seed=4294967296", "stage.seed: 4294967296 must be <= 4294967295"),
+    # augmentation asked for with nothing to apply
+    ("augment.kinds=[]", "augment.kinds is empty but augment.probability is 0.6"),
 ])
 def test_bad_keys_types_and_values_name_the_key(override, message):
     """Checked when the config loads, before any model is built or any epoch runs."""
