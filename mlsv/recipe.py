@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mlsv.cli import build_parser
-from mlsv.config import ConfigError, check_type, nearest, load_config, load_yaml_file, parse_override
+from mlsv.config import ConfigError, check_type, load_config, load_yaml_file, nearest, parse_override
 from mlsv.data.synthetic import corpus_baseline, make_synthetic_corpus
 from mlsv.inference.evaluation import evaluate_model, write_run_report
 from mlsv.train.loop import check_same_run, run_stage

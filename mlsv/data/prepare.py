@@ -230,43 +230,84 @@ def prepare_voxceleb(
         raise ValueError("--validation-speakers must be 0 or at least 2 (one speaker gives no non-target trials)")
     sets: dict[str, list[dict]] = {}
     for name, root in roots.items():
-        files = _voxceleb_files(root)
-        if convert_dir:
-            conv = Path(convert_dir) / name
-            pairs = [(str(f), str((conv / uid).with_suffix(".flac"))) for uid, f in files if f.suffix == ".m4a"]
-            result.bad += convert_to_flac(pairs, sample_rate=sample_rate, workers=workers, progress=progress)
-            files = [(uid, (conv / uid).with_suffix(".flac") if f.suffix == ".m4a" else f) for uid, f in files]
-            files = [(uid, f) for uid, f in files if f.is_file()]
-        partial = [{"id": uid, "path": _rel(f, out), "speaker": uid.split("/")[0],
-                    "session": "/".join(uid.split("/")[:2])} for uid, f in files]
-        rows, bad = scan(partial, sample_rate=sample_rate, resample=resample, workers=workers,
-                         desc=f"scanning {name}", progress=progress, root=out)
-        _write(rows, bad, out / f"{name}.jsonl", result, name)
-        sets[name] = rows
+        sets[name] = _voxceleb_set(name, root, out, result, convert_dir=convert_dir, sample_rate=sample_rate,
+                                   resample=resample, workers=workers, progress=progress)
     train_set = "vox2_dev" if "vox2_dev" in sets else "vox1_dev" if "vox1_dev" in sets else None
     if train_set:
-        train = sets[train_set]
-        if validation_speakers > 0:
-            speakers = sorted({r["speaker"] for r in train})
-            if validation_speakers >= len(speakers):
-                raise ValueError(f"--validation-speakers {validation_speakers} leaves no training speakers "
-                                 f"({len(speakers)} in {train_set})")
-            held = set(np.random.default_rng(seed).choice(speakers, validation_speakers, replace=False))
-            val = [r for r in train if r["speaker"] in held]
-            train = [r for r in train if r["speaker"] not in held]
-            write_manifest(val, out / "validation.jsonl")
-            vt = make_trials([r["id"] for r in val], [r["speaker"] for r in val], [r["session"] for r in val],
-                             seed=seed, name="validation_trials")
-            write_trials(vt, out / "validation_trials.txt")
-            result.outputs.update(validation=out / "validation.jsonl", validation_trials=out / "validation_trials.txt")
+        train = _hold_out_validation(sets[train_set], train_set, validation_speakers, out, result, seed=seed)
         write_manifest(train, out / "train.jsonl")
         result.outputs["train"] = out / "train.jsonl"
     test = [r for name in ("vox1_test", "vox1_dev") if name in sets and name != train_set for r in sets[name]]
     if test:
         write_manifest(test, out / "test.jsonl")
         result.outputs["test"] = out / "test.jsonl"
-    known = {r["id"] for r in test}
-    for path in trials:
+    _copy_trial_lists(trials, {r["id"] for r in test}, sets, train_set, out, result)
+    _write_bad(result, out)
+    return result
+
+
+def _voxceleb_set(name: str, root: Path, out: Path, result: PrepareResult, *, convert_dir: str | Path | None,
+                  sample_rate: int, resample: bool, workers: int, progress: bool) -> list[dict]:
+    """Finds one VoxCeleb set's files (m4a converted first when ``convert_dir``), checks them and writes
+    ``<name>.jsonl`` (bad files go to ``result.bad``): its rows."""
+    files = _voxceleb_files(root)
+    if convert_dir:
+        files = _converted_voxceleb_files(files, Path(convert_dir) / name, result, sample_rate=sample_rate,
+                                          workers=workers, progress=progress)
+    partial = [{"id": uid, "path": _rel(f, out), "speaker": uid.split("/")[0],
+                "session": "/".join(uid.split("/")[:2])} for uid, f in files]
+    rows, bad = scan(partial, sample_rate=sample_rate, resample=resample, workers=workers,
+                     desc=f"scanning {name}", progress=progress, root=out)
+    _write(rows, bad, out / f"{name}.jsonl", result, name)
+    return rows
+
+
+def _converted_voxceleb_files(files: list[tuple[str, Path]], conv: Path, result: PrepareResult, *,
+                              sample_rate: int, workers: int, progress: bool) -> list[tuple[str, Path]]:
+    """Decodes the m4a files among ``files`` to FLAC under ``conv`` (resuming; failures go to ``result.bad``).
+
+    Returns:
+        (id, file) with each m4a file replaced by its FLAC, keeping only files that exist.
+    """
+    pairs = [(str(f), str((conv / uid).with_suffix(".flac"))) for uid, f in files if f.suffix == ".m4a"]
+    result.bad += convert_to_flac(pairs, sample_rate=sample_rate, workers=workers, progress=progress)
+    files = [(uid, (conv / uid).with_suffix(".flac") if f.suffix == ".m4a" else f) for uid, f in files]
+    return [(uid, f) for uid, f in files if f.is_file()]
+
+
+def _hold_out_validation(train: list[dict], train_set: str, validation_speakers: int, out: Path,
+                         result: PrepareResult, *, seed: int) -> list[dict]:
+    """Holds ``validation_speakers`` speakers of ``train`` out (seeded) into ``validation.jsonl`` and
+    ``validation_trials.txt``; none when 0. Returns the training rows left.
+
+    Raises:
+        ValueError: no training speaker would be left.
+    """
+    if validation_speakers <= 0:
+        return train
+    speakers = sorted({r["speaker"] for r in train})
+    if validation_speakers >= len(speakers):
+        raise ValueError(f"--validation-speakers {validation_speakers} leaves no training speakers "
+                         f"({len(speakers)} in {train_set})")
+    held = set(np.random.default_rng(seed).choice(speakers, validation_speakers, replace=False))
+    val = [r for r in train if r["speaker"] in held]
+    train = [r for r in train if r["speaker"] not in held]
+    write_manifest(val, out / "validation.jsonl")
+    vt = make_trials([r["id"] for r in val], [r["speaker"] for r in val], [r["session"] for r in val],
+                     seed=seed, name="validation_trials")
+    write_trials(vt, out / "validation_trials.txt")
+    result.outputs.update(validation=out / "validation.jsonl", validation_trials=out / "validation_trials.txt")
+    return train
+
+
+def _copy_trial_lists(paths: Iterable[str | Path], known: set[str], sets: dict[str, list[dict]],
+                      train_set: str | None, out: Path, result: PrepareResult) -> None:
+    """Checks each trial list against the test ids ``known`` and copies it to ``trials/<name>.txt``.
+
+    Raises:
+        KeyError: a list names ids ``test.jsonl`` lacks, saying why and what to do.
+    """
+    for path in paths:
         t = read_trials(path)
         missing = [x for pair in zip(t.enroll, t.test) for x in pair if x not in known]
         if missing:
@@ -274,8 +315,6 @@ def prepare_voxceleb(
         name = trial_list_name(path)
         write_trials(Trials(t.enroll, t.test, t.labels, name), out / "trials" / f"{name}.txt")
         result.outputs[f"trials/{name}"] = out / "trials" / f"{name}.txt"
-    _write_bad(result, out)
-    return result
 
 
 # ----------------------------------------------------------------------------------------------

@@ -389,81 +389,143 @@ def make_synthetic_corpus(
     paths = _corpus_paths(root)
     params = {k: v for k, v in locals().items() if k not in ("out_dir", "root", "paths", "overwrite")}
     params["sessions_per_speaker"] = list(sessions_per_speaker)
-    stamp = root / "corpus.json"
-    if not overwrite and stamp.is_file() and json.loads(stamp.read_text()).get("params") == params \
-            and all(Path(p).is_file() for p in asdict(paths).values() if Path(p).suffix):
+    if not overwrite and _is_complete(paths, params):
         return paths
+    _check_corpus_arguments(audio_format, min_seconds, max_seconds)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = root / "corpus.json"
+    stamp.unlink(missing_ok=True)
+    started = time.time()
+    splits = {"train": n_speakers, "validation": n_validation_speakers, "test": n_test_speakers}
+    rows = _write_speakers(root, splits, utts_per_speaker, sessions_per_speaker=sessions_per_speaker,
+                           seconds=(min_seconds, max_seconds), channel_db=channel_db, audio_format=audio_format,
+                           seed=seed)
+    _write_manifests_and_trials(paths, rows, trials_per_utterance, seed)
+    bank_rng = np.random.default_rng([seed, 3])  # the noise bank, then the rooms
+    write_manifest(_write_noise_bank(root, bank_rng, bank_files, bank_seconds, channel_db=channel_db,
+                                     audio_format=audio_format, seed=seed), paths.noise)
+    write_manifest(_write_rirs(root, bank_rng, n_rirs), paths.rirs)
+    stamp.write_text(json.dumps({"params": params, "seconds_to_make": round(time.time() - started, 2)}, indent=1))
+    return paths
+
+
+def _is_complete(paths: SyntheticCorpus, params: dict) -> bool:
+    """Whether ``paths.root`` holds a whole corpus made with ``params``: its ``corpus.json`` records them
+    and every manifest and trial list is there."""
+    stamp = paths.root / "corpus.json"
+    return stamp.is_file() and json.loads(stamp.read_text()).get("params") == params \
+        and all(Path(p).is_file() for p in asdict(paths).values() if Path(p).suffix)
+
+
+def _check_corpus_arguments(audio_format: str, min_seconds: float, max_seconds: float) -> None:
+    """Raises ValueError for an audio format other than flac or wav, or an empty duration range."""
     if audio_format not in ("flac", "wav"):
         raise ValueError(f"audio_format must be 'flac' or 'wav', got {audio_format!r}")
     if not 0 < min_seconds <= max_seconds:
         raise ValueError(f"need 0 < min_seconds <= max_seconds, got {min_seconds}, {max_seconds}")
-    root.mkdir(parents=True, exist_ok=True)
-    stamp.unlink(missing_ok=True)
-    started = time.time()
 
-    splits = {"train": n_speakers, "validation": n_validation_speakers, "test": n_test_speakers}
+
+def _write_clip(root: Path, folder: str, uid: str, y: np.ndarray, speaker: str, subtype: str = "PCM_16",
+                **extra) -> dict:
+    """Writes ``root/folder/uid`` atomically (a temporary name, then renamed) and returns its manifest row:
+    ``id``, ``path``, ``speaker``, ``duration``, ``sample_rate``, then ``extra``."""
+    write_audio(root / folder / uid, y, SAMPLE_RATE, subtype=subtype)
+    return {"id": uid, "path": f"{folder}/{uid}", "speaker": speaker, "duration": len(y) / SAMPLE_RATE,
+            "sample_rate": SAMPLE_RATE, **extra}
+
+
+def _write_speakers(root: Path, splits: dict[str, int], utts_per_speaker: int, *,
+                    sessions_per_speaker: tuple[int, int], seconds: tuple[float, float], channel_db: float,
+                    audio_format: str, seed: int) -> dict[str, list[dict]]:
+    """Every split's speakers (``spk0000`` on, numbered across the splits in order) with their utterances
+    written under ``audio/``. Returns each split's manifest rows."""
     rows: dict[str, list[dict]] = {k: [] for k in splits}
     spk_index = 0
     for split, count in splits.items():
         for _ in range(count):
-            speaker = f"spk{spk_index:04d}"
-            srng = np.random.default_rng([seed, 1, spk_index])
-            voice = sample_voice(srng)
-            n_sessions = int(srng.integers(sessions_per_speaker[0], sessions_per_speaker[1] + 1))
-            sessions = [sample_session(srng, channel_db) for _ in range(n_sessions)]
-            # every session gets at least one utterance, so cross-session trials exist
-            assign = np.concatenate([np.arange(n_sessions),
-                                     srng.integers(0, n_sessions, max(utts_per_speaker - n_sessions, 0))])
-            for u in range(utts_per_speaker):
-                s = int(assign[u % len(assign)])
-                urng = np.random.default_rng([seed, 2, spk_index, u])
-                y = synthesize(voice, sessions[s], urng.uniform(min_seconds, max_seconds), urng)
-                uid = f"{speaker}/s{s:02d}/{u:05d}.{audio_format}"
-                write_audio(root / "audio" / uid, y, SAMPLE_RATE)
-                rows[split].append({"id": uid, "path": f"audio/{uid}", "speaker": speaker,
-                                    "duration": len(y) / SAMPLE_RATE, "sample_rate": SAMPLE_RATE,
-                                    "session": f"{speaker}/s{s:02d}"})
+            voice, sessions, assign = _speaker_voice(spk_index, utts_per_speaker, sessions_per_speaker,
+                                                     channel_db, seed)
+            rows[split] += _write_utterances(root, spk_index, voice, sessions, assign, utts_per_speaker,
+                                             seconds=seconds, audio_format=audio_format, seed=seed)
             spk_index += 1
-    for split in splits:
-        write_manifest(rows[split], getattr(paths, split))
+    return rows
+
+
+def _speaker_voice(spk_index: int, n_utts: int, sessions_per_speaker: tuple[int, int], channel_db: float,
+                   seed: int) -> tuple[Voice, list[Session], np.ndarray]:
+    """A corpus speaker's voice, recording sessions, and the session of each of ``n_utts`` utterances
+    (drawn from the speaker's own random stream)."""
+    srng = np.random.default_rng([seed, 1, spk_index])
+    voice = sample_voice(srng)
+    n_sessions = int(srng.integers(sessions_per_speaker[0], sessions_per_speaker[1] + 1))
+    sessions = [sample_session(srng, channel_db) for _ in range(n_sessions)]
+    # every session gets at least one utterance, so cross-session trials exist
+    assign = np.concatenate([np.arange(n_sessions), srng.integers(0, n_sessions, max(n_utts - n_sessions, 0))])
+    return voice, sessions, assign
+
+
+def _write_utterances(root: Path, spk_index: int, voice: Voice, sessions: list[Session], assign: np.ndarray,
+                      n_utts: int, *, seconds: tuple[float, float], audio_format: str, seed: int) -> list[dict]:
+    """Synthesizes a speaker's utterances (each from its own random stream, durations uniform in
+    ``seconds``) to ``audio/<speaker>/<session>/<utt>.<fmt>``. Returns their manifest rows."""
+    speaker = f"spk{spk_index:04d}"
+    rows = []
+    for u in range(n_utts):
+        s = int(assign[u % len(assign)])
+        urng = np.random.default_rng([seed, 2, spk_index, u])
+        y = synthesize(voice, sessions[s], urng.uniform(seconds[0], seconds[1]), urng)
+        uid = f"{speaker}/s{s:02d}/{u:05d}.{audio_format}"
+        rows.append(_write_clip(root, "audio", uid, y, speaker, session=f"{speaker}/s{s:02d}"))
+    return rows
+
+
+def _write_manifests_and_trials(paths: SyntheticCorpus, rows: dict[str, list[dict]], trials_per_utterance: int,
+                                seed: int) -> None:
+    """Each split's manifest, and the validation and test trial lists (balanced, no same-session pairs)."""
+    for split, split_rows in rows.items():
+        write_manifest(split_rows, getattr(paths, split))
     for split in ("validation", "test"):
         r = rows[split]
         trials = make_trials([x["id"] for x in r], [x["speaker"] for x in r], [x["session"] for x in r],
                              per_utterance=trials_per_utterance, seed=seed, name=f"{split}_trials")
         write_trials(trials, getattr(paths, f"{split}_trials"))
 
+
+def _write_noise_bank(root: Path, rng: np.random.Generator, n_files: int, seconds: float, *, channel_db: float,
+                      audio_format: str, seed: int) -> list[dict]:
+    """``n_files`` each of noise, music and babble sources under ``bank/``: their manifest rows with a
+    ``category`` (noise, music, speech)."""
     bank: list[dict] = []
-    brng = np.random.default_rng([seed, 3])
-    for i in range(bank_files):
+    for i in range(n_files):
         for category, make in (("noise", _noise), ("music", _music)):
-            y = make(bank_seconds, brng) * 0.1
+            y = make(seconds, rng) * 0.1
             uid = f"{category}/{category}-{i:03d}.{audio_format}"
-            write_audio(root / "bank" / uid, y.astype(np.float32), SAMPLE_RATE)
-            bank.append({"id": uid, "path": f"bank/{uid}", "speaker": f"{category}-{i:03d}",
-                         "duration": len(y) / SAMPLE_RATE, "sample_rate": SAMPLE_RATE, "category": category})
-        # babble sources: speakers outside the corpus, several utterances back to back
-        voice = sample_voice(np.random.default_rng([seed, 4, i]))
-        session = sample_session(brng, channel_db)
-        parts, total = [], 0.0
-        while total < bank_seconds:
-            parts.append(synthesize(voice, session, brng.uniform(2, 5), brng))
-            total += len(parts[-1]) / SAMPLE_RATE
-        y = np.concatenate(parts)
+            bank.append(_write_clip(root, "bank", uid, y.astype(np.float32), f"{category}-{i:03d}", category=category))
+        y = _talker(i, rng, seconds, channel_db, seed)
         uid = f"speech/talker-{i:03d}.{audio_format}"
-        write_audio(root / "bank" / uid, y, SAMPLE_RATE)
-        bank.append({"id": uid, "path": f"bank/{uid}", "speaker": f"talker-{i:03d}",
-                     "duration": len(y) / SAMPLE_RATE, "sample_rate": SAMPLE_RATE, "category": "speech"})
-    write_manifest(bank, paths.noise)
-    rirs = []
+        bank.append(_write_clip(root, "bank", uid, y, f"talker-{i:03d}", category="speech"))
+    return bank
+
+
+def _talker(i: int, rng: np.random.Generator, seconds: float, channel_db: float, seed: int) -> np.ndarray:
+    """A babble source: a speaker outside the corpus, several utterances back to back (``seconds`` or more)."""
+    voice = sample_voice(np.random.default_rng([seed, 4, i]))
+    session = sample_session(rng, channel_db)
+    parts, total = [], 0.0
+    while total < seconds:
+        parts.append(synthesize(voice, session, rng.uniform(2, 5), rng))
+        total += len(parts[-1]) / SAMPLE_RATE
+    return np.concatenate(parts)
+
+
+def _write_rirs(root: Path, rng: np.random.Generator, n_rirs: int) -> list[dict]:
+    """``n_rirs`` simulated rooms under ``bank/rirs/``: their manifest rows (``kind`` simulated)."""
+    rows = []
     for i in range(n_rirs):
-        rir = simulate_rir(brng)
-        uid = f"rirs/room-{i:03d}.wav"  # WAV float keeps the tail's low-level samples exact
-        write_audio(root / "bank" / uid, rir, SAMPLE_RATE, subtype="FLOAT")
-        rirs.append({"id": uid, "path": f"bank/{uid}", "speaker": f"room-{i:03d}", "duration": len(rir) / SAMPLE_RATE,
-                     "sample_rate": SAMPLE_RATE, "kind": "simulated"})
-    write_manifest(rirs, paths.rirs)
-    stamp.write_text(json.dumps({"params": params, "seconds_to_make": round(time.time() - started, 2)}, indent=1))
-    return paths
+        # WAV float keeps the tail's low-level samples exact
+        rows.append(_write_clip(root, "bank", f"rirs/room-{i:03d}.wav", simulate_rir(rng), f"room-{i:03d}",
+                                subtype="FLOAT", kind="simulated"))
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------

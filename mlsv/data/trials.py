@@ -160,6 +160,27 @@ def make_trials(
     """
     if per_utterance < 1:
         raise ValueError(f"make_trials: per_utterance must be at least 1, got {per_utterance}")
+    ids, speakers, sessions = _sorted_utterances(ids, speakers, sessions)
+    rng = np.random.default_rng(seed)
+    spk_codes = np.unique(speakers.astype(str), return_inverse=True)[1]
+    by_speaker = [np.flatnonzero(spk_codes == k) for k in range(spk_codes.max() + 1)] if len(ids) else []
+    n = len(ids)
+    pairs = _draw_pairs(rng, spk_codes, by_speaker, sessions, per_utterance)
+    m = min(len(pairs[1]), len(pairs[0]))
+    if m == 0 and n:
+        raise ValueError(f"{name}: no target and non-target trials possible from {n} utterances of "
+                         f"{len(by_speaker)} speaker(s) (need 2+ speakers and a speaker with 2+ utterances "
+                         "from different sessions)")
+    _subsample(pairs, m, rng)
+    return _pairs_to_trials(ids, pairs[1], pairs[0], name)
+
+
+def _sorted_utterances(ids, speakers, sessions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``make_trials``' inputs as object arrays sorted by id, a missing session replaced by the utterance's id.
+
+    Raises:
+        ValueError: an id is repeated, naming it.
+    """
     ids = np.asarray(ids, dtype=object)
     speakers = np.asarray(speakers, dtype=object)
     sessions = ids if sessions is None else np.asarray(
@@ -168,10 +189,20 @@ def make_trials(
     ids, speakers, sessions = ids[order], speakers[order], sessions[order]
     if len(set(ids)) != len(ids):
         raise ValueError(f"make_trials: id {next(a for a, b in zip(ids, ids[1:]) if a == b)!r} is repeated")
-    rng = np.random.default_rng(seed)
-    spk_codes = np.unique(speakers.astype(str), return_inverse=True)[1]
-    by_speaker = [np.flatnonzero(spk_codes == k) for k in range(spk_codes.max() + 1)] if len(ids) else []
-    n = len(ids)
+    return ids, speakers, sessions
+
+
+def _draw_pairs(rng: np.random.Generator, spk_codes: np.ndarray, by_speaker: list[np.ndarray],
+                sessions: np.ndarray, per_utterance: int) -> dict[int, list[tuple[int, int]]]:
+    """Each utterance's target and non-target partners as (enrol, test) index pairs in enrolment order.
+
+    Targets are other utterances of the speaker from a different session; an utterance with none, or
+    whose speaker is the only one, enrols nothing. Unordered duplicates are dropped.
+
+    Returns:
+        ``{1: target pairs, 0: non-target pairs}``.
+    """
+    n = len(spk_codes)
     seen: set[tuple[int, int]] = set()
     pairs: dict[int, list[tuple[int, int]]] = {1: [], 0: []}
     pools: dict[int, np.ndarray] = {}  # other speakers' utterances, listed only when they are few
@@ -182,34 +213,49 @@ def make_trials(
         if k == 0 or n - len(same) == 0:
             continue
         chosen_t = rng.choice(targets, size=k, replace=False)
-        others = n - len(same)
-        if others < k or 4 * others < n:  # few other utterances: rejection sampling would crawl or never end
-            if spk_codes[i] not in pools:
-                pools[spk_codes[i]] = np.flatnonzero(spk_codes != spk_codes[i])
-            chosen_n = [int(j) for j in rng.choice(pools[spk_codes[i]], size=min(k, others), replace=False)]
-        else:  # rejection-sample non-targets: far cheaper than listing all other speakers' utterances
-            chosen_n = []
-            while len(chosen_n) < k:
-                j = int(rng.integers(n))
-                if spk_codes[j] != spk_codes[i] and j not in chosen_n:
-                    chosen_n.append(j)
+        chosen_n = _draw_non_targets(rng, i, k, n - len(same), spk_codes, pools)
         for label, chosen in ((1, chosen_t), (0, chosen_n)):
             for j in chosen:
                 key = (min(i, int(j)), max(i, int(j)))
                 if key not in seen:
                     seen.add(key)
                     pairs[label].append((i, int(j)))
-    m = min(len(pairs[1]), len(pairs[0]))
-    if m == 0 and n:
-        raise ValueError(f"{name}: no target and non-target trials possible from {n} utterances of "
-                         f"{len(by_speaker)} speaker(s) (need 2+ speakers and a speaker with 2+ utterances "
-                         "from different sessions)")
+    return pairs
+
+
+def _draw_non_targets(rng: np.random.Generator, i: int, k: int, others: int, spk_codes: np.ndarray,
+                      pools: dict[int, np.ndarray]) -> list[int]:
+    """Up to ``k`` distinct utterances of speakers other than utterance ``i``'s (``others`` such utterances).
+
+    ``pools`` caches, per speaker, the list of the other speakers' utterances, made only when they are few.
+    """
+    n = len(spk_codes)
+    if others < k or 4 * others < n:  # few other utterances: rejection sampling would crawl or never end
+        if spk_codes[i] not in pools:
+            pools[spk_codes[i]] = np.flatnonzero(spk_codes != spk_codes[i])
+        return [int(j) for j in rng.choice(pools[spk_codes[i]], size=min(k, others), replace=False)]
+    # rejection-sample non-targets: far cheaper than listing all other speakers' utterances
+    chosen_n: list[int] = []
+    while len(chosen_n) < k:
+        j = int(rng.integers(n))
+        if spk_codes[j] != spk_codes[i] and j not in chosen_n:
+            chosen_n.append(j)
+    return chosen_n
+
+
+def _subsample(pairs: dict[int, list[tuple[int, int]]], m: int, rng: np.random.Generator) -> None:
+    """Keeps ``m`` pairs of each label (a random subset, in their order), targets drawn first."""
     for label in (1, 0):
         if len(pairs[label]) > m:
             keep = np.sort(rng.choice(len(pairs[label]), size=m, replace=False))
             pairs[label] = [pairs[label][k] for k in keep]
-    both = pairs[1] + pairs[0]
+
+
+def _pairs_to_trials(ids: np.ndarray, targets: list[tuple[int, int]], non_targets: list[tuple[int, int]],
+                     name: str) -> Trials:
+    """Trials naming ``ids`` by index pair: the targets (label 1), then the non-targets (label 0)."""
+    both = targets + non_targets
     enroll = np.asarray([ids[i] for i, _ in both], dtype=object)
     test = np.asarray([ids[j] for _, j in both], dtype=object)
-    labels = np.asarray([1] * m + [0] * m, dtype=np.int8)
+    labels = np.asarray([1] * len(targets) + [0] * len(non_targets), dtype=np.int8)
     return Trials(enroll, test, labels, name=name)
