@@ -197,6 +197,38 @@ def test_nonsense_thresholds_and_sample_rates_are_refused(verifier, wavs, model_
             verifier.verify(x, x, sample_rate=bad)
     assert check_sample_rate(np.int64(8000)) == 8000 and check_sample_rate(16000.0) == 16000
     np.testing.assert_array_equal(verifier.embed(x, sample_rate=16000.0), verifier.embed(x))
+    # a rate no audio has would resample into gigabytes (sample_rate=1 grew a process to 18 GB)
+    for bad in (1, 3999, 384001):
+        with pytest.raises(ValueError, match=rf"^sample_rate {bad} Hz is outside 4000-384000 Hz"):
+            verifier.embed(x, sample_rate=bad)
+    sr1 = wavs.parent / "sr1.wav"
+    sf.write(sr1, 0.3 * np.random.default_rng(0).standard_normal(32000), 1, subtype="PCM_16")
+    rc, err = cli(["verify", "--model", str(model_dir), str(sr1), str(a)], capsys)
+    assert rc == 2 and err.count("\n") == 1 and f"{sr1}: sample rate 1 Hz is outside 4000-384000 Hz" in err, err
+
+
+def test_float_audio_far_beyond_full_scale_gives_the_same_embedding():
+    """|x| ~ 1e19 passed the NaN check and overflowed the input normalisation (cosine 0.375 against the same
+    signal at amplitude 1), and Whisper's power spectrum into NaN."""
+    from conftest import tiny_model
+
+    x = voice(1.0, seed=5)
+    x = x / np.abs(x).max()
+    for family in ("tiny-wavlm", "tiny-hubert"):  # input normalisation: scale-free, so the same embedding
+        v = Verifier(tiny_model(family).eval())
+        a = v.embed(x)
+        for amplitude in (3.0, 1e19, 1e37):
+            b = v.embed(x * np.float32(amplitude))
+            assert np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b) > 0.99999, (family, amplitude)
+    whisper = tiny_model("tiny-whisper").eval().frontend
+    lengths = torch.tensor([x.size])
+    with torch.no_grad():
+        ref = whisper.log_mel(torch.from_numpy(x)[None], lengths)
+        for amplitude in (1e19, 1e37):  # Whisper's log-mel is not scale-free: log10(a) / 2 higher everywhere
+            loud = whisper.log_mel(torch.from_numpy(x * np.float32(amplitude))[None], lengths)
+            assert torch.isfinite(loud).all()
+            torch.testing.assert_close(loud - ref, torch.full_like(ref, np.log10(amplitude) / 2), rtol=0,
+                                       atol=1e-3)
 
 
 def test_half_precision_tensors_are_embedded_as_float32(verifier):

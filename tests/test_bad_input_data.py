@@ -200,3 +200,24 @@ def test_a_folder_given_as_audio_or_trial_list_is_named_as_such(tmp_path):
         read_trials(tmp_path)
     with pytest.raises(AudioError, match="file not found"):
         read_audio(tmp_path / "missing.wav")
+
+
+def test_a_header_sample_rate_outside_audio_rates_is_a_bad_file(tmp_path, capsys):
+    """A 64 KB WAV whose header says 1 Hz was resampled 16,000x (3.8 GB) and listed as 32,000 s long."""
+    import soundfile as sf
+
+    folder = tmp_path / "spk1"
+    folder.mkdir()
+    bad = folder / "sr1.wav"
+    sf.write(bad, 0.3 * np.random.default_rng(0).standard_normal(32000), 1, subtype="PCM_16")
+    write_wav(folder / "good.wav", tone(1.0))
+    message = rf"{bad}: sample rate 1 Hz is outside 4000-384000 Hz"
+    with pytest.raises(AudioError, match=message):
+        audio_info(bad)
+    with pytest.raises(AudioError, match=message):
+        read_audio(bad, target_sr=16000)
+    out = tmp_path / "mine.jsonl"
+    assert main(["prepare", "folder", "--root", str(folder.parent), "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["path"] for r in rows] == ["spk1/good.wav"]
+    assert "sample rate 1 Hz" in capsys.readouterr().out

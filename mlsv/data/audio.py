@@ -22,6 +22,18 @@ AudioSource = Union[str, "os.PathLike[str]", bytes]
 AV_SUFFIXES = frozenset({".m4a", ".aac", ".mp4"})
 #: Peak amplitude below which audio counts as silent (-80 dBFS).
 SILENCE_PEAK = 1e-4
+#: Sample rates accepted (Hz): below 4 kHz there is no speech band left to speak of (telephone speech is
+#: 8 kHz), above 384 kHz no audio interface records; a header outside them is a broken file, and a 1 Hz
+#: header once made a 64 KB WAV resample into 3.8 GB.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4000, 384000
+
+
+def check_rate(sample_rate: int, name: str) -> int:
+    """``sample_rate`` when it is within [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]; AudioError naming ``name``."""
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"{name}: sample rate {sample_rate} Hz is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz: "
+                         "a broken header, or not audio that mlsv can use")
+    return sample_rate
 
 
 def silent_audio_message(name: str, peak: float) -> str:
@@ -117,12 +129,12 @@ def audio_info(source: AudioSource) -> tuple[int, int, int]:
     _check_exists(source)
     if _uses_av(source):
         x, sr = _av_decode(source)
-        return x.shape[0], sr, x.shape[1]
+        return x.shape[0], check_rate(sr, _name(source)), x.shape[1]
     with _sf_open(source) as f:
         frames, sr, channels = f.frames, f.samplerate, f.channels
     if frames <= 0:
         raise AudioError(f"{_name(source)}: empty audio (0 frames)")
-    return frames, sr, channels
+    return frames, check_rate(sr, _name(source)), channels
 
 
 def resample(x: np.ndarray, sr_in: float, sr_out: float) -> np.ndarray:
@@ -176,6 +188,7 @@ def read_audio(
                 x = f.read(frames, dtype="float32", always_2d=True)
             except (sf.LibsndfileError, RuntimeError) as e:
                 raise AudioError(f"{_name(source)}: corrupt audio data ({e})") from None
+    check_rate(sr, _name(source))
     if expected_sr is not None and sr != expected_sr:
         raise AudioError(f"{_name(source)}: sample rate {sr} Hz, but the manifest says {expected_sr} Hz")
     if not np.isfinite(x).all():

@@ -18,7 +18,15 @@ from typing import Any, Union
 import numpy as np
 import soxr
 
-from mlsv.data.audio import SILENCE_PEAK, AudioError, audio_info, read_audio, silent_audio_message
+from mlsv.data.audio import (
+    MAX_SAMPLE_RATE,
+    MIN_SAMPLE_RATE,
+    SILENCE_PEAK,
+    AudioError,
+    audio_info,
+    read_audio,
+    silent_audio_message,
+)
 
 __all__ = ["AUDIO_SUFFIXES", "MAX_CHANNELS", "AudioInput", "Enrolment", "array_samples", "check_sample_rate",
            "estimate_length", "find_audio_files", "input_name", "is_pathlike", "load_audio"]
@@ -63,7 +71,8 @@ def check_sample_rate(sample_rate: Any, what: str = "sample_rate") -> int | None
     """``sample_rate`` as a positive int (None stays None); ValueError naming ``what`` otherwise.
 
     Integral floats (``16000.0``) are accepted; 0, negative, fractional, non-finite, boolean and
-    non-numeric values (``"16000"``) are refused rather than guessed at.
+    non-numeric values (``"16000"``) are refused rather than guessed at, and so are rates outside
+    [``MIN_SAMPLE_RATE``, ``MAX_SAMPLE_RATE``] (a 1 Hz rate would resample into gigabytes).
     """
     if sample_rate is None:
         return None
@@ -77,6 +86,8 @@ def check_sample_rate(sample_rate: Any, what: str = "sample_rate") -> int | None
     if not ok or int(sample_rate) <= 0:
         raise ValueError(f"{what} must be a positive integer (samples per second), got {sample_rate!r}"
                          + (f" ({type(sample_rate).__name__})" if isinstance(sample_rate, str) else ""))
+    if not MIN_SAMPLE_RATE <= int(sample_rate) <= MAX_SAMPLE_RATE:
+        raise ValueError(f"{what} {int(sample_rate)} Hz is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
     return int(sample_rate)
 
 

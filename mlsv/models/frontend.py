@@ -347,6 +347,9 @@ class Frontend(nn.Module):
         x = waveforms.float()
         sample_mask = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None] if padded else None
         if self.normalize_input:
+            # audio beyond full scale ([-1, 1]) is first divided by its peak (audio within it is left exactly
+            # as it is): the normalisation is scale-free, and the variance of |x| ~ 1e19 no longer overflows
+            x = x / x.abs().amax(1, keepdim=True).clamp_min(1.0)
             var, mean = _var_mean(x, 1, sample_mask)
             x = (x - mean) * torch.rsqrt(var + 1e-7)
         if sample_mask is not None:
@@ -698,10 +701,14 @@ class WhisperFrontend(Frontend):
         """Whisper's log-mel front end, per utterance over its valid frames. (B, S) -> (B, n_mels, S // 160)."""
         n_fft, hop = WHISPER_N_FFT, WHISPER_HOP
         window = torch.hann_window(n_fft, device=x.device)
+        # audio beyond full scale is divided by its peak s and the log power given back 2 log10(s): the same
+        # log-mel (but for the 1e-10 floor), where |x| ~ 1e19 overflowed the float32 power spectrum into NaN;
+        # audio within [-1, 1] is left exactly as it is
+        scale = x.abs().amax(1, keepdim=True).clamp_min(1.0)
         # zero (not reflect) padding at the edges, so that a padded batch sees what a lone utterance sees
-        spec = torch.stft(x, n_fft, hop, window=window, pad_mode="constant",
+        spec = torch.stft(x / scale, n_fft, hop, window=window, pad_mode="constant",
                           return_complex=True)[..., :-1].abs() ** 2
-        mel = torch.log10(torch.clamp(self.mel_filters.float() @ spec, min=1e-10))
+        mel = torch.log10(torch.clamp(self.mel_filters.float() @ spec, min=1e-10)) + 2 * torch.log10(scale)[..., None]
         F_len = lengths // hop
         fmask = torch.arange(mel.shape[-1], device=x.device)[None, None, :] < F_len[:, None, None]
         peak = mel.masked_fill(~fmask, -math.inf).amax(dim=(1, 2), keepdim=True)
