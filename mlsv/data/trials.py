@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mlsv.data.manifest import not_utf8
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,31 @@ class Trials:
     @property
     def has_labels(self) -> bool:
         return bool(len(self.labels)) and bool((self.labels >= 0).all())
+
+    def line(self, i: int) -> int:
+        """The file line of trial ``i``."""
+        return int(self.lines[i]) if self.lines is not None else i + 1
+
+    def self_pairs(self) -> np.ndarray:
+        """Indices of the trials that pair an utterance with itself."""
+        return np.flatnonzero(self.enroll == self.test)
+
+    def repeats(self) -> list[tuple[int, int]]:
+        """(trial, the earlier trial it repeats) for every trial whose pair of utterances (in either order:
+        scoring is symmetric) came before."""
+        first: dict[tuple[str, str], int] = {}
+        out = []
+        for i, (e, t) in enumerate(zip(self.enroll, self.test)):
+            key = (e, t) if e <= t else (t, e)
+            if key in first:
+                out.append((i, first[key]))
+            else:
+                first[key] = i
+        return out
+
+    def oddities(self) -> dict[str, int]:
+        """Counts recorded with the metrics: repeated trials and self-pairs (both count as given)."""
+        return {"n_repeated_trials": len(self.repeats()), "n_self_pairs": int(self.self_pairs().size)}
 
 
 def read_trials(path: str | Path) -> Trials:
@@ -89,9 +117,26 @@ def read_trials(path: str | Path) -> Trials:
             lines.append(lineno)
     if not labels:
         raise ValueError(f"empty trial list: {path}")
-    return Trials(np.asarray(enroll, dtype=object), np.asarray(test, dtype=object),
-                  np.asarray(labels, dtype=np.int8), name=path.stem, path=str(path),
-                  lines=np.asarray(lines, dtype=np.int64))
+    trials = Trials(np.asarray(enroll, dtype=object), np.asarray(test, dtype=object),
+                    np.asarray(labels, dtype=np.int8), name=path.stem, path=str(path),
+                    lines=np.asarray(lines, dtype=np.int64))
+    warn_oddities(trials)
+    return trials
+
+
+def warn_oddities(trials: Trials) -> None:
+    """Logs a warning when a trial list repeats trials or pairs an utterance with itself: both are scored
+    and counted in the metrics as given (a self-pair is a trivially easy target), so the EER is not what
+    the list's distinct trials give."""
+    repeats, selves = trials.repeats(), trials.self_pairs()
+    where = trials.path or trials.name
+    if repeats:
+        i, j = repeats[0]
+        log.warning("%s: %d trial(s) repeat an earlier one (line %d repeats line %d); each is scored and counted "
+                    "in the metrics", where, len(repeats), trials.line(i), trials.line(j))
+    if selves.size:
+        log.warning("%s: %d trial(s) pair an utterance with itself (line %d: %s); each is scored and counted in "
+                    "the metrics", where, selves.size, trials.line(int(selves[0])), trials.enroll[selves[0]])
 
 
 def write_trials(trials: Trials, path: str | Path) -> None:

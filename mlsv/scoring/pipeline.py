@@ -218,7 +218,8 @@ def trial_metrics(trials: Trials, scores: Mapping[str, np.ndarray] | np.ndarray,
         values = scores
     if not trials.has_labels:
         raise ValueError(f"trial list {trials.name!r} has unknown labels; metrics need 'LABEL ENROLL TEST' lines")
-    return compute_metrics(values, trials.labels, tuple(p_targets), calibrated=stage == "calibrated")
+    metrics = compute_metrics(values, trials.labels, tuple(p_targets), calibrated=stage == "calibrated")
+    return {**metrics, **trials.oddities()}
 
 
 def write_scores_tsv(path: str | Path, trials: Trials, scores: Mapping[str, np.ndarray] | np.ndarray) -> Path:
