@@ -769,3 +769,40 @@ def test_missing_model_folder_and_bad_top_k_are_named(model_dir, tmp_path):
                               "--out", str(tmp_path / "e.npz")])
     with pytest.raises(ValueError, match="at least 2, got 0"):
         Verifier.from_pretrained(model_dir, asnorm_top_k=0)
+
+
+def test_evaluate_checks_trials_and_cohort_before_embedding_anything(model_dir, eval_inputs, tmp_path, monkeypatch):
+    """A cohort of one utterance per speaker embedded everything (minutes) before failing."""
+    import mlsv.inference.evaluation as evaluation
+
+    manifest, trials = eval_inputs
+    calls = []
+    monkeypatch.setattr(evaluation, "embed_manifest", lambda *a, **kw: calls.append(a[1]))
+
+    def run(**kw):
+        evaluation.evaluate_model(model_dir, manifest=str(manifest), trials=[str(trials)], out_dir=tmp_path / "ev",
+                                  device="cpu", plots=False, **kw)
+
+    for d in ("c1", "c2"):
+        (tmp_path / d).mkdir()
+    singles = _write_manifest(tmp_path / "c1" / "cohort.jsonl", {f"c{i}": (f"s{i}", voice(0.5, seed=20 + i))
+                                                                for i in range(6)})
+    with pytest.raises(ValueError, match=rf"cohort {singles}: calibration target pairs need a cohort speaker with "
+                                         "at least two utterances"):
+        run(cohort=str(singles), top_k=2)
+    pairs = _write_manifest(tmp_path / "c2" / "cohort.jsonl", {f"c{i}": (f"s{i // 2}", voice(0.5, seed=30 + i))
+                                                               for i in range(6)})
+    with pytest.raises(ValueError, match=r"the cohort has 3 speakers, too few for calibration pairs with top_k=2"):
+        run(cohort=str(pairs), top_k=2)
+    unlabelled = tmp_path / "c3.jsonl"
+    unlabelled.write_text(pairs.read_text().replace('"speaker": "s1"', '"speaker": ""'))
+    with pytest.raises(ValueError, match=rf"{unlabelled}:3: the cohort manifest needs a speaker on every row"):
+        run(cohort=str(unlabelled), top_k=2)
+    bad_trials = tmp_path / "bad.txt"
+    bad_trials.write_text("1 a1 a2\n0 a1 zz9\n")
+    with pytest.raises(KeyError, match=rf"{bad_trials}:2: id 'zz9' not in the manifest {manifest}"):
+        evaluation.evaluate_model(model_dir, manifest=str(manifest), trials=[str(bad_trials)],
+                                  out_dir=tmp_path / "ev", device="cpu", plots=False)
+    with pytest.raises(KeyError, match=rf"{bad_trials}:2: id 'zz9' not in the manifest"):
+        run(threshold_trials=str(bad_trials))
+    assert calls == []  # nothing was embedded

@@ -24,12 +24,12 @@ import torch
 from mlsv.data.audio import SILENCE_PEAK, AudioError, silent_audio_message
 from mlsv.data.loader import build_eval_loader
 from mlsv.data.manifest import has_audio, iter_rows, manifest_root, resolve_path
-from mlsv.data.trials import read_trials
+from mlsv.data.trials import check_trial_ids, read_trials
 from mlsv.inference.export import weights_fingerprint
 from mlsv.models.loading import check_device, load_model, min_samples
 from mlsv.models.runtime import autocast_dtype
 from mlsv.scoring.backend import cohort_from_table, embedding_mean
-from mlsv.scoring.calibration import fit_calibration
+from mlsv.scoring.calibration import check_calibration_cohort, fit_calibration
 from mlsv.scoring.embeddings import EmbeddingTable, check_finite, load_embeddings, save_embeddings
 from mlsv.scoring.extract import extract_embeddings
 from mlsv.scoring.pipeline import (
@@ -198,6 +198,8 @@ def evaluate_model(model_dir: str | Path, *, manifest: str, trials: list[str], o
     dev = check_device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     check_distinct_names([Path(t).stem for t in trials], trials)
     trial_lists = [read_trials(t) for t in trials]
+    _check_before_embedding(manifest, trial_lists, cohort, top_k=top_k, calibration_pairs=calibration_pairs,
+                            threshold=(threshold_manifest or manifest, threshold_trials) if threshold_trials else None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(model_dir)
@@ -229,6 +231,26 @@ def evaluate_model(model_dir: str | Path, *, manifest: str, trials: list[str], o
     model.save_pretrained(model_out)
     log.info("evaluation of %s: %s", model_dir, json.dumps(metrics[final]))
     return {"metrics": metrics, "final_stage": final, "model": str(model_out)}
+
+
+def _check_before_embedding(manifest: str, trial_lists: list, cohort: str | None, *, top_k: int,
+                            calibration_pairs: int, threshold: tuple[str, str] | None) -> None:
+    """What can be checked before anything is embedded (which takes minutes): every trial's ids are in the
+    manifest, every cohort row has a speaker, and the cohort can give calibration pairs."""
+    ids = {str(row["id"]) for _, row in iter_rows(manifest)}
+    for trials in trial_lists:
+        check_trial_ids(trials, ids, source=f"manifest {manifest}")
+    if threshold is not None:
+        held_manifest, held_trials = threshold
+        check_trial_ids(read_trials(held_trials), ids if held_manifest == manifest else
+                        {str(row["id"]) for _, row in iter_rows(held_manifest)}, source=f"manifest {held_manifest}")
+    if cohort:
+        speakers = []
+        for line, row in iter_rows(cohort):
+            if row.get("speaker") in (None, ""):
+                raise ValueError(f"{cohort}:{line}: the cohort manifest needs a speaker on every row")
+            speakers.append(row["speaker"])
+        check_calibration_cohort(speakers, n_pairs=calibration_pairs, top_k=top_k, source=f"cohort {cohort}")
 
 
 class _Embeddings:

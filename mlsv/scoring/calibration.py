@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -318,6 +319,29 @@ class CalibrationPairs:
         return len(self.labels)
 
 
+def check_calibration_cohort(speakers: Sequence[str], *, n_pairs: int, top_k: int | None = None,
+                             source: str = "") -> None:
+    """What a calibration needs of its cohort, checked from the speaker labels alone, so that a command can
+    check it before embedding anything: ``n_pairs`` >= 2, two speakers or more, one with two utterances or
+    more (target pairs), and (``top_k``) ``top_k + 2`` speakers (each pair leaves its own out of AS-norm).
+
+    Raises:
+        ValueError: what is missing, prefixed with ``source`` (e.g. the cohort manifest's path).
+    """
+    where = f"{source}: " if source else ""
+    if n_pairs < 2:
+        raise ValueError(f"n_pairs (--calibration-pairs) must be at least 2, got {n_pairs}")
+    counts = Counter(str(s) for s in speakers)
+    if len(counts) < 2:
+        raise ValueError(f"{where}calibration pairs need at least two cohort speakers")
+    if max(counts.values()) < 2:
+        raise ValueError(f"{where}calibration target pairs need a cohort speaker with at least two utterances")
+    if top_k is not None and top_k + 2 > len(counts):
+        raise ValueError(f"{where}the cohort has {len(counts)} speakers, too few for calibration pairs with "
+                         f"top_k={top_k}: each pair leaves its own 2 speakers out, so it needs top_k + 2 = "
+                         f"{top_k + 2}; lower top_k (--asnorm-top-k) or use a larger cohort")
+
+
 def draw_calibration_pairs(table: EmbeddingTable, n_pairs: int, seed: int = 7) -> CalibrationPairs:
     """Draws ``n_pairs`` trials from a cohort table, the first half targets, the rest non-targets.
 
@@ -331,13 +355,10 @@ def draw_calibration_pairs(table: EmbeddingTable, n_pairs: int, seed: int = 7) -
     """
     if table.speakers is None:
         raise ValueError("calibration pairs need a cohort table with 'speakers'")
-    if n_pairs < 2:
-        raise ValueError(f"n_pairs (--calibration-pairs) must be at least 2, got {n_pairs}")
+    check_calibration_cohort(table.speakers, n_pairs=n_pairs)
     rng = np.random.default_rng(seed)
     speakers, inv = np.unique(table.speakers, return_inverse=True)
     inv = inv.reshape(-1)
-    if len(speakers) < 2:
-        raise ValueError("calibration pairs need at least two cohort speakers")
     order = np.argsort(inv, kind="stable")  # rows grouped by speaker
     counts = np.bincount(inv, minlength=len(speakers))
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -345,8 +366,6 @@ def draw_calibration_pairs(table: EmbeddingTable, n_pairs: int, seed: int = 7) -
     n_non = n_pairs - n_tar
 
     multi = np.flatnonzero(counts >= 2)
-    if len(multi) == 0:
-        raise ValueError("calibration target pairs need a cohort speaker with at least two utterances")
     spk = multi[rng.integers(len(multi), size=n_tar)]
     i = rng.integers(counts[spk])
     j = rng.integers(counts[spk] - 1)
