@@ -105,7 +105,10 @@ def load_recipe(path: str | Path, *, output_dir: str | Path | None = None, quick
                           f"{type(data['steps']).__name__}")
     if not isinstance(data.get("output_dir") or "", str):
         raise ConfigError(f"{path}: output_dir must be a folder name, got {data['output_dir']!r}")
-    out = Path(output_dir or data.get("output_dir") or f"runs/{path.stem}").resolve()
+    out = Path(output_dir or data.get("output_dir") or f"runs/{path.stem}")
+    if quick and not output_dir:  # a smoke run's corpus and models never land where a full run looks for its own
+        out = out.with_name(out.name + "-quick")
+    out = out.resolve()
     mapping = {"run": str(out), "config": str(path.parent)}
     steps: list[Step] = []
     for i, raw in enumerate(data.get("steps") or [], 1):
@@ -320,9 +323,11 @@ def run_recipe(recipe: Recipe, *, only: list[str] | None = None) -> dict:
             continue
         out = recipe.step_dir(step.name)
         if (out / "COMPLETE").is_file():
-            if step.kind == "train":  # a stage done with other settings is an error, not a result to reuse
-
+            # a step done with other settings is an error, not a result to reuse
+            if step.kind == "train":
                 check_same_run(_stage_config(recipe, step)[0], out)
+            else:
+                _check_same_step(step, out)
             log.info("step %s: complete, skipped", step.name)
             continue
         t0 = time.time()
@@ -337,8 +342,34 @@ def run_recipe(recipe: Recipe, *, only: list[str] | None = None) -> dict:
             _on_main_process(_evaluate, recipe, step, out)
         elif step.kind == "report":
             result = _on_main_process(_report, recipe, step, out)
-        _mark_complete(out, time.time() - t0)
+        _mark_complete(out, time.time() - t0, _step_record(step))
     return result
+
+
+def _step_record(step: Step) -> dict:
+    """What a step was asked to do, as recorded in its COMPLETE file and compared on a rerun."""
+    return {"kind": step.kind, "spec": step.spec, "args": step.args}
+
+
+def _check_same_step(step: Step, out: Path) -> None:
+    """A complete prepare, evaluate or report step is reused only when it was asked the same (a --quick
+    corpus must not feed a full run): otherwise a ConfigError naming the folder and the first difference.
+    A COMPLETE file from before steps were recorded cannot tell, and is reused with a warning."""
+    try:
+        done = json.loads((out / "COMPLETE").read_text(encoding="utf-8")).get("step")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        done = None
+    if done is None:
+        log.warning("step %s: %s was completed before mlsv recorded its settings; reused unchecked", step.name, out)
+        return
+    asked = json.loads(json.dumps(_step_record(step)))  # as stored: tuples become lists
+    if done != asked:
+        keys = sorted({*done.get("args", {}), *asked["args"]})
+        diff = next((f"{k}={done.get('args', {}).get(k)!r}, now {asked['args'].get(k)!r}" for k in keys
+                     if done.get("args", {}).get(k) != asked["args"].get(k)),
+                    f"{done.get('spec')!r}, now {asked['spec']!r}")
+        raise ConfigError(f"step {step.name!r}: {out} was made with other settings ({diff}); delete that folder "
+                          "to redo the step, or give another --output-dir")
 
 
 EVALUATE_PATHS = ("manifest", "trials", "cohort", "threshold_manifest", "threshold_trials")
@@ -388,12 +419,12 @@ def _on_main_process(fn, *args):
     return result
 
 
-def _mark_complete(out: Path, seconds: float) -> None:
+def _mark_complete(out: Path, seconds: float, record: dict) -> None:
     from accelerate import PartialState
 
     if PartialState().is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "COMPLETE").write_text(json.dumps({"seconds": round(seconds, 1),
+        (out / "COMPLETE").write_text(json.dumps({"seconds": round(seconds, 1), "step": record,
                                                   "finished": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
     PartialState().wait_for_everyone()
 
