@@ -4,6 +4,7 @@
     python train.py                      # the default run: synthetic corpus, 3 stages, evaluation, report
     python train.py --quick              # the same, shrunk to about 20 seconds on 2 CPU cores
                                          # (used by the tests)
+    torchrun --standalone --nproc_per_node 2 train.py --quick   # two processes (GPUs, or CPUs with gloo)
     accelerate launch train.py --config configs/voxceleb2_wavlm_large.yaml      # a recipe
     accelerate launch train.py --config configs/voxceleb/stage1_frozen.yaml --output-dir runs/x --set optim.lr=5e-4
 
@@ -38,9 +39,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from mlsv.config import ConfigError, load_config
+    from mlsv.launch import set_up_processes
     from mlsv.recipe import is_recipe, load_recipe, run_recipe
 
     try:
+        set_up_processes()  # first: under torchrun on CPUs, each process must know the others
         if is_recipe(args.config):
             recipe = load_recipe(args.config, output_dir=args.output_dir, quick=args.quick,
                                  overrides=args.overrides)

@@ -328,10 +328,10 @@ def run_recipe(recipe: Recipe, *, only: list[str] | None = None) -> dict:
                 check_same_run(_stage_config(recipe, step)[0], out)
             else:
                 _check_same_step(step, out)
-            log.info("step %s: complete, skipped", step.name)
+            _log_main("step %s: complete, skipped", step.name)
             continue
         t0 = time.time()
-        log.info("step %s (%s)", step.name, step.kind)
+        _log_main("step %s (%s)", step.name, step.kind)
         if step.kind == "train":
             check_evaluations(recipe, index, only)
         if step.kind == "prepare":
@@ -406,6 +406,14 @@ def check_evaluations(recipe: Recipe, index: int, only: list[str] | None = None)
                 if not Path(path).exists():
                     raise ConfigError(f"{recipe.path}: step {later.name!r}: {key} {path} not found (checked before "
                                       "training, which would otherwise run first)")
+
+
+def _log_main(message: str, *args) -> None:
+    """Logs on the main process only: the other processes of a launch run the same steps."""
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        log.info(message, *args)
 
 
 def _on_main_process(fn, *args):

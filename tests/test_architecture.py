@@ -25,7 +25,7 @@ LAYERS = [
     ("train", ["mlsv.train"]),
     ("inference", ["mlsv.inference"]),
     ("publish", ["mlsv.publish"]),
-    ("edges", ["mlsv.recipe", "mlsv.api", "mlsv.cli", "mlsv.commands", "mlsv.__main__", "mlsv"]),
+    ("edges", ["mlsv.recipe", "mlsv.launch", "mlsv.api", "mlsv.cli", "mlsv.commands", "mlsv.__main__", "mlsv"]),
 ]
 # Exceptions to "the layers below": layers that must not see some layer below them.
 FORBIDDEN = {
