@@ -261,3 +261,232 @@ def test_a_card_shows_only_the_metrics_the_model_records(tmp_path):
                  "--results", str(run / "results.json")]) == 0
     assert table_rows((out / "README.md").read_text()) == [f"{system} / {row}" for system in ("LAP", "SUPERB")
                                                            for row in own_rows]
+
+
+# ------------------------------------------------------------------------------------------------
+# only the model folder's own files are published
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "model.onnx.json", "modeling_mlsv.py", "preprocessor_config.json",
+                                  "config.json"])
+def test_a_file_linking_outside_the_model_folder_is_refused(tmp_path, capsys, name):
+    """``ln -s ~/secret.txt MODEL/model.onnx`` must not put the secret into the publish folder: any file
+    the folder is built from that resolves outside the model folder is refused, naming it and its target."""
+    model = save_tiny(tmp_path / "model")
+    secret = tmp_path / "home" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("SECRET-VALUE-1234\n")
+    link = model / name
+    link.unlink(missing_ok=True)
+    link.symlink_to(secret)
+    out = tmp_path / "publish"
+    capsys.readouterr()
+    assert main(["--model", str(model), "--repo-id", "me/tiny", "--dry-run", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("push_to_hub.py: error: ") and str(link) in err and str(secret) in err
+    assert "outside the model folder" in err
+    published = [p for p in tmp_path.rglob("*") if p.is_file() and "home" not in p.parts and "model" not in p.parts]
+    assert not any(b"SECRET-VALUE" in p.read_bytes() for p in published)
+    assert not out.exists()
+
+    # a chain of links that ends outside is the same; a dangling link outside too
+    hop = model / "inside-hop"
+    hop.symlink_to(secret)
+    link.unlink()
+    link.symlink_to("inside-hop")
+    assert main(["--model", str(model), "--repo-id", "me/tiny", "--dry-run", str(out)]) == 2
+    assert str(link) in capsys.readouterr().err and not out.exists()
+
+
+def test_links_inside_the_model_folder_are_published_and_shards_outside_refused(tmp_path, capsys):
+    """A link that stays inside the model folder is allowed (its content is published as a file); a
+    weights index naming a shard outside the folder is refused."""
+    model = save_tiny(tmp_path / "model")
+    (model / "weights").mkdir()
+    (model / "model.safetensors").replace(model / "weights" / "v1.safetensors")
+    (model / "model.safetensors").symlink_to(os.path.join("weights", "v1.safetensors"))
+    out = tmp_path / "publish"
+    assert main(["--model", str(model), "--repo-id", "me/tiny", "--dry-run", str(out)]) == 0
+    assert (out / "model.safetensors").is_file() and not (out / "model.safetensors").is_symlink()
+
+    # sharded weights: the index names a shard (any name) that links outside
+    shard = tmp_path / "elsewhere" / "weights.safetensors"
+    shard.parent.mkdir()
+    (model / "weights" / "v1.safetensors").replace(shard)
+    (model / "model.safetensors").unlink()
+    (model / "part.safetensors").symlink_to(shard)
+    from safetensors import safe_open
+
+    with safe_open(str(shard), framework="pt") as f:
+        index = {"metadata": {}, "weight_map": {k: "part.safetensors" for k in f.keys()}}
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    capsys.readouterr()
+    assert main(["--model", str(model), "--repo-id", "me/tiny", "--dry-run", str(tmp_path / "p2")]) == 2
+    err = capsys.readouterr().err
+    assert str(model / "part.safetensors") in err and str(shard) in err and "model.safetensors.index.json" in err
+    assert "outside the model folder" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "p2").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# the card's "transformers only" snippet decides as mlsv does
+
+
+SR = 16000
+
+
+def _voice(seconds: float, f0: float, seed: int) -> np.ndarray:
+    """A speech-like signal: a harmonic tone with a syllable-rate envelope and a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    x = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6)) / k for k in range(1, 8))
+    env = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(3, 5) * t) ** 2
+    return (0.2 * x * env + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def _manifest(path, speakers: dict[str, float], per_speaker: int, seed: int) -> list[str]:
+    """WAV files beside ``path`` (``per_speaker`` of each speaker, at its pitch) and their manifest; the ids."""
+    import soundfile as sf
+
+    rows = []
+    for s, (speaker, f0) in enumerate(speakers.items()):
+        for u in range(per_speaker):
+            uid = f"{speaker}_{u}"
+            wav = path.parent / f"{uid}.wav"
+            x = _voice(0.5 + 0.1 * u, f0 * (1 + 0.02 * u), seed=seed + 10 * s + u)
+            sf.write(wav, x, SR, subtype="FLOAT")
+            rows.append({"id": uid, "path": str(wav), "speaker": speaker, "duration": len(x) / SR,
+                         "sample_rate": SR})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return [r["id"] for r in rows]
+
+
+def _trials(path, ids: list[str]):
+    lines = [f"{int(a.split('_')[0] == b.split('_')[0])} {a} {b}" for i, a in enumerate(ids) for b in ids[i + 1:]]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _transformers_only(card: str) -> tuple[str, str]:
+    """The card's "transformers only" part (up to the next heading) and its python code block."""
+    part = card[card.index("with transformers only"):]
+    part = part[:part.index("\n## ")] if "\n## " in part else part
+    code = part.split("```python\n", 1)[1].split("\n```", 1)[0]
+    return part, code
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """A tiny model evaluated as ``mlsv evaluate`` does: AS-norm cohort and calibration stored, the threshold on
+    the calibrated scale, and every scale's score statistics from held-out threshold trials."""
+    from mlsv.inference.evaluation import evaluate_model
+
+    root = tmp_path_factory.mktemp("evaluated")
+    model = saved_tiny_model(root / "model", seed=4)
+    (root / "test").mkdir()
+    (root / "cohort").mkdir()
+    ids = _manifest(root / "test" / "m.jsonl", {"a": 110.0, "b": 160.0, "c": 230.0}, 3, seed=1)
+    _manifest(root / "cohort" / "m.jsonl", {f"co{i}": 100.0 + 25 * i for i in range(6)}, 2, seed=100)
+    evaluate_model(model, manifest=str(root / "test" / "m.jsonl"),
+                   trials=[str(_trials(root / "test" / "list.txt", ids[::2]))], out_dir=root / "ev",
+                   cohort=str(root / "cohort" / "m.jsonl"), top_k=4, calibration_pairs=200, device="cpu",
+                   plots=False, threshold_trials=str(_trials(root / "test" / "heldout.txt", ids)))
+    return root, root / "ev" / "model", [str(root / "test" / f"{u}.wav") for u in ids]
+
+
+def test_the_transformers_only_snippet_decides_as_mlsv_on_the_cosine_scale(evaluated, tmp_path):
+    """Run as the card gives it, where mlsv cannot be imported, the snippet's decision on each pair is the
+    Verifier's on the cosine scale; the card says which scale that is and how it relates to mlsv verify
+    (which scores this model with its stored cohort and calibration)."""
+    from mlsv.api import Verifier
+    from mlsv.publish.hub import build_publish_folder
+
+    _, model_dir, wavs = evaluated
+    out = build_publish_folder(model_dir, tmp_path / "publish", repo_id="me/tiny")
+    card = (out / "README.md").read_text()
+    part, code = _transformers_only(card)
+    config = json.loads((model_dir / "config.json").read_text())
+    cosine_threshold = config["evaluation"]["score_statistics"]["cosine"]["eer_threshold"]
+    assert config["evaluation"]["threshold_scale"] == "calibrated" and config["threshold"] != cosine_threshold
+    assert "model.config.threshold" not in code and "cfg.threshold" not in code  # the calibrated one
+    assert "cosine scale" in part and "use_stored_cohort=False" in part and "mlsv verify" in part
+    assert "calibrated" in part  # what mlsv verify scores this model on
+
+    cosine = Verifier.from_pretrained(model_dir, use_stored_cohort=False)
+    assert cosine.score_scale == "cosine" and Verifier.from_pretrained(model_dir).score_scale == "calibrated"
+    assert cosine.threshold().value == cosine_threshold
+    pairs, expected = [], []
+    for i, a in enumerate(wavs):
+        for b in wavs[i + 1:]:
+            r = cosine.verify(a, b)
+            if abs(r.score - r.threshold) > 1e-4:  # embedding alone or in a padded batch: float rounding
+                pairs.append((a, b))
+                expected.append((r.decision, r.score))
+    assert sum(d for d, _ in expected) >= 2 and sum(not d for d, _ in expected) >= 2, expected
+    keep = [i for i, (d, _) in enumerate(expected) if d][:6] + [i for i, (d, _) in enumerate(expected) if not d][:6]
+    pairs, expected = [pairs[i] for i in keep], [expected[i] for i in keep]
+
+    assert code.count('"me/tiny"') == 1 and code.count('"enroll.wav"') == 1 and code.count('"test.wav"') == 1
+    (tmp_path / "snippet.py").write_text(code.replace('"me/tiny"', repr(str(out))))
+    (tmp_path / "pairs.json").write_text(json.dumps(pairs))
+    runner = textwrap.dedent("""
+        import contextlib, io, json, sys
+        sys.modules["mlsv"] = None  # any import of mlsv fails
+        code = open(sys.argv[1]).read()
+        printed = []
+        for a, b in json.load(open(sys.argv[2])):
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                exec(compile(code.replace('"enroll.wav"', repr(a)).replace('"test.wav"', repr(b)), "card", "exec"),
+                     {"__name__": "__main__"})
+            printed.append(buf.getvalue())
+        print(json.dumps(printed))
+    """)
+    (tmp_path / "run.py").write_text(runner)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    proc = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "snippet.py"),
+                           str(tmp_path / "pairs.json")], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = json.loads(proc.stdout.strip().splitlines()[-1])
+    for (a, b), text, (decision, score) in zip(pairs, printed, expected):
+        said = {"same speaker" in text, "different speakers" in text}
+        assert said == {True, False}, text
+        assert ("same speaker" in text) == decision, (a, b, text, score)
+        assert f"score {score:.4f}" in text or f"score {score + 1e-5:.4f}" in text or \
+            f"score {score - 1e-5:.4f}" in text, (text, score)
+
+
+def test_the_card_gives_no_cosine_decision_without_a_cosine_threshold(evaluated, tmp_path):
+    """A model whose only threshold is on the calibrated scale (evaluated with a cohort, no held-out
+    threshold trials): the snippet scores, the card says plainly that it has no cosine threshold and
+    points to mlsv, instead of comparing a cosine with a calibrated threshold."""
+    from mlsv.inference.scorer import Scorer
+    from mlsv.models import MLSVConfig
+
+    _, model_dir, _ = evaluated
+    config = MLSVConfig.from_pretrained(model_dir)
+    config.evaluation = {k: v for k, v in config.evaluation.items() if k != "score_statistics"}
+    with pytest.raises(ValueError, match="no decision threshold for cosine"):
+        Scorer(config).threshold(scale="cosine")
+    part, code = _transformers_only(build_model_card(config, repo_id="me/tiny"))
+    assert ">=" not in code and "config.threshold" not in code
+    assert "no decision threshold for cosine scores" in part and "mlsv verify" in part
+
+    # a model whose stored threshold is on the cosine scale (no calibration) decides with it
+    config = MLSVConfig.from_pretrained(model_dir)
+    config.evaluation, config.calibration, config.threshold = None, None, 0.25
+    assert Scorer(config).threshold(scale="cosine").value == 0.25
+    part, code = _transformers_only(build_model_card(config, repo_id="me/tiny"))
+    assert "score >= threshold" in code and "threshold = cfg.threshold" in code
+
+
+def test_the_card_does_not_claim_mlsv_is_on_a_package_index(run_dir):
+    from mlsv.models import MLSVConfig
+
+    card = build_model_card(MLSVConfig.from_pretrained(run_dir / "model"), repo_id="a/b")
+    assert "pip install mlsv" not in card
+    assert "pip install -e ." in card and "repository" in card

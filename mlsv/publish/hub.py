@@ -8,9 +8,10 @@ The folder holds ``config.json``, ``model.safetensors``, ``preprocessor_config.j
 export when the model folder has one (refused when its report says it came from other weights), and a
 ``README.md`` model card with YAML metadata and the model's evaluation table: the metrics it records
 in its own config (``mlsv evaluate`` stores every score scale's), never another model's (a training
-stage's model has none), or a results file given explicitly. The upload is one commit through
-``huggingface_hub``; the token comes from ``huggingface-cli login`` / ``hf auth login`` or ``HF_TOKEN``
-and is never written anywhere.
+stage's model has none), or a results file given explicitly. Only the model folder's own files are
+published: a file that is a link to (or otherwise resolves to) a place outside it is refused. The upload
+is one commit through ``huggingface_hub``; the token comes from ``huggingface-cli login`` /
+``hf auth login`` or ``HF_TOKEN`` and is never written anywhere.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 
 import mlsv.models
 from mlsv.inference.export import WEIGHTS_NAME, check_export_weights, weights_fingerprint
+from mlsv.inference.scorer import Scorer
 from mlsv.models.loading import load_model
 from mlsv.scoring.pipeline import STAGES
 from mlsv.scoring.record import EvaluationRecord
@@ -220,7 +222,8 @@ def _card_usage(config, repo_id: str, has_onnx: bool) -> list[str]:
     lines: list[str] = []
     lines += [
         "## How to use", "",
-        "With mlsv (`pip install mlsv`): embeddings, scores and decisions, any sample rate or channel count.", "",
+        "With mlsv (not on a package index yet: install it from its source repository, `pip install -e .` in a "
+        "clone): embeddings, scores and decisions, any sample rate or channel count.", "",
         "```python",
         "from mlsv.api import Verifier",
         "",
@@ -230,20 +233,9 @@ def _card_usage(config, repo_id: str, has_onnx: bool) -> list[str]:
         'emb = verifier.embed(["a.wav", "b.wav"])  # (2, E)',
         "```", "",
         "From the command line: `mlsv verify --model " + repo_id + " a.wav b.wav` and "
-        "`mlsv embed --model " + repo_id + " FILES... --out emb.npz`.", "",
-        "Without mlsv, with transformers only (the model code ships with the weights):", "",
-        "```python",
-        "import numpy as np, soundfile as sf, torch",
-        "from transformers import AutoModel",
-        "",
-        f'model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True).eval()',
-        f'wav, sr = sf.read("a.wav", dtype="float32")  # mono, {config.sampling_rate} Hz',
-        "x = torch.from_numpy(wav)[None]",
-        "with torch.no_grad():",
-        "    emb = model(x, attention_mask=torch.ones_like(x, dtype=torch.long)).embeddings[0]",
-        "mean = torch.tensor(model.config.training_mean or [0.0] * emb.numel())",
-        "# score = cosine(emb_a - mean, emb_b - mean); same speaker when score >= model.config.threshold",
-        "```", "",
+        "`mlsv embed --model " + repo_id + " FILES... --out emb.npz`.", ""]
+    lines += _card_transformers_only(config, repo_id)
+    lines += [
         "Batches may be padded: pass `attention_mask` (1 for real samples); padding does not change an "
         "embedding.", ""]
     if has_onnx:
@@ -251,6 +243,114 @@ def _card_usage(config, repo_id: str, has_onnx: bool) -> list[str]:
                   "int64 (B, S), output `embeddings`) runs with onnxruntime: "
                   f'`Verifier.from_pretrained("{repo_id}", runtime="onnx")`. `model.onnx.json` records its '
                   "parity with PyTorch and a fingerprint of the weights it was exported from.", ""]
+    return lines
+
+
+#: How the score scales mlsv decides on are made, in words (for the card).
+_SCALE_WORDS = {"asnorm": "AS-norm against the cohort stored with the weights",
+                "calibrated": "AS-norm against the cohort stored with the weights, then the stored calibration to "
+                              "a log-likelihood ratio"}
+
+
+def _card_transformers_only(config, repo_id: str) -> list[str]:
+    """The "transformers only" part: the embedding and the cosine score as mlsv computes them, and a decision
+    only against a threshold on that same scale: the one mlsv's Verifier uses without a cohort
+    (``Scorer.threshold(scale="cosine")``), never a threshold of the AS-norm or calibrated scale."""
+    record = EvaluationRecord.from_config(config)
+    try:  # no cohort: the cosine scale, with the mean and threshold mlsv uses on it
+        scorer: Scorer | None = Scorer(config)
+    except (ValueError, KeyError, TypeError):  # a calibration mlsv cannot read: no threshold from it either
+        scorer = None
+    try:
+        threshold = scorer.threshold(scale="cosine") if scorer is not None else None
+    except ValueError:
+        threshold = None
+    stats = record.statistics("cosine")
+    if threshold is None:
+        threshold_line = None
+    elif stats is not None and threshold.value == stats.eer_threshold:
+        threshold_line = 'threshold = cfg.evaluation["score_statistics"]["cosine"]["eer_threshold"]  # cosine scale'
+    elif record.threshold is not None and threshold.value == record.threshold:
+        threshold_line = "threshold = cfg.threshold  # on the cosine scale for this model"
+    else:
+        threshold_line = f"threshold = {threshold.value!r}  # cosine scale"
+    if config.training_mean is not None:
+        mean_line = "mean = torch.tensor(cfg.training_mean)  # subtracted before scoring"
+    elif scorer is not None and scorer.mean is not None:  # the mean stored with the calibration only
+        mean_line = 'mean = torch.tensor(cfg.calibration["info"]["mean"])  # subtracted before scoring'
+    else:
+        mean_line = "mean = 0.0  # this model stores no mean: plain cosine"
+    code = [
+        "```python",
+        "import soundfile as sf, torch",
+        "from transformers import AutoModel",
+        "",
+        f'model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True).eval()',
+        "cfg = model.config",
+        mean_line]
+    if threshold_line:
+        code.append(threshold_line)
+    code += [
+        "",
+        "",
+        "def embed(path):",
+        '    wav, sr = sf.read(path, dtype="float32")',
+        "    if wav.ndim > 1:",
+        "        wav = wav.mean(axis=1)  # mono",
+        "    if sr != cfg.sampling_rate:",
+        '        raise ValueError(f"{path}: {sr} Hz; resample it to {cfg.sampling_rate} Hz first")',
+        "    x = torch.from_numpy(wav)[None]",
+        "    with torch.no_grad():",
+        "        emb = model(x, attention_mask=torch.ones_like(x, dtype=torch.long)).embeddings[0]",
+        "    return (emb - mean).double()",
+        "",
+        "",
+        'a, b = embed("enroll.wav"), embed("test.wav")',
+        "score = float(a @ b / (a.norm() * b.norm()))  # cosine after subtracting the mean"]
+    if threshold_line:
+        code += ['same = score >= threshold',
+                 'print(f"score {score:.4f}, threshold {threshold:.4f}:", '
+                 '"same speaker" if same else "different speakers")']
+    else:
+        code += ['print(f"score {score:.4f} (cosine)")']
+    code += ["```", ""]
+
+    n_cohort = int(getattr(config, "cohort_size", 0) or 0)
+    mlsv_scale = ("calibrated" if record.calibration else "asnorm") if n_cohort else "cosine"
+    lines = ["Without mlsv, with transformers only (the model code ships with the weights): the embedding and "
+             "the score mlsv computes on the cosine scale, the cosine similarity of the two embeddings after "
+             "subtracting the model's mean.", "", *code]
+    if threshold is not None:
+        where = f"{threshold.value:.4f}, {threshold.source}"
+        if mlsv_scale == "cosine":
+            lines += [f"It decides on the cosine scale at the model's cosine threshold ({where}), as mlsv does "
+                      f"for this model: the decision of `mlsv verify --model {repo_id} enroll.wav test.wav` "
+                      "(without `--cohort`) and of the Verifier above, for recordings at the model's sample rate.",
+                      ""]
+        else:
+            thr_scale = record.default_threshold_scale
+            lines += [f"It decides on the cosine scale at the model's cosine threshold ({where}): the decision of "
+                      f'`Verifier.from_pretrained("{repo_id}", use_stored_cohort=False).verify("enroll.wav", '
+                      '"test.wav")`. `mlsv verify` and the Verifier by default score this model on the '
+                      f"{mlsv_scale} scale instead ({_SCALE_WORDS[mlsv_scale]}) with a threshold on that scale; "
+                      "their decisions can differ from this one, so for those decisions use mlsv. "
+                      + (f"Do not compare the cosine with `model.config.threshold`: it is on the {thr_scale} "
+                         "scale." if record.threshold is not None and thr_scale != "cosine" else ""), ""]
+    else:
+        if record.threshold is not None:
+            thr_scale = record.default_threshold_scale
+            have = (f"its threshold ({record.threshold:.4f}, `model.config.threshold`) is on the {thr_scale} "
+                    f"scale ({_SCALE_WORDS.get(thr_scale, thr_scale)}), which only mlsv applies; comparing the "
+                    "cosine with it gives wrong decisions")
+        else:
+            have = "it was not evaluated with held-out threshold trials (`mlsv evaluate --threshold-trials`)"
+        if mlsv_scale != "cosine":
+            advice = (f"For decisions use mlsv (`mlsv verify --model {repo_id} enroll.wav test.wav`, or the "
+                      f"Verifier above, which score on the {mlsv_scale} scale), or choose a cosine threshold on "
+                      "trials of your own.")
+        else:
+            advice = "Choose a cosine threshold on trials of your own (`mlsv verify --threshold` takes one too)."
+        lines += [f"This model stores no decision threshold for cosine scores: {have}. {advice}", ""]
     return lines
 
 
@@ -297,7 +397,8 @@ def build_publish_folder(model_dir: str | os.PathLike, out: str | os.PathLike, *
     ``trust_remote_code`` and the ``auto_map`` entries; the ONNX export is copied when present, after
     checking that its report (``model.onnx.json``) records the model's weights: an export made before
     the weights changed raises :class:`mlsv.inference.export.StaleExportError` (a ValueError) naming the
-    re-export command.
+    re-export command. A file it is built from that resolves outside the model folder (a symbolic link to
+    elsewhere) raises ValueError naming the file and its target; links inside the folder are followed.
 
     Args:
         model_dir: the trained model folder.
@@ -316,6 +417,7 @@ def build_publish_folder(model_dir: str | os.PathLike, out: str | os.PathLike, *
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir}: not a model folder (no config.json); give the folder "
                                 "save_pretrained wrote (e.g. runs/NAME/model)")
+    _check_files_inside(model_dir)
     out = Path(out)
     _check_publish_target(out, model_dir, overwrite=overwrite)
     model = load_model(model_dir)
@@ -363,6 +465,49 @@ def _is_publish_file(name: str) -> bool:
     return (name in {"config.json", "model.safetensors", "model.safetensors.index.json",
                      "preprocessor_config.json", "README.md", *EXTRA_FILES, *code}
             or _SHARD.fullmatch(name) is not None)
+
+
+def _check_files_inside(model_dir: Path) -> None:
+    """Refuses (ValueError) a file the publish folder is built from that resolves outside the model folder.
+
+    The files are the model folder's publish files (weights and their shards, configs, model code, the
+    ONNX export and its report; not its README.md, which is written anew) and the shards its weights
+    index names. A symbolic link to elsewhere (``ln -s ~/secret.txt MODEL/model.onnx``), a chain of
+    links ending there or an index entry with ``..`` would publish a file from outside the folder: the
+    error names the file and where it points. Links that stay inside the folder are allowed.
+    """
+    root = model_dir.resolve()
+    paths = [p for p in sorted(model_dir.iterdir()) if p.name != "README.md" and _is_publish_file(p.name)]
+    index = model_dir / "model.safetensors.index.json"
+    named_by: dict[Path, Path] = {}
+    if index.is_file() and _inside(index, root):
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map") or {}
+            shards = sorted({str(v) for v in weight_map.values()} if isinstance(weight_map, Mapping) else ())
+        except (OSError, ValueError, AttributeError):
+            shards = []  # the loader names a broken index
+        for name in shards:
+            named_by[model_dir / name] = index
+        paths += [p for p in named_by if p not in paths]
+    for path in paths:
+        if _inside(path, root):
+            continue
+        where = f" (named by {named_by[path]})" if path in named_by else ""
+        try:
+            target = path.resolve()
+        except (OSError, RuntimeError):
+            raise ValueError(f"{path}{where} is a loop of symbolic links; publish a folder of real files") from None
+        how = "is a symbolic link to" if path.is_symlink() else "resolves to"
+        raise ValueError(f"{path}{where} {how} {target}, outside the model folder {root}: only the model folder's "
+                         "own files are published; copy the file into the folder instead of linking it")
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path``, its links followed, lies in the folder ``root`` (already resolved)."""
+    try:
+        return path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a loop of links
+        return False
 
 
 def _check_publish_target(out: Path, model_dir: Path, *, overwrite: bool) -> None:
