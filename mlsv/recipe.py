@@ -30,6 +30,7 @@ import operator
 import time
 import types
 import typing
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from mlsv.cli import build_parser
 from mlsv.config import ConfigError, check_type, load_config, load_yaml_file, nearest, parse_override
 from mlsv.data.synthetic import corpus_baseline, make_synthetic_corpus
 from mlsv.inference.evaluation import evaluate_model, write_run_report
+from mlsv.locks import FolderLock
 from mlsv.train.loop import check_same_run, run_stage
 
 log = logging.getLogger("mlsv.recipe")
@@ -316,6 +318,13 @@ def run_recipe(recipe: Recipe, *, only: list[str] | None = None) -> dict:
     if unknown:
         raise ConfigError(f"{recipe.path}: no step named {', '.join(map(repr, unknown))}; the steps are "
                           f"{', '.join(step.name for step in recipe.steps)}")
+    from accelerate import PartialState
+
+    with FolderLock(recipe.output_dir, "train.py") if PartialState().is_main_process else nullcontext():
+        return _run_steps(recipe, only)
+
+
+def _run_steps(recipe: Recipe, only: list[str] | None) -> dict:
     recipe.output_dir.mkdir(parents=True, exist_ok=True)
     result: dict = {}
     for index, step in enumerate(recipe.steps):

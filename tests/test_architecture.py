@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mlsv"
 
 # Lowest first. A module may import modules of its own layer and of the layers below it, nothing above.
 LAYERS = [
+    ("files", ["mlsv.locks"]),  # output folders one process writes at a time: any layer that writes runs
     ("config", ["mlsv.config"]),
     ("data", ["mlsv.data"]),
     ("models", ["mlsv.models"]),

@@ -26,6 +26,7 @@ from mlsv.data.loader import build_eval_loader
 from mlsv.data.manifest import has_audio, iter_rows, manifest_root, resolve_path
 from mlsv.data.trials import check_trial_ids, read_trials
 from mlsv.inference.export import weights_fingerprint
+from mlsv.locks import FolderLock
 from mlsv.models.loading import check_device, load_model, min_samples
 from mlsv.models.runtime import autocast_dtype
 from mlsv.scoring.backend import cohort_from_table, embedding_mean
@@ -200,8 +201,19 @@ def evaluate_model(model_dir: str | Path, *, manifest: str, trials: list[str], o
     trial_lists = [read_trials(t) for t in trials]
     _check_before_embedding(manifest, trial_lists, cohort, top_k=top_k, calibration_pairs=calibration_pairs,
                             threshold=(threshold_manifest or manifest, threshold_trials) if threshold_trials else None)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with FolderLock(out_dir, "mlsv evaluate"):
+        return _evaluate(model_dir, manifest=manifest, trial_lists=trial_lists, out=Path(out_dir), cohort=cohort,
+                         top_k=top_k, calibration_pairs=calibration_pairs, batch_seconds=batch_seconds,
+                         chunk_seconds=chunk_seconds, device=dev, plots=plots,
+                         threshold_manifest=threshold_manifest, threshold_trials=threshold_trials,
+                         precision=precision)
+
+
+def _evaluate(model_dir, *, manifest: str, trial_lists: list, out: Path, cohort: str | None, top_k: int,
+              calibration_pairs: int, batch_seconds: float, chunk_seconds: float, device: torch.device,
+              plots: bool, threshold_manifest: str | None, threshold_trials: str | None, precision: str) -> dict:
+    """``evaluate_model``'s work, its arguments checked and the output folder locked."""
+    dev = device
     model = load_model(model_dir)
     embed = _Embeddings(model, _model_fingerprint(model), out, precision=precision, chunk_seconds=chunk_seconds,
                         batch_seconds=batch_seconds, device=dev)
