@@ -22,6 +22,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _printable(text: str) -> str:
+    """``text`` with the bytes of a file name that is not UTF-8 (held as surrogates) written as ``\\xNN``: the
+    same rule as ``mlsv.data.audio.printable``, here so that the parser imports no numpy."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that stands for no byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -40,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.func(args)
     except (OSError, KeyError, ValueError) as e:  # FileNotFoundError, IsADirectoryError, ... are OSErrors
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"mlsv {args.command}: error: {msg}", file=sys.stderr)
+        print(f"mlsv {args.command}: error: {_printable(str(msg))}", file=sys.stderr)
         return 2
     return int(rc or 0)
 

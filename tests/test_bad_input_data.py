@@ -221,3 +221,155 @@ def test_a_header_sample_rate_outside_audio_rates_is_a_bad_file(tmp_path, capsys
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["path"] for r in rows] == ["spk1/good.wav"]
     assert "sample rate 1 Hz" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 10. links and file names in `mlsv prepare folder`; a file name that is not UTF-8 in `mlsv verify`
+
+
+def _latin1_name(folder, name: bytes):
+    """``folder / name`` for a name in Latin-1 (not UTF-8), as Python holds it: surrogate-escaped."""
+    import os
+
+    return folder / os.fsdecode(name)
+
+
+def _write_wav_bytes_path(path, x):
+    """A WAV at ``path`` even when its name is not UTF-8 (soundfile refuses such a str, not its bytes)."""
+    import os
+
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(os.fsencode(path), x, 16000, subtype="PCM_16")
+    return path
+
+
+def test_prepare_folder_lists_link_loops_and_dangling_links_and_goes_on(tmp_path, capsys):
+    import os
+
+    from mlsv.data.prepare import prepare_folder
+
+    root = tmp_path / "root"
+    write_wav(root / "spk1" / "good.wav", tone(0.5))
+    write_wav(root / "spk2" / "good.wav", tone(0.5, 300))
+    os.symlink("loop.wav", root / "spk1" / "loop.wav")  # a link to itself
+    os.symlink("b.wav", root / "spk2" / "a.wav")  # two links to each other
+    os.symlink("a.wav", root / "spk2" / "b.wav")
+    os.symlink("missing.wav", root / "spk2" / "dangling.wav")
+    out = tmp_path / "out" / "m.jsonl"
+    result = prepare_folder(root, out, progress=False)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["spk1/good.wav", "spk2/good.wav"]
+    loop = "symbolic link loop (a link that leads back to itself): remove or fix the link"
+    assert result.bad == [f"{root / 'spk1' / 'loop.wav'}: {loop}", f"{root / 'spk2' / 'a.wav'}: {loop}",
+                          f"{root / 'spk2' / 'b.wav'}: {loop}",
+                          f"{root / 'spk2' / 'dangling.wav'}: dangling link to missing.wav (no such file): "
+                          "remove or fix the link"]
+    assert (tmp_path / "out" / "bad_files.txt").read_text().splitlines() == result.bad
+    assert main(["prepare", "folder", "--root", str(root), "--out", str(out)]) == 0
+    assert f"bad: {root / 'spk2' / 'dangling.wav'}: dangling link to missing.wav" in capsys.readouterr().out
+
+
+def test_prepare_folder_lists_names_not_utf8_as_bad_files_and_writes_a_utf8_manifest(tmp_path, capsys):
+    from mlsv.data.prepare import prepare_folder
+
+    root = tmp_path / "root"
+    write_wav(root / "spk1" / "good.wav", tone(0.5))
+    write_wav(root / "José" / "good.wav", tone(0.5, 300))  # UTF-8 names are kept as they are
+    _write_wav_bytes_path(_latin1_name(root / "spk1", b"caf\xe9.wav"), tone(0.5))
+    _write_wav_bytes_path(_latin1_name(root, b"Jos\xe9") / "u1.wav", tone(0.5))
+    out = tmp_path / "out" / "m.jsonl"
+    result = prepare_folder(root, out, progress=False)
+    rows = [json.loads(line) for line in out.read_bytes().decode("utf-8").splitlines()]
+    assert [r["id"] for r in rows] == ["José/good.wav", "spk1/good.wav"]
+    fix = ("file name is not valid UTF-8 (a manifest is UTF-8 text): rename it "
+           "(e.g. convmv -f latin1 -t utf-8)")
+    assert result.bad == [f"{root}/Jos\\xe9/u1.wav: {fix}", f"{root}/spk1/caf\\xe9.wav: {fix}"]
+    assert (tmp_path / "out" / "bad_files.txt").read_bytes().decode("utf-8").splitlines() == result.bad
+    assert main(["prepare", "folder", "--root", str(root), "--out", str(out)]) == 0
+    assert f"bad: {root}/spk1/caf\\xe9.wav: {fix}" in capsys.readouterr().out
+
+
+def test_verify_cli_reads_a_file_named_in_latin1_and_names_it_readably(tmp_path, capsys):
+    from conftest import saved_tiny_model
+
+    model = str(saved_tiny_model(tmp_path / "model"))
+    a = write_wav(tmp_path / "a.wav", tone(1.0))
+    b = _write_wav_bytes_path(_latin1_name(tmp_path, b"caf\xe9.wav"), tone(1.0, 300))
+    readable = f"{tmp_path}/caf\\xe9.wav"
+    capsys.readouterr()
+    assert main(["verify", "--model", model, str(a), str(b), "--threshold", "0.5"]) == 0
+    assert "decision" in capsys.readouterr().out
+    assert main(["verify", "--model", model, str(a), str(b), "--threshold", "0.5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["b"] == readable
+    assert main(["verify", "--model", model, str(a), str(b), "--threshold", "0.5", "--window", "0.5"]) == 0
+    assert "speaks in caf\\xe9.wav: " in capsys.readouterr().out
+    bad = _latin1_name(tmp_path, b"d\xe9j\xe0.wav")  # not audio: the error names it, readably, on one line
+    bad.write_bytes(b"not audio at all")
+    assert main(["verify", "--model", model, str(a), str(bad), "--threshold", "0.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"mlsv verify: error: {tmp_path}/d\\xe9j\\xe0.wav: not decodable audio")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 11. manifest numbers and ids are checked where manifests are loaded
+
+
+BAD_VALUES = [
+    ("sample_rate", 0, "sample_rate 0 Hz is outside 4000-384000 Hz"),
+    ("sample_rate", 1_000_000, "sample_rate 1000000 Hz is outside 4000-384000 Hz"),
+    ("sample_rate", 16000.5, "sample_rate 16000.5 is not a whole number of Hz"),
+    ("duration", 1e308, r"duration 1e\+308 s is over 24 hours \(86400 s\): not one utterance"),
+    ("duration", float("nan"), "duration nan is not a finite number of seconds"),
+    ("duration", float("inf"), "duration inf is not a finite number of seconds"),
+    ("duration", -1.0, r"zero or negative duration -1\.0"),
+    ("duration", 0, "zero or negative duration 0"),
+    ("id", "a b", "id 'a b' holds whitespace"),
+    ("id", "a\tb", r"id 'a\\tb' holds whitespace"),
+]
+
+
+@pytest.mark.parametrize("field, value, message", BAD_VALUES)
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_bad_manifest_numbers_and_ids_name_the_line_and_field(tmp_path, field, value, message, suffix):
+    from mlsv.data.loader import build_eval_loader
+
+    rows = _rows()
+    for row in rows:
+        write_wav(tmp_path / row["path"], tone(1.0))
+    rows[1][field] = value
+    path = write_manifest(rows, tmp_path / f"m{suffix}")
+    where = f"^{path}:2: {message}"
+    for streaming in (False, True):
+        with pytest.raises(ManifestError, match=where):
+            load_manifest(path, streaming=streaming, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ManifestError, match=where):
+        build_eval_loader(path, batch_seconds=10.0)
+    with pytest.raises(ManifestError, match=f"{path}:2: (u1: )?{message}"):
+        validate(path)
+
+
+def test_good_manifest_numbers_still_load(tmp_path):
+    rows = _rows()
+    rows[0].update(sample_rate=16000.0, duration=86400)  # a whole-number float rate; exactly 24 hours
+    rows[1].update(sample_rate=4000, id="u1-ü")
+    rows[2].update(sample_rate=384000, duration=1e-3)
+    for suffix in (".jsonl", ".parquet"):
+        path = write_manifest(rows, tmp_path / f"m{suffix}")
+        assert load_manifest(path, cache_dir=str(tmp_path / "cache"))["id"] == ["u0", "u1-ü", "u2"]
+
+
+def test_embed_cli_names_the_line_of_a_nan_duration(tmp_path, capsys):
+    from conftest import saved_tiny_model
+
+    model = str(saved_tiny_model(tmp_path / "model"))
+    rows = _rows()
+    for row in rows:
+        write_wav(tmp_path / row["path"], tone(1.0))
+    rows[2]["duration"] = float("nan")
+    path = write_manifest(rows, tmp_path / "nan.jsonl")
+    assert main(["embed", "--model", model, "--manifest", str(path), "--out", str(tmp_path / "o.npz"),
+                 "--num-workers", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"mlsv embed: error: {path}:3: duration nan is not a finite number of seconds")

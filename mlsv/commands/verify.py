@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         return _track(verifier, args)
     result = verifier.verify(args.a, args.b, far=args.far, threshold=args.threshold)
     if args.json:
-        print(json.dumps({"a": _names(args.a), "b": str(args.b), **result.to_dict()}, indent=2))
+        print(json.dumps({"a": _names(args.a), "b": _printable(args.b), **result.to_dict()}, indent=2))
     else:
         print(f"score      {result.score:.4f}  ({result.scale})")
         print(f"threshold  {result.threshold:.4f}  ({result.threshold_source})")
@@ -75,17 +75,27 @@ def _track(verifier, args: argparse.Namespace) -> int:
 
     track = verifier.track(args.a, args.b, window=args.window, hop=args.hop, far=args.far, threshold=args.threshold)
     if args.json:
-        print(json.dumps({"a": _names(args.a), "b": str(args.b), **track.to_dict()}, indent=2))
+        print(json.dumps({"a": _names(args.a), "b": _printable(args.b), **track.to_dict()}, indent=2))
         return 0
     print(f"threshold  {track.threshold:.4f}  ({track.scale}; {track.threshold_source})")
     print(f"{'start':>8} {'end':>8} {'score':>9}  decision")
     for a, b, score, same in zip(track.starts, track.ends, track.scores, track.decisions):
         print(f"{a:8.2f} {b:8.2f} {score:9.4f}  {'same speaker' if same else '-'}")
     spans = track.segments()
-    print(f"{' + '.join(a.name for a in args.a)} speaks in {args.b.name}: " + (", ".join(f"{a:.2f}-{b:.2f} s" for a, b in spans) or "nowhere"))
+    enrolled = " + ".join(_printable(a.name) for a in args.a)
+    print(f"{enrolled} speaks in {_printable(args.b.name)}: "
+          + (", ".join(f"{a:.2f}-{b:.2f} s" for a, b in spans) or "nowhere"))
     return 0
 
 
 def _names(paths: list[Path]) -> str | list[str]:
     """The enrolment's path in JSON: one as text (as before several were allowed), several as a list."""
-    return str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]
+    return _printable(paths[0]) if len(paths) == 1 else [_printable(p) for p in paths]
+
+
+def _printable(path: Path | str) -> str:
+    """A path as printed: a name that is not UTF-8 (a Latin-1 ``caf\\xe9.wav``) with its bytes as ``\\xNN``
+    (stdout and JSON take no undecodable bytes)."""
+    from mlsv.data.audio import printable
+
+    return printable(path)

@@ -53,8 +53,25 @@ class MissingDependencyError(AudioError):
     """
 
 
+def printable(text: str | os.PathLike) -> str:
+    """``text`` (a path, or a message naming one) as it can be printed and written as UTF-8: the bytes of a
+    file name that is not UTF-8 (which Python holds as surrogates, e.g. a Latin-1 ``caf\\xe9.wav``) are
+    written as ``\\xNN``. Other text comes back unchanged."""
+    text = os.fspath(text)
+    if isinstance(text, bytes):
+        return text.decode("utf-8", "backslashreplace")
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a lone surrogate that stands for no byte
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _name(source: AudioSource) -> str:
-    return f"<{len(source)} bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+    return f"<{len(source)} bytes>" if isinstance(source, (bytes, bytearray)) else printable(source)
 
 
 def _uses_av(source: AudioSource) -> bool:
@@ -71,15 +88,18 @@ def _check_exists(source: AudioSource) -> None:
         return
     path = Path(source)
     if path.is_dir():
-        raise AudioError(f"{path}: a directory, not an audio file")
+        raise AudioError(f"{_name(path)}: a directory, not an audio file")
     if not path.is_file():
-        raise AudioError(f"{path}: file not found")
+        raise AudioError(f"{_name(path)}: file not found")
     if path.stat().st_size == 0:
-        raise AudioError(f"{path}: empty file (0 bytes)")
+        raise AudioError(f"{_name(path)}: empty file (0 bytes)")
 
 
 def _sf_open(source: AudioSource) -> sf.SoundFile:
     target = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else os.fspath(source)
+    if isinstance(target, str) and os.name != "nt":
+        # the name's own bytes: soundfile encodes a str strictly, which fails for a name that is not UTF-8
+        target = os.fsencode(target)
     try:
         return sf.SoundFile(target)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:

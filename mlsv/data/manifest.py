@@ -9,13 +9,20 @@ simulated) and, in parquet shards, ``"audio"`` (the encoded FLAC bytes, used ins
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
+from mlsv.data.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+
 REQUIRED_COLUMNS = ("id", "path", "speaker", "duration", "sample_rate")
 MANIFEST_SUFFIXES = (".jsonl", ".json", ".parquet")
+#: Longest ``duration`` a row may give (seconds): 24 hours. A longer recording is not one utterance, and a
+#: value beyond it is most often a length in samples or milliseconds (1e308 overflowed the loader).
+MAX_DURATION = 86400.0
 
 
 class ManifestError(ValueError):
@@ -70,6 +77,46 @@ def _scan_utf8(path: Path, block: int = 1 << 24) -> None:
                 lineno = lines + chunk.count(b"\n", 0, start) + 1
                 _decode_line(chunk[start:end if end >= 0 else len(chunk)], f"{path}:{lineno}")
             lines += chunk.count(b"\n")
+
+
+def row_value_errors(row: Mapping[str, Any]) -> dict[str, str]:
+    """What is wrong with a row's ``id``, ``duration`` and ``sample_rate`` values: field -> a message naming
+    it and the fix (for a ``FILE:LINE: `` prefix); empty when nothing is. Missing values and ids that are
+    not strings are the callers' to report.
+
+    An id holds no whitespace (trial lists are whitespace-separated); a duration is a finite number of
+    seconds in (0, ``MAX_DURATION``]; a sample rate a whole number of Hz in [MIN_SAMPLE_RATE,
+    MAX_SAMPLE_RATE].
+    """
+    errors: dict[str, str] = {}
+    uid, duration, rate = row.get("id"), row.get("duration"), row.get("sample_rate")
+    if isinstance(uid, str) and uid and len(uid.split()) != 1:
+        errors["id"] = (f"id {uid!r} holds whitespace, which a trial list (whitespace-separated) cannot "
+                        "name: replace it (e.g. with '_')")
+    length = "give the utterance's length in seconds"
+    if duration is None:
+        pass
+    elif isinstance(duration, bool) or not isinstance(duration, Real):
+        errors["duration"] = f"duration {duration!r} is not a number"
+    elif not math.isfinite(duration):
+        errors["duration"] = f"duration {duration} is not a finite number of seconds: {length}"
+    elif duration <= 0:
+        errors["duration"] = f"zero or negative duration {duration}: {length} (> 0)"
+    elif duration > MAX_DURATION:
+        errors["duration"] = (f"duration {duration:g} s is over 24 hours ({MAX_DURATION:g} s): not one "
+                              "utterance; cut the recording into utterances (or is the length in samples or "
+                              "milliseconds?)")
+    fix = "give the file's rate (e.g. 16000)"
+    if rate is None:
+        pass
+    elif isinstance(rate, bool) or not isinstance(rate, Real):
+        errors["sample_rate"] = f"sample_rate {rate!r} is not a number"
+    elif not float(rate).is_integer():
+        errors["sample_rate"] = f"sample_rate {rate!r} is not a whole number of Hz: {fix}"
+    elif not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        errors["sample_rate"] = (f"sample_rate {int(rate)} Hz is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} "
+                                 f"Hz: {fix}")
+    return errors
 
 
 def _parquet_error(file: str | Path, e: Exception) -> ManifestError:
@@ -360,7 +407,9 @@ def _header_table(path: Path, fmt: str, files: list[str]):
 
 def _check_rows(path: Path, table) -> None:
     """Header checks on a loaded manifest (no audio is read): rows, a value in every required column,
-    string ids, no id twice. Raises ManifestError naming the line (JSONL) or row (parquet)."""
+    string ids, no id twice, and the values ``row_value_errors`` checks (ids without whitespace, finite
+    durations in (0, 24 h], whole sample rates within 4-384 kHz). Raises ManifestError naming the line
+    (JSONL) or row (parquet) and the field."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -409,6 +458,18 @@ def _check_rows(path: Path, table) -> None:
         first: dict[str, int] = {}
         fail([f"{path}:{line(i)}: duplicate id {uid!r} (first on line {line(first[uid])})"
               for i, uid in enumerate(ids) if first.setdefault(uid, i) != i])
+    duration, rate = table["duration"], table["sample_rate"]
+    ok = pc.and_(pc.and_(pc.greater(duration, 0), pc.less_equal(duration, MAX_DURATION)),  # false for NaN
+                 pc.and_(pc.greater_equal(rate, MIN_SAMPLE_RATE), pc.less_equal(rate, MAX_SAMPLE_RATE)))
+    if pa.types.is_floating(rate.type):
+        ok = pc.and_(ok, pc.equal(rate, pc.floor(rate)))
+    suspects = {i for i, good in enumerate(ok.to_pylist()) if not good} if not pc.all(ok).as_py() else set()
+    suspects |= {i for i, uid in enumerate(ids) if len(uid.split()) != 1}
+    if suspects:
+        durations, rates = duration.to_pylist(), rate.to_pylist()
+        values = [row_value_errors({"id": ids[i], "duration": durations[i], "sample_rate": rates[i]})
+                  for i in sorted(suspects)]
+        fail([f"{path}:{line(i)}: {e}" for i, v in zip(sorted(suspects), values) for e in v.values()])
 
 
 def speaker_labels(manifest) -> dict[str, int]:

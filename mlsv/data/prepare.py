@@ -1,13 +1,14 @@
 """Manifest recipes for audio already on disk: VoxCeleb, any speaker folder tree, MUSAN, RIRs, trials.
 
 Nothing is downloaded. Every recipe reads each file's header once; corrupt, empty, non-audio and
-(with ``resample=False``) mis-sampled files are reported by name (count + list, also written to
-``bad_files.txt`` beside the manifest) and left out. Rows keep the file's own rate and channel count;
-the readers downmix and resample (soxr) at read time.
+(with ``resample=False``) mis-sampled files, symbolic link loops, dangling links and names that are not
+UTF-8 are reported by name (count + list, also written to ``bad_files.txt`` beside the manifest) and left
+out. Rows keep the file's own rate and channel count; the readers downmix and resample (soxr) at read time.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlsv.data.audio import AudioError, MissingDependencyError, audio_info, read_audio, write_audio
+from mlsv.data.audio import AudioError, MissingDependencyError, audio_info, printable, read_audio, write_audio
 from mlsv.data.manifest import ManifestError, iter_rows, write_manifest
 from mlsv.data.trials import Trials, make_trials, read_trials, write_trials
 
@@ -112,12 +113,52 @@ def _write(rows: list[dict], bad: list[str], manifest: Path, result: PrepareResu
 
 def _write_bad(result: PrepareResult, out_dir: Path) -> None:
     if result.bad:
-        (out_dir / "bad_files.txt").write_text("\n".join(result.bad) + "\n")
+        (out_dir / "bad_files.txt").write_text("\n".join(result.bad) + "\n", encoding="utf-8")
         result.outputs["bad_files"] = out_dir / "bad_files.txt"
 
 
 def _rel(path: Path, base: Path) -> str:
     return os.path.relpath(path.resolve(), base.resolve())
+
+
+def _not_utf8(name: str) -> str:
+    return (f"{name}: file name is not valid UTF-8 (a manifest is UTF-8 text): rename it "
+            "(e.g. convmv -f latin1 -t utf-8)")
+
+
+def _file_problem(f: Path) -> str | None:
+    """Why a file found by a recipe cannot be a manifest row, naming it (printably) with the fix, or None.
+
+    A name that is not UTF-8 (held as surrogates; a manifest is UTF-8 text), a symbolic link loop, a
+    dangling link (named as the link, with its target). A missing, empty or corrupt file is ``scan``'s to
+    find.
+    """
+    name = printable(f)
+    if name != os.fspath(f):
+        return _not_utf8(name)
+    try:
+        os.stat(f)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return f"{name}: symbolic link loop (a link that leads back to itself): remove or fix the link"
+        if e.errno in (errno.ENOENT, errno.ENOTDIR) and os.path.islink(f):
+            target = printable(os.readlink(f))
+            return f"{name}: dangling link to {target} (no such file): remove or fix the link"
+    return None
+
+
+def _manifest_path(f: Path, base: Path) -> tuple[str | None, str | None]:
+    """(``f``'s path relative to ``base`` with links resolved, None), or (None, why ``f`` cannot be a row)."""
+    problem = _file_problem(f)
+    if problem:
+        return None, problem
+    try:
+        path = _rel(f, base)
+    except (RuntimeError, OSError) as e:  # a link loop above the file (RuntimeError before Python 3.13)
+        return None, f"{printable(f)}: its path cannot be resolved ({printable(str(e))}): fix the links on it"
+    if printable(path) != path:  # a link to a file, or a folder on the way, whose name is not UTF-8
+        return None, _not_utf8(f"{printable(f)} (resolved: {printable(path)})")
+    return path, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,7 +291,9 @@ def _voxceleb_set(name: str, root: Path, out: Path, result: PrepareResult, *, co
                   sample_rate: int, resample: bool, workers: int, progress: bool) -> list[dict]:
     """Finds one VoxCeleb set's files (m4a converted first when ``convert_dir``), checks them and writes
     ``<name>.jsonl`` (bad files go to ``result.bad``): its rows."""
-    files = _voxceleb_files(root)
+    checked = [(uid, f, _file_problem(f)) for uid, f in _voxceleb_files(root)]
+    link_bad = [problem for _, _, problem in checked if problem]
+    files = [(uid, f) for uid, f, problem in checked if not problem]
     if convert_dir:
         files = _converted_voxceleb_files(files, Path(convert_dir) / name, result, sample_rate=sample_rate,
                                           workers=workers, progress=progress)
@@ -258,7 +301,7 @@ def _voxceleb_set(name: str, root: Path, out: Path, result: PrepareResult, *, co
                 "session": "/".join(uid.split("/")[:2])} for uid, f in files]
     rows, bad = scan(partial, sample_rate=sample_rate, resample=resample, workers=workers,
                      desc=f"scanning {name}", progress=progress, root=out)
-    _write(rows, bad, out / f"{name}.jsonl", result, name)
+    _write(rows, link_bad + bad, out / f"{name}.jsonl", result, name)
     return rows
 
 
@@ -322,15 +365,16 @@ def _copy_trial_lists(paths: Iterable[str | Path], known: set[str], sets: dict[s
 
 
 def _scan_and_write(partial: list[dict], out: Path, *, sample_rate: int, resample: bool, workers: int,
-                    progress: bool) -> PrepareResult:
-    """Checks every listed file (bad ones are reported and left out) and writes the manifest ``out``."""
+                    progress: bool, bad: Sequence[str] = ()) -> PrepareResult:
+    """Checks every listed file (bad ones are reported and left out) and writes the manifest ``out``;
+    ``bad``: files already left out (links, names), reported first."""
     result = PrepareResult()
     # the rows' paths are relative to the manifest's folder ("data/../mine/a.wav"): it must exist for the
     # system to resolve them
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows, bad = scan(partial, sample_rate=sample_rate, resample=resample, workers=workers, progress=progress,
-                     root=out.parent)
-    _write(rows, bad, out, result, "manifest")
+    rows, scan_bad = scan(partial, sample_rate=sample_rate, resample=resample, workers=workers,
+                          progress=progress, root=out.parent)
+    _write(rows, [*bad, *scan_bad], out, result, "manifest")
     _write_bad(result, out.parent)
     return result
 
@@ -341,7 +385,8 @@ def prepare_folder(root: str | Path, out: str | Path, *, sample_rate: int = 1600
 
     ids are paths relative to ``root`` with each whitespace character replaced by ``_`` (trial lists are
     whitespace-separated); ``speaker`` and ``session`` (SPEAKER/SESSION when there is a session level)
-    keep the names as they are.
+    keep the names as they are. Symbolic link loops, dangling links and names that are not UTF-8 are bad
+    files (listed, left out).
 
     Raises:
         ValueError: two files get the same id (``a b.wav`` and ``a_b.wav``), naming both.
@@ -349,25 +394,29 @@ def prepare_folder(root: str | Path, out: str | Path, *, sample_rate: int = 1600
     root, out = Path(root), Path(out)
     if not root.is_dir():
         raise FileNotFoundError(f"folder not found: {root}")
-    partial = []
+    partial, bad = [], []
     files: dict[str, Path] = {}
     for f in sorted(root.rglob("*")):
         rel = f.relative_to(root)
         if f.suffix.lower() not in AUDIO_SUFFIXES or len(rel.parts) not in (2, 3):
+            continue
+        path, problem = _manifest_path(f, out.parent)
+        if problem:
+            bad.append(problem)
             continue
         uid = re.sub(r"\s", "_", rel.as_posix())
         if uid in files:
             raise ValueError(f"{files[uid]} and {f} both get id {uid!r} (whitespace in names becomes '_'): "
                              "rename one")
         files[uid] = f
-        row = {"id": uid, "path": _rel(f, out.parent), "speaker": rel.parts[0]}
+        row = {"id": uid, "path": path, "speaker": rel.parts[0]}
         if len(rel.parts) == 3:
             row["session"] = f"{rel.parts[0]}/{rel.parts[1]}"
         partial.append(row)
-    if not partial:
+    if not partial and not bad:
         raise ValueError(f"{root}: no SPEAKER/[SESSION/]UTT{{{','.join(AUDIO_SUFFIXES)}}} files")
     return _scan_and_write(partial, out, sample_rate=sample_rate, resample=resample, workers=workers,
-                           progress=progress)
+                           progress=progress, bad=bad)
 
 
 def prepare_musan(root: str | Path, out: str | Path, *, sample_rate: int = 16000, resample: bool = True,
@@ -377,17 +426,20 @@ def prepare_musan(root: str | Path, out: str | Path, *, sample_rate: int = 16000
     Files are not split: the augmenters read random stretches of the long files directly.
     """
     root, out = Path(root), Path(out)
-    partial = []
+    partial, bad = [], []
     for category in ("noise", "music", "speech"):
         for f in sorted((root / category).glob("*/*")):
             if f.suffix.lower() in AUDIO_SUFFIXES:
-                rel = f.relative_to(root).as_posix()
-                partial.append({"id": rel, "path": _rel(f, out.parent), "speaker": f"{category}/{f.parent.name}",
-                                "category": category})
-    if not partial:
+                path, problem = _manifest_path(f, out.parent)
+                if problem:
+                    bad.append(problem)
+                    continue
+                partial.append({"id": f.relative_to(root).as_posix(), "path": path,
+                                "speaker": f"{category}/{f.parent.name}", "category": category})
+    if not partial and not bad:
         raise ValueError(f"{root}: no {{noise,music,speech}}/SUBSET/*.wav files (is this the musan folder?)")
     return _scan_and_write(partial, out, sample_rate=sample_rate, resample=resample, workers=workers,
-                           progress=progress)
+                           progress=progress, bad=bad)
 
 
 def prepare_rirs(root: str | Path, out: str | Path, *, sample_rate: int = 16000, resample: bool = True,
@@ -397,7 +449,7 @@ def prepare_rirs(root: str | Path, out: str | Path, *, sample_rate: int = 16000,
     root, out = Path(root), Path(out)
     if (root / "RIRS_NOISES").is_dir():
         root = root / "RIRS_NOISES"
-    partial = []
+    partial, bad = [], []
     rir_list = root / "real_rirs_isotropic_noises" / "rir_list"
     if rir_list.is_file():
         for line in rir_list.read_text().splitlines():
@@ -405,15 +457,23 @@ def prepare_rirs(root: str | Path, out: str | Path, *, sample_rate: int = 16000,
                 continue
             token = line.split()[-1]  # paths in rir_list start with RIRS_NOISES/
             f = root.parent / token if token.startswith("RIRS_NOISES/") else root / token
-            partial.append({"id": f.relative_to(root).as_posix(), "path": _rel(f, out.parent),
-                            "speaker": f.stem, "kind": "real"})
+            path, problem = _manifest_path(f, out.parent)
+            if problem:
+                bad.append(problem)
+                continue
+            partial.append({"id": f.relative_to(root).as_posix(), "path": path, "speaker": f.stem,
+                            "kind": "real"})
     for f in sorted((root / "simulated_rirs").glob("*/*/*.wav")):
-        partial.append({"id": f.relative_to(root).as_posix(), "path": _rel(f, out.parent),
+        path, problem = _manifest_path(f, out.parent)
+        if problem:
+            bad.append(problem)
+            continue
+        partial.append({"id": f.relative_to(root).as_posix(), "path": path,
                         "speaker": f"{f.parent.parent.name}/{f.parent.name}", "kind": "simulated"})
-    if not partial:
+    if not partial and not bad:
         raise ValueError(f"{root}: neither real_rirs_isotropic_noises/rir_list nor simulated_rirs/*/*/*.wav found")
     return _scan_and_write(partial, out, sample_rate=sample_rate, resample=resample, workers=workers,
-                           progress=progress)
+                           progress=progress, bad=bad)
 
 
 def prepare_trials(manifest: str | Path, out: str | Path, *, per_utterance: int = 5, seed: int = 0) -> Trials:

@@ -1,7 +1,8 @@
 """Checking a manifest (and the trial lists that name its ids) before a run.
 
-Required columns, duplicate ids, positive durations, files present and decodable with the stated
-rate, one rate, trial ids known: each error names the manifest line (``FILE:LINE``) or the trial list
+Required columns, duplicate ids, ids without whitespace, durations and sample rates in range (finite, > 0
+and at most 24 hours; whole Hz within 4-384 kHz), files present and decodable with the stated rate, one
+rate, trial ids known: each error names the manifest line (``FILE:LINE``) or the trial list
 line and the culprit.
 """
 
@@ -12,7 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlsv.data.audio import AudioError, audio_info
-from mlsv.data.manifest import REQUIRED_COLUMNS, ManifestError, iter_rows, manifest_root, resolve_path
+from mlsv.data.manifest import (
+    REQUIRED_COLUMNS,
+    ManifestError,
+    iter_rows,
+    manifest_root,
+    resolve_path,
+    row_value_errors,
+)
 from mlsv.data.trials import read_trials
 
 __all__ = ["ValidationReport", "validate"]
@@ -49,8 +57,9 @@ def validate(
     sample_rate: int | None = None,
     raise_on_error: bool = True,
 ) -> ValidationReport:
-    """Checks a manifest: required columns, duplicate ids, positive durations, files present and
-    decodable with the stated rate (``check_audio``), one rate (``sample_rate``), trial ids known.
+    """Checks a manifest: required columns, duplicate ids, ids without whitespace, durations and sample
+    rates in range (``row_value_errors``), files present and decodable with the stated rate
+    (``check_audio``), one rate (``sample_rate``), trial ids known.
 
     Each error names the manifest line (``FILE:LINE``) or the trial list line and the culprit.
 
@@ -78,10 +87,12 @@ def validate(
             report.errors.append(f"{where}: duplicate id {uid!r} (first on line {seen[uid]})")
         seen.setdefault(uid, lineno)
         speakers.add(str(row["speaker"]))
+        values = row_value_errors(row)  # an id's own message shows it quoted (it may hold a line break)
+        report.errors += [f"{where}: {e}" if c == "id" else f"{where}: {uid}: {e}" for c, e in values.items()]
+        if "duration" in values or "sample_rate" in values:  # no number to compare the file with
+            continue
         duration, sr = float(row["duration"]), int(row["sample_rate"])
-        seconds += max(duration, 0.0)
-        if duration <= 0:
-            report.errors.append(f"{where}: {uid}: zero or negative duration {duration}")
+        seconds += duration
         if sample_rate is not None and sr != sample_rate:
             report.errors.append(f"{where}: {uid}: sample rate {sr} Hz, expected {sample_rate} Hz")
         if check_audio:
