@@ -304,7 +304,7 @@ def test_validation_counts_only_skipped_files(corpus, tmp_path, caplog):
     from accelerate import Accelerator
     from conftest import tiny_model
 
-    from mlsv.train.loop import validation_eer
+    from mlsv.train.validation import validation_eer
 
     data = load_config(None).data
     with pytest.raises(KeyError, match="ids are not in data.validation_manifest"):

@@ -223,9 +223,9 @@ def test_an_epoch_logged_again_replaces_its_row(tmp_path):
     metrics.csv keeps one row per epoch, the last."""
     from accelerate import Accelerator
 
-    from mlsv.train.loop import _Trackers
+    from mlsv.train.trackers import Trackers
 
-    trackers = _Trackers(Accelerator(cpu=True), load_config(None, {}), tmp_path)
+    trackers = Trackers(Accelerator(cpu=True), load_config(None, {}), tmp_path)
     for epoch, loss in ((1, 3.0), (2, 2.0), (2, 1.5), (3, 1.0)):
         trackers.log({"epoch": epoch, "step": 10 * epoch, "loss": loss, "validation_eer": None}, step=10 * epoch)
     rows = _rows(tmp_path)
@@ -490,7 +490,7 @@ def test_chunked_validation_split_over_processes_equals_one_process(corpus):
 
     from mlsv.data.loader import build_eval_loader
     from mlsv.scoring.extract import extract_embeddings
-    from mlsv.train.loop import merge_parts
+    from mlsv.train.validation import merge_parts
 
     model = tiny_model().eval()
 
@@ -516,7 +516,7 @@ def test_a_non_finite_training_mean_names_the_utterances(corpus, tmp_path):
     from accelerate import Accelerator
     from conftest import tiny_model
 
-    from mlsv.train.loop import training_mean
+    from mlsv.train.validation import training_mean
 
     model = tiny_model().eval()
     with torch.no_grad():

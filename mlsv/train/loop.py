@@ -11,6 +11,10 @@ precision; gradient accumulation) and leaves in ``output_dir``:
     head.safetensors       the final margin head (+ head.json), for the next stage
     COMPLETE               written last: the stage is done
 
+``run_stage`` runs named steps: ``set_up``, ``resume_point``, ``run_epoch`` for each epoch left and
+``finish``; metrics go through ``mlsv.train.trackers``, validation and the training mean through
+``mlsv.train.validation``.
+
 Rerunning the same command resumes from the newest checkpoint: same weights, optimiser, scheduler,
 scaler and RNG state, epoch and step; the data order of an epoch depends only on (seed, epoch), and
 batches already trained in a partly done epoch are skipped, not repeated.
@@ -27,15 +31,14 @@ eval mode: they run the same modules eagerly (``eager``), never recompiling per 
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import hashlib
 import itertools
 import json
 import logging
-import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,19 +46,16 @@ from safetensors.torch import load_file, save_file
 
 from mlsv.config import ConfigError, TrainConfig, dump_config, load_config, load_yaml_file, to_dict
 from mlsv.data.augment import BatchAugmenter
-from mlsv.data.loader import build_eval_loader, build_train_loader, speed_perturb_classes
-from mlsv.data.manifest import iter_rows, load_labels, sample_manifest, save_labels, speaker_labels
-from mlsv.data.trials import read_trials
+from mlsv.data.loader import build_train_loader, speed_perturb_classes
+from mlsv.data.manifest import load_labels, save_labels, speaker_labels
 from mlsv.models import TINY_ENCODERS, MLSVModel, SubCenterAAMSoftmax, runtime
 from mlsv.models.loading import min_samples
 from mlsv.models.loading import model_source as _model_source
-from mlsv.scoring.backend import cosine_scores
-from mlsv.scoring.embeddings import EmbeddingTable, pool_rows
-from mlsv.scoring.extract import extract_embeddings
-from mlsv.scoring.metrics import eer
 from mlsv.train import checkpoint as ckpt
 from mlsv.train.ema import WeightAverage
 from mlsv.train.schedules import lr_at, margin_at
+from mlsv.train.trackers import Trackers, flat_keys
+from mlsv.train.validation import check_validation_trials, training_mean, validation_eer
 
 log = logging.getLogger("mlsv.train")
 
@@ -148,13 +148,6 @@ RESUMABLE_CHANGES = ("log.", "data.num_workers", "data.eval_batch_seconds", "sta
                      "stage.checkpoint_every_steps")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def check_same_run(cfg: TrainConfig, output_dir: Path) -> None:
     """An output folder belongs to one config: resuming or skipping a run made with other settings would
     mix them (a checkpoint's batches counted under another batch size) or keep stale results. Raises
@@ -171,11 +164,11 @@ def check_same_run(cfg: TrainConfig, output_dir: Path) -> None:
         raise ConfigError(f"{e}; it holds the settings of the run in {output_dir}: restore it, or delete it to "
                           "resume without comparing settings") from None
     try:
-        before = _flat(to_dict(load_config(saved)))
+        before = flat_keys(to_dict(load_config(saved)))
     except ConfigError as e:  # written by another version of mlsv: nothing to compare with
         log.warning("cannot compare with %s (%s)", saved, e)
         return
-    now = _flat(to_dict(cfg))
+    now = flat_keys(to_dict(cfg))
     changed = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
                if before.get(k) != now.get(k) and not k.startswith(RESUMABLE_CHANGES)]
     if changed:
@@ -229,81 +222,115 @@ def _optimizer(groups: list[dict], cfg: TrainConfig, device: torch.device | None
     raise ValueError(f"optim.optimizer: unknown optimiser {name!r}; choose adam, adamw or sgd")
 
 
-class _Trackers:
-    """metrics.csv always; TensorBoard / W&B / Neptune through accelerate's trackers when asked."""
+@dataclasses.dataclass
+class Stage:
+    """One stage as ``set_up`` builds it; the later steps read it (and ``run_stage`` adds the trackers)."""
 
-    def __init__(self, accelerator, cfg: TrainConfig, output_dir: Path):
-        self.acc, self.path = accelerator, output_dir / "metrics.csv"
-        self.neptune = None
-        if not accelerator.is_main_process:
-            return
-        names = [t for t in cfg.log.trackers if t not in ("csv", "neptune")]
-        if names:
-            if cfg.log.offline:
-                os.environ.setdefault("WANDB_MODE", "offline")
-            accelerator.init_trackers(cfg.log.project, config=_public_config(cfg))
-        if "neptune" in cfg.log.trackers:
-            import neptune  # lazy: optional dependency
+    cfg: TrainConfig
+    output_dir: Path
+    config_dir: Path | None
+    acc: Any  # accelerate.Accelerator
+    train_manifest: str
+    labels: dict[str, int]
+    model: torch.nn.Module  # model, head and optimiser as accelerate prepared them
+    head: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    ema: WeightAverage | None
+    augmenter: BatchAugmenter | None  # augment.where: device
+    first_loader: Any  # epoch 0's training loader, built to count its batches
+    batches_per_epoch: int
+    steps_per_epoch: int
+    unwrapped_head: SubCenterAAMSoftmax
+    trackers: Trackers | None = None
 
-            mode = "offline" if cfg.log.offline else "async"
-            self.neptune = neptune.init_run(project=cfg.log.project, mode=mode)  # token from NEPTUNE_API_TOKEN
-            self.neptune["parameters"] = _public_config(cfg)
+    @property
+    def ckpt_root(self) -> Path:
+        return self.output_dir / "checkpoints"
 
-    def log(self, row: dict, step: int) -> None:
-        if not self.acc.is_main_process:
-            return
-        kept = []
-        if self.path.exists():  # a run killed after logging an epoch but before its checkpoint redoes it
-            with open(self.path, newline="") as f:
-                kept = [r for r in csv.DictReader(f) if int(r["epoch"]) < row["epoch"]]
-        tmp = self.path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            w.writeheader()
-            w.writerows([*kept, row])
-        os.replace(tmp, self.path)
-        numeric = {k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None}
-        if self.acc.trackers:
-            self.acc.log(numeric, step=step)
-        if self.neptune is not None:
-            for k, v in numeric.items():
-                self.neptune[f"train/{k}"].append(v, step=step)
+    def loader(self, epoch: int, start_batch: int = 0):
+        """``epoch``'s training loader from ``start_batch`` on (map-style: the batches before are not decoded)."""
+        if epoch == 0 and not start_batch:
+            return self.first_loader
+        return _train_loader(self.cfg, self.acc, self.train_manifest, self.labels, epoch, start_batch)
 
-    def close(self):
-        # the trackers only: accelerate's end_training() would also tear down the process group, which
-        # the recipe's later steps still use
-        if self.acc.is_main_process:
-            for tracker in self.acc.trackers:
-                tracker.finish()
-            if self.neptune is not None:
-                self.neptune.stop()
+    def eval_model(self) -> MLSVModel:
+        """The model validation embeds with: the weight average when there is one."""
+        return self.ema.module if self.ema is not None else self.acc.unwrap_model(self.model)
 
 
-def _public_config(cfg: TrainConfig) -> dict:
-    """The config as logged: flat ``section/key`` values (no secrets live in configs)."""
-    return {key.replace(".", "/"): v if isinstance(v, (int, float, str, bool)) else str(v)
-            for key, v in _flat(to_dict(cfg)).items()}
+@dataclasses.dataclass
+class ResumePoint:
+    """Where training goes on: the epoch, its batches already trained and the optimiser steps so far; after a
+    mid-epoch checkpoint also its running (loss sum, correct, utterances) over all processes and, per
+    process, its data-audit digest and the files skipped so far."""
+
+    epoch: int = 0
+    batches: int = 0
+    global_step: int = 0
+    totals: list[float] | None = None
+    audits: list[str] | None = None
+    bad_files: list[list[str]] | None = None
 
 
 def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | None = None,
               accelerator=None) -> Path:
-    """Trains one stage; returns ``output_dir``. Resumes when checkpoints exist; does nothing if complete."""
-    from accelerate import Accelerator
-    from accelerate.utils import gather_object, set_seed
-
-
+    """Trains one stage; returns ``output_dir``. Resumes when checkpoints exist; does nothing if complete.
+    The steps: ``set_up``, ``resume_point``, ``run_epoch`` for each epoch left, ``finish``."""
     output_dir = Path(output_dir)
     check_same_run(cfg, output_dir)
     if (output_dir / "COMPLETE").is_file():
         log.info("%s is complete; skipping", output_dir)
         return output_dir
-    st, data = cfg.stage, cfg.data
+    stage = set_up(cfg, output_dir, config_dir=config_dir, accelerator=accelerator)
+    at = resume_point(stage)
+    stage.trackers = Trackers(stage.acc, cfg, output_dir)
+    for epoch in range(at.epoch, cfg.stage.epochs):
+        at = run_epoch(stage, epoch, at)
+    finish(stage)
+    return output_dir
+
+
+# -- set-up -------------------------------------------------------------------------------------------------
+
+def set_up(cfg: TrainConfig, output_dir: Path, *, config_dir: Path | None = None, accelerator=None) -> Stage:
+    """Everything before the first batch, in this order: the inputs checked; the accelerator (seeded,
+    ``config.yaml`` written); labels, model and head; the epoch's length; optimiser, scheduler and weight
+    average, prepared; the device augmenter."""
+    st = cfg.stage
+    train_manifest = _check_inputs(cfg, config_dir)
+    acc = _accelerator(cfg, output_dir, accelerator)
+    labels, model, head = _model_and_head(cfg, acc, train_manifest, output_dir, config_dir)
+    first = _train_loader(cfg, acc, train_manifest, labels, 0)
+    batches_per_epoch = _batches_per_epoch(cfg, first, train_manifest, acc)
+    steps_per_epoch = max(batches_per_epoch // st.grad_accum, 1)
+    model, head, optimizer, scheduler, ema = _optimisation(cfg, acc, model, head, steps_per_epoch * st.epochs)
+    augmenter = _device_augmenter(cfg, acc, config_dir)
+    return Stage(cfg=cfg, output_dir=output_dir, config_dir=config_dir, acc=acc, train_manifest=train_manifest,
+                 labels=labels, model=model, head=head, optimizer=optimizer, scheduler=scheduler, ema=ema,
+                 augmenter=augmenter, first_loader=first, batches_per_epoch=batches_per_epoch,
+                 steps_per_epoch=steps_per_epoch, unwrapped_head=acc.unwrap_model(head))
+
+
+def _check_inputs(cfg: TrainConfig, config_dir: Path | None) -> str:
+    """The training manifest's path; a validation trial list that does not fit its manifest fails here."""
+    data = cfg.data
     train_manifest = _resolve(data.train_manifest, config_dir)
     if not train_manifest:
         raise ValueError("data.train_manifest is empty: give a training manifest (mlsv prepare ...)")
     if data.validation_manifest and data.validation_trials:
         check_validation_trials(_resolve(data.validation_manifest, config_dir), _resolve(data.validation_trials,
                                                                                            config_dir))
+    return train_manifest
+
+
+def _accelerator(cfg: TrainConfig, output_dir: Path, accelerator=None):
+    """The given accelerator, or one made from the stage's settings; then the seed set, one process
+    logging, and ``config.yaml`` written."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    st = cfg.stage
     if accelerator is None:
         trackers = [t for t in cfg.log.trackers if t not in ("csv", "neptune")]
         accelerator = Accelerator(mixed_precision=st.mixed_precision, gradient_accumulation_steps=st.grad_accum,
@@ -318,8 +345,14 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
         output_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, output_dir / "config.yaml")
     acc.wait_for_everyone()
+    return acc
 
-    # -- labels, model and head (from the previous stage when init_from is set) -------------------------
+
+def _start_from(cfg: TrainConfig, train_manifest: str, config_dir: Path | None):
+    """(labels, model, head classes, ``stage.init_from`` folder or None): the previous stage's with
+    ``init_from`` (its head size kept: the speed-perturbation classes stay negatives), else new labels and
+    ``stage.init_model``'s weights or a new model."""
+    st = cfg.stage
     init_from = Path(_resolve(st.init_from, config_dir)) if st.init_from else None
     if init_from is not None:
         if not (init_from / "COMPLETE").is_file():
@@ -327,11 +360,20 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
         labels = load_labels(init_from / "labels.json")
         model = MLSVModel.from_pretrained(init_from / "model")
         head_meta = json.loads((init_from / "head.json").read_text())
-        n_classes = head_meta["num_classes"]  # preserved: the speed-perturbation classes stay negatives
+        n_classes = head_meta["num_classes"]
     else:
         labels = speaker_labels(train_manifest)
         model = load_for_finetuning(Path(_resolve(st.init_model, config_dir))) if st.init_model else build_model(cfg)
-        n_classes = speed_perturb_classes(len(labels), data.speed_factors)
+        n_classes = speed_perturb_classes(len(labels), cfg.data.speed_factors)
+    return labels, model, n_classes, init_from
+
+
+def _model_and_head(cfg: TrainConfig, acc, train_manifest: str, output_dir: Path, config_dir: Path | None):
+    """(labels, model, head): the model set up for training (trainable parts, LayerDrop, SpecAugment,
+    attention), the margin head (the previous stage's with ``stage.init_from``), both compiled with
+    ``stage.compile``; ``labels.json`` written."""
+    st, data, h = cfg.stage, cfg.data, cfg.head
+    labels, model, n_classes, init_from = _start_from(cfg, train_manifest, config_dir)
     check_crop_length(model, data)
     if acc.is_main_process:
         save_labels(labels, output_dir / "labels.json")
@@ -342,7 +384,6 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
                              mask_time_prob=st.mask_time_prob,
                              gradient_checkpointing=cfg.model.gradient_checkpointing)
     runtime.set_attention(model, st.attention)  # not saved with the model: set for every stage
-    h = cfg.head
     head = SubCenterAAMSoftmax(model.config.embedding_size, n_classes, scale=h.scale, margin=h.margin,
                                sub_centers=h.sub_centers, top_k=h.top_k, penalty=h.penalty)
     if init_from is not None:
@@ -353,15 +394,21 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
         head.load_state_dict(state)
     if st.compile:  # in place, before prepare: DDP, checkpoints and save_pretrained see the same names
         compile_for_training(model, head, mode=st.compile_mode)
+    return labels, model, head
 
-    def loader_for(epoch: int, start_batch: int = 0):
-        return build_train_loader(train_manifest, data, cfg.augment, labels=labels, epoch=epoch, seed=st.seed,
-                                  process_index=acc.process_index, num_processes=acc.num_processes,
-                                  start_batch=start_batch)
 
-    first = loader_for(0)
-    # whole accumulation cycles only: a partial one would carry its gradients into the next epoch, which a
-    # checkpoint does not hold (a resumed run would differ), and an epoch shorter than one would not step
+def _train_loader(cfg: TrainConfig, acc, train_manifest: str, labels: dict[str, int], epoch: int,
+                  start_batch: int = 0):
+    return build_train_loader(train_manifest, cfg.data, cfg.augment, labels=labels, epoch=epoch, seed=cfg.stage.seed,
+                              process_index=acc.process_index, num_processes=acc.num_processes,
+                              start_batch=start_batch)
+
+
+def _batches_per_epoch(cfg: TrainConfig, first, train_manifest: str, acc) -> int:
+    """Batches per epoch and process: ``stage.steps_per_epoch`` optimiser steps, or one pass over the data.
+    Whole accumulation cycles only: a partial one would carry its gradients into the next epoch, which a
+    checkpoint does not hold (a resumed run would differ), and an epoch shorter than one would not step."""
+    st, data = cfg.stage, cfg.data
     batches_per_epoch = st.steps_per_epoch * st.grad_accum if st.steps_per_epoch > 0 \
         else len(first) // st.grad_accum * st.grad_accum
     if st.steps_per_epoch == 0 and 0 < len(first) < st.grad_accum:
@@ -374,8 +421,12 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
         raise ValueError(f"no full batch in an epoch: {train_manifest} gives each of the {acc.num_processes} "
                          f"process(es) {len(first.dataset._share())} utterances, fewer than a batch of "
                          f"{first.batch_size} per process; lower data.batch_size")
-    steps_per_epoch = max(batches_per_epoch // st.grad_accum, 1)
-    total_steps = steps_per_epoch * st.epochs
+    return batches_per_epoch
+
+
+def _optimisation(cfg: TrainConfig, acc, model: MLSVModel, head: SubCenterAAMSoftmax, total_steps: int):
+    """(model, head, optimiser, scheduler, weight average or None): the first three prepared by accelerate;
+    the scheduler and the average checkpointed with them."""
     o = cfg.optim
     optimizer = _optimizer(_param_groups(model, head, cfg), cfg, acc.device)
     lr_factor = lambda step: lr_at(step, total_steps, peak=1.0, floor=o.min_lr / o.lr,  # noqa: E731
@@ -391,134 +442,192 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
         # the average only ever evaluates
         ema = WeightAverage(acc.unwrap_model(model), o.ema_decay)
         acc.register_for_checkpointing(ema)
+    return model, head, optimizer, scheduler, ema
 
-    device_augmenter = None
-    if cfg.augment.where == "device" and cfg.augment.probability > 0:
 
-        aug_cfg = dataclasses.replace(cfg.augment, noise_manifest=_resolve(cfg.augment.noise_manifest, config_dir),
-                                      rir_manifest=_resolve(cfg.augment.rir_manifest, config_dir))
-        device_augmenter = BatchAugmenter(aug_cfg, sample_rate=data.sample_rate, device=acc.device, bank_seed=st.seed)
+def _device_augmenter(cfg: TrainConfig, acc, config_dir: Path | None) -> BatchAugmenter | None:
+    """``augment.where: device``: the batch augmenter, its noise and RIR manifests resolved."""
+    if not (cfg.augment.where == "device" and cfg.augment.probability > 0):
+        return None
+    aug_cfg = dataclasses.replace(cfg.augment, noise_manifest=_resolve(cfg.augment.noise_manifest, config_dir),
+                                  rir_manifest=_resolve(cfg.augment.rir_manifest, config_dir))
+    return BatchAugmenter(aug_cfg, sample_rate=cfg.data.sample_rate, device=acc.device, bank_seed=cfg.stage.seed)
 
-    # -- resume ------------------------------------------------------------------------------------------
-    ckpt_root = output_dir / "checkpoints"
-    start_epoch, skip_batches, global_step = 0, 0, 0
-    # a mid-epoch checkpoint's running (loss sum, correct, utterances) over all processes, and per process its
-    # data-audit digest and skipped files so far
-    partial, audits, bad_files = None, None, None
-    done = ckpt.checkpoint_dirs(ckpt_root)
-    if done:
-        ckpt.load_checkpoint(acc, done[-1], done[-2] if len(done) > 1 else None)
-        meta = ckpt.read_meta(done[-1])
-        start_epoch, skip_batches, global_step = meta["epoch"], meta["batches_in_epoch"], meta["global_step"]
-        partial, audits, bad_files = meta.get("epoch_totals"), meta.get("audits"), meta.get("bad_files")
-        if skip_batches >= batches_per_epoch:
-            start_epoch, skip_batches, partial, audits, bad_files = start_epoch + 1, 0, None, None, None
-        log.info("resuming from %s (epoch %d, step %d)", done[-1], start_epoch, global_step)
 
-    trackers = _Trackers(acc, cfg, output_dir)
-    unwrapped_head = acc.unwrap_model(head)
-    eval_model = lambda: ema.module if ema is not None else acc.unwrap_model(model)  # noqa: E731
+# -- resume and the epochs ----------------------------------------------------------------------------------
+
+def resume_point(s: Stage) -> ResumePoint:
+    """Loads the newest checkpoint, if any, into the prepared state (weights, optimiser, scheduler, scaler,
+    RNG) and says where training goes on: after an epoch's last checkpoint, at the next epoch."""
+    done = ckpt.checkpoint_dirs(s.ckpt_root)
+    if not done:
+        return ResumePoint()
+    ckpt.load_checkpoint(s.acc, done[-1], done[-2] if len(done) > 1 else None)
+    meta = ckpt.read_meta(done[-1])
+    at = ResumePoint(meta["epoch"], meta["batches_in_epoch"], meta["global_step"], meta.get("epoch_totals"),
+                     meta.get("audits"), meta.get("bad_files"))
+    if at.batches >= s.batches_per_epoch:
+        at = ResumePoint(at.epoch + 1, 0, at.global_step)
+    log.info("resuming from %s (epoch %d, step %d)", done[-1], at.epoch, at.global_step)
+    return at
+
+
+@dataclasses.dataclass
+class _Epoch:
+    """An epoch under way: its loader, the running loss sum and correct count (on the device), utterances
+    and batches done, the data-audit digest and the optimiser steps so far."""
+
+    number: int
+    started: float
+    loader: Any
+    stats: torch.Tensor
+    seen: int
+    audit: bytes
+    batches_done: int
+    global_step: int
+
+
+def run_epoch(s: Stage, epoch: int, at: ResumePoint) -> ResumePoint:
+    """Trains ``epoch`` from ``at`` (the batches a mid-epoch checkpoint holds are skipped, not repeated),
+    then ends it (``_end_epoch``); returns where the next epoch starts."""
+    acc, st, h = s.acc, s.cfg.stage, s.cfg.head
+    e = _start_epoch(s, epoch, at)
+    progress = _progress(acc, s.cfg, s.batches_per_epoch, epoch)
+    if progress is not None:
+        progress.update(at.batches)
     graph_mode = st.compile_mode if st.compile else "default"  # what train_batch marks per batch
-    for epoch in range(start_epoch, st.epochs):
-        t0 = time.time()
-        # a resumed epoch starts at the batch after its checkpoint (map-style: the ones before are not decoded)
-        loader = first if epoch == 0 and not skip_batches else loader_for(epoch, skip_batches)
-        model.train()
-        head.train()
-        stats, seen = torch.zeros(2, device=acc.device), 0  # loss sum, correct (on the device); utterances
-        if partial is not None and skip_batches and acc.is_main_process:  # the batches before the checkpoint
-            stats, seen = torch.tensor(partial[:2], device=acc.device), int(partial[2])
-        # what this process trained on, for the data audit: a chain of SHA-1 digests over the batches' labels,
-        # which a mid-epoch checkpoint carries on, as it does the files skipped before it
-        audit = b""
-        if skip_batches and audits and len(audits) == acc.num_processes:
-            audit = bytes.fromhex(audits[acc.process_index])
-            loader.note_bad_files(bad_files[acc.process_index] if bad_files else [])
-        progress = _progress(acc, cfg, batches_per_epoch, epoch)
+    for i, batch in enumerate(itertools.islice(e.loader, s.batches_per_epoch - at.batches), start=at.batches):
+        e.audit = _audit_step(e.audit, batch["labels"])
+        # device augmentation's host draws: per batch, so a resumed epoch draws what the first run would
+        # (its own spawn key: the crop at share place i draws from [seed, epoch, process, i] without one)
+        aug_rng = np.random.default_rng(np.random.SeedSequence([st.seed, epoch, acc.process_index, i],
+                                                               spawn_key=(2,)))
+        s.unwrapped_head.set_margin(margin_at(e.global_step / s.steps_per_epoch, margin=h.margin,
+                                              kind=h.margin_schedule, start_epoch=h.margin_start_epoch,
+                                              ramp_epochs=h.margin_ramp_epochs))
+        loss = train_batch(acc, s.model, s.head, s.optimizer, s.scheduler, batch, e.stats, augmenter=s.augmenter,
+                           rng=aug_rng, max_grad_norm=s.cfg.optim.max_grad_norm, compile_mode=graph_mode)
+        e.seen += len(batch["labels"])
+        e.batches_done = i + 1
+        if acc.sync_gradients:
+            _after_step(s, e)
         if progress is not None:
-            progress.update(skip_batches)
-        batches_done = skip_batches
-        for i, batch in enumerate(itertools.islice(loader, batches_per_epoch - skip_batches), start=skip_batches):
-            audit = hashlib.sha1(audit + batch["labels"].numpy().tobytes()).digest()
-            # device augmentation's host draws: per batch, so a resumed epoch draws what the first run would
-            # (its own spawn key: the crop at share place i draws from [seed, epoch, process, i] without one)
-            aug_rng = np.random.default_rng(np.random.SeedSequence([st.seed, epoch, acc.process_index, i],
-                                                                   spawn_key=(2,)))
-            unwrapped_head.set_margin(margin_at(global_step / steps_per_epoch, margin=h.margin, kind=h.margin_schedule,
-                                                start_epoch=h.margin_start_epoch, ramp_epochs=h.margin_ramp_epochs))
-            loss = train_batch(acc, model, head, optimizer, scheduler, batch, stats, augmenter=device_augmenter,
-                               rng=aug_rng, max_grad_norm=o.max_grad_norm,
-                               compile_mode=graph_mode)
-            seen += len(batch["labels"])
-            batches_done = i + 1
-            if acc.sync_gradients:
-                global_step += 1
-                if ema is not None:
-                    ema.update(acc.unwrap_model(model))
-                if st.checkpoint_every_steps and global_step % st.checkpoint_every_steps == 0 \
-                        and batches_done < batches_per_epoch:
-                    totals = acc.reduce(torch.cat([stats, stats.new_tensor([seen])]), reduction="sum").tolist()
-                    ckpt.save_checkpoint(acc, ckpt_root, f"step_{global_step:08d}",
-                                         {"epoch": epoch, "batches_in_epoch": batches_done,
-                                          "global_step": global_step, "epoch_totals": totals,
-                                          "audits": gather_object([audit.hex()]),
-                                          "bad_files": gather_object([loader.bad_files])})
-            if progress is not None:
-                progress.update(1)
-                if batches_done % PROGRESS_EVERY == 0 or batches_done == batches_per_epoch:
-                    # reads the loss back: the only wait for the device, once in PROGRESS_EVERY batches
-                    progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[-1]:.2e}",
-                                         m=f"{unwrapped_head.margin:.3f}")
-        if progress is not None:
-            progress.close()
-        skip_batches, partial, audits, bad_files = 0, None, None, None
-        total = acc.reduce(torch.cat([stats, stats.new_tensor([seen, _skipped(loader)])]), reduction="sum").tolist()
-        row = {"epoch": epoch + 1, "step": global_step,
-               "loss": total[0] / total[2] if total[2] > 0 else float("nan"),
-               "accuracy": total[1] / total[2] if total[2] > 0 else float("nan"),
-               "lr": scheduler.get_last_lr()[-1], "margin": unwrapped_head.margin,
-               "skipped_files": int(total[3]), "seconds": round(time.time() - t0, 2)}
-        val_eer = None
-        if data.validation_manifest and data.validation_trials and (
-                (epoch + 1) % st.validate_every == 0 or epoch + 1 == st.epochs):
-            with eager(eval_model()) as m:
-                val_eer = validation_eer(m, _resolve(data.validation_manifest, config_dir),
-                                         _resolve(data.validation_trials, config_dir), acc, data)
-        row["validation_eer"] = val_eer
-        _write_audit(output_dir, acc.process_index, epoch, audit.hex(), batches_done)
-        trackers.log(row, step=global_step)
-        if acc.is_main_process:
-            log.info("epoch %d: %s", epoch + 1, json.dumps(row))
-        ckpt.save_checkpoint(acc, ckpt_root, f"step_{global_step:08d}",
-                             {"epoch": epoch, "batches_in_epoch": batches_per_epoch, "global_step": global_step,
-                              "validation_eer": val_eer, "loss": row["loss"]})
-        if acc.is_main_process:
-            ckpt.prune_checkpoints(ckpt_root, max(st.keep_best, st.average_best))  # what averaging needs
-        acc.wait_for_everyone()
+            progress.update(1)
+            if e.batches_done % PROGRESS_EVERY == 0 or e.batches_done == s.batches_per_epoch:
+                # reads the loss back: the only wait for the device, once in PROGRESS_EVERY batches
+                progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{s.scheduler.get_last_lr()[-1]:.2e}",
+                                     m=f"{s.unwrapped_head.margin:.3f}")
+    if progress is not None:
+        progress.close()
+    _end_epoch(s, e)
+    return ResumePoint(epoch + 1, 0, e.global_step)
 
-    # -- the stage's final model ---------------------------------------------------------------------------
-    final = acc.unwrap_model(model)
-    if ema is not None:
-        final.load_state_dict(ema.module.state_dict())
+
+def _start_epoch(s: Stage, epoch: int, at: ResumePoint) -> _Epoch:
+    """The epoch's loader and running state, carried on from ``at`` when it is a mid-epoch checkpoint."""
+    t0 = time.time()
+    loader = s.loader(epoch, at.batches)  # a resumed epoch starts at the batch after its checkpoint
+    s.model.train()
+    s.head.train()
+    stats, seen = torch.zeros(2, device=s.acc.device), 0  # loss sum, correct (on the device); utterances
+    if at.totals is not None and at.batches and s.acc.is_main_process:  # the batches before the checkpoint
+        stats, seen = torch.tensor(at.totals[:2], device=s.acc.device), int(at.totals[2])
+    # the data audit (``_audit_step``) and the files skipped so far go on from a mid-epoch checkpoint
+    audit = b""
+    if at.batches and at.audits and len(at.audits) == s.acc.num_processes:
+        audit = bytes.fromhex(at.audits[s.acc.process_index])
+        loader.note_bad_files(at.bad_files[s.acc.process_index] if at.bad_files else [])
+    return _Epoch(epoch, t0, loader, stats, seen, audit, at.batches, at.global_step)
+
+
+def _audit_step(digest: bytes, labels: torch.Tensor) -> bytes:
+    """What this process trained on, for the data audit: a chain of SHA-1 digests over the batches' labels
+    (``digest``, so far, extended by one batch's)."""
+    return hashlib.sha1(digest + labels.numpy().tobytes()).digest()
+
+
+def _after_step(s: Stage, e: _Epoch) -> None:
+    """After an optimiser step: the step counted, the weight average updated, and a mid-epoch checkpoint
+    every ``stage.checkpoint_every_steps`` (with the running totals, audit digests and skipped files)."""
+    from accelerate.utils import gather_object
+
+    st = s.cfg.stage
+    e.global_step += 1
+    if s.ema is not None:
+        s.ema.update(s.acc.unwrap_model(s.model))
+    if st.checkpoint_every_steps and e.global_step % st.checkpoint_every_steps == 0 \
+            and e.batches_done < s.batches_per_epoch:
+        totals = s.acc.reduce(torch.cat([e.stats, e.stats.new_tensor([e.seen])]), reduction="sum").tolist()
+        ckpt.save_checkpoint(s.acc, s.ckpt_root, f"step_{e.global_step:08d}",
+                             {"epoch": e.number, "batches_in_epoch": e.batches_done,
+                              "global_step": e.global_step, "epoch_totals": totals,
+                              "audits": gather_object([e.audit.hex()]),
+                              "bad_files": gather_object([e.loader.bad_files])})
+
+
+def _end_epoch(s: Stage, e: _Epoch) -> None:
+    """The epoch's metrics row (``_epoch_row``), data audit, log line and checkpoint; old checkpoints pruned."""
+    acc, st = s.acc, s.cfg.stage
+    row = _epoch_row(s, e)
+    _write_audit(s.output_dir, acc.process_index, e.number, e.audit.hex(), e.batches_done)
+    s.trackers.log(row, step=e.global_step)
+    if acc.is_main_process:
+        log.info("epoch %d: %s", e.number + 1, json.dumps(row))
+    ckpt.save_checkpoint(acc, s.ckpt_root, f"step_{e.global_step:08d}",
+                         {"epoch": e.number, "batches_in_epoch": s.batches_per_epoch, "global_step": e.global_step,
+                          "validation_eer": row["validation_eer"], "loss": row["loss"]})
+    if acc.is_main_process:
+        ckpt.prune_checkpoints(s.ckpt_root, max(st.keep_best, st.average_best))  # what averaging needs
+    acc.wait_for_everyone()
+
+
+def _epoch_row(s: Stage, e: _Epoch) -> dict:
+    """metrics.csv's row: loss and accuracy over all processes, lr, margin, skipped files, seconds, and the
+    validation EER every ``stage.validate_every`` epochs and after the last (else None)."""
+    acc, st, data = s.acc, s.cfg.stage, s.cfg.data
+    total = acc.reduce(torch.cat([e.stats, e.stats.new_tensor([e.seen, _skipped(e.loader)])]),
+                       reduction="sum").tolist()
+    row = {"epoch": e.number + 1, "step": e.global_step,
+           "loss": total[0] / total[2] if total[2] > 0 else float("nan"),
+           "accuracy": total[1] / total[2] if total[2] > 0 else float("nan"),
+           "lr": s.scheduler.get_last_lr()[-1], "margin": s.unwrapped_head.margin,
+           "skipped_files": int(total[3]), "seconds": round(time.time() - e.started, 2)}
+    val_eer = None
+    if data.validation_manifest and data.validation_trials and (
+            (e.number + 1) % st.validate_every == 0 or e.number + 1 == st.epochs):
+        with eager(s.eval_model()) as m:
+            val_eer = validation_eer(m, _resolve(data.validation_manifest, s.config_dir),
+                                     _resolve(data.validation_trials, s.config_dir), acc, data)
+    row["validation_eer"] = val_eer
+    return row
+
+
+# -- the stage's final model --------------------------------------------------------------------------------
+
+def finish(s: Stage) -> None:
+    """The final model (the weight average, the mean of the ``stage.average_best`` best checkpoints, or the
+    last weights) with its training mean, saved with the head; ``COMPLETE`` written last."""
+    acc, st, head = s.acc, s.cfg.stage, s.unwrapped_head
+    final = acc.unwrap_model(s.model)
+    if s.ema is not None:
+        final.load_state_dict(s.ema.module.state_dict())
     elif st.average_best > 1:
-        best = ckpt.best_checkpoints(ckpt_root, st.average_best)
+        best = ckpt.best_checkpoints(s.ckpt_root, st.average_best)
         final.load_state_dict(ckpt.average_checkpoints(best, "model.safetensors"))
-        unwrapped_head.load_state_dict(ckpt.average_checkpoints(best, "model_1.safetensors"))
+        head.load_state_dict(ckpt.average_checkpoints(best, "model_1.safetensors"))
         log.info("averaged %d best checkpoints: %s", len(best), [p.name for p in best])
     with eager(final):
-        final.config.training_mean = training_mean(final, train_manifest, acc, data, st.mean_utterances,
-                                                   output_dir)
+        final.config.training_mean = training_mean(final, s.train_manifest, acc, s.cfg.data, st.mean_utterances,
+                                                   s.output_dir)
     if acc.is_main_process:
-        final.save_pretrained(output_dir / "model")
-        save_file({k: v.contiguous() for k, v in unwrapped_head.state_dict().items()},
-                  str(output_dir / "head.safetensors"))
-        (output_dir / "head.json").write_text(json.dumps({
-            "num_classes": unwrapped_head.num_classes, "sub_centers": unwrapped_head.sub_centers,
+        final.save_pretrained(s.output_dir / "model")
+        save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(s.output_dir / "head.safetensors"))
+        (s.output_dir / "head.json").write_text(json.dumps({
+            "num_classes": head.num_classes, "sub_centers": head.sub_centers,
             "embedding_size": final.config.embedding_size}))
-        (output_dir / "COMPLETE").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
-    trackers.close()
+        (s.output_dir / "COMPLETE").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+    s.trackers.close()
     acc.wait_for_everyone()
-    return output_dir
 
 
 def _write_audit(output_dir: Path, process: int, epoch: int, digest: str, batches: int) -> None:
@@ -577,96 +686,3 @@ def _skipped(loader) -> int:
     if bad:
         log.warning("skipped %d undecodable files, e.g. %s", len(bad), bad[:3])
     return len(bad)
-
-
-def _embed_manifest(model, manifest: str, acc, data):
-    """Embeds a manifest split across processes; every process gets the whole table back. Undecodable
-    files and files too short for the encoder are skipped and logged, as in training (a trial that
-    names one is then left out); with ``data.strict`` they stop the run, naming the file."""
-    from accelerate.utils import gather_object
-
-
-    loader = build_eval_loader(manifest, batch_seconds=data.eval_batch_seconds, chunk_seconds=data.eval_chunk_seconds,
-                               sample_rate=data.sample_rate, process_index=acc.process_index,
-                               num_processes=acc.num_processes, skip_bad=not data.strict,
-                               min_samples=min_samples(model.config))
-    table = extract_embeddings(model, loader, device=acc.device)
-    parts = gather_object([(table.ids.tolist(), table.embeddings, table.durations)]) \
-        if acc.num_processes > 1 else [(table.ids.tolist(), table.embeddings, table.durations)]
-    return merge_parts(parts)
-
-
-def merge_parts(parts: list[tuple[list[str], np.ndarray, np.ndarray]]):
-    """Per-process (ids, embeddings, durations) -> one table. An utterance cut into chunks may have been
-    embedded in parts by several processes (evaluation batches are dealt by chunk): its rows become their
-    duration-weighted mean (the weights the embedder uses within a process) with the summed duration."""
-
-    ids = [u for p in parts for u in p[0]]
-    if not ids:
-        return EmbeddingTable(np.array([], dtype=str), np.zeros((0, 0), np.float32), np.zeros(0, np.float32))
-    emb = np.concatenate([p[1] for p in parts if len(p[0])])
-    dur = np.concatenate([p[2] for p in parts if len(p[0])])
-    if len(set(ids)) < len(ids):
-        return pool_rows(ids, emb, dur)
-    return EmbeddingTable(np.array(ids), emb, np.asarray(dur, np.float32))
-
-
-def _subset_manifest(manifest: str, limit: int, out: Path, acc, seed: int = 0) -> str:
-    """A seeded random subset of at most ``limit`` rows (``sample_manifest``), written by the main process
-    while the others wait; every process gets its path."""
-    from accelerate.utils import broadcast_object_list
-
-
-    chosen = [str(sample_manifest(manifest, limit, out, seed)) if acc.is_main_process else None]
-    if acc.num_processes > 1:
-        broadcast_object_list(chosen)
-    acc.wait_for_everyone()
-    return chosen[0]
-
-
-def _check_trial_ids(trials, listed: set[str], manifest: str, trials_path: str) -> None:
-    """Raises KeyError when trials name ids that ``manifest`` does not list (another corpus's trial list)."""
-    unknown = list(dict.fromkeys(u for u in [*trials.enroll, *trials.test] if u not in listed))
-    if unknown:
-        raise KeyError(f"data.validation_trials {trials_path}: {len(unknown)} ids are not in data.validation_manifest "
-                       f"{manifest}, e.g. {', '.join(map(str, unknown[:5]))}: give the trial list made for that "
-                       "manifest")
-
-
-def check_validation_trials(manifest: str, trials_path: str) -> None:
-    """Before training: the validation trial list reads and names only utterances of the validation manifest
-    (checked again after each epoch's embedding, which would otherwise find out after the first epoch)."""
-
-    if not Path(manifest).is_file() and not Path(manifest).is_dir():
-        raise FileNotFoundError(f"data.validation_manifest: {manifest} not found")
-    _check_trial_ids(read_trials(trials_path), {str(row["id"]) for _, row in iter_rows(manifest)}, manifest,
-                     trials_path)
-
-
-def validation_eer(model, manifest: str, trials_path: str, acc, data) -> float:
-    """EER (%) of mean-subtracted cosine scores on the validation trials (never a test list)."""
-
-    table = _embed_manifest(model, manifest, acc, data)
-    trials = read_trials(trials_path)
-    known = set(table.ids.tolist())
-    keep = np.array([e in known and t in known for e, t in zip(trials.enroll, trials.test)], dtype=bool)
-    if not keep.all():  # their files failed to decode or were too short (skipped above), or are not listed
-        _check_trial_ids(trials, {str(row["id"]) for _, row in iter_rows(manifest)}, manifest, trials_path)
-        log.warning("validation: %d of %d trials name a skipped file and are left out", (~keep).sum(), len(keep))
-    x = table.embeddings - table.embeddings.mean(0, keepdims=True)
-    scores = cosine_scores(x[table.lookup(trials.enroll[keep])], x[table.lookup(trials.test[keep])])
-    return float(eer(scores, trials.labels[keep])[0])
-
-
-def training_mean(model, manifest: str, acc, data, limit: int, output_dir: Path) -> list[float]:
-    """Mean embedding of up to ``limit`` training utterances (full length, eval mode; 0: all)."""
-    if limit:
-        manifest = _subset_manifest(manifest, limit, output_dir / "mean_utterances.jsonl", acc)
-    table = _embed_manifest(model, manifest, acc, data)
-    if not len(table):
-        return [0.0] * model.config.embedding_size
-    mean = table.embeddings.mean(0)
-    if not np.isfinite(mean).all():
-        bad = table.ids[~np.isfinite(table.embeddings).all(1)].tolist()
-        raise ValueError(f"the model gives non-finite embeddings (has training diverged?), e.g. for {bad[:5]}")
-    return [float(v) for v in mean]
