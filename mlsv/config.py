@@ -147,8 +147,9 @@ class StageConfig:
     mask_time_prob: float = _bounded(0.0, low=0, high=1)
     epochs: int = _bounded(40, low=1)
     steps_per_epoch: int = _bounded(0, low=0)  # 0: one pass over the corpus
-    grad_accum: int = _bounded(1, low=1)
-    mixed_precision: str = field(default="no", metadata={"choices": ("no", "bf16", "fp16", "fp8")})
+    # null / "auto": what accelerate is configured with (accelerate config, accelerate launch), else 1 / "no"
+    grad_accum: int | None = _bounded(None, low=1)
+    mixed_precision: str = field(default="auto", metadata={"choices": ("auto", "no", "bf16", "fp16", "fp8")})
     compile: bool = False  # torch.compile the model and head for the fixed training crops (mlsv.models.runtime)
     # torch.compile's mode when stage.compile is on; reduce-overhead and max-autotune add CUDA graphs on a GPU
     compile_mode: str = field(default="default", metadata={"choices": (
@@ -250,7 +251,7 @@ def _check_choice(value: Any, f: dataclasses.Field, where: str) -> Any:
     if choices is not None and value not in choices:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}"
                           f"{nearest(str(value), map(str, choices))}")
-    for name, bound in f.metadata.get("bounds", {}).items():
+    for name, bound in f.metadata.get("bounds", {}).items() if value is not None else ():
         sign, ok = _BOUNDS[name]
         if not ok(value, bound):
             raise ConfigError(f"{where}: {value!r} must be {sign} {bound}")

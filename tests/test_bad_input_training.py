@@ -336,3 +336,103 @@ def test_a_damaged_checkpoint_is_named_with_what_to_do(trained, tiny, tmp_path, 
     (newest / ckpt.META).write_text("{not json")
     with pytest.raises(ckpt.CheckpointError, match=r"step_\d+ is damaged .*mlsv_meta\.json"):
         ckpt.checkpoint_dirs(run / "checkpoints")
+
+
+class _Payload:
+    """A pickle that runs a shell command when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_pickle_in_any_checkpoint_file_is_refused_not_run(trained, tiny, tmp_path, capsys):
+    """Resuming unpickled accelerate's custom states (the scheduler, the weight average) with weights_only=False:
+    a crafted file in the newest checkpoint ran os.system before mlsv reported anything."""
+    import torch
+
+    from mlsv.train import checkpoint as ckpt
+
+    newest = ckpt.checkpoint_dirs(trained / "checkpoints")[-1]
+    names = sorted(p.name for p in newest.iterdir() if p.name != ckpt.META) + ["custom_checkpoint_0.pkl"]
+    assert {"scheduler.json", "optimizer.bin", "random_states_0.pkl", "model.safetensors"} <= set(names)
+    assert not any(n.startswith("custom_checkpoint") for n in sorted(p.name for p in newest.iterdir()))
+    for name in names:
+        run = tmp_path / name / "run"
+        shutil.copytree(trained, run)
+        (run / "COMPLETE").unlink()
+        marker = tmp_path / name / "ran"
+        torch.save(_Payload(marker), run / "checkpoints" / newest.name / name)
+        rc, err = _train_py(["--config", str(tiny), "--output-dir", str(run), "--set", "stage.keep_best=2"], capsys)
+        assert not marker.exists(), f"{name}: the pickle ran"
+        assert rc == 2 and "Traceback" not in err and f"checkpoint {run / 'checkpoints' / newest.name}" in err, (
+            name, err[-800:])
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_tmp(tiny, tmp_path, capsys, monkeypatch):
+    """A full disk ended in a raw 'SafetensorError: No space left on device' and left a .tmp folder."""
+    import accelerate.utils.other as accelerate_other
+    from safetensors import SafetensorError
+
+    from mlsv.train import checkpoint as ckpt
+
+    real, calls = accelerate_other.safe_save_file, []
+
+    def full_disk(tensors, filename, metadata=None):
+        calls.append(filename)
+        if len(calls) > 2:  # the first checkpoint (model and head) fits, the second does not
+            with open(filename, "wb") as f:
+                f.write(b"\0" * 100)  # half written
+            raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                                  '"No space left on device" })')
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(accelerate_other, "safe_save_file", full_disk)
+    run = tmp_path / "run"
+    rc, err = _train_py(["--config", str(tiny), "--output-dir", str(run)], capsys)
+    assert rc == 2 and "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("train.py: error: cannot write checkpoint ") and "No space left on device" in line
+    assert "free space under" in line and "earlier checkpoints are intact" in line
+    checkpoints = run / "checkpoints"
+    assert not [p for p in checkpoints.iterdir() if p.name.endswith(".tmp")]
+    assert len(ckpt.checkpoint_dirs(checkpoints)) == 1  # the first one, intact
+    monkeypatch.setattr(accelerate_other, "safe_save_file", real)  # space freed: the run resumes and finishes
+    rc, err = _train_py(["--config", str(tiny), "--output-dir", str(run)], capsys)
+    assert rc == 0 and (run / "COMPLETE").is_file(), err
+
+
+@pytest.mark.integration
+def test_two_trainings_on_one_folder_one_is_refused_naming_the_other(tiny, tmp_path):
+    """Started 0.3 s apart with different optim.lr, one crashed with a raw traceback, the other finished,
+    and config.yaml recorded the other run's learning rate."""
+    import subprocess
+    import time
+
+    run = tmp_path / "run"
+
+    def start(lr):
+        return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--config", str(tiny), "--output-dir",
+                                 str(run), "--set", f"optim.lr={lr}"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+
+    first = start(0.001)
+    time.sleep(0.3)
+    second = start(0.002)
+    results = {}
+    for lr, proc in ((0.001, first), (0.002, second)):
+        out, err = proc.communicate(timeout=600)
+        results[lr] = (proc.returncode, err, proc.pid)
+    codes = sorted(rc for rc, _, _ in results.values())
+    assert codes == [0, 2], {lr: (rc, err[-1500:]) for lr, (rc, err, _) in results.items()}
+    winner = next(lr for lr, (rc, _, _) in results.items() if rc == 0)
+    loser_err = next(err for rc, err, _ in results.values() if rc == 2)
+    line = loser_err.strip().splitlines()[-1]
+    assert "Traceback" not in loser_err and line.startswith(f"train.py: error: {run} is being written by training: "
+                                                            f"process {results[winner][2]}"), loser_err[-1500:]
+    assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"] == winner
+    assert (run / "COMPLETE").is_file() and not (run / ".mlsv.lock").exists()

@@ -86,3 +86,18 @@ def test_half_precision_inputs_give_finite_loss(dtype):
 def test_speed_perturb_classes():
     assert speed_perturb_classes(5994, [1.0, 1.0, 1.0, 0.9, 1.1]) == 17982
     assert speed_perturb_classes(10, [1.0]) == 10
+
+
+def test_predictions_take_the_margin_but_not_the_penalty():
+    """The accuracy in metrics.csv was the argmax of the penalised logits; the method predicts with the
+    margin on the target only. Here the penalty lifts a negative above the target: the prediction stays."""
+    head = SubCenterAAMSoftmax(2, 2, scale=30.0, margin=0.3, sub_centers=1, top_k=1, penalty=0.06)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [math.cos(1.33), math.sin(1.33)]]))
+    x = torch.tensor([[math.cos(0.5), math.sin(0.5)]])  # 0.5 rad from class 0, 0.83 rad from class 1
+    y = torch.tensor([0])
+    loss, logits, predictions = head(x, y, return_predictions=True)
+    assert logits.argmax(-1).item() == 1  # cos(0.83 - 0.06) > cos(0.5 + 0.3): penalised, class 1 looks best
+    assert predictions.item() == 0  # cos(0.5 + 0.3) > cos(0.83): the method's prediction is right
+    loss2, logits2 = head(x, y)
+    assert torch.equal(loss, loss2) and torch.equal(logits, logits2)

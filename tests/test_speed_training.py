@@ -26,6 +26,7 @@ from mlsv.config import ConfigError, load_config
 from mlsv.models import runtime
 from mlsv.train import checkpoint as ckpt
 from mlsv.train import loop
+from mlsv.train.processes import accelerate_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")
@@ -34,9 +35,13 @@ pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_paddi
 # -- config ---------------------------------------------------------------------------------------------
 
 
-def test_speed_fields_default_and_parse(tmp_path):
-    st = load_config().stage
-    assert st.compile is False and st.attention == "sdpa" and st.mixed_precision == "no"
+def test_speed_fields_default_and_parse(tmp_path, monkeypatch):
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    monkeypatch.delenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", raising=False)
+    cfg = load_config()
+    st = cfg.stage  # precision and accumulation default to accelerate's configuration: "no" and 1 without one
+    assert st.compile is False and st.attention == "sdpa" and st.mixed_precision == "auto" and st.grad_accum is None
+    assert (accelerate_settings(cfg).stage.mixed_precision, accelerate_settings(cfg).stage.grad_accum) == ("no", 1)
     st = load_config(None, ["stage.compile=true", "stage.attention=eager",
                             "stage.mixed_precision=bf16"]).stage
     assert st.compile is True and st.attention == "eager" and st.mixed_precision == "bf16"
@@ -55,7 +60,7 @@ def test_speed_fields_default_and_parse(tmp_path):
     ("stage.attention=1", "stage.attention: expected str"),
     ("stage.compile=yes please", "stage.compile: expected true or false"),
     ("stage.compile=1", "stage.compile: expected true or false"),
-    ("stage.mixed_precision=bf61", "stage.mixed_precision: 'bf61' is not one of no, bf16, fp16, fp8"),
+    ("stage.mixed_precision=bf61", "stage.mixed_precision: 'bf61' is not one of auto, no, bf16, fp16, fp8"),
     ("stage.compiled=true", "unknown config key 'stage.compiled' (did you mean 'compile'?)"),
 ])
 def test_bad_speed_values_name_the_key(override, message):

@@ -61,8 +61,10 @@ class SubCenterAAMSoftmax(nn.Module):
         cos = (x @ w.T).view(-1, self.num_classes, self.sub_centers)
         return cos.amax(-1) if self.sub_centers > 1 else cos.squeeze(-1)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor):
-        """embeddings (B, E), labels (B,) -> (loss scalar, logits (B, N))."""
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, return_predictions: bool = False):
+        """embeddings (B, E), labels (B,) -> (loss scalar, logits (B, N)), and with ``return_predictions`` the
+        (B,) classes the method predicts: the margin on the target only, not the inter-top-K penalty, which
+        shapes the loss but is not part of a prediction (the reference logs its accuracy this way)."""
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             cos = self.cosine(embeddings).clamp(-1 + 1e-7, 1 - 1e-7)
             sin = (1.0 - cos * cos).clamp_min(0.0).sqrt()
@@ -71,6 +73,7 @@ class SubCenterAAMSoftmax(nn.Module):
             target = torch.where(cos > math.cos(math.pi - m), target, cos - m * math.sin(m))
             onehot = F.one_hot(labels, self.num_classes).bool()
             logits = torch.where(onehot, target, cos)
+            predictions = logits.argmax(-1) if return_predictions else None
             if self.top_k > 0 and self.penalty > 0:
                 hard = cos.masked_fill(onehot, -2.0).topk(self.top_k, dim=-1).indices
                 raised = cos * math.cos(self.penalty) + sin * math.sin(self.penalty)
@@ -78,5 +81,5 @@ class SubCenterAAMSoftmax(nn.Module):
                 logits = torch.where(penalised, raised, logits)
             logits = logits * self.scale
             loss = F.cross_entropy(logits, labels)
-        return loss, logits
+        return (loss, logits, predictions) if return_predictions else (loss, logits)
 

@@ -36,6 +36,7 @@ import hashlib
 import itertools
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -48,11 +49,13 @@ from mlsv.config import ConfigError, TrainConfig, dump_config, load_config, load
 from mlsv.data.augment import BatchAugmenter
 from mlsv.data.loader import build_train_loader, speed_perturb_classes
 from mlsv.data.manifest import load_labels, save_labels, speaker_labels
+from mlsv.locks import FolderLock
 from mlsv.models import TINY_ENCODERS, MLSVModel, SubCenterAAMSoftmax, runtime
 from mlsv.models.loading import min_samples
 from mlsv.models.loading import model_source as _model_source
 from mlsv.train import checkpoint as ckpt
 from mlsv.train.ema import WeightAverage
+from mlsv.train.processes import accelerate_settings, check_accelerator, choose_threads
 from mlsv.train.schedules import lr_at, margin_at
 from mlsv.train.trackers import Trackers, flat_keys
 from mlsv.train.validation import check_validation_trials, training_mean, validation_eer
@@ -156,6 +159,7 @@ def check_same_run(cfg: TrainConfig, output_dir: Path) -> None:
     saved = output_dir / "config.yaml"
     if not saved.is_file():
         return
+    cfg = accelerate_settings(cfg)
     if not ((output_dir / "COMPLETE").exists() or ckpt.checkpoint_dirs(output_dir / "checkpoints")):
         return
     try:
@@ -254,6 +258,12 @@ class Stage:
             return self.first_loader
         return _train_loader(self.cfg, self.acc, self.train_manifest, self.labels, epoch, start_batch)
 
+    @property
+    def extra_states(self) -> dict[str, object]:
+        """What a checkpoint holds beside accelerate's state, saved as JSON and safetensors (never pickled);
+        in this order (a checkpoint from before holds them as accelerate's custom states 0 and 1)."""
+        return {"scheduler": self.scheduler, **({"weight_average": self.ema} if self.ema is not None else {})}
+
     def eval_model(self) -> MLSVModel:
         """The model validation embeds with: the weight average when there is one."""
         return self.ema.module if self.ema is not None else self.acc.unwrap_model(self.model)
@@ -278,16 +288,21 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
     """Trains one stage; returns ``output_dir``. Resumes when checkpoints exist; does nothing if complete.
     The steps: ``set_up``, ``resume_point``, ``run_epoch`` for each epoch left, ``finish``."""
     output_dir = Path(output_dir)
+    cfg = accelerate_settings(cfg)  # the precision and accumulation that will run, as config.yaml records them
     check_same_run(cfg, output_dir)
     if (output_dir / "COMPLETE").is_file():
         log.info("%s is complete; skipping", output_dir)
         return output_dir
-    stage = set_up(cfg, output_dir, config_dir=config_dir, accelerator=accelerator)
-    at = resume_point(stage)
-    stage.trackers = Trackers(stage.acc, cfg, output_dir)
-    for epoch in range(at.epoch, cfg.stage.epochs):
-        at = run_epoch(stage, epoch, at)
-    finish(stage)
+    from accelerate import PartialState
+
+    # one process writes a stage's folder at a time (the main one of a launch; the others follow it)
+    with FolderLock(output_dir, "training") if PartialState().is_main_process else contextlib.nullcontext():
+        stage = set_up(cfg, output_dir, config_dir=config_dir, accelerator=accelerator)
+        at = resume_point(stage)
+        stage.trackers = Trackers(stage.acc, cfg, output_dir)
+        for epoch in range(at.epoch, cfg.stage.epochs):
+            at = run_epoch(stage, epoch, at)
+        finish(stage)
     return output_dir
 
 
@@ -336,6 +351,10 @@ def _accelerator(cfg: TrainConfig, output_dir: Path, accelerator=None):
         accelerator = Accelerator(mixed_precision=st.mixed_precision, gradient_accumulation_steps=st.grad_accum,
                                   log_with=trackers or None, project_dir=str(output_dir))
     acc = accelerator
+    check_accelerator(acc, cfg)
+    # torchrun and accelerate's launcher say how many processes share this machine
+    log.info("stage %s: %s", st.name, choose_threads(cfg, int(os.environ.get("LOCAL_WORLD_SIZE",
+                                                                              acc.num_processes))))
     if st.layerdrop > 0 and st.frontend_trainable != "none":
         _find_unused_parameters(acc)
     if not acc.is_main_process:
@@ -435,13 +454,11 @@ def _optimisation(cfg: TrainConfig, acc, model: MLSVModel, head: SubCenterAAMSof
     # the scheduler is stepped by hand once per optimiser step (accelerate's wrapper would step it once per
     # process), and checkpointed with the rest of the state
     model, head, optimizer = acc.prepare(model, head, optimizer)
-    acc.register_for_checkpointing(scheduler)
     ema = None
     if o.ema_decay > 0:
         # a deep copy: with stage.compile it is not compiled (Module.__getstate__ drops the compiled call), as
         # the average only ever evaluates
         ema = WeightAverage(acc.unwrap_model(model), o.ema_decay)
-        acc.register_for_checkpointing(ema)
     return model, head, optimizer, scheduler, ema
 
 
@@ -462,7 +479,7 @@ def resume_point(s: Stage) -> ResumePoint:
     done = ckpt.checkpoint_dirs(s.ckpt_root)
     if not done:
         return ResumePoint()
-    ckpt.load_checkpoint(s.acc, done[-1], done[-2] if len(done) > 1 else None)
+    ckpt.load_checkpoint(s.acc, done[-1], done[-2] if len(done) > 1 else None, extra=s.extra_states)
     meta = ckpt.read_meta(done[-1])
     at = ResumePoint(meta["epoch"], meta["batches_in_epoch"], meta["global_step"], meta.get("epoch_totals"),
                      meta.get("audits"), meta.get("bad_files"))
@@ -562,7 +579,7 @@ def _after_step(s: Stage, e: _Epoch) -> None:
                              {"epoch": e.number, "batches_in_epoch": e.batches_done,
                               "global_step": e.global_step, "epoch_totals": totals,
                               "audits": gather_object([e.audit.hex()]),
-                              "bad_files": gather_object([e.loader.bad_files])})
+                              "bad_files": gather_object([e.loader.bad_files])}, extra=s.extra_states)
 
 
 def _end_epoch(s: Stage, e: _Epoch) -> None:
@@ -575,7 +592,7 @@ def _end_epoch(s: Stage, e: _Epoch) -> None:
         log.info("epoch %d: %s", e.number + 1, json.dumps(row))
     ckpt.save_checkpoint(acc, s.ckpt_root, f"step_{e.global_step:08d}",
                          {"epoch": e.number, "batches_in_epoch": s.batches_per_epoch, "global_step": e.global_step,
-                          "validation_eer": row["validation_eer"], "loss": row["loss"]})
+                          "validation_eer": row["validation_eer"], "loss": row["loss"]}, extra=s.extra_states)
     if acc.is_main_process:
         ckpt.prune_checkpoints(s.ckpt_root, max(st.keep_best, st.average_best))  # what averaging needs
     acc.wait_for_everyone()
@@ -657,7 +674,8 @@ def train_batch(acc, model, head, optimizer, scheduler, batch: dict, stats: torc
     with acc.accumulate(model, head):
         with acc.autocast():
             emb = model(wav).embeddings
-        loss, logits = head(emb, y)
+        # the method's predictions: the margin on the target, not the inter-top-K penalty (which shapes the loss)
+        loss, _, predicted = head(emb, y, return_predictions=True)
         acc.backward(loss)
         if acc.sync_gradients and max_grad_norm > 0:
             acc.clip_grad_norm_([*model.parameters(), *head.parameters()], max_grad_norm)
@@ -667,7 +685,7 @@ def train_batch(acc, model, head, optimizer, scheduler, batch: dict, stats: torc
         optimizer.zero_grad(set_to_none=True)
     with torch.no_grad():
         stats[0] += loss.detach() * len(y)
-        stats[1] += (logits.argmax(-1) == y).sum()
+        stats[1] += (predicted == y).sum()
     return loss.detach()
 
 
