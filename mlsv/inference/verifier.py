@@ -233,12 +233,8 @@ class Verifier:
     def embed_table(self, inputs: Sequence[AudioInput], ids: Sequence[str] | None = None, *,
                     sample_rate: int | None = None, chunk_seconds: float = 0.0,
                     progress: bool | None = None) -> EmbeddingTable:
-        """Embeds ``inputs`` into an ``EmbeddingTable`` (ids default to the paths, or ``input #i``).
-
-        Raises:
-            ValueError: an id repeats (a table holds one row per id: give each input once), naming it,
-                before anything is embedded.
-        """
+        """Embeds ``inputs`` into an ``EmbeddingTable``: :meth:`Embedder.embed_table
+        <mlsv.inference.embedder.Embedder.embed_table>` (a repeated id is refused before anything is embedded)."""
         return self.embedder.embed_table(inputs, ids, sample_rate=sample_rate, chunk_seconds=chunk_seconds,
                                          progress=progress)
 
