@@ -331,6 +331,11 @@ def _record_in_model(model, mean: np.ndarray, metrics: dict, trial_lists: list, 
     record.apply(cfg)
 
 
+#: The baselines a run's table shows, as the synthetic corpus's ``baseline.json`` names them: a cosine of
+#: MFCC means, and an LDA trained on the training speakers' MFCC statistics (a linear speaker model).
+BASELINES = (("mfcc_cosine_eer", "MFCC mean"), ("lda_eer", "MFCC LDA"))
+
+
 def write_run_report(run_dir: str | Path, systems: dict[str, Path], *, baseline: str | None = None,
                      model: str | None = None) -> dict:
     """The run's ``results.json``, ``report.md`` (tables and plots) and final ``model`` folder.
@@ -338,7 +343,7 @@ def write_run_report(run_dir: str | Path, systems: dict[str, Path], *, baseline:
     Args:
         run_dir: the run folder.
         systems: label -> evaluate-step folder (e.g. {"LAP": .../lap_eval, "SUPERB": .../superb_eval}).
-        baseline: a JSON file with the MFCC baseline's EER (the synthetic corpus writes one).
+        baseline: a JSON file with the baselines' EERs (the synthetic corpus writes one: ``BASELINES``).
         model: the label of the system whose evaluated model becomes ``run_dir/model``.
     """
     run_dir = Path(run_dir)
@@ -366,10 +371,10 @@ def write_run_report(run_dir: str | Path, systems: dict[str, Path], *, baseline:
         lines.append(f"{label:<10} {stage:<11} {name:<18} {m['eer']:>7.2f} {m['min_dcf_0.01']:>10.4f} "
                      f"{m['min_dcf_0.05']:>10.4f}")
     base = results.get("baseline", {})
-    base_eer = base.get("mfcc_cosine_eer")
-    if base_eer is not None:
-        lines.append(f"{'MFCC mean':<10} {'cosine':<11} {Path(base.get('trials', 'test_trials')).stem:<18} "
-                     f"{float(base_eer):>7.2f}")
+    trials_name = Path(base.get("trials", "test_trials")).stem
+    for key, label in BASELINES:  # every baseline the corpus computed, the strong one too
+        if base.get(key) is not None:
+            lines.append(f"{label:<10} {'cosine':<11} {trials_name:<18} {float(base[key]):>7.2f}")
     table = "\n".join(lines)
 
     md = ["# mlsv run report", "", f"Run folder: `{run_dir}`", "", "```", table, "```", ""]
