@@ -57,7 +57,7 @@ step ts_large "$LIMIT" python3 $B/train_step.py --shape large --stage2-batch 32
 step embed_base "$LIMIT" python3 $B/embed.py --shape base
 # 4. equivalence of every fast path on CUDA kernels; the training step under CUDA's synchronisation check
 #    (a file of its own: it needs soundfile, and a collection error would stop the other file's tests)
-for t in fast_paths host_syncs; do
+for t in models_fast_paths train_host_syncs; do
   [ "$(budget "$LIMIT")" -eq 0 ] && { echo "== pytest -m gpu $t: skipped (SUITE_DEADLINE)"; continue; }
   timeout "$(budget "$LIMIT")" python3 -m pytest tests/test_$t.py -m gpu -q -p no:cacheprovider > "$OUT/pytest_gpu_$t.txt" 2>&1
   echo "== pytest -m gpu $t: rc=$? $(tail -1 "$OUT/pytest_gpu_$t.txt") (suite at $(( $(date +%s) - start )) s)"

@@ -1,4 +1,5 @@
-"""Small generated audio for the data tests (nothing is committed: everything goes to tmp_path)."""
+"""Small generated audio, manifests and embedding tables for the tests (nothing is committed: everything goes
+to tmp_path)."""
 
 from __future__ import annotations
 
@@ -68,3 +69,49 @@ def speaker_table(rng: np.random.Generator, n_spk: int, per_spk: int, prefix: st
     return EmbeddingTable(np.array([f"{prefix}{s}/v/{i}.wav" for i, s in enumerate(spk)]), emb,
                           rng.uniform(1, max_seconds, len(spk)).astype(np.float32),
                           np.array([f"{prefix}{s}" for s in spk]))
+
+
+def voice(seconds: float, sr: int = 16000, f0: float = 140.0, seed: int = 0) -> np.ndarray:
+    """A speech-like test signal: a harmonic tone with a syllable-rate envelope plus a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    x = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6)) / k for k in range(1, 8))
+    env = 0.5 + 0.5 * np.sin(2 * np.pi * 4.0 * t) ** 2
+    return (0.2 * x * env + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def sine_voice(seconds: float = 0.5, f0: float = 150.0, seed: int = 0) -> np.ndarray:
+    """A plainer test signal at 16 kHz: one sine plus a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 16000)) / 16000
+    return (0.2 * np.sin(2 * np.pi * f0 * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def write_voice_manifest(path: Path, audio: dict[str, tuple[str, np.ndarray]]) -> Path:
+    """A JSONL manifest of ``{id: (speaker, samples at 16 kHz)}``, each written as a WAV beside it."""
+    import json
+
+    rows = []
+    for uid, (speaker, x) in audio.items():
+        wav = path.parent / f"{uid}.wav"
+        sf.write(wav, x, 16000, subtype="FLOAT")
+        rows.append({"id": uid, "path": str(wav), "speaker": speaker, "duration": len(x) / 16000,
+                     "sample_rate": 16000})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def latin1_name(folder: Path, name: bytes) -> Path:
+    """``folder / name`` for a name in Latin-1 (not UTF-8), as Python holds it: surrogate-escaped."""
+    import os
+
+    return folder / os.fsdecode(name)
+
+
+def write_wav_bytes_path(path: Path, x: np.ndarray) -> Path:
+    """A WAV at ``path`` even when its name is not UTF-8 (soundfile refuses such a str, not its bytes)."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(os.fsencode(path), x, 16000, subtype="PCM_16")
+    return path

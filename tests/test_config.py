@@ -1,8 +1,13 @@
-"""Typed configs: YAML, one level of base, --set overrides, errors naming the key."""
+"""Typed configs (mlsv.config): YAML, one level of base, --set overrides, errors naming the key, and YAML
+mistakes naming the file and line."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
+from conftest import ROOT, run_train_py
 
 from mlsv.config import ConfigError, TrainConfig, dump_config, load_config
 
@@ -89,3 +94,56 @@ def test_unknown_key_in_a_file_names_it(tmp_path):
 
 def test_train_config_is_a_dataclass_tree():
     assert isinstance(load_config(), TrainConfig)
+
+
+# -- YAML mistakes named by file and line; values checked against each other ---------------------------------
+
+
+def test_yaml_mistakes_name_the_file_and_line(tmp_path, capsys):
+    (tmp_path / "syntax.yaml").write_text("data:\n  batch_size: 4\n   bad_indent: [\n")
+    with pytest.raises(ConfigError, match=r"syntax\.yaml:3: mapping values are not allowed here"):
+        load_config(tmp_path / "syntax.yaml")
+    rc, err = run_train_py(["--config", str(tmp_path / "syntax.yaml"), "--output-dir", str(tmp_path / "x")], capsys)
+    assert rc == 2 and err.startswith(f"train.py: error: {tmp_path / 'syntax.yaml'}:3: ") and "Traceback" not in err
+    (tmp_path / "latin1.yaml").write_bytes("stage:\n  name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8 text"):
+        load_config(tmp_path / "latin1.yaml")
+    rc, err = run_train_py(["--config", str(tmp_path), "--output-dir", str(tmp_path / "x")], capsys)  # a folder
+    assert rc == 2 and "is a folder: give the YAML file" in err
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    (tmp_path / "child.yaml").write_text("base: list.yaml\n")
+    with pytest.raises(ConfigError, match=r"list\.yaml \(the base of .*child\.yaml\): the top level must be a mapping"):
+        load_config(tmp_path / "child.yaml")
+    (tmp_path / "recipe.yaml").write_text("steps:\n  - {name: a, train: x.yaml\n")
+    rc, err = run_train_py(["--config", str(tmp_path / "recipe.yaml")], capsys)
+    assert rc == 2 and f"{tmp_path / 'recipe.yaml'}:3: " in err
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["augment.noise_snr=[15, 0]"], "augment.noise_snr: [15, 0] must be [low, high] with low <= high"),
+    (["augment.noise_snr=[5]"], "augment.noise_snr: [5] must be [low, high] with low <= high"),
+    (["augment.music_snr=[20, 5, 1]"], "augment.music_snr: [20, 5, 1] must be [low, high]"),
+    (["augment.babble_snr=[20, 13]"], "augment.babble_snr: [20, 13] must be [low, high]"),
+    (["augment.babble_speakers=[7, 4]"], "augment.babble_speakers: [7, 4] must be [low, high]"),
+    (["augment.babble_speakers=[0, 0]"], "augment.babble_speakers[0]: 0 must be >= 1"),
+    (["optim.min_lr=1"], "optim.min_lr 1 is above optim.lr 0.001"),
+    (["data.validation_trials=t.txt"], "data.validation_trials is set but data.validation_manifest is not"),
+    (["data.validation_manifest=v.jsonl"], "data.validation_manifest is set but data.validation_trials is not"),
+    (["head.penalty=-1"], "head.penalty: -1.0 must be >= 0"),
+])
+def test_config_values_checked_at_load(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert message in str(e.value)
+
+
+def test_equal_bounds_and_lrs_are_fine():
+    cfg = load_config(None, ["augment.noise_snr=[5, 5]", "optim.lr=1e-4", "optim.min_lr=1e-4", "head.penalty=0"])
+    assert cfg.augment.noise_snr == [5.0, 5.0] and cfg.optim.min_lr == cfg.optim.lr
+
+
+@pytest.mark.integration
+def test_bad_config_key_is_a_clear_error(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--quick", "--output-dir", str(tmp_path),
+                        "--set", "optim.lrr=1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "did you mean 'lr'" in r.stderr

@@ -406,3 +406,24 @@ def test_a_training_error_in_a_loader_worker_keeps_its_own_message(tmp_path, wor
     with pytest.raises(AudioError) as caught:
         list(dl)
     assert str(caught.value).endswith("nan.wav: NaN or infinite samples") and "Traceback" not in str(caught.value)
+
+
+def test_worker_errors_keep_their_own_message():
+    from torch.utils.data._utils import ExceptionWrapper
+
+    from mlsv.data.audio import AudioError
+    from mlsv.data.loader import unwrap_worker_error
+
+    for error, message in ((AudioError("a.wav: NaN or infinite samples"), "a.wav: NaN or infinite samples"),
+                           (KeyError("no such id 'x'"), "no such id 'x'")):
+        try:
+            try:
+                raise error
+            except Exception:
+                ExceptionWrapper(sys.exc_info(), where="in DataLoader worker process 0").reraise()
+        except Exception as wrapped:
+            assert "Original Traceback" in str(wrapped)
+            clean = unwrap_worker_error(wrapped)
+        assert type(clean) is type(error) and clean.args == (message,)
+    plain = ValueError("not from a worker")
+    assert unwrap_worker_error(plain) is plain

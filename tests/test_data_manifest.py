@@ -1,21 +1,20 @@
-"""Manifests: round trips, validation errors naming culprits, labels, audio reading."""
+"""Manifests (mlsv.data.manifest, checked by mlsv.data.validate): round trips, errors naming the file, line
+and field (files not UTF-8, corrupt parquet, bad numbers and ids), labels, process shares."""
 
 from __future__ import annotations
 
 import json
-import sys
 
-import numpy as np
 import pytest
-import soundfile as sf
-from data_helpers import tiny_corpus, tone, write_m4a, write_wav
+from data_helpers import tiny_corpus, tone, write_wav
 
-from mlsv.data.audio import AudioError, MissingDependencyError, audio_info, read_audio
+from mlsv.cli import main
 from mlsv.data.manifest import (
     ManifestError,
     iter_rows,
     load_labels,
     load_manifest,
+    sample_manifest,
     save_labels,
     speaker_labels,
     write_manifest,
@@ -129,69 +128,155 @@ def test_two_process_manifest_split_is_disjoint_and_complete(tmp_path, streaming
     assert shares[0] | shares[1] == {r["id"] for _, r in iter_rows(manifest)}
 
 
-# ----------------------------------------------------------------------------------------------
-# audio
+# -- the trial lists validate checks: lines named despite blank ones -----------------------------------------
 
 
-def test_read_audio_seeks_and_reads_only_the_crop(tmp_path, monkeypatch):
-    x = tone(10.0)
-    path = write_wav(tmp_path / "long.flac", x)
-    requested = []
-    real_read = sf.SoundFile.read
-
-    def spy(self, frames=-1, *args, **kwargs):
-        requested.append(frames)
-        return real_read(self, frames, *args, **kwargs)
-
-    monkeypatch.setattr(sf.SoundFile, "read", spy)
-    crop, sr = read_audio(path, 48000, 32000)
-    assert requested == [32000] and sr == 16000
-    np.testing.assert_allclose(crop, x[48000:80000], atol=1 / 32768)
+def test_validate_names_the_trial_file_line_despite_blank_lines(tmp_path):
+    manifest = tiny_corpus(tmp_path, speakers=2, utts=2)
+    ids = [row["id"] for _, row in iter_rows(manifest)]
+    trials = tmp_path / "t.txt"
+    trials.write_text(f"1 {ids[0]} {ids[1]}\n\n0 {ids[0]} nope\n")
+    report = validate(manifest, trials, check_audio=False, raise_on_error=False)
+    assert report.errors == [f"{trials}:3: id 'nope' not in {manifest}"]
 
 
-def test_read_audio_downmixes_resamples_and_decodes_bytes(tmp_path):
-    stereo = np.stack([tone(1.0), np.zeros(16000, np.float32)], 1)
-    path = write_wav(tmp_path / "st.wav", stereo, 16000)
-    mono, _ = read_audio(path)
-    np.testing.assert_allclose(mono, stereo.mean(1), atol=1e-4)
-    y, sr = read_audio(path, target_sr=8000)
-    assert sr == 8000 and abs(len(y) - 8000) <= 1
-    from_bytes, _ = read_audio(path.read_bytes())
-    np.testing.assert_array_equal(from_bytes, mono)
-    assert audio_info(path) == (16000, 16000, 2)
-    with pytest.raises(AudioError, match="st.wav: sample rate 16000 Hz, expected 8000 Hz"):
-        read_audio(path, target_sr=8000, allow_resample=False)
+# -- files that are not UTF-8, corrupt parquet ---------------------------------------------------------------
 
 
-def test_audio_errors_name_the_file(tmp_path):
-    (tmp_path / "empty.wav").write_bytes(b"")
-    (tmp_path / "junk.flac").write_bytes(b"\x00" * 500)
-    with pytest.raises(AudioError, match="missing.wav: file not found"):
-        read_audio(tmp_path / "missing.wav")
-    with pytest.raises(AudioError, match="empty.wav: empty file"):
-        audio_info(tmp_path / "empty.wav")
-    with pytest.raises(AudioError, match="junk.flac: not decodable audio"):
-        read_audio(tmp_path / "junk.flac")
+def _rows(n: int = 3) -> list[dict]:
+    return [{"id": f"u{i}", "path": f"u{i}.wav", "speaker": f"s{i % 2}", "duration": 1.0, "sample_rate": 16000}
+            for i in range(n)]
 
 
-def test_m4a_decodes_with_pyav(tmp_path):
-    x = tone(1.0)
-    path = write_m4a(tmp_path / "a.m4a", x)
-    y, sr = read_audio(path)
-    frames, rate, channels = audio_info(path)
-    assert sr == rate == 16000 and channels == 1 and abs(frames - 16000) < 2048
-    y2, _ = read_audio(path.read_bytes())
-    np.testing.assert_array_equal(y, y2)
+def _latin1_manifest(path):
+    """A JSONL manifest whose last (third) line holds speaker 'José' in Latin-1."""
+    rows = _rows()
+    rows[-1]["speaker"] = "Jos\xe9"
+    path.write_bytes("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("latin-1"))
+    return path
 
 
-def test_m4a_without_pyav_names_the_file_and_the_fix(tmp_path, monkeypatch):
-    path = tmp_path / "id1/vid/00001.m4a"
-    path.parent.mkdir(parents=True)
-    path.write_bytes(b"\x00\x00\x00\x18ftypM4A " + bytes(64))
-    monkeypatch.setitem(sys.modules, "av", None)  # import av fails as when PyAV is not installed
-    fix = r"needs PyAV, which is not installed: pip install -e \"\.\[m4a\]\".*--convert-dir"
-    for read in (read_audio, audio_info):
-        with pytest.raises(MissingDependencyError, match=f"{path}: decoding m4a/AAC {fix}"):
-            read(path)
-    with pytest.raises(AudioError, match=fix):  # an AudioError: callers that report those name the file
-        read_audio(path.read_bytes())
+def test_latin1_manifest_is_refused_at_load_naming_the_line(tmp_path):
+    from mlsv.data.manifest import _scan_utf8
+
+    path = _latin1_manifest(tmp_path / "latin1.jsonl")
+    message = r"latin1\.jsonl:3: not valid UTF-8 \(byte 0xe9 at byte \d+ of the line\)"
+    for streaming in (False, True):
+        with pytest.raises(ManifestError, match=message):
+            load_manifest(path, streaming=streaming)
+    with pytest.raises(ManifestError, match=message):
+        list(iter_rows(path))
+    with pytest.raises(ManifestError, match=message):
+        _scan_utf8(path, block=7)  # lines counted right across blocks
+    with pytest.raises(ManifestError, match=message):
+        validate(path, check_audio=False)
+
+
+def test_a_manifest_is_read_for_utf8_once_until_it_changes(tmp_path, monkeypatch):
+    """The training loop loads its manifest every epoch: an unchanged file is not decoded again, and a
+    file edited since (here to Latin-1) is checked again."""
+    from mlsv.data import manifest as module
+
+    path = tmp_path / "m.jsonl"
+    path.write_text(_latin1_manifest(tmp_path / "latin1.jsonl").read_bytes().decode("latin-1"), encoding="utf-8")
+    scans = []
+    monkeypatch.setattr(module, "_scan_utf8", lambda p, real=module._scan_utf8: (scans.append(p), real(p)))
+    load_manifest(path)
+    load_manifest(path, streaming=True)
+    assert len(scans) == 1
+    path.write_bytes(path.read_bytes().replace("é".encode(), b"\xe9"))
+    with pytest.raises(ManifestError, match=r"m\.jsonl:3: not valid UTF-8"):
+        load_manifest(path)
+    assert len(scans) == 2
+
+
+def test_embed_cli_reports_a_latin1_manifest_without_a_traceback(tmp_path, capsys):
+    from conftest import tiny_model
+
+    tiny_model(lap_heads=2, lap_channels=16, embedding_size=8).save_pretrained(tmp_path / "model")
+    path = _latin1_manifest(tmp_path / "latin1.jsonl")
+    for row in _rows():  # real audio: the rows load, and only the bad bytes are to blame
+        write_wav(tmp_path / row["path"], tone(1.0))
+    assert main(["embed", "--model", str(tmp_path / "model"), "--manifest", str(path),
+                 "--out", str(tmp_path / "o.npz"), "--num-workers", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"mlsv embed: error: {path}:3: not valid UTF-8 (byte 0xe9")
+
+
+def test_corrupt_parquet_manifest_names_the_file(tmp_path):
+    bad = tmp_path / "corrupt.parquet"
+    bad.write_bytes(b"PAR1garbage")
+    shards = tmp_path / "shards"
+    write_manifest(_rows(), shards / "a.parquet")
+    (shards / "b.parquet").write_bytes(b"PAR1garbage")
+    for manifest, culprit in ((bad, bad), (shards, shards / "b.parquet")):
+        message = f"^{culprit}: not a readable parquet file \\("
+        for streaming in (False, True):
+            with pytest.raises(ManifestError, match=message):
+                load_manifest(manifest, streaming=streaming)
+        with pytest.raises(ManifestError, match=message):
+            list(iter_rows(manifest))
+        with pytest.raises(ManifestError, match=message):
+            sample_manifest(manifest, 1, tmp_path / "sample.parquet")
+
+
+# -- manifest numbers and ids are checked where manifests are loaded -----------------------------------------
+
+
+BAD_VALUES = [
+    ("sample_rate", 0, "sample_rate 0 Hz is outside 4000-384000 Hz"),
+    ("sample_rate", 1_000_000, "sample_rate 1000000 Hz is outside 4000-384000 Hz"),
+    ("sample_rate", 16000.5, "sample_rate 16000.5 is not a whole number of Hz"),
+    ("duration", 1e308, r"duration 1e\+308 s is over 24 hours \(86400 s\): not one utterance"),
+    ("duration", float("nan"), "duration nan is not a finite number of seconds"),
+    ("duration", float("inf"), "duration inf is not a finite number of seconds"),
+    ("duration", -1.0, r"zero or negative duration -1\.0"),
+    ("duration", 0, "zero or negative duration 0"),
+    ("id", "a b", "id 'a b' holds whitespace"),
+    ("id", "a\tb", r"id 'a\\tb' holds whitespace"),
+]
+
+
+@pytest.mark.parametrize("field, value, message", BAD_VALUES)
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_bad_manifest_numbers_and_ids_name_the_line_and_field(tmp_path, field, value, message, suffix):
+    from mlsv.data.loader import build_eval_loader
+
+    rows = _rows()
+    for row in rows:
+        write_wav(tmp_path / row["path"], tone(1.0))
+    rows[1][field] = value
+    path = write_manifest(rows, tmp_path / f"m{suffix}")
+    where = f"^{path}:2: {message}"
+    for streaming in (False, True):
+        with pytest.raises(ManifestError, match=where):
+            load_manifest(path, streaming=streaming, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ManifestError, match=where):
+        build_eval_loader(path, batch_seconds=10.0)
+    with pytest.raises(ManifestError, match=f"{path}:2: (u1: )?{message}"):
+        validate(path)
+
+
+def test_good_manifest_numbers_still_load(tmp_path):
+    rows = _rows()
+    rows[0].update(sample_rate=16000.0, duration=86400)  # a whole-number float rate; exactly 24 hours
+    rows[1].update(sample_rate=4000, id="u1-ü")
+    rows[2].update(sample_rate=384000, duration=1e-3)
+    for suffix in (".jsonl", ".parquet"):
+        path = write_manifest(rows, tmp_path / f"m{suffix}")
+        assert load_manifest(path, cache_dir=str(tmp_path / "cache"))["id"] == ["u0", "u1-ü", "u2"]
+
+
+def test_embed_cli_names_the_line_of_a_nan_duration(tmp_path, capsys):
+    from conftest import saved_tiny_model
+
+    model = str(saved_tiny_model(tmp_path / "model"))
+    rows = _rows()
+    for row in rows:
+        write_wav(tmp_path / row["path"], tone(1.0))
+    rows[2]["duration"] = float("nan")
+    path = write_manifest(rows, tmp_path / "nan.jsonl")
+    assert main(["embed", "--model", model, "--manifest", str(path), "--out", str(tmp_path / "o.npz"),
+                 "--num-workers", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"mlsv embed: error: {path}:3: duration nan is not a finite number of seconds")

@@ -1,23 +1,22 @@
-"""Recipes on tiny fake trees: VoxCeleb (wav + m4a + official trial names), folders, MUSAN, RIRs,
-trial lists, and parquet shards that stream back identical audio."""
+"""Preparation (mlsv.data.prepare, `mlsv prepare`) on tiny fake trees: VoxCeleb (wav + m4a + official trial
+names), folders (links and file names that are not UTF-8 listed as bad files), MUSAN, RIRs, balanced trial
+lists, the synthetic corpus."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from data_helpers import tiny_corpus, tone, write_m4a, write_wav
+from data_helpers import latin1_name, tiny_corpus, tone, write_m4a, write_wav, write_wav_bytes_path
 
 from mlsv.cli import main
-from mlsv.data.audio import MissingDependencyError, read_audio
-from mlsv.data.manifest import ManifestError, iter_rows, load_manifest, write_manifest
+from mlsv.data.audio import MissingDependencyError
+from mlsv.data.manifest import iter_rows
 from mlsv.data.prepare import prepare_folder, prepare_musan, prepare_rirs, prepare_trials, prepare_voxceleb
-from mlsv.data.shards import write_shards
-from mlsv.data.trials import Trials, make_trials, read_trials, write_trials
+from mlsv.data.trials import read_trials
 from mlsv.data.validate import validate
 
 
@@ -172,76 +171,6 @@ def test_trials_balanced_cross_session_and_deterministic(tmp_path):
     assert len(b) == len(a)
 
 
-@pytest.mark.timeout(30)
-def test_trials_when_other_speakers_have_few_utterances(tmp_path):
-    t = make_trials(["a1", "a2", "a3", "b1"], ["A", "A", "A", "B"])  # used to spin forever
-    assert list(t.labels) == [1, 1, 1, 0, 0, 0] and set(t.test[3:]) == {"b1"}
-    rows = [{"id": f"{spk}{u}", "path": "x.wav", "speaker": spk, "duration": 1.0, "sample_rate": 16000}
-            for spk, n in (("A", 10), ("B", 2)) for u in range(n)]
-    manifest = write_manifest(rows, tmp_path / "m.jsonl")
-    t = prepare_trials(manifest, tmp_path / "t.txt", per_utterance=5)
-    assert int(t.labels.sum()) * 2 == len(t) and len({frozenset(p) for p in zip(t.enroll, t.test)}) == len(t)
-    with pytest.raises(ValueError, match="one.jsonl: .*no target and non-target trials"):
-        prepare_trials(write_manifest(rows[:10], tmp_path / "one.jsonl"), tmp_path / "u.txt")
-    bare = [{k: v for k, v in r.items() if k != "speaker"} for r in rows]
-    (tmp_path / "bare.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bare))
-    with pytest.raises(ManifestError, match=r"bare.jsonl:1: missing \['speaker'\]"):
-        prepare_trials(tmp_path / "bare.jsonl", tmp_path / "v.txt")
-    assert main(["prepare", "trials", "--manifest", str(tmp_path / "bare.jsonl"),
-                 "--out", str(tmp_path / "v.txt")]) == 2
-    with pytest.raises(ValueError, match="id 'a b' is empty or holds whitespace"):
-        write_trials(Trials(np.array(["a b"], object), np.array(["c"], object), np.array([1], np.int8)),
-                     tmp_path / "w.txt")
-
-
-def test_read_trials_accepts_a_byte_order_mark_and_refuses_an_empty_list(tmp_path):
-    bom = tmp_path / "bom.txt"
-    bom.write_bytes("1 a b\n0 a c\n".encode("utf-8-sig"))  # as some Windows editors save it
-    t = read_trials(bom)
-    assert t.labels.tolist() == [1, 0] and list(t.enroll) == ["a", "a"] and t.has_labels
-    for name, text in (("empty.txt", ""), ("blank.txt", "\n  \n")):
-        (tmp_path / name).write_text(text)
-        with pytest.raises(ValueError, match=f"^empty trial list: {tmp_path / name}$"):
-            read_trials(tmp_path / name)
-
-
-def test_shards_stream_back_identical_audio(tmp_path, monkeypatch):
-    import datasets
-
-    # datasets pauses 5 s after each pass over interleaved parquet shards (an arrow workaround)
-    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
-    manifest = tiny_corpus(tmp_path, speakers=2, utts=3)
-    paths, bad = write_shards(manifest, tmp_path / "shards", rows_per_shard=4, progress=False)
-    assert len(paths) == 2 and not bad
-    originals = {r["id"]: read_audio(tmp_path / r["path"])[0] for _, r in iter_rows(manifest)}
-    streamed = list(load_manifest(tmp_path / "shards", streaming=True))
-    assert sorted(r["id"] for r in streamed) == sorted(originals)
-    for row in streamed:
-        np.testing.assert_array_equal(read_audio(row["audio"])[0], originals[row["id"]])
-    assert validate(tmp_path / "shards").ok
-    from mlsv.config import DataConfig
-    from mlsv.data.loader import build_eval_loader, build_train_loader
-    from mlsv.data.manifest import speaker_labels
-
-    cfg = DataConfig(batch_size=2, num_workers=2, crop_seconds=0.25, speed_factors=[1.0], streaming=True)
-    stream = build_train_loader(tmp_path / "shards", cfg, None, labels=speaker_labels(manifest), epoch=0, seed=0)
-    batches = list(itertools.islice(stream, 5))  # the stream repeats: a pass gives 3 batches
-    assert len(batches) == 5 and {b["waveforms"].shape for b in batches} == {(2, 4000)}
-    for b in build_eval_loader(tmp_path / "shards", batch_seconds=10):
-        for uid, wave, mask in zip(b["ids"], b["waveforms"], b["attention_mask"]):
-            np.testing.assert_array_equal(wave[mask.bool()].numpy(), originals[uid])
-
-
-def test_shards_refuse_zero_rows_per_shard(tmp_path, capsys):
-    manifest = tiny_corpus(tmp_path, speakers=2, utts=2)
-    with pytest.raises(ValueError, match="rows_per_shard must be at least 1, got 0"):
-        write_shards(manifest, tmp_path / "shards", rows_per_shard=0, progress=False)
-    with pytest.raises(SystemExit):
-        main(["prepare", "shards", "--manifest", str(manifest), "--out", str(tmp_path / "s"),
-              "--rows-per-shard", "0"])
-    assert "--rows-per-shard: must be at least 1, got 0" in capsys.readouterr().err
-
-
 def test_cli_synthetic_and_trials(tmp_path, capsys):
     out = tmp_path / "syn"
     assert main(["prepare", "synthetic", "--out", str(out), "--speakers", "3", "--utterances", "3"]) == 0
@@ -250,3 +179,63 @@ def test_cli_synthetic_and_trials(tmp_path, capsys):
     assert "MFCC-mean cosine baseline EER" in capsys.readouterr().out
     assert main(["prepare", "trials", "--manifest", str(out / "test.jsonl"), "--out", str(tmp_path / "t.txt")]) == 0
     assert validate(out / "test.jsonl", tmp_path / "t.txt").ok
+
+
+def test_prepare_voxceleb_refuses_a_trial_list_with_a_truncated_first_line(tmp_path):
+    for spk in ("id10270", "id10271"):
+        for v in range(2):
+            write_wav(tmp_path / "wav" / spk / f"vid{v}" / "00001.wav", tone(0.3, 150 + 40 * v))
+    trials = tmp_path / "veri_test2.txt"
+    trials.write_text("1 id10270/vid0/00001.wav\n1 id10270/vid0/00001.wav id10270/vid1/00001.wav\n"
+                      "0 id10270/vid0/00001.wav id10271/vid0/00001.wav\n")
+    with pytest.raises(ValueError, match=r"veri_test2\.txt:2: expected 'ENROLL TEST' like line 1"):
+        prepare_voxceleb(tmp_path / "out", vox1_test=tmp_path / "wav", trials=[trials], progress=False)
+
+
+# -- links and file names in `mlsv prepare folder` -----------------------------------------------------------
+
+
+def test_prepare_folder_lists_link_loops_and_dangling_links_and_goes_on(tmp_path, capsys):
+    import os
+
+    from mlsv.data.prepare import prepare_folder
+
+    root = tmp_path / "root"
+    write_wav(root / "spk1" / "good.wav", tone(0.5))
+    write_wav(root / "spk2" / "good.wav", tone(0.5, 300))
+    os.symlink("loop.wav", root / "spk1" / "loop.wav")  # a link to itself
+    os.symlink("b.wav", root / "spk2" / "a.wav")  # two links to each other
+    os.symlink("a.wav", root / "spk2" / "b.wav")
+    os.symlink("missing.wav", root / "spk2" / "dangling.wav")
+    out = tmp_path / "out" / "m.jsonl"
+    result = prepare_folder(root, out, progress=False)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["spk1/good.wav", "spk2/good.wav"]
+    loop = "symbolic link loop (a link that leads back to itself): remove or fix the link"
+    assert result.bad == [f"{root / 'spk1' / 'loop.wav'}: {loop}", f"{root / 'spk2' / 'a.wav'}: {loop}",
+                          f"{root / 'spk2' / 'b.wav'}: {loop}",
+                          f"{root / 'spk2' / 'dangling.wav'}: dangling link to missing.wav (no such file): "
+                          "remove or fix the link"]
+    assert (tmp_path / "out" / "bad_files.txt").read_text().splitlines() == result.bad
+    assert main(["prepare", "folder", "--root", str(root), "--out", str(out)]) == 0
+    assert f"bad: {root / 'spk2' / 'dangling.wav'}: dangling link to missing.wav" in capsys.readouterr().out
+
+
+def test_prepare_folder_lists_names_not_utf8_as_bad_files_and_writes_a_utf8_manifest(tmp_path, capsys):
+    from mlsv.data.prepare import prepare_folder
+
+    root = tmp_path / "root"
+    write_wav(root / "spk1" / "good.wav", tone(0.5))
+    write_wav(root / "José" / "good.wav", tone(0.5, 300))  # UTF-8 names are kept as they are
+    write_wav_bytes_path(latin1_name(root / "spk1", b"caf\xe9.wav"), tone(0.5))
+    write_wav_bytes_path(latin1_name(root, b"Jos\xe9") / "u1.wav", tone(0.5))
+    out = tmp_path / "out" / "m.jsonl"
+    result = prepare_folder(root, out, progress=False)
+    rows = [json.loads(line) for line in out.read_bytes().decode("utf-8").splitlines()]
+    assert [r["id"] for r in rows] == ["José/good.wav", "spk1/good.wav"]
+    fix = ("file name is not valid UTF-8 (a manifest is UTF-8 text): rename it "
+           "(e.g. convmv -f latin1 -t utf-8)")
+    assert result.bad == [f"{root}/Jos\\xe9/u1.wav: {fix}", f"{root}/spk1/caf\\xe9.wav: {fix}"]
+    assert (tmp_path / "out" / "bad_files.txt").read_bytes().decode("utf-8").splitlines() == result.bad
+    assert main(["prepare", "folder", "--root", str(root), "--out", str(out)]) == 0
+    assert f"bad: {root}/spk1/caf\\xe9.wav: {fix}" in capsys.readouterr().out

@@ -1,4 +1,5 @@
-"""ONNX export of the whole embedding model, parity with PyTorch, and the ONNX runtime of the Verifier."""
+"""ONNX export (mlsv.inference.export) of the whole embedding model, parity with PyTorch, and the ONNX runtime
+of the Verifier: exports of other weights and corrupt ONNX files refused naming the re-export command."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import TINY_FAMILIES
+
+from mlsv.api import Verifier
 
 pytest.importorskip("onnxruntime")
 
@@ -230,3 +233,13 @@ def test_hub_export_is_checked_against_weights_already_downloaded(tmp_path, monk
     # a stored cohort downloads them anyway: then the export is compared with them
     with pytest.raises(StaleExportError, match="mlsv export --model me/cohort"):
         Verifier.from_pretrained("me/cohort", runtime="onnx")
+
+
+def test_corrupt_onnx_file_is_named_with_the_reexport_command(small_model_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    folder = tmp_path / "folder"
+    shutil.copytree(small_model_dir, folder)
+    (folder / "model.onnx").write_text("garbage\n")
+    with pytest.raises(ValueError, match=rf"{folder / 'model.onnx'}: not a loadable ONNX model.*re-export it: "
+                                         rf"mlsv export --model {folder} --out {folder / 'model.onnx'}"):
+        Verifier.from_pretrained(folder, runtime="onnx")

@@ -1,4 +1,5 @@
-"""`mlsv inspect`: LAP's per-frame layer scores and max-pool winners, SUPERB's weights, figure and table."""
+"""Layer inspection (mlsv.inference.inspect_layers, `mlsv inspect`): LAP's per-frame layer scores and max-pool
+winners, SUPERB's weights, figure and table; bad figure names and lengths refused."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import warnings
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import cli_error
+
+from mlsv.cli import main
 
 warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask.*")
 
@@ -83,3 +87,26 @@ def test_inspect_refuses_other_aggregations():
 
     with pytest.raises(ValueError, match="LAP scores or SUPERB weights"):
         analyze_layers(build("tiny-hubert", aggregation="last"), np.ones(4000, np.float32))
+
+
+# -- mlsv inspect at the command line ------------------------------------------------------------------------
+
+
+def test_inspect_reports_the_file_it_wrote(small_model_dir, cli_files, capsys, monkeypatch):
+    monkeypatch.chdir(cli_files)
+    assert main(["inspect", "--model", str(small_model_dir), "good.wav", "--out", "exp", "--max-seconds", "0"]) == 0
+    assert "wrote exp.png" in capsys.readouterr().out
+    assert (cli_files / "exp.png").is_file() and not (cli_files / "exp").exists()
+
+
+def test_inspect_refuses_bad_figure_names_and_lengths(small_model_dir, cli_files, capsys):
+    assert main(["inspect", "--model", str(small_model_dir), str(cli_files / "good.wav"),
+                 "--out", str(cli_files / "x.xyz")]) == 2
+    assert "cannot write .xyz figures" in cli_error(capsys)
+    for value in ("-1", "nan"):
+        with pytest.raises(SystemExit) as e:
+            main(["inspect", "--model", str(small_model_dir), str(cli_files / "good.wav"),
+                  "--out", str(cli_files / "x.png"),
+                  "--max-seconds", value])
+        assert e.value.code == 2
+        assert "argument --max-seconds:" in cli_error(capsys)

@@ -1,4 +1,6 @@
-"""The verification API (mlsv.api.Verifier) and the `mlsv verify` / `mlsv embed` commands."""
+"""The Verifier (mlsv.inference.verifier, through mlsv.api) and the `mlsv verify` / `mlsv embed` /
+`mlsv identify` commands: audio in, scores and decisions, enrolment from several recordings,
+identification, sliding windows and online tracking, and bad input refused naming the culprit."""
 
 from __future__ import annotations
 
@@ -10,7 +12,17 @@ import warnings
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import saved_tiny_model
+import torch
+from conftest import THRESHOLD, run_cli
+from data_helpers import (
+    latin1_name,
+    sine_voice,
+    tone,
+    voice,
+    write_voice_manifest,
+    write_wav,
+    write_wav_bytes_path,
+)
 
 from mlsv.api import Verifier, find_audio_files, load_audio, record_score_statistics
 from mlsv.data.audio import AudioError
@@ -20,22 +32,6 @@ from mlsv.scoring.embeddings import EmbeddingTable, load_embeddings
 warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask.*")
 
 SR = 16000
-THRESHOLD = 0.25
-
-
-def voice(seconds: float, sr: int = SR, f0: float = 140.0, seed: int = 0) -> np.ndarray:
-    """A speech-like test signal: a harmonic tone with a syllable-rate envelope plus a little noise."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * sr)) / sr
-    x = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6)) / k for k in range(1, 8))
-    env = 0.5 + 0.5 * np.sin(2 * np.pi * 4.0 * t) ** 2
-    return (0.2 * x * env + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return saved_tiny_model(tmp_path_factory.mktemp("model") / "model",
-                            config={"training_mean": [0.05 * i for i in range(16)], "threshold": THRESHOLD})
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +100,7 @@ def test_chunks_of_a_file_match_the_manifest_path(model_dir, verifier, tmp_path)
     way (equal chunks): 3.3 s at 1 s chunks is 4 chunks of 0.825 s, not 1 + 1 + 1.3 s."""
     path = tmp_path / "long.wav"
     sf.write(path, voice(3.3, seed=6), SR, subtype="FLOAT")
-    manifest = _write_manifest(tmp_path / "m.jsonl", {"long": ("a", voice(3.3, seed=6))})
+    manifest = write_voice_manifest(tmp_path / "m.jsonl", {"long": ("a", voice(3.3, seed=6))})
     chunked = verifier.embed(path, chunk_seconds=1.0)
     assert not np.allclose(chunked, verifier.embed(path), atol=1e-3)  # chunking changes the embedding
     out = tmp_path / "manifest.npz"
@@ -616,99 +612,6 @@ def test_embed_command_manifest_keeps_ids_and_speakers(model_dir, audio_dir, tmp
     assert cos.min() > 0.99 and not np.array_equal(a, b)
 
 
-def _write_manifest(path, audio: dict[str, tuple[str, np.ndarray]]):
-    """A JSONL manifest of ``{id: (speaker, samples at SR)}``, each written as a WAV beside it."""
-    rows = []
-    for uid, (speaker, x) in audio.items():
-        wav = path.parent / f"{uid}.wav"
-        sf.write(wav, x, SR, subtype="FLOAT")
-        rows.append({"id": uid, "path": str(wav), "speaker": speaker, "duration": len(x) / SR, "sample_rate": SR})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-@pytest.fixture()
-def eval_inputs(tmp_path):
-    manifest = _write_manifest(tmp_path / "m.jsonl", {
-        "a1": ("a", voice(0.6, seed=1)), "a2": ("a", voice(0.5, seed=2)),
-        "b1": ("b", voice(0.6, f0=210, seed=3)), "b2": ("b", voice(0.5, f0=210, seed=4))})
-    trials = tmp_path / "list.txt"
-    trials.write_text("1 a1 a2\n0 a1 b1\n1 b1 b2\n0 a2 b2\n")
-    return manifest, trials
-
-
-def test_evaluate_reuses_embeddings_only_when_nothing_changed(model_dir, eval_inputs, tmp_path, monkeypatch, caplog):
-
-    import mlsv.inference.evaluation as evaluation
-
-    other = saved_tiny_model(tmp_path / "other", seed=1)
-    manifest, trials = eval_inputs
-    calls = []
-    embed = evaluation.embed_manifest
-    monkeypatch.setattr(evaluation, "embed_manifest", lambda *a, **kw: calls.append(a[1]) or embed(*a, **kw))
-
-    def run(model, **kw):
-        evaluation.evaluate_model(model, manifest=str(manifest), trials=[str(trials)], out_dir=tmp_path / "ev",
-                                  device="cpu", plots=False, **kw)
-        return load_embeddings(tmp_path / "ev" / "embeddings.npz").embeddings
-
-    first = run(model_dir)
-    np.testing.assert_array_equal(run(model_dir), first)  # resumed: nothing embedded again
-    assert len(calls) == 1
-    caplog.set_level("WARNING", logger="mlsv.inference.evaluation")
-    second = run(other)
-    assert len(calls) == 2 and "made with another model;" in caplog.text
-    assert not np.allclose(second, first)
-    caplog.clear()
-    run(other, chunk_seconds=0.3)
-    assert len(calls) == 3 and "made with another chunk_seconds;" in caplog.text
-    caplog.clear()
-    manifest.write_text(manifest.read_text() + "\n")  # an edited manifest
-    run(other, chunk_seconds=0.3)
-    assert len(calls) == 4 and "made with another manifest;" in caplog.text
-    run(other, chunk_seconds=0.3)
-    assert len(calls) == 4
-    caplog.clear()
-    wav = manifest.parent / "a1.wav"  # an audio file replaced behind an unchanged manifest
-    sf.write(wav, voice(0.6, seed=9), 16000)
-    run(other, chunk_seconds=0.3)
-    assert len(calls) == 5 and "made with another audio;" in caplog.text
-
-
-def test_evaluate_stores_every_scale_s_metrics_and_the_card_shows_them_in_order(model_dir, eval_inputs, tmp_path):
-    from mlsv.inference.evaluation import evaluate_model
-    from mlsv.models import MLSVConfig
-    from mlsv.publish.hub import build_publish_folder
-
-    manifest, trials = eval_inputs
-    second = tmp_path / "alpha.txt"  # evaluated second, sorted first: the card keeps the order evaluated
-    second.write_text("1 a2 a1\n0 b2 a1\n")
-    result = evaluate_model(model_dir, manifest=str(manifest), trials=[str(trials), str(second)],
-                            out_dir=tmp_path / "ev", device="cpu", plots=False)
-    evaluation = MLSVConfig.from_pretrained(result["model"]).evaluation
-    assert evaluation["metrics_by_stage"] == json.loads((tmp_path / "ev" / "metrics_by_stage.json").read_text())
-    assert evaluation["trial_lists"] == ["list", "alpha"]
-    card = (build_publish_folder(result["model"], tmp_path / "pub", repo_id="me/x") / "README.md").read_text()
-    rows = [line.split(" | ")[0].lstrip("| ") for line in card.split("## Evaluation")[1].splitlines()
-            if line.startswith("| ") and not line.startswith("| trial list")]
-    assert rows == [f"{stage} / {name}" for stage in result["metrics"] for name in ("list", "alpha")]
-
-
-def test_evaluate_refuses_trial_lists_sharing_a_name(model_dir, eval_inputs, tmp_path):
-    from mlsv.inference.evaluation import evaluate_model
-
-    manifest, trials = eval_inputs
-    for d in ("x", "y"):
-        (tmp_path / d).mkdir()
-        (tmp_path / d / "list.txt").write_text(trials.read_text())
-    with pytest.raises(ValueError, match=r"distinct file names.*x/list.txt.*y/list.txt"):
-        evaluate_model(model_dir, manifest=str(manifest), trials=[str(tmp_path / "x" / "list.txt"),
-                       str(tmp_path / "y" / "list.txt")], out_dir=tmp_path / "ev", device="cpu", plots=False)
-    with pytest.raises(ValueError, match="asnorm-top-k"):
-        evaluate_model(model_dir, manifest=str(manifest), trials=[str(trials)], out_dir=tmp_path / "ev",
-                       top_k=0, device="cpu", plots=False)
-
-
 def test_non_finite_embeddings_and_cohorts_are_named(model_dir, eval_inputs, audio_dir, tmp_path):
     import torch
 
@@ -741,12 +644,12 @@ def test_non_finite_embeddings_and_cohorts_are_named(model_dir, eval_inputs, aud
 
 
 def test_too_short_audio_and_chunks_are_named(model_dir, verifier, tmp_path):
-    manifest = _write_manifest(tmp_path / "short.jsonl", {"tiny": ("a", voice(0.5)[:30])})
+    manifest = write_voice_manifest(tmp_path / "short.jsonl", {"tiny": ("a", voice(0.5)[:30])})
     out = str(tmp_path / "e.npz")
     with pytest.raises(ValueError, match=r"at least 40 samples.*tiny: 30 samples"):
         run_command("embed", ["--model", str(model_dir), "--manifest", str(manifest), "--out", out,
                               "--num-workers", "0"])
-    mixed = _write_manifest(tmp_path / "mixed.jsonl", {"long": ("a", voice(0.5)), "tiny": ("b", voice(0.5)[:30])})
+    mixed = write_voice_manifest(tmp_path / "mixed.jsonl", {"long": ("a", voice(0.5)), "tiny": ("b", voice(0.5)[:30])})
     with pytest.raises(ValueError, match="tiny: 30 samples"):  # padded beside a long one it gave a wrong embedding
         run_command("embed", ["--model", str(model_dir), "--manifest", str(mixed), "--out", out, "--num-workers", "0"])
     with pytest.raises(ValueError, match=r"chunk-seconds.*0\.002"):
@@ -771,38 +674,94 @@ def test_missing_model_folder_and_bad_top_k_are_named(model_dir, tmp_path):
         Verifier.from_pretrained(model_dir, asnorm_top_k=0)
 
 
-def test_evaluate_checks_trials_and_cohort_before_embedding_anything(model_dir, eval_inputs, tmp_path, monkeypatch):
-    """A cohort of one utterance per speaker embedded everything (minutes) before failing."""
-    import mlsv.inference.evaluation as evaluation
+# -- bad input: thresholds, sample rates, dtypes, repeated ids, file names that are not UTF-8 ----------------
 
-    manifest, trials = eval_inputs
-    calls = []
-    monkeypatch.setattr(evaluation, "embed_manifest", lambda *a, **kw: calls.append(a[1]))
 
-    def run(**kw):
-        evaluation.evaluate_model(model_dir, manifest=str(manifest), trials=[str(trials)], out_dir=tmp_path / "ev",
-                                  device="cpu", plots=False, **kw)
+def test_nonsense_thresholds_and_sample_rates_are_refused(small_verifier, wavs, small_model_dir, capsys):
+    from mlsv.api import check_sample_rate
 
-    for d in ("c1", "c2"):
-        (tmp_path / d).mkdir()
-    singles = _write_manifest(tmp_path / "c1" / "cohort.jsonl", {f"c{i}": (f"s{i}", voice(0.5, seed=20 + i))
-                                                                for i in range(6)})
-    with pytest.raises(ValueError, match=rf"cohort {singles}: calibration target pairs need a cohort speaker with "
-                                         "at least two utterances"):
-        run(cohort=str(singles), top_k=2)
-    pairs = _write_manifest(tmp_path / "c2" / "cohort.jsonl", {f"c{i}": (f"s{i // 2}", voice(0.5, seed=30 + i))
-                                                               for i in range(6)})
-    with pytest.raises(ValueError, match=r"the cohort has 3 speakers, too few for calibration pairs with top_k=2"):
-        run(cohort=str(pairs), top_k=2)
-    unlabelled = tmp_path / "c3.jsonl"
-    unlabelled.write_text(pairs.read_text().replace('"speaker": "s1"', '"speaker": ""'))
-    with pytest.raises(ValueError, match=rf"{unlabelled}:3: the cohort manifest needs a speaker on every row"):
-        run(cohort=str(unlabelled), top_k=2)
-    bad_trials = tmp_path / "bad.txt"
-    bad_trials.write_text("1 a1 a2\n0 a1 zz9\n")
-    with pytest.raises(KeyError, match=rf"{bad_trials}:2: id 'zz9' not in the manifest {manifest}"):
-        evaluation.evaluate_model(model_dir, manifest=str(manifest), trials=[str(bad_trials)],
-                                  out_dir=tmp_path / "ev", device="cpu", plots=False)
-    with pytest.raises(KeyError, match=rf"{bad_trials}:2: id 'zz9' not in the manifest"):
-        run(threshold_trials=str(bad_trials))
-    assert calls == []  # nothing was embedded
+    a, b = wavs / "a.wav", wavs / "b.wav"
+    for bad in (float("nan"), float("inf"), "x", True):
+        with pytest.raises(ValueError, match=r"^threshold \(--threshold\) must be a (finite )?number"):
+            small_verifier.verify(a, b, threshold=bad)
+    with pytest.raises(ValueError, match=r"far \(--far\) or threshold \(--threshold\), not both"):
+        small_verifier.verify(a, b, far=0.01, threshold=0.3)
+    with pytest.raises(ValueError, match=r"far \(--far\) must be a finite number, got nan"):
+        small_verifier.verify(a, b, far=float("nan"))
+    with pytest.raises(ValueError, match=r"far \(--far\) must be in \(0, 1\), got 2"):
+        small_verifier.verify(a, b, far=2)
+    rc, err = run_cli(["verify", "--model", str(small_model_dir), "--threshold", "nan", str(a), str(b)], capsys)
+    assert rc == 2 and "must be a finite number, got nan" in err
+    x = sine_voice()
+    for bad in (0, -16000, "16000", 16000.5, True, float("nan")):
+        with pytest.raises(ValueError, match=r"^sample_rate must be a positive integer \(samples per second\), got"):
+            small_verifier.embed(x, sample_rate=bad)
+        with pytest.raises(ValueError, match=r"^sample_rate must be a positive integer"):
+            small_verifier.verify(x, x, sample_rate=bad)
+    assert check_sample_rate(np.int64(8000)) == 8000 and check_sample_rate(16000.0) == 16000
+    np.testing.assert_array_equal(small_verifier.embed(x, sample_rate=16000.0), small_verifier.embed(x))
+    # a rate no audio has would resample into gigabytes (sample_rate=1 grew a process to 18 GB)
+    for bad in (1, 3999, 384001):
+        with pytest.raises(ValueError, match=rf"^sample_rate {bad} Hz is outside 4000-384000 Hz"):
+            small_verifier.embed(x, sample_rate=bad)
+    sr1 = wavs.parent / "sr1.wav"
+    sf.write(sr1, 0.3 * np.random.default_rng(0).standard_normal(32000), 1, subtype="PCM_16")
+    rc, err = run_cli(["verify", "--model", str(small_model_dir), str(sr1), str(a)], capsys)
+    assert rc == 2 and err.count("\n") == 1 and f"{sr1}: sample rate 1 Hz is outside 4000-384000 Hz" in err, err
+
+
+def test_half_precision_tensors_are_embedded_as_float32(small_verifier):
+    x = torch.from_numpy(sine_voice())
+    ref = small_verifier.embed(x)
+    for dtype in (torch.bfloat16, torch.float16):
+        e = small_verifier.embed(x.to(dtype))
+        assert e.dtype == np.float32
+        np.testing.assert_allclose(e, small_verifier.embed(x.to(dtype).float()), atol=1e-6)
+        assert np.abs(e - ref).max() < 1e-2
+
+
+def test_repeated_ids_are_refused_and_a_file_named_twice_is_embedded_once(small_verifier, wavs, small_model_dir,
+                                                                          tmp_path, caplog, capsys):
+    a, b = str(wavs / "a.wav"), str(wavs / "b.wav")
+    with pytest.raises(ValueError, match=r"id 'a' is given twice \(inputs #0 and #2\)"):
+        small_verifier.embed_table([a, b, a], ids=["a", "b", "a"])
+    with pytest.raises(ValueError, match=rf"id '{a}' is given twice"):
+        small_verifier.embed_table([a, a])
+    assert small_verifier.embed([a, a]).shape == (2, 8)  # embed() returns no ids: a repeat is harmless there
+    with pytest.raises(ValueError, match=r"id 'a' appears 2 times \(rows 0, 2\); ids must be unique"):
+        EmbeddingTable(["a", "b", "a"], np.zeros((3, 4)), np.ones(3))
+    dup = tmp_path / "dup.npz"
+    np.savez(dup, ids=np.array(["a", "b", "a"]), embeddings=np.zeros((3, 4), np.float32),
+             durations=np.ones(3, np.float32))
+    with pytest.raises(ValueError, match=rf"^{dup}: id 'a' appears 2 times"):
+        load_embeddings(dup)
+    with caplog.at_level("WARNING", logger="mlsv.data.inputs"):
+        assert find_audio_files([a, wavs / "a.wav", b, str(wavs)]) == [a, b, str(wavs / "late.wav"),
+                                                                        str(wavs / "silent.wav")]
+    assert "named more than once" in caplog.text
+    out = tmp_path / "e.npz"
+    rc, _ = run_cli(["embed", "--model", str(small_model_dir), a, a, b, "--out", str(out)], capsys)
+    assert rc == 0 and list(load_embeddings(out).ids) == [a, b]
+
+
+def test_verify_cli_reads_a_file_named_in_latin1_and_names_it_readably(tmp_path, capsys):
+    from conftest import saved_tiny_model
+
+    from mlsv.cli import main
+
+    model = str(saved_tiny_model(tmp_path / "model"))
+    a = write_wav(tmp_path / "a.wav", tone(1.0))
+    b = write_wav_bytes_path(latin1_name(tmp_path, b"caf\xe9.wav"), tone(1.0, 300))
+    readable = f"{tmp_path}/caf\\xe9.wav"
+    capsys.readouterr()
+    assert main(["verify", "--model", model, str(a), str(b), "--threshold", "0.5"]) == 0
+    assert "decision" in capsys.readouterr().out
+    assert main(["verify", "--model", model, str(a), str(b), "--threshold", "0.5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["b"] == readable
+    assert main(["verify", "--model", model, str(a), str(b), "--threshold", "0.5", "--window", "0.5"]) == 0
+    assert "speaks in caf\\xe9.wav: " in capsys.readouterr().out
+    bad = latin1_name(tmp_path, b"d\xe9j\xe0.wav")  # not audio: the error names it, readably, on one line
+    bad.write_bytes(b"not audio at all")
+    assert main(["verify", "--model", model, str(a), str(bad), "--threshold", "0.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"mlsv verify: error: {tmp_path}/d\\xe9j\\xe0.wav: not decodable audio")

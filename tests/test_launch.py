@@ -33,6 +33,9 @@ def test_train_py_quick_under_torchrun_on_cpus_is_one_run_of_two_processes(tmp_p
     assert (out / "model" / "model.safetensors").is_file()
 
 
+@pytest.mark.integration
+@pytest.mark.integration
+@pytest.mark.integration
 def test_accelerate_launch_that_starts_one_of_several_processes_is_refused(tmp_path):
     """`accelerate launch --num_processes 2` on a machine without GPUs started one process, silently."""
     r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2",

@@ -5,13 +5,11 @@
   (Base) and pre-LN (Large) layers, fused QKV.
 * transformers' own SDPA switch for the other families.
 * LAP under bf16 autocast and compiled; the whole model compiled.
-* The speed helpers and the two benchmarks (smoke runs printing JSON).
+* The speed helpers (mlsv.models.runtime, mlsv.models.shapes).
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -472,37 +470,6 @@ def test_speed_helpers():
         shapes.benchmark_encoder_config("huge")
 
 
-def _run_benchmark(name: str, argv: list[str], capsys) -> dict:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        module = __import__(name)
-    finally:
-        sys.path.pop(0)
-    module.main(argv)
-    return json.loads(capsys.readouterr().out)
-
-
-def test_train_step_benchmark_prints_json(capsys, tmp_path):
-    out = _run_benchmark("train_step", ["--shape", "tiny", "--batch", "2", "--seconds", "0.2", "--classes", "50",
-                                        "--steps", "1", "--warmup", "0", "--device", "cpu", "--threads", "0",
-                                        "--stage2-batch", "3", "--profile", str(tmp_path / "prof")], capsys)
-    assert set(out["results"]) == {"stage1", "stage2", "frontend", "backend", "loop"}
-    assert list(out["results"])[-1] == "loop"  # after the others: accelerate's prepare wraps the forward
-    for name, part in out["results"].items():
-        assert part["utterances_per_s"] > 0 and part["peak_memory_mb"] > 0
-        assert part["batch"] == (3 if name == "stage2" else 2)
-        assert "aten::" in Path(part["profile"]).read_text()  # the operator table
-    assert out["torch"] == torch.__version__ and out["device"].startswith("cpu")
-
-
-def test_embed_benchmark_prints_json(capsys):
-    out = _run_benchmark("embed", ["--shape", "tiny", "--utterances", "5", "--min-seconds", "0.2",
-                                   "--max-seconds", "0.5", "--batch", "2", "--reference-utterances", "3",
-                                   "--passes", "1", "--device", "cpu", "--threads", "0"], capsys)
-    assert out["fast"]["audio_s_per_s"] > 0 and out["reference"]["audio_s_per_s"] > 0
-    assert out["equivalence"]["max_abs_diff"] < 1e-4 and out["equivalence"]["min_cosine"] > 0.9999
-
-
 # -- on a GPU (run with `pytest -m gpu` where CUDA is available; skipped elsewhere) -----------------------
 @pytest.fixture
 def exact_cuda():
@@ -640,12 +607,3 @@ def test_gpu_compiled_training_step_matches_eager(exact_cuda):
     out = step()
     torch.testing.assert_close(out[0], ref[0], rtol=1e-4, atol=1e-4)
     _assert_grads_close(ref[1], out[1], rel=1e-3)
-
-
-def test_frontend_parts_benchmark_prints_json(capsys):
-    out = _run_benchmark("frontend_parts", ["--shape", "tiny", "--batch", "2", "--seconds", "0.3", "--repeats", "1",
-                                            "--device", "cpu"], capsys)
-    for layout in ("channels_last", "channels_first"):
-        assert out["ms"][f"cnn[{layout}]"] > 0 and out["ms"][f"positional[{layout}]"] > 0
-    assert {"projection", "layers", "lap_astp", "whole"} <= set(out["ms"])
-    assert out["utterances_per_s"]["whole"] > 0

@@ -1,12 +1,16 @@
-"""Frontend classes per encoder family, their frame arithmetic and the shortest input they take."""
+"""Frontends (mlsv.models.frontend): the class per encoder family, their frame arithmetic, the shortest input
+they take, and audio far beyond full scale."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_FAMILIES, TINY_SETTINGS, padded_batch, tiny_model
+from data_helpers import sine_voice
 from transformers import AutoConfig
 
+from mlsv.api import Verifier
 from mlsv.models import MLSVModel, fast_conv
 from mlsv.models.frontend import (
     FAMILIES,
@@ -158,3 +162,27 @@ def test_saved_model_code_includes_fast_conv(tmp_path):
     tiny_model().save_pretrained(tmp_path)
     assert {"modeling_mlsv.py", "frontend.py", "fast_attention.py", "fast_conv.py"} <= {
         p.name for p in tmp_path.glob("*.py")}
+
+
+def test_float_audio_far_beyond_full_scale_gives_the_same_embedding():
+    """|x| ~ 1e19 passed the NaN check and overflowed the input normalisation (cosine 0.375 against the same
+    signal at amplitude 1), and Whisper's power spectrum into NaN."""
+    from conftest import tiny_model
+
+    x = sine_voice(1.0, seed=5)
+    x = x / np.abs(x).max()
+    for family in ("tiny-wavlm", "tiny-hubert"):  # input normalisation: scale-free, so the same embedding
+        v = Verifier(tiny_model(family).eval())
+        a = v.embed(x)
+        for amplitude in (3.0, 1e19, 1e37):
+            b = v.embed(x * np.float32(amplitude))
+            assert np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b) > 0.99999, (family, amplitude)
+    whisper = tiny_model("tiny-whisper").eval().frontend
+    lengths = torch.tensor([x.size])
+    with torch.no_grad():
+        ref = whisper.log_mel(torch.from_numpy(x)[None], lengths)
+        for amplitude in (1e19, 1e37):  # Whisper's log-mel is not scale-free: log10(a) / 2 higher everywhere
+            loud = whisper.log_mel(torch.from_numpy(x * np.float32(amplitude))[None], lengths)
+            assert torch.isfinite(loud).all()
+            torch.testing.assert_close(loud - ref, torch.full_like(ref, np.log10(amplitude) / 2), rtol=0,
+                                       atol=1e-3)

@@ -1,4 +1,4 @@
-"""The sub-center AAM-softmax head with the inter-top-K penalty."""
+"""The sub-center AAM-softmax head (mlsv.models.head) with the inter-top-K penalty."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Model library: encoders, aggregation, backends, MLSVModel save/load."""
+"""The model (mlsv.models.modeling_mlsv) and its parts: encoders, aggregation, backends, MLSVModel save/load."""
 
 from __future__ import annotations
 

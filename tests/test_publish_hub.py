@@ -1,4 +1,5 @@
-"""Publishing: the dry-run folder (code, weights, model card) loads without mlsv; the upload call sequence."""
+"""Publishing (mlsv.publish.hub, push_to_hub.py): the dry-run folder (code, weights, model card) loads without
+mlsv; the upload call sequence; a dry run never deletes what it did not make; repository ids checked first."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import saved_tiny_model
+from conftest import cli_error, saved_tiny_model
 
+from mlsv.publish import hub
 from mlsv.publish.hub import build_model_card, load_metrics, main
 
 warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask.*")
@@ -490,3 +492,117 @@ def test_the_card_does_not_claim_mlsv_is_on_a_package_index(run_dir):
     card = build_model_card(MLSVConfig.from_pretrained(run_dir / "model"), repo_id="a/b")
     assert "pip install mlsv" not in card
     assert "pip install -e ." in card and "repository" in card
+
+
+# -- push_to_hub.py --dry-run never deletes what it did not make; repository ids checked first ---------------
+
+
+def _dry_run(model, out, repo_id="me/x") -> int:
+    return hub.main(["--model", str(model), "--repo-id", repo_id, "--dry-run", str(out)])
+
+
+def test_dry_run_refuses_a_folder_with_other_files(small_model_dir, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious\n")
+    assert _dry_run(small_model_dir, out) == 2
+    assert "not a publish folder" in cli_error(capsys)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "precious\n"
+
+
+def test_dry_run_refuses_a_folder_holding_the_model(small_model_dir, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "runX"
+    shutil.copytree(small_model_dir, run / "model")
+    before = sorted(p.name for p in (run / "model").iterdir())
+    assert _dry_run(run / "model", run) == 2
+    assert "holds the model folder" in cli_error(capsys)
+    assert _dry_run(run / "model", run / "model") == 2
+    assert sorted(p.name for p in (run / "model").iterdir()) == before
+
+
+def test_dry_run_refuses_the_current_folder(small_model_dir, tmp_path, capsys, monkeypatch):
+    (tmp_path / "config.json").write_text("{}")  # a publish-like file: still the folder the user stands in
+    monkeypatch.chdir(tmp_path)
+    assert _dry_run(small_model_dir, ".") == 2
+    assert "holds the current folder" in cli_error(capsys)
+    assert (tmp_path / "config.json").read_text() == "{}"
+
+
+def test_dry_run_out_that_is_a_file(small_model_dir, cli_files, capsys):
+    assert _dry_run(small_model_dir, cli_files / "afile") == 2
+    assert "afile is a file, not a folder" in cli_error(capsys)
+    assert _dry_run(small_model_dir, cli_files / "afile" / "sub") == 2
+    assert "afile is a file, not a folder" in cli_error(capsys)
+    assert (cli_files / "afile").read_text() == "keep me\n"
+
+
+def test_dry_run_rerun_replaces_its_own_output(small_model_dir, tmp_path, capsys):
+    out = tmp_path / "pub"
+    assert _dry_run(small_model_dir, out) == 0
+    first = sorted(p.name for p in out.iterdir())
+    assert {"config.json", "model.safetensors", "README.md", "modeling_mlsv.py"} <= set(first)
+    (out / "README.md").write_text((out / "README.md").read_text() + "\nold edit\n")
+    assert _dry_run(small_model_dir, out, repo_id="me/y") == 0
+    assert sorted(p.name for p in out.iterdir()) == first
+    assert "me/y" in (out / "README.md").read_text() and "old edit" not in (out / "README.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pub"]  # no temporary folder left beside it
+
+
+def test_failed_build_keeps_the_previous_output(small_model_dir, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "pub"
+    assert _dry_run(small_model_dir, out) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    bad = tmp_path / "bad"
+    shutil.copytree(small_model_dir, bad)
+    (bad / "model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(Exception):  # noqa: B017  (the loader's error; a clear one is api.load_model's business)
+        hub.build_publish_folder(bad, out, repo_id="me/x")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "pub"]
+
+
+def test_dry_run_refuses_a_folder_with_publish_file_names_that_it_did_not_build(tmp_path):
+    """File names alone do not make a publish folder: a user's README.md and config.json stay."""
+    from mlsv.publish.hub import main
+    model = saved_tiny_model(tmp_path / "model", lap_heads=2, lap_channels=16, embedding_size=8)
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "README.md").write_text("# my notes\n")
+    (mine / "config.json").write_text('{"mine": 1}')
+    assert main(["--model", str(model), "--repo-id", "me/x", "--dry-run", str(mine)]) == 2
+    assert sorted(p.name for p in mine.iterdir()) == ["README.md", "config.json"]
+    assert (mine / "README.md").read_text() == "# my notes\n"
+    (mine / "__init__.py").write_text("")
+    assert main(["--model", str(model), "--repo-id", "me/x", "--dry-run", str(mine)]) == 2
+    assert (mine / "__init__.py").is_file()
+    built = tmp_path / "built"  # an earlier dry run's folder is replaced
+    assert main(["--model", str(model), "--repo-id", "me/x", "--dry-run", str(built)]) == 0
+    assert main(["--model", str(model), "--repo-id", "me/x", "--dry-run", str(built)]) == 0
+
+
+@pytest.mark.parametrize("repo_id", ["bad repo id!!", "me/a--b", "me/-a", "me/a.", "x", "a/b/c", "me/" + "a" * 97])
+def test_bad_repo_id_is_refused_before_building(small_model_dir, tmp_path, capsys, repo_id):
+    assert _dry_run(small_model_dir, tmp_path / "p4", repo_id=repo_id) == 2
+    assert "--repo-id" in cli_error(capsys)
+    assert not (tmp_path / "p4").exists()
+    # and before an upload (nothing is built, nothing reaches the network)
+    assert hub.main(["--model", str(small_model_dir), "--repo-id", repo_id]) == 2
+    assert "--repo-id" in cli_error(capsys)
+
+
+def test_repo_id_check_accepts_hub_names():
+    assert hub.check_repo_id("Me_1/mlsv-wavlm.lap") == "Me_1/mlsv-wavlm.lap"
+
+
+def test_hub_main_reports_os_errors(small_model_dir, tmp_path, capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "pub"))
+
+    monkeypatch.setattr(hub, "build_publish_folder", refuse)
+    assert _dry_run(small_model_dir, tmp_path / "pub") == 2
+    assert "push_to_hub.py: error: [Errno 13] Permission denied" in cli_error(capsys)

@@ -1,4 +1,6 @@
-"""``mlsv score`` / ``mlsv calibrate`` on tiny npz files, in-process; score files, metrics, clear errors."""
+"""``mlsv score`` / ``mlsv calibrate`` (mlsv.commands.score, .calibrate) on tiny npz files, in-process; score
+files, metrics, and clear errors naming the cohort, the mean vector or the trial line before anything is
+written."""
 
 from __future__ import annotations
 
@@ -8,8 +10,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import SMALL_DIM, cli_error
 from data_helpers import speaker_table
 
+from mlsv.cli import main
 from mlsv.commands import calibrate as calibrate_cmd
 from mlsv.commands import score as score_cmd
 from mlsv.data.trials import Trials, read_trials
@@ -166,3 +170,72 @@ def test_help_has_examples(capsys):
         with pytest.raises(SystemExit):
             parser.parse_args([name, "--help"])
         assert f"mlsv {name} --embeddings" in capsys.readouterr().out
+
+
+# -- cohort and mean named, checked before anything is written; unknown ids named by line --------------------
+
+
+def _score(d, *extra) -> int:
+    return main(["score", "--embeddings", str(d / "test.npz"), "--trials", str(d / "trials.txt"),
+                 "--out", str(d / "s.tsv"), *extra])
+
+
+def test_cohort_of_another_dimension_is_named(cli_files, capsys):
+    dim4 = speaker_table(np.random.default_rng(1), 10, 2, "co", 4, spread=0.5, max_seconds=5.0)
+    save_embeddings(dim4, cli_files / "dim4.npz")
+    assert _score(cli_files, "--cohort", str(cli_files / "dim4.npz"), "--asnorm-top-k", "2") == 2
+    assert (f"{cli_files / 'dim4.npz'}: cohort embeddings have 4 dimensions, {cli_files / 'test.npz'} has 8"
+            in cli_error(capsys))
+    assert not (cli_files / "s.tsv").exists()
+
+
+def test_bad_mean_vectors_are_named(cli_files, capsys):
+    mean = np.zeros(SMALL_DIM, np.float32)
+    mean[3] = np.nan
+    np.save(cli_files / "mean_nan.npy", mean)
+    assert _score(cli_files, "--mean", str(cli_files / "mean_nan.npy")) == 2
+    assert f"{cli_files / 'mean_nan.npy'}: NaN" in cli_error(capsys)
+    assert not (cli_files / "s.tsv").exists()
+
+    (cli_files / "bad").mkdir()
+    (cli_files / "bad" / "good.wav").write_bytes((cli_files / "good.wav").read_bytes())
+    assert _score(cli_files, "--mean", str(cli_files / "bad" / "good.wav")) == 2
+    assert f"{cli_files / 'bad' / 'good.wav'}: not a .npy mean vector (" in cli_error(capsys)
+
+    np.save(cli_files / "mean4.npy", np.zeros(4, np.float32))
+    assert _score(cli_files, "--mean", str(cli_files / "mean4.npy")) == 2
+    assert (f"{cli_files / 'mean4.npy'}: mean vector has 4 dimensions, {cli_files / 'test.npz'} has 8"
+            in cli_error(capsys))
+
+    assert main(["calibrate", "--embeddings", str(cli_files / "cohort.npz"), "--asnorm-top-k", "2",
+                 "--mean", str(cli_files / "mean_nan.npy"), "--out", str(cli_files / "c.json")]) == 2
+    assert f"{cli_files / 'mean_nan.npy'}: NaN" in cli_error(capsys)
+    assert not (cli_files / "s.tsv").exists() and not (cli_files / "c.json").exists()
+
+
+def test_a_good_mean_still_scores(cli_files, capsys):
+    np.save(cli_files / "mean.npy", np.zeros(SMALL_DIM, np.float32))
+    assert _score(cli_files, "--mean", str(cli_files / "mean.npy")) == 0
+    assert (cli_files / "s.tsv").is_file()
+
+
+def test_calibration_cohort_too_small_for_top_k(cli_files, capsys):
+    assert main(["calibrate", "--embeddings", str(cli_files / "cohort.npz"), "--asnorm-top-k", "9",
+                 "--out", str(cli_files / "c.json")]) == 2
+    err = cli_error(capsys)
+    assert "10 cohort speakers are too few for --asnorm-top-k 9" in err
+    assert "use --asnorm-top-k 8 or less" in err
+    assert main(["calibrate", "--embeddings", str(cli_files / "cohort.npz"), "--asnorm-top-k", "8", "--pairs", "200",
+                 "--out", str(cli_files / "c.json")]) == 0
+
+
+def test_score_cli_names_the_line_of_an_unknown_id_and_a_mixed_list(tmp_path, capsys):
+    emb = tmp_path / "e.npz"
+    save_embeddings(EmbeddingTable(np.array(["a", "b", "c"]), np.eye(3, dtype=np.float32), np.ones(3)), emb)
+    path = tmp_path / "lineno2.txt"
+    path.write_text("1 a b\n\n\n0 a c\n1 b zz\n")
+    assert main(["score", "--embeddings", str(emb), "--trials", str(path), "--out", str(tmp_path / "s.tsv")]) == 2
+    assert capsys.readouterr().err.strip() == f"mlsv score: error: {path}:5: id 'zz' not in the embeddings"
+    path.write_text("1 a b\n0 a c\nb c\n")
+    assert main(["score", "--embeddings", str(emb), "--trials", str(path), "--out", str(tmp_path / "s.tsv")]) == 2
+    assert f"{path}:3: expected 'LABEL ENROLL TEST'" in capsys.readouterr().err

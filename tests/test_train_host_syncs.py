@@ -1,4 +1,4 @@
-"""A training step never waits for the device.
+"""A training step (mlsv.train.loop.train_batch) never waits for the device.
 
 On a GPU, any read of a device value on the host (``.item()``, ``if tensor:``, ``nonzero``, boolean-mask
 indexing, a blocking copy of host data) drains the queue: the host cannot queue step n+1 while step n

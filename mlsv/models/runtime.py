@@ -1,7 +1,7 @@
 """Runtime settings: attention kernels, mixed precision, ``torch.compile`` with fixed crop shapes.
 
 Every helper leaves the model's parameters and outputs alone (up to floating-point rounding; the
-equivalence tests in ``tests/test_fast_paths.py`` bound it), so they can be switched on and off freely.
+equivalence tests in ``tests/test_models_fast_paths.py`` bound it), so they can be switched on and off freely.
 
     model = MLSVModel.from_encoder(...)
     set_attention(model, "sdpa")              # WavLM: gated relative-position bias through SDPA
