@@ -239,3 +239,35 @@ def test_prepare_folder_lists_names_not_utf8_as_bad_files_and_writes_a_utf8_mani
     assert (tmp_path / "out" / "bad_files.txt").read_bytes().decode("utf-8").splitlines() == result.bad
     assert main(["prepare", "folder", "--root", str(root), "--out", str(out)]) == 0
     assert f"bad: {root}/spk1/caf\\xe9.wav: {fix}" in capsys.readouterr().out
+
+
+def test_any_folder_is_an_augmentation_bank(tmp_path, capsys):
+    """`mlsv prepare noise --category` and `mlsv prepare rirs` take a plain folder of one's own recordings."""
+    from mlsv.config import AugmentConfig
+    from mlsv.data.augment import Augmenter
+
+    babble, rooms = tmp_path / "my_babble", tmp_path / "my_rooms"
+    for i in range(3):
+        write_wav(babble / "cafe" / f"b{i}.wav", tone(2.0, 150 + 30 * i, seed=i))
+    for i in range(2):
+        rir = np.zeros(1600, np.float32)
+        rir[10 * (i + 1)] = 1.0
+        rir[200:] = 0.01 * np.random.default_rng(i).standard_normal(1400).astype(np.float32)
+        write_wav(rooms / f"room{i}.wav", rir, subtype="FLOAT")
+    assert main(["prepare", "noise", "--root", str(babble), "--category", "babble", "--out",
+                 str(tmp_path / "babble.jsonl"), "--no-progress"]) == 0
+    assert main(["prepare", "rirs", "--root", str(rooms), "--out", str(tmp_path / "rirs.jsonl"),
+                 "--no-progress"]) == 0
+    noise_rows = [json.loads(line) for line in (tmp_path / "babble.jsonl").read_text().splitlines()]
+    rir_rows = [json.loads(line) for line in (tmp_path / "rirs.jsonl").read_text().splitlines()]
+    assert {r["category"] for r in noise_rows} == {"speech"} and len(noise_rows) == 3
+    assert {r["kind"] for r in rir_rows} == {"real"} and len(rir_rows) == 2
+    cfg = AugmentConfig(probability=1.0, kinds=["babble", "reverb"], noise_manifest=str(tmp_path / "babble.jsonl"),
+                        rir_manifest=str(tmp_path / "rirs.jsonl"), babble_speakers=[2, 3])
+    augment = Augmenter.from_config(cfg)
+    x = tone(1.0)
+    for seed in range(4):
+        y = augment(x, 16000, np.random.default_rng(seed))
+        assert y.shape == x.shape and np.isfinite(y).all() and not np.allclose(y, x)
+    with pytest.raises(SystemExit):  # argparse: an unknown category
+        main(["prepare", "noise", "--root", str(babble), "--category", "wind", "--out", str(tmp_path / "w.jsonl")])

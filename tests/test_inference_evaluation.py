@@ -151,3 +151,18 @@ def test_evaluate_checks_the_cohort_size_before_embedding(small_model_dir, cli_f
                  "--out", str(cli_files / "ev")]) == 2
     assert "3 cohort speakers are too few for --asnorm-top-k 600" in cli_error(capsys)
     assert not (cli_files / "ev").exists()
+
+
+def test_the_run_table_shows_every_baseline(tmp_path):
+    """The table showed only the weak MFCC-mean baseline, though baseline.json also held the LDA's EER."""
+    from mlsv.inference.evaluation import write_run_report
+
+    system = tmp_path / "lap_eval"
+    (system / "model").mkdir(parents=True)
+    metrics = {"eer": 12.5, "min_dcf_0.01": 0.9, "min_dcf_0.05": 0.8}
+    (system / "metrics_by_stage.json").write_text(json.dumps({"cosine": {"test_trials": metrics}}))
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps({"mfcc_cosine_eer": 30.49, "lda_eer": 6.32, "trials": "x/test_trials.txt"}))
+    table = write_run_report(tmp_path, {"LAP": system}, baseline=str(baseline))["table"].splitlines()
+    assert table[-2].split() == ["MFCC", "mean", "cosine", "test_trials", "30.49"]
+    assert table[-1].split() == ["MFCC", "LDA", "cosine", "test_trials", "6.32"]

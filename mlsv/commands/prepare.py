@@ -15,6 +15,8 @@ EXAMPLES = """examples:
   mlsv prepare folder --root my_speakers/ --out data/mine.jsonl
   mlsv prepare musan --root /data/musan --out data/musan.jsonl
   mlsv prepare rirs --root /data/RIRS_NOISES --out data/rirs.jsonl
+  mlsv prepare noise --root my_babble/ --category babble --out data/babble.jsonl
+  mlsv prepare rirs --root my_rooms/ --out data/my_rirs.jsonl     # any folder of impulse responses
   mlsv prepare trials --manifest data/mine.jsonl --out data/mine_trials.txt
   mlsv prepare shards --manifest data/vox/train.jsonl --out data/vox/train_shards --rows-per-shard 2000
 """
@@ -49,10 +51,18 @@ def register(subparsers) -> None:
     _common(p)
 
     for name, text in (("folder", "any SPEAKER/[SESSION/]UTT.{wav,flac,ogg,mp3} tree"),
-                       ("musan", "MUSAN folder (noise/music/speech)"), ("rirs", "RIRS_NOISES folder")):
+                       ("musan", "MUSAN folder (noise/music/speech)"),
+                       ("noise", "any folder of noise, music or babble recordings as one noise-bank category"),
+                       ("rirs", "RIRS_NOISES folder, or any folder of impulse responses")):
         p = sub.add_parser(name, help=text, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--root", required=True, help="the folder to scan")
         p.add_argument("--out", required=True, help="manifest to write (.jsonl or .parquet)")
+        if name == "noise":
+            p.add_argument("--category", required=True, choices=("noise", "music", "babble", "speech"),
+                           help="what the recordings are: babble (or speech) feeds the babble and TV kinds")
+        if name == "rirs":
+            p.add_argument("--kind", choices=("real", "simulated"), default="real",
+                           help="the kind of a plain folder's impulse responses (default real)")
         _common(p)
 
     p = sub.add_parser("synthetic", help="the built-in synthetic corpus + its MFCC baseline", epilog=EXAMPLES,
@@ -83,7 +93,7 @@ def register(subparsers) -> None:
 
 #: Whether each source's --out is a folder (else a file).
 OUT_IS_FOLDER = {"voxceleb": True, "synthetic": True, "shards": True, "folder": False, "musan": False,
-                 "rirs": False, "trials": False}
+                 "noise": False, "rirs": False, "trials": False}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,8 +131,12 @@ def run(args: argparse.Namespace) -> int:
             args.out, vox1_dev=args.vox1_dev, vox1_test=args.vox1_test, vox2_dev=args.vox2_dev,
             vox2_test=args.vox2_test, trials=args.trials, validation_speakers=args.validation_speakers,
             convert_dir=args.convert_dir, seed=args.seed, **common)
+    elif args.source == "noise":
+        result = prepare.prepare_noise(args.root, args.out, category=args.category, **common)
+    elif args.source == "rirs":
+        result = prepare.prepare_rirs(args.root, args.out, kind=args.kind, **common)
     else:
-        recipe = {"folder": prepare.prepare_folder, "musan": prepare.prepare_musan, "rirs": prepare.prepare_rirs}
+        recipe = {"folder": prepare.prepare_folder, "musan": prepare.prepare_musan}
         result = recipe[args.source](args.root, args.out, **common)
     print(result.summary())
     return 0

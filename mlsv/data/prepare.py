@@ -443,9 +443,10 @@ def prepare_musan(root: str | Path, out: str | Path, *, sample_rate: int = 16000
 
 
 def prepare_rirs(root: str | Path, out: str | Path, *, sample_rate: int = 16000, resample: bool = True,
-                 workers: int = 1, progress: bool = True) -> PrepareResult:
+                 workers: int = 1, progress: bool = True, kind: str = "real") -> PrepareResult:
     """A RIR manifest from RIRS_NOISES: ``real_rirs_isotropic_noises/rir_list`` (kind real) and
-    ``simulated_rirs/*room/Room*/*.wav`` (kind simulated). ``root`` is RIRS_NOISES or its parent."""
+    ``simulated_rirs/*room/Room*/*.wav`` (kind simulated); ``root`` is RIRS_NOISES or its parent. Any
+    other folder is a plain bank: every audio file under it is an impulse response of ``kind``."""
     root, out = Path(root), Path(out)
     if (root / "RIRS_NOISES").is_dir():
         root = root / "RIRS_NOISES"
@@ -470,8 +471,50 @@ def prepare_rirs(root: str | Path, out: str | Path, *, sample_rate: int = 16000,
             continue
         partial.append({"id": f.relative_to(root).as_posix(), "path": path,
                         "speaker": f"{f.parent.parent.name}/{f.parent.name}", "kind": "simulated"})
+    if not partial and not bad:  # not the RIRS_NOISES layout: a plain folder of impulse responses
+        partial, bad = _plain_bank(root, out, "kind", kind)
+        if not partial and not bad:
+            raise ValueError(f"{root}: no impulse responses: neither the RIRS_NOISES layout "
+                             "(real_rirs_isotropic_noises/rir_list, simulated_rirs/*/*/*.wav) nor audio files in it")
+    return _scan_and_write(partial, out, sample_rate=sample_rate, resample=resample, workers=workers,
+                           progress=progress, bad=bad)
+
+
+NOISE_CATEGORIES = {"noise": "noise", "music": "music", "speech": "speech", "babble": "speech"}
+
+
+def _plain_bank(root: Path, out: Path, column: str, value: str) -> tuple[list[dict], list[str]]:
+    """Rows for every audio file under ``root`` (recursively) with ``column`` = ``value``; bad names listed."""
+    partial, bad = [], []
+    for f in sorted(root.rglob("*")):
+        if f.suffix.lower() not in AUDIO_SUFFIXES:
+            continue
+        path, problem = _manifest_path(f, out.parent)
+        if problem:
+            bad.append(problem)
+            continue
+        rel = f.relative_to(root)
+        partial.append({"id": f"{value}/{rel.as_posix()}", "path": path,
+                        "speaker": f"{value}/{rel.parent.as_posix()}", column: value})
+    return partial, bad
+
+
+def prepare_noise(root: str | Path, out: str | Path, *, category: str, sample_rate: int = 16000,
+                  resample: bool = True, workers: int = 1, progress: bool = True) -> PrepareResult:
+    """A noise-bank manifest from any folder: every audio file under ``root`` in one ``category``.
+
+    ``noise`` and ``music`` feed the noise and music kinds; ``babble`` (or ``speech``) recordings feed the
+    babble kind (several are summed at the babble SNR) and the TV kind, as MUSAN's speech does. A bank with
+    several categories is several folders prepared into one manifest each and concatenated.
+    """
+    if category not in NOISE_CATEGORIES:
+        raise ValueError(f"category must be one of {', '.join(NOISE_CATEGORIES)}, got {category!r}")
+    root, out = Path(root), Path(out)
+    if not root.is_dir():
+        raise FileNotFoundError(f"folder not found: {root}")
+    partial, bad = _plain_bank(root, out, "category", NOISE_CATEGORIES[category])
     if not partial and not bad:
-        raise ValueError(f"{root}: neither real_rirs_isotropic_noises/rir_list nor simulated_rirs/*/*/*.wav found")
+        raise ValueError(f"{root}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
     return _scan_and_write(partial, out, sample_rate=sample_rate, resample=resample, workers=workers,
                            progress=progress, bad=bad)
 
