@@ -27,8 +27,14 @@ DEFAULT_RECIPE = Path(__file__).resolve().parent / "configs" / "default.yaml"
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(DEFAULT_RECIPE), help="a recipe or a stage config (YAML)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config value (YAML syntax); repeatable; in a recipe, applies to every stage")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value (YAML syntax); repeatable; in a recipe, applies to every stage",
+    )
     p.add_argument("--output-dir", default=None, help="where the run goes (default: the recipe's output_dir)")
     p.add_argument("--quick", action="store_true", help="shrink the recipe (its quick settings) for a smoke test")
     p.add_argument("--steps", nargs="+", default=None, help="run only these recipe steps")
@@ -45,8 +51,7 @@ def main(argv=None) -> int:
     try:
         set_up_processes()  # first: under torchrun on CPUs, each process must know the others
         if is_recipe(args.config):
-            recipe = load_recipe(args.config, output_dir=args.output_dir, quick=args.quick,
-                                 overrides=args.overrides)
+            recipe = load_recipe(args.config, output_dir=args.output_dir, quick=args.quick, overrides=args.overrides)
             report = run_recipe(recipe, only=args.steps)
             if report.get("table"):
                 print(report["table"])

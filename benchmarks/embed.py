@@ -43,18 +43,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-seconds", type=float, default=3.0 if cuda else 0.5)
     p.add_argument("--max-seconds", type=float, default=15.0 if cuda else 1.5)
     p.add_argument("--batch", type=int, default=64 if cuda else 4, help="utterances per length-sorted batch")
-    p.add_argument("--precision", choices=sorted(runtime.PRECISIONS), default="bf16" if cuda else "fp32",
-                   help="fast path precision (the reference is always fp32)")
+    p.add_argument(
+        "--precision",
+        choices=sorted(runtime.PRECISIONS),
+        default="bf16" if cuda else "fp32",
+        help="fast path precision (the reference is always fp32)",
+    )
     p.add_argument("--attention", choices=("eager", "sdpa"), default="sdpa", help="fast path attention")
-    p.add_argument("--conv-layout", choices=CONV_LAYOUTS, default="channels_last",
-                   help="fast path: memory layout of the CNN and positional convolutions")
+    p.add_argument(
+        "--conv-layout",
+        choices=CONV_LAYOUTS,
+        default="channels_last",
+        help="fast path: memory layout of the CNN and positional convolutions",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the fast path (dynamic shapes)")
-    p.add_argument("--reference-utterances", type=int, default=64 if cuda else 8,
-                   help="utterances embedded one at a time in fp32 (0: skip the reference)")
+    p.add_argument(
+        "--reference-utterances",
+        type=int,
+        default=64 if cuda else 8,
+        help="utterances embedded one at a time in fp32 (0: skip the reference)",
+    )
     p.add_argument("--passes", type=int, default=2, help="timed passes over the utterances (the best counts)")
     p.add_argument("--device", default="cuda" if cuda else "cpu")
-    p.add_argument("--threads", type=int, default=0 if cuda else 1,
-                   help="CPU threads (0: torch's default; 1 on CPU: steadier on shared cores)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0 if cuda else 1,
+        help="CPU threads (0: torch's default; 1 on CPU: steadier on shared cores)",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -64,7 +80,7 @@ def make_batches(waves: list[torch.Tensor], batch: int, pin: bool):
     order = sorted(range(len(waves)), key=lambda i: waves[i].numel())
     batches = []
     for start in range(0, len(order), batch):
-        idx = order[start:start + batch]
+        idx = order[start : start + batch]
         S = max(waves[i].numel() for i in idx)
         x = torch.zeros(len(idx), S)
         mask = torch.zeros(len(idx), S, dtype=torch.long)
@@ -83,8 +99,9 @@ def embed_fast(model, batches, n: int, precision: str, device: str) -> torch.Ten
     out = None
     with torch.inference_mode(), runtime.autocast(precision, device):
         for idx, x, mask in batches:
-            emb = model(x.to(device, non_blocking=True),
-                        attention_mask=mask.to(device, non_blocking=True)).embeddings.float()
+            emb = model(
+                x.to(device, non_blocking=True), attention_mask=mask.to(device, non_blocking=True)
+            ).embeddings.float()
             if out is None:
                 out = torch.empty(n, emb.shape[-1], device=device)
             out[idx.to(device, non_blocking=True)] = emb
@@ -142,8 +159,10 @@ def run(args: argparse.Namespace) -> dict:
         runtime.reset_peak_memory(device)
         t_ref, ref = _best_time(lambda: embed_reference(model, ref_waves, device), 1, device)
         result["reference"] = {
-            "utterances": n_ref, "audio_seconds": round(ref_audio, 2),
-            "audio_s_per_s": round(ref_audio / t_ref, 2), "utterances_per_s": round(n_ref / t_ref, 2),
+            "utterances": n_ref,
+            "audio_seconds": round(ref_audio, 2),
+            "audio_s_per_s": round(ref_audio / t_ref, 2),
+            "utterances_per_s": round(n_ref / t_ref, 2),
             "peak_memory_mb": round(runtime.peak_memory_mb(device), 1),
         }
 
@@ -154,13 +173,17 @@ def run(args: argparse.Namespace) -> dict:
     batches = make_batches(waves, args.batch, pin=torch.device(device).type == "cuda")
     embed_fast(model, batches[:1] + batches[-1:], len(waves), args.precision, device)  # warm-up
     runtime.reset_peak_memory(device)
-    t_fast, fast = _best_time(lambda: embed_fast(model, batches, len(waves), args.precision, device),
-                              args.passes, device)
+    t_fast, fast = _best_time(
+        lambda: embed_fast(model, batches, len(waves), args.precision, device), args.passes, device
+    )
     fast = fast.cpu()
     padded_s = sum(x.numel() for _, x, _ in batches) / SAMPLE_RATE
     result["fast"] = {
-        "utterances": len(waves), "batches": len(batches), "padding_fraction": round(1 - audio_s / padded_s, 4),
-        "audio_s_per_s": round(audio_s / t_fast, 2), "utterances_per_s": round(len(waves) / t_fast, 2),
+        "utterances": len(waves),
+        "batches": len(batches),
+        "padding_fraction": round(1 - audio_s / padded_s, 4),
+        "audio_s_per_s": round(audio_s / t_fast, 2),
+        "utterances_per_s": round(len(waves) / t_fast, 2),
         "peak_memory_mb": round(runtime.peak_memory_mb(device), 1),
     }
     if ref is not None:

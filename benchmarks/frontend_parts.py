@@ -39,8 +39,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=2.0 if cuda else 0.5)
     p.add_argument("--precision", choices=sorted(runtime.PRECISIONS), default="bf16" if cuda else "fp32")
     p.add_argument("--layouts", default=",".join(CONV_LAYOUTS), help="convolution layouts to time")
-    p.add_argument("--compile-cnn", action=argparse.BooleanOptionalAction, default=cuda,
-                   help="also time the CNN under torch.compile, with and without first_conv_block")
+    p.add_argument(
+        "--compile-cnn",
+        action=argparse.BooleanOptionalAction,
+        default=cuda,
+        help="also time the CNN under torch.compile, with and without first_conv_block",
+    )
     p.add_argument("--repeats", type=int, default=20 if cuda else 3)
     p.add_argument("--device", default="cuda" if cuda else "cpu")
     return p.parse_args(argv)
@@ -82,6 +86,7 @@ def run(args: argparse.Namespace) -> dict:
         def call():
             with torch.inference_mode(), runtime.autocast(args.precision, device):
                 return fn()
+
         ms[name] = round(_time_ms(call, args.repeats, device), 3)
 
     with torch.inference_mode(), runtime.autocast(args.precision, device):
@@ -108,8 +113,12 @@ def run(args: argparse.Namespace) -> dict:
     timed("lap_astp", lambda: model.backend(model.aggregation(states), mask))
     timed("whole", lambda: model(x))
     return {
-        "benchmark": "frontend_parts", "device": runtime.device_name(device), "torch": torch.__version__,
-        "settings": dict(vars(args)), "unit": "ms per batch (median)", "ms": ms,
+        "benchmark": "frontend_parts",
+        "device": runtime.device_name(device),
+        "torch": torch.__version__,
+        "settings": dict(vars(args)),
+        "unit": "ms per batch (median)",
+        "ms": ms,
         "utterances_per_s": {k: round(args.batch * 1000 / v, 1) for k, v in ms.items()},
     }
 

@@ -62,23 +62,38 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=10, help="timed batches per setting")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--crop-seconds", type=float, default=2.0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads of the main process (more oversubscribes a shared CPU)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads of the main process (more oversubscribes a shared CPU)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        corpus = make_synthetic_corpus(tmp, n_speakers=16, utts_per_speaker=10, n_validation_speakers=0,
-                                       n_test_speakers=0, bank_files=4, bank_seconds=20.0, n_rirs=16)
+        corpus = make_synthetic_corpus(
+            tmp,
+            n_speakers=16,
+            utts_per_speaker=10,
+            n_validation_speakers=0,
+            n_test_speakers=0,
+            bank_files=4,
+            bank_seconds=20.0,
+            n_rirs=16,
+        )
         made = time.perf_counter() - started
         data = DataConfig(batch_size=args.batch_size, num_workers=args.workers, crop_seconds=args.crop_seconds)
         cpu_aug = AugmentConfig(where="cpu", noise_manifest=str(corpus.noise), rir_manifest=str(corpus.rirs))
         dev_aug = AugmentConfig(where="device", noise_manifest=str(corpus.noise), rir_manifest=str(corpus.rirs))
         result = {
-            "host": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
-            "batch_size": args.batch_size, "crop_seconds": args.crop_seconds, "workers": args.workers, "threads": args.threads,
-            "augment_probability": cpu_aug.probability, "corpus_seconds_to_make": round(made, 1),
+            "host": platform.node(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "batch_size": args.batch_size,
+            "crop_seconds": args.crop_seconds,
+            "workers": args.workers,
+            "threads": args.threads,
+            "augment_probability": cpu_aug.probability,
+            "corpus_seconds_to_make": round(made, 1),
             "crops_per_s": {
                 "clean": round(_stream_rate(corpus, data, None, args.batches), 1),
                 "cpu_worker_augment": round(_stream_rate(corpus, data, cpu_aug, args.batches), 1),
@@ -91,8 +106,13 @@ def main() -> None:
             batch = torch.randn(args.batch_size, samples, device=device) * 0.1
             result["crops_per_s"][f"batch_augment_{device}"] = round(_augment_rate(augmenter, batch, args.batches), 1)
             rng = np.random.default_rng(0)
-            rate = _stream_rate(corpus, data, dev_aug, args.batches,
-                                after=lambda w, a=augmenter, r=rng, d=device: a(w.to(d, non_blocking=True), r))
+            rate = _stream_rate(
+                corpus,
+                data,
+                dev_aug,
+                args.batches,
+                after=lambda w, a=augmenter, r=rng, d=device: a(w.to(d, non_blocking=True), r),
+            )
             result["crops_per_s"][f"loader_plus_batch_augment_{device}"] = round(rate, 1)
         if torch.cuda.is_available():
             result["gpu"] = torch.cuda.get_device_name()

@@ -33,12 +33,15 @@ SAMPLE_RATE = 16000
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="a model folder (default: a random --shape model)")
-    p.add_argument("--shape", default="small", help="small (the main job's encoder shape), base or large (without --model)")
+    p.add_argument(
+        "--shape", default="small", help="small (the main job's encoder shape), base or large (without --model)"
+    )
     p.add_argument("--seconds", type=float, nargs="+", default=[60.0], help="recording lengths")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads of the measuring processes")
-    p.add_argument("--max-gb", type=float, default=8.0,
-                   help="skip the one-block path when its float32 bias alone would take more")
+    p.add_argument(
+        "--max-gb", type=float, default=8.0, help="skip the one-block path when its float32 bias alone would take more"
+    )
     p.add_argument("--block-bytes", type=int, default=None, help="float32 bias per block (default: the library's)")
     p.add_argument("--run", choices=("blocked", "one_block"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -49,8 +52,9 @@ def recording(seconds: float) -> np.ndarray:
     t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
     rng = np.random.default_rng(0)
     voice = sum(np.sin(2 * np.pi * 140 * k * t + rng.uniform(0, 6)) / k for k in range(1, 6))
-    return (0.1 * voice * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t) ** 2)
-            + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+    return (0.1 * voice * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t) ** 2) + 0.01 * rng.standard_normal(t.size)).astype(
+        np.float32
+    )
 
 
 def _load(args: argparse.Namespace):
@@ -86,8 +90,15 @@ def run_one(args: argparse.Namespace) -> None:
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": round(seconds, 2), "audio_s_per_s": round(args.seconds[0] / seconds, 1),
-                      "peak_memory_mb": round(peak)}))
+    print(
+        json.dumps(
+            {
+                "seconds": round(seconds, 2),
+                "audio_s_per_s": round(args.seconds[0] / seconds, 1),
+                "peak_memory_mb": round(peak),
+            }
+        )
+    )
 
 
 def encoder_config(args: argparse.Namespace) -> dict:
@@ -123,14 +134,29 @@ def main(argv: list[str] | None = None) -> None:
             embeddings = {}
             for path in ("blocked", "one_block"):
                 if path == "one_block" and row["bias_gb_one_block"] > args.max_gb:
-                    row[path] = {"skipped": f"its bias alone takes {row['bias_gb_one_block']} GB (--max-gb "
-                                            f"{args.max_gb:g})"}
+                    row[path] = {
+                        "skipped": f"its bias alone takes {row['bias_gb_one_block']} GB (--max-gb {args.max_gb:g})"
+                    }
                     continue
                 out = os.path.join(tmp, f"{path}.npy")
-                cmd = [sys.executable, __file__, "--run", path, "--out", out, "--seconds", str(seconds),
-                       "--device", args.device, "--threads", str(args.threads), "--shape", args.shape,
-                       *(["--block-bytes", str(args.block_bytes)] if args.block_bytes else []),
-                       *(["--model", args.model] if args.model else [])]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--run",
+                    path,
+                    "--out",
+                    out,
+                    "--seconds",
+                    str(seconds),
+                    "--device",
+                    args.device,
+                    "--threads",
+                    str(args.threads),
+                    "--shape",
+                    args.shape,
+                    *(["--block-bytes", str(args.block_bytes)] if args.block_bytes else []),
+                    *(["--model", args.model] if args.model else []),
+                ]
                 r = subprocess.run(cmd, capture_output=True, text=True)
                 if r.returncode != 0:
                     row[path] = {"error": (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]}
@@ -140,11 +166,22 @@ def main(argv: list[str] | None = None) -> None:
             if len(embeddings) == 2:
                 row["max_abs_diff"] = float(np.abs(embeddings["blocked"] - embeddings["one_block"]).max())
             results[f"{seconds:g}s"] = row
-    print(json.dumps({
-        "benchmark": "long_audio", "device": args.device if args.device != "cpu" else
-        f"cpu ({os.cpu_count()} cores, {args.threads} threads)", "torch": torch.__version__,
-        "model": args.model or f"random {args.shape}", "long_frames": LONG_FRAMES,
-        "block_bytes": args.block_bytes or BLOCK_BYTES, "results": results}, indent=1))
+    print(
+        json.dumps(
+            {
+                "benchmark": "long_audio",
+                "device": args.device
+                if args.device != "cpu"
+                else f"cpu ({os.cpu_count()} cores, {args.threads} threads)",
+                "torch": torch.__version__,
+                "model": args.model or f"random {args.shape}",
+                "long_frames": LONG_FRAMES,
+                "block_bytes": args.block_bytes or BLOCK_BYTES,
+                "results": results,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -50,9 +50,11 @@ SAMPLE_RATE = 16000
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shape", default="base" if cuda else "tiny",
-                   help="base | large | tiny | small | a TINY_ENCODERS name"
-                   " (default: base on GPU, tiny on CPU)")
+    p.add_argument(
+        "--shape",
+        default="base" if cuda else "tiny",
+        help="base | large | tiny | small | a TINY_ENCODERS name (default: base on GPU, tiny on CPU)",
+    )
     p.add_argument("--batch", type=int, default=64 if cuda else 8)
     p.add_argument("--seconds", type=float, default=2.0 if cuda else 0.5, help="crop length")
     p.add_argument("--classes", type=int, default=64 if cuda else 16, help="speakers (head classes)")
@@ -61,20 +63,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--margin", type=float, default=0.3, help="the head's (constant) margin")
     p.add_argument("--top-k", type=int, default=5, help="the head's inter-top-K hard negatives")
     p.add_argument("--snr", type=float, default=10.0, help="signature-to-noise ratio of the batches (dB)")
-    p.add_argument("--dropout", type=float, default=None,
-                   help="LAP and backend dropout (default: the model's, 0.1); 0 to compare compiled runs")
-    p.add_argument("--precision", choices=sorted(runtime.PRECISIONS), default="bf16" if cuda else "fp32",
-                   help="the fast path's autocast (the plain path is fp32)")
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=None,
+        help="LAP and backend dropout (default: the model's, 0.1); 0 to compare compiled runs",
+    )
+    p.add_argument(
+        "--precision",
+        choices=sorted(runtime.PRECISIONS),
+        default="bf16" if cuda else "fp32",
+        help="the fast path's autocast (the plain path is fp32)",
+    )
     p.add_argument("--attention", choices=("eager", "sdpa"), default="sdpa", help="the fast path's attention")
     p.add_argument("--compile", action="store_true", help="the fast path: torch.compile (dynamic=False)")
     p.add_argument("--compile-mode", choices=runtime.COMPILE_MODES, default="default")
-    p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=cuda,
-                   help="the fast path: TF32 matrix products (default on a GPU; the plain path never)")
-    p.add_argument("--noise-run", action=argparse.BooleanOptionalAction, default=True,
-                   help="a third run: the plain path, other dropout masks, weights perturbed by rounding")
+    p.add_argument(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=cuda,
+        help="the fast path: TF32 matrix products (default on a GPU; the plain path never)",
+    )
+    p.add_argument(
+        "--noise-run",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a third run: the plain path, other dropout masks, weights perturbed by rounding",
+    )
     p.add_argument("--device", default="cuda" if cuda else "cpu")
-    p.add_argument("--threads", type=int, default=0 if cuda else 1,
-                   help="CPU threads (0: torch's default; 1 on CPU: steadier on shared cores)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0 if cuda else 1,
+        help="CPU threads (0: torch's default; 1 on CPU: steadier on shared cores)",
+    )
     p.add_argument("--seed", type=int, default=0, help="model, head and dropout seed")
     p.add_argument("--data-seed", type=int, default=1, help="signatures and batches")
     return p.parse_args(argv)
@@ -123,8 +145,7 @@ def build(args: argparse.Namespace, perturb: bool = False):
     _seed(args.seed)
     dropout = {} if args.dropout is None else {"lap_dropout": args.dropout, "backend_dropout": args.dropout}
     model = shapes.build_benchmark_model(args.shape, **dropout)
-    head = SubCenterAAMSoftmax(model.config.embedding_size, args.classes, margin=args.margin,
-                               top_k=args.top_k)
+    head = SubCenterAAMSoftmax(model.config.embedding_size, args.classes, margin=args.margin, top_k=args.top_k)
     if perturb:
         g = torch.Generator().manual_seed(args.seed + 1)
         with torch.no_grad():
@@ -132,8 +153,16 @@ def build(args: argparse.Namespace, perturb: bool = False):
     return model.to(args.device), head.to(args.device)
 
 
-def train(args: argparse.Namespace, batches: list[tuple[torch.Tensor, torch.Tensor]], *, precision: str,
-          attention: str, compile: bool, tf32: bool, noise: bool = False) -> dict:
+def train(
+    args: argparse.Namespace,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    precision: str,
+    attention: str,
+    compile: bool,
+    tf32: bool,
+    noise: bool = False,
+) -> dict:
     """One stage-1 run; returns its per-step losses and wall time. ``noise``: other dropout masks and the
     head's initial weights perturbed at rounding level."""
     device = args.device
@@ -164,10 +193,19 @@ def train(args: argparse.Namespace, batches: list[tuple[torch.Tensor, torch.Tens
     runtime.synchronize(device)
     seconds = time.perf_counter() - start
     losses = [float(v) for v in torch.stack(losses).float().cpu()]
-    tail = losses[-max(len(losses) // 4, 1):]
-    return {"precision": precision, "attention": attention, "compile": compile, "tf32": tf32,
-            "losses": losses, "first": losses[0], "last": losses[-1], "tail_mean": sum(tail) / len(tail),
-            "seconds": round(seconds, 3), "first_step_seconds": round(first_step_s, 3)}
+    tail = losses[-max(len(losses) // 4, 1) :]
+    return {
+        "precision": precision,
+        "attention": attention,
+        "compile": compile,
+        "tf32": tf32,
+        "losses": losses,
+        "first": losses[0],
+        "last": losses[-1],
+        "tail_mean": sum(tail) / len(tail),
+        "seconds": round(seconds, 3),
+        "first_step_seconds": round(first_step_s, 3),
+    }
 
 
 def compare(a: list[float], b: list[float], tolerance: float = 1e-3) -> dict:
@@ -176,8 +214,12 @@ def compare(a: list[float], b: list[float], tolerance: float = 1e-3) -> dict:
     abs_diff = [abs(x - y) for x, y in zip(a, b)]
     rel_diff = [d / max(abs(x), 1e-12) for d, x in zip(abs_diff, a)]
     tracked = next((i for i, r in enumerate(rel_diff) if not r <= tolerance), len(rel_diff))
-    return {"max_abs_diff": max(abs_diff), "max_rel_diff": max(rel_diff),
-            "mean_abs_diff": sum(abs_diff) / len(abs_diff), "tracked_steps": tracked}
+    return {
+        "max_abs_diff": max(abs_diff),
+        "max_rel_diff": max(rel_diff),
+        "mean_abs_diff": sum(abs_diff) / len(abs_diff),
+        "tracked_steps": tracked,
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -188,8 +230,9 @@ def run(args: argparse.Namespace) -> dict:
     batches = [tuple(t.to(args.device) for t in make(step)) for step in range(args.steps)]
     plain_settings = dict(precision="fp32", attention="eager", compile=False, tf32=False)  # true fp32
     plain = train(args, batches, **plain_settings)
-    fast = train(args, batches, precision=args.precision, attention=args.attention, compile=args.compile,
-                 tf32=args.tf32)
+    fast = train(
+        args, batches, precision=args.precision, attention=args.attention, compile=args.compile, tf32=args.tf32
+    )
     out = {
         "benchmark": "loss_curve",
         "device": runtime.device_name(args.device),

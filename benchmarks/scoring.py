@@ -66,33 +66,34 @@ def main(argv: list[str] | None = None) -> int:
         ids=np.array([f"c{i}" for i in range(n_coh)]),
         embeddings=rng.standard_normal((n_coh, args.dim), dtype=np.float32) + 0.5,
         durations=rng.uniform(4, 20, n_coh).astype(np.float32),
-        speakers=np.repeat(np.array([f"s{i:05d}" for i in range(args.cohort_speakers)]),
-                           args.cohort_utts_per_speaker),
+        speakers=np.repeat(np.array([f"s{i:05d}" for i in range(args.cohort_speakers)]), args.cohort_utts_per_speaker),
     )
-    index_lists = [(rng.integers(args.utterances, size=n), rng.integers(args.utterances, size=n))
-                   for n in LISTS.values()]
+    index_lists = [
+        (rng.integers(args.utterances, size=n), rng.integers(args.utterances, size=n)) for n in LISTS.values()
+    ]
     n_trials = sum(LISTS.values())
 
     # Vectorised: cohort construction + per-utterance statistics + all 1.17 M trials.
     t0 = time.perf_counter()
     mean = embedding_mean(cohort_table.embeddings)
     cohort = cohort_from_table(cohort_table, mean)
-    results = score_index_lists(emb, dur, index_lists, mean=mean, cohort=cohort, top_k=args.top_k,
-                                device=args.device)
+    results = score_index_lists(emb, dur, index_lists, mean=mean, cohort=cohort, top_k=args.top_k, device=args.device)
     wall = time.perf_counter() - t0
 
     # Same, from trial id strings (dictionary lookups of 2.3 M ids included).
     table = EmbeddingTable(np.array([f"u{i}" for i in range(args.utterances)]), emb, dur)
-    trial_lists = [Trials(table.ids[e].astype(object), table.ids[t].astype(object),
-                          rng.integers(0, 2, len(e)).astype(np.int8), name)
-                   for name, (e, t) in zip(LISTS, index_lists)]
+    trial_lists = [
+        Trials(
+            table.ids[e].astype(object), table.ids[t].astype(object), rng.integers(0, 2, len(e)).astype(np.int8), name
+        )
+        for name, (e, t) in zip(LISTS, index_lists)
+    ]
     t0 = time.perf_counter()
     score_trial_lists(table, trial_lists, cohort=cohort, top_k=args.top_k, device=args.device)
     wall_ids = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    fit_calibration(cohort_table, mean=mean, top_k=args.top_k, n_pairs=args.calibration_pairs,
-                    device=args.device)
+    fit_calibration(cohort_table, mean=mean, top_k=args.top_k, n_pairs=args.calibration_pairs, device=args.device)
     wall_cal = time.perf_counter() - t0
 
     # Naive per-trial loop on a subset of Vox1-O.
@@ -104,27 +105,32 @@ def main(argv: list[str] | None = None) -> int:
     diff = float(np.abs(naive - results[0]["asnorm"][:n]).max())
 
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({
-        "device": args.device,
-        "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "utterances": args.utterances,
-        "cohort_speakers": args.cohort_speakers,
-        "cohort_utterances": n_coh,
-        "dim": args.dim,
-        "top_k": args.top_k,
-        "trials": {**LISTS, "total": n_trials},
-        "asnorm_wall_s": round(wall, 3),
-        "asnorm_trials_per_s": round(n_trials / wall),
-        "asnorm_from_ids_wall_s": round(wall_ids, 3),
-        "calibration_fit_pairs": args.calibration_pairs,
-        "calibration_fit_wall_s": round(wall_cal, 3),
-        "naive_loop_trials": n,
-        "naive_loop_trials_per_s": round(n / wall_naive, 1),
-        "speedup_vs_naive": round((n_trials / wall) / (n / wall_naive)),
-        "naive_vs_vectorised_max_abs_diff": diff,
-        "peak_rss_mb": round(peak_mb, 1),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "device": args.device,
+                "torch_threads": torch.get_num_threads(),
+                "cpu": platform.processor() or platform.machine(),
+                "utterances": args.utterances,
+                "cohort_speakers": args.cohort_speakers,
+                "cohort_utterances": n_coh,
+                "dim": args.dim,
+                "top_k": args.top_k,
+                "trials": {**LISTS, "total": n_trials},
+                "asnorm_wall_s": round(wall, 3),
+                "asnorm_trials_per_s": round(n_trials / wall),
+                "asnorm_from_ids_wall_s": round(wall_ids, 3),
+                "calibration_fit_pairs": args.calibration_pairs,
+                "calibration_fit_wall_s": round(wall_cal, 3),
+                "naive_loop_trials": n,
+                "naive_loop_trials_per_s": round(n / wall_naive, 1),
+                "speedup_vs_naive": round((n_trials / wall) / (n / wall_naive)),
+                "naive_vs_vectorised_max_abs_diff": diff,
+                "peak_rss_mb": round(peak_mb, 1),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -59,8 +59,12 @@ def conversations(manifest: str, n: int, turns: int, seed: int):
         a, b = rng.choice(speakers, size=2, replace=False)
         own = list(rng.permutation(by_speaker[a]))
         other = list(rng.permutation(by_speaker[b]))
-        out.append((own[0], [(own[1 + t // 2], True) if t % 2 == 0 else (other[t // 2 % len(other)], False)
-                             for t in range(turns)]))
+        out.append(
+            (
+                own[0],
+                [(own[1 + t // 2], True) if t % 2 == 0 else (other[t // 2 % len(other)], False) for t in range(turns)],
+            )
+        )
     return out
 
 
@@ -71,9 +75,8 @@ def frame_errors(truth: np.ndarray, spans: list[tuple[float, float]], rate: int)
     frames = truth[(np.arange(int(truth.size / rate / FRAME)) * FRAME * rate).astype(int)]
     detected = np.zeros(frames.size, bool)
     for a, b in spans:
-        detected[int(round(a / FRAME)):int(round(b / FRAME))] = True
-    return (int((frames & ~detected).sum()), int((~frames & detected).sum()), int(frames.sum()),
-            int((~frames).sum()))
+        detected[int(round(a / FRAME)) : int(round(b / FRAME))] = True
+    return (int((frames & ~detected).sum()), int((~frames & detected).sum()), int(frames.sum()), int((~frames).sum()))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,29 +92,41 @@ def main(argv: list[str] | None = None) -> None:
     for enrol, turns in conversations(args.manifest, args.conversations, args.turns, args.seed):
         pieces = [verifier.load(path) for path, _ in turns]
         truth = np.concatenate([np.full(len(x), own) for x, (_, own) in zip(pieces, turns)])
-        track = verifier.track(enrol, np.concatenate(pieces), window=args.window, hop=args.hop, sample_rate=rate,
-                               threshold=args.threshold)
+        track = verifier.track(
+            enrol, np.concatenate(pieces), window=args.window, hop=args.hop, sample_rate=rate, threshold=args.threshold
+        )
         seconds += truth.size / rate
         counts = frame_errors(truth, track.segments(), rate)
         misses, false_alarms = misses + counts[0], false_alarms + counts[1]
         target_frames, other_frames = target_frames + counts[2], other_frames + counts[3]
         for a, b, score in zip(track.starts, track.ends, track.scores):
-            share = truth[int(round(a * rate)):int(round(b * rate))].mean()
+            share = truth[int(round(a * rate)) : int(round(b * rate))].mean()
             if share >= 0.5 or share == 0:
                 window_scores.append(score)
                 window_labels.append(int(share >= 0.5))
     wall = time.perf_counter() - t0
     scores, labels = np.asarray(window_scores), np.asarray(window_labels)
-    print(json.dumps({
-        "benchmark": "tracking", "model": args.model, "manifest": args.manifest,
-        "settings": {k: getattr(args, k) for k in ("conversations", "turns", "window", "hop", "seed")},
-        "scale": track.scale, "threshold": track.threshold,
-        "audio_seconds": round(seconds, 1), "wall_seconds": round(wall, 1),
-        "miss_rate": round(misses / max(target_frames, 1), 4),
-        "false_alarm_rate": round(false_alarms / max(other_frames, 1), 4),
-        "windows": int(labels.size), "window_eer_percent": round(float(eer(scores, labels)[0]), 2)
-        if 0 < labels.sum() < labels.size else None,
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "benchmark": "tracking",
+                "model": args.model,
+                "manifest": args.manifest,
+                "settings": {k: getattr(args, k) for k in ("conversations", "turns", "window", "hop", "seed")},
+                "scale": track.scale,
+                "threshold": track.threshold,
+                "audio_seconds": round(seconds, 1),
+                "wall_seconds": round(wall, 1),
+                "miss_rate": round(misses / max(target_frames, 1), 4),
+                "false_alarm_rate": round(false_alarms / max(other_frames, 1), 4),
+                "windows": int(labels.size),
+                "window_eer_percent": round(float(eer(scores, labels)[0]), 2)
+                if 0 < labels.sum() < labels.size
+                else None,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

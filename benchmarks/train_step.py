@@ -47,8 +47,11 @@ PARTS = ("stage1", "stage2", "frontend", "backend", "loop")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shape", default="base" if cuda else "tiny",
-                   help="base | large | tiny | small | a TINY_ENCODERS name (default: base on GPU, tiny on CPU)")
+    p.add_argument(
+        "--shape",
+        default="base" if cuda else "tiny",
+        help="base | large | tiny | small | a TINY_ENCODERS name (default: base on GPU, tiny on CPU)",
+    )
     p.add_argument("--batch", type=int, default=128 if cuda else 4)
     p.add_argument("--stage2-batch", type=int, default=0, help="batch of the stage2 part (0: --batch)")
     p.add_argument("--seconds", type=float, default=2.0 if cuda else 0.5, help="crop length")
@@ -56,8 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", choices=sorted(runtime.PRECISIONS), default="bf16" if cuda else "fp32")
     p.add_argument("--attention", choices=("eager", "sdpa"), default="sdpa")
     p.add_argument("--fused-qkv", action="store_true", help="WavLM sdpa: one matrix product for q, k, v")
-    p.add_argument("--conv-layout", choices=CONV_LAYOUTS, default="channels_last",
-                   help="memory layout of the CNN and positional convolutions")
+    p.add_argument(
+        "--conv-layout",
+        choices=CONV_LAYOUTS,
+        default="channels_last",
+        help="memory layout of the CNN and positional convolutions",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile frontend, aggregation, backend, head")
     p.add_argument("--compile-mode", choices=runtime.COMPILE_MODES, default="default")
     p.add_argument("--steps", type=int, default=20 if cuda else 5, help="timed steps per part")
@@ -68,11 +75,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-augment", dest="augment", action="store_false", help="loop part without augmentation")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--device", default="cuda" if cuda else "cpu")
-    p.add_argument("--threads", type=int, default=0 if cuda else 1,
-                   help="CPU threads (0: torch's default; 1 on CPU: steadier on shared cores)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0 if cuda else 1,
+        help="CPU threads (0: torch's default; 1 on CPU: steadier on shared cores)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--profile", default="", help="also profile 3 steps of each part; write the kernel table "
-                   "sorted by device time to PROFILE-<part>.txt")
+    p.add_argument(
+        "--profile",
+        default="",
+        help="also profile 3 steps of each part; write the kernel table sorted by device time to PROFILE-<part>.txt",
+    )
     args = p.parse_args(argv)
     bad = [x for x in args.parts.split(",") if x not in PARTS]
     if bad:
@@ -103,19 +117,42 @@ def _loop_step(args: argparse.Namespace, model, head, x: torch.Tensor, labels: t
         from mlsv.data.augment import BatchAugmenter
         from mlsv.data.synthetic import make_synthetic_corpus
 
-        corpus = make_synthetic_corpus(workdir, n_speakers=2, utts_per_speaker=2, n_validation_speakers=0,
-                                       n_test_speakers=0, bank_files=6, bank_seconds=12.0, n_rirs=24)
-        augmenter = BatchAugmenter(AugmentConfig(where="device", noise_manifest=str(corpus.noise),
-                                                 rir_manifest=str(corpus.rirs)), device=device)
+        corpus = make_synthetic_corpus(
+            workdir,
+            n_speakers=2,
+            utts_per_speaker=2,
+            n_validation_speakers=0,
+            n_test_speakers=0,
+            bank_files=6,
+            bank_seconds=12.0,
+            n_rirs=24,
+        )
+        augmenter = BatchAugmenter(
+            AugmentConfig(where="device", noise_manifest=str(corpus.noise), rir_manifest=str(corpus.rirs)),
+            device=device,
+        )
     pin = device.type == "cuda"
-    batch = {"waveforms": x.cpu().pin_memory() if pin else x.cpu(),
-             "labels": labels.cpu().pin_memory() if pin else labels.cpu()}
+    batch = {
+        "waveforms": x.cpu().pin_memory() if pin else x.cpu(),
+        "labels": labels.cpu().pin_memory() if pin else labels.cpu(),
+    }
     stats, rng = torch.zeros(2, device=device), np.random.default_rng(args.seed)
 
     def step() -> None:
-        loop.train_batch(acc, model, head, optimizer, scheduler, batch, stats, augmenter=augmenter, rng=rng,
-                         max_grad_norm=cfg.optim.max_grad_norm,
-                         compile_mode=args.compile_mode if args.compile else "default")
+        loop.train_batch(
+            acc,
+            model,
+            head,
+            optimizer,
+            scheduler,
+            batch,
+            stats,
+            augmenter=augmenter,
+            rng=rng,
+            max_grad_norm=cfg.optim.max_grad_norm,
+            compile_mode=args.compile_mode if args.compile else "default",
+        )
+
     return step
 
 
@@ -168,17 +205,20 @@ def run(args: argparse.Namespace) -> dict:
 
     def make_step(optimizer: torch.optim.Optimizer, embed=lambda: (model(batch["x"]).embeddings, batch["labels"])):
         """A training step; ``embed()`` -> (embeddings, labels) is the forward pass it times."""
+
         def step() -> None:
             runtime.step_begin(args.compile_mode if args.compile else "default")
             with runtime.autocast(args.precision, device):
                 emb, labels = embed()
                 loss, _ = head(emb, labels)
             runtime.backward_and_step(loss, optimizer, scaler)
+
         return step
 
     def adam(params) -> torch.optim.Optimizer:
-        return torch.optim.Adam([p for p in params if p.requires_grad], lr=args.lr,
-                                fused=torch.device(device).type == "cuda")
+        return torch.optim.Adam(
+            [p for p in params if p.requires_grad], lr=args.lr, fused=torch.device(device).type == "cuda"
+        )
 
     def backend_step(optimizer: torch.optim.Optimizer, states: torch.Tensor):
         frame_mask = torch.ones(states.shape[1:3], dtype=torch.bool, device=device)
@@ -207,8 +247,9 @@ def run(args: argparse.Namespace) -> dict:
             head.train()
             with torch.no_grad(), runtime.autocast(args.precision, device):
                 states, _ = model.frontend(x_full)
-            step = backend_step(adam([*model.aggregation.parameters(), *model.backend.parameters(),
-                                      *head.parameters()]), states)
+            step = backend_step(
+                adam([*model.aggregation.parameters(), *model.backend.parameters(), *head.parameters()]), states
+            )
         else:
             if part == "stage1":
                 model.configure_training(trainable="none")

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     field = getattr(args, "more_positionals", None)
     if extra and field is not None:
         # after a "--" every value is positional, even one that starts with "-"
-        before, after = (extra[:extra.index("--")], extra[extra.index("--") + 1:]) if "--" in extra else (extra, [])
+        before, after = (extra[: extra.index("--")], extra[extra.index("--") + 1 :]) if "--" in extra else (extra, [])
         if any(e.startswith("-") for e in before):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         getattr(args, field).extend(map(type(getattr(args, field)[0]), before + after))

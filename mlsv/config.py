@@ -72,7 +72,9 @@ class AugmentConfig:
     """MUSAN / RIR augmentation (docs/method.md#augmentation)."""
 
     probability: float = _bounded(0.6, low=0, high=1)
-    where: str = _choice("cpu", "cpu", "device")  # "cpu" (loader workers) or "device" (batched tensor ops on the accelerator)
+    where: str = _choice(
+        "cpu", "cpu", "device"
+    )  # "cpu" (loader workers) or "device" (batched tensor ops on the accelerator)
     noise_manifest: str = ""  # MUSAN-like manifest with a "category" column: noise, music, speech
     rir_manifest: str = ""
     kinds: list[str] = _choice(["reverb", "noise", "music", "babble", "tv"], "reverb", "noise", "music", "babble", "tv")
@@ -152,14 +154,18 @@ class StageConfig:
     mixed_precision: str = field(default="auto", metadata={"choices": ("auto", "no", "bf16", "fp16", "fp8")})
     compile: bool = False  # torch.compile the model and head for the fixed training crops (mlsv.models.runtime)
     # torch.compile's mode when stage.compile is on; reduce-overhead and max-autotune add CUDA graphs on a GPU
-    compile_mode: str = field(default="default", metadata={"choices": (
-        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")})
+    compile_mode: str = field(
+        default="default",
+        metadata={"choices": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")},
+    )
     attention: str = field(default="sdpa", metadata={"choices": ("sdpa", "eager")})  # the encoder's attention
     seed: int = _bounded(42, low=0, high=2**32 - 1)  # torch, numpy and random take seeds in [0, 2**32)
     keep_best: int = _bounded(2, low=1)
     average_best: int = _bounded(1, low=0)  # average the N best checkpoints into the stage's final model
     validate_every: int = _bounded(1, low=1)  # epochs
-    checkpoint_every_steps: int = _bounded(0, low=0)  # also checkpoint inside an epoch every N optimiser steps (0: per epoch)
+    checkpoint_every_steps: int = _bounded(
+        0, low=0
+    )  # also checkpoint inside an epoch every N optimiser steps (0: per epoch)
     mean_utterances: int = _bounded(2000, low=0)  # training utterances embedded for the model's training mean
 
 
@@ -233,8 +239,12 @@ def check_type(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-_BOUNDS = {"low": (">=", lambda v, b: v >= b), "high": ("<=", lambda v, b: v <= b),
-           "above": (">", lambda v, b: v > b), "below": ("<", lambda v, b: v < b)}
+_BOUNDS = {
+    "low": (">=", lambda v, b: v >= b),
+    "high": ("<=", lambda v, b: v <= b),
+    "above": (">", lambda v, b: v > b),
+    "below": ("<", lambda v, b: v < b),
+}
 
 
 def _check_choice(value: Any, f: dataclasses.Field, where: str) -> Any:
@@ -249,8 +259,9 @@ def _check_choice(value: Any, f: dataclasses.Field, where: str) -> Any:
         return value
     choices = f.metadata.get("choices")
     if choices is not None and value not in choices:
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}"
-                          f"{nearest(str(value), map(str, choices))}")
+        raise ConfigError(
+            f"{where}: {value!r} is not one of {', '.join(map(str, choices))}{nearest(str(value), map(str, choices))}"
+        )
     for name, bound in f.metadata.get("bounds", {}).items() if value is not None else ():
         sign, ok = _BOUNDS[name]
         if not ok(value, bound):
@@ -334,8 +345,9 @@ def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     data = load_yaml_file(path) or {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping (section: {{key: value}}), got a "
-                          f"{type(data).__name__}")
+        raise ConfigError(
+            f"{path}: the top level must be a mapping (section: {{key: value}}), got a {type(data).__name__}"
+        )
     base = data.pop("base", None)
     if base:
         if not isinstance(base, str):
@@ -345,8 +357,10 @@ def read_yaml(path: str | Path) -> dict:
             raise ConfigError(f"{path}: base config not found: {base_path}")
         base_data = load_yaml_file(base_path, "base config") or {}
         if not isinstance(base_data, dict):
-            raise ConfigError(f"{base_path} (the base of {path}): the top level must be a mapping "
-                              f"(section: {{key: value}}), got a {type(base_data).__name__}")
+            raise ConfigError(
+                f"{base_path} (the base of {path}): the top level must be a mapping "
+                f"(section: {{key: value}}), got a {type(base_data).__name__}"
+            )
         if "base" in base_data:
             raise ConfigError(f"{base_path}: only one level of 'base:' inheritance is allowed")
         data = _deep_merge(base_data, data)
@@ -381,8 +395,7 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                cls=TrainConfig):
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls=TrainConfig):
     """Loads a config file (or the defaults when ``path`` is None) with overrides applied."""
     data = read_yaml(path) if path else {}
     data = apply_overrides(data, overrides)
@@ -395,26 +408,40 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def _check_combinations(cfg: TrainConfig, where: str) -> None:
     """Settings that are valid alone but not together."""
     if cfg.data.streaming and cfg.stage.steps_per_epoch == 0:
-        raise ConfigError(f"{where}: data.streaming=true needs stage.steps_per_epoch > 0 (a stream has no length "
-                          "to make an epoch of)")
+        raise ConfigError(
+            f"{where}: data.streaming=true needs stage.steps_per_epoch > 0 (a stream has no length to make an epoch of)"
+        )
     if cfg.stage.init_from and cfg.stage.init_model:
-        raise ConfigError(f"{where}: stage.init_from (a stage's model and head, on its speakers) and stage.init_model "
-                          "(a model's weights, with a new head on this data's speakers) both choose the start: set one")
+        raise ConfigError(
+            f"{where}: stage.init_from (a stage's model and head, on its speakers) and stage.init_model "
+            "(a model's weights, with a new head on this data's speakers) both choose the start: set one"
+        )
     if cfg.optim.min_lr > cfg.optim.lr:
-        raise ConfigError(f"{where}: optim.min_lr {cfg.optim.min_lr:g} is above optim.lr {cfg.optim.lr:g}: the "
-                          "schedule decays from lr to min_lr, so min_lr must be at most lr (equal: a constant lr)")
+        raise ConfigError(
+            f"{where}: optim.min_lr {cfg.optim.min_lr:g} is above optim.lr {cfg.optim.lr:g}: the "
+            "schedule decays from lr to min_lr, so min_lr must be at most lr (equal: a constant lr)"
+        )
     if bool(cfg.data.validation_manifest) != bool(cfg.data.validation_trials):
-        given, missing = (("validation_trials", "validation_manifest") if cfg.data.validation_trials
-                          else ("validation_manifest", "validation_trials"))
-        raise ConfigError(f"{where}: data.{given} is set but data.{missing} is not: validation needs both (the "
-                          "manifest of the utterances its trial list names), or neither")
+        given, missing = (
+            ("validation_trials", "validation_manifest")
+            if cfg.data.validation_trials
+            else ("validation_manifest", "validation_trials")
+        )
+        raise ConfigError(
+            f"{where}: data.{given} is set but data.{missing} is not: validation needs both (the "
+            "manifest of the utterances its trial list names), or neither"
+        )
     if cfg.optim.ema_decay > 0 and cfg.stage.average_best > 1:
-        raise ConfigError(f"{where}: optim.ema_decay and stage.average_best {cfg.stage.average_best} both choose the "
-                          "final weights (the moving average, or the mean of the best checkpoints): set one")
+        raise ConfigError(
+            f"{where}: optim.ema_decay and stage.average_best {cfg.stage.average_best} both choose the "
+            "final weights (the moving average, or the mean of the best checkpoints): set one"
+        )
     if cfg.augment.probability > 0 and not cfg.augment.kinds:
-        raise ConfigError(f"{where}: augment.kinds is empty but augment.probability is {cfg.augment.probability:g}: "
-                          "list the kinds to apply (reverb, noise, music, babble, tv), or set augment.probability=0 "
-                          "to train without augmentation")
+        raise ConfigError(
+            f"{where}: augment.kinds is empty but augment.probability is {cfg.augment.probability:g}: "
+            "list the kinds to apply (reverb, noise, music, babble, tv), or set augment.probability=0 "
+            "to train without augmentation"
+        )
 
 
 def dump_config(cfg, path: str | Path) -> None:

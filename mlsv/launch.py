@@ -54,5 +54,6 @@ def set_up_processes() -> PartialState:
             f"accelerate launch --num_processes {asked} started one process: on a machine without "
             f"{asked} GPUs accelerate starts several only with --multi_gpu (on CPUs they then train with gloo): "
             f"accelerate launch --multi_gpu --num_processes {asked} train.py ..., or "
-            f"torchrun --standalone --nproc_per_node {asked} train.py ...")
+            f"torchrun --standalone --nproc_per_node {asked} train.py ..."
+        )
     return PartialState()

@@ -56,8 +56,13 @@ class FolderLock:
 
     def acquire(self) -> FolderLock:
         self.folder.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "what": self.what,
-              "command": " ".join(sys.argv)[:300], "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "what": self.what,
+            "command": " ".join(sys.argv)[:300],
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -73,16 +78,20 @@ class FolderLock:
                         self.path.unlink(missing_ok=True)
                         continue
                 if holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1))):
-                    log.warning("%s: taking over the lock of process %s (%s), which is no longer running",
-                                self.path, holder.get("pid"), holder.get("what", "?"))
+                    log.warning(
+                        "%s: taking over the lock of process %s (%s), which is no longer running",
+                        self.path,
+                        holder.get("pid"),
+                        holder.get("what", "?"),
+                    )
                     self.path.unlink(missing_ok=True)
                     continue
                 raise LockError(
                     f"{self.folder} is being written by {holder.get('what', 'another run')}: process "
                     f"{holder.get('pid')} on {holder.get('host')} since {holder.get('started')} "
                     f"({holder.get('command', '?')}); wait for it to finish or give another output folder"
-                    + (f" (if that process is gone, delete {self.path})" if holder.get("host") != me["host"]
-                       else "")) from None
+                    + (f" (if that process is gone, delete {self.path})" if holder.get("host") != me["host"] else "")
+                ) from None
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(me, f)
             self._mine = True

@@ -89,8 +89,9 @@ def _substitute(value, mapping: dict[str, str]):
     return value
 
 
-def load_recipe(path: str | Path, *, output_dir: str | Path | None = None, quick: bool = False,
-                overrides: list[str] | None = None) -> Recipe:
+def load_recipe(
+    path: str | Path, *, output_dir: str | Path | None = None, quick: bool = False, overrides: list[str] | None = None
+) -> Recipe:
     """Reads a recipe; ``overrides`` (``--set``) apply to every training step. Mistakes a step would only
     meet after the steps before it ran (an unknown or mistyped argument, a step name that is not an
     earlier step, a bad prepare argument list) are ConfigErrors naming the recipe, the step and the key."""
@@ -103,8 +104,9 @@ def load_recipe(path: str | Path, *, output_dir: str | Path | None = None, quick
         key = sorted(map(str, unknown))[0]
         raise ConfigError(f"{path}: unknown recipe key {key!r}{nearest(key, ['output_dir', 'steps'])}")
     if not isinstance(data.get("steps") or [], list):
-        raise ConfigError(f"{path}: steps must be a list of steps (- {{name: ..., train: ...}}), got "
-                          f"{type(data['steps']).__name__}")
+        raise ConfigError(
+            f"{path}: steps must be a list of steps (- {{name: ..., train: ...}}), got {type(data['steps']).__name__}"
+        )
     if not isinstance(data.get("output_dir") or "", str):
         raise ConfigError(f"{path}: output_dir must be a folder name, got {data['output_dir']!r}")
     out = Path(output_dir or data.get("output_dir") or f"runs/{path.stem}")
@@ -128,12 +130,15 @@ def load_recipe(path: str | Path, *, output_dir: str | Path | None = None, quick
             raise ConfigError(f"{path}: step {name!r} must have exactly one of {', '.join(STEP_KINDS)}")
         kind = kinds[0]
         if "train" in raw and ("args" in raw or "quick" in raw):
-            raise ConfigError(f"{where}: a training step takes set / quick_set (a list of "
-                              "section.key=value), not args / quick")
+            raise ConfigError(
+                f"{where}: a training step takes set / quick_set (a list of section.key=value), not args / quick"
+            )
         for key in ("set", "quick_set", "init_from"):
             if key in raw and kind != "train":
-                raise ConfigError(f"{where}: {key} belongs to training steps; a {kind} step takes "
-                                  f"{'args / quick' if kind in ('prepare', 'evaluate') else 'its report mapping'}")
+                raise ConfigError(
+                    f"{where}: {key} belongs to training steps; a {kind} step takes "
+                    f"{'args / quick' if kind in ('prepare', 'evaluate') else 'its report mapping'}"
+                )
         raw = _substitute(raw, mapping)
         init_from = raw.get("init_from") or ""
         if init_from:
@@ -165,14 +170,19 @@ def _check_name(name: Any, path: Path, index: int, earlier: list[str]) -> None:
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"{path}: step {index}: name must be text (a folder name), got {name!r}")
     if name.startswith(".") or ".." in name or any(c in name for c in "/\\\0"):
-        raise ConfigError(f"{path}: step {index}: name {name!r} must be a plain folder name (no '/', no '..', "
-                          "not starting with '.'): the step writes into OUTPUT_DIR/NAME")
+        raise ConfigError(
+            f"{path}: step {index}: name {name!r} must be a plain folder name (no '/', no '..', "
+            "not starting with '.'): the step writes into OUTPUT_DIR/NAME"
+        )
     if name in RESERVED_NAMES:
-        raise ConfigError(f"{path}: step {index}: name {name!r} is taken by the run's report (OUTPUT_DIR/{name}); "
-                          "choose another")
+        raise ConfigError(
+            f"{path}: step {index}: name {name!r} is taken by the run's report (OUTPUT_DIR/{name}); choose another"
+        )
     if name in earlier:
-        raise ConfigError(f"{path}: step {index}: name {name!r} is also step {earlier.index(name) + 1}'s; step "
-                          "names must be unique (each is a folder)")
+        raise ConfigError(
+            f"{path}: step {index}: name {name!r} is also step {earlier.index(name) + 1}'s; step "
+            "names must be unique (each is a folder)"
+        )
 
 
 def _check_step_ref(value: Any, key: str, kind: str, earlier: list[Step], where: str) -> None:
@@ -191,8 +201,9 @@ def _check_sets(sets: Any, where: str) -> None:
     if sets is None:
         return
     if not isinstance(sets, list):
-        raise ConfigError(f"{where} must be a list of section.key=value (- data.batch_size=8, or [a.b=1, c.d=2]), "
-                          f"got {sets!r}")
+        raise ConfigError(
+            f"{where} must be a list of section.key=value (- data.batch_size=8, or [a.b=1, c.d=2]), got {sets!r}"
+        )
     for item in sets:
         if not isinstance(item, str):
             raise ConfigError(f"{where}: {item!r} must be a section.key=value string")
@@ -218,12 +229,16 @@ def _plain_type(tp: Any) -> Any:
     return tp if tp in (str, int, float, bool, type(None)) else Any
 
 
-def _check_arguments(fn, given: dict, where: str, what: str, *, skip: tuple[str, ...] = (),
-                     extra: dict[str, Any] | None = None) -> None:
+def _check_arguments(
+    fn, given: dict, where: str, what: str, *, skip: tuple[str, ...] = (), extra: dict[str, Any] | None = None
+) -> None:
     """The keys of ``given`` name parameters of ``fn`` (less ``skip``, plus ``extra``: name -> type) and
     their values have the parameters' types."""
-    params = {n: p for n, p in inspect.signature(fn).parameters.items() if n not in skip
-              and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    params = {
+        n: p
+        for n, p in inspect.signature(fn).parameters.items()
+        if n not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
     try:
         hints = typing.get_type_hints(fn)
     except Exception:  # an annotation that does not resolve: names are still checked
@@ -236,8 +251,11 @@ def _check_arguments(fn, given: dict, where: str, what: str, *, skip: tuple[str,
 
 
 def _required(fn, skip: tuple[str, ...] = ()) -> list[str]:
-    return [n for n, p in inspect.signature(fn).parameters.items()
-            if n not in skip and p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return [
+        n
+        for n, p in inspect.signature(fn).parameters.items()
+        if n not in skip and p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
 
 
 def _check_step(step: Step, raw: dict, where: str, earlier: list[Step]) -> None:
@@ -245,29 +263,38 @@ def _check_step(step: Step, raw: dict, where: str, earlier: list[Step]) -> None:
     spec = step.spec
     if step.kind == "prepare":
         if spec == "synthetic":
-
             for key in ("args", "quick"):
-                _check_arguments(make_synthetic_corpus, raw.get(key) or {}, f"{where}: {key}", "synthetic prepare",
-                                 skip=("out_dir",))
+                _check_arguments(
+                    make_synthetic_corpus, raw.get(key) or {}, f"{where}: {key}", "synthetic prepare", skip=("out_dir",)
+                )
         elif isinstance(spec, list) and spec:
             if raw.get("args") or raw.get("quick"):
                 raise ConfigError(f"{where}: an mlsv prepare step takes its options in its list, not args / quick")
             _prepare_arguments(step, where)
         else:
-            raise ConfigError(f"{where}: prepare must be 'synthetic' or an argument list for mlsv prepare "
-                              f"([folder, --root, DIR, --out, FILE]), got {spec!r}")
+            raise ConfigError(
+                f"{where}: prepare must be 'synthetic' or an argument list for mlsv prepare "
+                f"([folder, --root, DIR, --out, FILE]), got {spec!r}"
+            )
     elif step.kind == "train":
         if not isinstance(spec, str) or not spec:
             raise ConfigError(f"{where}: train must be a stage config file, got {spec!r}")
     elif step.kind == "evaluate":
-
         if not isinstance(spec, dict):
-            raise ConfigError(f"{where}: evaluate must be a mapping of evaluate_model's arguments (model, manifest, "
-                              f"trials, ...), got {spec!r}")
+            raise ConfigError(
+                f"{where}: evaluate must be a mapping of evaluate_model's arguments (model, manifest, "
+                f"trials, ...), got {spec!r}"
+            )
         skip = ("model_dir", "out_dir")
         for key, given in (("evaluate", spec), ("args", raw.get("args") or {}), ("quick", raw.get("quick") or {})):
-            _check_arguments(evaluate_model, given, where if key == "evaluate" else f"{where}: {key}", "evaluate",
-                             skip=skip, extra={"model": str})
+            _check_arguments(
+                evaluate_model,
+                given,
+                where if key == "evaluate" else f"{where}: {key}",
+                "evaluate",
+                skip=skip,
+                extra={"model": str},
+            )
         merged = {**spec, **step.args}
         missing = [k for k in ["model", *_required(evaluate_model, skip)] if k not in merged]
         if missing:
@@ -276,20 +303,27 @@ def _check_step(step: Step, raw: dict, where: str, earlier: list[Step]) -> None:
         if model in {s.name for s in earlier} or model == step.name:
             _check_step_ref(model, "model", "train", earlier, where)
     elif step.kind == "report":
-
         if not isinstance(spec, dict) or not isinstance(spec.get("systems"), dict) or not spec["systems"]:
-            raise ConfigError(f"{where}: report needs systems, a mapping of table label -> evaluate step "
-                              "({LAP: lap_eval})")
+            raise ConfigError(
+                f"{where}: report needs systems, a mapping of table label -> evaluate step ({{LAP: lap_eval}})"
+            )
         if raw.get("args") or raw.get("quick"):
             raise ConfigError(f"{where}: a report step takes no args / quick: its settings are its mapping")
-        _check_arguments(write_run_report, {k: v for k, v in spec.items() if k != "systems"}, where, "report",
-                         skip=("run_dir", "systems"))
+        _check_arguments(
+            write_run_report,
+            {k: v for k, v in spec.items() if k != "systems"},
+            where,
+            "report",
+            skip=("run_dir", "systems"),
+        )
         for label, name in spec["systems"].items():
             _check_step_ref(name, f"systems {label!r}:", "evaluate", earlier, where)
         model = spec.get("model")
         if model is not None and model not in spec["systems"]:
-            raise ConfigError(f"{where}: report model {model!r} is not one of its systems' labels: "
-                              f"{', '.join(map(str, spec['systems']))}{nearest(str(model), map(str, spec['systems']))}")
+            raise ConfigError(
+                f"{where}: report model {model!r} is not one of its systems' labels: "
+                f"{', '.join(map(str, spec['systems']))}{nearest(str(model), map(str, spec['systems']))}"
+            )
 
 
 def _prepare_parser_error(argv: list[str]) -> tuple[Any, str]:
@@ -316,8 +350,10 @@ def run_recipe(recipe: Recipe, *, only: list[str] | None = None) -> dict:
     """Runs the steps in order (or only those named), skipping complete ones. Returns the report, if any."""
     unknown = sorted(set(only or []) - {step.name for step in recipe.steps})
     if unknown:
-        raise ConfigError(f"{recipe.path}: no step named {', '.join(map(repr, unknown))}; the steps are "
-                          f"{', '.join(step.name for step in recipe.steps)}")
+        raise ConfigError(
+            f"{recipe.path}: no step named {', '.join(map(repr, unknown))}; the steps are "
+            f"{', '.join(step.name for step in recipe.steps)}"
+        )
     from accelerate import PartialState
 
     with FolderLock(recipe.output_dir, "train.py") if PartialState().is_main_process else nullcontext():
@@ -374,11 +410,18 @@ def _check_same_step(step: Step, out: Path) -> None:
     asked = json.loads(json.dumps(_step_record(step)))  # as stored: tuples become lists
     if done != asked:
         keys = sorted({*done.get("args", {}), *asked["args"]})
-        diff = next((f"{k}={done.get('args', {}).get(k)!r}, now {asked['args'].get(k)!r}" for k in keys
-                     if done.get("args", {}).get(k) != asked["args"].get(k)),
-                    f"{done.get('spec')!r}, now {asked['spec']!r}")
-        raise ConfigError(f"step {step.name!r}: {out} was made with other settings ({diff}); delete that folder "
-                          "to redo the step, or give another --output-dir")
+        diff = next(
+            (
+                f"{k}={done.get('args', {}).get(k)!r}, now {asked['args'].get(k)!r}"
+                for k in keys
+                if done.get("args", {}).get(k) != asked["args"].get(k)
+            ),
+            f"{done.get('spec')!r}, now {asked['spec']!r}",
+        )
+        raise ConfigError(
+            f"step {step.name!r}: {out} was made with other settings ({diff}); delete that folder "
+            "to redo the step, or give another --output-dir"
+        )
 
 
 EVALUATE_PATHS = ("manifest", "trials", "cohort", "threshold_manifest", "threshold_trials")
@@ -390,31 +433,36 @@ def check_evaluations(recipe: Recipe, index: int, only: list[str] | None = None)
     Steps after a later prepare step are not checked (it may make their files)."""
     import inspect
 
-
     known = (set(inspect.signature(evaluate_model).parameters) - {"model_dir", "out_dir"}) | {"model"}
     names = {step.name for step in recipe.steps}
-    for later in recipe.steps[index + 1:]:
+    for later in recipe.steps[index + 1 :]:
         if later.kind == "prepare":
             return
         if later.kind != "evaluate" or (only and later.name not in only):
             continue
         spec = {**later.spec, **later.args} if isinstance(later.spec, dict) else None
         if spec is None or "model" not in spec:
-            raise ConfigError(f"{recipe.path}: step {later.name!r}: evaluate needs a mapping with a model (a step "
-                              "name or a model folder)")
+            raise ConfigError(
+                f"{recipe.path}: step {later.name!r}: evaluate needs a mapping with a model (a step "
+                "name or a model folder)"
+            )
         bad = sorted(set(spec) - known)
         if bad:
-            raise ConfigError(f"{recipe.path}: step {later.name!r}: unknown evaluate key {bad[0]!r}"
-                              f"{nearest(bad[0], known)}")
+            raise ConfigError(
+                f"{recipe.path}: step {later.name!r}: unknown evaluate key {bad[0]!r}{nearest(bad[0], known)}"
+            )
         if spec["model"] not in names and not Path(spec["model"]).is_dir():
-            raise ConfigError(f"{recipe.path}: step {later.name!r}: model {spec['model']!r} is neither a step nor a "
-                              "model folder")
+            raise ConfigError(
+                f"{recipe.path}: step {later.name!r}: model {spec['model']!r} is neither a step nor a model folder"
+            )
         for key in EVALUATE_PATHS:
             value = spec.get(key)
             for path in value if isinstance(value, list) else [value] if value else []:
                 if not Path(path).exists():
-                    raise ConfigError(f"{recipe.path}: step {later.name!r}: {key} {path} not found (checked before "
-                                      "training, which would otherwise run first)")
+                    raise ConfigError(
+                        f"{recipe.path}: step {later.name!r}: {key} {path} not found (checked before "
+                        "training, which would otherwise run first)"
+                    )
 
 
 def _log_main(message: str, *args) -> None:
@@ -441,8 +489,10 @@ def _mark_complete(out: Path, seconds: float, record: dict) -> None:
 
     if PartialState().is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "COMPLETE").write_text(json.dumps({"seconds": round(seconds, 1), "step": record,
-                                                  "finished": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+        (out / "COMPLETE").write_text(
+            json.dumps({"seconds": round(seconds, 1), "step": record, "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+            + "\n"
+        )
     PartialState().wait_for_everyone()
 
 
@@ -452,7 +502,6 @@ def _prepare(step: Step, out: Path) -> None:
     state = PartialState()
     if state.is_main_process:
         if step.spec == "synthetic":
-
             corpus = make_synthetic_corpus(out, **step.args)
             corpus_baseline(corpus, out / "baseline.json")
         elif isinstance(step.spec, list):
@@ -494,9 +543,11 @@ def _evaluate(recipe: Recipe, step: Step, out: Path) -> None:
     model = spec.pop("model")
     model_dir = recipe.step_dir(model) / "model" if (recipe.step_dir(model) / "model").is_dir() else Path(model)
     if model in {s.name for s in recipe.steps} and not model_dir.is_dir():
-        raise ConfigError(f"{recipe.path}: step {step.name!r} evaluates the model of step {model!r}, which has "
-                          f"not made {recipe.step_dir(model) / 'model'} yet: run that step first "
-                          f"(--steps {model} {step.name})")
+        raise ConfigError(
+            f"{recipe.path}: step {step.name!r} evaluates the model of step {model!r}, which has "
+            f"not made {recipe.step_dir(model) / 'model'} yet: run that step first "
+            f"(--steps {model} {step.name})"
+        )
     evaluate_model(model_dir, out_dir=out, **spec)
 
 
@@ -506,7 +557,9 @@ def _report(recipe: Recipe, step: Step, out: Path) -> dict:
     systems = {label: recipe.step_dir(name) for label, name in spec.pop("systems").items()}
     for label, folder in systems.items():
         if not (folder / "metrics_by_stage.json").is_file():
-            raise ConfigError(f"{recipe.path}: step {step.name!r} reports system {label!r} from step {folder.name!r}, "
-                              f"which has not evaluated yet (no {folder / 'metrics_by_stage.json'}): run it first "
-                              f"(--steps {folder.name} {step.name})")
+            raise ConfigError(
+                f"{recipe.path}: step {step.name!r} reports system {label!r} from step {folder.name!r}, "
+                f"which has not evaluated yet (no {folder / 'metrics_by_stage.json'}): run it first "
+                f"(--steps {folder.name} {step.name})"
+            )
     return write_run_report(recipe.output_dir, systems, **spec)

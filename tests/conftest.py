@@ -34,8 +34,7 @@ def tiny_model(encoder: str = "tiny-wavlm", **settings):
     return MLSVModel.from_encoder(encoder, **{**TINY_SETTINGS, **settings})
 
 
-def saved_tiny_model(folder, *, seed: int = 0, encoder: str = "tiny-wavlm", config: dict | None = None,
-                     **settings):
+def saved_tiny_model(folder, *, seed: int = 0, encoder: str = "tiny-wavlm", config: dict | None = None, **settings):
     """``tiny_model(encoder, **settings)`` from ``seed``, with ``config`` fields set, saved to ``folder``."""
     torch.manual_seed(seed)
     model = tiny_model(encoder, **settings)
@@ -67,15 +66,22 @@ SMALL_DIM = 8  # the embedding size of ``small_model_dir`` and of the tables in 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny saved model (16-dimensional embeddings) with a training mean and a stored threshold."""
-    return saved_tiny_model(tmp_path_factory.mktemp("model") / "model",
-                            config={"training_mean": [0.05 * i for i in range(16)], "threshold": THRESHOLD})
+    return saved_tiny_model(
+        tmp_path_factory.mktemp("model") / "model",
+        config={"training_mean": [0.05 * i for i in range(16)], "threshold": THRESHOLD},
+    )
 
 
 @pytest.fixture(scope="module")
 def small_model_dir(tmp_path_factory):
     """A smaller tiny saved model: 2 LAP heads of 8 channels, 8-dimensional embeddings, threshold 0.3."""
-    return saved_tiny_model(tmp_path_factory.mktemp("model") / "model", config={"threshold": 0.3}, lap_heads=2,
-                            lap_channels=16, embedding_size=SMALL_DIM)
+    return saved_tiny_model(
+        tmp_path_factory.mktemp("model") / "model",
+        config={"threshold": 0.3},
+        lap_heads=2,
+        lap_channels=16,
+        embedding_size=SMALL_DIM,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +103,7 @@ def wavs(tmp_path_factory):
     sf.write(d / "b.wav", sine_voice(f0=210, seed=2), sr, subtype="FLOAT")
     sf.write(d / "silent.wav", np.zeros(sr // 2, np.float32), sr)
     # silent for 1 s, then voice: chunks of 0.3 s include silent ones, the file as a whole is not silent
-    sf.write(d / "late.wav", np.concatenate([np.zeros(sr, np.float32), sine_voice(0.3, seed=3)]), sr,
-             subtype="FLOAT")
+    sf.write(d / "late.wav", np.concatenate([np.zeros(sr, np.float32), sine_voice(0.3, seed=3)]), sr, subtype="FLOAT")
     return d
 
 
@@ -107,9 +112,15 @@ def eval_inputs(tmp_path):
     """A manifest of two speakers' four recordings (written beside it) and a trial list over them."""
     from data_helpers import voice, write_voice_manifest
 
-    manifest = write_voice_manifest(tmp_path / "m.jsonl", {
-        "a1": ("a", voice(0.6, seed=1)), "a2": ("a", voice(0.5, seed=2)),
-        "b1": ("b", voice(0.6, f0=210, seed=3)), "b2": ("b", voice(0.5, f0=210, seed=4))})
+    manifest = write_voice_manifest(
+        tmp_path / "m.jsonl",
+        {
+            "a1": ("a", voice(0.6, seed=1)),
+            "a2": ("a", voice(0.5, seed=2)),
+            "b1": ("b", voice(0.6, f0=210, seed=3)),
+            "b2": ("b", voice(0.5, f0=210, seed=4)),
+        },
+    )
     trials = tmp_path / "list.txt"
     trials.write_text("1 a1 a2\n0 a1 b1\n1 b1 b2\n0 a2 b2\n")
     return manifest, trials
@@ -129,8 +140,11 @@ def cli_files(tmp_path):
     save_embeddings(test, tmp_path / "test.npz")
     save_embeddings(speaker_table(rng, 10, 2, "co", SMALL_DIM, spread=0.5, max_seconds=5.0), tmp_path / "cohort.npz")
     ids = test.ids
-    lines = [f"{int(test.speakers[i] == test.speakers[j])} {ids[i]} {ids[j]}"
-             for i in range(len(ids)) for j in range(i + 1, len(ids))]
+    lines = [
+        f"{int(test.speakers[i] == test.speakers[j])} {ids[i]} {ids[j]}"
+        for i in range(len(ids))
+        for j in range(i + 1, len(ids))
+    ]
     (tmp_path / "trials.txt").write_text("\n".join(lines) + "\n")
     write_wav(tmp_path / "good.wav", tone(1.0))
     rows = [{"id": f"u{i}", "path": "good.wav", "speaker": f"s{i % 3}", "duration": 1.0} for i in range(6)]
@@ -166,19 +180,37 @@ def train_corpus(tmp_path_factory):
     """A synthetic corpus of 8 training speakers (6 utterances each) to train stages on."""
     from mlsv.data.synthetic import make_synthetic_corpus
 
-    return make_synthetic_corpus(tmp_path_factory.mktemp("corpus"), n_speakers=8, utts_per_speaker=6,
-                                 n_validation_speakers=4, n_test_speakers=4, max_seconds=2.5, seed=1)
+    return make_synthetic_corpus(
+        tmp_path_factory.mktemp("corpus"),
+        n_speakers=8,
+        utts_per_speaker=6,
+        n_validation_speakers=4,
+        n_test_speakers=4,
+        max_seconds=2.5,
+        seed=1,
+    )
 
 
 def stage_overrides(corpus, **extra) -> list[str]:
     """``--set`` overrides for a small, fast stage on ``corpus`` (``train_corpus``), with ``extra`` ones."""
     sets = {
-        "data.train_manifest": corpus.train, "data.validation_manifest": corpus.validation,
-        "data.validation_trials": corpus.validation_trials, "data.batch_size": 8, "data.crop_seconds": 1.0,
-        "data.num_workers": 0, "augment.noise_manifest": corpus.noise, "augment.rir_manifest": corpus.rirs,
-        "model.encoder": "tiny-wavlm", "model.random_init": True, "model.lap_heads": 4,
-        "model.lap_channels": 32, "model.embedding_size": 16, "stage.mean_utterances": 16,
-        "log.progress": False, "optim.lr": 0.01, "optim.min_lr": 0.001,
+        "data.train_manifest": corpus.train,
+        "data.validation_manifest": corpus.validation,
+        "data.validation_trials": corpus.validation_trials,
+        "data.batch_size": 8,
+        "data.crop_seconds": 1.0,
+        "data.num_workers": 0,
+        "augment.noise_manifest": corpus.noise,
+        "augment.rir_manifest": corpus.rirs,
+        "model.encoder": "tiny-wavlm",
+        "model.random_init": True,
+        "model.lap_heads": 4,
+        "model.lap_channels": 32,
+        "model.embedding_size": 16,
+        "stage.mean_utterances": 16,
+        "log.progress": False,
+        "optim.lr": 0.01,
+        "optim.min_lr": 0.001,
     }
     sets.update(extra)
     return [f"{k}={v}" for k, v in sets.items()]
@@ -197,9 +229,17 @@ def small_corpus(tmp_path_factory):
     """A smaller synthetic corpus (4 training speakers of 3 utterances, a small noise bank and 2 RIRs)."""
     from mlsv.data.synthetic import make_synthetic_corpus
 
-    return make_synthetic_corpus(tmp_path_factory.mktemp("corpus"), n_speakers=4, utts_per_speaker=3,
-                                 n_validation_speakers=2, n_test_speakers=2, max_seconds=1.5, bank_files=1,
-                                 bank_seconds=3.0, n_rirs=2)
+    return make_synthetic_corpus(
+        tmp_path_factory.mktemp("corpus"),
+        n_speakers=4,
+        utts_per_speaker=3,
+        n_validation_speakers=2,
+        n_test_speakers=2,
+        max_seconds=1.5,
+        bank_files=1,
+        bank_seconds=3.0,
+        n_rirs=2,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -208,16 +248,30 @@ def tiny_stage(small_corpus, tmp_path_factory) -> Path:
     import yaml
 
     path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(yaml.safe_dump({
-        "data": {"train_manifest": str(small_corpus.train), "crop_seconds": 0.5, "batch_size": 4,
-                 "num_workers": 0, "speed_factors": [1.0]},
-        "augment": {"probability": 0},
-        "model": {"encoder": "tiny-wavlm", "random_init": True, "lap_heads": 2, "lap_channels": 8,
-                  "embedding_size": 8},
-        "head": {"sub_centers": 1, "top_k": 0},
-        "stage": {"epochs": 2, "steps_per_epoch": 2, "mean_utterances": 4},
-        "log": {"progress": False},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "data": {
+                    "train_manifest": str(small_corpus.train),
+                    "crop_seconds": 0.5,
+                    "batch_size": 4,
+                    "num_workers": 0,
+                    "speed_factors": [1.0],
+                },
+                "augment": {"probability": 0},
+                "model": {
+                    "encoder": "tiny-wavlm",
+                    "random_init": True,
+                    "lap_heads": 2,
+                    "lap_channels": 8,
+                    "embedding_size": 8,
+                },
+                "head": {"sub_centers": 1, "top_k": 0},
+                "stage": {"epochs": 2, "steps_per_epoch": 2, "mean_utterances": 4},
+                "log": {"progress": False},
+            }
+        )
+    )
     return path
 
 

@@ -42,8 +42,9 @@ def write_m4a(path: Path, x: np.ndarray, sample_rate: int = 16000) -> Path:
     return path
 
 
-def tiny_corpus(root: Path, speakers: int = 4, utts: int = 3, seconds: tuple[float, float] = (0.5, 1.5),
-                sessions: int = 2) -> Path:
+def tiny_corpus(
+    root: Path, speakers: int = 4, utts: int = 3, seconds: tuple[float, float] = (0.5, 1.5), sessions: int = 2
+) -> Path:
     """WAV files spk*/s*/u*.wav with a per-speaker pitch and a train.jsonl manifest (relative paths)."""
     rng = np.random.default_rng(0)
     rows = []
@@ -52,13 +53,29 @@ def tiny_corpus(root: Path, speakers: int = 4, utts: int = 3, seconds: tuple[flo
             dur = float(np.round(rng.uniform(*seconds), 3))
             uid = f"spk{s}/s{u % sessions}/u{u}.wav"
             write_wav(root / "audio" / uid, tone(dur, 120 + 40 * s, seed=s * 100 + u))
-            rows.append({"id": uid, "path": f"audio/{uid}", "speaker": f"spk{s}", "duration": dur,
-                         "sample_rate": 16000, "session": f"spk{s}/s{u % sessions}"})
+            rows.append(
+                {
+                    "id": uid,
+                    "path": f"audio/{uid}",
+                    "speaker": f"spk{s}",
+                    "duration": dur,
+                    "sample_rate": 16000,
+                    "session": f"spk{s}/s{u % sessions}",
+                }
+            )
     return write_manifest(rows, root / "train.jsonl")
 
 
-def speaker_table(rng: np.random.Generator, n_spk: int, per_spk: int, prefix: str, dim: int, *,
-                  spread: float = 0.6, max_seconds: float = 10.0):
+def speaker_table(
+    rng: np.random.Generator,
+    n_spk: int,
+    per_spk: int,
+    prefix: str,
+    dim: int,
+    *,
+    spread: float = 0.6,
+    max_seconds: float = 10.0,
+):
     """An ``EmbeddingTable`` of ``n_spk`` speakers x ``per_spk`` utterances around random speaker centres
     (ids ``{prefix}{speaker}/v/{i}.wav``, durations uniform in [1, max_seconds], speakers ``{prefix}{s}``)."""
     from mlsv.scoring.embeddings import EmbeddingTable
@@ -66,9 +83,12 @@ def speaker_table(rng: np.random.Generator, n_spk: int, per_spk: int, prefix: st
     centres = rng.standard_normal((n_spk, dim))
     spk = np.repeat(np.arange(n_spk), per_spk)
     emb = (centres[spk] + spread * rng.standard_normal((len(spk), dim))).astype(np.float32)
-    return EmbeddingTable(np.array([f"{prefix}{s}/v/{i}.wav" for i, s in enumerate(spk)]), emb,
-                          rng.uniform(1, max_seconds, len(spk)).astype(np.float32),
-                          np.array([f"{prefix}{s}" for s in spk]))
+    return EmbeddingTable(
+        np.array([f"{prefix}{s}/v/{i}.wav" for i, s in enumerate(spk)]),
+        emb,
+        rng.uniform(1, max_seconds, len(spk)).astype(np.float32),
+        np.array([f"{prefix}{s}" for s in spk]),
+    )
 
 
 def voice(seconds: float, sr: int = 16000, f0: float = 140.0, seed: int = 0) -> np.ndarray:
@@ -95,8 +115,7 @@ def write_voice_manifest(path: Path, audio: dict[str, tuple[str, np.ndarray]]) -
     for uid, (speaker, x) in audio.items():
         wav = path.parent / f"{uid}.wav"
         sf.write(wav, x, 16000, subtype="FLOAT")
-        rows.append({"id": uid, "path": str(wav), "speaker": speaker, "duration": len(x) / 16000,
-                     "sample_rate": 16000})
+        rows.append({"id": uid, "path": str(wav), "speaker": speaker, "duration": len(x) / 16000, "sample_rate": 16000})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 

@@ -8,9 +8,27 @@ import torch
 
 # Tensor operations whose result the host must read back, so that on a GPU the host waits for every
 # queued kernel: the step that calls one cannot be queued while the previous one runs.
-HOST_READS = frozenset({"item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__",
-                        "__complex__", "is_nonzero", "nonzero", "argwhere", "masked_select", "unique",
-                        "unique_consecutive", "equal", "allclose"})
+HOST_READS = frozenset(
+    {
+        "item",
+        "tolist",
+        "numpy",
+        "cpu",
+        "__bool__",
+        "__int__",
+        "__float__",
+        "__index__",
+        "__complex__",
+        "is_nonzero",
+        "nonzero",
+        "argwhere",
+        "masked_select",
+        "unique",
+        "unique_consecutive",
+        "equal",
+        "allclose",
+    }
+)
 
 
 def _bool_index(index) -> bool:
@@ -42,12 +60,17 @@ class HostSyncCounter(torch.overrides.TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        if (name in HOST_READS
-                or (name in ("tensor", "as_tensor") and kwargs.get("device") is not None)
-                or (name in ("__getitem__", "__setitem__", "index_put_") and len(args) > 1
-                    and _bool_index(args[1]))
-                or (name == "repeat_interleave" and len(args) > 1 and isinstance(args[1], torch.Tensor)
-                    and kwargs.get("output_size") is None)):
+        if (
+            name in HOST_READS
+            or (name in ("tensor", "as_tensor") and kwargs.get("device") is not None)
+            or (name in ("__getitem__", "__setitem__", "index_put_") and len(args) > 1 and _bool_index(args[1]))
+            or (
+                name == "repeat_interleave"
+                and len(args) > 1
+                and isinstance(args[1], torch.Tensor)
+                and kwargs.get("output_size") is None
+            )
+        ):
             where = _caller_outside_torch()
             key = f"{name} at {where}"
             self.calls[key] = self.calls.get(key, 0) + 1
@@ -56,8 +79,9 @@ class HostSyncCounter(torch.overrides.TorchFunctionMode):
 
 def _caller_outside_torch() -> str:
     frame = sys._getframe(2)
-    while frame is not None and (frame.f_globals.get("__name__") == __name__
-                                 or frame.f_globals.get("__name__", "").startswith("torch")):
+    while frame is not None and (
+        frame.f_globals.get("__name__") == __name__ or frame.f_globals.get("__name__", "").startswith("torch")
+    ):
         frame = frame.f_back
     if frame is None:
         return "?"

@@ -125,7 +125,7 @@ def test_no_import_circles():
         path.append(m)
         for t in sorted(graph[m]):
             if state.get(t) == 1:
-                cycle = path[path.index(t):] + [t]
+                cycle = path[path.index(t) :] + [t]
                 pytest.fail("import circle: " + " -> ".join(cycle))
             if t not in state:
                 walk(t)
@@ -140,11 +140,14 @@ def test_no_import_circles():
 def test_the_rules_can_fail(tmp_path):
     """The checks see an upward import, a forbidden one and a function-local one."""
     bad = tmp_path / "fake.py"
-    bad.write_text("from mlsv.inference.verifier import Verifier\nfrom mlsv.data import audio\n\n\n"
-                   "def f():\n    import mlsv.train.loop\n")
+    bad.write_text(
+        "from mlsv.inference.verifier import Verifier\nfrom mlsv.data import audio\n\n\n"
+        "def f():\n    import mlsv.train.loop\n"
+    )
     top, local = _imports(bad, name="mlsv.scoring.fake")
     assert top == {"mlsv.inference.verifier", "mlsv.data.audio"} and local == [("mlsv.train.loop", 6)]
     found = _violations("mlsv.scoring.fake", top, local)
     assert len(found) == 3 and "a higher layer" in found[0] and "inside functions" in found[2]
     assert _violations("mlsv.models.fake", {"mlsv.config"}, []) == [
-        "mlsv.models.fake (models) must not import mlsv.config (config)"]
+        "mlsv.models.fake (models) must not import mlsv.config (config)"
+    ]

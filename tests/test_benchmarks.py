@@ -33,9 +33,32 @@ def _run_benchmark(name: str, argv: list[str], capsys) -> dict:
 
 
 def test_train_step_benchmark_prints_json(capsys, tmp_path):
-    out = _run_benchmark("train_step", ["--shape", "tiny", "--batch", "2", "--seconds", "0.2", "--classes", "50",
-                                        "--steps", "1", "--warmup", "0", "--device", "cpu", "--threads", "0",
-                                        "--stage2-batch", "3", "--profile", str(tmp_path / "prof")], capsys)
+    out = _run_benchmark(
+        "train_step",
+        [
+            "--shape",
+            "tiny",
+            "--batch",
+            "2",
+            "--seconds",
+            "0.2",
+            "--classes",
+            "50",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--device",
+            "cpu",
+            "--threads",
+            "0",
+            "--stage2-batch",
+            "3",
+            "--profile",
+            str(tmp_path / "prof"),
+        ],
+        capsys,
+    )
     assert set(out["results"]) == {"stage1", "stage2", "frontend", "backend", "loop"}
     assert list(out["results"])[-1] == "loop"  # after the others: accelerate's prepare wraps the forward
     for name, part in out["results"].items():
@@ -46,16 +69,40 @@ def test_train_step_benchmark_prints_json(capsys, tmp_path):
 
 
 def test_embed_benchmark_prints_json(capsys):
-    out = _run_benchmark("embed", ["--shape", "tiny", "--utterances", "5", "--min-seconds", "0.2",
-                                   "--max-seconds", "0.5", "--batch", "2", "--reference-utterances", "3",
-                                   "--passes", "1", "--device", "cpu", "--threads", "0"], capsys)
+    out = _run_benchmark(
+        "embed",
+        [
+            "--shape",
+            "tiny",
+            "--utterances",
+            "5",
+            "--min-seconds",
+            "0.2",
+            "--max-seconds",
+            "0.5",
+            "--batch",
+            "2",
+            "--reference-utterances",
+            "3",
+            "--passes",
+            "1",
+            "--device",
+            "cpu",
+            "--threads",
+            "0",
+        ],
+        capsys,
+    )
     assert out["fast"]["audio_s_per_s"] > 0 and out["reference"]["audio_s_per_s"] > 0
     assert out["equivalence"]["max_abs_diff"] < 1e-4 and out["equivalence"]["min_cosine"] > 0.9999
 
 
 def test_frontend_parts_benchmark_prints_json(capsys):
-    out = _run_benchmark("frontend_parts", ["--shape", "tiny", "--batch", "2", "--seconds", "0.3", "--repeats", "1",
-                                            "--device", "cpu"], capsys)
+    out = _run_benchmark(
+        "frontend_parts",
+        ["--shape", "tiny", "--batch", "2", "--seconds", "0.3", "--repeats", "1", "--device", "cpu"],
+        capsys,
+    )
     for layout in ("channels_last", "channels_first"):
         assert out["ms"][f"cnn[{layout}]"] > 0 and out["ms"][f"positional[{layout}]"] > 0
     assert {"projection", "layers", "lap_astp", "whole"} <= set(out["ms"])
@@ -80,8 +127,29 @@ def test_loss_curve_benchmark_sdpa_and_eager_agree(capsys):
     dropout masks. Over a few steps (before training amplifies rounding differences; about 1e-5 here) the
     curves must agree within 1e-3 relative at every step: a fast path that computed something else (a
     lost position bias or padding mask) differs by far more from the first step on."""
-    out = _loss_curve(["--shape", "tiny", "--steps", "6", "--lr", "3e-4", "--batch", "8", "--seconds", "0.5",
-                       "--classes", "16", "--precision", "fp32", "--device", "cpu", "--threads", "0"], capsys)
+    out = _loss_curve(
+        [
+            "--shape",
+            "tiny",
+            "--steps",
+            "6",
+            "--lr",
+            "3e-4",
+            "--batch",
+            "8",
+            "--seconds",
+            "0.5",
+            "--classes",
+            "16",
+            "--precision",
+            "fp32",
+            "--device",
+            "cpu",
+            "--threads",
+            "0",
+        ],
+        capsys,
+    )
     plain, fast = out["plain"]["losses"], out["fast"]["losses"]
     assert len(plain) == len(fast) == 6
     assert (out["plain"]["attention"], out["plain"]["precision"]) == ("eager", "fp32")
@@ -148,8 +216,22 @@ def test_tracking_benchmark_measures_misses_and_false_alarms(tmp_path, capsys):
     model = saved_tiny_model(tmp_path / "model")
     runs = {}
     for threshold in ("2", "-2"):
-        tracking.main(["--model", str(model), "--manifest", str(manifest), "--conversations", "3",
-                       "--window", "0.3", "--hop", "0.1", "--threshold", threshold])
+        tracking.main(
+            [
+                "--model",
+                str(model),
+                "--manifest",
+                str(manifest),
+                "--conversations",
+                "3",
+                "--window",
+                "0.3",
+                "--hop",
+                "0.1",
+                "--threshold",
+                threshold,
+            ]
+        )
         runs[threshold] = json.loads(capsys.readouterr().out)
     assert (runs["2"]["miss_rate"], runs["2"]["false_alarm_rate"]) == (1.0, 0.0)
     assert (runs["-2"]["miss_rate"], runs["-2"]["false_alarm_rate"]) == (0.0, 1.0)

@@ -37,11 +37,14 @@ def test_file_output_that_is_a_directory(name, small_model_dir, cli_files, capsy
     assert not (cli_files / "f.png").exists()
 
 
-@pytest.mark.parametrize("argv", [
-    "evaluate --model {model} --manifest {d}/m.jsonl --trials {d}/trials.txt --out {d}/afile",
-    "prepare synthetic --out {d}/afile",
-    "prepare shards --manifest {d}/m.jsonl --out {d}/afile",
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        "evaluate --model {model} --manifest {d}/m.jsonl --trials {d}/trials.txt --out {d}/afile",
+        "prepare synthetic --out {d}/afile",
+        "prepare shards --manifest {d}/m.jsonl --out {d}/afile",
+    ],
+)
 def test_folder_output_that_is_a_file(argv, small_model_dir, cli_files, capsys):
     argv = argv.format(model=small_model_dir, d=cli_files).split()
     assert main(argv) == 2
@@ -50,8 +53,19 @@ def test_folder_output_that_is_a_file(argv, small_model_dir, cli_files, capsys):
 
 
 def test_output_under_a_file(small_model_dir, cli_files, capsys):
-    assert main(["embed", "--model", str(small_model_dir), str(cli_files / "good.wav"),
-                 "--out", str(cli_files / "afile/x.npz")]) == 2
+    assert (
+        main(
+            [
+                "embed",
+                "--model",
+                str(small_model_dir),
+                str(cli_files / "good.wav"),
+                "--out",
+                str(cli_files / "afile/x.npz"),
+            ]
+        )
+        == 2
+    )
     assert f"{cli_files / 'afile'} is a file, not a folder" in cli_error(capsys)
 
 
@@ -81,28 +95,39 @@ def test_export_names_a_folder_without_a_model(cli_files, capsys):
 # -- the same option ranges everywhere, named ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv, option", [
-    ("embed --model {model} --manifest {d}/m.jsonl --out {d}/e.npz --batch-seconds -5", "--batch-seconds"),
-    ("embed --model {model} {d}/good.wav --out {d}/e.npz --batch-seconds 0", "--batch-seconds"),
-    ("embed --model {model} {d}/good.wav --out {d}/e.npz --chunk-seconds -1", "--chunk-seconds"),
-    ("embed --model {model} --manifest {d}/m.jsonl --out {d}/e.npz --num-workers -1", "--num-workers"),
-    ("evaluate --model {model} --manifest {d}/m.jsonl --trials {d}/trials.txt --out {d}/ev --chunk-seconds -1",
-     "--chunk-seconds"),
-    ("evaluate --model {model} --manifest {d}/m.jsonl --trials {d}/trials.txt --out {d}/ev --batch-seconds 0",
-     "--batch-seconds"),
-    ("evaluate --model {model} --manifest {d}/m.jsonl --trials {d}/trials.txt --out {d}/ev --calibration-pairs 0",
-     "--calibration-pairs"),
-    ("evaluate --model {model} --manifest {d}/m.jsonl --trials {d}/trials.txt --out {d}/ev --asnorm-top-k 1",
-     "--asnorm-top-k"),
-    ("prepare folder --root {d} --out {d}/x.jsonl --sample-rate 0", "--sample-rate"),
-    ("prepare folder --root {d} --out {d}/x.jsonl --workers -1", "--workers"),
-    ("prepare synthetic --out {d}/syn --speakers 0", "--speakers"),
-    ("calibrate --embeddings {d}/cohort.npz --out {d}/c.json --pairs 0", "--pairs"),
-    ("calibrate --embeddings {d}/cohort.npz --out {d}/c.json --target-far 1.5", "--target-far"),
-    ("calibrate --embeddings {d}/cohort.npz --out {d}/c.json --regularization 0", "--regularization"),
-    ("verify --model {model} {d}/good.wav {d}/good.wav --far 0", "--far"),
-    ("export --model {model} --out {d}/a.onnx --opset 0", "--opset"),
-])
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        ("embed --model {model} --manifest {d}/m.jsonl --out {d}/e.npz --batch-seconds -5", "--batch-seconds"),
+        ("embed --model {model} {d}/good.wav --out {d}/e.npz --batch-seconds 0", "--batch-seconds"),
+        ("embed --model {model} {d}/good.wav --out {d}/e.npz --chunk-seconds -1", "--chunk-seconds"),
+        ("embed --model {model} --manifest {d}/m.jsonl --out {d}/e.npz --num-workers -1", "--num-workers"),
+        (
+            "evaluate --model {model} --manifest {d}/m.jsonl --trials {d}/trials.txt --out {d}/ev --chunk-seconds -1",
+            "--chunk-seconds",
+        ),
+        (
+            "evaluate --model {model} --manifest {d}/m.jsonl --trials {d}/trials.txt --out {d}/ev --batch-seconds 0",
+            "--batch-seconds",
+        ),
+        (
+            "evaluate --model {model} --manifest {d}/m.jsonl --trials {d}/trials.txt --out {d}/ev --calibration-pairs 0",
+            "--calibration-pairs",
+        ),
+        (
+            "evaluate --model {model} --manifest {d}/m.jsonl --trials {d}/trials.txt --out {d}/ev --asnorm-top-k 1",
+            "--asnorm-top-k",
+        ),
+        ("prepare folder --root {d} --out {d}/x.jsonl --sample-rate 0", "--sample-rate"),
+        ("prepare folder --root {d} --out {d}/x.jsonl --workers -1", "--workers"),
+        ("prepare synthetic --out {d}/syn --speakers 0", "--speakers"),
+        ("calibrate --embeddings {d}/cohort.npz --out {d}/c.json --pairs 0", "--pairs"),
+        ("calibrate --embeddings {d}/cohort.npz --out {d}/c.json --target-far 1.5", "--target-far"),
+        ("calibrate --embeddings {d}/cohort.npz --out {d}/c.json --regularization 0", "--regularization"),
+        ("verify --model {model} {d}/good.wav {d}/good.wav --far 0", "--far"),
+        ("export --model {model} --out {d}/a.onnx --opset 0", "--opset"),
+    ],
+)
 def test_out_of_range_options_are_refused_with_their_name(argv, option, small_model_dir, cli_files, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv.format(model=small_model_dir, d=cli_files).split())

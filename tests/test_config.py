@@ -32,45 +32,48 @@ def test_base_inheritance_and_overrides(tmp_path):
     assert cfg.stage.epochs == 10 and cfg.stage.keep_best == 3
 
 
-@pytest.mark.parametrize("override,message", [
-    ("optim.lrr=1", "unknown config key 'optim.lrr' (did you mean 'lr'?)"),
-    ("modle.aggregation=lap", "did you mean 'model'"),
-    ("data.strict=maybe", "data.strict: expected true or false"),
-    ("data.batch_size=1.5", "data.batch_size: expected int"),
-    ("data.speed_factors=0.9", "data.speed_factors: expected a list"),
-    ("optim", "must look like section.key=value"),
-    # values outside a field's choices or bounds
-    ("model.aggregation=lapp", "model.aggregation: 'lapp' is not one of lap, superb, last (did you mean 'lap'?)"),
-    ("model.backend=ecpa", "model.backend: 'ecpa' is not one of astp, xvector, ecapa, mhfa"),
-    ("stage.frontend_trainable=cnn", "stage.frontend_trainable: 'cnn' is not one of none, transformer, all"),
-    ("optim.optimizer=lion", "optim.optimizer: 'lion' is not one of adam, adamw, sgd"),
-    ("head.margin_schedule=sine", "head.margin_schedule: 'sine' is not one of log, cos, exp, linear, constant"),
-    ("augment.where=gpu", "augment.where: 'gpu' is not one of cpu, device"),
-    ("log.trackers=[csv,wandbb]", "log.trackers[1]: 'wandbb' is not one of csv, tensorboard, wandb, neptune"),
-    ("augment.kinds=[noise,musik]", "augment.kinds[1]: 'musik' is not one of"),
-    ("stage.grad_accum=0", "stage.grad_accum: 0 must be >= 1"),
-    ("stage.epochs=0", "stage.epochs: 0 must be >= 1"),
-    ("stage.validate_every=0", "stage.validate_every: 0 must be >= 1"),
-    ("optim.lr=0", "optim.lr: 0.0 must be > 0"),
-    ("optim.lr=-1", "optim.lr: -1.0 must be > 0"),
-    ("data.crop_seconds=0", "data.crop_seconds: 0.0 must be > 0"),
-    ("data.speed_factors=[1.0,0]", "data.speed_factors[1]: 0.0 must be > 0"),
-    ("model.embedding_size=0", "model.embedding_size: 0 must be >= 1"),
-    ("augment.probability=1.5", "augment.probability: 1.5 must be <= 1"),
-    ("stage.layerdrop=1", "stage.layerdrop: 1.0 must be < 1"),
-    # every float finite (a NaN or infinite value passed every bound and trained a whole epoch on NaN)
-    ("optim.lr=.inf", "optim.lr: inf is not a finite number"),
-    ("head.scale=.inf", "head.scale: inf is not a finite number"),
-    ("head.margin_start_epoch=.nan", "head.margin_start_epoch: nan is not a finite number"),
-    ("data.crop_seconds=.inf", "data.crop_seconds: inf is not a finite number"),
-    ("data.speed_factors=[1.0,.nan]", "data.speed_factors[1]: nan is not a finite number"),
-    ("optim.lr=-.inf", "optim.lr: -inf is not a finite number"),
-    # the seed names its key
-    ("stage.seed=-1", "stage.seed: -1 must be >= 0"),
-    ("stage.seed=4294967296", "stage.seed: 4294967296 must be <= 4294967295"),
-    # augmentation asked for with nothing to apply
-    ("augment.kinds=[]", "augment.kinds is empty but augment.probability is 0.6"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("optim.lrr=1", "unknown config key 'optim.lrr' (did you mean 'lr'?)"),
+        ("modle.aggregation=lap", "did you mean 'model'"),
+        ("data.strict=maybe", "data.strict: expected true or false"),
+        ("data.batch_size=1.5", "data.batch_size: expected int"),
+        ("data.speed_factors=0.9", "data.speed_factors: expected a list"),
+        ("optim", "must look like section.key=value"),
+        # values outside a field's choices or bounds
+        ("model.aggregation=lapp", "model.aggregation: 'lapp' is not one of lap, superb, last (did you mean 'lap'?)"),
+        ("model.backend=ecpa", "model.backend: 'ecpa' is not one of astp, xvector, ecapa, mhfa"),
+        ("stage.frontend_trainable=cnn", "stage.frontend_trainable: 'cnn' is not one of none, transformer, all"),
+        ("optim.optimizer=lion", "optim.optimizer: 'lion' is not one of adam, adamw, sgd"),
+        ("head.margin_schedule=sine", "head.margin_schedule: 'sine' is not one of log, cos, exp, linear, constant"),
+        ("augment.where=gpu", "augment.where: 'gpu' is not one of cpu, device"),
+        ("log.trackers=[csv,wandbb]", "log.trackers[1]: 'wandbb' is not one of csv, tensorboard, wandb, neptune"),
+        ("augment.kinds=[noise,musik]", "augment.kinds[1]: 'musik' is not one of"),
+        ("stage.grad_accum=0", "stage.grad_accum: 0 must be >= 1"),
+        ("stage.epochs=0", "stage.epochs: 0 must be >= 1"),
+        ("stage.validate_every=0", "stage.validate_every: 0 must be >= 1"),
+        ("optim.lr=0", "optim.lr: 0.0 must be > 0"),
+        ("optim.lr=-1", "optim.lr: -1.0 must be > 0"),
+        ("data.crop_seconds=0", "data.crop_seconds: 0.0 must be > 0"),
+        ("data.speed_factors=[1.0,0]", "data.speed_factors[1]: 0.0 must be > 0"),
+        ("model.embedding_size=0", "model.embedding_size: 0 must be >= 1"),
+        ("augment.probability=1.5", "augment.probability: 1.5 must be <= 1"),
+        ("stage.layerdrop=1", "stage.layerdrop: 1.0 must be < 1"),
+        # every float finite (a NaN or infinite value passed every bound and trained a whole epoch on NaN)
+        ("optim.lr=.inf", "optim.lr: inf is not a finite number"),
+        ("head.scale=.inf", "head.scale: inf is not a finite number"),
+        ("head.margin_start_epoch=.nan", "head.margin_start_epoch: nan is not a finite number"),
+        ("data.crop_seconds=.inf", "data.crop_seconds: inf is not a finite number"),
+        ("data.speed_factors=[1.0,.nan]", "data.speed_factors[1]: nan is not a finite number"),
+        ("optim.lr=-.inf", "optim.lr: -inf is not a finite number"),
+        # the seed names its key
+        ("stage.seed=-1", "stage.seed: -1 must be >= 0"),
+        ("stage.seed=4294967296", "stage.seed: 4294967296 must be <= 4294967295"),
+        # augmentation asked for with nothing to apply
+        ("augment.kinds=[]", "augment.kinds is empty but augment.probability is 0.6"),
+    ],
+)
 def test_bad_keys_types_and_values_name_the_key(override, message):
     """Checked when the config loads, before any model is built or any epoch runs."""
     with pytest.raises(ConfigError) as e:
@@ -119,18 +122,21 @@ def test_yaml_mistakes_name_the_file_and_line(tmp_path, capsys):
     assert rc == 2 and f"{tmp_path / 'recipe.yaml'}:3: " in err
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["augment.noise_snr=[15, 0]"], "augment.noise_snr: [15, 0] must be [low, high] with low <= high"),
-    (["augment.noise_snr=[5]"], "augment.noise_snr: [5] must be [low, high] with low <= high"),
-    (["augment.music_snr=[20, 5, 1]"], "augment.music_snr: [20, 5, 1] must be [low, high]"),
-    (["augment.babble_snr=[20, 13]"], "augment.babble_snr: [20, 13] must be [low, high]"),
-    (["augment.babble_speakers=[7, 4]"], "augment.babble_speakers: [7, 4] must be [low, high]"),
-    (["augment.babble_speakers=[0, 0]"], "augment.babble_speakers[0]: 0 must be >= 1"),
-    (["optim.min_lr=1"], "optim.min_lr 1 is above optim.lr 0.001"),
-    (["data.validation_trials=t.txt"], "data.validation_trials is set but data.validation_manifest is not"),
-    (["data.validation_manifest=v.jsonl"], "data.validation_manifest is set but data.validation_trials is not"),
-    (["head.penalty=-1"], "head.penalty: -1.0 must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["augment.noise_snr=[15, 0]"], "augment.noise_snr: [15, 0] must be [low, high] with low <= high"),
+        (["augment.noise_snr=[5]"], "augment.noise_snr: [5] must be [low, high] with low <= high"),
+        (["augment.music_snr=[20, 5, 1]"], "augment.music_snr: [20, 5, 1] must be [low, high]"),
+        (["augment.babble_snr=[20, 13]"], "augment.babble_snr: [20, 13] must be [low, high]"),
+        (["augment.babble_speakers=[7, 4]"], "augment.babble_speakers: [7, 4] must be [low, high]"),
+        (["augment.babble_speakers=[0, 0]"], "augment.babble_speakers[0]: 0 must be >= 1"),
+        (["optim.min_lr=1"], "optim.min_lr 1 is above optim.lr 0.001"),
+        (["data.validation_trials=t.txt"], "data.validation_trials is set but data.validation_manifest is not"),
+        (["data.validation_manifest=v.jsonl"], "data.validation_manifest is set but data.validation_trials is not"),
+        (["head.penalty=-1"], "head.penalty: -1.0 must be >= 0"),
+    ],
+)
 def test_config_values_checked_at_load(overrides, message):
     with pytest.raises(ConfigError) as e:
         load_config(None, overrides)
@@ -144,6 +150,10 @@ def test_equal_bounds_and_lrs_are_fine():
 
 @pytest.mark.integration
 def test_bad_config_key_is_a_clear_error(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--quick", "--output-dir", str(tmp_path),
-                        "--set", "optim.lrr=1"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--quick", "--output-dir", str(tmp_path), "--set", "optim.lrr=1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2 and "did you mean 'lr'" in r.stderr

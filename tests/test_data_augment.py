@@ -23,17 +23,26 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return make_synthetic_corpus(tmp_path_factory.mktemp("syn"), n_speakers=2, utts_per_speaker=2,
-                                 n_validation_speakers=0, n_test_speakers=0, bank_files=2, bank_seconds=6.0,
-                                 n_rirs=4, max_seconds=2.0)
+    return make_synthetic_corpus(
+        tmp_path_factory.mktemp("syn"),
+        n_speakers=2,
+        utts_per_speaker=2,
+        n_validation_speakers=0,
+        n_test_speakers=0,
+        bank_files=2,
+        bank_seconds=6.0,
+        n_rirs=4,
+        max_seconds=2.0,
+    )
 
 
 def _cfg(corpus, **kw) -> AugmentConfig:
     return AugmentConfig(noise_manifest=str(corpus.noise), rir_manifest=str(corpus.rirs), **kw)
 
 
-@pytest.mark.parametrize("category,snr,sources", [("noise", (0, 15), (1, 1)), ("music", (5, 15), (1, 1)),
-                                                   ("speech", (13, 20), (4, 7))])
+@pytest.mark.parametrize(
+    "category,snr,sources", [("noise", (0, 15), (1, 1)), ("music", (5, 15), (1, 1)), ("speech", (13, 20), (4, 7))]
+)
 def test_cpu_noise_hits_requested_snr(corpus, category, snr, sources):
     bank = NoiseBank(corpus.noise)
     x = tone(2.0)
@@ -67,7 +76,7 @@ def test_babble_sources_and_duration_classes_drawn_per_source(corpus, monkeypatc
 def test_reverb_is_aligned_and_keeps_level(corpus):
     x = np.random.default_rng(0).normal(0, 0.1, 32000).astype(np.float32)
     y = Reverb(RirBank(corpus.rirs))(x, 16000, np.random.default_rng(0))
-    assert np.sqrt(np.mean(y ** 2)) == pytest.approx(np.sqrt(np.mean(x ** 2)), rel=1e-4)
+    assert np.sqrt(np.mean(y**2)) == pytest.approx(np.sqrt(np.mean(x**2)), rel=1e-4)
     lag = np.argmax(np.correlate(y[:4000], x[:4000], mode="full")) - 3999
     assert lag == 0  # the RIR starts at its direct path: no pre-delay left
 
@@ -144,7 +153,8 @@ def test_an_undecodable_bank_file_is_dropped_not_blamed_on_the_speech(corpus, tm
     assert "broken.wav" in caplog.text
     batched = BatchAugmenter(cfg, sample_rate=16000)
     assert torch.isfinite(batched(torch.from_numpy(np.stack([x, x])), np.random.default_rng(0))).all()
-    all_broken = write_manifest([{**r, "path": str(tmp_path / "broken.wav")} for _, r in iter_rows(noise)],
-                                tmp_path / "all_broken.jsonl")
+    all_broken = write_manifest(
+        [{**r, "path": str(tmp_path / "broken.wav")} for _, r in iter_rows(noise)], tmp_path / "all_broken.jsonl"
+    )
     with pytest.raises(ValueError, match="all_broken.jsonl: every file of a group failed to decode"):
         NoiseBank(all_broken).segment("noise", 8000, 16000, np.random.default_rng(0))

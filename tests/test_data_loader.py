@@ -94,8 +94,17 @@ def test_a_resumed_epoch_starts_at_its_batch_without_decoding_the_earlier_ones(t
     epoch, augmented and with bad files refilled as before, decoding nothing before it."""
     from mlsv.data.synthetic import make_synthetic_corpus
 
-    c = make_synthetic_corpus(tmp_path / "syn", n_speakers=3, utts_per_speaker=6, n_validation_speakers=0,
-                              n_test_speakers=0, bank_files=1, bank_seconds=3.0, n_rirs=2, max_seconds=2.0)
+    c = make_synthetic_corpus(
+        tmp_path / "syn",
+        n_speakers=3,
+        utts_per_speaker=6,
+        n_validation_speakers=0,
+        n_test_speakers=0,
+        bank_files=1,
+        bank_seconds=3.0,
+        n_rirs=2,
+        max_seconds=2.0,
+    )
     rows = [{**r, "path": str(c.root / r["path"])} for _, r in iter_rows(c.train)]
     (tmp_path / "broken.wav").write_bytes(b"RIFF....garbage")
     for i in (2, 9, 15):
@@ -106,8 +115,15 @@ def test_a_resumed_epoch_starts_at_its_batch_without_decoding_the_earlier_ones(t
     cfg = _cfg(batch_size=3, speed_factors=[1.0, 0.9, 1.1])
 
     def batches(workers, start=0):
-        dl = build_train_loader(manifest, dataclasses.replace(cfg, num_workers=workers), aug, labels=labels,
-                                epoch=1, seed=5, start_batch=start)
+        dl = build_train_loader(
+            manifest,
+            dataclasses.replace(cfg, num_workers=workers),
+            aug,
+            labels=labels,
+            epoch=1,
+            seed=5,
+            start_batch=start,
+        )
         out = list(dl)
         assert len(out) == len(dl)
         return out, dl.num_bad_files
@@ -132,14 +148,14 @@ def test_two_processes_get_disjoint_shares_covering_the_data(tmp_path):
     manifest = tiny_corpus(tmp_path, speakers=3, utts=4)
     rows = load_manifest(manifest)
     labels = speaker_labels(manifest)
-    shares = [TrainCrops(rows, labels, _cfg(), epoch=2, seed=1, process_index=p, num_processes=2)
-              for p in range(2)]
+    shares = [TrainCrops(rows, labels, _cfg(), epoch=2, seed=1, process_index=p, num_processes=2) for p in range(2)]
     items = [set(s.worker_items(0, 1).tolist()) for s in shares]
     assert not items[0] & items[1] and items[0] | items[1] == set(range(len(rows)))
     workers = [set(shares[0].worker_items(w, 2).tolist()) for w in range(2)]
     assert not workers[0] & workers[1] and workers[0] | workers[1] == items[0]
-    dl = build_train_loader(manifest, _cfg(batch_size=4), None, labels=labels, epoch=0, seed=0,
-                            process_index=1, num_processes=2)
+    dl = build_train_loader(
+        manifest, _cfg(batch_size=4), None, labels=labels, epoch=0, seed=0, process_index=1, num_processes=2
+    )
     assert {b["waveforms"].shape[0] for b in dl} == {2}
 
 
@@ -155,8 +171,7 @@ def test_bad_files_are_skipped_and_counted(tmp_path):
     batches = list(dl)
     assert len(batches) == len(dl) == 4  # slots refilled: every process keeps the same number of batches
     assert dl.num_bad_files == 2 and any("broken.wav" in b for b in dl.bad_files)
-    strict = build_train_loader(bad_manifest, _cfg(batch_size=2, strict=True), None, labels=labels,
-                                epoch=0, seed=0)
+    strict = build_train_loader(bad_manifest, _cfg(batch_size=2, strict=True), None, labels=labels, epoch=0, seed=0)
     with pytest.raises(AudioError):
         list(strict)
 
@@ -164,15 +179,27 @@ def test_bad_files_are_skipped_and_counted(tmp_path):
 def test_workers_and_cpu_augmentation(tmp_path):
     from mlsv.data.synthetic import make_synthetic_corpus
 
-    c = make_synthetic_corpus(tmp_path / "syn", n_speakers=2, utts_per_speaker=4, n_validation_speakers=0,
-                              n_test_speakers=0, bank_files=1, bank_seconds=3.0, n_rirs=2, max_seconds=2.0)
+    c = make_synthetic_corpus(
+        tmp_path / "syn",
+        n_speakers=2,
+        utts_per_speaker=4,
+        n_validation_speakers=0,
+        n_test_speakers=0,
+        bank_files=1,
+        bank_seconds=3.0,
+        n_rirs=2,
+        max_seconds=2.0,
+    )
     labels = speaker_labels(c.train)
     aug = AugmentConfig(probability=1.0, noise_manifest=str(c.noise), rir_manifest=str(c.rirs))
     dl = build_train_loader(c.train, _cfg(batch_size=2, num_workers=2), aug, labels=labels, epoch=0, seed=0)
     batches = list(dl)
     assert len(batches) == len(dl) == 4
-    clean = list(build_train_loader(c.train, _cfg(batch_size=2, num_workers=2),
-                                    AugmentConfig(where="device"), labels=labels, epoch=0, seed=0))
+    clean = list(
+        build_train_loader(
+            c.train, _cfg(batch_size=2, num_workers=2), AugmentConfig(where="device"), labels=labels, epoch=0, seed=0
+        )
+    )
     assert not torch.equal(batches[0]["waveforms"], clean[0]["waveforms"])
 
 
@@ -196,8 +223,9 @@ def test_streaming_train_stream_repeats_with_a_new_shuffle_each_pass(tmp_path, m
     ids = _spy_crops(monkeypatch)
 
     def first_batches(n, epoch=0, start=0):
-        dl = build_train_loader(manifest, _cfg(streaming=True), None, labels=labels, epoch=epoch, seed=0,
-                                start_batch=start)
+        dl = build_train_loader(
+            manifest, _cfg(streaming=True), None, labels=labels, epoch=epoch, seed=0, start_batch=start
+        )
         return list(itertools.islice(dl, n))
 
     batches = first_batches(7)
@@ -231,8 +259,16 @@ def test_uneven_shards_give_every_process_the_steps_it_is_asked_for(tmp_path, mo
     write_shards(manifest, tmp_path / "shards", rows_per_shard=3, progress=False)
     cfg = _cfg(streaming=True, num_workers=2)
     for process in range(2):
-        dl = build_train_loader(tmp_path / "shards", cfg, None, labels=speaker_labels(manifest), epoch=0, seed=0,
-                                process_index=process, num_processes=2)
+        dl = build_train_loader(
+            tmp_path / "shards",
+            cfg,
+            None,
+            labels=speaker_labels(manifest),
+            epoch=0,
+            seed=0,
+            process_index=process,
+            num_processes=2,
+        )
         assert dl.num_workers == 2
         batches = list(itertools.islice(dl, 8))
         assert len(batches) == 8 and {b["waveforms"].shape for b in batches} == {(2, 8000)}
@@ -257,8 +293,16 @@ def test_max_utterances_is_a_seeded_subset_of_every_speaker(tmp_path):
     rows = [r["id"] for _, r in iter_rows(manifest)]
 
     def kept(seed, epoch=0, process_index=0):
-        dl = build_train_loader(manifest, _cfg(max_utterances=8, batch_size=2), None, labels=labels, epoch=epoch,
-                                seed=seed, process_index=process_index, num_processes=2)
+        dl = build_train_loader(
+            manifest,
+            _cfg(max_utterances=8, batch_size=2),
+            None,
+            labels=labels,
+            epoch=epoch,
+            seed=seed,
+            process_index=process_index,
+            num_processes=2,
+        )
         return list(dl.dataset.rows["id"])
 
     subset = kept(seed=0)
@@ -280,8 +324,9 @@ def test_missing_pyav_stops_training_and_evaluation_rather_than_skipping(tmp_pat
     monkeypatch.setitem(sys.modules, "av", None)  # import av fails
     message = r"vox2\.m4a: decoding m4a/AAC needs PyAV.*\.\[m4a\].*--convert-dir"
     for streaming in (False, True):
-        dl = build_train_loader(mixed, _cfg(batch_size=2, streaming=streaming), None,
-                                labels=speaker_labels(mixed), epoch=0, seed=0)
+        dl = build_train_loader(
+            mixed, _cfg(batch_size=2, streaming=streaming), None, labels=speaker_labels(mixed), epoch=0, seed=0
+        )
         with pytest.raises(MissingDependencyError, match=message):
             list(itertools.islice(dl, 8))
         assert dl.num_bad_files == 0
@@ -316,8 +361,10 @@ def test_eval_loader_pads_sorts_chunks_and_splits(tmp_path):
         for uid, d in zip(b["ids"], b["durations"].tolist()):
             total[uid] = total.get(uid, 0.0) + d
     assert all(abs(total[u] - rows[u]["duration"]) < 1e-3 for u in rows)
-    shares = [{i for b in build_eval_loader(manifest, batch_seconds=2.0, process_index=p, num_processes=2)
-               for i in b["ids"]} for p in range(2)]
+    shares = [
+        {i for b in build_eval_loader(manifest, batch_seconds=2.0, process_index=p, num_processes=2) for i in b["ids"]}
+        for p in range(2)
+    ]
     assert not shares[0] & shares[1] and shares[0] | shares[1] == set(rows)
 
 
@@ -401,8 +448,14 @@ def test_a_silent_file_is_a_bad_file_for_the_eval_loader_as_for_a_path(tmp_path)
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_training_error_in_a_loader_worker_keeps_its_own_message(tmp_path, workers):
     manifest = _with_bad_rows(tmp_path, tiny_corpus(tmp_path, speakers=2, utts=4), {3: "nan"})
-    dl = build_train_loader(manifest, _cfg(batch_size=2, strict=True, num_workers=workers), None,
-                            labels=speaker_labels(manifest), epoch=0, seed=0)
+    dl = build_train_loader(
+        manifest,
+        _cfg(batch_size=2, strict=True, num_workers=workers),
+        None,
+        labels=speaker_labels(manifest),
+        epoch=0,
+        seed=0,
+    )
     with pytest.raises(AudioError) as caught:
         list(dl)
     assert str(caught.value).endswith("nan.wav: NaN or infinite samples") and "Traceback" not in str(caught.value)
@@ -414,8 +467,10 @@ def test_worker_errors_keep_their_own_message():
     from mlsv.data.audio import AudioError
     from mlsv.data.loader import unwrap_worker_error
 
-    for error, message in ((AudioError("a.wav: NaN or infinite samples"), "a.wav: NaN or infinite samples"),
-                           (KeyError("no such id 'x'"), "no such id 'x'")):
+    for error, message in (
+        (AudioError("a.wav: NaN or infinite samples"), "a.wav: NaN or infinite samples"),
+        (KeyError("no such id 'x'"), "no such id 'x'"),
+    ):
         try:
             try:
                 raise error

@@ -92,8 +92,7 @@ def test_load_manifest_names_the_bad_line(tmp_path, streaming):
     }
     for name, (rows, message) in cases.items():
         with pytest.raises(ManifestError, match=message):
-            load_manifest(_jsonl(tmp_path / f"{name}.jsonl", *rows), streaming=streaming,
-                          cache_dir=str(tmp_path))
+            load_manifest(_jsonl(tmp_path / f"{name}.jsonl", *rows), streaming=streaming, cache_dir=str(tmp_path))
     shards = tmp_path / "shards"
     shards.mkdir()
     write_manifest([row("a"), row("b")], shards / "shard-0.parquet")
@@ -101,8 +100,9 @@ def test_load_manifest_names_the_bad_line(tmp_path, streaming):
     with pytest.raises(ManifestError, match=r"shards:3: duplicate id 'b' \(first on line 2\)"):
         load_manifest(shards, streaming=streaming, cache_dir=str(tmp_path))
     with pytest.raises(ManifestError, match="ids must be strings"):
-        load_manifest(write_manifest([row(1), row(2)], tmp_path / "num.parquet"), streaming=streaming,
-                      cache_dir=str(tmp_path))
+        load_manifest(
+            write_manifest([row(1), row(2)], tmp_path / "num.parquet"), streaming=streaming, cache_dir=str(tmp_path)
+        )
     report = validate(tmp_path / "numid.jsonl", check_audio=False, raise_on_error=False)
     assert f"{tmp_path / 'numid.jsonl'}:2: id 7 is not a string" in report.errors[0]
 
@@ -122,8 +122,10 @@ def test_labels_sorted_and_saved(tmp_path):
 @pytest.mark.parametrize("streaming", [False, True])
 def test_two_process_manifest_split_is_disjoint_and_complete(tmp_path, streaming):
     manifest = tiny_corpus(tmp_path, speakers=3, utts=3)
-    shares = [{r["id"] for r in load_manifest(manifest, streaming=streaming, process_index=i, num_processes=2)}
-              for i in range(2)]
+    shares = [
+        {r["id"] for r in load_manifest(manifest, streaming=streaming, process_index=i, num_processes=2)}
+        for i in range(2)
+    ]
     assert not shares[0] & shares[1]
     assert shares[0] | shares[1] == {r["id"] for _, r in iter_rows(manifest)}
 
@@ -144,8 +146,10 @@ def test_validate_names_the_trial_file_line_despite_blank_lines(tmp_path):
 
 
 def _rows(n: int = 3) -> list[dict]:
-    return [{"id": f"u{i}", "path": f"u{i}.wav", "speaker": f"s{i % 2}", "duration": 1.0, "sample_rate": 16000}
-            for i in range(n)]
+    return [
+        {"id": f"u{i}", "path": f"u{i}.wav", "speaker": f"s{i % 2}", "duration": 1.0, "sample_rate": 16000}
+        for i in range(n)
+    ]
 
 
 def _latin1_manifest(path):
@@ -197,8 +201,22 @@ def test_embed_cli_reports_a_latin1_manifest_without_a_traceback(tmp_path, capsy
     path = _latin1_manifest(tmp_path / "latin1.jsonl")
     for row in _rows():  # real audio: the rows load, and only the bad bytes are to blame
         write_wav(tmp_path / row["path"], tone(1.0))
-    assert main(["embed", "--model", str(tmp_path / "model"), "--manifest", str(path),
-                 "--out", str(tmp_path / "o.npz"), "--num-workers", "0"]) == 2
+    assert (
+        main(
+            [
+                "embed",
+                "--model",
+                str(tmp_path / "model"),
+                "--manifest",
+                str(path),
+                "--out",
+                str(tmp_path / "o.npz"),
+                "--num-workers",
+                "0",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"mlsv embed: error: {path}:3: not valid UTF-8 (byte 0xe9")
 
@@ -276,7 +294,11 @@ def test_embed_cli_names_the_line_of_a_nan_duration(tmp_path, capsys):
         write_wav(tmp_path / row["path"], tone(1.0))
     rows[2]["duration"] = float("nan")
     path = write_manifest(rows, tmp_path / "nan.jsonl")
-    assert main(["embed", "--model", model, "--manifest", str(path), "--out", str(tmp_path / "o.npz"),
-                 "--num-workers", "0"]) == 2
+    assert (
+        main(
+            ["embed", "--model", model, "--manifest", str(path), "--out", str(tmp_path / "o.npz"), "--num-workers", "0"]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"mlsv embed: error: {path}:3: duration nan is not a finite number of seconds")

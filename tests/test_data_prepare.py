@@ -37,18 +37,25 @@ def vox(tmp_path):
     (tmp_path / "vox1_dev" / "wav" / "id10002" / "vid0" / "00009.wav").write_text("corrupt")
     trials = tmp_path / "meta"
     trials.mkdir()
-    (trials / "veri_test2.txt").write_text("1 id10270/vid0/00001.wav id10270/vid1/00001.wav\n"
-                                           "0 id10270/vid0/00001.wav id10271/vid0/00002.wav\n")
+    (trials / "veri_test2.txt").write_text(
+        "1 id10270/vid0/00001.wav id10270/vid1/00001.wav\n0 id10270/vid0/00001.wav id10271/vid0/00002.wav\n"
+    )
     (trials / "list_test_hard2.txt").write_text("1 id10001/vid0/00001.wav id10001/vid1/00002.wav\n")
     return tmp_path
 
 
 def test_prepare_voxceleb(vox):
     out = vox / "out"
-    result = prepare_voxceleb(out, vox1_dev=vox / "vox1_dev/wav", vox1_test=vox / "vox1_test/wav",
-                              vox2_dev=vox / "vox2_dev/aac", trials=[vox / "meta/veri_test2.txt",
-                                                                     vox / "meta/list_test_hard2.txt"],
-                              validation_speakers=2, convert_dir=vox / "flac", progress=False)
+    result = prepare_voxceleb(
+        out,
+        vox1_dev=vox / "vox1_dev/wav",
+        vox1_test=vox / "vox1_test/wav",
+        vox2_dev=vox / "vox2_dev/aac",
+        trials=[vox / "meta/veri_test2.txt", vox / "meta/list_test_hard2.txt"],
+        validation_speakers=2,
+        convert_dir=vox / "flac",
+        progress=False,
+    )
     assert len(result.bad) == 1 and "00009.wav" in result.bad[0]
     assert (out / "bad_files.txt").read_text().count("\n") == 1
     train = [r for _, r in iter_rows(out / "train.jsonl")]
@@ -67,12 +74,18 @@ def test_prepare_voxceleb(vox):
 
 def test_voxceleb_trials_need_their_speakers(vox):
     with pytest.raises(KeyError, match="need --vox1-dev"):
-        prepare_voxceleb(vox / "out", vox1_test=vox / "vox1_test/wav",
-                         trials=[vox / "meta/list_test_hard2.txt"], progress=False)
+        prepare_voxceleb(
+            vox / "out", vox1_test=vox / "vox1_test/wav", trials=[vox / "meta/list_test_hard2.txt"], progress=False
+        )
     # --vox1-dev given, but it is the training set (no --vox2-dev): Vox1-H would test on training speakers
     with pytest.raises(KeyError) as info:
-        prepare_voxceleb(vox / "out2", vox1_dev=vox / "vox1_dev/wav", vox1_test=vox / "vox1_test/wav",
-                         trials=[vox / "meta/list_test_hard2.txt"], progress=False)
+        prepare_voxceleb(
+            vox / "out2",
+            vox1_dev=vox / "vox1_dev/wav",
+            vox1_test=vox / "vox1_test/wav",
+            trials=[vox / "meta/list_test_hard2.txt"],
+            progress=False,
+        )
     message = str(info.value)
     assert "list_test_hard2.txt" in message and "VoxCeleb1 dev is the training set here" in message
     assert "Give --vox2-dev" in message and "need --vox1-dev" not in message
@@ -101,8 +114,21 @@ def test_prepare_folder_resample_option_and_cli(tmp_path):
     rows = {r["id"]: r for _, r in iter_rows(tmp_path / "m.jsonl")}
     assert set(rows) == {"alice/day1/a.wav", "alice/b.flac", "bob/c.wav", "bob/d.wav"} and not result.bad
     assert rows["alice/day1/a.wav"]["session"] == "alice/day1" and rows["bob/d.wav"]["sample_rate"] == 8000
-    assert main(["prepare", "folder", "--root", str(root), "--out", str(tmp_path / "n.jsonl"),
-                 "--no-resample", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "folder",
+                "--root",
+                str(root),
+                "--out",
+                str(tmp_path / "n.jsonl"),
+                "--no-resample",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     kept = {r["id"] for _, r in iter_rows(tmp_path / "n.jsonl")}
     assert "bob/d.wav" not in kept and "d.wav" in (tmp_path / "bad_files.txt").read_text()
 
@@ -148,12 +174,15 @@ def test_prepare_musan_and_rirs(tmp_path):
     rirs = tmp_path / "RIRS_NOISES"
     write_wav(rirs / "real_rirs_isotropic_noises" / "air_1.wav", np.stack([tone(0.2), tone(0.2)], 1))
     (rirs / "real_rirs_isotropic_noises" / "rir_list").write_text(
-        "--rir-id air_1 --room-id air RIRS_NOISES/real_rirs_isotropic_noises/air_1.wav\n")
+        "--rir-id air_1 --room-id air RIRS_NOISES/real_rirs_isotropic_noises/air_1.wav\n"
+    )
     write_wav(rirs / "simulated_rirs" / "smallroom" / "Room001" / "Room001-00001.wav", tone(0.2))
     prepare_rirs(tmp_path, tmp_path / "rirs.jsonl", progress=False)
     kinds = {r["id"]: r["kind"] for _, r in iter_rows(tmp_path / "rirs.jsonl")}
-    assert kinds == {"real_rirs_isotropic_noises/air_1.wav": "real",
-                     "simulated_rirs/smallroom/Room001/Room001-00001.wav": "simulated"}
+    assert kinds == {
+        "real_rirs_isotropic_noises/air_1.wav": "real",
+        "simulated_rirs/smallroom/Room001/Room001-00001.wav": "simulated",
+    }
     assert validate(tmp_path / "rirs.jsonl").ok
 
 
@@ -186,8 +215,10 @@ def test_prepare_voxceleb_refuses_a_trial_list_with_a_truncated_first_line(tmp_p
         for v in range(2):
             write_wav(tmp_path / "wav" / spk / f"vid{v}" / "00001.wav", tone(0.3, 150 + 40 * v))
     trials = tmp_path / "veri_test2.txt"
-    trials.write_text("1 id10270/vid0/00001.wav\n1 id10270/vid0/00001.wav id10270/vid1/00001.wav\n"
-                      "0 id10270/vid0/00001.wav id10271/vid0/00001.wav\n")
+    trials.write_text(
+        "1 id10270/vid0/00001.wav\n1 id10270/vid0/00001.wav id10270/vid1/00001.wav\n"
+        "0 id10270/vid0/00001.wav id10271/vid0/00001.wav\n"
+    )
     with pytest.raises(ValueError, match=r"veri_test2\.txt:2: expected 'ENROLL TEST' like line 1"):
         prepare_voxceleb(tmp_path / "out", vox1_test=tmp_path / "wav", trials=[trials], progress=False)
 
@@ -212,10 +243,12 @@ def test_prepare_folder_lists_link_loops_and_dangling_links_and_goes_on(tmp_path
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["spk1/good.wav", "spk2/good.wav"]
     loop = "symbolic link loop (a link that leads back to itself): remove or fix the link"
-    assert result.bad == [f"{root / 'spk1' / 'loop.wav'}: {loop}", f"{root / 'spk2' / 'a.wav'}: {loop}",
-                          f"{root / 'spk2' / 'b.wav'}: {loop}",
-                          f"{root / 'spk2' / 'dangling.wav'}: dangling link to missing.wav (no such file): "
-                          "remove or fix the link"]
+    assert result.bad == [
+        f"{root / 'spk1' / 'loop.wav'}: {loop}",
+        f"{root / 'spk2' / 'a.wav'}: {loop}",
+        f"{root / 'spk2' / 'b.wav'}: {loop}",
+        f"{root / 'spk2' / 'dangling.wav'}: dangling link to missing.wav (no such file): remove or fix the link",
+    ]
     assert (tmp_path / "out" / "bad_files.txt").read_text().splitlines() == result.bad
     assert main(["prepare", "folder", "--root", str(root), "--out", str(out)]) == 0
     assert f"bad: {root / 'spk2' / 'dangling.wav'}: dangling link to missing.wav" in capsys.readouterr().out
@@ -233,8 +266,7 @@ def test_prepare_folder_lists_names_not_utf8_as_bad_files_and_writes_a_utf8_mani
     result = prepare_folder(root, out, progress=False)
     rows = [json.loads(line) for line in out.read_bytes().decode("utf-8").splitlines()]
     assert [r["id"] for r in rows] == ["José/good.wav", "spk1/good.wav"]
-    fix = ("file name is not valid UTF-8 (a manifest is UTF-8 text): rename it "
-           "(e.g. convmv -f latin1 -t utf-8)")
+    fix = "file name is not valid UTF-8 (a manifest is UTF-8 text): rename it (e.g. convmv -f latin1 -t utf-8)"
     assert result.bad == [f"{root}/Jos\\xe9/u1.wav: {fix}", f"{root}/spk1/caf\\xe9.wav: {fix}"]
     assert (tmp_path / "out" / "bad_files.txt").read_bytes().decode("utf-8").splitlines() == result.bad
     assert main(["prepare", "folder", "--root", str(root), "--out", str(out)]) == 0
@@ -254,16 +286,34 @@ def test_any_folder_is_an_augmentation_bank(tmp_path, capsys):
         rir[10 * (i + 1)] = 1.0
         rir[200:] = 0.01 * np.random.default_rng(i).standard_normal(1400).astype(np.float32)
         write_wav(rooms / f"room{i}.wav", rir, subtype="FLOAT")
-    assert main(["prepare", "noise", "--root", str(babble), "--category", "babble", "--out",
-                 str(tmp_path / "babble.jsonl"), "--no-progress"]) == 0
-    assert main(["prepare", "rirs", "--root", str(rooms), "--out", str(tmp_path / "rirs.jsonl"),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "noise",
+                "--root",
+                str(babble),
+                "--category",
+                "babble",
+                "--out",
+                str(tmp_path / "babble.jsonl"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert main(["prepare", "rirs", "--root", str(rooms), "--out", str(tmp_path / "rirs.jsonl"), "--no-progress"]) == 0
     noise_rows = [json.loads(line) for line in (tmp_path / "babble.jsonl").read_text().splitlines()]
     rir_rows = [json.loads(line) for line in (tmp_path / "rirs.jsonl").read_text().splitlines()]
     assert {r["category"] for r in noise_rows} == {"speech"} and len(noise_rows) == 3
     assert {r["kind"] for r in rir_rows} == {"real"} and len(rir_rows) == 2
-    cfg = AugmentConfig(probability=1.0, kinds=["babble", "reverb"], noise_manifest=str(tmp_path / "babble.jsonl"),
-                        rir_manifest=str(tmp_path / "rirs.jsonl"), babble_speakers=[2, 3])
+    cfg = AugmentConfig(
+        probability=1.0,
+        kinds=["babble", "reverb"],
+        noise_manifest=str(tmp_path / "babble.jsonl"),
+        rir_manifest=str(tmp_path / "rirs.jsonl"),
+        babble_speakers=[2, 3],
+    )
     augment = Augmenter.from_config(cfg)
     x = tone(1.0)
     for seed in range(4):

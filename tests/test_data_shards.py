@@ -47,6 +47,5 @@ def test_shards_refuse_zero_rows_per_shard(tmp_path, capsys):
     with pytest.raises(ValueError, match="rows_per_shard must be at least 1, got 0"):
         write_shards(manifest, tmp_path / "shards", rows_per_shard=0, progress=False)
     with pytest.raises(SystemExit):
-        main(["prepare", "shards", "--manifest", str(manifest), "--out", str(tmp_path / "s"),
-              "--rows-per-shard", "0"])
+        main(["prepare", "shards", "--manifest", str(manifest), "--out", str(tmp_path / "s"), "--rows-per-shard", "0"])
     assert "--rows-per-shard: must be at least 1, got 0" in capsys.readouterr().err

@@ -10,8 +10,16 @@ from mlsv.data.manifest import iter_rows
 from mlsv.data.synthetic import corpus_baseline, make_synthetic_corpus, mfcc, sample_voice
 from mlsv.data.validate import validate
 
-SMALL = {"n_speakers": 2, "utts_per_speaker": 3, "n_validation_speakers": 2, "n_test_speakers": 2,
-         "bank_files": 1, "bank_seconds": 3.0, "n_rirs": 2, "max_seconds": 2.0}
+SMALL = {
+    "n_speakers": 2,
+    "utts_per_speaker": 3,
+    "n_validation_speakers": 2,
+    "n_test_speakers": 2,
+    "bank_files": 1,
+    "bank_seconds": 3.0,
+    "n_rirs": 2,
+    "max_seconds": 2.0,
+}
 
 
 def test_corpus_is_deterministic_and_valid(tmp_path):

@@ -26,8 +26,9 @@ def test_repeated_trials_and_self_pairs_are_counted_warned_and_recorded(tmp_path
     assert f"{path}: 2 trial(s) repeat an earlier one (line 4 repeats line 1)" in caplog.text
     assert f"{path}: 1 trial(s) pair an utterance with itself (line 5: b1)" in caplog.text
     rng = np.random.default_rng(0)
-    table = EmbeddingTable(np.array(["a1", "a2", "b1", "b2"]), rng.standard_normal((4, 8)).astype(np.float32),
-                           np.ones(4, np.float32))
+    table = EmbeddingTable(
+        np.array(["a1", "a2", "b1", "b2"]), rng.standard_normal((4, 8)).astype(np.float32), np.ones(4, np.float32)
+    )
     metrics = trial_metrics(trials, score_trials(table, trials))
     assert metrics["n_repeated_trials"] == 2 and metrics["n_self_pairs"] == 1 and metrics["n_trials"] == 6
 
@@ -49,8 +50,11 @@ LABELLED = ["1 a/1.wav a/2.wav", "0 a/1.wav b/1.wav", "1 b/1.wav b/2.wav"]
 def test_trial_list_mixing_labelled_and_unlabelled_lines_is_refused(tmp_path):
     twocol = tmp_path / "twocol.txt"
     twocol.write_text("\n".join([*LABELLED, "a/1.wav b/2.wav"]) + "\n")
-    with pytest.raises(ValueError, match=r"twocol\.txt:4: expected 'LABEL ENROLL TEST' like the other lines, "
-                                         r"got 2 fields"):
+    with pytest.raises(
+        ValueError,
+        match=r"twocol\.txt:4: expected 'LABEL ENROLL TEST' like the other lines, "
+        r"got 2 fields",
+    ):
         read_trials(twocol)
     first = tmp_path / "first.txt"  # a truncated first line: read alone, it looks like an unlabelled trial
     first.write_text("\n".join(["1 a/1.wav", *LABELLED]) + "\n")
@@ -99,8 +103,11 @@ def test_read_trials_accepts_a_byte_order_mark_and_refuses_an_empty_list(tmp_pat
 def test_trials_when_other_speakers_have_few_utterances(tmp_path):
     t = make_trials(["a1", "a2", "a3", "b1"], ["A", "A", "A", "B"])  # used to spin forever
     assert list(t.labels) == [1, 1, 1, 0, 0, 0] and set(t.test[3:]) == {"b1"}
-    rows = [{"id": f"{spk}{u}", "path": "x.wav", "speaker": spk, "duration": 1.0, "sample_rate": 16000}
-            for spk, n in (("A", 10), ("B", 2)) for u in range(n)]
+    rows = [
+        {"id": f"{spk}{u}", "path": "x.wav", "speaker": spk, "duration": 1.0, "sample_rate": 16000}
+        for spk, n in (("A", 10), ("B", 2))
+        for u in range(n)
+    ]
     manifest = write_manifest(rows, tmp_path / "m.jsonl")
     t = prepare_trials(manifest, tmp_path / "t.txt", per_utterance=5)
     assert int(t.labels.sum()) * 2 == len(t) and len({frozenset(p) for p in zip(t.enroll, t.test)}) == len(t)
@@ -110,8 +117,10 @@ def test_trials_when_other_speakers_have_few_utterances(tmp_path):
     (tmp_path / "bare.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bare))
     with pytest.raises(ManifestError, match=r"bare.jsonl:1: missing \['speaker'\]"):
         prepare_trials(tmp_path / "bare.jsonl", tmp_path / "v.txt")
-    assert main(["prepare", "trials", "--manifest", str(tmp_path / "bare.jsonl"),
-                 "--out", str(tmp_path / "v.txt")]) == 2
+    assert (
+        main(["prepare", "trials", "--manifest", str(tmp_path / "bare.jsonl"), "--out", str(tmp_path / "v.txt")]) == 2
+    )
     with pytest.raises(ValueError, match="id 'a b' is empty or holds whitespace"):
-        write_trials(Trials(np.array(["a b"], object), np.array(["c"], object), np.array([1], np.int8)),
-                     tmp_path / "w.txt")
+        write_trials(
+            Trials(np.array(["a b"], object), np.array(["c"], object), np.array([1], np.int8)), tmp_path / "w.txt"
+        )

@@ -68,8 +68,9 @@ def test_export_parity_at_other_lengths(tmp_path, encoder):
     t_torch = torch_v.track(wav[:3000], wav, window=0.1, hop=0.07, sample_rate=11025)
     np.testing.assert_allclose(t_onnx.scores, t_torch.scores, atol=1e-3)
     live = onnx_v.online(wav[:3000], window=0.1, hop=0.07, sample_rate=11025)
-    scores = [w.score for i in range(0, wav.size, 700) for w in live.push(wav[i:i + 700])] + \
-        [w.score for w in live.flush()]
+    scores = [w.score for i in range(0, wav.size, 700) for w in live.push(wav[i : i + 700])] + [
+        w.score for w in live.flush()
+    ]
     np.testing.assert_allclose(scores, t_onnx.scores, atol=1e-3)
 
 
@@ -226,7 +227,9 @@ def test_hub_export_is_checked_against_weights_already_downloaded(tmp_path, monk
     monkeypatch.setattr(mlsv.models.loading, "hf_hub_download", download)
     for module in (mlsv.models.loading, mlsv.inference.export):
         monkeypatch.setattr(module, "try_to_load_from_cache", cached)
-    monkeypatch.setattr(mlsv.inference.export, "load_config", lambda src, revision=None: MLSVConfig.from_pretrained(repos[src]))
+    monkeypatch.setattr(
+        mlsv.inference.export, "load_config", lambda src, revision=None: MLSVConfig.from_pretrained(repos[src])
+    )
     # the weights are not downloaded for the check alone
     assert Verifier.from_pretrained("me/plain", runtime="onnx").embedder.runtime == "onnx"
     assert sorted(p.name for p in (cache / "me/plain").iterdir()) == ["model.onnx", "model.onnx.json"]
@@ -240,6 +243,9 @@ def test_corrupt_onnx_file_is_named_with_the_reexport_command(small_model_dir, t
     folder = tmp_path / "folder"
     shutil.copytree(small_model_dir, folder)
     (folder / "model.onnx").write_text("garbage\n")
-    with pytest.raises(ValueError, match=rf"{folder / 'model.onnx'}: not a loadable ONNX model.*re-export it: "
-                                         rf"mlsv export --model {folder} --out {folder / 'model.onnx'}"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{folder / 'model.onnx'}: not a loadable ONNX model.*re-export it: "
+        rf"mlsv export --model {folder} --out {folder / 'model.onnx'}",
+    ):
         Verifier.from_pretrained(folder, runtime="onnx")

@@ -59,8 +59,12 @@ def test_inspect_command_lap(tmp_path, capsys):
     t = np.arange(int(0.4 * 22050)) / 22050
     sf.write(tmp_path / "a.wav", np.stack([0.3 * np.sin(2 * np.pi * 150 * t)] * 2, axis=1), 22050)
     png, table = tmp_path / "layers.png", tmp_path / "layers.csv"
-    assert run_inspect(["--model", str(tmp_path / "model"), str(tmp_path / "a.wav"), "--out", str(png),
-                        "--table", str(table)]) == 0
+    assert (
+        run_inspect(
+            ["--model", str(tmp_path / "model"), str(tmp_path / "a.wav"), "--out", str(png), "--table", str(table)]
+        )
+        == 0
+    )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader(open(table)))
     assert [int(r["layer"]) for r in rows] == list(range(model.frontend.num_states))
@@ -100,13 +104,26 @@ def test_inspect_reports_the_file_it_wrote(small_model_dir, cli_files, capsys, m
 
 
 def test_inspect_refuses_bad_figure_names_and_lengths(small_model_dir, cli_files, capsys):
-    assert main(["inspect", "--model", str(small_model_dir), str(cli_files / "good.wav"),
-                 "--out", str(cli_files / "x.xyz")]) == 2
+    assert (
+        main(
+            ["inspect", "--model", str(small_model_dir), str(cli_files / "good.wav"), "--out", str(cli_files / "x.xyz")]
+        )
+        == 2
+    )
     assert "cannot write .xyz figures" in cli_error(capsys)
     for value in ("-1", "nan"):
         with pytest.raises(SystemExit) as e:
-            main(["inspect", "--model", str(small_model_dir), str(cli_files / "good.wav"),
-                  "--out", str(cli_files / "x.png"),
-                  "--max-seconds", value])
+            main(
+                [
+                    "inspect",
+                    "--model",
+                    str(small_model_dir),
+                    str(cli_files / "good.wav"),
+                    "--out",
+                    str(cli_files / "x.png"),
+                    "--max-seconds",
+                    value,
+                ]
+            )
         assert e.value.code == 2
         assert "argument --max-seconds:" in cli_error(capsys)

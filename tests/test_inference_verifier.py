@@ -70,8 +70,7 @@ def test_odd_rates_and_stereo_match_array_inputs(verifier, audio_dir):
     np.testing.assert_allclose(from_file, verifier.embed(stereo, sample_rate=22050), atol=1e-5)
     np.testing.assert_allclose(from_file, verifier.embed(stereo.T.copy(), sample_rate=22050), atol=1e-5)
     x8, sr8 = sf.read(audio_dir / "b8k.flac", dtype="float32")
-    np.testing.assert_allclose(verifier.embed(audio_dir / "b8k.flac"), verifier.embed(x8, sample_rate=sr8),
-                               atol=1e-5)
+    np.testing.assert_allclose(verifier.embed(audio_dir / "b8k.flac"), verifier.embed(x8, sample_rate=sr8), atol=1e-5)
     pcm = (voice(0.3) * 32767).astype(np.int16)
     np.testing.assert_allclose(verifier.embed(pcm), verifier.embed(pcm / 32768.0), atol=1e-5)
 
@@ -91,7 +90,7 @@ def test_chunked_embedding(verifier):
     whole = verifier.embed(long)
     chunked = verifier.embed(long, chunk_seconds=0.5)
     assert chunked.shape == whole.shape and np.isfinite(chunked).all()
-    parts = verifier.embed([long[:SR // 2], long[SR // 2:SR], long[SR:]])
+    parts = verifier.embed([long[: SR // 2], long[SR // 2 : SR], long[SR:]])
     np.testing.assert_allclose(chunked, parts.mean(0), atol=1e-5)
 
 
@@ -104,24 +103,50 @@ def test_chunks_of_a_file_match_the_manifest_path(model_dir, verifier, tmp_path)
     chunked = verifier.embed(path, chunk_seconds=1.0)
     assert not np.allclose(chunked, verifier.embed(path), atol=1e-3)  # chunking changes the embedding
     out = tmp_path / "manifest.npz"
-    assert run_command("embed", ["--model", str(model_dir), "--manifest", str(manifest), "--out", str(out),
-                                 "--chunk-seconds", "1", "--num-workers", "0"]) == 0
+    assert (
+        run_command(
+            "embed",
+            [
+                "--model",
+                str(model_dir),
+                "--manifest",
+                str(manifest),
+                "--out",
+                str(out),
+                "--chunk-seconds",
+                "1",
+                "--num-workers",
+                "0",
+            ],
+        )
+        == 0
+    )
     np.testing.assert_allclose(load_embeddings(out).embeddings[0], chunked, atol=1e-5)
-    assert run_command("embed", ["--model", str(model_dir), str(path), "--out", str(tmp_path / "file.npz"),
-                                 "--chunk-seconds", "1"]) == 0
+    assert (
+        run_command(
+            "embed", ["--model", str(model_dir), str(path), "--out", str(tmp_path / "file.npz"), "--chunk-seconds", "1"]
+        )
+        == 0
+    )
     np.testing.assert_allclose(load_embeddings(tmp_path / "file.npz").embeddings[0], chunked, atol=1e-5)
-    with pytest.raises(ValueError, match=r"input #0 .*: chunk_seconds=0\.003 cuts it into 2 chunks of 25\+ samples"
-                                         r".*at least 40"):  # equal chunks can be half a chunk: named, not a crash
+    with pytest.raises(
+        ValueError,
+        match=r"input #0 .*: chunk_seconds=0\.003 cuts it into 2 chunks of 25\+ samples"
+        r".*at least 40",
+    ):  # equal chunks can be half a chunk: named, not a crash
         verifier.embed(voice(0.5)[:50], chunk_seconds=0.003)
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda d: (d / "empty.wav").write_bytes(b""), "empty file"),
-    (lambda d: sf.write(d / "noframes.wav", np.zeros(0, np.float32), SR), "empty"),
-    (lambda d: sf.write(d / "silent.wav", np.zeros(800, np.float32), SR), "silent"),
-    (lambda d: (d / "corrupt.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk" * 20), "not decodable"),
-    (lambda d: sf.write(d / "short.wav", voice(0.001), SR), "too short"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: (d / "empty.wav").write_bytes(b""), "empty file"),
+        (lambda d: sf.write(d / "noframes.wav", np.zeros(0, np.float32), SR), "empty"),
+        (lambda d: sf.write(d / "silent.wav", np.zeros(800, np.float32), SR), "silent"),
+        (lambda d: (d / "corrupt.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk" * 20), "not decodable"),
+        (lambda d: sf.write(d / "short.wav", voice(0.001), SR), "too short"),
+    ],
+)
 def test_bad_files_are_refused_naming_them(verifier, tmp_path, make, message):
     make(tmp_path)
     path = next(tmp_path.iterdir())
@@ -195,8 +220,12 @@ def calibrated_setup(model_dir):
     rng = np.random.default_rng(1)
     centers = rng.standard_normal((12, 16))
     emb = np.concatenate([c + 0.5 * rng.standard_normal((6, 16)) for c in centers]).astype(np.float32)
-    cohort = EmbeddingTable(np.array([f"u{i}" for i in range(len(emb))]), emb,
-                            rng.uniform(1, 5, len(emb)), np.repeat([f"s{i}" for i in range(12)], 6))
+    cohort = EmbeddingTable(
+        np.array([f"u{i}" for i in range(len(emb))]),
+        emb,
+        rng.uniform(1, 5, len(emb)),
+        np.repeat([f"s{i}" for i in range(12)], 6),
+    )
     cal = fit_calibration(cohort, top_k=5, n_pairs=400)
     return cal, cohort
 
@@ -311,8 +340,9 @@ def test_identify_names_the_enrolled_speaker_or_none(verifier, calibrated, audio
     c = calibrated.identify(audio_dir / "c.ogg", {"ann": [x, y], "cy": z}, sample_rate=SR)
     assert c.scale == "calibrated"
     for name, enrolment in (("ann", [x, y]), ("cy", z)):
-        assert dict(c.ranking)[name] == pytest.approx(calibrated.score(enrolment, audio_dir / "c.ogg",
-                                                                       sample_rate=SR), abs=1e-5)
+        assert dict(c.ranking)[name] == pytest.approx(
+            calibrated.score(enrolment, audio_dir / "c.ogg", sample_rate=SR), abs=1e-5
+        )
     # a table with speakers: its rows pooled as recordings are
     table = calibrated.embed_table([x, y, z], ids=["a", "b", "c"], sample_rate=SR)
     table.speakers = np.array(["ann", "ann", "cy"])
@@ -321,8 +351,13 @@ def test_identify_names_the_enrolled_speaker_or_none(verifier, calibrated, audio
     assert [n for n, _ in t.ranking] == [n for n, _ in c.ranking]
     table.speakers = None
     empty = EmbeddingTable(np.array([], str), np.zeros((0, 16), np.float32), np.zeros(0), np.array([], str))
-    for speakers, message in ((table, "no speaker labels"), ({}, "non-empty mapping"), ([x], "non-empty mapping"),
-                              ({1: x, "1": y}, "speaker names repeat as text"), (empty, "table is empty")):
+    for speakers, message in (
+        (table, "no speaker labels"),
+        ({}, "non-empty mapping"),
+        ([x], "non-empty mapping"),
+        ({1: x, "1": y}, "speaker names repeat as text"),
+        (empty, "table is empty"),
+    ):
         with pytest.raises(ValueError, match=message):
             calibrated.identify(x, speakers, sample_rate=SR)
 
@@ -343,8 +378,9 @@ def test_identify_command(model_dir, audio_dir, tmp_path, capsys, monkeypatch):
     # the enrolment is embedded once for all the tests: 3 recordings, then one per test
     sizes = []
     embed = Embedder.embed_many
-    monkeypatch.setattr(Embedder, "embed_many",
-                        lambda self, inputs, *rest: sizes.append(len(inputs)) or embed(self, inputs, *rest))
+    monkeypatch.setattr(
+        Embedder, "embed_many", lambda self, inputs, *rest: sizes.append(len(inputs)) or embed(self, inputs, *rest)
+    )
     assert main([*argv, a, "--top", "1", b, "--", c]) == 0  # after "--" everything is a test recording
     assert sizes == [3, 1, 1, 1]
     monkeypatch.undo()
@@ -353,11 +389,13 @@ def test_identify_command(model_dir, audio_dir, tmp_path, capsys, monkeypatch):
     table = tmp_path / "enrolled.npz"
     assert main(["embed", "--model", str(model_dir), "--out", str(table), a, c]) == 0
     capsys.readouterr()
-    for extra, message in ((["--speaker", "ann"], "expected NAME=FILE"),
-                           (["--speaker", f"ann={a}", "--speaker", f"ann={b}"], "'ann' is given twice"),
-                           (["--speakers", str(table), "--speaker", f"ann={a}"], "not both"),
-                           ([], "no enrolled speakers"),
-                           (["--speakers", str(table)], "no speaker labels")):
+    for extra, message in (
+        (["--speaker", "ann"], "expected NAME=FILE"),
+        (["--speaker", f"ann={a}", "--speaker", f"ann={b}"], "'ann' is given twice"),
+        (["--speakers", str(table), "--speaker", f"ann={a}"], "not both"),
+        ([], "no enrolled speakers"),
+        (["--speakers", str(table)], "no speaker labels"),
+    ):
         assert main(["identify", "--model", str(model_dir), *extra, a]) == 2
         assert message in capsys.readouterr().err
 
@@ -372,7 +410,7 @@ def test_windows_cover_the_recording_and_each_gets_its_embedding_alone(model_dir
     starts = np.round(w.starts * SR).astype(int)
     assert starts.tolist() == [0, 4000, 8000, 8800]  # the last window ends at the end
     np.testing.assert_allclose(w.ends - w.starts, 0.4)
-    alone = verifier.embed([wav[a:a + 6400] for a in starts], sample_rate=SR)
+    alone = verifier.embed([wav[a : a + 6400] for a in starts], sample_rate=SR)
     np.testing.assert_allclose(w.embeddings, alone, atol=1e-5)
     # the default hop is half a window; a recording shorter than a window is one window, all of it
     assert np.diff(verifier.embed_windows(wav, window=0.4, sample_rate=SR).starts)[0] == pytest.approx(0.2)
@@ -395,8 +433,14 @@ def test_track_finds_the_enrolled_recording_and_merges_accepted_windows(verifier
     assert t.decisions.tolist() == [True, False, True] and t.segments() == [(0.0, 0.5), (1.0, 1.5)]
     assert t.threshold == middle and t.threshold_source == "given by the caller"
     # overlapping and touching accepted windows merge into one span
-    merged = SpeakerTrack(np.array([0.0, 0.5, 1.0, 2.0, 3.0]), np.array([1.0, 1.5, 2.0, 3.0, 4.0]),
-                          np.array([1.0, 1.0, 1.0, 0.0, 1.0]), 0.5, "cosine", "given")
+    merged = SpeakerTrack(
+        np.array([0.0, 0.5, 1.0, 2.0, 3.0]),
+        np.array([1.0, 1.5, 2.0, 3.0, 4.0]),
+        np.array([1.0, 1.0, 1.0, 0.0, 1.0]),
+        0.5,
+        "cosine",
+        "given",
+    )
     assert merged.segments() == [(0.0, 2.0), (3.0, 4.0)]
     assert merged.to_dict()["segments"] == [[0.0, 2.0], [3.0, 4.0]]
     # the stored threshold by default, as verify
@@ -409,7 +453,7 @@ def test_track_scores_equal_verify_scores_of_each_window_on_the_calibrated_scale
     t = v.track(enroll, recording, window=0.45, hop=0.3, sample_rate=SR)
     assert t.scale == "calibrated" and t.threshold == pytest.approx(cal.threshold_)
     for a, b, score in zip(t.starts, t.ends, t.scores):
-        piece = recording[int(round(a * SR)):int(round(b * SR))]
+        piece = recording[int(round(a * SR)) : int(round(b * SR))]
         assert score == pytest.approx(v.score(enroll, piece, sample_rate=SR), abs=1e-4)
 
 
@@ -419,7 +463,7 @@ def _stream(tracker, samples, seed: int = 0, most: int = 3000) -> list:
     out, i = tracker.push(samples[:0]), 0
     while i < len(samples):
         n = int(rng.integers(1, most))
-        out += tracker.push(samples[i:i + n])
+        out += tracker.push(samples[i : i + n])
         i += n
     return out + tracker.flush()
 
@@ -451,7 +495,7 @@ def test_online_windows_come_as_soon_as_complete_and_old_samples_are_dropped(ver
     first = tracker.push(stream[7999:12000])  # 0.75 s: the windows ending at 0.5 and 0.75 s
     assert [(w.start, w.end) for w in first] == [(0.0, 0.5), (0.25, 0.75)]
     for i in range(12000, len(stream), 1000):
-        tracker.push(stream[i:i + 1000])
+        tracker.push(stream[i : i + 1000])
         assert tracker._buffer.size <= 8000 + 4000 + 1000  # a window, a hop and a chunk at most
     assert tracker.seconds == 4.0 and tracker.flush() == []  # the last window already ends at the end
     assert tracker.flush() == []
@@ -486,7 +530,7 @@ def test_online_stereo_chunks_of_any_size_and_a_failed_pass_retried(verifier, mo
     stereo = np.stack([left, right], axis=1)
     windows = []
     for i in range(0, len(stereo), 3):
-        windows += tracker.push(stereo[i:i + 3])
+        windows += tracker.push(stereo[i : i + 3])
     windows += tracker.flush()
     assert [w.start for w in windows] == whole.starts.tolist()
     np.testing.assert_allclose([w.score for w in windows], whole.scores, atol=1e-4)
@@ -506,7 +550,9 @@ def test_online_stereo_chunks_of_any_size_and_a_failed_pass_retried(verifier, mo
 
 def test_bad_windows_are_refused_before_reading_audio(verifier, tmp_path):
     x = voice(0.5, seed=7)
-    with pytest.raises(ValueError, match=r"window must be at least 0\.0025 s \(the encoder needs 40 samples\), got 0\.001"):
+    with pytest.raises(
+        ValueError, match=r"window must be at least 0\.0025 s \(the encoder needs 40 samples\), got 0\.001"
+    ):
         verifier.embed_windows(x, window=0.001, sample_rate=SR)
     for hop in (0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="hop must"):
@@ -539,21 +585,30 @@ def test_verify_command_with_windows(model_dir, audio_dir, capsys):
 
 
 def test_verify_command_json_and_text(model_dir, audio_dir, capsys):
-    assert run_command("verify", ["--model", str(model_dir), str(audio_dir / "a16k.wav"),
-                                  str(audio_dir / "a22k_stereo.wav"), "--json"]) == 0
+    assert (
+        run_command(
+            "verify",
+            ["--model", str(model_dir), str(audio_dir / "a16k.wav"), str(audio_dir / "a22k_stereo.wav"), "--json"],
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["threshold"] == THRESHOLD and out["decision"] == (out["score"] >= THRESHOLD)
     assert out["label"] in ("same speaker", "different speakers")
-    assert run_command("verify", ["--model", str(model_dir), str(audio_dir / "a16k.wav"),
-                                  str(audio_dir / "a16k.wav")]) == 0
+    assert (
+        run_command("verify", ["--model", str(model_dir), str(audio_dir / "a16k.wav"), str(audio_dir / "a16k.wav")])
+        == 0
+    )
     text = capsys.readouterr().out
     assert "score" in text and "threshold" in text and "same speaker" in text
 
 
 def test_embed_command_files_and_folders(model_dir, audio_dir, tmp_path):
     out = tmp_path / "emb.npz"
-    assert run_command("embed", ["--model", str(model_dir), str(audio_dir), "--out", str(out),
-                                 "--batch-seconds", "2"]) == 0
+    assert (
+        run_command("embed", ["--model", str(model_dir), str(audio_dir), "--out", str(out), "--batch-seconds", "2"])
+        == 0
+    )
     table = load_embeddings(out)
     files = find_audio_files([audio_dir])
     assert list(table.ids) == files and table.embeddings.shape == (4, 16)
@@ -566,8 +621,10 @@ def test_embed_command_files_and_folders(model_dir, audio_dir, tmp_path):
 def test_embed_command_windows(model_dir, audio_dir, tmp_path, capsys):
     out = tmp_path / "windows.npz"
     a, c = str(audio_dir / "a16k.wav"), str(audio_dir / "c.ogg")
-    assert run_command("embed", ["--model", str(model_dir), a, c, "--out", str(out), "--window", "0.3",
-                                 "--hop", "0.2"]) == 0
+    assert (
+        run_command("embed", ["--model", str(model_dir), a, c, "--out", str(out), "--window", "0.3", "--hop", "0.2"])
+        == 0
+    )
     table = load_embeddings(out)
     v = Verifier.from_pretrained(model_dir)
     expected = [v.embed_windows(f, window=0.3, hop=0.2) for f in (a, c)]
@@ -578,26 +635,43 @@ def test_embed_command_windows(model_dir, audio_dir, tmp_path, capsys):
     # an end-aligned last window a few samples after the one before it gets an id of its own
     odd = tmp_path / "odd.wav"
     sf.write(odd, voice(8003 / SR, seed=3), SR, subtype="FLOAT")
-    assert run_command("embed", ["--model", str(model_dir), str(odd), "--out", str(out), "--window", "0.25",
-                                 "--hop", "0.25"]) == 0
+    assert (
+        run_command(
+            "embed", ["--model", str(model_dir), str(odd), "--out", str(out), "--window", "0.25", "--hop", "0.25"]
+        )
+        == 0
+    )
     assert load_embeddings(out).ids.tolist() == [f"{odd}@0-0.25", f"{odd}@0.25-0.5", f"{odd}@0.250188-0.500188"]
     from mlsv.cli import main
 
-    for extra, message in ((["--hop", "0.2"], "--hop needs --window"),
-                           (["--window", "0.3", "--chunk-seconds", "5"], "without --manifest or --chunk-seconds")):
+    for extra, message in (
+        (["--hop", "0.2"], "--hop needs --window"),
+        (["--window", "0.3", "--chunk-seconds", "5"], "without --manifest or --chunk-seconds"),
+    ):
         assert main(["embed", "--model", str(model_dir), a, "--out", str(out), *extra]) == 2
         assert message in capsys.readouterr().err
 
 
 def test_embed_command_manifest_keeps_ids_and_speakers(model_dir, audio_dir, tmp_path):
-    rows = [{"id": f"spk{i}/utt{i}.wav", "path": str(audio_dir / name), "speaker": f"spk{i}",
-             "duration": sf.info(audio_dir / name).duration, "sample_rate": sf.info(audio_dir / name).samplerate}
-            for i, name in enumerate(["a16k.wav", "c.ogg"])]
+    rows = [
+        {
+            "id": f"spk{i}/utt{i}.wav",
+            "path": str(audio_dir / name),
+            "speaker": f"spk{i}",
+            "duration": sf.info(audio_dir / name).duration,
+            "sample_rate": sf.info(audio_dir / name).samplerate,
+        }
+        for i, name in enumerate(["a16k.wav", "c.ogg"])
+    ]
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "m.npz"
-    assert run_command("embed", ["--model", str(model_dir), "--manifest", str(manifest), "--out", str(out),
-                                 "--num-workers", "0"]) == 0
+    assert (
+        run_command(
+            "embed", ["--model", str(model_dir), "--manifest", str(manifest), "--out", str(out), "--num-workers", "0"]
+        )
+        == 0
+    )
     table = load_embeddings(out)
     assert sorted(table.ids) == ["spk0/utt0.wav", "spk1/utt1.wav"]
     assert list(table.speakers) == [u.split("/")[0] for u in table.ids]
@@ -605,8 +679,24 @@ def test_embed_command_manifest_keeps_ids_and_speakers(model_dir, audio_dir, tmp
     np.testing.assert_allclose(table.embeddings[list(table.ids).index("spk0/utt0.wav")], ref, atol=2e-5)
     # the bf16 fast path (autocast) stays within bf16 rounding of fp32
     fast = tmp_path / "bf16.npz"
-    assert run_command("embed", ["--model", str(model_dir), "--manifest", str(manifest), "--out", str(fast),
-                                 "--num-workers", "0", "--precision", "bf16"]) == 0
+    assert (
+        run_command(
+            "embed",
+            [
+                "--model",
+                str(model_dir),
+                "--manifest",
+                str(manifest),
+                "--out",
+                str(fast),
+                "--num-workers",
+                "0",
+                "--precision",
+                "bf16",
+            ],
+        )
+        == 0
+    )
     a, b = load_embeddings(fast).embeddings, table.embeddings
     cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
     assert cos.min() > 0.99 and not np.array_equal(a, b)
@@ -623,17 +713,35 @@ def test_non_finite_embeddings_and_cohorts_are_named(model_dir, eval_inputs, aud
     model.save_pretrained(tmp_path / "nan_model")
     manifest, _ = eval_inputs
     with pytest.raises(ValueError, match=r"4 embeddings are NaN.*a1 \(.*a1\.wav\)"):
-        run_command("embed", ["--model", str(tmp_path / "nan_model"), "--manifest", str(manifest),
-                              "--out", str(tmp_path / "e.npz"), "--num-workers", "0"])
+        run_command(
+            "embed",
+            [
+                "--model",
+                str(tmp_path / "nan_model"),
+                "--manifest",
+                str(manifest),
+                "--out",
+                str(tmp_path / "e.npz"),
+                "--num-workers",
+                "0",
+            ],
+        )
     assert not (tmp_path / "e.npz").exists()
     emb = np.ones((4, 16), np.float32)
     emb[2, 3] = np.nan
     bad = tmp_path / "nan_cohort.npz"
-    np.savez(bad, ids=np.array(["u0", "u1", "u2", "u3"]), embeddings=emb, durations=np.ones(4, np.float32),
-             speakers=np.array(["s0", "s0", "s1", "s1"]))
+    np.savez(
+        bad,
+        ids=np.array(["u0", "u1", "u2", "u3"]),
+        embeddings=emb,
+        durations=np.ones(4, np.float32),
+        speakers=np.array(["s0", "s0", "s1", "s1"]),
+    )
     with pytest.raises(ValueError, match=r"nan_cohort\.npz: 1 embeddings are NaN.*u2"):
-        run_command("verify", ["--model", str(model_dir), str(audio_dir / "a16k.wav"), str(audio_dir / "c.ogg"),
-                               "--cohort", str(bad)])
+        run_command(
+            "verify",
+            ["--model", str(model_dir), str(audio_dir / "a16k.wav"), str(audio_dir / "c.ogg"), "--cohort", str(bad)],
+        )
     table = EmbeddingTable(["u0", "u1", "u2", "u3"], emb, np.ones(4), ["s0", "s0", "s1", "s1"])
     with pytest.raises(ValueError, match="cohort.*u2"):
         Verifier.from_pretrained(model_dir, cohort=table)
@@ -647,20 +755,44 @@ def test_too_short_audio_and_chunks_are_named(model_dir, verifier, tmp_path):
     manifest = write_voice_manifest(tmp_path / "short.jsonl", {"tiny": ("a", voice(0.5)[:30])})
     out = str(tmp_path / "e.npz")
     with pytest.raises(ValueError, match=r"at least 40 samples.*tiny: 30 samples"):
-        run_command("embed", ["--model", str(model_dir), "--manifest", str(manifest), "--out", out,
-                              "--num-workers", "0"])
+        run_command(
+            "embed", ["--model", str(model_dir), "--manifest", str(manifest), "--out", out, "--num-workers", "0"]
+        )
     mixed = write_voice_manifest(tmp_path / "mixed.jsonl", {"long": ("a", voice(0.5)), "tiny": ("b", voice(0.5)[:30])})
     with pytest.raises(ValueError, match="tiny: 30 samples"):  # padded beside a long one it gave a wrong embedding
         run_command("embed", ["--model", str(model_dir), "--manifest", str(mixed), "--out", out, "--num-workers", "0"])
     with pytest.raises(ValueError, match=r"chunk-seconds.*0\.002"):
-        run_command("embed", ["--model", str(model_dir), "--manifest", str(mixed), "--out", out,
-                              "--chunk-seconds", "0.002", "--num-workers", "0"])
+        run_command(
+            "embed",
+            [
+                "--model",
+                str(model_dir),
+                "--manifest",
+                str(mixed),
+                "--out",
+                out,
+                "--chunk-seconds",
+                "0.002",
+                "--num-workers",
+                "0",
+            ],
+        )
     with pytest.raises(ValueError, match=r"chunk_seconds=0\.001.*at least 40"):
         verifier.embed(voice(0.5), chunk_seconds=0.001)
     sf.write(tmp_path / "v.wav", voice(0.5), SR)
     with pytest.raises(ValueError, match=r"--max-seconds 0\.001 keeps 16 samples.*at least 40"):
-        run_command("inspect", ["--model", str(model_dir), str(tmp_path / "v.wav"), "--out", str(tmp_path / "x.png"),
-                                "--max-seconds", "0.001"])
+        run_command(
+            "inspect",
+            [
+                "--model",
+                str(model_dir),
+                str(tmp_path / "v.wav"),
+                "--out",
+                str(tmp_path / "x.png"),
+                "--max-seconds",
+                "0.001",
+            ],
+        )
 
 
 def test_missing_model_folder_and_bad_top_k_are_named(model_dir, tmp_path):
@@ -668,8 +800,10 @@ def test_missing_model_folder_and_bad_top_k_are_named(model_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match=f"model folder not found: {missing}"):
         Verifier.from_pretrained(missing)
     with pytest.raises(FileNotFoundError, match="model folder not found"):
-        run_command("embed", ["--model", str(missing), "--manifest", str(tmp_path / "m.jsonl"),
-                              "--out", str(tmp_path / "e.npz")])
+        run_command(
+            "embed",
+            ["--model", str(missing), "--manifest", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "e.npz")],
+        )
     with pytest.raises(ValueError, match="at least 2, got 0"):
         Verifier.from_pretrained(model_dir, asnorm_top_k=0)
 
@@ -720,8 +854,9 @@ def test_half_precision_tensors_are_embedded_as_float32(small_verifier):
         assert np.abs(e - ref).max() < 1e-2
 
 
-def test_repeated_ids_are_refused_and_a_file_named_twice_is_embedded_once(small_verifier, wavs, small_model_dir,
-                                                                          tmp_path, caplog, capsys):
+def test_repeated_ids_are_refused_and_a_file_named_twice_is_embedded_once(
+    small_verifier, wavs, small_model_dir, tmp_path, caplog, capsys
+):
     a, b = str(wavs / "a.wav"), str(wavs / "b.wav")
     with pytest.raises(ValueError, match=r"id 'a' is given twice \(inputs #0 and #2\)"):
         small_verifier.embed_table([a, b, a], ids=["a", "b", "a"])
@@ -731,13 +866,18 @@ def test_repeated_ids_are_refused_and_a_file_named_twice_is_embedded_once(small_
     with pytest.raises(ValueError, match=r"id 'a' appears 2 times \(rows 0, 2\); ids must be unique"):
         EmbeddingTable(["a", "b", "a"], np.zeros((3, 4)), np.ones(3))
     dup = tmp_path / "dup.npz"
-    np.savez(dup, ids=np.array(["a", "b", "a"]), embeddings=np.zeros((3, 4), np.float32),
-             durations=np.ones(3, np.float32))
+    np.savez(
+        dup, ids=np.array(["a", "b", "a"]), embeddings=np.zeros((3, 4), np.float32), durations=np.ones(3, np.float32)
+    )
     with pytest.raises(ValueError, match=rf"^{dup}: id 'a' appears 2 times"):
         load_embeddings(dup)
     with caplog.at_level("WARNING", logger="mlsv.data.inputs"):
-        assert find_audio_files([a, wavs / "a.wav", b, str(wavs)]) == [a, b, str(wavs / "late.wav"),
-                                                                        str(wavs / "silent.wav")]
+        assert find_audio_files([a, wavs / "a.wav", b, str(wavs)]) == [
+            a,
+            b,
+            str(wavs / "late.wav"),
+            str(wavs / "silent.wav"),
+        ]
     assert "named more than once" in caplog.text
     out = tmp_path / "e.npz"
     rc, _ = run_cli(["embed", "--model", str(small_model_dir), a, a, b, "--out", str(out)], capsys)

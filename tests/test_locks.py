@@ -16,16 +16,28 @@ from mlsv.locks import LOCK_NAME, FolderLock, LockError
 
 def _write_lock(folder, pid, host=None):
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / LOCK_NAME).write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "what": "training",
-                                                "command": "train.py --output-dir x", "started": "2026-12-06 10:00:00"}))
+    (folder / LOCK_NAME).write_text(
+        json.dumps(
+            {
+                "pid": pid,
+                "host": host or socket.gethostname(),
+                "what": "training",
+                "command": "train.py --output-dir x",
+                "started": "2026-12-06 10:00:00",
+            }
+        )
+    )
 
 
 def test_a_folder_held_by_a_running_process_is_refused_naming_it(tmp_path):
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         _write_lock(tmp_path / "run", other.pid)
-        with pytest.raises(LockError, match=rf"{tmp_path / 'run'} is being written by training: process {other.pid} "
-                                            r"on .* since 2026-12-06 10:00:00 \(train.py --output-dir x\); wait"):
+        with pytest.raises(
+            LockError,
+            match=rf"{tmp_path / 'run'} is being written by training: process {other.pid} "
+            r"on .* since 2026-12-06 10:00:00 \(train.py --output-dir x\); wait",
+        ):
             FolderLock(tmp_path / "run").acquire()
     finally:
         other.kill()
@@ -57,16 +69,32 @@ def test_mlsv_evaluate_refuses_an_out_folder_being_written(tmp_path, capsys):
     from mlsv.cli import main
 
     model = saved_tiny_model(tmp_path / "model")
-    (tmp_path / "m.jsonl").write_text(json.dumps({"id": "a", "path": "a.wav", "speaker": "s", "duration": 1.0,
-                                                  "sample_rate": 16000}) + "\n")
+    (tmp_path / "m.jsonl").write_text(
+        json.dumps({"id": "a", "path": "a.wav", "speaker": "s", "duration": 1.0, "sample_rate": 16000}) + "\n"
+    )
     (tmp_path / "t.txt").write_text("1 a a\n")
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         _write_lock(tmp_path / "ev", other.pid)
-        rc = main(["evaluate", "--model", str(model), "--manifest", str(tmp_path / "m.jsonl"), "--trials",
-                   str(tmp_path / "t.txt"), "--out", str(tmp_path / "ev")])
+        rc = main(
+            [
+                "evaluate",
+                "--model",
+                str(model),
+                "--manifest",
+                str(tmp_path / "m.jsonl"),
+                "--trials",
+                str(tmp_path / "t.txt"),
+                "--out",
+                str(tmp_path / "ev"),
+            ]
+        )
     finally:
         other.kill()
         other.wait()
     err = capsys.readouterr().err.splitlines()[-1]  # after the tiny model's save progress bar
-    assert rc == 2 and err.startswith("mlsv evaluate: error: ") and f"being written by training: process {other.pid}" in err
+    assert (
+        rc == 2
+        and err.startswith("mlsv evaluate: error: ")
+        and f"being written by training: process {other.pid}" in err
+    )

@@ -57,8 +57,9 @@ def _assert_grads_close(ga: dict, gb: dict, rel: float = 1e-4) -> None:
 
 
 @pytest.mark.parametrize("stable", [False, True], ids=["post-ln", "pre-ln"])
-@pytest.mark.parametrize("train,fused", [(False, False), (True, False), (True, True)],
-                         ids=["eval", "train", "train-fused-qkv"])
+@pytest.mark.parametrize(
+    "train,fused", [(False, False), (True, False), (True, True)], ids=["eval", "train", "train-fused-qkv"]
+)
 def test_wavlm_sdpa_layers_match_transformers(stable, train, fused):
     """The SDPA layers give transformers' outputs and gradients on the valid frames of a padded batch."""
     enc = _wavlm_encoder(stable).train(train)
@@ -130,8 +131,11 @@ def test_long_inputs_attend_in_query_blocks_with_the_same_results(train, monkeyp
         for layer in enc.encoder.layers:
             h = wavlm_layer_forward(layer, h, key_bias, pb)
         (h * w).sum().backward()
-        return h.detach() * frame_mask[..., None], h0.grad.clone(), {
-            n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}
+        return (
+            h.detach() * frame_mask[..., None],
+            h0.grad.clone(),
+            {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None},
+        )
 
     monkeypatch.setattr(fast_attention, "BLOCK_BYTES", 4 * B * enc.config.num_attention_heads * 48 * 16)
     torch.manual_seed(0)
@@ -184,8 +188,9 @@ def test_frontend_attention_switch_same_states_and_gradients(train, stable):
 
 
 def test_frontend_sdpa_with_gradient_checkpointing_and_layerdrop():
-    f = Frontend(_wavlm_encoder(False, "tiny-wavlm"), trainable="transformer", gradient_checkpointing=True,
-                 layerdrop=0.5).train()
+    f = Frontend(
+        _wavlm_encoder(False, "tiny-wavlm"), trainable="transformer", gradient_checkpointing=True, layerdrop=0.5
+    ).train()
     f.set_attention("sdpa")
     states, _ = f(*padded_batch([2000, 1600])[:1])
     assert states.shape[0] == f.num_layers + 1
@@ -386,8 +391,12 @@ def test_extract_embeddings_unpadded_batches_skip_masks_with_the_same_result():
     x, mask = padded_batch([3000, 3000, 4500])
 
     def batch(rows, S):
-        return {"waveforms": x[rows, :S], "attention_mask": mask[rows, :S], "ids": [f"u{i}" for i in rows],
-                "durations": [mask[i].sum().item() / 16000 for i in rows]}
+        return {
+            "waveforms": x[rows, :S],
+            "attention_mask": mask[rows, :S],
+            "ids": [f"u{i}" for i in rows],
+            "durations": [mask[i].sum().item() / 16000 for i in rows],
+        }
 
     calls = []
     hook = model.frontend.register_forward_hook(lambda m, args, out: calls.append(args[1] is None))
@@ -514,8 +523,9 @@ def test_gpu_long_inputs_in_query_blocks_match_one_block(exact_cuda, monkeypatch
     enc = _wavlm_encoder().to(exact_cuda).train()
     attention, T = enc.encoder.layers[0].attention, 49
     h0 = torch.randn(3, T, enc.config.hidden_size, device=exact_cuda, requires_grad=True)
-    key_bias = key_padding_bias(torch.arange(T, device=exact_cuda)[None] < torch.tensor([49, 30, 9],
-                                                                                       device=exact_cuda)[:, None])
+    key_bias = key_padding_bias(
+        torch.arange(T, device=exact_cuda)[None] < torch.tensor([49, 30, 9], device=exact_cuda)[:, None]
+    )
     grads = []
     for pb in (relative_position_bias(attention, T), fast_attention.relative_position_table(attention, T)):
         enc.zero_grad(set_to_none=True)
@@ -570,7 +580,7 @@ def test_gpu_bf16_sdpa_embeddings_close_to_fp32_eager(exact_cuda):
     x, mask = x.to(exact_cuda), mask.to(exact_cuda)
     with torch.no_grad():
         runtime.set_attention(model, "eager")
-        ref = torch.cat([model(x[i:i + 1, :n]).embeddings for i, n in enumerate(mask.sum(-1).tolist())])
+        ref = torch.cat([model(x[i : i + 1, :n]).embeddings for i, n in enumerate(mask.sum(-1).tolist())])
         runtime.set_attention(model, "sdpa")
         with runtime.autocast("bf16", exact_cuda):
             fast = model(x, attention_mask=mask).embeddings.float()

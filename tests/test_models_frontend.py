@@ -27,8 +27,13 @@ from mlsv.models.frontend import (
     min_samples,
 )
 
-EXPECTED_CLASS = {"wavlm": WavLMFrontend, "hubert": Wav2Vec2Frontend, "wav2vec2": Wav2Vec2Frontend,
-                  "data2vec-audio": Wav2Vec2Frontend, "whisper": WhisperFrontend}
+EXPECTED_CLASS = {
+    "wavlm": WavLMFrontend,
+    "hubert": Wav2Vec2Frontend,
+    "wav2vec2": Wav2Vec2Frontend,
+    "data2vec-audio": Wav2Vec2Frontend,
+    "whisper": WhisperFrontend,
+}
 
 
 def _model(name: str) -> MLSVModel:
@@ -66,8 +71,14 @@ def test_min_samples_is_the_shortest_input_that_runs(name):
 def test_min_samples_per_family():
     """One frame: the CNN's receptive field, or one 10 ms hop for Whisper (its STFT zero-pads the edges)."""
     got = {name: min_samples(encoder_config_from_name(name)) for name in TINY_ENCODERS}
-    assert got == {"tiny-wavlm": 40, "tiny-hubert": 40, "tiny-wav2vec2": 40, "tiny-data2vec": 40,
-                   "tiny-whisper": 160, "small-wavlm": 400}
+    assert got == {
+        "tiny-wavlm": 40,
+        "tiny-hubert": 40,
+        "tiny-wav2vec2": 40,
+        "tiny-data2vec": 40,
+        "tiny-whisper": 160,
+        "small-wavlm": 400,
+    }
     assert min_samples({"model_type": "wavlm"}) == 400  # a dict without the CNN's shape: the family's default
     assert min_samples(AutoConfig.for_model("whisper")) == 160
 
@@ -79,8 +90,11 @@ def test_frame_count_is_frame_lengths_and_the_encoder_output(name):
     lengths = torch.tensor([0, 1, 39, 40, 159, 160, 399, 400, 401, 4321, 6000])
     assert torch.equal(frame_count(cfg, lengths), f.frame_lengths(lengths))
     assert frame_count(cfg, lengths).dtype == torch.long
-    assert [frame_count(cfg, int(n)) for n in lengths] == [f.frame_lengths(int(n)) for n in lengths] \
+    assert (
+        [frame_count(cfg, int(n)) for n in lengths]
+        == [f.frame_lengths(int(n)) for n in lengths]
         == frame_count(f.encoder.config, lengths).tolist()
+    )
     assert isinstance(frame_count(cfg, 6000), int)
     wav, mask = padded_batch([6000, 4321, 401])
     with torch.no_grad():
@@ -108,8 +122,9 @@ def test_every_family_has_one_class():
 
 
 def test_unknown_family_is_refused():
-    bert = AutoConfig.for_model("bert", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                intermediate_size=64)
+    bert = AutoConfig.for_model(
+        "bert", hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
     from transformers import AutoModel
 
     encoder = AutoModel.from_config(bert)
@@ -153,15 +168,22 @@ def test_attention_switch_per_family():
 def test_conv_fast_paths_are_re_exported():
     from mlsv.models import frontend
 
-    for name in ("first_conv_block", "conv_channels_last", "_window_products", "_channel_norm_over_time",
-                 "GROUP_ALIGN", "CONV_LAYOUTS"):
+    for name in (
+        "first_conv_block",
+        "conv_channels_last",
+        "_window_products",
+        "_channel_norm_over_time",
+        "GROUP_ALIGN",
+        "CONV_LAYOUTS",
+    ):
         assert getattr(frontend, name) is getattr(fast_conv, name)
 
 
 def test_saved_model_code_includes_fast_conv(tmp_path):
     tiny_model().save_pretrained(tmp_path)
     assert {"modeling_mlsv.py", "frontend.py", "fast_attention.py", "fast_conv.py"} <= {
-        p.name for p in tmp_path.glob("*.py")}
+        p.name for p in tmp_path.glob("*.py")
+    }
 
 
 def test_float_audio_far_beyond_full_scale_gives_the_same_embedding():
@@ -184,5 +206,4 @@ def test_float_audio_far_beyond_full_scale_gives_the_same_embedding():
         for amplitude in (1e19, 1e37):  # Whisper's log-mel is not scale-free: log10(a) / 2 higher everywhere
             loud = whisper.log_mel(torch.from_numpy(x * np.float32(amplitude))[None], lengths)
             assert torch.isfinite(loud).all()
-            torch.testing.assert_close(loud - ref, torch.full_like(ref, np.log10(amplitude) / 2), rtol=0,
-                                       atol=1e-3)
+            torch.testing.assert_close(loud - ref, torch.full_like(ref, np.log10(amplitude) / 2), rtol=0, atol=1e-3)

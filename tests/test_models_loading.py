@@ -55,8 +55,13 @@ def test_bad_devices_are_named_before_anything_loads(small_model_dir, tmp_path):
     with pytest.raises(ValueError, match=gpu):
         embed_manifest(model, tmp_path / "m.jsonl", device="gpu")
     with pytest.raises(ValueError, match=gpu):  # before reading the (missing) trial lists
-        evaluate_model(small_model_dir, manifest=str(tmp_path / "m.jsonl"), trials=[str(tmp_path / "t.txt")],
-                       out_dir=tmp_path / "ev", device="gpu")
+        evaluate_model(
+            small_model_dir,
+            manifest=str(tmp_path / "m.jsonl"),
+            trials=[str(tmp_path / "t.txt")],
+            out_dir=tmp_path / "ev",
+            device="gpu",
+        )
     assert not (tmp_path / "ev").exists()
     with pytest.raises(ValueError, match=r"device 'gpu' is not a device for ONNX Runtime"):
         Verifier.from_pretrained(small_model_dir, runtime="onnx", device="gpu")
@@ -77,8 +82,9 @@ def test_models_of_other_types_and_incomplete_configs_are_named(small_model_dir,
     from mlsv.models import MLSVConfig
 
     other = tmp_path / "othermodel"
-    BertModel(BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8,
-                         vocab_size=10)).save_pretrained(other)
+    BertModel(
+        BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8, vocab_size=10)
+    ).save_pretrained(other)
     with pytest.raises(ValueError, match=rf"^{other}: a 'bert' model, not an mlsv model$"):
         load_model(other)
     with pytest.raises(ValueError, match="a 'bert' model, not an mlsv model"):
@@ -86,8 +92,11 @@ def test_models_of_other_types_and_incomplete_configs_are_named(small_model_dir,
     mincfg = tmp_path / "mincfg"
     mincfg.mkdir()
     (mincfg / "config.json").write_text('{"model_type": "mlsv"}')
-    with pytest.raises(ValueError, match=rf"^{mincfg / 'config.json'}: no encoder_config \(not a complete mlsv "
-                                         r"model config\)$"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^{mincfg / 'config.json'}: no encoder_config \(not a complete mlsv "
+        r"model config\)$",
+    ):
         load_model(mincfg)
     config = json.loads((small_model_dir / "config.json").read_text())
     config["encoder_config"]["model_type"] = "wavlmx"
@@ -108,8 +117,10 @@ def test_a_run_or_stage_folder_points_to_its_model_folder(small_model_dir, tmp_p
     stage = tmp_path / "stage1"
     shutil.copytree(small_model_dir, stage / "model")
     (stage / "config.yaml").write_text("stage: {name: stage1}\n")
-    message = rf"^{stage}: not a model folder \(no config.json\); a run's or training stage's model is in its " \
-              rf"model/ folder: {stage / 'model'}$"
+    message = (
+        rf"^{stage}: not a model folder \(no config.json\); a run's or training stage's model is in its "
+        rf"model/ folder: {stage / 'model'}$"
+    )
     for load in (load_model, Verifier.from_pretrained, lambda m: Verifier.from_pretrained(m, runtime="onnx")):
         with pytest.raises(FileNotFoundError, match=message):
             load(stage)
@@ -137,7 +148,10 @@ def test_mistyped_model_names_fail_at_once(monkeypatch, tmp_path):
     for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(proxy, raising=False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused at once
-    with pytest.raises(FileNotFoundError, match=r"someone/modle \(nor in the local hub cache, and the hub cannot be "
-                                                r"asked: cannot reach http://127.0.0.1:9"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"someone/modle \(nor in the local hub cache, and the hub cannot be "
+        r"asked: cannot reach http://127.0.0.1:9",
+    ):
         load_model("someone/modle")
     assert time.monotonic() - start < 10  # the hub client's retries take about 25 s

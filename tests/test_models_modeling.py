@@ -117,10 +117,13 @@ def test_layer_subset_stops_at_the_deepest_selected_layer(name):
 
 
 @pytest.mark.parametrize("name", TINY_FAMILIES)
-@pytest.mark.parametrize("trainable,settings,training", [
-    ("transformer", {}, {}),
-    ("all", {"layers": [0, 1], "aggregation": "superb", "backend": "mhfa"}, {"mask_time_prob": 0.5}),
-])
+@pytest.mark.parametrize(
+    "trainable,settings,training",
+    [
+        ("transformer", {}, {}),
+        ("all", {"layers": [0, 1], "aggregation": "superb", "backend": "mhfa"}, {"mask_time_prob": 0.5}),
+    ],
+)
 def test_every_trainable_parameter_gets_a_gradient(name, trainable, settings, training):
     """Multi-process training (DDP) fails on a trainable parameter that gets no gradient: SpecAugment's
     mask embedding without masking, and layers past the deepest selected state, are frozen."""
@@ -142,8 +145,8 @@ def test_padding_invariance_every_aggregator_backend(aggregation, backend):
     wav, mask = padded_batch(lengths)
     batch = model(wav, attention_mask=mask).embeddings
     for i, n in enumerate(lengths):
-        alone = model(wav[i:i + 1, :n]).embeddings
-        torch.testing.assert_close(batch[i:i + 1], alone, rtol=0, atol=1e-4)
+        alone = model(wav[i : i + 1, :n]).embeddings
+        torch.testing.assert_close(batch[i : i + 1], alone, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", TINY_FAMILIES)
@@ -195,15 +198,18 @@ def test_lap_matches_a_direct_reading_of_the_method():
                 feats.append(lap.proj_in(v))
             feats = torch.stack(feats)  # (L, D)
             for j in range(h):
-                xj = feats[:, j * d:(j + 1) * d]  # (L, d)
+                xj = feats[:, j * d : (j + 1) * d]  # (L, d)
+
                 def mlp(v, j=j):
                     z1 = torch.relu(v @ lap.squeeze_weight[j] + lap.squeeze_bias[j, 0])
                     return z1 @ lap.excite_weight[j] + lap.excite_bias[j, 0]
+
                 s = torch.sigmoid(mlp(xj.mean(1)) + mlp(xj.amax(1)))  # (L,)
-                z[j * d:(j + 1) * d] = (s[:, None] * xj).amax(0)
+                z[j * d : (j + 1) * d] = (s[:, None] * xj).amax(0)
             o = lap.proj_out(z)
-            ref[b, t] = (o - lap.norm_out.running_mean) / torch.sqrt(lap.norm_out.running_var + 1e-5) \
-                * lap.norm_out.weight + lap.norm_out.bias
+            ref[b, t] = (o - lap.norm_out.running_mean) / torch.sqrt(
+                lap.norm_out.running_var + 1e-5
+            ) * lap.norm_out.weight + lap.norm_out.bias
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -260,8 +266,11 @@ def test_trust_remote_code_in_a_process_without_mlsv(tmp_path):
 
 def test_unknown_encoder_type_is_refused():
     with pytest.raises(ValueError, match="not supported"):
-        build_encoder(AutoConfig.for_model("bert", hidden_size=32, num_hidden_layers=1,
-                                           num_attention_heads=2, intermediate_size=64))
+        build_encoder(
+            AutoConfig.for_model(
+                "bert", hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+            )
+        )
 
 
 def test_gradient_checkpointing_same_gradients():

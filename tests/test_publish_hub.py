@@ -19,26 +19,46 @@ from mlsv.publish.hub import build_model_card, load_metrics, main
 
 warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask.*")
 
-RESULTS = {"systems": {"LAP": {"cosine": {"test_trials": {"eer": 4.321, "min_dcf_0.01": 0.3141,
-                                                          "min_dcf_0.05": 0.2718, "n_trials": 4000}},
-                               "calibrated": {"test_trials": {"eer": 3.9876, "min_dcf_0.01": 0.2999,
-                                                              "min_dcf_0.05": 0.25, "cllr": 0.41,
-                                                              "n_trials": 4000}}}},
-           "baseline": {"mfcc_eer": 20.0}}
-SUPERB = {"cosine": {"test_trials": {"eer": 36.486, "min_dcf_0.01": 0.9, "min_dcf_0.05": 0.8, "n_trials": 4000}},
-          "calibrated": {"test_trials": {"eer": 35.125, "min_dcf_0.01": 0.95, "min_dcf_0.05": 0.85,
-                                         "cllr": 0.9, "n_trials": 4000}}}
+RESULTS = {
+    "systems": {
+        "LAP": {
+            "cosine": {"test_trials": {"eer": 4.321, "min_dcf_0.01": 0.3141, "min_dcf_0.05": 0.2718, "n_trials": 4000}},
+            "calibrated": {
+                "test_trials": {
+                    "eer": 3.9876,
+                    "min_dcf_0.01": 0.2999,
+                    "min_dcf_0.05": 0.25,
+                    "cllr": 0.41,
+                    "n_trials": 4000,
+                }
+            },
+        }
+    },
+    "baseline": {"mfcc_eer": 20.0},
+}
+SUPERB = {
+    "cosine": {"test_trials": {"eer": 36.486, "min_dcf_0.01": 0.9, "min_dcf_0.05": 0.8, "n_trials": 4000}},
+    "calibrated": {
+        "test_trials": {"eer": 35.125, "min_dcf_0.01": 0.95, "min_dcf_0.05": 0.85, "cllr": 0.9, "n_trials": 4000}
+    },
+}
 
 
 def evaluation_of(by_stage: dict) -> dict:
     """``config.evaluation`` as ``mlsv evaluate`` writes it for a system of a run's results."""
-    return {"final_stage": "calibrated", "metrics": by_stage["calibrated"], "metrics_by_stage": by_stage,
-            "trial_lists": ["test_trials"], "top_k": 600}
+    return {
+        "final_stage": "calibrated",
+        "metrics": by_stage["calibrated"],
+        "metrics_by_stage": by_stage,
+        "trial_lists": ["test_trials"],
+        "top_k": 600,
+    }
 
 
 def save_tiny(folder, *, seed: int = 0, evaluation: dict | None = None):
-    return saved_tiny_model(folder, seed=seed,
-                            config={"training_mean": [0.1] * 16, "threshold": 0.42, "evaluation": evaluation})
+    return saved_tiny_model(
+        folder, seed=seed, config={"training_mean": [0.1] * 16, "threshold": 0.42, "evaluation": evaluation}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +96,33 @@ def test_dry_run_folder_loads_without_mlsv(run_dir, tmp_path, capsys):
     from mlsv.models import MLSVModel
 
     out = tmp_path / "publish"
-    assert main(["--model", str(run_dir / "model"), "--repo-id", "someone/mlsv-tiny", "--dry-run", str(out),
-                 "--dataset", "voxceleb2", "--license", "mit"]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                str(run_dir / "model"),
+                "--repo-id",
+                "someone/mlsv-tiny",
+                "--dry-run",
+                str(out),
+                "--dataset",
+                "voxceleb2",
+                "--license",
+                "mit",
+            ]
+        )
+        == 0
+    )
     assert "nothing uploaded" in capsys.readouterr().out
     names = {p.name for p in out.iterdir()}
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md",
-            "configuration_mlsv.py", "modeling_mlsv.py"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "README.md",
+        "configuration_mlsv.py",
+        "modeling_mlsv.py",
+    } <= names
     # the card: metadata and the model's metrics
     card = (out / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\n")
@@ -93,14 +134,19 @@ def test_dry_run_folder_loads_without_mlsv(run_dir, tmp_path, capsys):
     assert "4.321" in card and "trust_remote_code=True" in card and "Limitations" in card
 
     # a fresh process where mlsv cannot be imported, run elsewhere, with its own module cache
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": ""}
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
     script = tmp_path / "load.py"
     script.write_text(LOAD_WITHOUT_MLSV)
     work = tmp_path / "elsewhere"
     work.mkdir()
-    proc = subprocess.run([sys.executable, str(script), str(out), str(tmp_path / "emb.npy")], cwd=work, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(out), str(tmp_path / "emb.npy")],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "threshold 0.42" in proc.stdout
     model = MLSVModel.from_pretrained(run_dir / "model").eval()
@@ -132,8 +178,7 @@ def test_upload_is_one_commit_with_the_card(run_dir, monkeypatch, capsys):
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setenv("HF_TOKEN", "hf_secret_token_value")
-    assert main(["--model", str(run_dir / "model"), "--repo-id", "me/tiny", "--private",
-                 "--revision", "v1"]) == 0
+    assert main(["--model", str(run_dir / "model"), "--repo-id", "me/tiny", "--private", "--revision", "v1"]) == 0
     assert [c[0] for c in calls] == ["create_repo", "create_branch", "upload_folder"]
     assert calls[0][2]["exist_ok"] is True and calls[0][2]["private"] is True
     assert calls[1][2]["branch"] == "v1" and calls[2][2]["revision"] == "v1"
@@ -225,8 +270,11 @@ def publish(model_dir, out) -> tuple[str, list[str]]:
 
 
 def table_rows(card: str) -> list[str]:
-    return [line.split(" | ")[0].lstrip("| ") for line in card.split("## Evaluation")[1].split("## How")[0]
-            .splitlines() if line.startswith("| ") and not line.startswith("| trial list")]
+    return [
+        line.split(" | ")[0].lstrip("| ")
+        for line in card.split("## Evaluation")[1].split("## How")[0].splitlines()
+        if line.startswith("| ") and not line.startswith("| trial list")
+    ]
 
 
 def test_a_card_shows_only_the_metrics_the_model_records(tmp_path):
@@ -259,18 +307,33 @@ def test_a_card_shows_only_the_metrics_the_model_records(tmp_path):
     assert table_rows(card) == ["calibrated / test_trials"] and "35.125" in card and "36.486" not in card
 
     out = tmp_path / "given"
-    assert main(["--model", str(run / "lap_stage1" / "model"), "--repo-id", "me/tiny", "--dry-run", str(out),
-                 "--results", str(run / "results.json")]) == 0
-    assert table_rows((out / "README.md").read_text()) == [f"{system} / {row}" for system in ("LAP", "SUPERB")
-                                                           for row in own_rows]
+    assert (
+        main(
+            [
+                "--model",
+                str(run / "lap_stage1" / "model"),
+                "--repo-id",
+                "me/tiny",
+                "--dry-run",
+                str(out),
+                "--results",
+                str(run / "results.json"),
+            ]
+        )
+        == 0
+    )
+    assert table_rows((out / "README.md").read_text()) == [
+        f"{system} / {row}" for system in ("LAP", "SUPERB") for row in own_rows
+    ]
 
 
 # ------------------------------------------------------------------------------------------------
 # only the model folder's own files are published
 
 
-@pytest.mark.parametrize("name", ["model.onnx", "model.onnx.json", "modeling_mlsv.py", "preprocessor_config.json",
-                                  "config.json"])
+@pytest.mark.parametrize(
+    "name", ["model.onnx", "model.onnx.json", "modeling_mlsv.py", "preprocessor_config.json", "config.json"]
+)
 def test_a_file_linking_outside_the_model_folder_is_refused(tmp_path, capsys, name):
     """``ln -s ~/secret.txt MODEL/model.onnx`` must not put the secret into the publish folder: any file
     the folder is built from that resolves outside the model folder is refused, naming it and its target."""
@@ -358,22 +421,21 @@ def _manifest(path, speakers: dict[str, float], per_speaker: int, seed: int) -> 
             wav = path.parent / f"{uid}.wav"
             x = _voice(0.5 + 0.1 * u, f0 * (1 + 0.02 * u), seed=seed + 10 * s + u)
             sf.write(wav, x, SR, subtype="FLOAT")
-            rows.append({"id": uid, "path": str(wav), "speaker": speaker, "duration": len(x) / SR,
-                         "sample_rate": SR})
+            rows.append({"id": uid, "path": str(wav), "speaker": speaker, "duration": len(x) / SR, "sample_rate": SR})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return [r["id"] for r in rows]
 
 
 def _trials(path, ids: list[str]):
-    lines = [f"{int(a.split('_')[0] == b.split('_')[0])} {a} {b}" for i, a in enumerate(ids) for b in ids[i + 1:]]
+    lines = [f"{int(a.split('_')[0] == b.split('_')[0])} {a} {b}" for i, a in enumerate(ids) for b in ids[i + 1 :]]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def _transformers_only(card: str) -> tuple[str, str]:
     """The card's "transformers only" part (up to the next heading) and its python code block."""
-    part = card[card.index("with transformers only"):]
-    part = part[:part.index("\n## ")] if "\n## " in part else part
+    part = card[card.index("with transformers only") :]
+    part = part[: part.index("\n## ")] if "\n## " in part else part
     code = part.split("```python\n", 1)[1].split("\n```", 1)[0]
     return part, code
 
@@ -390,10 +452,18 @@ def evaluated(tmp_path_factory):
     (root / "cohort").mkdir()
     ids = _manifest(root / "test" / "m.jsonl", {"a": 110.0, "b": 160.0, "c": 230.0}, 3, seed=1)
     _manifest(root / "cohort" / "m.jsonl", {f"co{i}": 100.0 + 25 * i for i in range(6)}, 2, seed=100)
-    evaluate_model(model, manifest=str(root / "test" / "m.jsonl"),
-                   trials=[str(_trials(root / "test" / "list.txt", ids[::2]))], out_dir=root / "ev",
-                   cohort=str(root / "cohort" / "m.jsonl"), top_k=4, calibration_pairs=200, device="cpu",
-                   plots=False, threshold_trials=str(_trials(root / "test" / "heldout.txt", ids)))
+    evaluate_model(
+        model,
+        manifest=str(root / "test" / "m.jsonl"),
+        trials=[str(_trials(root / "test" / "list.txt", ids[::2]))],
+        out_dir=root / "ev",
+        cohort=str(root / "cohort" / "m.jsonl"),
+        top_k=4,
+        calibration_pairs=200,
+        device="cpu",
+        plots=False,
+        threshold_trials=str(_trials(root / "test" / "heldout.txt", ids)),
+    )
     return root, root / "ev" / "model", [str(root / "test" / f"{u}.wav") for u in ids]
 
 
@@ -420,7 +490,7 @@ def test_the_transformers_only_snippet_decides_as_mlsv_on_the_cosine_scale(evalu
     assert cosine.threshold().value == cosine_threshold
     pairs, expected = [], []
     for i, a in enumerate(wavs):
-        for b in wavs[i + 1:]:
+        for b in wavs[i + 1 :]:
             r = cosine.verify(a, b)
             if abs(r.score - r.threshold) > 1e-4:  # embedding alone or in a padded batch: float rounding
                 pairs.append((a, b))
@@ -449,17 +519,23 @@ def test_the_transformers_only_snippet_decides_as_mlsv_on_the_cosine_scale(evalu
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    proc = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "snippet.py"),
-                           str(tmp_path / "pairs.json")], cwd=work, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "run.py"), str(tmp_path / "snippet.py"), str(tmp_path / "pairs.json")],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = json.loads(proc.stdout.strip().splitlines()[-1])
     for (a, b), text, (decision, score) in zip(pairs, printed, expected):
         said = {"same speaker" in text, "different speakers" in text}
         assert said == {True, False}, text
         assert ("same speaker" in text) == decision, (a, b, text, score)
-        assert f"score {score:.4f}" in text or f"score {score + 1e-5:.4f}" in text or \
-            f"score {score - 1e-5:.4f}" in text, (text, score)
+        assert (
+            f"score {score:.4f}" in text or f"score {score + 1e-5:.4f}" in text or f"score {score - 1e-5:.4f}" in text
+        ), (text, score)
 
 
 def test_the_card_gives_no_cosine_decision_without_a_cosine_threshold(evaluated, tmp_path):
@@ -569,6 +645,7 @@ def test_failed_build_keeps_the_previous_output(small_model_dir, tmp_path, capsy
 def test_dry_run_refuses_a_folder_with_publish_file_names_that_it_did_not_build(tmp_path):
     """File names alone do not make a publish folder: a user's README.md and config.json stay."""
     from mlsv.publish.hub import main
+
     model = saved_tiny_model(tmp_path / "model", lap_heads=2, lap_channels=16, embedding_size=8)
     mine = tmp_path / "project"
     mine.mkdir()

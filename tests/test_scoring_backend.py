@@ -21,9 +21,12 @@ from mlsv.scoring.embeddings import EmbeddingTable
 def _cohort_table(rng, n_spk=40, per_spk=3, dim=16) -> EmbeddingTable:
     n = n_spk * per_spk
     spk = np.array([f"s{i % n_spk:03d}" for i in range(n)])
-    return EmbeddingTable(np.array([f"c{i}" for i in range(n)]),
-                          rng.standard_normal((n, dim)).astype(np.float32) + 0.3,
-                          rng.uniform(2, 10, n).astype(np.float32), spk)
+    return EmbeddingTable(
+        np.array([f"c{i}" for i in range(n)]),
+        rng.standard_normal((n, dim)).astype(np.float32) + 0.3,
+        rng.uniform(2, 10, n).astype(np.float32),
+        spk,
+    )
 
 
 def _naive_cohort(table: EmbeddingTable, mean: np.ndarray) -> np.ndarray:

@@ -29,8 +29,12 @@ def _corpus(rng, n_spk: int, per_spk: int, prefix: str) -> EmbeddingTable:
     dur = np.exp(rng.uniform(np.log(0.5), np.log(30), len(spk)))
     noise = rng.standard_normal((len(spk), DIM)) * (2.5 / np.sqrt(dur))[:, None]
     emb = (centres[spk] + noise + 0.5).astype(np.float32)
-    return EmbeddingTable(np.array([f"{prefix}{i}" for i in range(len(spk))]), emb, dur.astype(np.float32),
-                          np.array([f"{prefix}spk{s}" for s in spk]))
+    return EmbeddingTable(
+        np.array([f"{prefix}{i}" for i in range(len(spk))]),
+        emb,
+        dur.astype(np.float32),
+        np.array([f"{prefix}spk{s}" for s in spk]),
+    )
 
 
 def _trials(rng, table: EmbeddingTable, n: int) -> Trials:
@@ -41,8 +45,9 @@ def _trials(rng, table: EmbeddingTable, n: int) -> Trials:
     labels = (table.speakers[e] == table.speakers[t]).astype(np.int8)
     # Balance a little: add same-speaker trials.
     same = rng.integers(len(table), size=n // 2)
-    partner = np.array([rng.choice(np.flatnonzero((table.speakers == table.speakers[i]) &
-                                                  (np.arange(len(table)) != i))) for i in same])
+    partner = np.array(
+        [rng.choice(np.flatnonzero((table.speakers == table.speakers[i]) & (np.arange(len(table)) != i))) for i in same]
+    )
     e, t = np.r_[e, same], np.r_[t, partner]
     labels = np.r_[labels, np.ones(len(same), np.int8)]
     return Trials(table.ids[e].astype(object), table.ids[t].astype(object), labels, "heldout")
@@ -146,8 +151,12 @@ def test_calibration_pair_errors_name_the_setting_and_the_need():
     from mlsv.scoring.calibration import draw_calibration_pairs, pair_features
 
     rng = np.random.default_rng(0)
-    table = EmbeddingTable(ids=np.array([f"u{i}" for i in range(12)]), embeddings=rng.normal(size=(12, 8)),
-                           durations=np.ones(12, np.float32), speakers=np.repeat(np.array(["a", "b", "c", "d"]), 3))
+    table = EmbeddingTable(
+        ids=np.array([f"u{i}" for i in range(12)]),
+        embeddings=rng.normal(size=(12, 8)),
+        durations=np.ones(12, np.float32),
+        speakers=np.repeat(np.array(["a", "b", "c", "d"]), 3),
+    )
     with pytest.raises(ValueError, match=r"n_pairs \(--calibration-pairs\) must be at least 2, got 1"):
         draw_calibration_pairs(table, 1)
     pairs, cohort = draw_calibration_pairs(table, 20), cohort_from_table(table, np.zeros(8))

@@ -72,8 +72,22 @@ def files(tmp_path):
 
 def test_score_cosine_single_list(files):
     d, evl, _ = files
-    assert _mlsv(["score", "--embeddings", str(d / "eval.npz"), "--trials", str(d / "listO.txt"),
-                  "--out", str(d / "s.tsv"), "--metrics", str(d / "m.json")]) == 0
+    assert (
+        _mlsv(
+            [
+                "score",
+                "--embeddings",
+                str(d / "eval.npz"),
+                "--trials",
+                str(d / "listO.txt"),
+                "--out",
+                str(d / "s.tsv"),
+                "--metrics",
+                str(d / "m.json"),
+            ]
+        )
+        == 0
+    )
     rows = (d / "s.tsv").read_text().splitlines()
     assert rows[0] == "enroll\ttest\tscore\tlabel"
     trials = read_trials(d / "listO.txt")
@@ -88,14 +102,46 @@ def test_score_cosine_single_list(files):
 
 def test_calibrate_then_score_several_lists(files, capsys):
     d, evl, cohort = files
-    assert _mlsv(["calibrate", "--embeddings", str(d / "cohort.npz"), "--asnorm-top-k", "10",
-                  "--pairs", "400", "--out", str(d / "cal.json")]) == 0
+    assert (
+        _mlsv(
+            [
+                "calibrate",
+                "--embeddings",
+                str(d / "cohort.npz"),
+                "--asnorm-top-k",
+                "10",
+                "--pairs",
+                "400",
+                "--out",
+                str(d / "cal.json"),
+            ]
+        )
+        == 0
+    )
     cal = json.loads((d / "cal.json").read_text())
     assert cal["features"][0] == "score" and cal["info"]["top_k"] == 10 and "threshold" in cal
-    assert _mlsv(["score", "--embeddings", str(d / "eval.npz"),
-                  "--trials", str(d / "listO.txt"), str(d / "listX.txt"), str(d / "nolabel.txt"),
-                  "--cohort", str(d / "cohort.npz"), "--calibration", str(d / "cal.json"),
-                  "--out", str(d / "out" / "scores.tsv"), "--metrics", str(d / "out" / "m.json")]) == 0
+    assert (
+        _mlsv(
+            [
+                "score",
+                "--embeddings",
+                str(d / "eval.npz"),
+                "--trials",
+                str(d / "listO.txt"),
+                str(d / "listX.txt"),
+                str(d / "nolabel.txt"),
+                "--cohort",
+                str(d / "cohort.npz"),
+                "--calibration",
+                str(d / "cal.json"),
+                "--out",
+                str(d / "out" / "scores.tsv"),
+                "--metrics",
+                str(d / "out" / "m.json"),
+            ]
+        )
+        == 0
+    )
     for name in ("listO", "listX", "nolabel"):
         assert (d / "out" / f"scores.{name}.tsv").is_file()
     last = (d / "out" / "scores.nolabel.tsv").read_text().splitlines()[1]
@@ -113,40 +159,71 @@ def test_unknown_trial_id_names_id_and_line(files, capsys):
     (d / "bad.txt").write_text("\n".join(lines) + "\n")
     with pytest.raises(KeyError, match=r"bad\.txt:3: id 'idXXXX/missing/00001.wav' not in the embeddings"):
         score_trials(evl, read_trials(d / "bad.txt"))
-    assert _mlsv(["score", "--embeddings", str(d / "eval.npz"), "--trials", str(d / "bad.txt"),
-                  "--out", str(d / "s.tsv")]) == 2
+    assert (
+        _mlsv(["score", "--embeddings", str(d / "eval.npz"), "--trials", str(d / "bad.txt"), "--out", str(d / "s.tsv")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "bad.txt:3" in err and "idXXXX/missing/00001.wav" in err
 
 
 def test_score_errors_are_clear(files, capsys):
     d, _, _ = files
-    assert _mlsv(["score", "--embeddings", str(d / "eval.npz"), "--trials", str(d / "listO.txt"),
-                  "--cohort", str(d / "cohort.npz"), "--out", str(d / "s.tsv")]) == 2  # top-k 600 > 30
+    assert (
+        _mlsv(
+            [
+                "score",
+                "--embeddings",
+                str(d / "eval.npz"),
+                "--trials",
+                str(d / "listO.txt"),
+                "--cohort",
+                str(d / "cohort.npz"),
+                "--out",
+                str(d / "s.tsv"),
+            ]
+        )
+        == 2
+    )  # top-k 600 > 30
     assert "--asnorm-top-k" in capsys.readouterr().err
-    assert _mlsv(["score", "--embeddings", str(d / "nope.npz"), "--trials", str(d / "listO.txt"),
-                  "--out", str(d / "s.tsv")]) == 2
+    assert (
+        _mlsv(
+            ["score", "--embeddings", str(d / "nope.npz"), "--trials", str(d / "listO.txt"), "--out", str(d / "s.tsv")]
+        )
+        == 2
+    )
     assert "not found" in capsys.readouterr().err
     assert score_cmd.output_paths(d / "a.tsv", ["x"]) == [d / "a.tsv"]
     with pytest.raises(ValueError, match="distinct"):
         score_cmd.output_paths(d / "a.tsv", ["x", "x"])
     with pytest.raises(ValueError, match="cohort"):
-        score_trials(EmbeddingTable(["a", "b"], np.eye(2, dtype=np.float32), [1, 1]),
-                     Trials(np.array(["a"], object), np.array(["b"], object), np.array([1], np.int8)),
-                     calibrator=object())
+        score_trials(
+            EmbeddingTable(["a", "b"], np.eye(2, dtype=np.float32), [1, 1]),
+            Trials(np.array(["a"], object), np.array(["b"], object), np.array([1], np.int8)),
+            calibrator=object(),
+        )
 
 
 def test_score_names_bad_inputs(files, capsys):
     d, evl, _ = files
     args = ["--trials", str(d / "listO.txt"), "--out", str(d / "s.tsv")]
     with pytest.raises(SystemExit) as exit_info:  # was taken as 600; refused by argparse, as every command does
-        _mlsv(["score", "--embeddings", str(d / "eval.npz"), "--cohort", str(d / "cohort.npz"),
-               "--asnorm-top-k", "0", *args])
+        _mlsv(
+            [
+                "score",
+                "--embeddings",
+                str(d / "eval.npz"),
+                "--cohort",
+                str(d / "cohort.npz"),
+                "--asnorm-top-k",
+                "0",
+                *args,
+            ]
+        )
     assert exit_info.value.code == 2
     assert "argument --asnorm-top-k: must be at least 2, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
-        _mlsv(["calibrate", "--embeddings", str(d / "cohort.npz"), "--out", str(d / "c.json"),
-               "--asnorm-top-k", "1"])
+        _mlsv(["calibrate", "--embeddings", str(d / "cohort.npz"), "--out", str(d / "c.json"), "--asnorm-top-k", "1"])
     assert exit_info.value.code == 2
     assert "argument --asnorm-top-k: must be at least 2, got 1" in capsys.readouterr().err
     assert _mlsv(["score", "--embeddings", str(d / "listO.txt"), *args]) == 2
@@ -158,8 +235,21 @@ def test_score_names_bad_inputs(files, capsys):
     assert "inf.npz: 1 embeddings are NaN or infinite" in capsys.readouterr().err
     (d / "a").mkdir()
     (d / "a" / "listO.txt").write_text((d / "listO.txt").read_text())
-    assert _mlsv(["score", "--embeddings", str(d / "eval.npz"), "--trials", str(d / "listO.txt"),
-                  str(d / "a" / "listO.txt"), "--out", str(d / "s.tsv")]) == 2
+    assert (
+        _mlsv(
+            [
+                "score",
+                "--embeddings",
+                str(d / "eval.npz"),
+                "--trials",
+                str(d / "listO.txt"),
+                str(d / "a" / "listO.txt"),
+                "--out",
+                str(d / "s.tsv"),
+            ]
+        )
+        == 2
+    )
     assert f"{d / 'a' / 'listO.txt'}" in capsys.readouterr().err
 
 
@@ -176,16 +266,28 @@ def test_help_has_examples(capsys):
 
 
 def _score(d, *extra) -> int:
-    return main(["score", "--embeddings", str(d / "test.npz"), "--trials", str(d / "trials.txt"),
-                 "--out", str(d / "s.tsv"), *extra])
+    return main(
+        [
+            "score",
+            "--embeddings",
+            str(d / "test.npz"),
+            "--trials",
+            str(d / "trials.txt"),
+            "--out",
+            str(d / "s.tsv"),
+            *extra,
+        ]
+    )
 
 
 def test_cohort_of_another_dimension_is_named(cli_files, capsys):
     dim4 = speaker_table(np.random.default_rng(1), 10, 2, "co", 4, spread=0.5, max_seconds=5.0)
     save_embeddings(dim4, cli_files / "dim4.npz")
     assert _score(cli_files, "--cohort", str(cli_files / "dim4.npz"), "--asnorm-top-k", "2") == 2
-    assert (f"{cli_files / 'dim4.npz'}: cohort embeddings have 4 dimensions, {cli_files / 'test.npz'} has 8"
-            in cli_error(capsys))
+    assert (
+        f"{cli_files / 'dim4.npz'}: cohort embeddings have 4 dimensions, {cli_files / 'test.npz'} has 8"
+        in cli_error(capsys)
+    )
     assert not (cli_files / "s.tsv").exists()
 
 
@@ -204,11 +306,26 @@ def test_bad_mean_vectors_are_named(cli_files, capsys):
 
     np.save(cli_files / "mean4.npy", np.zeros(4, np.float32))
     assert _score(cli_files, "--mean", str(cli_files / "mean4.npy")) == 2
-    assert (f"{cli_files / 'mean4.npy'}: mean vector has 4 dimensions, {cli_files / 'test.npz'} has 8"
-            in cli_error(capsys))
+    assert f"{cli_files / 'mean4.npy'}: mean vector has 4 dimensions, {cli_files / 'test.npz'} has 8" in cli_error(
+        capsys
+    )
 
-    assert main(["calibrate", "--embeddings", str(cli_files / "cohort.npz"), "--asnorm-top-k", "2",
-                 "--mean", str(cli_files / "mean_nan.npy"), "--out", str(cli_files / "c.json")]) == 2
+    assert (
+        main(
+            [
+                "calibrate",
+                "--embeddings",
+                str(cli_files / "cohort.npz"),
+                "--asnorm-top-k",
+                "2",
+                "--mean",
+                str(cli_files / "mean_nan.npy"),
+                "--out",
+                str(cli_files / "c.json"),
+            ]
+        )
+        == 2
+    )
     assert f"{cli_files / 'mean_nan.npy'}: NaN" in cli_error(capsys)
     assert not (cli_files / "s.tsv").exists() and not (cli_files / "c.json").exists()
 
@@ -220,13 +337,39 @@ def test_a_good_mean_still_scores(cli_files, capsys):
 
 
 def test_calibration_cohort_too_small_for_top_k(cli_files, capsys):
-    assert main(["calibrate", "--embeddings", str(cli_files / "cohort.npz"), "--asnorm-top-k", "9",
-                 "--out", str(cli_files / "c.json")]) == 2
+    assert (
+        main(
+            [
+                "calibrate",
+                "--embeddings",
+                str(cli_files / "cohort.npz"),
+                "--asnorm-top-k",
+                "9",
+                "--out",
+                str(cli_files / "c.json"),
+            ]
+        )
+        == 2
+    )
     err = cli_error(capsys)
     assert "10 cohort speakers are too few for --asnorm-top-k 9" in err
     assert "use --asnorm-top-k 8 or less" in err
-    assert main(["calibrate", "--embeddings", str(cli_files / "cohort.npz"), "--asnorm-top-k", "8", "--pairs", "200",
-                 "--out", str(cli_files / "c.json")]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--embeddings",
+                str(cli_files / "cohort.npz"),
+                "--asnorm-top-k",
+                "8",
+                "--pairs",
+                "200",
+                "--out",
+                str(cli_files / "c.json"),
+            ]
+        )
+        == 0
+    )
 
 
 def test_score_cli_names_the_line_of_an_unknown_id_and_a_mixed_list(tmp_path, capsys):

@@ -28,8 +28,9 @@ def test_plots_and_report(tmp_path):
 
 def test_writers(tmp_path):
     trials = Trials(np.array(["a", "b"], object), np.array(["c", "d"], object), np.array([1, -1], np.int8), "t")
-    path = write_scores_tsv(tmp_path / "s.tsv", trials, {"cosine": np.array([0.5, 0.25]),
-                                                         "asnorm": np.array([3.0, -1.5])})
+    path = write_scores_tsv(
+        tmp_path / "s.tsv", trials, {"cosine": np.array([0.5, 0.25]), "asnorm": np.array([3.0, -1.5])}
+    )
     assert path.read_text() == "enroll\ttest\tscore\tlabel\na\tc\t3\t1\nb\td\t-1.5\t\n"
     write_metrics_json(tmp_path / "m.json", {"t": {"eer": 1.0, "min_dcf_0.01_threshold": float("inf")}})
     assert json.loads((tmp_path / "m.json").read_text()) == {"t": {"eer": 1.0, "min_dcf_0.01_threshold": None}}

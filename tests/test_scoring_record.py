@@ -32,8 +32,10 @@ EXPECTED = {
         ("asnorm", None): "this model stores no decision threshold for asnorm scores",
         ("asnorm", 0.5): "far=0.5 needs the non-target asnorm score distribution",
         ("calibrated", None): (0.04092832082748618, "the model's stored threshold"),
-        ("calibrated", 0.5): (0.6931471805599453, "log(1/far) for calibrated LLRs: guarantees FAR <= 0.5 "
-                                                  "(an upper bound)"),
+        ("calibrated", 0.5): (
+            0.6931471805599453,
+            "log(1/far) for calibrated LLRs: guarantees FAR <= 0.5 (an upper bound)",
+        ),
     },
 }
 
@@ -55,8 +57,9 @@ def test_a_model_saved_before_the_record_decides_as_it_did(name):
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_the_stored_form_round_trips(name):
     stored = json.loads((DATA / name / "config.json").read_text())
-    record = EvaluationRecord.from_dict(stored["evaluation"], threshold=stored["threshold"],
-                                        calibration=stored["calibration"])
+    record = EvaluationRecord.from_dict(
+        stored["evaluation"], threshold=stored["threshold"], calibration=stored["calibration"]
+    )
     assert record.final_stage == "calibrated" and record.threshold_scale == "calibrated"  # legacy spelling read
     again = EvaluationRecord.from_dict(record.to_dict(), threshold=record.threshold, calibration=record.calibration)
     assert again == record
@@ -76,8 +79,9 @@ def test_an_unevaluated_model_has_an_empty_record():
 def test_scales_are_one_literal_and_bad_ones_are_named():
     assert SCALES == ("cosine", "asnorm", "calibrated")
     assert as_scale("calibrated_llr") == "calibrated"
-    with pytest.raises(ValueError, match="evaluation threshold_scale must be one of cosine, asnorm, calibrated, "
-                                         "got 'llr'"):
+    with pytest.raises(
+        ValueError, match="evaluation threshold_scale must be one of cosine, asnorm, calibrated, got 'llr'"
+    ):
         EvaluationRecord.from_dict({"threshold_scale": "llr"})
 
 

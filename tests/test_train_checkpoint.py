@@ -46,8 +46,9 @@ def test_a_damaged_checkpoint_is_named_with_what_to_do(tiny_stage_run, tiny_stag
     newest = done[-1]
     with open(newest / "model.safetensors", "r+b") as f:
         f.truncate(100)
-    rc, err = run_train_py(["--config", str(tiny_stage), "--output-dir", str(run), "--set", "stage.keep_best=2"],
-                           capsys)
+    rc, err = run_train_py(
+        ["--config", str(tiny_stage), "--output-dir", str(run), "--set", "stage.keep_best=2"], capsys
+    )
     assert rc == 2 and "Traceback" not in err, err
     line = err.strip().splitlines()[-1]
     assert f"checkpoint {newest} cannot be loaded (SafetensorError" in line
@@ -88,11 +89,14 @@ def test_a_crafted_pickle_in_any_checkpoint_file_is_refused_not_run(tiny_stage_r
         (run / "COMPLETE").unlink()
         marker = tmp_path / name / "ran"
         torch.save(_Payload(marker), run / "checkpoints" / newest.name / name)
-        rc, err = run_train_py(["--config", str(tiny_stage), "--output-dir", str(run), "--set", "stage.keep_best=2"],
-                               capsys)
+        rc, err = run_train_py(
+            ["--config", str(tiny_stage), "--output-dir", str(run), "--set", "stage.keep_best=2"], capsys
+        )
         assert not marker.exists(), f"{name}: the pickle ran"
         assert rc == 2 and "Traceback" not in err and f"checkpoint {run / 'checkpoints' / newest.name}" in err, (
-            name, err[-800:])
+            name,
+            err[-800:],
+        )
 
 
 def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_tmp(tiny_stage, tmp_path, capsys, monkeypatch):
@@ -109,8 +113,10 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_tmp(tiny_stag
         if len(calls) > 2:  # the first checkpoint (model and head) fits, the second does not
             with open(filename, "wb") as f:
                 f.write(b"\0" * 100)  # half written
-            raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
-                                  '"No space left on device" })')
+            raise SafetensorError(
+                "Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
+                '"No space left on device" })'
+            )
         return real(tensors, filename, metadata=metadata)
 
     monkeypatch.setattr(accelerate_other, "safe_save_file", full_disk)

@@ -42,8 +42,7 @@ def test_speed_fields_default_and_parse(tmp_path, monkeypatch):
     st = cfg.stage  # precision and accumulation default to accelerate's configuration: "no" and 1 without one
     assert st.compile is False and st.attention == "sdpa" and st.mixed_precision == "auto" and st.grad_accum is None
     assert (accelerate_settings(cfg).stage.mixed_precision, accelerate_settings(cfg).stage.grad_accum) == ("no", 1)
-    st = load_config(None, ["stage.compile=true", "stage.attention=eager",
-                            "stage.mixed_precision=bf16"]).stage
+    st = load_config(None, ["stage.compile=true", "stage.attention=eager", "stage.mixed_precision=bf16"]).stage
     assert st.compile is True and st.attention == "eager" and st.mixed_precision == "bf16"
     (tmp_path / "s.yaml").write_text("stage:\n  compile: true\n  attention: sdpa\n")
     assert load_config(tmp_path / "s.yaml").stage.compile is True
@@ -55,14 +54,17 @@ def test_speed_fields_default_and_parse(tmp_path, monkeypatch):
             load_config(path)
 
 
-@pytest.mark.parametrize("override,message", [
-    ("stage.attention=flash", "stage.attention: 'flash' is not one of sdpa, eager (did you mean 'sdpa'?)"),
-    ("stage.attention=1", "stage.attention: expected str"),
-    ("stage.compile=yes please", "stage.compile: expected true or false"),
-    ("stage.compile=1", "stage.compile: expected true or false"),
-    ("stage.mixed_precision=bf61", "stage.mixed_precision: 'bf61' is not one of auto, no, bf16, fp16, fp8"),
-    ("stage.compiled=true", "unknown config key 'stage.compiled' (did you mean 'compile'?)"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("stage.attention=flash", "stage.attention: 'flash' is not one of sdpa, eager (did you mean 'sdpa'?)"),
+        ("stage.attention=1", "stage.attention: expected str"),
+        ("stage.compile=yes please", "stage.compile: expected true or false"),
+        ("stage.compile=1", "stage.compile: expected true or false"),
+        ("stage.mixed_precision=bf61", "stage.mixed_precision: 'bf61' is not one of auto, no, bf16, fp16, fp8"),
+        ("stage.compiled=true", "unknown config key 'stage.compiled' (did you mean 'compile'?)"),
+    ],
+)
 def test_bad_speed_values_name_the_key(override, message):
     with pytest.raises(ConfigError) as e:
         load_config(None, [override])
@@ -71,10 +73,21 @@ def test_bad_speed_values_name_the_key(override, message):
 
 @pytest.mark.integration
 def test_train_py_rejects_a_bad_attention_before_training(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config",
-                        str(ROOT / "configs/synthetic/stage1_frozen.yaml"),
-                        "--output-dir", str(tmp_path / "run"), "--set", "stage.attention=flash"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "--config",
+            str(ROOT / "configs/synthetic/stage1_frozen.yaml"),
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--set",
+            "stage.attention=flash",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2 and "stage.attention: 'flash' is not one of sdpa, eager" in r.stderr
     assert not (tmp_path / "run").exists()
 
@@ -135,8 +148,11 @@ def test_every_frontend_traces_as_one_graph(name):
     frozen, trained = tiny_model(name), tiny_model(name)
     trained.configure_training(trainable="all")
     wav, mask = padded_batch([4000, 2500])
-    for module, args in ((frozen.frontend.train(), (wav,)), (trained.frontend.train(), (wav,)),
-                         (frozen.eval(), (wav, mask))):
+    for module, args in (
+        (frozen.frontend.train(), (wav,)),
+        (trained.frontend.train(), (wav,)),
+        (frozen.eval(), (wav, mask)),
+    ):
         torch._dynamo.reset()
         explained = torch._dynamo.explain(module)(*args)
         assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
@@ -178,8 +194,9 @@ def test_compiled_frontend_takes_layerdrop_and_masks_as_inputs(name):
         (a, ga), (b, gb) = outputs
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
         for n in trained:  # eager: no gradient for a skipped layer; compiled: a zero one
-            torch.testing.assert_close(gb[n], ga[n] if ga[n] is not None else torch.zeros_like(gb[n]),
-                                       rtol=1e-4, atol=1e-6, msg=n)
+            torch.testing.assert_close(
+                gb[n], ga[n] if ga[n] is not None else torch.zeros_like(gb[n]), rtol=1e-4, atol=1e-6, msg=n
+            )
         if step == 0:
             graphs = counters["stats"]["unique_graphs"]
     assert len(set(kept)) > 1  # the draws changed between steps...
@@ -198,8 +215,7 @@ def test_stage_compile_mode_reaches_every_compiled_part(monkeypatch):
     seen = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: seen.append((type(self).__name__, kw)))
     loop.compile_for_training(tiny_model(), SubCenterAAMSoftmax(16, 10), backend="inductor", mode="reduce-overhead")
-    assert [name for name, _ in seen] == ["WavLMFrontend", "LayerAttentivePooling", "ASTP",
-                                          "SubCenterAAMSoftmax"]
+    assert [name for name, _ in seen] == ["WavLMFrontend", "LayerAttentivePooling", "ASTP", "SubCenterAAMSoftmax"]
     assert all(kw["mode"] == "reduce-overhead" for _, kw in seen)
     field = StageConfig.__dataclass_fields__["compile_mode"]
     assert field.metadata["choices"] == runtime.COMPILE_MODES
@@ -219,18 +235,38 @@ def test_stage_compile_mode_reaches_every_compiled_part(monkeypatch):
 def corpus(tmp_path_factory):
     from mlsv.data.synthetic import make_synthetic_corpus
 
-    return make_synthetic_corpus(tmp_path_factory.mktemp("corpus"), n_speakers=6, utts_per_speaker=4,
-                                 n_validation_speakers=3, n_test_speakers=2, max_seconds=2.0, seed=3)
+    return make_synthetic_corpus(
+        tmp_path_factory.mktemp("corpus"),
+        n_speakers=6,
+        utts_per_speaker=4,
+        n_validation_speakers=3,
+        n_test_speakers=2,
+        max_seconds=2.0,
+        seed=3,
+    )
 
 
 def _sets(corpus, **extra) -> list[str]:
     sets = {
-        "data.train_manifest": corpus.train, "data.validation_manifest": corpus.validation,
-        "data.validation_trials": corpus.validation_trials, "data.batch_size": 6, "data.crop_seconds": 0.5,
-        "data.num_workers": 0, "augment.probability": 0.0, "model.encoder": "tiny-wavlm",
-        "model.random_init": True, "model.lap_heads": 4, "model.lap_channels": 32, "model.embedding_size": 16,
-        "stage.epochs": 1, "stage.steps_per_epoch": 2, "stage.mean_utterances": 8, "stage.attention": "eager",
-        "log.progress": False, "optim.lr": 0.01, "optim.min_lr": 0.001,
+        "data.train_manifest": corpus.train,
+        "data.validation_manifest": corpus.validation,
+        "data.validation_trials": corpus.validation_trials,
+        "data.batch_size": 6,
+        "data.crop_seconds": 0.5,
+        "data.num_workers": 0,
+        "augment.probability": 0.0,
+        "model.encoder": "tiny-wavlm",
+        "model.random_init": True,
+        "model.lap_heads": 4,
+        "model.lap_channels": 32,
+        "model.embedding_size": 16,
+        "stage.epochs": 1,
+        "stage.steps_per_epoch": 2,
+        "stage.mean_utterances": 8,
+        "stage.attention": "eager",
+        "log.progress": False,
+        "optim.lr": 0.01,
+        "optim.min_lr": 0.001,
     }
     sets.update(extra)
     return [f"{k}={v}" for k, v in sets.items()]
@@ -355,8 +391,12 @@ def test_inductor_compiled_stage_matches_eager(corpus, tmp_path):
     assert {"aggregation.proj_out.weight", "backend.embedding.weight", "aggregation.excite_bias"} <= compared
     for k in compared:
         torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
-    torch.testing.assert_close(load_file(str(out / "head.safetensors"))["weight"],
-                               load_file(str(plain / "head.safetensors"))["weight"], rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(
+        load_file(str(out / "head.safetensors"))["weight"],
+        load_file(str(plain / "head.safetensors"))["weight"],
+        rtol=1e-3,
+        atol=1e-4,
+    )
 
 
 # -- the optimiser ---------------------------------------------------------------------------------------

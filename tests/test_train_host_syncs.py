@@ -27,9 +27,17 @@ from mlsv.train.ema import WeightAverage
 
 @pytest.fixture(scope="module")
 def augmenter_config(tmp_path_factory):
-    corpus = make_synthetic_corpus(tmp_path_factory.mktemp("syn"), n_speakers=2, utts_per_speaker=2,
-                                   n_validation_speakers=0, n_test_speakers=0, bank_files=2, bank_seconds=4.0,
-                                   n_rirs=4, max_seconds=2.0)
+    corpus = make_synthetic_corpus(
+        tmp_path_factory.mktemp("syn"),
+        n_speakers=2,
+        utts_per_speaker=2,
+        n_validation_speakers=0,
+        n_test_speakers=0,
+        bank_files=2,
+        bank_seconds=4.0,
+        n_rirs=4,
+        max_seconds=2.0,
+    )
     return AugmentConfig(noise_manifest=str(corpus.noise), rir_manifest=str(corpus.rirs), probability=1.0)
 
 
@@ -46,8 +54,16 @@ def test_counter_sees_each_kind_of_host_wait():
         x.repeat_interleave(torch.tensor([1, 2, 1, 1, 1, 1]))
         x.tolist()
     kinds = sorted(k.split(" at ")[0] for k in syncs.calls)
-    assert kinds == ["__bool__", "__getitem__", "__setitem__", "item", "nonzero", "repeat_interleave", "tensor",
-                     "tolist"]
+    assert kinds == [
+        "__bool__",
+        "__getitem__",
+        "__setitem__",
+        "item",
+        "nonzero",
+        "repeat_interleave",
+        "tensor",
+        "tolist",
+    ]
     assert all(__file__ in k for k in syncs.calls)  # named by the caller's line
     assert y.shape == ()
 
@@ -57,7 +73,7 @@ def _stage(trainable: str, cpu: bool = True, fused: bool = True, mixed_precision
 
     acc = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
     if mixed_precision == "fp16" and acc.scaler is None:  # accelerate makes its loss scaler on GPUs only
-        acc.scaler = torch.amp.GradScaler(acc.device.type, init_scale=2.0 ** 8)
+        acc.scaler = torch.amp.GradScaler(acc.device.type, init_scale=2.0**8)
     model = tiny_model(lap_dropout=0.1)
     model.configure_training(trainable=trainable, **frontend)
     head = SubCenterAAMSoftmax(model.config.embedding_size, 7, sub_centers=2, top_k=3, penalty=0.06)
@@ -70,10 +86,13 @@ def _stage(trainable: str, cpu: bool = True, fused: bool = True, mixed_precision
     return acc, model.train(), head.train(), optimizer, scheduler
 
 
-@pytest.mark.parametrize("trainable,frontend", [
-    ("none", {}),  # stage 1: frozen encoder
-    ("all", {"layerdrop": 0.3, "mask_time_prob": 0.2}),  # stage 2, with the encoder's own regularisers
-])
+@pytest.mark.parametrize(
+    "trainable,frontend",
+    [
+        ("none", {}),  # stage 1: frozen encoder
+        ("all", {"layerdrop": 0.3, "mask_time_prob": 0.2}),  # stage 2, with the encoder's own regularisers
+    ],
+)
 def test_training_batch_never_waits_for_the_device(augmenter_config, trainable, frontend):
     acc, model, head, optimizer, scheduler = _stage(trainable, **frontend)
     augmenter = BatchAugmenter(augmenter_config, sample_rate=16000, device=acc.device)
@@ -83,8 +102,9 @@ def test_training_batch_never_waits_for_the_device(augmenter_config, trainable, 
     for step in range(3):
         batch = {"waveforms": torch.randn(6, 8000) * 0.1, "labels": torch.arange(6) % 7}
         with sync_counter.HostSyncCounter() as syncs:
-            loss = loop.train_batch(acc, model, head, optimizer, scheduler, batch, stats, augmenter=augmenter,
-                                    rng=rng, max_grad_norm=5.0)
+            loss = loop.train_batch(
+                acc, model, head, optimizer, scheduler, batch, stats, augmenter=augmenter, rng=rng, max_grad_norm=5.0
+            )
             ema.update(acc.unwrap_model(model))
         assert not syncs.calls, f"step {step}: {syncs.calls}"
     assert torch.isfinite(loss) and stats[0] > 0 and 0 <= stats[1] <= 18
@@ -142,7 +162,7 @@ def test_weight_average_matches_torch_averaged_model():
             torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7, msg=k)
     assert int(a["n_averaged"]) == 4
     tracked = [k for k in a if k.endswith("num_batches_tracked")]
-    assert tracked and all(torch.equal(a[k], model.state_dict()[k[len("module."):]]) for k in tracked)
+    assert tracked and all(torch.equal(a[k], model.state_dict()[k[len("module.") :]]) for k in tracked)
     resumed = WeightAverage(model, 0.8)  # a checkpoint of torch's AveragedModel loads, and goes on averaging
     resumed.load_state_dict(b)
     assert resumed._updates == 4
@@ -187,8 +207,9 @@ def test_gpu_training_batch_never_waits_for_the_device(augmenter_config):
         if step:
             torch.cuda.set_sync_debug_mode("error")
         try:
-            loop.train_batch(acc, model, head, optimizer, scheduler, batch, stats,
-                             augmenter=augmenter, rng=rng, max_grad_norm=5.0)
+            loop.train_batch(
+                acc, model, head, optimizer, scheduler, batch, stats, augmenter=augmenter, rng=rng, max_grad_norm=5.0
+            )
             ema.update(acc.unwrap_model(model))
         finally:
             torch.cuda.set_sync_debug_mode(0)

@@ -36,18 +36,45 @@ def _train(train_corpus, out, **extra):
 @pytest.mark.integration
 def test_three_stages_loss_falls_and_validation_beats_chance(train_corpus, tmp_path):
     # a constant margin in stage 1 here, so that the loss curve is comparable from the first epoch on
-    s1 = _train(train_corpus, tmp_path / "s1", **{"stage.epochs": 4, "stage.frontend_trainable": "none",
-                                                  "head.margin": 0.2, "head.margin_schedule": "constant",
-                                                  "log.trackers": "[csv,tensorboard]"})
+    s1 = _train(
+        train_corpus,
+        tmp_path / "s1",
+        **{
+            "stage.epochs": 4,
+            "stage.frontend_trainable": "none",
+            "head.margin": 0.2,
+            "head.margin_schedule": "constant",
+            "log.trackers": "[csv,tensorboard]",
+        },
+    )
     assert list(s1.rglob("events.out.tfevents*")), "the TensorBoard tracker wrote no events"
-    s2 = _train(train_corpus, tmp_path / "s2", **{"stage.epochs": 2, "stage.init_from": s1,
-                                                  "stage.frontend_trainable": "transformer",
-                                                  "data.speed_factors": "[1.0]", "head.margin_schedule": "constant",
-                                                  "optim.lr": 0.001})
-    s3 = _train(train_corpus, tmp_path / "s3", **{"stage.epochs": 1, "stage.init_from": s2, "data.crop_seconds": 2.0,
-                                                  "data.speed_factors": "[1.0]", "stage.grad_accum": 2,
-                                                  "stage.frontend_trainable": "transformer", "head.margin": 0.5,
-                                                  "head.top_k": 0, "head.margin_schedule": "constant"})
+    s2 = _train(
+        train_corpus,
+        tmp_path / "s2",
+        **{
+            "stage.epochs": 2,
+            "stage.init_from": s1,
+            "stage.frontend_trainable": "transformer",
+            "data.speed_factors": "[1.0]",
+            "head.margin_schedule": "constant",
+            "optim.lr": 0.001,
+        },
+    )
+    s3 = _train(
+        train_corpus,
+        tmp_path / "s3",
+        **{
+            "stage.epochs": 1,
+            "stage.init_from": s2,
+            "data.crop_seconds": 2.0,
+            "data.speed_factors": "[1.0]",
+            "stage.grad_accum": 2,
+            "stage.frontend_trainable": "transformer",
+            "head.margin": 0.5,
+            "head.top_k": 0,
+            "head.margin_schedule": "constant",
+        },
+    )
     rows = metrics_rows(s1)
     losses = [float(r["loss"]) for r in rows]
     assert losses[-1] < losses[0]
@@ -73,23 +100,31 @@ def test_resume_after_kill_gives_the_same_weights(train_corpus, tmp_path):
     labels = speaker_labels(train_corpus.train)
     cfg = load_config(None, stage_overrides(train_corpus))
     for epoch in (0, 1):  # a file in each epoch's first batch fails (before any checkpoint), one in its last
-        crops = TrainCrops(load_manifest(train_corpus.train), labels, cfg.data, epoch=epoch, seed=cfg.stage.seed,
-                           batch_size=8)
+        crops = TrainCrops(
+            load_manifest(train_corpus.train), labels, cfg.data, epoch=epoch, seed=cfg.stage.seed, batch_size=8
+        )
         for i in crops.worker_items(0, 1)[[0, -1]]:
             (tmp_path / f"broken{i}.wav").write_bytes(b"RIFF....garbage")
             rows[i] = {**rows[i], "path": str(tmp_path / f"broken{i}.wav")}
     manifest = write_manifest(rows, tmp_path / "train.jsonl")
-    extra = {"stage.epochs": 2, "stage.checkpoint_every_steps": 1, "augment.where": "device",
-             "augment.probability": 1.0, "data.train_manifest": manifest}
+    extra = {
+        "stage.epochs": 2,
+        "stage.checkpoint_every_steps": 1,
+        "augment.where": "device",
+        "augment.probability": 1.0,
+        "data.train_manifest": manifest,
+    }
     ref = _train(train_corpus, tmp_path / "ref", **extra)
     # the same stage in a subprocess, killed (SIGKILL) once its first checkpoint exists, then rerun
     out = tmp_path / "killed"
     sets = stage_overrides(train_corpus, **extra)
     # the same thread count as this process: the runs are compared to 1e-6, and float sums split over
     # other thread counts round differently (a test that changed this process's count once broke it)
-    code = ("import sys, torch\nfrom mlsv.config import load_config\nfrom mlsv.train.loop import run_stage\n"
-            f"torch.set_num_threads({torch.get_num_threads()})\n"
-            f"run_stage(load_config(None, {sets!r}), {str(out)!r})\n")
+    code = (
+        "import sys, torch\nfrom mlsv.config import load_config\nfrom mlsv.train.loop import run_stage\n"
+        f"torch.set_num_threads({torch.get_num_threads()})\n"
+        f"run_stage(load_config(None, {sets!r}), {str(out)!r})\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path)
     deadline = time.time() + 240
     while time.time() < deadline and not ckpt.checkpoint_dirs(out / "checkpoints"):
@@ -103,8 +138,12 @@ def test_resume_after_kill_gives_the_same_weights(train_corpus, tmp_path):
     b = load_file(str(out / "model" / "model.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
-    torch.testing.assert_close(load_file(str(ref / "head.safetensors"))["weight"],
-                               load_file(str(out / "head.safetensors"))["weight"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        load_file(str(ref / "head.safetensors"))["weight"],
+        load_file(str(out / "head.safetensors"))["weight"],
+        rtol=0,
+        atol=1e-6,
+    )
     # the resumed epoch's metrics and data audit cover the whole epoch, the batches before the kill too
     for r, o in zip(metrics_rows(ref), metrics_rows(out), strict=True):
         assert (r["epoch"], r["step"]) == (o["epoch"], o["step"])
@@ -129,8 +168,14 @@ def test_a_trained_model_is_fine_tuned_on_other_speakers_with_a_new_head(train_c
     source.config.evaluation = {"final_stage": "cosine", "metrics": {"list": {"eer": 1.0}}}
     source.set_cohort(torch.randn(5, 16))
     source.save_pretrained(tmp_path / "source")
-    extra = {"stage.epochs": 1, "stage.init_model": tmp_path / "source", "data.train_manifest": train_corpus.validation,
-             "augment.probability": 0.0, "data.validation_manifest": "", "data.validation_trials": ""}
+    extra = {
+        "stage.epochs": 1,
+        "stage.init_model": tmp_path / "source",
+        "data.train_manifest": train_corpus.validation,
+        "augment.probability": 0.0,
+        "data.validation_manifest": "",
+        "data.validation_trials": "",
+    }
     warm = _train(train_corpus, tmp_path / "warm", **extra, **{"optim.backend_lr_scale": 0.0})
     labels = json.loads((warm / "labels.json").read_text())
     assert sorted(labels) == sorted(speaker_labels(train_corpus.validation)) and len(labels) == 4
@@ -159,16 +204,28 @@ def test_two_processes_train_on_different_data_and_agree(train_corpus, tmp_path)
     gradient for every trainable parameter in every step, which a skipped layer does not get."""
     out = tmp_path / "ddp"
     script = tmp_path / "run.py"
-    stage2 = {"stage.epochs": 1, "stage.frontend_trainable": "transformer", "stage.layerdrop": 0.5,
-              "stage.mask_time_prob": 0.2, "data.speed_factors": "[1.0]"}
+    stage2 = {
+        "stage.epochs": 1,
+        "stage.frontend_trainable": "transformer",
+        "stage.layerdrop": 0.5,
+        "stage.mask_time_prob": 0.2,
+        "data.speed_factors": "[1.0]",
+    }
     script.write_text(
         "import os\nfrom accelerate import Accelerator\nfrom mlsv.config import load_config\n"
         "from mlsv.train.loop import run_stage\n"
         f"cfg = load_config(None, {stage_overrides(train_corpus, **stage2)!r})\n"
-        f"run_stage(cfg, {str(out)!r}, accelerator=Accelerator(cpu=True))\n")
+        f"run_stage(cfg, {str(out)!r}, accelerator=Accelerator(cpu=True))\n"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     a0 = json.loads((out / "data_audit" / "process_0.json").read_text())["1"]
     a1 = json.loads((out / "data_audit" / "process_1.json").read_text())["1"]
@@ -214,10 +271,19 @@ def test_bad_files_are_skipped_in_training_validation_and_the_training_mean(trai
     validation set and the training mean are embedded (validation trials naming them are left out), as
     are validation files too short for the encoder."""
     train = _broken_copy(train_corpus.train, tmp_path, "train.jsonl")
-    validation = _broken_copy(train_corpus.validation, tmp_path, "validation.jsonl", every=7,
-                              kinds=("nan.wav", "broken.wav", "short.wav"))
-    out = _train(train_corpus, tmp_path / "run", **{"stage.epochs": 1, "data.train_manifest": train,
-                                                    "data.validation_manifest": validation, "stage.mean_utterances": 0})
+    validation = _broken_copy(
+        train_corpus.validation, tmp_path, "validation.jsonl", every=7, kinds=("nan.wav", "broken.wav", "short.wav")
+    )
+    out = _train(
+        train_corpus,
+        tmp_path / "run",
+        **{
+            "stage.epochs": 1,
+            "data.train_manifest": train,
+            "data.validation_manifest": validation,
+            "stage.mean_utterances": 0,
+        },
+    )
     row = metrics_rows(out)[0]
     assert int(row["skipped_files"]) > 0 and float(row["validation_eer"]) >= 0
     assert "trials name a skipped file and are left out" in caplog.text
@@ -239,11 +305,20 @@ def test_a_stage_trains_from_streamed_shards_to_the_end(train_corpus, tmp_path):
 
     write_shards(train_corpus.train, tmp_path / "shards", rows_per_shard=16, progress=False)
     with pytest.raises(ConfigError, match=r"data.streaming=true needs stage.steps_per_epoch > 0"):
-        _train(train_corpus, tmp_path / "nosteps", **{"data.train_manifest": tmp_path / "shards",
-                                                      "data.streaming": True})
-    out = _train(train_corpus, tmp_path / "run", **{"data.train_manifest": tmp_path / "shards", "data.streaming": True,
-                                                    "stage.steps_per_epoch": 2, "stage.epochs": 1,
-                                                    "stage.mean_utterances": 10})
+        _train(
+            train_corpus, tmp_path / "nosteps", **{"data.train_manifest": tmp_path / "shards", "data.streaming": True}
+        )
+    out = _train(
+        train_corpus,
+        tmp_path / "run",
+        **{
+            "data.train_manifest": tmp_path / "shards",
+            "data.streaming": True,
+            "stage.steps_per_epoch": 2,
+            "stage.epochs": 1,
+            "stage.mean_utterances": 10,
+        },
+    )
     subset = out / "mean_utterances.parquet"
     assert len([row for _, row in iter_rows(subset)]) == 10 and all(row["audio"] for _, row in iter_rows(subset))
     mean = MLSVModel.from_pretrained(out / "model").config.training_mean
@@ -333,22 +408,43 @@ def test_an_encoder_that_cannot_load_names_model_encoder(tiny_stage, tmp_path, c
     def offline(name, **kwargs):  # what transformers raises for an unknown hub id without a connection
         raise OSError(f"We couldn't connect to 'https://huggingface.co' to load the files of {name}.\nCheck ...")
 
-    rc, err = run_train_py(["--config", str(tiny_stage), "--output-dir", str(tmp_path / "x"),
-                            "--set", "model.encoder=nonexistent-encoder"], capsys)  # at once, no hub retries
+    rc, err = run_train_py(
+        [
+            "--config",
+            str(tiny_stage),
+            "--output-dir",
+            str(tmp_path / "x"),
+            "--set",
+            "model.encoder=nonexistent-encoder",
+        ],
+        capsys,
+    )  # at once, no hub retries
     assert rc == 2 and err.count("\n") == 1, err
-    assert err.startswith("train.py: error: model.encoder 'nonexistent-encoder': model folder not found: "
-                          "nonexistent-encoder (a hub model id is namespace/name); give a hub id"), err
+    assert err.startswith(
+        "train.py: error: model.encoder 'nonexistent-encoder': model folder not found: "
+        "nonexistent-encoder (a hub model id is namespace/name); give a hub id"
+    ), err
     monkeypatch.setattr(mlsv.train.loop, "_model_source", lambda src, *a, **kw: src)  # a hub id the hub then refuses
     monkeypatch.setattr(MLSVModel, "from_encoder", offline)
-    rc, err = run_train_py(["--config", str(tiny_stage), "--output-dir", str(tmp_path / "y"),
-                            "--set", "model.encoder=someone/missing-encoder"], capsys)
+    rc, err = run_train_py(
+        [
+            "--config",
+            str(tiny_stage),
+            "--output-dir",
+            str(tmp_path / "y"),
+            "--set",
+            "model.encoder=someone/missing-encoder",
+        ],
+        capsys,
+    )
     assert rc == 2 and err.count("\n") == 1, err
     assert err.startswith("train.py: error: model.encoder 'someone/missing-encoder': cannot load it (We couldn't")
 
 
 def test_a_crop_too_short_for_the_encoder_is_named(tiny_stage, tmp_path, capsys):
-    rc, err = run_train_py(["--config", str(tiny_stage), "--output-dir", str(tmp_path / "x"),
-                            "--set", "data.crop_seconds=0.001"], capsys)
+    rc, err = run_train_py(
+        ["--config", str(tiny_stage), "--output-dir", str(tmp_path / "x"), "--set", "data.crop_seconds=0.001"], capsys
+    )
     assert rc == 2 and "data.crop_seconds 0.001 gives 16 samples" in err and "encoder's minimum of" in err, err
     assert not (tmp_path / "x" / "checkpoints").exists()
 
@@ -361,10 +457,25 @@ def test_strict_training_in_a_worker_reports_the_bad_file(tiny_stage, tmp_path, 
         sf.write(tmp_path / f"nan{i}.wav", np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
         rows.append({"id": f"n{i}", "path": f"nan{i}.wav", "speaker": f"s{i}", "duration": 1.0, "sample_rate": 16000})
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    rc, err = run_train_py(["--config", str(tiny_stage), "--output-dir", str(tmp_path / "x"),
-                            "--set", f"data.train_manifest={tmp_path / 'train.jsonl'}", "--set", "data.strict=true",
-                            "--set", "data.num_workers=1", "--set", "stage.steps_per_epoch=0",
-                            "--set", "data.batch_size=1"], capsys)
+    rc, err = run_train_py(
+        [
+            "--config",
+            str(tiny_stage),
+            "--output-dir",
+            str(tmp_path / "x"),
+            "--set",
+            f"data.train_manifest={tmp_path / 'train.jsonl'}",
+            "--set",
+            "data.strict=true",
+            "--set",
+            "data.num_workers=1",
+            "--set",
+            "stage.steps_per_epoch=0",
+            "--set",
+            "data.batch_size=1",
+        ],
+        capsys,
+    )
     assert rc == 2 and "Caught" not in err and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].endswith(".wav: NaN or infinite samples")
 
@@ -379,9 +490,22 @@ def test_two_trainings_on_one_folder_one_is_refused_naming_the_other(tiny_stage,
     run = tmp_path / "run"
 
     def start(lr):
-        return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--config", str(tiny_stage), "--output-dir",
-                                 str(run), "--set", f"optim.lr={lr}"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "train.py"),
+                "--config",
+                str(tiny_stage),
+                "--output-dir",
+                str(run),
+                "--set",
+                f"optim.lr={lr}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+        )
 
     first = start(0.001)
     time.sleep(0.3)
@@ -395,7 +519,8 @@ def test_two_trainings_on_one_folder_one_is_refused_naming_the_other(tiny_stage,
     winner = next(lr for lr, (rc, _, _) in results.items() if rc == 0)
     loser_err = next(err for rc, err, _ in results.values() if rc == 2)
     line = loser_err.strip().splitlines()[-1]
-    assert "Traceback" not in loser_err and line.startswith(f"train.py: error: {run} is being written by training: "
-                                                            f"process {results[winner][2]}"), loser_err[-1500:]
+    assert "Traceback" not in loser_err and line.startswith(
+        f"train.py: error: {run} is being written by training: process {results[winner][2]}"
+    ), loser_err[-1500:]
     assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"] == winner
     assert (run / "COMPLETE").is_file() and not (run / ".mlsv.lock").exists()

@@ -27,8 +27,11 @@ def test_stage_settings_default_to_accelerate_s_and_disagreements_name_both(monk
     monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")
     st = accelerate_settings(load_config()).stage
     assert (st.mixed_precision, st.grad_accum) == ("bf16", 4)
-    with pytest.raises(ConfigError, match=r"stage.mixed_precision is 'fp16' but accelerate is configured with "
-                                          r"'bf16' \(accelerate config / ACCELERATE_MIXED_PRECISION\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"stage.mixed_precision is 'fp16' but accelerate is configured with "
+        r"'bf16' \(accelerate config / ACCELERATE_MIXED_PRECISION\)",
+    ):
         accelerate_settings(load_config(None, ["stage.mixed_precision=fp16"]))
     with pytest.raises(ConfigError, match=r"stage.grad_accum is 2 but accelerate is configured with 4"):
         accelerate_settings(load_config(None, ["stage.grad_accum=2"]))
@@ -42,14 +45,20 @@ def test_a_stage_under_accelerate_s_accumulation_steps_and_records_it(tmp_path, 
     from data_helpers import tiny_corpus
 
     manifest = tiny_corpus(tmp_path / "corpus", speakers=4, utts=4)
-    base = {"data": {"train_manifest": str(manifest), "crop_seconds": 0.5, "batch_size": 4, "num_workers": 0,
-                     "speed_factors": [1.0]},
-            "augment": {"probability": 0},
-            "model": {"encoder": "tiny-wavlm", "random_init": True, "lap_heads": 2, "lap_channels": 8,
-                      "embedding_size": 8},
-            "head": {"sub_centers": 1, "top_k": 0},
-            "stage": {"epochs": 1, "steps_per_epoch": 0, "mean_utterances": 4},
-            "log": {"progress": False}}
+    base = {
+        "data": {
+            "train_manifest": str(manifest),
+            "crop_seconds": 0.5,
+            "batch_size": 4,
+            "num_workers": 0,
+            "speed_factors": [1.0],
+        },
+        "augment": {"probability": 0},
+        "model": {"encoder": "tiny-wavlm", "random_init": True, "lap_heads": 2, "lap_channels": 8, "embedding_size": 8},
+        "head": {"sub_centers": 1, "top_k": 0},
+        "stage": {"epochs": 1, "steps_per_epoch": 0, "mean_utterances": 4},
+        "log": {"progress": False},
+    }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(base))
     monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "2")
     out = loop.run_stage(load_config(tmp_path / "s.yaml"), tmp_path / "run")

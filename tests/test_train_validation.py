@@ -24,8 +24,13 @@ def test_chunked_validation_split_over_processes_equals_one_process(train_corpus
     model = tiny_model().eval()
 
     def table(process: int, processes: int):
-        loader = build_eval_loader(train_corpus.validation, batch_seconds=2.0, chunk_seconds=0.5, process_index=process,
-                                   num_processes=processes)
+        loader = build_eval_loader(
+            train_corpus.validation,
+            batch_seconds=2.0,
+            chunk_seconds=0.5,
+            process_index=process,
+            num_processes=processes,
+        )
         t = extract_embeddings(model, loader)
         return t.ids.tolist(), t.embeddings, t.durations
 
@@ -56,9 +61,19 @@ def test_a_non_finite_training_mean_names_the_utterances(train_corpus, tmp_path)
 
 
 def test_unknown_validation_ids_stop_before_training(small_corpus, tiny_stage, tmp_path, capsys):
-    rc, err = run_train_py(["--config", str(tiny_stage), "--output-dir", str(tmp_path / "x"),
-                            "--set", f"data.validation_manifest={small_corpus.validation}",
-                            "--set", f"data.validation_trials={small_corpus.test_trials}"], capsys)
+    rc, err = run_train_py(
+        [
+            "--config",
+            str(tiny_stage),
+            "--output-dir",
+            str(tmp_path / "x"),
+            "--set",
+            f"data.validation_manifest={small_corpus.validation}",
+            "--set",
+            f"data.validation_trials={small_corpus.test_trials}",
+        ],
+        capsys,
+    )
     assert rc == 2, err
     line = err.strip().splitlines()[-1]
     # no KeyError quotes
@@ -76,6 +91,11 @@ def test_validation_counts_only_skipped_files(small_corpus, tmp_path, caplog):
 
     data = load_config(None).data
     with pytest.raises(KeyError, match="ids are not in data.validation_manifest"):
-        validation_eer(tiny_model().eval(), str(small_corpus.validation), str(small_corpus.test_trials),
-                       Accelerator(cpu=True), data)
+        validation_eer(
+            tiny_model().eval(),
+            str(small_corpus.validation),
+            str(small_corpus.test_trials),
+            Accelerator(cpu=True),
+            data,
+        )
     assert "name a skipped file" not in caplog.text

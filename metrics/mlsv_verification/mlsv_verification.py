@@ -95,10 +95,12 @@ class MlsvVerification(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({
-                "predictions": datasets.Value("float64"),
-                "references": datasets.Value("int32"),
-            }),
+            features=datasets.Features(
+                {
+                    "predictions": datasets.Value("float64"),
+                    "references": datasets.Value("int32"),
+                }
+            ),
             reference_urls=["https://arxiv.org/abs/2512.22148"],
         )
 

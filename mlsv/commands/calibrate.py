@@ -27,23 +27,40 @@ cohort. Use the same cohort, mean and top-k when scoring (`mlsv score` warns oth
 def register(subparsers) -> None:
     from mlsv.scoring.calibration import FEATURES
 
-    p = subparsers.add_parser("calibrate", help="fit QMF score calibration on a cohort set",
-                              description=__doc__, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--embeddings", required=True, type=Path,
-                   help="cohort embeddings .npz with speakers and durations")
+    p = subparsers.add_parser(
+        "calibrate",
+        help="fit QMF score calibration on a cohort set",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--embeddings", required=True, type=Path, help="cohort embeddings .npz with speakers and durations")
     p.add_argument("--out", required=True, type=Path, help="calibration JSON")
     p.add_argument("--asnorm-top-k", type=int_at_least(2), default=600, help="AS-norm cohort size (default 600)")
     p.add_argument("--mean", type=Path, help="mean vector .npy (default: the cohort mean)")
     p.add_argument("--pairs", type=int_at_least(2), default=30000, help="number of training pairs (default 30000)")
     p.add_argument("--seed", type=int, default=7, help="pair sampling seed (default 7)")
-    p.add_argument("--features", nargs="+", default=list(FEATURES), choices=FEATURES, metavar="NAME",
-                   help=f"features to use (default all: {' '.join(FEATURES)})")
-    p.add_argument("--prior", type=prior, default=0.5,
-                   help="effective target prior of the training pairs; 0 means unweighted (default 0.5)")
+    p.add_argument(
+        "--features",
+        nargs="+",
+        default=list(FEATURES),
+        choices=FEATURES,
+        metavar="NAME",
+        help=f"features to use (default all: {' '.join(FEATURES)})",
+    )
+    p.add_argument(
+        "--prior",
+        type=prior,
+        default=0.5,
+        help="effective target prior of the training pairs; 0 means unweighted (default 0.5)",
+    )
     p.add_argument("--regularization", type=positive_float, default=1.0, help="logistic regression C (default 1)")
-    p.add_argument("--threshold", choices=("eer", "far", "bayes"), default="eer",
-                   help="stored decision threshold: EER point, a false-accept rate, or Bayes for --p-target")
+    p.add_argument(
+        "--threshold",
+        choices=("eer", "far", "bayes"),
+        default="eer",
+        help="stored decision threshold: EER point, a false-accept rate, or Bayes for --p-target",
+    )
     p.add_argument("--target-far", type=probability, default=0.01, help="false-accept rate for --threshold far")
     p.add_argument("--p-target", type=probability, default=0.01, help="target prior for --threshold bayes")
     p.add_argument("--device", default="cpu", help="torch device for the cohort products (default cpu)")
@@ -59,17 +76,30 @@ def run(args: argparse.Namespace) -> int:
     output_file(args.out)
     table = load_embeddings(args.embeddings)
     if table.speakers is None:
-        raise ValueError(f"{args.embeddings}: the cohort embeddings need speakers (embed a manifest with a "
-                         "speaker on every row)")
+        raise ValueError(
+            f"{args.embeddings}: the cohort embeddings need speakers (embed a manifest with a speaker on every row)"
+        )
     check_cohort_speakers(len(np.unique(table.speakers)), args.asnorm_top_k, args.embeddings)
     mean = load_mean(args.mean, table.embeddings.shape[1], args.embeddings) if args.mean else None
-    cal = fit_calibration(table, mean=mean, top_k=args.asnorm_top_k, n_pairs=args.pairs, seed=args.seed,
-                          features=args.features, prior=args.prior or None,
-                          regularization=args.regularization, threshold=args.threshold,
-                          target_far=args.target_far, p_target=args.p_target, device=args.device)
+    cal = fit_calibration(
+        table,
+        mean=mean,
+        top_k=args.asnorm_top_k,
+        n_pairs=args.pairs,
+        seed=args.seed,
+        features=args.features,
+        prior=args.prior or None,
+        regularization=args.regularization,
+        threshold=args.threshold,
+        target_far=args.target_far,
+        p_target=args.p_target,
+        device=args.device,
+    )
     cal.save(args.out)
     i = cal.info
-    print(f"calibration on {i['n_pairs']} pairs from {i['cohort_speakers']} speakers: "
-          f"AS-norm EER {i['train_asnorm_eer']:.3f}%, calibrated EER {i['train_eer']:.3f}%, "
-          f"Cllr {i['train_cllr']:.4f}; threshold ({cal.threshold}) {cal.threshold_:.4f} -> {args.out}")
+    print(
+        f"calibration on {i['n_pairs']} pairs from {i['cohort_speakers']} speakers: "
+        f"AS-norm EER {i['train_asnorm_eer']:.3f}%, calibrated EER {i['train_eer']:.3f}%, "
+        f"Cllr {i['train_cllr']:.4f}; threshold ({cal.threshold}) {cal.threshold_:.4f} -> {args.out}"
+    )
     return 0

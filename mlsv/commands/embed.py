@@ -28,24 +28,40 @@ e.g. diarization)."""
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("embed", help="extract speaker embeddings to an .npz",
-                              description=__doc__, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "embed",
+        help="extract speaker embeddings to an .npz",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", required=True, help="model folder (save_pretrained) or hub id")
     p.add_argument("--manifest", type=Path, help="manifest (JSONL / parquet) with id, path, ... rows")
-    p.add_argument("files", nargs="*", default=[], help="audio files or folders (instead of --manifest)",
-                   metavar="FILES")
+    p.add_argument(
+        "files", nargs="*", default=[], help="audio files or folders (instead of --manifest)", metavar="FILES"
+    )
     p.add_argument("--out", required=True, type=Path, help="embeddings .npz to write")
-    p.add_argument("--batch-seconds", type=positive_float, default=60.0,
-                   help="padded audio per batch in seconds (default 60)")
-    p.add_argument("--chunk-seconds", type=non_negative_float, default=0.0,
-                   help="embed long files in chunks of this length and average (default 0: whole files)")
+    p.add_argument(
+        "--batch-seconds", type=positive_float, default=60.0, help="padded audio per batch in seconds (default 60)"
+    )
+    p.add_argument(
+        "--chunk-seconds",
+        type=non_negative_float,
+        default=0.0,
+        help="embed long files in chunks of this length and average (default 0: whole files)",
+    )
     add_window_options(p, "embed each file's sliding windows of this length, one row each (files only)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="torch or onnx (MODEL/model.onnx)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="with --manifest: autocast precision of the embedding pass (bf16: a GPU's fast path)")
-    p.add_argument("--num-workers", type=non_negative_int, default=2, help="data loader workers for --manifest (default 2)")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="with --manifest: autocast precision of the embedding pass (bf16: a GPU's fast path)",
+    )
+    p.add_argument(
+        "--num-workers", type=non_negative_int, default=2, help="data loader workers for --manifest (default 2)"
+    )
     p.set_defaults(func=run)
 
 
@@ -58,9 +74,15 @@ def _embed_manifest(args: argparse.Namespace):
     if args.runtime != "torch":
         raise ValueError("--manifest runs with --runtime torch; for ONNX give the files")
     model = load_model(args.model, device=args.device)
-    return embed_manifest(model, args.manifest, batch_seconds=args.batch_seconds, chunk_seconds=args.chunk_seconds,
-                          device=args.device, autocast_dtype=autocast_dtype(args.precision),
-                          num_workers=args.num_workers)
+    return embed_manifest(
+        model,
+        args.manifest,
+        batch_seconds=args.batch_seconds,
+        chunk_seconds=args.chunk_seconds,
+        device=args.device,
+        autocast_dtype=autocast_dtype(args.precision),
+        num_workers=args.num_workers,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,8 +94,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give either --manifest or audio files / folders, not both")
     check_window_options(args)
     if args.window is not None and (args.manifest is not None or args.chunk_seconds):
-        raise ValueError("--window embeds the windows of audio files: give files or folders, without --manifest "
-                         "or --chunk-seconds")
+        raise ValueError(
+            "--window embeds the windows of audio files: give files or folders, without --manifest or --chunk-seconds"
+        )
     output_file(args.out)
     if args.manifest is not None:
         table = _embed_manifest(args)
@@ -81,13 +104,13 @@ def run(args: argparse.Namespace) -> int:
         if not args.files:
             raise ValueError("give --manifest or audio files / folders to embed")
         files = find_audio_files(args.files)
-        verifier = Verifier.from_pretrained(args.model, device=args.device, runtime=args.runtime,
-                                            batch_seconds=args.batch_seconds)
+        verifier = Verifier.from_pretrained(
+            args.model, device=args.device, runtime=args.runtime, batch_seconds=args.batch_seconds
+        )
         if args.window is not None:
             table = _embed_windows(verifier, files, args.window, args.hop)
         else:
-            table = verifier.embed_table(files, ids=files, chunk_seconds=args.chunk_seconds,
-                                         progress=len(files) > 1)
+            table = verifier.embed_table(files, ids=files, chunk_seconds=args.chunk_seconds, progress=len(files) > 1)
     save_embeddings(table, args.out)
     print(f"wrote {len(table)} embeddings of dimension {table.embeddings.shape[1]} to {args.out}")
     return 0

@@ -21,22 +21,37 @@ file (path, size, time), audio files (the same of each) and --precision / --chun
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("evaluate", help="embed, score, calibrate and report a model on trial lists",
-                              epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "evaluate",
+        help="embed, score, calibrate and report a model on trial lists",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", required=True, help="model folder (save_pretrained) or hub id")
     p.add_argument("--manifest", required=True, help="manifest of the utterances the trials name")
     p.add_argument("--trials", required=True, nargs="+", help="trial lists (LABEL ENROLL TEST)")
     p.add_argument("--cohort", default=None, help="cohort manifest (with speakers) for AS-norm and QMF")
-    p.add_argument("--asnorm-top-k", type=int_at_least(2), default=600, help="AS-norm cohort size, at least 2 (default 600)")
-    p.add_argument("--calibration-pairs", type=int_at_least(2), default=30000, help="QMF training pairs from the cohort")
+    p.add_argument(
+        "--asnorm-top-k", type=int_at_least(2), default=600, help="AS-norm cohort size, at least 2 (default 600)"
+    )
+    p.add_argument(
+        "--calibration-pairs", type=int_at_least(2), default=30000, help="QMF training pairs from the cohort"
+    )
     p.add_argument("--batch-seconds", type=positive_float, default=120.0, help="audio per embedding batch")
-    p.add_argument("--chunk-seconds", type=non_negative_float, default=0.0, help="cut longer files into chunks (0: off)")
+    p.add_argument(
+        "--chunk-seconds", type=non_negative_float, default=0.0, help="cut longer files into chunks (0: off)"
+    )
     p.add_argument("--threshold-manifest", default=None, help="manifest of the held-out threshold trials")
-    p.add_argument("--threshold-trials", default=None,
-                   help="held-out (validation) trials that set the model's decision thresholds")
+    p.add_argument(
+        "--threshold-trials", default=None, help="held-out (validation) trials that set the model's decision thresholds"
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="embedding pass precision (bf16: autocast, the fast path on a GPU)")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="embedding pass precision (bf16: autocast, the fast path on a GPU)",
+    )
     p.add_argument("--out", required=True, help="results folder")
     p.set_defaults(func=run)
 
@@ -47,11 +62,21 @@ def run(args) -> int:
     output_folder(args.out)
     if args.cohort:
         _check_cohort(args.cohort, args.asnorm_top_k)
-    result = evaluate_model(args.model, manifest=args.manifest, trials=args.trials, out_dir=args.out,
-                            cohort=args.cohort, top_k=args.asnorm_top_k, calibration_pairs=args.calibration_pairs,
-                            batch_seconds=args.batch_seconds, chunk_seconds=args.chunk_seconds, device=args.device,
-                            threshold_manifest=args.threshold_manifest, threshold_trials=args.threshold_trials,
-                            precision=args.precision)
+    result = evaluate_model(
+        args.model,
+        manifest=args.manifest,
+        trials=args.trials,
+        out_dir=args.out,
+        cohort=args.cohort,
+        top_k=args.asnorm_top_k,
+        calibration_pairs=args.calibration_pairs,
+        batch_seconds=args.batch_seconds,
+        chunk_seconds=args.chunk_seconds,
+        device=args.device,
+        threshold_manifest=args.threshold_manifest,
+        threshold_trials=args.threshold_trials,
+        precision=args.precision,
+    )
     print(json.dumps(result["metrics"][result["final_stage"]], indent=2))
     print(f"report: {args.out}/report.md")
     return 0
@@ -75,8 +100,9 @@ def _check_cohort(cohort: str, top_k: int) -> None:
         else:
             import pyarrow.parquet as pq
 
-            speakers = [s for f in _data_files(path) for s in pq.read_table(f, columns=["speaker"])["speaker"]
-                        .to_pylist()]
+            speakers = [
+                s for f in _data_files(path) for s in pq.read_table(f, columns=["speaker"])["speaker"].to_pylist()
+            ]
     except (ManifestError, OSError, KeyError, ValueError, ImportError):
         return
     if speakers and all(speakers):

@@ -21,18 +21,31 @@ retrain), loading the export with --runtime onnx and push_to_hub.py refuse it un
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("export", help="export the embedding model to ONNX (with a parity check)",
-                              description=__doc__, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "export",
+        help="export the embedding model to ONNX (with a parity check)",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", required=True, help="model folder (save_pretrained) or hub id")
     p.add_argument("--out", required=True, type=Path, help="ONNX file to write, e.g. model.onnx")
     p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (default 17)")
-    p.add_argument("--exporter", choices=("auto", "torchscript", "dynamo"), default="auto",
-                   help="auto: TorchScript first, dynamo if it fails (default)")
-    p.add_argument("--no-check", action="store_true",
-                   help="skip the onnxruntime parity check (OUT.json is still written)")
-    p.add_argument("--tolerance", type=non_negative_float, default=1e-3,
-                   help="fail (exit 1) when the max abs difference exceeds this (default 1e-3)")
+    p.add_argument(
+        "--exporter",
+        choices=("auto", "torchscript", "dynamo"),
+        default="auto",
+        help="auto: TorchScript first, dynamo if it fails (default)",
+    )
+    p.add_argument(
+        "--no-check", action="store_true", help="skip the onnxruntime parity check (OUT.json is still written)"
+    )
+    p.add_argument(
+        "--tolerance",
+        type=non_negative_float,
+        default=1e-3,
+        help="fail (exit 1) when the max abs difference exceeds this (default 1e-3)",
+    )
     p.set_defaults(func=run)
 
 
@@ -52,8 +65,10 @@ def run(args: argparse.Namespace) -> int:
     if report.max_abs_diff is None:
         return 0
     lengths = ", ".join(f"{s:g}" for s in report.check_lengths)
-    print(f"onnxruntime vs PyTorch: max abs difference {report.max_abs_diff:.3g} "
-          f"(padded batch of {lengths} s; traced at {report.trace_seconds:g} s) -> {args.out}.json")
+    print(
+        f"onnxruntime vs PyTorch: max abs difference {report.max_abs_diff:.3g} "
+        f"(padded batch of {lengths} s; traced at {report.trace_seconds:g} s) -> {args.out}.json"
+    )
     if report.max_abs_diff > args.tolerance:
         print(f"error: difference above the tolerance {args.tolerance:g}", file=sys.stderr)
         return 1

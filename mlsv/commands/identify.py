@@ -22,23 +22,42 @@ model (its .npz does not record which)."""
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("identify", help="which enrolled speaker is this? (or unknown)",
-                              description=__doc__, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "identify",
+        help="which enrolled speaker is this? (or unknown)",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", required=True, help="model folder (save_pretrained) or hub id")
-    p.add_argument("--speaker", action="append", default=[], metavar="NAME=FILE[,FILE...]",
-                   help="an enrolled speaker and its recording(s); repeat for each speaker")
-    p.add_argument("--speakers", type=Path, default=None,
-                   help="embeddings .npz with speakers (mlsv embed --manifest): every speaker in it is enrolled")
+    p.add_argument(
+        "--speaker",
+        action="append",
+        default=[],
+        metavar="NAME=FILE[,FILE...]",
+        help="an enrolled speaker and its recording(s); repeat for each speaker",
+    )
+    p.add_argument(
+        "--speakers",
+        type=Path,
+        default=None,
+        help="embeddings .npz with speakers (mlsv embed --manifest): every speaker in it is enrolled",
+    )
     p.add_argument("tests", nargs="+", metavar="TEST", help="recordings or folders to identify")
     p.add_argument("--top", type=int_at_least(1), default=3, help="speakers listed per recording (default 3)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--far", type=probability, default=None, help="target false-accept rate, e.g. 0.01")
     p.add_argument("--threshold", type=float, default=None, help="explicit threshold on the score scale in use")
     p.add_argument("--cohort", type=Path, default=None, help="AS-norm cohort embeddings .npz with speakers")
-    p.add_argument("--asnorm-top-k", type=int_at_least(2), default=None, help="AS-norm cohort size (default: calibration's)")
-    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
-                   help="torch, or onnx (runs MODEL/model.onnx with onnxruntime)")
+    p.add_argument(
+        "--asnorm-top-k", type=int_at_least(2), default=None, help="AS-norm cohort size (default: calibration's)"
+    )
+    p.add_argument(
+        "--runtime",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="torch, or onnx (runs MODEL/model.onnx with onnxruntime)",
+    )
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.set_defaults(func=run, more_positionals="tests")
 
@@ -75,22 +94,22 @@ def run(args: argparse.Namespace) -> int:
 
     speakers = _enrolled(args)
     tests = find_audio_files(args.tests)
-    verifier = Verifier.from_pretrained(args.model, device=args.device, runtime=args.runtime, cohort=args.cohort,
-                                        asnorm_top_k=args.asnorm_top_k)
+    verifier = Verifier.from_pretrained(
+        args.model, device=args.device, runtime=args.runtime, cohort=args.cohort, asnorm_top_k=args.asnorm_top_k
+    )
     if isinstance(speakers, dict):  # embedded once, as a table, for all the tests
         owners = [name for name, files in speakers.items() for _ in files]
         files = [f for recordings in speakers.values() for f in recordings]
-        speakers = verifier.embed_table(files, ids=[f"{n}#{i}" for i, n in enumerate(owners)],
-                                        progress=len(files) > 16)
+        speakers = verifier.embed_table(files, ids=[f"{n}#{i}" for i, n in enumerate(owners)], progress=len(files) > 16)
         speakers.speakers = np.asarray(owners)
     results = []
     for test in tests:
         r = verifier.identify(test, speakers, far=args.far, threshold=args.threshold)
         result = r.to_dict()
-        results.append({"test": test, **result, "ranking": result["ranking"][:args.top]})
+        results.append({"test": test, **result, "ranking": result["ranking"][: args.top]})
         if not args.json:
             print(f"{test}: {r}")
-            for name, score in r.ranking[:args.top]:
+            for name, score in r.ranking[: args.top]:
                 print(f"    {score:9.4f}  {name}")
     if args.json:
         print(json.dumps(results, indent=2))

@@ -17,15 +17,23 @@ printed and, with --table, written as CSV (one row per layer)."""
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("inspect", help="picture of LAP's per-frame layer attention (or SUPERB weights)",
-                              description=__doc__, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "inspect",
+        help="picture of LAP's per-frame layer attention (or SUPERB weights)",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", required=True, help="model folder (save_pretrained) or hub id")
     p.add_argument("audio", type=Path, help="a recording (any rate / channels; resampled and downmixed)")
     p.add_argument("--out", required=True, type=Path, help="figure to write (.png, .pdf, .svg)")
     p.add_argument("--table", type=Path, default=None, help="also write the per-layer table as CSV")
-    p.add_argument("--max-seconds", type=non_negative_float, default=20.0,
-                   help="analyse at most this many seconds from the start (default 20; 0: the whole file)")
+    p.add_argument(
+        "--max-seconds",
+        type=non_negative_float,
+        default=20.0,
+        help="analyse at most this many seconds from the start (default 20; 0: the whole file)",
+    )
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.set_defaults(func=run)
 
@@ -49,8 +57,10 @@ def run(args: argparse.Namespace) -> int:
         wav = wav[: int(args.max_seconds * sr)]
         if model.frontend.frame_lengths(wav.size) < 1:
             need = min_samples(model.config)
-            raise ValueError(f"--max-seconds {args.max_seconds:g} keeps {wav.size} samples; the encoder needs at "
-                             f"least {need} ({need / sr:.4f} s)")
+            raise ValueError(
+                f"--max-seconds {args.max_seconds:g} keeps {wav.size} samples; the encoder needs at "
+                f"least {need} ({need / sr:.4f} s)"
+            )
     analysis = analyze_layers(model, wav)
     plot_layers(analysis, out, title=f"{args.audio.name}: {analysis.aggregation.upper()} layer aggregation")
     print(format_layer_table(analysis))
@@ -73,6 +83,8 @@ def _figure_path(out: Path) -> Path:
         output_file(out)
     formats = FigureCanvasBase.get_supported_filetypes()
     if out.suffix[1:].lower() not in formats:
-        raise ValueError(f"--out {out}: matplotlib cannot write {out.suffix} figures; use .png, .pdf or .svg "
-                         f"(or one of {', '.join(sorted(formats))})")
+        raise ValueError(
+            f"--out {out}: matplotlib cannot write {out.suffix} figures; use .png, .pdf or .svg "
+            f"(or one of {', '.join(sorted(formats))})"
+        )
     return out

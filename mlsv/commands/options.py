@@ -14,16 +14,30 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["add_window_options", "check_cohort_speakers", "check_window_options", "int_at_least", "load_mean", "non_negative_float", "non_negative_int",
-           "output_file", "output_folder", "positive_float", "positive_int", "prior", "probability"]
+__all__ = [
+    "add_window_options",
+    "check_cohort_speakers",
+    "check_window_options",
+    "int_at_least",
+    "load_mean",
+    "non_negative_float",
+    "non_negative_int",
+    "output_file",
+    "output_folder",
+    "positive_float",
+    "positive_int",
+    "prior",
+    "probability",
+]
 
 
 def _number(text: str, kind: type) -> float | int:
     try:
         value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
-                                         f"got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+        ) from None
     if isinstance(value, float) and not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
@@ -129,8 +143,11 @@ def load_mean(path: str | os.PathLike, dim: int, against: str | os.PathLike):
         raise FileNotFoundError(f"--mean {path}: no such file") from None
     except (OSError, ValueError, EOFError) as e:
         raise ValueError(f"{path}: not a .npy mean vector ({e})") from None
-    if not isinstance(mean, np.ndarray) or not np.issubdtype(mean.dtype, np.number) \
-            or np.issubdtype(mean.dtype, np.complexfloating):
+    if (
+        not isinstance(mean, np.ndarray)
+        or not np.issubdtype(mean.dtype, np.number)
+        or np.issubdtype(mean.dtype, np.complexfloating)
+    ):
         raise ValueError(f"{path}: not a .npy mean vector (a real-valued array is expected)")
     mean = mean.astype(np.float32).reshape(-1)
     if mean.size != dim:
@@ -147,18 +164,28 @@ def check_cohort_speakers(n_speakers: int, top_k: int, source: str | os.PathLike
     ``top_k + 2`` speakers.
     """
     if n_speakers < top_k + 2:
-        fix = (f"use --asnorm-top-k {n_speakers - 2} or less, or a larger cohort" if n_speakers >= 4
-               else "use a cohort of at least 4 speakers")
-        raise ValueError(f"{source}: {n_speakers} cohort speakers are too few for --asnorm-top-k {top_k}: "
-                         f"calibration needs at least top-k + 2 = {top_k + 2} (each pair's two speakers are "
-                         f"left out of its cohort); {fix}")
+        fix = (
+            f"use --asnorm-top-k {n_speakers - 2} or less, or a larger cohort"
+            if n_speakers >= 4
+            else "use a cohort of at least 4 speakers"
+        )
+        raise ValueError(
+            f"{source}: {n_speakers} cohort speakers are too few for --asnorm-top-k {top_k}: "
+            f"calibration needs at least top-k + 2 = {top_k + 2} (each pair's two speakers are "
+            f"left out of its cohort); {fix}"
+        )
 
 
 def add_window_options(parser: argparse.ArgumentParser, window_help: str) -> None:
     """``--window SECONDS`` and ``--hop SECONDS`` (sliding windows, ``Verifier.embed_windows``)."""
     parser.add_argument("--window", type=positive_float, default=None, metavar="SECONDS", help=window_help)
-    parser.add_argument("--hop", type=positive_float, default=None, metavar="SECONDS",
-                        help="with --window: seconds between window starts (default: half a window)")
+    parser.add_argument(
+        "--hop",
+        type=positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="with --window: seconds between window starts (default: half a window)",
+    )
 
 
 def check_window_options(args: argparse.Namespace) -> None:

@@ -20,14 +20,22 @@ mean, else none."""
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("score", help="score trial lists from embeddings (cosine, AS-norm, QMF)",
-                              description=__doc__, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "score",
+        help="score trial lists from embeddings (cosine, AS-norm, QMF)",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--embeddings", required=True, type=Path, help="embeddings .npz of the trial utterances")
     p.add_argument("--trials", required=True, nargs="+", type=Path, help="trial list(s), VoxCeleb format")
     p.add_argument("--cohort", type=Path, help="cohort embeddings .npz with speakers (enables AS-norm)")
-    p.add_argument("--asnorm-top-k", type=int_at_least(2), default=None,
-                   help="AS-norm cohort size (default: the calibration's, else 600)")
+    p.add_argument(
+        "--asnorm-top-k",
+        type=int_at_least(2),
+        default=None,
+        help="AS-norm cohort size (default: the calibration's, else 600)",
+    )
     p.add_argument("--calibration", type=Path, help="QMF calibration JSON from `mlsv calibrate`")
     p.add_argument("--mean", type=Path, help="mean vector .npy (default: the cohort mean)")
     p.add_argument("--out", required=True, type=Path, help="scores TSV (enroll, test, score, label)")
@@ -69,11 +77,14 @@ def run(args: argparse.Namespace) -> int:
     cohort = load_embeddings(args.cohort) if args.cohort else None
     dim = table.embeddings.shape[1]
     if cohort is not None and cohort.embeddings.shape[1] != dim:
-        raise ValueError(f"{args.cohort}: cohort embeddings have {cohort.embeddings.shape[1]} dimensions, "
-                         f"{args.embeddings} has {dim}")
+        raise ValueError(
+            f"{args.cohort}: cohort embeddings have {cohort.embeddings.shape[1]} dimensions, "
+            f"{args.embeddings} has {dim}"
+        )
     mean = load_mean(args.mean, dim, args.embeddings) if args.mean else None
-    results = score_trial_lists(table, trial_lists, mean=mean, cohort=cohort, top_k=top_k,
-                                calibrator=calibrator, device=args.device)
+    results = score_trial_lists(
+        table, trial_lists, mean=mean, cohort=cohort, top_k=top_k, calibrator=calibrator, device=args.device
+    )
     metrics = {}
     for trials, scores, out in zip(trial_lists, results, outs):
         write_scores_tsv(out, trials, scores)
@@ -83,8 +94,10 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{trials.name}: labels unknown, no metrics", file=sys.stderr)
                 continue
             metrics[trials.name] = m = trial_metrics(trials, scores)
-            print(f"{trials.name}: EER {m['eer']:.3f}%  minDCF0.01 {m['min_dcf_0.01']:.4f}  "
-                  f"minDCF0.05 {m['min_dcf_0.05']:.4f}")
+            print(
+                f"{trials.name}: EER {m['eer']:.3f}%  minDCF0.01 {m['min_dcf_0.01']:.4f}  "
+                f"minDCF0.05 {m['min_dcf_0.05']:.4f}"
+            )
     if args.metrics:
         if not metrics:
             raise ValueError("--metrics was given but no trial list has labels")

@@ -27,22 +27,36 @@ Exit status 0 whatever the decision; read it from the output ("decision" in --js
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("verify", help="are two recordings the same speaker? (score, threshold, decision)",
-                              description=__doc__, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "verify",
+        help="are two recordings the same speaker? (score, threshold, decision)",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", required=True, help="model folder (save_pretrained) or hub id")
     # one positional list split in run(); mlsv.cli.main adds the recordings that follow an option
-    p.add_argument("recordings", type=Path, nargs="+", metavar="RECORDING",
-                   help="the enrolment (one recording, or several of one speaker: averaged), then the test "
-                        "recording")
+    p.add_argument(
+        "recordings",
+        type=Path,
+        nargs="+",
+        metavar="RECORDING",
+        help="the enrolment (one recording, or several of one speaker: averaged), then the test recording",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--far", type=probability, default=None, help="target false-accept rate, e.g. 0.01")
     p.add_argument("--threshold", type=float, default=None, help="explicit threshold on the score scale in use")
     p.add_argument("--cohort", type=Path, default=None, help="AS-norm cohort embeddings .npz with speakers")
-    p.add_argument("--asnorm-top-k", type=int_at_least(2), default=None, help="AS-norm cohort size (default: calibration's)")
+    p.add_argument(
+        "--asnorm-top-k", type=int_at_least(2), default=None, help="AS-norm cohort size (default: calibration's)"
+    )
     add_window_options(p, "score each window of this length of the test recording (where the speaker speaks)")
-    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
-                   help="torch, or onnx (runs MODEL/model.onnx with onnxruntime)")
+    p.add_argument(
+        "--runtime",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="torch, or onnx (runs MODEL/model.onnx with onnxruntime)",
+    )
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.set_defaults(func=run, more_positionals="recordings")
 
@@ -56,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give the enrolment recording(s) and then the test recording")
     args.a, args.b = args.recordings[:-1], args.recordings[-1]
     check_window_options(args)
-    verifier = Verifier.from_pretrained(args.model, device=args.device, runtime=args.runtime, cohort=args.cohort,
-                                        asnorm_top_k=args.asnorm_top_k)
+    verifier = Verifier.from_pretrained(
+        args.model, device=args.device, runtime=args.runtime, cohort=args.cohort, asnorm_top_k=args.asnorm_top_k
+    )
     if args.window is not None:
         return _track(verifier, args)
     result = verifier.verify(args.a, args.b, far=args.far, threshold=args.threshold)
@@ -83,8 +98,10 @@ def _track(verifier, args: argparse.Namespace) -> int:
         print(f"{a:8.2f} {b:8.2f} {score:9.4f}  {'same speaker' if same else '-'}")
     spans = track.segments()
     enrolled = " + ".join(_printable(a.name) for a in args.a)
-    print(f"{enrolled} speaks in {_printable(args.b.name)}: "
-          + (", ".join(f"{a:.2f}-{b:.2f} s" for a, b in spans) or "nowhere"))
+    print(
+        f"{enrolled} speaks in {_printable(args.b.name)}: "
+        + (", ".join(f"{a:.2f}-{b:.2f} s" for a, b in spans) or "nowhere")
+    )
     return 0
 
 

@@ -31,15 +31,16 @@ MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4000, 384000
 def check_rate(sample_rate: int, name: str) -> int:
     """``sample_rate`` when it is within [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]; AudioError naming ``name``."""
     if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
-        raise AudioError(f"{name}: sample rate {sample_rate} Hz is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz: "
-                         "a broken header, or not audio that mlsv can use")
+        raise AudioError(
+            f"{name}: sample rate {sample_rate} Hz is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz: "
+            "a broken header, or not audio that mlsv can use"
+        )
     return sample_rate
 
 
 def silent_audio_message(name: str, peak: float) -> str:
     """The error for silent audio, one wording for paths, arrays and manifest rows."""
-    return (f"{name}: silent audio (peak amplitude {peak:.2e}, below {SILENCE_PEAK:g}); "
-            "no voice to embed or verify")
+    return f"{name}: silent audio (peak amplitude {peak:.2e}, below {SILENCE_PEAK:g}); no voice to embed or verify"
 
 
 class AudioError(ValueError):
@@ -112,7 +113,7 @@ def _av_decode(source: AudioSource) -> tuple[np.ndarray, int]:
         import av  # lazy: only VoxCeleb2 needs it
     except ImportError:
         raise MissingDependencyError(
-            f"{_name(source)}: decoding m4a/AAC needs PyAV, which is not installed: pip install -e \".[m4a]\" "
+            f'{_name(source)}: decoding m4a/AAC needs PyAV, which is not installed: pip install -e ".[m4a]" '
             "(or pip install av); or, to train without it, convert the files to FLAC once with "
             "mlsv prepare voxceleb --convert-dir DIR (where PyAV is installed)"
         ) from None
@@ -196,7 +197,7 @@ def read_audio(
     _check_exists(source)
     if _uses_av(source):
         x, sr = _av_decode(source)
-        x = x[start:] if frames < 0 else x[start:start + frames]
+        x = x[start:] if frames < 0 else x[start : start + frames]
     else:
         with _sf_open(source) as f:
             sr = f.samplerate

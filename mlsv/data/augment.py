@@ -56,7 +56,7 @@ def measured_snr(clean: np.ndarray, noisy: np.ndarray) -> float:
 
 def align_rir(rir: np.ndarray) -> np.ndarray:
     """(R,) RIR cut to start at its direct-path (largest) peak and scaled to unit energy: (R',) float32."""
-    rir = rir[int(np.argmax(np.abs(rir))):].astype(np.float32)
+    rir = rir[int(np.argmax(np.abs(rir))) :].astype(np.float32)
     return rir / max(float(np.linalg.norm(rir)), 1e-8)
 
 
@@ -108,8 +108,9 @@ def _read_bank_file(bank: str, files: list[_Entry], e: _Entry, **kwargs) -> tupl
         logger.warning("dropping an undecodable file of the augmentation bank %s: %s", bank, error)
         files.remove(e)
         if not files:
-            raise ValueError(f"augmentation bank {bank}: every file of a group failed to decode; last: "
-                             f"{error}") from None
+            raise ValueError(
+                f"augmentation bank {bank}: every file of a group failed to decode; last: {error}"
+            ) from None
         return None
 
 
@@ -163,8 +164,7 @@ class RirBank:
     def draw(self, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
         """A random aligned, unit-energy RIR (a random channel of multi-channel files): (R,) float32."""
         files = self.entries[self.kinds[int(rng.integers(len(self.kinds)))]]
-        while (read := _read_bank_file(self.manifest, files, files[int(rng.integers(len(files)))],
-                                       mono=False)) is None:
+        while (read := _read_bank_file(self.manifest, files, files[int(rng.integers(len(files)))], mono=False)) is None:
             pass
         x, sr = read
         x = x[:, int(rng.integers(x.shape[1]))]
@@ -216,7 +216,7 @@ class AddNoise:
             length = max(1, min(n, int(round(rng.uniform(lo, hi) * n))))
             seg = self.bank.segment(self.category, length, sample_rate, rng)
             offset = int(rng.integers(0, n - length + 1))
-            total[offset:offset + length] += seg / max(_rms(seg), 1e-8)  # sources at equal power
+            total[offset : offset + length] += seg / max(_rms(seg), 1e-8)  # sources at equal power
         p_noise = float(np.sum(np.square(total, dtype=np.float64)))
         p_clean = float(np.sum(np.square(wav, dtype=np.float64)))
         snr = rng.uniform(*self.snr)
@@ -257,8 +257,9 @@ class Augmenter:
         self.kinds = list(self.transforms)
 
     @classmethod
-    def from_config(cls, cfg: AugmentConfig, noise_manifest: str | Path | None = None,
-                    rir_manifest: str | Path | None = None) -> Augmenter:
+    def from_config(
+        cls, cfg: AugmentConfig, noise_manifest: str | Path | None = None, rir_manifest: str | Path | None = None
+    ) -> Augmenter:
         """Builds the CPU augmenter (manifests default to the config's).
 
         Raises:
@@ -280,8 +281,10 @@ class Augmenter:
             elif kind == "babble":
                 transforms[kind] = AddNoise(noise, "speech", tuple(cfg.babble_snr), tuple(cfg.babble_speakers))
             else:
-                transforms[kind] = TV(AddNoise(noise, "speech", tuple(cfg.babble_snr), full_duration=True),
-                                      AddNoise(noise, "music", tuple(cfg.music_snr), full_duration=True))
+                transforms[kind] = TV(
+                    AddNoise(noise, "speech", tuple(cfg.babble_snr), full_duration=True),
+                    AddNoise(noise, "music", tuple(cfg.music_snr), full_duration=True),
+                )
         return cls(transforms, cfg.probability)
 
     def __call__(self, wav: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
@@ -307,16 +310,19 @@ def _check_banks(kinds: list[str], categories: list[str] | None, have_rirs: bool
             raise ValueError(f"augment.kinds has {kind!r} but augment.noise_manifest is empty")
         missing = [c for c in KIND_CATEGORIES[kind] if c not in categories]
         if missing:
-            raise ValueError(f"augment kind {kind!r} needs noise-manifest category {missing} "
-                             f"(the manifest has {categories})")
+            raise ValueError(
+                f"augment kind {kind!r} needs noise-manifest category {missing} (the manifest has {categories})"
+            )
 
 
 def _numpy_rng(rng) -> np.random.Generator:
     if rng is None:
         return np.random.default_rng()
     if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"BatchAugmenter draws on the host: give a numpy Generator "
-                        f"(np.random.default_rng(seed)), not {type(rng).__name__}")
+        raise TypeError(
+            f"BatchAugmenter draws on the host: give a numpy Generator "
+            f"(np.random.default_rng(seed)), not {type(rng).__name__}"
+        )
     return rng
 
 
@@ -338,9 +344,18 @@ class BatchAugmenter:
         device: where the banks live and the work happens.
     """
 
-    def __init__(self, cfg: AugmentConfig, noise_manifest: str | Path | None = None,
-                 rir_manifest: str | Path | None = None, *, sample_rate: int = 16000,
-                 device="cpu", max_bank_seconds: float = 1800.0, max_rirs: int = 2000, bank_seed: int = 0):
+    def __init__(
+        self,
+        cfg: AugmentConfig,
+        noise_manifest: str | Path | None = None,
+        rir_manifest: str | Path | None = None,
+        *,
+        sample_rate: int = 16000,
+        device="cpu",
+        max_bank_seconds: float = 1800.0,
+        max_rirs: int = 2000,
+        bank_seed: int = 0,
+    ):
         self.cfg, self.sample_rate, self.device = cfg, sample_rate, torch.device(device)
         self.kinds = _check_kinds(cfg)
         noise_manifest = noise_manifest or cfg.noise_manifest
@@ -443,7 +458,7 @@ class BatchAugmenter:
         total = torch.zeros_like(x)
         positions = torch.arange(n, device=self.device)[None]
         for k in range(sources[1]):
-            files, offsets, frac, start = d[4 * k: 4 * k + 4]
+            files, offsets, frac, start = d[4 * k : 4 * k + 4]
             seg = self._segments(category, n, files.long(), offsets).to(x.dtype)
             length = torch.where(frac > 0, torch.clamp(torch.round(frac * n), 1, n), 0)  # 0: no k-th source
             offset = torch.floor(start * (n - length + 1))
@@ -452,8 +467,11 @@ class BatchAugmenter:
             total += seg * (keep * seg_power.clamp_min(1e-16).rsqrt().to(x.dtype)[:, None])
         p_noise = torch.sum(total.square(), 1, dtype=torch.float64)
         p_clean = torch.sum(x.square(), 1, dtype=torch.float64)
-        scale = torch.where(p_noise > 0, torch.sqrt(p_clean / (p_noise.clamp_min(1e-30) * 10 ** (d[-1] / 10))),
-                            torch.zeros_like(p_noise))
+        scale = torch.where(
+            p_noise > 0,
+            torch.sqrt(p_clean / (p_noise.clamp_min(1e-30) * 10 ** (d[-1] / 10))),
+            torch.zeros_like(p_noise),
+        )
         return total * scale.to(x.dtype)[:, None]
 
     def _reverb(self, x, rng):
@@ -479,8 +497,11 @@ class BatchAugmenter:
         if kind == "babble":
             return x + self._noise(x, "speech", tuple(c.babble_snr), tuple(c.babble_speakers), False, rng)
         if kind == "tv":
-            return (x + self._noise(x, "speech", tuple(c.babble_snr), (1, 1), True, rng)
-                    + self._noise(x, "music", tuple(c.music_snr), (1, 1), True, rng))
+            return (
+                x
+                + self._noise(x, "speech", tuple(c.babble_snr), (1, 1), True, rng)
+                + self._noise(x, "music", tuple(c.music_snr), (1, 1), True, rng)
+            )
         raise ValueError(f"unknown augmentation kind {kind!r}; choose from {list(KINDS)}")
 
     def __call__(self, waveforms, rng: np.random.Generator | None = None):

@@ -28,8 +28,19 @@ from mlsv.data.audio import (
     silent_audio_message,
 )
 
-__all__ = ["AUDIO_SUFFIXES", "MAX_CHANNELS", "AudioInput", "Enrolment", "array_samples", "check_sample_rate",
-           "estimate_length", "find_audio_files", "input_name", "is_pathlike", "load_audio"]
+__all__ = [
+    "AUDIO_SUFFIXES",
+    "MAX_CHANNELS",
+    "AudioInput",
+    "Enrolment",
+    "array_samples",
+    "check_sample_rate",
+    "estimate_length",
+    "find_audio_files",
+    "input_name",
+    "is_pathlike",
+    "load_audio",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +69,9 @@ def _to_mono(x: np.ndarray, name: str) -> np.ndarray:
     if x.ndim == 1:
         return x
     if x.ndim != 2:
-        raise AudioError(f"{name}: audio arrays must be (samples,), (samples, channels) or (channels, samples), "
-                         f"got shape {x.shape}")
+        raise AudioError(
+            f"{name}: audio arrays must be (samples,), (samples, channels) or (channels, samples), got shape {x.shape}"
+        )
     if x.shape[1] <= MAX_CHANNELS and x.shape[0] >= x.shape[1]:
         return x.mean(axis=1)
     if x.shape[0] <= MAX_CHANNELS:
@@ -84,15 +96,18 @@ def check_sample_rate(sample_rate: Any, what: str = "sample_rate") -> int | None
     elif isinstance(sample_rate, numbers.Real) and math.isfinite(sample_rate):
         ok = float(sample_rate).is_integer()
     if not ok or int(sample_rate) <= 0:
-        raise ValueError(f"{what} must be a positive integer (samples per second), got {sample_rate!r}"
-                         + (f" ({type(sample_rate).__name__})" if isinstance(sample_rate, str) else ""))
+        raise ValueError(
+            f"{what} must be a positive integer (samples per second), got {sample_rate!r}"
+            + (f" ({type(sample_rate).__name__})" if isinstance(sample_rate, str) else "")
+        )
     if not MIN_SAMPLE_RATE <= int(sample_rate) <= MAX_SAMPLE_RATE:
         raise ValueError(f"{what} {int(sample_rate)} Hz is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
     return int(sample_rate)
 
 
-def load_audio(x: AudioInput, sample_rate: int | None, *, target_sr: int, min_length: int = 1,
-               name: str | None = None) -> np.ndarray:
+def load_audio(
+    x: AudioInput, sample_rate: int | None, *, target_sr: int, min_length: int = 1, name: str | None = None
+) -> np.ndarray:
     """Decodes / converts one input to float32 mono samples at ``target_sr`` and checks them.
 
     Args:
@@ -123,8 +138,10 @@ def load_audio(x: AudioInput, sample_rate: int | None, *, target_sr: int, min_le
     if not np.isfinite(samples).all():
         raise AudioError(f"{name}: audio contains NaN or infinite samples")
     if samples.size < min_length:
-        raise AudioError(f"{name}: too short ({samples.size / target_sr * 1000:.1f} ms); the encoder needs at "
-                         f"least {min_length / target_sr * 1000:.1f} ms")
+        raise AudioError(
+            f"{name}: too short ({samples.size / target_sr * 1000:.1f} ms); the encoder needs at "
+            f"least {min_length / target_sr * 1000:.1f} ms"
+        )
     peak = float(np.abs(samples).max())
     if peak < SILENCE_PEAK:
         raise AudioError(silent_audio_message(name, peak))

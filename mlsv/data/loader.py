@@ -140,9 +140,20 @@ class TrainCrops(IterableDataset):
     reading: ``TrainLoader`` reads a streaming epoch's first ``start_batch`` batches and drops them.
     """
 
-    def __init__(self, rows, labels: dict[str, int], data_cfg: DataConfig, augmenter=None, *,
-                 epoch: int = 0, seed: int = 0, process_index: int = 0, num_processes: int = 1,
-                 batch_size: int = 1, start_batch: int = 0):
+    def __init__(
+        self,
+        rows,
+        labels: dict[str, int],
+        data_cfg: DataConfig,
+        augmenter=None,
+        *,
+        epoch: int = 0,
+        seed: int = 0,
+        process_index: int = 0,
+        num_processes: int = 1,
+        batch_size: int = 1,
+        start_batch: int = 0,
+    ):
         super().__init__()
         self.rows, self.labels, self.cfg, self.augmenter = rows, labels, data_cfg, augmenter
         self.batch_size, self.start_batch = batch_size, start_batch
@@ -160,7 +171,7 @@ class TrainCrops(IterableDataset):
         n = len(self.rows)
         perm = np.random.default_rng([self.seed, self.epoch]).permutation(n)
         per_process = n // self.num_processes
-        return perm[self.process_index::self.num_processes][:per_process]
+        return perm[self.process_index :: self.num_processes][:per_process]
 
     def num_batches(self) -> int:
         """Whole batches in this process's share of an epoch (map-style only; a partial last batch is
@@ -181,8 +192,15 @@ class TrainCrops(IterableDataset):
     def _crop(self, row: dict[str, Any], rng: np.random.Generator) -> tuple[np.ndarray, int]:
         factor = float(self.factors[int(rng.integers(len(self.factors)))])
         rate = int(row["sample_rate"])
-        x = read_crop(_source(row), int(round(float(row["duration"]) * rate)), rate, self.crop_samples,
-                      self.cfg.sample_rate, rng, factor)
+        x = read_crop(
+            _source(row),
+            int(round(float(row["duration"]) * rate)),
+            rate,
+            self.crop_samples,
+            self.cfg.sample_rate,
+            rng,
+            factor,
+        )
         if self.augmenter is not None:
             x = self.augmenter(x, self.cfg.sample_rate, rng)
         label = self.labels[str(row["speaker"])] + len(self.labels) * label_offset(factor, self.factors)
@@ -217,14 +235,14 @@ class TrainCrops(IterableDataset):
                         self._failed(row, e, bad)
                         failed.add(index)
                         if len(failed) >= len(share):
-                            raise AudioError(f"every file of this process's share failed to decode; last: {e}") \
-                                from e
+                            raise AudioError(f"every file of this process's share failed to decode; last: {e}") from e
                         index = int(share[rng.integers(len(share))])  # a known bad file again is decoded again
                 yield x, y, bad
                 bad = []
 
-    def _stream(self, rng: np.random.Generator, worker_id: int,
-                num_workers: int) -> Iterator[tuple[np.ndarray, int, list[str]]]:
+    def _stream(
+        self, rng: np.random.Generator, worker_id: int, num_workers: int
+    ) -> Iterator[tuple[np.ndarray, int, list[str]]]:
         """Pass after pass over this worker's rows (streaming), each with its own deterministic shuffle."""
         bad: list[str] = []
         for pass_index in itertools.count():
@@ -249,11 +267,14 @@ class TrainCrops(IterableDataset):
                 if num_workers > 1:
                     where += f", loader worker {worker_id}"
                 if read == 0:
-                    raise ValueError(f"the training stream of {where} holds no rows (each loader worker reads "
-                                     "whole shards, and each process its own share: lower data.num_workers, "
-                                     "or write the shards with fewer rows each so that every worker gets some)")
-                raise AudioError(f"every file of the training stream of {where} failed to decode ({read} rows); "
-                                 f"last: {error}") from error
+                    raise ValueError(
+                        f"the training stream of {where} holds no rows (each loader worker reads "
+                        "whole shards, and each process its own share: lower data.num_workers, "
+                        "or write the shards with fewer rows each so that every worker gets some)"
+                    )
+                raise AudioError(
+                    f"every file of the training stream of {where} failed to decode ({read} rows); last: {error}"
+                ) from error
 
 
 def stream_epoch(epoch: int, pass_index: int) -> int:
@@ -282,7 +303,7 @@ def unwrap_worker_error(e: BaseException) -> BaseException:
     for prefix in (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__qualname__}: "):
         at = text.rfind("\n" + prefix)
         if at >= 0:
-            message = text[at + 1 + len(prefix):].rstrip("\n")
+            message = text[at + 1 + len(prefix) :].rstrip("\n")
             if kind is KeyError and message[:1] in "'\"":
                 with contextlib.suppress(ValueError, SyntaxError):
                     message = ast.literal_eval(message)
@@ -382,8 +403,7 @@ def build_train_loader(
     if batch < 1:
         raise ValueError(f"data.batch_size {data_cfg.batch_size} is smaller than the {num_processes} processes")
     if data_cfg.streaming:  # TrainCrops shuffles it, pass after pass
-        rows = load_manifest(manifest_path, streaming=True, process_index=process_index,
-                             num_processes=num_processes)
+        rows = load_manifest(manifest_path, streaming=True, process_index=process_index, num_processes=num_processes)
         if data_cfg.max_utterances:  # a stream cannot be sampled without reading it: its first rows
             rows = rows.take(data_cfg.max_utterances // num_processes)
     else:
@@ -395,17 +415,27 @@ def build_train_loader(
         augmenter = Augmenter.from_config(augment_cfg)
     elif augment_cfg is not None and augment_cfg.where not in ("cpu", "device"):
         raise ValueError(f"augment.where must be 'cpu' or 'device', got {augment_cfg.where!r}")
-    dataset = TrainCrops(rows, labels, data_cfg, augmenter, epoch=epoch, seed=seed,
-                         process_index=process_index, num_processes=num_processes, batch_size=batch,
-                         start_batch=start_batch)
+    dataset = TrainCrops(
+        rows,
+        labels,
+        data_cfg,
+        augmenter,
+        epoch=epoch,
+        seed=seed,
+        process_index=process_index,
+        num_processes=num_processes,
+        batch_size=batch,
+        start_batch=start_batch,
+    )
     workers = data_cfg.num_workers
     if data_cfg.streaming:
         workers = min(workers, rows.num_shards)  # datasets gives each worker whole shards
     # a private generator: creating the iterator must not draw from torch's global RNG, or a resumed run's
     # dropout masks would drift from an uninterrupted run's (the data order is seeded in TrainCrops)
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return TrainLoader(dataset, batch_size=batch, num_workers=workers, pin_memory=torch.cuda.is_available(),
-                       generator=generator)
+    return TrainLoader(
+        dataset, batch_size=batch, num_workers=workers, pin_memory=torch.cuda.is_available(), generator=generator
+    )
 
 
 def utterance_subset(n_rows: int, size: int, seed: int) -> np.ndarray:
@@ -424,8 +454,14 @@ def utterance_subset(n_rows: int, size: int, seed: int) -> np.ndarray:
 class EvalBatches(Dataset):
     """Planned evaluation batches over ``rows``; item i decodes batch i into padded tensors."""
 
-    def __init__(self, rows, batches: list[list[tuple[str, int, int, int, int]]], sample_rate: int,
-                 skip_bad: bool = False, min_samples: int = 0):
+    def __init__(
+        self,
+        rows,
+        batches: list[list[tuple[str, int, int, int, int]]],
+        sample_rate: int,
+        skip_bad: bool = False,
+        min_samples: int = 0,
+    ):
         self.rows, self.batches, self.sample_rate, self.skip_bad = rows, batches, sample_rate, skip_bad
         self.min_samples = min_samples
 
@@ -438,18 +474,25 @@ class EvalBatches(Dataset):
             _, chunk, index, start, frames = item
             row = self.rows[index]
             try:
-                wave = read_audio(_source(row), start, frames, target_sr=self.sample_rate,
-                                  expected_sr=int(row["sample_rate"]))[0]
+                wave = read_audio(
+                    _source(row), start, frames, target_sr=self.sample_rate, expected_sr=int(row["sample_rate"])
+                )[0]
                 if start == 0 and frames == int(round(float(row["duration"]) * int(row["sample_rate"]))):
                     # a whole file (the evaluation pipeline judges chunked ones over all their chunks)
                     peak = float(np.abs(wave).max()) if len(wave) else 0.0
                     if peak < SILENCE_PEAK:
-                        name = f"{row['path']} (manifest id {row['id']})" if row.get("path") else f"manifest id {row['id']}"
+                        name = (
+                            f"{row['path']} (manifest id {row['id']})"
+                            if row.get("path")
+                            else f"manifest id {row['id']}"
+                        )
                         raise AudioError(silent_audio_message(name, peak))
                 if len(wave) < self.min_samples:
-                    raise AudioError(f"{row.get('path') or row.get('id')}: too short"
-                                     f"{f' (chunk {chunk})' if chunk else ''}: {len(wave)} samples, the encoder "
-                                     f"needs at least {self.min_samples} ({self.min_samples / self.sample_rate * 1000:.1f} ms)")
+                    raise AudioError(
+                        f"{row.get('path') or row.get('id')}: too short"
+                        f"{f' (chunk {chunk})' if chunk else ''}: {len(wave)} samples, the encoder "
+                        f"needs at least {self.min_samples} ({self.min_samples / self.sample_rate * 1000:.1f} ms)"
+                    )
                 waves.append(wave)
                 items.append(item)
             except AudioError as e:  # reported by EvalLoader in the main process, not as a worker traceback
@@ -512,8 +555,14 @@ def chunk_bounds(frames: int, rate: int, chunk_seconds: float) -> np.ndarray:
     return np.linspace(0, frames, n_chunks + 1).round().astype(np.int64)
 
 
-def plan_eval_batches(ids: Sequence[str], durations: Sequence[float], *, batch_seconds: float,
-                      chunk_seconds: float = 0.0, sample_rates: Sequence[int] | None = None):
+def plan_eval_batches(
+    ids: Sequence[str],
+    durations: Sequence[float],
+    *,
+    batch_seconds: float,
+    chunk_seconds: float = 0.0,
+    sample_rates: Sequence[int] | None = None,
+):
     """Length-sorted (longest first) batches whose padded size stays within ``batch_seconds``.
 
     Chunking: an utterance longer than ``chunk_seconds`` (> 0) is cut into equal, contiguous chunks
@@ -578,8 +627,16 @@ def build_eval_loader(
     """
 
     rows = load_manifest(manifest_path)
-    batches = plan_eval_batches(rows["id"], rows["duration"], batch_seconds=batch_seconds,
-                                chunk_seconds=chunk_seconds, sample_rates=rows["sample_rate"])
+    batches = plan_eval_batches(
+        rows["id"],
+        rows["duration"],
+        batch_seconds=batch_seconds,
+        chunk_seconds=chunk_seconds,
+        sample_rates=rows["sample_rate"],
+    )
     mine = batches[process_index::num_processes]
-    return EvalLoader(EvalBatches(rows, mine, sample_rate, skip_bad, min_samples), num_workers=num_workers,
-                      generator=torch.Generator().manual_seed(0))
+    return EvalLoader(
+        EvalBatches(rows, mine, sample_rate, skip_bad, min_samples),
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(0),
+    )

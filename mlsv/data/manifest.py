@@ -39,8 +39,10 @@ def _decode_line(raw: bytes, where: str) -> str:
 
 def not_utf8(raw: bytes, e: UnicodeDecodeError) -> str:
     """What is wrong with a line ``raw`` that failed to decode with ``e``, and the fix (for a FILE:LINE message)."""
-    return (f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line); save the file as "
-            "UTF-8 (from Latin-1: iconv -f latin1 -t utf-8 OLD > NEW)")
+    return (
+        f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line); save the file as "
+        "UTF-8 (from Latin-1: iconv -f latin1 -t utf-8 OLD > NEW)"
+    )
 
 
 #: JSONL manifests found to be UTF-8, by resolved path: (size, modification time in ns) when checked.
@@ -75,7 +77,7 @@ def _scan_utf8(path: Path, block: int = 1 << 24) -> None:
                 start = chunk.rfind(b"\n", 0, e.start) + 1
                 end = chunk.find(b"\n", e.start)
                 lineno = lines + chunk.count(b"\n", 0, start) + 1
-                _decode_line(chunk[start:end if end >= 0 else len(chunk)], f"{path}:{lineno}")
+                _decode_line(chunk[start : end if end >= 0 else len(chunk)], f"{path}:{lineno}")
             lines += chunk.count(b"\n")
 
 
@@ -91,8 +93,10 @@ def row_value_errors(row: Mapping[str, Any]) -> dict[str, str]:
     errors: dict[str, str] = {}
     uid, duration, rate = row.get("id"), row.get("duration"), row.get("sample_rate")
     if isinstance(uid, str) and uid and len(uid.split()) != 1:
-        errors["id"] = (f"id {uid!r} holds whitespace, which a trial list (whitespace-separated) cannot "
-                        "name: replace it (e.g. with '_')")
+        errors["id"] = (
+            f"id {uid!r} holds whitespace, which a trial list (whitespace-separated) cannot "
+            "name: replace it (e.g. with '_')"
+        )
     length = "give the utterance's length in seconds"
     if duration is None:
         pass
@@ -103,9 +107,11 @@ def row_value_errors(row: Mapping[str, Any]) -> dict[str, str]:
     elif duration <= 0:
         errors["duration"] = f"zero or negative duration {duration}: {length} (> 0)"
     elif duration > MAX_DURATION:
-        errors["duration"] = (f"duration {duration:g} s is over 24 hours ({MAX_DURATION:g} s): not one "
-                              "utterance; cut the recording into utterances (or is the length in samples or "
-                              "milliseconds?)")
+        errors["duration"] = (
+            f"duration {duration:g} s is over 24 hours ({MAX_DURATION:g} s): not one "
+            "utterance; cut the recording into utterances (or is the length in samples or "
+            "milliseconds?)"
+        )
     fix = "give the file's rate (e.g. 16000)"
     if rate is None:
         pass
@@ -114,8 +120,7 @@ def row_value_errors(row: Mapping[str, Any]) -> dict[str, str]:
     elif not float(rate).is_integer():
         errors["sample_rate"] = f"sample_rate {rate!r} is not a whole number of Hz: {fix}"
     elif not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
-        errors["sample_rate"] = (f"sample_rate {int(rate)} Hz is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} "
-                                 f"Hz: {fix}")
+        errors["sample_rate"] = f"sample_rate {int(rate)} Hz is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz: {fix}"
     return errors
 
 
@@ -329,8 +334,7 @@ def load_manifest(
         for file in files:
             _read_schema(file)  # a corrupt footer; datasets' own error would not name the file
     try:
-        ds = datasets.load_dataset(fmt, data_files=files, split="train", streaming=streaming,
-                                   cache_dir=cache_dir)
+        ds = datasets.load_dataset(fmt, data_files=files, split="train", streaming=streaming, cache_dir=cache_dir)
     except Exception:
         if fmt == "json":
             _scan_json(path)  # raises a ManifestError naming the line, if a line is to blame
@@ -445,30 +449,44 @@ def _check_rows(path: Path, table) -> None:
     if empty:
         fail([f"{path}:{line(i)}: missing {cols}" for i, cols in sorted(empty.items())])
     types = {c: table[c].type for c in ("id", "duration", "sample_rate")}
-    wrong = {c: str(t) for c, t in types.items()
-             if not (pa.types.is_string(t) or pa.types.is_large_string(t) if c == "id"
-                     else pa.types.is_integer(t) or pa.types.is_floating(t))}
+    wrong = {
+        c: str(t)
+        for c, t in types.items()
+        if not (
+            pa.types.is_string(t) or pa.types.is_large_string(t)
+            if c == "id"
+            else pa.types.is_integer(t) or pa.types.is_floating(t)
+        )
+    }
     if wrong:
         if _format(path) == "json":
             _scan_json(path)
-        raise ManifestError(f"{path}: column types {wrong}; ids must be strings, durations and sample rates "
-                            "numbers")
+        raise ManifestError(f"{path}: column types {wrong}; ids must be strings, durations and sample rates numbers")
     ids = table["id"].to_pylist()
     if len(set(ids)) != len(ids):
         first: dict[str, int] = {}
-        fail([f"{path}:{line(i)}: duplicate id {uid!r} (first on line {line(first[uid])})"
-              for i, uid in enumerate(ids) if first.setdefault(uid, i) != i])
+        fail(
+            [
+                f"{path}:{line(i)}: duplicate id {uid!r} (first on line {line(first[uid])})"
+                for i, uid in enumerate(ids)
+                if first.setdefault(uid, i) != i
+            ]
+        )
     duration, rate = table["duration"], table["sample_rate"]
-    ok = pc.and_(pc.and_(pc.greater(duration, 0), pc.less_equal(duration, MAX_DURATION)),  # false for NaN
-                 pc.and_(pc.greater_equal(rate, MIN_SAMPLE_RATE), pc.less_equal(rate, MAX_SAMPLE_RATE)))
+    ok = pc.and_(
+        pc.and_(pc.greater(duration, 0), pc.less_equal(duration, MAX_DURATION)),  # false for NaN
+        pc.and_(pc.greater_equal(rate, MIN_SAMPLE_RATE), pc.less_equal(rate, MAX_SAMPLE_RATE)),
+    )
     if pa.types.is_floating(rate.type):
         ok = pc.and_(ok, pc.equal(rate, pc.floor(rate)))
     suspects = {i for i, good in enumerate(ok.to_pylist()) if not good} if not pc.all(ok).as_py() else set()
     suspects |= {i for i, uid in enumerate(ids) if len(uid.split()) != 1}
     if suspects:
         durations, rates = duration.to_pylist(), rate.to_pylist()
-        values = [row_value_errors({"id": ids[i], "duration": durations[i], "sample_rate": rates[i]})
-                  for i in sorted(suspects)]
+        values = [
+            row_value_errors({"id": ids[i], "duration": durations[i], "sample_rate": rates[i]})
+            for i in sorted(suspects)
+        ]
         fail([f"{path}:{line(i)}: {e}" for i, v in zip(sorted(suspects), values) for e in v.values()])
 
 
@@ -481,8 +499,11 @@ def speaker_labels(manifest) -> dict[str, int]:
     if isinstance(manifest, (str, Path)):
         names = {str(row["speaker"]) for _, row in iter_rows(manifest)}
     elif hasattr(manifest, "features"):  # a datasets table: whole column, or rows when streaming
-        names = set(map(str, manifest["speaker"])) if hasattr(manifest, "__len__") else \
-            {str(r["speaker"]) for r in manifest}
+        names = (
+            set(map(str, manifest["speaker"]))
+            if hasattr(manifest, "__len__")
+            else {str(r["speaker"]) for r in manifest}
+        )
     else:
         names = set(map(str, manifest))
     return {spk: i for i, spk in enumerate(sorted(names))}

@@ -29,9 +29,12 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 VOXCELEB_SUFFIXES = (".wav", ".m4a", ".flac")
 # official VoxCeleb1 trial lists (cleaned versions) -> our names
 TRIAL_NAMES = {
-    "veri_test2": "vox1_O", "vox1_o_cleaned": "vox1_O",
-    "list_test_all2": "vox1_E", "vox1_e_cleaned": "vox1_E",
-    "list_test_hard2": "vox1_H", "vox1_h_cleaned": "vox1_H",
+    "veri_test2": "vox1_O",
+    "vox1_o_cleaned": "vox1_O",
+    "list_test_all2": "vox1_E",
+    "vox1_e_cleaned": "vox1_E",
+    "list_test_hard2": "vox1_H",
+    "vox1_h_cleaned": "vox1_H",
 }
 
 
@@ -74,8 +77,16 @@ def _probe(task: tuple[dict, str, int, bool]) -> tuple[dict | None, str | None]:
     return {**row, "duration": round(frames / sr, 4), "sample_rate": sr}, None
 
 
-def scan(rows: Sequence[dict], *, sample_rate: int = 16000, resample: bool = True, workers: int = 1,
-         desc: str = "scanning", progress: bool = True, root: str | Path | None = None):
+def scan(
+    rows: Sequence[dict],
+    *,
+    sample_rate: int = 16000,
+    resample: bool = True,
+    workers: int = 1,
+    desc: str = "scanning",
+    progress: bool = True,
+    root: str | Path | None = None,
+):
     """Reads every row's header to fill ``duration`` and ``sample_rate``.
 
     Args:
@@ -122,8 +133,9 @@ def _rel(path: Path, base: Path) -> str:
 
 
 def _not_utf8(name: str) -> str:
-    return (f"{name}: file name is not valid UTF-8 (a manifest is UTF-8 text): rename it "
-            "(e.g. convmv -f latin1 -t utf-8)")
+    return (
+        f"{name}: file name is not valid UTF-8 (a manifest is UTF-8 text): rename it (e.g. convmv -f latin1 -t utf-8)"
+    )
 
 
 def _file_problem(f: Path) -> str | None:
@@ -181,14 +193,17 @@ def _convert_one(task: tuple[str, str, int]) -> str | None:
     return None
 
 
-def convert_to_flac(pairs: Sequence[tuple[str, str]], *, sample_rate: int = 16000, workers: int = 1,
-                    progress: bool = True) -> list[str]:
+def convert_to_flac(
+    pairs: Sequence[tuple[str, str]], *, sample_rate: int = 16000, workers: int = 1, progress: bool = True
+) -> list[str]:
     """Decodes (m4a) files and writes mono 16-bit FLAC, resuming: existing outputs are skipped and each
     output is written to a temporary name, then renamed. Returns the failures (messages naming files)."""
     tasks = [(s, d, sample_rate) for s, d in pairs]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
-            results = list(progress_bar(pool.map(_convert_one, tasks, chunksize=16), len(tasks), "converting", progress))
+            results = list(
+                progress_bar(pool.map(_convert_one, tasks, chunksize=16), len(tasks), "converting", progress)
+            )
     else:
         results = [_convert_one(t) for t in progress_bar(tasks, len(tasks), "converting", progress)]
     return [r for r in results if r]
@@ -214,16 +229,17 @@ def trial_list_name(path: str | Path) -> str:
     return TRIAL_NAMES.get(stem.lower(), stem)
 
 
-def _missing_trial_ids(path: str | Path, missing: list[str], sets: dict[str, list[dict]],
-                       train_set: str | None) -> str:
+def _missing_trial_ids(path: str | Path, missing: list[str], sets: dict[str, list[dict]], train_set: str | None) -> str:
     """Why a trial list names ids that ``test.jsonl`` lacks, and what to do about it."""
     head = f"trial list {path}: {len(set(missing))} id(s) not in test.jsonl, e.g. {missing[:3]}"
     dev = {r["id"] for r in sets.get("vox1_dev", ())}
     if train_set == "vox1_dev" and any(x in dev for x in missing):
-        return (f"{head}: they include VoxCeleb1 dev utterances, and VoxCeleb1 dev is the training set here (no "
-                "--vox2-dev was given), so this list would test on training speakers (Vox1-E/H use dev "
-                "speakers). Give --vox2-dev as well (VoxCeleb2 dev then trains and VoxCeleb1 dev joins "
-                "test.jsonl), or leave this list out (Vox1-O uses test speakers only)")
+        return (
+            f"{head}: they include VoxCeleb1 dev utterances, and VoxCeleb1 dev is the training set here (no "
+            "--vox2-dev was given), so this list would test on training speakers (Vox1-E/H use dev "
+            "speakers). Give --vox2-dev as well (VoxCeleb2 dev then trains and VoxCeleb1 dev joins "
+            "test.jsonl), or leave this list out (Vox1-O uses test speakers only)"
+        )
     if "vox1_dev" not in sets:
         return f"{head} (Vox1-E/H need --vox1-dev as well as --vox1-test)"
     if "vox1_test" not in sets:
@@ -271,8 +287,17 @@ def prepare_voxceleb(
         raise ValueError("--validation-speakers must be 0 or at least 2 (one speaker gives no non-target trials)")
     sets: dict[str, list[dict]] = {}
     for name, root in roots.items():
-        sets[name] = _voxceleb_set(name, root, out, result, convert_dir=convert_dir, sample_rate=sample_rate,
-                                   resample=resample, workers=workers, progress=progress)
+        sets[name] = _voxceleb_set(
+            name,
+            root,
+            out,
+            result,
+            convert_dir=convert_dir,
+            sample_rate=sample_rate,
+            resample=resample,
+            workers=workers,
+            progress=progress,
+        )
     train_set = "vox2_dev" if "vox2_dev" in sets else "vox1_dev" if "vox1_dev" in sets else None
     if train_set:
         train = _hold_out_validation(sets[train_set], train_set, validation_speakers, out, result, seed=seed)
@@ -287,26 +312,47 @@ def prepare_voxceleb(
     return result
 
 
-def _voxceleb_set(name: str, root: Path, out: Path, result: PrepareResult, *, convert_dir: str | Path | None,
-                  sample_rate: int, resample: bool, workers: int, progress: bool) -> list[dict]:
+def _voxceleb_set(
+    name: str,
+    root: Path,
+    out: Path,
+    result: PrepareResult,
+    *,
+    convert_dir: str | Path | None,
+    sample_rate: int,
+    resample: bool,
+    workers: int,
+    progress: bool,
+) -> list[dict]:
     """Finds one VoxCeleb set's files (m4a converted first when ``convert_dir``), checks them and writes
     ``<name>.jsonl`` (bad files go to ``result.bad``): its rows."""
     checked = [(uid, f, _file_problem(f)) for uid, f in _voxceleb_files(root)]
     link_bad = [problem for _, _, problem in checked if problem]
     files = [(uid, f) for uid, f, problem in checked if not problem]
     if convert_dir:
-        files = _converted_voxceleb_files(files, Path(convert_dir) / name, result, sample_rate=sample_rate,
-                                          workers=workers, progress=progress)
-    partial = [{"id": uid, "path": _rel(f, out), "speaker": uid.split("/")[0],
-                "session": "/".join(uid.split("/")[:2])} for uid, f in files]
-    rows, bad = scan(partial, sample_rate=sample_rate, resample=resample, workers=workers,
-                     desc=f"scanning {name}", progress=progress, root=out)
+        files = _converted_voxceleb_files(
+            files, Path(convert_dir) / name, result, sample_rate=sample_rate, workers=workers, progress=progress
+        )
+    partial = [
+        {"id": uid, "path": _rel(f, out), "speaker": uid.split("/")[0], "session": "/".join(uid.split("/")[:2])}
+        for uid, f in files
+    ]
+    rows, bad = scan(
+        partial,
+        sample_rate=sample_rate,
+        resample=resample,
+        workers=workers,
+        desc=f"scanning {name}",
+        progress=progress,
+        root=out,
+    )
     _write(rows, link_bad + bad, out / f"{name}.jsonl", result, name)
     return rows
 
 
-def _converted_voxceleb_files(files: list[tuple[str, Path]], conv: Path, result: PrepareResult, *,
-                              sample_rate: int, workers: int, progress: bool) -> list[tuple[str, Path]]:
+def _converted_voxceleb_files(
+    files: list[tuple[str, Path]], conv: Path, result: PrepareResult, *, sample_rate: int, workers: int, progress: bool
+) -> list[tuple[str, Path]]:
     """Decodes the m4a files among ``files`` to FLAC under ``conv`` (resuming; failures go to ``result.bad``).
 
     Returns:
@@ -318,8 +364,9 @@ def _converted_voxceleb_files(files: list[tuple[str, Path]], conv: Path, result:
     return [(uid, f) for uid, f in files if f.is_file()]
 
 
-def _hold_out_validation(train: list[dict], train_set: str, validation_speakers: int, out: Path,
-                         result: PrepareResult, *, seed: int) -> list[dict]:
+def _hold_out_validation(
+    train: list[dict], train_set: str, validation_speakers: int, out: Path, result: PrepareResult, *, seed: int
+) -> list[dict]:
     """Holds ``validation_speakers`` speakers of ``train`` out (seeded) into ``validation.jsonl`` and
     ``validation_trials.txt``; none when 0. Returns the training rows left.
 
@@ -330,21 +377,33 @@ def _hold_out_validation(train: list[dict], train_set: str, validation_speakers:
         return train
     speakers = sorted({r["speaker"] for r in train})
     if validation_speakers >= len(speakers):
-        raise ValueError(f"--validation-speakers {validation_speakers} leaves no training speakers "
-                         f"({len(speakers)} in {train_set})")
+        raise ValueError(
+            f"--validation-speakers {validation_speakers} leaves no training speakers ({len(speakers)} in {train_set})"
+        )
     held = set(np.random.default_rng(seed).choice(speakers, validation_speakers, replace=False))
     val = [r for r in train if r["speaker"] in held]
     train = [r for r in train if r["speaker"] not in held]
     write_manifest(val, out / "validation.jsonl")
-    vt = make_trials([r["id"] for r in val], [r["speaker"] for r in val], [r["session"] for r in val],
-                     seed=seed, name="validation_trials")
+    vt = make_trials(
+        [r["id"] for r in val],
+        [r["speaker"] for r in val],
+        [r["session"] for r in val],
+        seed=seed,
+        name="validation_trials",
+    )
     write_trials(vt, out / "validation_trials.txt")
     result.outputs.update(validation=out / "validation.jsonl", validation_trials=out / "validation_trials.txt")
     return train
 
 
-def _copy_trial_lists(paths: Iterable[str | Path], known: set[str], sets: dict[str, list[dict]],
-                      train_set: str | None, out: Path, result: PrepareResult) -> None:
+def _copy_trial_lists(
+    paths: Iterable[str | Path],
+    known: set[str],
+    sets: dict[str, list[dict]],
+    train_set: str | None,
+    out: Path,
+    result: PrepareResult,
+) -> None:
     """Checks each trial list against the test ids ``known`` and copies it to ``trials/<name>.txt``.
 
     Raises:
@@ -364,23 +423,39 @@ def _copy_trial_lists(paths: Iterable[str | Path], known: set[str], sets: dict[s
 # generic folders, MUSAN, RIRs
 
 
-def _scan_and_write(partial: list[dict], out: Path, *, sample_rate: int, resample: bool, workers: int,
-                    progress: bool, bad: Sequence[str] = ()) -> PrepareResult:
+def _scan_and_write(
+    partial: list[dict],
+    out: Path,
+    *,
+    sample_rate: int,
+    resample: bool,
+    workers: int,
+    progress: bool,
+    bad: Sequence[str] = (),
+) -> PrepareResult:
     """Checks every listed file (bad ones are reported and left out) and writes the manifest ``out``;
     ``bad``: files already left out (links, names), reported first."""
     result = PrepareResult()
     # the rows' paths are relative to the manifest's folder ("data/../mine/a.wav"): it must exist for the
     # system to resolve them
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows, scan_bad = scan(partial, sample_rate=sample_rate, resample=resample, workers=workers,
-                          progress=progress, root=out.parent)
+    rows, scan_bad = scan(
+        partial, sample_rate=sample_rate, resample=resample, workers=workers, progress=progress, root=out.parent
+    )
     _write(rows, [*bad, *scan_bad], out, result, "manifest")
     _write_bad(result, out.parent)
     return result
 
 
-def prepare_folder(root: str | Path, out: str | Path, *, sample_rate: int = 16000, resample: bool = True,
-                   workers: int = 1, progress: bool = True) -> PrepareResult:
+def prepare_folder(
+    root: str | Path,
+    out: str | Path,
+    *,
+    sample_rate: int = 16000,
+    resample: bool = True,
+    workers: int = 1,
+    progress: bool = True,
+) -> PrepareResult:
     """A manifest from ``root/SPEAKER/[SESSION/]UTT.{wav,flac,ogg,mp3}``.
 
     ids are paths relative to ``root`` with each whitespace character replaced by ``_`` (trial lists are
@@ -406,8 +481,7 @@ def prepare_folder(root: str | Path, out: str | Path, *, sample_rate: int = 1600
             continue
         uid = re.sub(r"\s", "_", rel.as_posix())
         if uid in files:
-            raise ValueError(f"{files[uid]} and {f} both get id {uid!r} (whitespace in names becomes '_'): "
-                             "rename one")
+            raise ValueError(f"{files[uid]} and {f} both get id {uid!r} (whitespace in names becomes '_'): rename one")
         files[uid] = f
         row = {"id": uid, "path": path, "speaker": rel.parts[0]}
         if len(rel.parts) == 3:
@@ -415,12 +489,20 @@ def prepare_folder(root: str | Path, out: str | Path, *, sample_rate: int = 1600
         partial.append(row)
     if not partial and not bad:
         raise ValueError(f"{root}: no SPEAKER/[SESSION/]UTT{{{','.join(AUDIO_SUFFIXES)}}} files")
-    return _scan_and_write(partial, out, sample_rate=sample_rate, resample=resample, workers=workers,
-                           progress=progress, bad=bad)
+    return _scan_and_write(
+        partial, out, sample_rate=sample_rate, resample=resample, workers=workers, progress=progress, bad=bad
+    )
 
 
-def prepare_musan(root: str | Path, out: str | Path, *, sample_rate: int = 16000, resample: bool = True,
-                  workers: int = 1, progress: bool = True) -> PrepareResult:
+def prepare_musan(
+    root: str | Path,
+    out: str | Path,
+    *,
+    sample_rate: int = 16000,
+    resample: bool = True,
+    workers: int = 1,
+    progress: bool = True,
+) -> PrepareResult:
     """A noise manifest from ``musan/{noise,music,speech}/SUBSET/*.wav`` with a ``category`` column.
 
     Files are not split: the augmenters read random stretches of the long files directly.
@@ -434,16 +516,31 @@ def prepare_musan(root: str | Path, out: str | Path, *, sample_rate: int = 16000
                 if problem:
                     bad.append(problem)
                     continue
-                partial.append({"id": f.relative_to(root).as_posix(), "path": path,
-                                "speaker": f"{category}/{f.parent.name}", "category": category})
+                partial.append(
+                    {
+                        "id": f.relative_to(root).as_posix(),
+                        "path": path,
+                        "speaker": f"{category}/{f.parent.name}",
+                        "category": category,
+                    }
+                )
     if not partial and not bad:
         raise ValueError(f"{root}: no {{noise,music,speech}}/SUBSET/*.wav files (is this the musan folder?)")
-    return _scan_and_write(partial, out, sample_rate=sample_rate, resample=resample, workers=workers,
-                           progress=progress, bad=bad)
+    return _scan_and_write(
+        partial, out, sample_rate=sample_rate, resample=resample, workers=workers, progress=progress, bad=bad
+    )
 
 
-def prepare_rirs(root: str | Path, out: str | Path, *, sample_rate: int = 16000, resample: bool = True,
-                 workers: int = 1, progress: bool = True, kind: str = "real") -> PrepareResult:
+def prepare_rirs(
+    root: str | Path,
+    out: str | Path,
+    *,
+    sample_rate: int = 16000,
+    resample: bool = True,
+    workers: int = 1,
+    progress: bool = True,
+    kind: str = "real",
+) -> PrepareResult:
     """A RIR manifest from RIRS_NOISES: ``real_rirs_isotropic_noises/rir_list`` (kind real) and
     ``simulated_rirs/*room/Room*/*.wav`` (kind simulated); ``root`` is RIRS_NOISES or its parent. Any
     other folder is a plain bank: every audio file under it is an impulse response of ``kind``."""
@@ -462,22 +559,30 @@ def prepare_rirs(root: str | Path, out: str | Path, *, sample_rate: int = 16000,
             if problem:
                 bad.append(problem)
                 continue
-            partial.append({"id": f.relative_to(root).as_posix(), "path": path, "speaker": f.stem,
-                            "kind": "real"})
+            partial.append({"id": f.relative_to(root).as_posix(), "path": path, "speaker": f.stem, "kind": "real"})
     for f in sorted((root / "simulated_rirs").glob("*/*/*.wav")):
         path, problem = _manifest_path(f, out.parent)
         if problem:
             bad.append(problem)
             continue
-        partial.append({"id": f.relative_to(root).as_posix(), "path": path,
-                        "speaker": f"{f.parent.parent.name}/{f.parent.name}", "kind": "simulated"})
+        partial.append(
+            {
+                "id": f.relative_to(root).as_posix(),
+                "path": path,
+                "speaker": f"{f.parent.parent.name}/{f.parent.name}",
+                "kind": "simulated",
+            }
+        )
     if not partial and not bad:  # not the RIRS_NOISES layout: a plain folder of impulse responses
         partial, bad = _plain_bank(root, out, "kind", kind)
         if not partial and not bad:
-            raise ValueError(f"{root}: no impulse responses: neither the RIRS_NOISES layout "
-                             "(real_rirs_isotropic_noises/rir_list, simulated_rirs/*/*/*.wav) nor audio files in it")
-    return _scan_and_write(partial, out, sample_rate=sample_rate, resample=resample, workers=workers,
-                           progress=progress, bad=bad)
+            raise ValueError(
+                f"{root}: no impulse responses: neither the RIRS_NOISES layout "
+                "(real_rirs_isotropic_noises/rir_list, simulated_rirs/*/*/*.wav) nor audio files in it"
+            )
+    return _scan_and_write(
+        partial, out, sample_rate=sample_rate, resample=resample, workers=workers, progress=progress, bad=bad
+    )
 
 
 NOISE_CATEGORIES = {"noise": "noise", "music": "music", "speech": "speech", "babble": "speech"}
@@ -494,13 +599,27 @@ def _plain_bank(root: Path, out: Path, column: str, value: str) -> tuple[list[di
             bad.append(problem)
             continue
         rel = f.relative_to(root)
-        partial.append({"id": f"{value}/{rel.as_posix()}", "path": path,
-                        "speaker": f"{value}/{rel.parent.as_posix()}", column: value})
+        partial.append(
+            {
+                "id": f"{value}/{rel.as_posix()}",
+                "path": path,
+                "speaker": f"{value}/{rel.parent.as_posix()}",
+                column: value,
+            }
+        )
     return partial, bad
 
 
-def prepare_noise(root: str | Path, out: str | Path, *, category: str, sample_rate: int = 16000,
-                  resample: bool = True, workers: int = 1, progress: bool = True) -> PrepareResult:
+def prepare_noise(
+    root: str | Path,
+    out: str | Path,
+    *,
+    category: str,
+    sample_rate: int = 16000,
+    resample: bool = True,
+    workers: int = 1,
+    progress: bool = True,
+) -> PrepareResult:
     """A noise-bank manifest from any folder: every audio file under ``root`` in one ``category``.
 
     ``noise`` and ``music`` feed the noise and music kinds; ``babble`` (or ``speech``) recordings feed the
@@ -515,8 +634,9 @@ def prepare_noise(root: str | Path, out: str | Path, *, category: str, sample_ra
     partial, bad = _plain_bank(root, out, "category", NOISE_CATEGORIES[category])
     if not partial and not bad:
         raise ValueError(f"{root}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
-    return _scan_and_write(partial, out, sample_rate=sample_rate, resample=resample, workers=workers,
-                           progress=progress, bad=bad)
+    return _scan_and_write(
+        partial, out, sample_rate=sample_rate, resample=resample, workers=workers, progress=progress, bad=bad
+    )
 
 
 def prepare_trials(manifest: str | Path, out: str | Path, *, per_utterance: int = 5, seed: int = 0) -> Trials:
@@ -531,21 +651,29 @@ def prepare_trials(manifest: str | Path, out: str | Path, *, per_utterance: int 
     for lineno, row in iter_rows(manifest):
         missing = [c for c in ("id", "speaker") if row.get(c) in (None, "")]
         if missing:
-            raise ManifestError(f"{manifest}:{lineno}: missing {missing} (a trial list needs each row's id and "
-                                "speaker)")
+            raise ManifestError(
+                f"{manifest}:{lineno}: missing {missing} (a trial list needs each row's id and speaker)"
+            )
         uid = row["id"]
         if not isinstance(uid, str) or len(uid.split()) != 1:
-            raise ManifestError(f"{manifest}:{lineno}: id {uid!r} must be a string without whitespace (trial "
-                                "lists are whitespace-separated)")
+            raise ManifestError(
+                f"{manifest}:{lineno}: id {uid!r} must be a string without whitespace (trial "
+                "lists are whitespace-separated)"
+            )
         if first.setdefault(uid, lineno) != lineno:
             raise ManifestError(f"{manifest}:{lineno}: duplicate id {uid!r} (first on line {first[uid]})")
         rows.append(row)
     if not rows:
         raise ManifestError(f"{manifest}: manifest has no rows")
     try:
-        trials = make_trials([r["id"] for r in rows], [str(r["speaker"]) for r in rows],
-                             [r.get("session") for r in rows], per_utterance=per_utterance, seed=seed,
-                             name=Path(out).stem)
+        trials = make_trials(
+            [r["id"] for r in rows],
+            [str(r["speaker"]) for r in rows],
+            [r.get("session") for r in rows],
+            per_utterance=per_utterance,
+            seed=seed,
+            name=Path(out).stem,
+        )
     except ValueError as e:
         raise ValueError(f"{manifest}: {e}") from None
     write_trials(trials, out)

@@ -42,8 +42,9 @@ def _write_shard(task: tuple[list[dict], str, str]) -> tuple[int, list[str]]:
     return len(out), bad
 
 
-def write_shards(manifest: str | Path, out_dir: str | Path, *, rows_per_shard: int = 2000, workers: int = 1,
-                 progress: bool = True) -> tuple[list[Path], list[str]]:
+def write_shards(
+    manifest: str | Path, out_dir: str | Path, *, rows_per_shard: int = 2000, workers: int = 1, progress: bool = True
+) -> tuple[list[Path], list[str]]:
     """Packs a manifest into ``out_dir/shard-NNNNN-of-MMMMM.parquet``; existing shards are kept (resume).
 
     Returns:
@@ -62,8 +63,11 @@ def write_shards(manifest: str | Path, out_dir: str | Path, *, rows_per_shard: i
     out.mkdir(parents=True, exist_ok=True)
     n = math.ceil(len(rows) / rows_per_shard)
     paths = [out / f"shard-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
-    tasks = [(rows[i * rows_per_shard:(i + 1) * rows_per_shard], root, str(p))
-             for i, p in enumerate(paths) if not p.is_file()]
+    tasks = [
+        (rows[i * rows_per_shard : (i + 1) * rows_per_shard], root, str(p))
+        for i, p in enumerate(paths)
+        if not p.is_file()
+    ]
     bad: list[str] = []
     if workers > 1 and len(tasks) > 1:
         with ProcessPoolExecutor(workers) as pool:

@@ -33,15 +33,33 @@ FREQS = np.fft.rfftfreq(N_FFT, 1 / SAMPLE_RATE)  # (257,)
 _WINDOW = np.hanning(N_FFT + 1)[:-1].astype(np.float32)  # periodic Hann: squared, it sums to 1.5 at hop N_FFT/4
 
 # Adult male vowel targets F1..F3 (Hz, after Peterson & Barney 1952); F4, F5 are added per speaker.
-VOWELS = np.array([
-    [270, 2290, 3010], [390, 1990, 2550], [530, 1840, 2480], [660, 1720, 2410], [730, 1090, 2440],
-    [570, 840, 2410], [440, 1020, 2240], [300, 870, 2240], [640, 1190, 2390], [490, 1350, 1690],
-], dtype=np.float64)
+VOWELS = np.array(
+    [
+        [270, 2290, 3010],
+        [390, 1990, 2550],
+        [530, 1840, 2480],
+        [660, 1720, 2410],
+        [730, 1090, 2440],
+        [570, 840, 2410],
+        [440, 1020, 2240],
+        [300, 870, 2240],
+        [640, 1190, 2390],
+        [490, 1350, 1690],
+    ],
+    dtype=np.float64,
+)
 # Fricatives: (centre Hz, bandwidth Hz, gain, voiced part) for s, sh, f, th, z, v, h-like.
-FRICATIVES = np.array([
-    [5500, 2500, 0.35, 0.0], [3000, 1800, 0.35, 0.0], [4000, 6000, 0.08, 0.0], [5000, 5000, 0.06, 0.0],
-    [5500, 2500, 0.25, 0.35], [4000, 6000, 0.06, 0.35], [1500, 2500, 0.10, 0.0],
-])
+FRICATIVES = np.array(
+    [
+        [5500, 2500, 0.35, 0.0],
+        [3000, 1800, 0.35, 0.0],
+        [4000, 6000, 0.08, 0.0],
+        [5000, 5000, 0.06, 0.0],
+        [5500, 2500, 0.25, 0.35],
+        [4000, 6000, 0.06, 0.35],
+        [1500, 2500, 0.10, 0.0],
+    ]
+)
 STOP_BURSTS = np.array([800.0, 3800.0, 2000.0])  # p/b, t/d, k/g burst centres (Hz)
 TIMBRE_DB = 6.0  # std of a voice's individual spectral peaks and dips (dB)
 
@@ -60,8 +78,8 @@ def _istft(spec: np.ndarray, n: int) -> np.ndarray:
     blocks = np.zeros((t + 3, HOP))
     parts = frames.reshape(t, 4, HOP)
     for k in range(4):
-        blocks[k:k + t] += parts[:, k]
-    return blocks.reshape(-1)[N_FFT // 2:N_FFT // 2 + n] / 1.5
+        blocks[k : k + t] += parts[:, k]
+    return blocks.reshape(-1)[N_FFT // 2 : N_FFT // 2 + n] / 1.5
 
 
 def _resonances(freqs: np.ndarray, bands: np.ndarray) -> np.ndarray:
@@ -74,7 +92,7 @@ def _resonances(freqs: np.ndarray, bands: np.ndarray) -> np.ndarray:
     """
     f = FREQS.astype(np.float32)[None, None, :]
     c, h2 = freqs.astype(np.float32)[..., None], (bands.astype(np.float32)[..., None] / 2) ** 2
-    power = (c ** 2 + h2) ** 2 / (((f - c) ** 2 + h2) * ((f + c) ** 2 + h2))
+    power = (c**2 + h2) ** 2 / (((f - c) ** 2 + h2) * ((f + c) ** 2 + h2))
     return np.sqrt(power.prod(axis=1))
 
 
@@ -94,7 +112,7 @@ def _coloured_noise(n: int, exponent: float, rng: np.random.Generator) -> np.nda
     f = np.fft.rfftfreq(n, 1 / SAMPLE_RATE)
     f[0] = f[1]
     x = np.fft.irfft(spec * f ** (-exponent / 2), n=n)
-    return x / (np.sqrt(np.mean(x ** 2)) + 1e-12)
+    return x / (np.sqrt(np.mean(x**2)) + 1e-12)
 
 
 @dataclass(frozen=True)
@@ -124,14 +142,20 @@ def sample_voice(rng: np.random.Generator) -> Voice:
     f0 = rng.uniform(165, 255) if female else rng.uniform(85, 150)
     vtl = rng.uniform(1.08, 1.25) if female else rng.uniform(0.9, 1.06)
     return Voice(
-        f0=float(f0), f0_range=float(rng.uniform(0.8, 3.5)), declination=float(rng.uniform(0.5, 3.0)),
+        f0=float(f0),
+        f0_range=float(rng.uniform(0.8, 3.5)),
+        declination=float(rng.uniform(0.5, 3.0)),
         vtl=float(vtl),
         formant_dev=tuple(float(v) for v in 1 + rng.normal(0, [0.05, 0.05, 0.04, 0.05, 0.05])),
         vowel_dev=tuple(tuple(float(v) for v in row) for row in 1 + rng.normal(0, 0.05, (len(VOWELS), 3))),
-        bandwidth=float(rng.uniform(0.7, 1.6)), tilt=float(rng.uniform(0.6, 1.5)),
-        tilt_corner=float(rng.uniform(150, 600)), breathiness=float(rng.uniform(0.02, 0.35)),
-        jitter=float(rng.uniform(0.002, 0.025)), shimmer=float(rng.uniform(0.02, 0.15)),
-        rate=float(rng.uniform(0.75, 1.35)), nasality=float(rng.uniform(0.15, 0.5)),
+        bandwidth=float(rng.uniform(0.7, 1.6)),
+        tilt=float(rng.uniform(0.6, 1.5)),
+        tilt_corner=float(rng.uniform(150, 600)),
+        breathiness=float(rng.uniform(0.02, 0.35)),
+        jitter=float(rng.uniform(0.002, 0.025)),
+        shimmer=float(rng.uniform(0.02, 0.15)),
+        rate=float(rng.uniform(0.75, 1.35)),
+        nasality=float(rng.uniform(0.15, 0.5)),
         timbre_db=tuple(float(v) for v in _random_eq(rng, TIMBRE_DB, (3, 7))),
     )
 
@@ -162,8 +186,9 @@ def sample_session(rng: np.random.Generator, channel_db: float) -> Session:
     high_pass, low_pass = rng.uniform(40, 150), rng.uniform(6500, 7900)
     eq += 10 * np.log10(1 / (1 + (high_pass / np.maximum(FREQS, 1.0)) ** 4) + 1e-6)
     eq += 10 * np.log10(1 / (1 + (FREQS / low_pass) ** rng.uniform(6, 16)) + 1e-6)
-    return Session(tuple(float(v) for v in eq), float(rng.normal(0, 0.6)), float(rng.uniform(30, 45)),
-                   float(rng.uniform(0.8, 1.2)))
+    return Session(
+        tuple(float(v) for v in eq), float(rng.normal(0, 0.6)), float(rng.uniform(30, 45)), float(rng.uniform(0.8, 1.2))
+    )
 
 
 def _phone_track(voice: Voice, n_frames: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -177,8 +202,9 @@ def _phone_track(voice: Voice, n_frames: int, rng: np.random.Generator) -> dict[
     lengths: list[int] = []
     params: list[tuple[np.ndarray, float, float, float, float]] = []  # formants (5,), av, an, centre, band
 
-    def add(seconds: float, formants: np.ndarray, av: float, an: float = 0.0,
-            centre: float = 1000.0, band: float = 1000.0) -> None:
+    def add(
+        seconds: float, formants: np.ndarray, av: float, an: float = 0.0, centre: float = 1000.0, band: float = 1000.0
+    ) -> None:
         lengths.append(int(round(seconds * voice.rate * SAMPLE_RATE / HOP)))
         params.append((formants, av, an, centre, band))
 
@@ -192,17 +218,23 @@ def _phone_track(voice: Voice, n_frames: int, rng: np.random.Generator) -> dict[
                 kind = rng.random()
                 if kind < 0.45:
                     c, b, g, voiced = FRICATIVES[rng.integers(len(FRICATIVES))]
-                    add(rng.uniform(0.06, 0.13), vowel, voiced, g, c * voice.vtl ** 0.5, b)
+                    add(rng.uniform(0.06, 0.13), vowel, voiced, g, c * voice.vtl**0.5, b)
                 elif kind < 0.8:
                     add(rng.uniform(0.03, 0.07), vowel, 0.0)  # stop closure, then its burst
-                    add(rng.uniform(0.015, 0.03), vowel, 0.0, 0.5,
-                        STOP_BURSTS[rng.integers(len(STOP_BURSTS))] * voice.vtl ** 0.5, 1500.0)
+                    add(
+                        rng.uniform(0.015, 0.03),
+                        vowel,
+                        0.0,
+                        0.5,
+                        STOP_BURSTS[rng.integers(len(STOP_BURSTS))] * voice.vtl**0.5,
+                        1500.0,
+                    )
                 else:
                     add(rng.uniform(0.05, 0.1), np.array([250.0, 1100.0, 2300.0, *f45]) * voice.vtl, voice.nasality)
             add(rng.uniform(0.07, 0.2), vowel, rng.uniform(0.5, 1.0))
             if rng.random() < 0.3:  # coda fricative
                 c, b, g, voiced = FRICATIVES[rng.integers(len(FRICATIVES))]
-                add(rng.uniform(0.05, 0.11), vowel, voiced, g * 0.8, c * voice.vtl ** 0.5, b)
+                add(rng.uniform(0.05, 0.11), vowel, voiced, g * 0.8, c * voice.vtl**0.5, b)
         add(rng.uniform(0.08, 0.35), vowel, 0.0)  # pause between phrases
     counts = np.asarray(lengths)
 
@@ -211,8 +243,10 @@ def _phone_track(voice: Voice, n_frames: int, rng: np.random.Generator) -> dict[
 
     return {
         "formants": _smooth(np.log(track(0)), 7),  # coarticulation: 56 ms smoothing in log frequency
-        "av": _smooth(track(1), 3), "an": _smooth(track(2), 2),
-        "noise_centre": track(3), "noise_band": track(4),
+        "av": _smooth(track(1), 3),
+        "an": _smooth(track(2), 2),
+        "noise_centre": track(3),
+        "noise_band": track(4),
     }
 
 
@@ -256,7 +290,7 @@ def synthesize(voice: Voice, session: Session, seconds: float, rng: np.random.Ge
     channel = (10 ** (np.asarray(session.eq_db) / 20)).astype(np.float32)
     y = _istft((speech + gain * background) * channel[None], n)
     level = 10 ** (rng.uniform(-32, -16) / 20)  # random recording level (dBFS RMS)
-    y *= level / (np.sqrt(np.mean(y ** 2)) + 1e-12)
+    y *= level / (np.sqrt(np.mean(y**2)) + 1e-12)
     peak = np.abs(y).max()
     if peak > 0.98:
         y *= 0.98 / peak
@@ -285,12 +319,14 @@ def _music(seconds: float, rng: np.random.Generator) -> np.ndarray:
             f = 440 * 2 ** ((note - 69) / 12)
             harmonics = np.arange(1, int(min(12, 7000 // f)) + 1)
             weights = harmonics ** -rng.uniform(0.8, 2.0)
-            y[start:start + length] += decay * (weights[:, None] * np.sin(2 * np.pi * f * harmonics[:, None] * t)).sum(0)
+            y[start : start + length] += decay * (
+                weights[:, None] * np.sin(2 * np.pi * f * harmonics[:, None] * t)
+            ).sum(0)
         if rng.random() < 0.5:  # percussion hit
             hit = min(length, 1600)
-            y[start:start + hit] += rng.standard_normal(hit) * np.exp(-np.arange(hit) / 200) * 0.5
+            y[start : start + hit] += rng.standard_normal(hit) * np.exp(-np.arange(hit) / 200) * 0.5
         t0 += dur
-    return y / (np.sqrt(np.mean(y ** 2)) + 1e-12)
+    return y / (np.sqrt(np.mean(y**2)) + 1e-12)
 
 
 def _noise(seconds: float, rng: np.random.Generator) -> np.ndarray:
@@ -303,7 +339,7 @@ def _noise(seconds: float, rng: np.random.Generator) -> np.ndarray:
         t = np.arange(n) / SAMPLE_RATE
         hum = rng.choice([50.0, 60.0])
         y += sum(np.sin(2 * np.pi * hum * k * t) / k for k in range(1, 6)) * rng.uniform(0.2, 1.0)
-    return y / (np.sqrt(np.mean(y ** 2)) + 1e-12)
+    return y / (np.sqrt(np.mean(y**2)) + 1e-12)
 
 
 def simulate_rir(rng: np.random.Generator, rt60: float | None = None) -> np.ndarray:
@@ -317,7 +353,7 @@ def simulate_rir(rng: np.random.Generator, rt60: float | None = None) -> np.ndar
     t = np.arange(n) / SAMPLE_RATE
     tail = rng.standard_normal(n) * np.exp(-6.9 * t / rt60)
     tail[: delay + 16] = 0
-    tail *= 10 ** (-rng.uniform(0, 10) / 20) / (np.sqrt(np.sum(tail ** 2)) + 1e-12)  # reverberant energy
+    tail *= 10 ** (-rng.uniform(0, 10) / 20) / (np.sqrt(np.sum(tail**2)) + 1e-12)  # reverberant energy
     rir = tail
     rir[delay] += 1.0
     for _ in range(rng.integers(3, 9)):  # early reflections within 50 ms
@@ -346,8 +382,16 @@ class SyntheticCorpus:
 
 
 def _corpus_paths(root: Path) -> SyntheticCorpus:
-    return SyntheticCorpus(root, root / "train.jsonl", root / "validation.jsonl", root / "validation_trials.txt",
-                           root / "test.jsonl", root / "test_trials.txt", root / "noise.jsonl", root / "rirs.jsonl")
+    return SyntheticCorpus(
+        root,
+        root / "train.jsonl",
+        root / "validation.jsonl",
+        root / "validation_trials.txt",
+        root / "test.jsonl",
+        root / "test_trials.txt",
+        root / "noise.jsonl",
+        root / "rirs.jsonl",
+    )
 
 
 def make_synthetic_corpus(
@@ -397,13 +441,24 @@ def make_synthetic_corpus(
     stamp.unlink(missing_ok=True)
     started = time.time()
     splits = {"train": n_speakers, "validation": n_validation_speakers, "test": n_test_speakers}
-    rows = _write_speakers(root, splits, utts_per_speaker, sessions_per_speaker=sessions_per_speaker,
-                           seconds=(min_seconds, max_seconds), channel_db=channel_db, audio_format=audio_format,
-                           seed=seed)
+    rows = _write_speakers(
+        root,
+        splits,
+        utts_per_speaker,
+        sessions_per_speaker=sessions_per_speaker,
+        seconds=(min_seconds, max_seconds),
+        channel_db=channel_db,
+        audio_format=audio_format,
+        seed=seed,
+    )
     _write_manifests_and_trials(paths, rows, trials_per_utterance, seed)
     bank_rng = np.random.default_rng([seed, 3])  # the noise bank, then the rooms
-    write_manifest(_write_noise_bank(root, bank_rng, bank_files, bank_seconds, channel_db=channel_db,
-                                     audio_format=audio_format, seed=seed), paths.noise)
+    write_manifest(
+        _write_noise_bank(
+            root, bank_rng, bank_files, bank_seconds, channel_db=channel_db, audio_format=audio_format, seed=seed
+        ),
+        paths.noise,
+    )
     write_manifest(_write_rirs(root, bank_rng, n_rirs), paths.rirs)
     stamp.write_text(json.dumps({"params": params, "seconds_to_make": round(time.time() - started, 2)}, indent=1))
     return paths
@@ -413,8 +468,11 @@ def _is_complete(paths: SyntheticCorpus, params: dict) -> bool:
     """Whether ``paths.root`` holds a whole corpus made with ``params``: its ``corpus.json`` records them
     and every manifest and trial list is there."""
     stamp = paths.root / "corpus.json"
-    return stamp.is_file() and json.loads(stamp.read_text()).get("params") == params \
+    return (
+        stamp.is_file()
+        and json.loads(stamp.read_text()).get("params") == params
         and all(Path(p).is_file() for p in asdict(paths).values() if Path(p).suffix)
+    )
 
 
 def _check_corpus_arguments(audio_format: str, min_seconds: float, max_seconds: float) -> None:
@@ -425,34 +483,60 @@ def _check_corpus_arguments(audio_format: str, min_seconds: float, max_seconds: 
         raise ValueError(f"need 0 < min_seconds <= max_seconds, got {min_seconds}, {max_seconds}")
 
 
-def _write_clip(root: Path, folder: str, uid: str, y: np.ndarray, speaker: str, subtype: str = "PCM_16",
-                **extra) -> dict:
+def _write_clip(
+    root: Path, folder: str, uid: str, y: np.ndarray, speaker: str, subtype: str = "PCM_16", **extra
+) -> dict:
     """Writes ``root/folder/uid`` atomically (a temporary name, then renamed) and returns its manifest row:
     ``id``, ``path``, ``speaker``, ``duration``, ``sample_rate``, then ``extra``."""
     write_audio(root / folder / uid, y, SAMPLE_RATE, subtype=subtype)
-    return {"id": uid, "path": f"{folder}/{uid}", "speaker": speaker, "duration": len(y) / SAMPLE_RATE,
-            "sample_rate": SAMPLE_RATE, **extra}
+    return {
+        "id": uid,
+        "path": f"{folder}/{uid}",
+        "speaker": speaker,
+        "duration": len(y) / SAMPLE_RATE,
+        "sample_rate": SAMPLE_RATE,
+        **extra,
+    }
 
 
-def _write_speakers(root: Path, splits: dict[str, int], utts_per_speaker: int, *,
-                    sessions_per_speaker: tuple[int, int], seconds: tuple[float, float], channel_db: float,
-                    audio_format: str, seed: int) -> dict[str, list[dict]]:
+def _write_speakers(
+    root: Path,
+    splits: dict[str, int],
+    utts_per_speaker: int,
+    *,
+    sessions_per_speaker: tuple[int, int],
+    seconds: tuple[float, float],
+    channel_db: float,
+    audio_format: str,
+    seed: int,
+) -> dict[str, list[dict]]:
     """Every split's speakers (``spk0000`` on, numbered across the splits in order) with their utterances
     written under ``audio/``. Returns each split's manifest rows."""
     rows: dict[str, list[dict]] = {k: [] for k in splits}
     spk_index = 0
     for split, count in splits.items():
         for _ in range(count):
-            voice, sessions, assign = _speaker_voice(spk_index, utts_per_speaker, sessions_per_speaker,
-                                                     channel_db, seed)
-            rows[split] += _write_utterances(root, spk_index, voice, sessions, assign, utts_per_speaker,
-                                             seconds=seconds, audio_format=audio_format, seed=seed)
+            voice, sessions, assign = _speaker_voice(
+                spk_index, utts_per_speaker, sessions_per_speaker, channel_db, seed
+            )
+            rows[split] += _write_utterances(
+                root,
+                spk_index,
+                voice,
+                sessions,
+                assign,
+                utts_per_speaker,
+                seconds=seconds,
+                audio_format=audio_format,
+                seed=seed,
+            )
             spk_index += 1
     return rows
 
 
-def _speaker_voice(spk_index: int, n_utts: int, sessions_per_speaker: tuple[int, int], channel_db: float,
-                   seed: int) -> tuple[Voice, list[Session], np.ndarray]:
+def _speaker_voice(
+    spk_index: int, n_utts: int, sessions_per_speaker: tuple[int, int], channel_db: float, seed: int
+) -> tuple[Voice, list[Session], np.ndarray]:
     """A corpus speaker's voice, recording sessions, and the session of each of ``n_utts`` utterances
     (drawn from the speaker's own random stream)."""
     srng = np.random.default_rng([seed, 1, spk_index])
@@ -464,8 +548,18 @@ def _speaker_voice(spk_index: int, n_utts: int, sessions_per_speaker: tuple[int,
     return voice, sessions, assign
 
 
-def _write_utterances(root: Path, spk_index: int, voice: Voice, sessions: list[Session], assign: np.ndarray,
-                      n_utts: int, *, seconds: tuple[float, float], audio_format: str, seed: int) -> list[dict]:
+def _write_utterances(
+    root: Path,
+    spk_index: int,
+    voice: Voice,
+    sessions: list[Session],
+    assign: np.ndarray,
+    n_utts: int,
+    *,
+    seconds: tuple[float, float],
+    audio_format: str,
+    seed: int,
+) -> list[dict]:
     """Synthesizes a speaker's utterances (each from its own random stream, durations uniform in
     ``seconds``) to ``audio/<speaker>/<session>/<utt>.<fmt>``. Returns their manifest rows."""
     speaker = f"spk{spk_index:04d}"
@@ -479,20 +573,35 @@ def _write_utterances(root: Path, spk_index: int, voice: Voice, sessions: list[S
     return rows
 
 
-def _write_manifests_and_trials(paths: SyntheticCorpus, rows: dict[str, list[dict]], trials_per_utterance: int,
-                                seed: int) -> None:
+def _write_manifests_and_trials(
+    paths: SyntheticCorpus, rows: dict[str, list[dict]], trials_per_utterance: int, seed: int
+) -> None:
     """Each split's manifest, and the validation and test trial lists (balanced, no same-session pairs)."""
     for split, split_rows in rows.items():
         write_manifest(split_rows, getattr(paths, split))
     for split in ("validation", "test"):
         r = rows[split]
-        trials = make_trials([x["id"] for x in r], [x["speaker"] for x in r], [x["session"] for x in r],
-                             per_utterance=trials_per_utterance, seed=seed, name=f"{split}_trials")
+        trials = make_trials(
+            [x["id"] for x in r],
+            [x["speaker"] for x in r],
+            [x["session"] for x in r],
+            per_utterance=trials_per_utterance,
+            seed=seed,
+            name=f"{split}_trials",
+        )
         write_trials(trials, getattr(paths, f"{split}_trials"))
 
 
-def _write_noise_bank(root: Path, rng: np.random.Generator, n_files: int, seconds: float, *, channel_db: float,
-                      audio_format: str, seed: int) -> list[dict]:
+def _write_noise_bank(
+    root: Path,
+    rng: np.random.Generator,
+    n_files: int,
+    seconds: float,
+    *,
+    channel_db: float,
+    audio_format: str,
+    seed: int,
+) -> list[dict]:
     """``n_files`` each of noise, music and babble sources under ``bank/``: their manifest rows with a
     ``category`` (noise, music, speech)."""
     bank: list[dict] = []
@@ -523,8 +632,17 @@ def _write_rirs(root: Path, rng: np.random.Generator, n_rirs: int) -> list[dict]
     rows = []
     for i in range(n_rirs):
         # WAV float keeps the tail's low-level samples exact
-        rows.append(_write_clip(root, "bank", f"rirs/room-{i:03d}.wav", simulate_rir(rng), f"room-{i:03d}",
-                                subtype="FLOAT", kind="simulated"))
+        rows.append(
+            _write_clip(
+                root,
+                "bank",
+                f"rirs/room-{i:03d}.wav",
+                simulate_rir(rng),
+                f"room-{i:03d}",
+                subtype="FLOAT",
+                kind="simulated",
+            )
+        )
     return rows
 
 

@@ -103,8 +103,10 @@ def read_trials(path: str | Path) -> Trials:
                 first = (lineno, len(parts))
             elif len(parts) != first[1]:
                 like = f"line {first[0]}" if len(labels) == 1 else "the other lines"
-                raise ValueError(f"{path}:{lineno}: expected {forms[first[1]]!r} like {like}, got {len(parts)} "
-                                 "fields (a trial list is all 'LABEL ENROLL TEST' or all 'ENROLL TEST' lines)")
+                raise ValueError(
+                    f"{path}:{lineno}: expected {forms[first[1]]!r} like {like}, got {len(parts)} "
+                    "fields (a trial list is all 'LABEL ENROLL TEST' or all 'ENROLL TEST' lines)"
+                )
             if len(parts) == 3:
                 if parts[0] not in ("0", "1"):
                     raise ValueError(f"{path}:{lineno}: label must be 0 or 1, got {parts[0]!r}")
@@ -117,9 +119,14 @@ def read_trials(path: str | Path) -> Trials:
             lines.append(lineno)
     if not labels:
         raise ValueError(f"empty trial list: {path}")
-    trials = Trials(np.asarray(enroll, dtype=object), np.asarray(test, dtype=object),
-                    np.asarray(labels, dtype=np.int8), name=path.stem, path=str(path),
-                    lines=np.asarray(lines, dtype=np.int64))
+    trials = Trials(
+        np.asarray(enroll, dtype=object),
+        np.asarray(test, dtype=object),
+        np.asarray(labels, dtype=np.int8),
+        name=path.stem,
+        path=str(path),
+        lines=np.asarray(lines, dtype=np.int64),
+    )
     warn_oddities(trials)
     return trials
 
@@ -132,11 +139,22 @@ def warn_oddities(trials: Trials) -> None:
     where = trials.path or trials.name
     if repeats:
         i, j = repeats[0]
-        log.warning("%s: %d trial(s) repeat an earlier one (line %d repeats line %d); each is scored and counted "
-                    "in the metrics", where, len(repeats), trials.line(i), trials.line(j))
+        log.warning(
+            "%s: %d trial(s) repeat an earlier one (line %d repeats line %d); each is scored and counted "
+            "in the metrics",
+            where,
+            len(repeats),
+            trials.line(i),
+            trials.line(j),
+        )
     if selves.size:
-        log.warning("%s: %d trial(s) pair an utterance with itself (line %d: %s); each is scored and counted in "
-                    "the metrics", where, selves.size, trials.line(int(selves[0])), trials.enroll[selves[0]])
+        log.warning(
+            "%s: %d trial(s) pair an utterance with itself (line %d: %s); each is scored and counted in the metrics",
+            where,
+            selves.size,
+            trials.line(int(selves[0])),
+            trials.enroll[selves[0]],
+        )
 
 
 def write_trials(trials: Trials, path: str | Path) -> None:
@@ -213,9 +231,11 @@ def make_trials(
     pairs = _draw_pairs(rng, spk_codes, by_speaker, sessions, per_utterance)
     m = min(len(pairs[1]), len(pairs[0]))
     if m == 0 and n:
-        raise ValueError(f"{name}: no target and non-target trials possible from {n} utterances of "
-                         f"{len(by_speaker)} speaker(s) (need 2+ speakers and a speaker with 2+ utterances "
-                         "from different sessions)")
+        raise ValueError(
+            f"{name}: no target and non-target trials possible from {n} utterances of "
+            f"{len(by_speaker)} speaker(s) (need 2+ speakers and a speaker with 2+ utterances "
+            "from different sessions)"
+        )
     _subsample(pairs, m, rng)
     return _pairs_to_trials(ids, pairs[1], pairs[0], name)
 
@@ -228,8 +248,11 @@ def _sorted_utterances(ids, speakers, sessions) -> tuple[np.ndarray, np.ndarray,
     """
     ids = np.asarray(ids, dtype=object)
     speakers = np.asarray(speakers, dtype=object)
-    sessions = ids if sessions is None else np.asarray(
-        [s if s not in (None, "") else i for s, i in zip(sessions, ids)], dtype=object)
+    sessions = (
+        ids
+        if sessions is None
+        else np.asarray([s if s not in (None, "") else i for s, i in zip(sessions, ids)], dtype=object)
+    )
     order = np.argsort(ids.astype(str), kind="stable")
     ids, speakers, sessions = ids[order], speakers[order], sessions[order]
     if len(set(ids)) != len(ids):
@@ -237,8 +260,13 @@ def _sorted_utterances(ids, speakers, sessions) -> tuple[np.ndarray, np.ndarray,
     return ids, speakers, sessions
 
 
-def _draw_pairs(rng: np.random.Generator, spk_codes: np.ndarray, by_speaker: list[np.ndarray],
-                sessions: np.ndarray, per_utterance: int) -> dict[int, list[tuple[int, int]]]:
+def _draw_pairs(
+    rng: np.random.Generator,
+    spk_codes: np.ndarray,
+    by_speaker: list[np.ndarray],
+    sessions: np.ndarray,
+    per_utterance: int,
+) -> dict[int, list[tuple[int, int]]]:
     """Each utterance's target and non-target partners as (enrol, test) index pairs in enrolment order.
 
     Targets are other utterances of the speaker from a different session; an utterance with none, or
@@ -268,8 +296,9 @@ def _draw_pairs(rng: np.random.Generator, spk_codes: np.ndarray, by_speaker: lis
     return pairs
 
 
-def _draw_non_targets(rng: np.random.Generator, i: int, k: int, others: int, spk_codes: np.ndarray,
-                      pools: dict[int, np.ndarray]) -> list[int]:
+def _draw_non_targets(
+    rng: np.random.Generator, i: int, k: int, others: int, spk_codes: np.ndarray, pools: dict[int, np.ndarray]
+) -> list[int]:
     """Up to ``k`` distinct utterances of speakers other than utterance ``i``'s (``others`` such utterances).
 
     ``pools`` caches, per speaker, the list of the other speakers' utterances, made only when they are few.
@@ -296,8 +325,9 @@ def _subsample(pairs: dict[int, list[tuple[int, int]]], m: int, rng: np.random.G
             pairs[label] = [pairs[label][k] for k in keep]
 
 
-def _pairs_to_trials(ids: np.ndarray, targets: list[tuple[int, int]], non_targets: list[tuple[int, int]],
-                     name: str) -> Trials:
+def _pairs_to_trials(
+    ids: np.ndarray, targets: list[tuple[int, int]], non_targets: list[tuple[int, int]], name: str
+) -> Trials:
     """Trials naming ``ids`` by index pair: the targets (label 1), then the non-targets (label 0)."""
     both = targets + non_targets
     enroll = np.asarray([ids[i] for i, _ in both], dtype=object)

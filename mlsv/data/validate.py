@@ -75,8 +75,7 @@ def validate(
     for lineno, row in iter_rows(manifest_path):
         where = f"{manifest_path}:{lineno}"
         report.rows += 1
-        missing = [c for c in REQUIRED_COLUMNS if row.get(c) in (None, "")
-                   and not (c == "path" and row.get("audio"))]
+        missing = [c for c in REQUIRED_COLUMNS if row.get(c) in (None, "") and not (c == "path" and row.get("audio"))]
         if missing:
             report.errors.append(f"{where}: missing {missing}")
             continue
@@ -105,8 +104,9 @@ def validate(
             if file_sr != sr:
                 report.errors.append(f"{where}: {uid}: file is {file_sr} Hz but the row says {sr} Hz")
             if abs(frames / file_sr - duration) > 0.1:
-                report.errors.append(f"{where}: {uid}: file lasts {frames / file_sr:.2f} s but the row says "
-                                     f"{duration:.2f} s")
+                report.errors.append(
+                    f"{where}: {uid}: file lasts {frames / file_sr:.2f} s but the row says {duration:.2f} s"
+                )
     report.speakers = len(speakers)
     report.hours = seconds / 3600
     if trials is not None:

@@ -98,8 +98,13 @@ class Embedder:
         return load_audio(x, sample_rate, target_sr=self.sampling_rate, min_length=self.min_samples, name=name)
 
     # -- whole inputs -----------------------------------------------------------------------------
-    def embed_many(self, inputs: list[AudioInput], sample_rate: int | None = None, chunk_seconds: float = 0.0,
-                   progress: bool | None = False) -> tuple[np.ndarray, np.ndarray]:
+    def embed_many(
+        self,
+        inputs: list[AudioInput],
+        sample_rate: int | None = None,
+        chunk_seconds: float = 0.0,
+        progress: bool | None = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(N, E) float32 embeddings and (N,) float32 seconds of ``inputs``, in their order.
 
         ``chunk_seconds > 0`` cuts an input longer than that into equal chunks (evaluation's rule,
@@ -113,8 +118,10 @@ class Embedder:
             raise ValueError(f"chunk_seconds must be >= 0, got {chunk_seconds}")
         chunk = int(chunk_seconds * self.sampling_rate)
         if chunk_seconds > 0 and chunk < self.min_samples:
-            raise ValueError(f"chunk_seconds={chunk_seconds:g} gives chunks of {chunk} samples; the encoder needs at "
-                             f"least {self.min_samples} ({self.min_samples / self.sampling_rate:.4f} s)")
+            raise ValueError(
+                f"chunk_seconds={chunk_seconds:g} gives chunks of {chunk} samples; the encoder needs at "
+                f"least {self.min_samples} ({self.min_samples / self.sampling_rate:.4f} s)"
+            )
         items = [_Item(i, x, input_name(x, i), 0) for i, x in enumerate(inputs)]
         for it in items:
             it.length = estimate_length(it.source, sample_rate, self.sampling_rate, it.name)
@@ -139,9 +146,15 @@ class Embedder:
                     weights[idx] += p.size
         return (sums / weights[:, None]).astype(np.float32), durations
 
-    def embed_table(self, inputs: Sequence[AudioInput], ids: Sequence[str] | None = None, *,
-                    sample_rate: int | None = None, chunk_seconds: float = 0.0,
-                    progress: bool | None = None) -> EmbeddingTable:
+    def embed_table(
+        self,
+        inputs: Sequence[AudioInput],
+        ids: Sequence[str] | None = None,
+        *,
+        sample_rate: int | None = None,
+        chunk_seconds: float = 0.0,
+        progress: bool | None = None,
+    ) -> EmbeddingTable:
         """Embeds ``inputs`` into an ``EmbeddingTable`` (ids default to the paths, or ``input #i``).
 
         Raises:
@@ -157,8 +170,10 @@ class Embedder:
         first: dict[str, int] = {}
         for i, u in enumerate(ids):
             if u in first:
-                raise ValueError(f"id {u!r} is given twice (inputs #{first[u]} and #{i}); an embeddings table has "
-                                 "one row per id: give each input once")
+                raise ValueError(
+                    f"id {u!r} is given twice (inputs #{first[u]} and #{i}); an embeddings table has "
+                    "one row per id: give each input once"
+                )
             first[u] = i
         matrix, durations = self.embed_many(inputs, sample_rate, chunk_seconds, progress)
         return EmbeddingTable(np.asarray(ids), matrix, durations)
@@ -168,9 +183,11 @@ class Embedder:
         bounds = chunk_bounds(wav.size, self.sampling_rate, chunk_seconds)
         shortest = int(np.diff(bounds).min())
         if shortest < self.min_samples:  # equal chunks can be down to half of chunk_seconds
-            raise ValueError(f"{name}: chunk_seconds={chunk_seconds:g} cuts it into {len(bounds) - 1} chunks of "
-                             f"{shortest}+ samples; the encoder needs at least {self.min_samples} "
-                             f"({self.min_samples / self.sampling_rate:.4f} s)")
+            raise ValueError(
+                f"{name}: chunk_seconds={chunk_seconds:g} cuts it into {len(bounds) - 1} chunks of "
+                f"{shortest}+ samples; the encoder needs at least {self.min_samples} "
+                f"({self.min_samples / self.sampling_rate:.4f} s)"
+            )
         return [wav[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     def run(self, waves: list[np.ndarray]) -> np.ndarray:
@@ -179,8 +196,8 @@ class Embedder:
         x = np.zeros((len(waves), n), dtype=np.float32)
         m = np.zeros((len(waves), n), dtype=np.int64)
         for i, w in enumerate(waves):
-            x[i, :w.size] = w
-            m[i, :w.size] = 1
+            x[i, : w.size] = w
+            m[i, : w.size] = 1
         return np.asarray(self.backend(x, m), dtype=np.float32)
 
     # -- sliding windows --------------------------------------------------------------------------
@@ -195,13 +212,16 @@ class Embedder:
         samples = int(round(value * self.sampling_rate))
         least = self.min_samples if minimum is None else minimum
         if value <= 0 or samples < least:
-            raise ValueError(f"{what} must be at least {least / self.sampling_rate:.4g} s"
-                             f"{' (the encoder needs ' + str(least) + ' samples)' if minimum is None else ''}, "
-                             f"got {seconds}")
+            raise ValueError(
+                f"{what} must be at least {least / self.sampling_rate:.4g} s"
+                f"{' (the encoder needs ' + str(least) + ' samples)' if minimum is None else ''}, "
+                f"got {seconds}"
+            )
         return samples
 
-    def windows(self, x: AudioInput, size: int, step: int, sample_rate: int | None,
-                progress: bool | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def windows(
+        self, x: AudioInput, size: int, step: int, sample_rate: int | None, progress: bool | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(starts (N,) s, ends (N,) s, embeddings (N, E)) of ``x``'s windows of ``size`` samples every ``step``:
         see ``Verifier.embed_windows``."""
         wav = self.load(x, sample_rate, input_name(x))
@@ -220,7 +240,6 @@ class Embedder:
             groups = tqdm(groups, desc="windows", unit="batch", total=-(-len(starts) // per))
         parts = []
         for i in groups:
-            part = np.ascontiguousarray(frames[starts[i:i + per]], dtype=np.float32)
+            part = np.ascontiguousarray(frames[starts[i : i + per]], dtype=np.float32)
             parts.append(np.asarray(self.backend(part, np.ones(part.shape, np.int64)), dtype=np.float32))
         return np.concatenate(parts)
-

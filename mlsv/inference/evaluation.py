@@ -46,9 +46,17 @@ from mlsv.scoring.record import EvaluationRecord, record_score_statistics
 log = logging.getLogger("mlsv.inference.evaluation")
 
 
-def embed_manifest(model, manifest: str | Path, *, batch_seconds: float = 120.0, chunk_seconds: float = 0.0,
-                   device: str | torch.device | None = None, progress: bool = True,
-                   autocast_dtype: torch.dtype | None = None, num_workers: int = 0) -> EmbeddingTable:
+def embed_manifest(
+    model,
+    manifest: str | Path,
+    *,
+    batch_seconds: float = 120.0,
+    chunk_seconds: float = 0.0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    autocast_dtype: torch.dtype | None = None,
+    num_workers: int = 0,
+) -> EmbeddingTable:
     """Embeds every utterance of a manifest (length-sorted padded batches); speakers from the manifest.
 
     Ids are strings; ``speakers`` is None unless every row has one. Raises ValueError naming
@@ -63,14 +71,27 @@ def embed_manifest(model, manifest: str | Path, *, batch_seconds: float = 120.0,
     rate = int(model.config.sampling_rate)
     need = min_samples(model.config)
     if 0 < chunk_seconds * rate < need:
-        raise ValueError(f"chunk_seconds (--chunk-seconds) {chunk_seconds:g} is shorter than the encoder's "
-                         f"minimum of {need} samples ({need / rate:.4f} s)")
-    loader = build_eval_loader(str(manifest), batch_seconds=batch_seconds, chunk_seconds=chunk_seconds,
-                               sample_rate=rate, num_workers=num_workers)
+        raise ValueError(
+            f"chunk_seconds (--chunk-seconds) {chunk_seconds:g} is shorter than the encoder's "
+            f"minimum of {need} samples ({need / rate:.4f} s)"
+        )
+    loader = build_eval_loader(
+        str(manifest),
+        batch_seconds=batch_seconds,
+        chunk_seconds=chunk_seconds,
+        sample_rate=rate,
+        num_workers=num_workers,
+    )
     rows = [row for _, row in iter_rows(manifest)]
     paths = {str(row["id"]): str(row["path"]) for row in rows if row.get("path")}
-    table = extract_embeddings(model, _refuse_silent(loader, paths), device=device, progress=progress,
-                               autocast_dtype=autocast_dtype, total=len(loader) if hasattr(loader, "__len__") else None)
+    table = extract_embeddings(
+        model,
+        _refuse_silent(loader, paths),
+        device=device,
+        progress=progress,
+        autocast_dtype=autocast_dtype,
+        total=len(loader) if hasattr(loader, "__len__") else None,
+    )
     speakers = {str(row["id"]): row.get("speaker") for row in rows}
     if all(speakers.get(u) not in (None, "") for u in table.ids):
         table.speakers = np.array([str(speakers[u]) for u in table.ids])
@@ -143,8 +164,12 @@ def _fingerprint(model_hash: str, manifest: str | Path, **settings) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"manifest not found: {manifest}")
     files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
-    return {"model": model_hash, "manifest": [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files],
-            "audio": _audio_digest(path), **settings}
+    return {
+        "model": model_hash,
+        "manifest": [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files],
+        "audio": _audio_digest(path),
+        **settings,
+    }
 
 
 def _cached_embeddings(model, manifest, path: Path, fingerprint: dict, **kw) -> EmbeddingTable:
@@ -158,8 +183,11 @@ def _cached_embeddings(model, manifest, path: Path, fingerprint: dict, **kw) -> 
         if old == fingerprint:
             log.info("reusing %s (same model, manifest and settings)", path)
             return load_embeddings(path)
-        why = ("no record of what made it" if old is None else
-               "made with another " + ", ".join(k for k in fingerprint if old.get(k) != fingerprint[k]))
+        why = (
+            "no record of what made it"
+            if old is None
+            else "made with another " + ", ".join(k for k in fingerprint if old.get(k) != fingerprint[k])
+        )
         log.warning("%s: %s; embedding %s again", path, why, manifest)
     source.unlink(missing_ok=True)
     table = embed_manifest(model, manifest, **kw)
@@ -168,11 +196,23 @@ def _cached_embeddings(model, manifest, path: Path, fingerprint: dict, **kw) -> 
     return table
 
 
-def evaluate_model(model_dir: str | Path, *, manifest: str, trials: list[str], out_dir: str | Path,
-                   cohort: str | None = None, top_k: int = 600, calibration_pairs: int = 30000,
-                   batch_seconds: float = 120.0, chunk_seconds: float = 0.0, device: str | None = None,
-                   plots: bool = True, threshold_manifest: str | None = None,
-                   threshold_trials: str | None = None, precision: str = "fp32") -> dict:
+def evaluate_model(
+    model_dir: str | Path,
+    *,
+    manifest: str,
+    trials: list[str],
+    out_dir: str | Path,
+    cohort: str | None = None,
+    top_k: int = 600,
+    calibration_pairs: int = 30000,
+    batch_seconds: float = 120.0,
+    chunk_seconds: float = 0.0,
+    device: str | None = None,
+    plots: bool = True,
+    threshold_manifest: str | None = None,
+    threshold_trials: str | None = None,
+    precision: str = "fp32",
+) -> dict:
     """Embeds, scores every trial list at each stage, calibrates, and writes results.
 
     Args:
@@ -199,24 +239,62 @@ def evaluate_model(model_dir: str | Path, *, manifest: str, trials: list[str], o
     dev = check_device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     check_distinct_names([Path(t).stem for t in trials], trials)
     trial_lists = [read_trials(t) for t in trials]
-    _check_before_embedding(manifest, trial_lists, cohort, top_k=top_k, calibration_pairs=calibration_pairs,
-                            threshold=(threshold_manifest or manifest, threshold_trials) if threshold_trials else None)
+    _check_before_embedding(
+        manifest,
+        trial_lists,
+        cohort,
+        top_k=top_k,
+        calibration_pairs=calibration_pairs,
+        threshold=(threshold_manifest or manifest, threshold_trials) if threshold_trials else None,
+    )
     with FolderLock(out_dir, "mlsv evaluate"):
-        return _evaluate(model_dir, manifest=manifest, trial_lists=trial_lists, out=Path(out_dir), cohort=cohort,
-                         top_k=top_k, calibration_pairs=calibration_pairs, batch_seconds=batch_seconds,
-                         chunk_seconds=chunk_seconds, device=dev, plots=plots,
-                         threshold_manifest=threshold_manifest, threshold_trials=threshold_trials,
-                         precision=precision)
+        return _evaluate(
+            model_dir,
+            manifest=manifest,
+            trial_lists=trial_lists,
+            out=Path(out_dir),
+            cohort=cohort,
+            top_k=top_k,
+            calibration_pairs=calibration_pairs,
+            batch_seconds=batch_seconds,
+            chunk_seconds=chunk_seconds,
+            device=dev,
+            plots=plots,
+            threshold_manifest=threshold_manifest,
+            threshold_trials=threshold_trials,
+            precision=precision,
+        )
 
 
-def _evaluate(model_dir, *, manifest: str, trial_lists: list, out: Path, cohort: str | None, top_k: int,
-              calibration_pairs: int, batch_seconds: float, chunk_seconds: float, device: torch.device,
-              plots: bool, threshold_manifest: str | None, threshold_trials: str | None, precision: str) -> dict:
+def _evaluate(
+    model_dir,
+    *,
+    manifest: str,
+    trial_lists: list,
+    out: Path,
+    cohort: str | None,
+    top_k: int,
+    calibration_pairs: int,
+    batch_seconds: float,
+    chunk_seconds: float,
+    device: torch.device,
+    plots: bool,
+    threshold_manifest: str | None,
+    threshold_trials: str | None,
+    precision: str,
+) -> dict:
     """``evaluate_model``'s work, its arguments checked and the output folder locked."""
     dev = device
     model = load_model(model_dir)
-    embed = _Embeddings(model, _model_fingerprint(model), out, precision=precision, chunk_seconds=chunk_seconds,
-                        batch_seconds=batch_seconds, device=dev)
+    embed = _Embeddings(
+        model,
+        _model_fingerprint(model),
+        out,
+        precision=precision,
+        chunk_seconds=chunk_seconds,
+        batch_seconds=batch_seconds,
+        device=dev,
+    )
     table = embed(manifest, "embeddings.npz")
     cohort_table = embed(cohort, "cohort.npz") if cohort else None
     if cohort_table is not None and cohort_table.speakers is None:
@@ -226,16 +304,16 @@ def _evaluate(model_dir, *, manifest: str, trial_lists: list, out: Path, cohort:
     if cohort_table is not None:
         calibrator = fit_calibration(cohort_table, mean=mean, top_k=top_k, n_pairs=calibration_pairs)
         calibrator.save(out / "calibration.json")
-    scored = score_trial_lists(table, trial_lists, mean=mean, cohort=cohort_table, top_k=top_k,
-                               calibrator=calibrator)
+    scored = score_trial_lists(table, trial_lists, mean=mean, cohort=cohort_table, top_k=top_k, calibrator=calibrator)
     metrics = _write_results(out, trial_lists, scored, plots=plots, model_name=Path(model_dir).name)
     final = list(metrics)[-1]
     _record_in_model(model, mean, metrics, trial_lists, top_k, calibrator, cohort_table)
     if threshold_trials:
         held_out = read_trials(threshold_trials)
         held_table = embed(threshold_manifest or manifest, "threshold_embeddings.npz")
-        held_scores = score_trial_lists(held_table, [held_out], mean=mean, cohort=cohort_table, top_k=top_k,
-                                        calibrator=calibrator)[0]
+        held_scores = score_trial_lists(
+            held_table, [held_out], mean=mean, cohort=cohort_table, top_k=top_k, calibrator=calibrator
+        )[0]
         record_score_statistics(model.config, held_scores, held_out.labels, trial_list=held_out.name)
     model_out = out / "model"
     if model_out.exists():
@@ -245,8 +323,15 @@ def _evaluate(model_dir, *, manifest: str, trial_lists: list, out: Path, cohort:
     return {"metrics": metrics, "final_stage": final, "model": str(model_out)}
 
 
-def _check_before_embedding(manifest: str, trial_lists: list, cohort: str | None, *, top_k: int,
-                            calibration_pairs: int, threshold: tuple[str, str] | None) -> None:
+def _check_before_embedding(
+    manifest: str,
+    trial_lists: list,
+    cohort: str | None,
+    *,
+    top_k: int,
+    calibration_pairs: int,
+    threshold: tuple[str, str] | None,
+) -> None:
     """What can be checked before anything is embedded (which takes minutes): every trial's ids are in the
     manifest, every cohort row has a speaker, and the cohort can give calibration pairs."""
     ids = {str(row["id"]) for _, row in iter_rows(manifest)}
@@ -254,8 +339,11 @@ def _check_before_embedding(manifest: str, trial_lists: list, cohort: str | None
         check_trial_ids(trials, ids, source=f"manifest {manifest}")
     if threshold is not None:
         held_manifest, held_trials = threshold
-        check_trial_ids(read_trials(held_trials), ids if held_manifest == manifest else
-                        {str(row["id"]) for _, row in iter_rows(held_manifest)}, source=f"manifest {held_manifest}")
+        check_trial_ids(
+            read_trials(held_trials),
+            ids if held_manifest == manifest else {str(row["id"]) for _, row in iter_rows(held_manifest)},
+            source=f"manifest {held_manifest}",
+        )
     if cohort:
         speakers = []
         for line, row in iter_rows(cohort):
@@ -269,16 +357,30 @@ class _Embeddings:
     """Embeds a manifest with the evaluated model into ``out/NAME``, reusing the file when it was made
     with the same model, manifest, audio and settings (``_cached_embeddings``)."""
 
-    def __init__(self, model, model_hash: str, out: Path, *, precision: str, chunk_seconds: float,
-                 batch_seconds: float, device: torch.device):
+    def __init__(
+        self,
+        model,
+        model_hash: str,
+        out: Path,
+        *,
+        precision: str,
+        chunk_seconds: float,
+        batch_seconds: float,
+        device: torch.device,
+    ):
         self.model, self.model_hash, self.out = model.to(device).eval(), model_hash, out
         self.precision, self.chunk_seconds = precision, chunk_seconds
-        self.kw = dict(batch_seconds=batch_seconds, chunk_seconds=chunk_seconds, device=device,
-                       autocast_dtype=autocast_dtype(precision))
+        self.kw = dict(
+            batch_seconds=batch_seconds,
+            chunk_seconds=chunk_seconds,
+            device=device,
+            autocast_dtype=autocast_dtype(precision),
+        )
 
     def __call__(self, manifest: str, name: str) -> EmbeddingTable:
-        fingerprint = _fingerprint(self.model_hash, manifest, precision=self.precision,
-                                   chunk_seconds=self.chunk_seconds)
+        fingerprint = _fingerprint(
+            self.model_hash, manifest, precision=self.precision, chunk_seconds=self.chunk_seconds
+        )
         return _cached_embeddings(self.model, manifest, self.out / name, fingerprint, **self.kw)
 
 
@@ -295,8 +397,9 @@ def _write_results(out: Path, trial_lists: list, scored: list[dict], *, plots: b
     """Per-stage metrics of every trial list, written with the scores, plots and report; returns
     ``{stage: {list: metrics}}`` in pipeline order (the last stage is the final one)."""
     stages = list(scored[0])
-    metrics = {stage: {tr.name: trial_metrics(tr, s, stage=stage) for tr, s in zip(trial_lists, scored)}
-               for stage in stages}
+    metrics = {
+        stage: {tr.name: trial_metrics(tr, s, stage=stage) for tr, s in zip(trial_lists, scored)} for stage in stages
+    }
     final = stages[-1]
     for tr, s in zip(trial_lists, scored):
         write_scores_tsv(out / f"scores_{tr.name}.tsv", tr, s)
@@ -305,27 +408,46 @@ def _write_results(out: Path, trial_lists: list, scored: list[dict], *, plots: b
     pictures = []
     if plots:
         first, scores0 = trial_lists[0], scored[0]
-        pictures.append(plot_det({st: (scores0[st], first.labels) for st in stages}, out / "det.png",
-                                 title=f"DET: {first.name}"))
-        pictures.append(plot_histogram(scores0[final], first.labels, out / "scores.png",
-                                       title=f"{first.name}: {final} scores"))
+        pictures.append(
+            plot_det({st: (scores0[st], first.labels) for st in stages}, out / "det.png", title=f"DET: {first.name}")
+        )
+        pictures.append(
+            plot_histogram(scores0[final], first.labels, out / "scores.png", title=f"{first.name}: {final} scores")
+        )
     write_report(out, metrics[final], pictures, title=f"mlsv evaluation of {model_name} ({final} scores)")
     return metrics
 
 
-def _record_in_model(model, mean: np.ndarray, metrics: dict, trial_lists: list, top_k: int, calibrator,
-                     cohort_table: EmbeddingTable | None) -> None:
+def _record_in_model(
+    model,
+    mean: np.ndarray,
+    metrics: dict,
+    trial_lists: list,
+    top_k: int,
+    calibrator,
+    cohort_table: EmbeddingTable | None,
+) -> None:
     """The evaluated model carries its mean, its evaluation record (metrics, calibration, threshold) and
     the AS-norm cohort (speaker means, a buffer saved with the weights)."""
     cfg = model.config
     cfg.training_mean = [float(v) for v in mean]
     final = list(metrics)[-1]
-    record = EvaluationRecord(final_stage=final, metrics=metrics[final], metrics_by_stage=metrics,
-                              trial_lists=tuple(tr.name for tr in trial_lists), top_k=top_k,
-                              threshold=cfg.threshold, calibration=cfg.calibration)
+    record = EvaluationRecord(
+        final_stage=final,
+        metrics=metrics[final],
+        metrics_by_stage=metrics,
+        trial_lists=tuple(tr.name for tr in trial_lists),
+        top_k=top_k,
+        threshold=cfg.threshold,
+        calibration=cfg.calibration,
+    )
     if calibrator is not None and cohort_table is not None:
-        record = replace(record, calibration=calibrator.to_dict(), threshold=float(calibrator.threshold_),
-                         threshold_scale="calibrated")
+        record = replace(
+            record,
+            calibration=calibrator.to_dict(),
+            threshold=float(calibrator.threshold_),
+            threshold_scale="calibrated",
+        )
         cohort_means = cohort_from_table(cohort_table, mean)
         model.set_cohort(torch.from_numpy(np.asarray(cohort_means.vectors, np.float32)))
     record.apply(cfg)
@@ -336,8 +458,9 @@ def _record_in_model(model, mean: np.ndarray, metrics: dict, trial_lists: list, 
 BASELINES = (("mfcc_cosine_eer", "MFCC mean"), ("lda_eer", "MFCC LDA"))
 
 
-def write_run_report(run_dir: str | Path, systems: dict[str, Path], *, baseline: str | None = None,
-                     model: str | None = None) -> dict:
+def write_run_report(
+    run_dir: str | Path, systems: dict[str, Path], *, baseline: str | None = None, model: str | None = None
+) -> dict:
     """The run's ``results.json``, ``report.md`` (tables and plots) and final ``model`` folder.
 
     Args:
@@ -368,8 +491,9 @@ def write_run_report(run_dir: str | Path, systems: dict[str, Path], *, baseline:
     header = f"{'system':<10} {'scoring':<11} {'trials':<18} {'EER %':>7} {'minDCF.01':>10} {'minDCF.05':>10}"
     lines = [header, "-" * len(header)]
     for label, stage, name, m in rows:
-        lines.append(f"{label:<10} {stage:<11} {name:<18} {m['eer']:>7.2f} {m['min_dcf_0.01']:>10.4f} "
-                     f"{m['min_dcf_0.05']:>10.4f}")
+        lines.append(
+            f"{label:<10} {stage:<11} {name:<18} {m['eer']:>7.2f} {m['min_dcf_0.01']:>10.4f} {m['min_dcf_0.05']:>10.4f}"
+        )
     base = results.get("baseline", {})
     trials_name = Path(base.get("trials", "test_trials")).stem
     for key, label in BASELINES:  # every baseline the corpus computed, the strong one too
@@ -383,5 +507,9 @@ def write_run_report(run_dir: str | Path, systems: dict[str, Path], *, baseline:
             if (folder / png).is_file():
                 md.append(f"![{label} {png[:-4]}]({(folder / png).relative_to(run_dir)})")
     (run_dir / "report.md").write_text("\n".join(md) + "\n")
-    return {"table": table, "results": str(run_dir / "results.json"), "report": str(run_dir / "report.md"),
-            "model": str(final_model)}
+    return {
+        "table": table,
+        "results": str(run_dir / "results.json"),
+        "report": str(run_dir / "report.md"),
+        "model": str(final_model),
+    }

@@ -50,8 +50,16 @@ from mlsv.models.loading import (
     weights_fingerprint,
 )
 
-__all__ = ["ExportReport", "OnnxEmbedder", "StaleExportError", "check_export_weights", "check_onnx",
-           "export_onnx", "saved_weights_fingerprint", "weights_fingerprint"]
+__all__ = [
+    "ExportReport",
+    "OnnxEmbedder",
+    "StaleExportError",
+    "check_export_weights",
+    "check_onnx",
+    "export_onnx",
+    "saved_weights_fingerprint",
+    "weights_fingerprint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +80,14 @@ def _reexport_command(model_ref: str, onnx_file: str) -> str:
     return f"mlsv export --model {shlex.quote(model_ref)} --out {shlex.quote(onnx_file)}"
 
 
-def check_export_weights(onnx_file: str | os.PathLike, weights: str | os.PathLike | None, *,
-                         report_file: str | os.PathLike | None = None, model_ref: str | None = None,
-                         fingerprint: str | None = None) -> str | None:
+def check_export_weights(
+    onnx_file: str | os.PathLike,
+    weights: str | os.PathLike | None,
+    *,
+    report_file: str | os.PathLike | None = None,
+    model_ref: str | None = None,
+    fingerprint: str | None = None,
+) -> str | None:
     """Checks that an ONNX export was made from ``weights``, with the fingerprint in its report.
 
     Args:
@@ -95,8 +108,10 @@ def check_export_weights(onnx_file: str | os.PathLike, weights: str | os.PathLik
     onnx_file = os.fspath(onnx_file)
     report_file = os.fspath(report_file) if report_file is not None else onnx_file + ".json"
     if weights is None and fingerprint is None:
-        return (f"there are no weights beside {onnx_file} (an ONNX-only folder), so whether it was exported "
-                "from the model's current weights cannot be checked")
+        return (
+            f"there are no weights beside {onnx_file} (an ONNX-only folder), so whether it was exported "
+            "from the model's current weights cannot be checked"
+        )
     weights = Path(weights) if weights is not None else None
     if model_ref is None:
         model_ref = "MODEL" if weights is None else os.fspath(weights if weights.is_dir() else weights.parent)
@@ -104,23 +119,30 @@ def check_export_weights(onnx_file: str | os.PathLike, weights: str | os.PathLik
     try:
         recorded = json.loads(Path(report_file).read_text(encoding="utf-8")).get("weights_fingerprint")
     except FileNotFoundError:
-        return (f"{onnx_file} has no export report ({report_file}), so whether it was exported from {weights} "
-                f"cannot be checked; re-export it to record one: {command}")
+        return (
+            f"{onnx_file} has no export report ({report_file}), so whether it was exported from {weights} "
+            f"cannot be checked; re-export it to record one: {command}"
+        )
     except (OSError, ValueError, AttributeError) as e:
         return f"{report_file} is unreadable ({type(e).__name__}: {e}); re-export it: {command}"
     if not isinstance(recorded, str) or not recorded:
-        return (f"{report_file} records no weights fingerprint (an export made before mlsv recorded one), so "
-                f"whether {onnx_file} was exported from {weights} cannot be checked; re-export it: {command}")
+        return (
+            f"{report_file} records no weights fingerprint (an export made before mlsv recorded one), so "
+            f"whether {onnx_file} was exported from {weights} cannot be checked; re-export it: {command}"
+        )
     if recorded.rpartition(":")[0] != FINGERPRINT_SCHEME:
-        return (f"{report_file} records a weights fingerprint of another kind ({recorded.rpartition(':')[0]!r}), "
-                f"so whether {onnx_file} was exported from {weights} cannot be checked; re-export it: {command}")
+        return (
+            f"{report_file} records a weights fingerprint of another kind ({recorded.rpartition(':')[0]!r}), "
+            f"so whether {onnx_file} was exported from {weights} cannot be checked; re-export it: {command}"
+        )
     actual = fingerprint if fingerprint is not None else saved_weights_fingerprint(weights)
     if actual != recorded:
         raise StaleExportError(
             f"{onnx_file} was exported from other weights than {weights} (its report {report_file} records "
             f"{recorded.rpartition(':')[2][:12]}..., the weights are {actual.rpartition(':')[2][:12]}...): the "
             f"weights changed after the export, and the ONNX model would give another model's embeddings. "
-            f"Re-export it: {command}")
+            f"Re-export it: {command}"
+        )
     return None
 
 
@@ -157,10 +179,13 @@ class ExportReport:
             import onnxruntime
         except ImportError:  # an export without the parity check does not need it
             onnxruntime = None
-        return {**asdict(self), "inputs": {"input_values": "float32 (batch, samples)",
-                                           "attention_mask": "int64 (batch, samples)"},
-                "outputs": {"embeddings": f"float32 (batch, {self.embedding_size})"},
-                "torch": torch.__version__, "onnxruntime": getattr(onnxruntime, "__version__", None)}
+        return {
+            **asdict(self),
+            "inputs": {"input_values": "float32 (batch, samples)", "attention_mask": "int64 (batch, samples)"},
+            "outputs": {"embeddings": f"float32 (batch, {self.embedding_size})"},
+            "torch": torch.__version__,
+            "onnxruntime": getattr(onnxruntime, "__version__", None),
+        }
 
 
 class _EmbeddingGraph:
@@ -197,12 +222,24 @@ def _example(sr: int, seconds: float, batch: int = 2, seed: int = 0):
 def _export_torchscript(graph, example, path: str, opset: int) -> None:
     import torch
 
-    axes = {"input_values": {0: "batch", 1: "samples"}, "attention_mask": {0: "batch", 1: "samples"},
-            "embeddings": {0: "batch"}}
+    axes = {
+        "input_values": {0: "batch", 1: "samples"},
+        "attention_mask": {0: "batch", 1: "samples"},
+        "embeddings": {0: "batch"},
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about shape-dependent Python values
-        torch.onnx.export(graph, example, path, input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-                          dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
+        torch.onnx.export(
+            graph,
+            example,
+            path,
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
+        )
 
 
 def _export_dynamo(graph, example, path: str, opset: int) -> None:
@@ -212,8 +249,15 @@ def _export_dynamo(graph, example, path: str, opset: int) -> None:
     shapes = {"input_values": {0: batch, 1: samples}, "attention_mask": {0: batch, 1: samples}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prog = torch.onnx.export(graph, example, input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-                                 dynamic_shapes=shapes, opset_version=max(opset, 18), dynamo=True)
+        prog = torch.onnx.export(
+            graph,
+            example,
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=shapes,
+            opset_version=max(opset, 18),
+            dynamo=True,
+        )
     prog.save(path)
 
 
@@ -237,9 +281,16 @@ def _traceable(frontend):
             frontend.fuse_first_conv = True
 
 
-def export_onnx(model, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET, exporter: str = "auto",
-                trace_seconds: float = 1.0, check: bool = True,
-                check_seconds: tuple[float, ...] = (1.7, 0.9, 0.45)) -> ExportReport:
+def export_onnx(
+    model,
+    out: str | os.PathLike,
+    *,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "auto",
+    trace_seconds: float = 1.0,
+    check: bool = True,
+    check_seconds: tuple[float, ...] = (1.7, 0.9, 0.45),
+) -> ExportReport:
     """Exports ``model`` (an ``MLSVModel``) to ONNX and checks it against PyTorch.
 
     Args:
@@ -277,18 +328,26 @@ def export_onnx(model, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET, ex
     with _traceable(model.frontend):
         for name in order[exporter]:
             try:
-                (_export_torchscript if name == "torchscript" else _export_dynamo)(graph, example, os.fspath(path),
-                                                                                 opset)
+                (_export_torchscript if name == "torchscript" else _export_dynamo)(
+                    graph, example, os.fspath(path), opset
+                )
                 used = name
                 break
             except Exception as e:  # noqa: BLE001 - any exporter failure falls through to the next one
                 errors.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
     if used is None:
         raise RuntimeError("ONNX export failed:\n  " + "\n  ".join(errors))
-    report = ExportReport(path=os.fspath(path), exporter=used, opset=opset if used == "torchscript" else max(opset, 18),
-                          max_abs_diff=None, trace_seconds=trace_seconds,
-                          embedding_size=int(model.config.embedding_size), sampling_rate=sr, errors=errors,
-                          weights_fingerprint=fingerprint)
+    report = ExportReport(
+        path=os.fspath(path),
+        exporter=used,
+        opset=opset if used == "torchscript" else max(opset, 18),
+        max_abs_diff=None,
+        trace_seconds=trace_seconds,
+        embedding_size=int(model.config.embedding_size),
+        sampling_rate=sr,
+        errors=errors,
+        weights_fingerprint=fingerprint,
+    )
     if check:
         report.max_abs_diff = check_onnx(model, path, check_seconds)
         report.check_lengths = list(check_seconds)
@@ -296,8 +355,7 @@ def export_onnx(model, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET, ex
     return report
 
 
-def check_onnx(model, path: str | os.PathLike, seconds: tuple[float, ...] = (1.7, 0.9, 0.45),
-               seed: int = 1) -> float:
+def check_onnx(model, path: str | os.PathLike, seconds: tuple[float, ...] = (1.7, 0.9, 0.45), seed: int = 1) -> float:
     """Max |ONNX Runtime - PyTorch| over the embeddings of one padded batch of the given valid lengths."""
     import torch
 
@@ -350,13 +408,16 @@ class OnnxEmbedder:
             raise ValueError(f"{path}: expected inputs {list(INPUT_NAMES)}, the graph has {names}")
 
     def __call__(self, input_values: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        feeds = {"input_values": np.ascontiguousarray(input_values, dtype=np.float32),
-                 "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64)}
+        feeds = {
+            "input_values": np.ascontiguousarray(input_values, dtype=np.float32),
+            "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
+        }
         return self.session.run(list(OUTPUT_NAMES), feeds)[0]
 
 
-def load_onnx_verifier_parts(src: str, device: str, *, onnx_path: str | os.PathLike | None = None,
-                             revision: str | None = None) -> OnnxEmbedder:
+def load_onnx_verifier_parts(
+    src: str, device: str, *, onnx_path: str | os.PathLike | None = None, revision: str | None = None
+) -> OnnxEmbedder:
     """The ``OnnxEmbedder`` of a model folder, hub id or ``.onnx`` file (with ``config.json`` beside it) for
     ``Verifier.from_pretrained(..., runtime="onnx")``, carrying the model's stored AS-norm cohort.
 
@@ -369,8 +430,10 @@ def load_onnx_verifier_parts(src: str, device: str, *, onnx_path: str | os.PathL
             raise FileNotFoundError(f"ONNX file not found: {src}")
         onnx_file, config_src = src, os.path.dirname(os.path.abspath(src))
         if not os.path.isfile(os.path.join(config_src, "config.json")):
-            raise FileNotFoundError(f"no config.json beside {src}; give the model folder and "
-                                    "onnx_path=... (or put the file in the model folder)")
+            raise FileNotFoundError(
+                f"no config.json beside {src}; give the model folder and "
+                "onnx_path=... (or put the file in the model folder)"
+            )
     else:
         check_model_folder(src)
         onnx_file = os.fspath(onnx_path) if onnx_path else resolve_file(src, "model.onnx", revision)
@@ -388,16 +451,20 @@ def _onnx_embedder(onnx_file: str, model_src: str, config, device: str) -> OnnxE
     truncated or non-ONNX file) as a ValueError naming the file and the command that re-exports it."""
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-    load_errors = tuple(getattr(ort_errors, n) for n in ("InvalidProtobuf", "InvalidGraph", "NoModel", "Fail",
-                                                         "InvalidArgument", "NotImplemented")
-                        if isinstance(getattr(ort_errors, n, None), type))
+    load_errors = tuple(
+        getattr(ort_errors, n)
+        for n in ("InvalidProtobuf", "InvalidGraph", "NoModel", "Fail", "InvalidArgument", "NotImplemented")
+        if isinstance(getattr(ort_errors, n, None), type)
+    )
     try:
         return OnnxEmbedder(onnx_file, config=config, device=device)
     except load_errors as e:
         folder = model_src if os.path.isdir(model_src) else "MODEL_DIR"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{onnx_file}: not a loadable ONNX model, corrupt or truncated ({first}); re-export it: "
-                         f"mlsv export --model {folder} --out {onnx_file}") from None
+        raise ValueError(
+            f"{onnx_file}: not a loadable ONNX model, corrupt or truncated ({first}); re-export it: "
+            f"mlsv export --model {folder} --out {onnx_file}"
+        ) from None
 
 
 def _check_onnx_weights(onnx_file: str, src: str, revision: str | None, explicit: bool = False) -> None:
@@ -421,7 +488,10 @@ def _check_onnx_weights(onnx_file: str, src: str, revision: str | None, explicit
         if not isinstance(cached, str):
             log.info(
                 "%s: the weights of %s are not downloaded, so the export is not compared with them "
-                "(push_to_hub compares them before uploading)", onnx_file, src)
+                "(push_to_hub compares them before uploading)",
+                onnx_file,
+                src,
+            )
             return
         weights = Path(cached)
     reason = check_export_weights(onnx_file, weights, report_file=report, model_ref=src)

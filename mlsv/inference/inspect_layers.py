@@ -70,13 +70,15 @@ class LayerAnalysis:
         ids = self.layer_ids or list(range(self.num_layers))
         out = []
         for i in range(self.num_layers):
-            out.append({
-                "layer": int(ids[i]),
-                "mean_score": None if self.scores is None else float(self.mean_scores[i]),
-                "max_pool_wins": None if self.wins is None else int(self.wins[i]),
-                "win_share": None if self.wins is None else float(self.win_share[i]),
-                "superb_weight": None if self.superb_weights is None else float(self.superb_weights[i]),
-            })
+            out.append(
+                {
+                    "layer": int(ids[i]),
+                    "mean_score": None if self.scores is None else float(self.mean_scores[i]),
+                    "max_pool_wins": None if self.wins is None else int(self.wins[i]),
+                    "win_share": None if self.wins is None else float(self.win_share[i]),
+                    "superb_weight": None if self.superb_weights is None else float(self.superb_weights[i]),
+                }
+            )
         return out
 
 
@@ -92,7 +94,6 @@ def analyze_layers(model, waveform: np.ndarray) -> LayerAnalysis:
     """
     import torch
 
-
     agg = model.aggregation
     if not isinstance(agg, (LayerAttentivePooling, SuperbAggregation)):
         kind = "MHFA" if agg is None else type(agg).__name__
@@ -100,8 +101,14 @@ def analyze_layers(model, waveform: np.ndarray) -> LayerAnalysis:
     layer_ids = list(model.frontend.layers or range(model.frontend.num_states))
     wav = np.asarray(waveform, dtype=np.float32).reshape(-1)
     if isinstance(agg, SuperbAggregation):
-        return LayerAnalysis("superb", wav, int(model.config.sampling_rate), agg.logits.numel(),
-                             superb_weights=agg.layer_weights().detach().cpu().numpy(), layer_ids=layer_ids)
+        return LayerAnalysis(
+            "superb",
+            wav,
+            int(model.config.sampling_rate),
+            agg.logits.numel(),
+            superb_weights=agg.layer_weights().detach().cpu().numpy(),
+            layer_ids=layer_ids,
+        )
     model.eval()
     device = next(model.parameters()).device
     with torch.inference_mode():
@@ -116,9 +123,15 @@ def analyze_layers(model, waveform: np.ndarray) -> LayerAnalysis:
         weighted = z * scores.permute(2, 0, 1).unsqueeze(-1)  # (L, N, h, d)
         winners = weighted.argmax(0)  # (N, h, d): the layer reaching the max-pool output
         wins = torch.bincount(winners.reshape(-1), minlength=L)
-    return LayerAnalysis("lap", wav, int(model.config.sampling_rate), L,
-                         scores=scores.view(T, h, L).permute(1, 0, 2).cpu().numpy(),
-                         wins=wins.cpu().numpy().astype(np.int64), layer_ids=layer_ids)
+    return LayerAnalysis(
+        "lap",
+        wav,
+        int(model.config.sampling_rate),
+        L,
+        scores=scores.view(T, h, L).permute(1, 0, 2).cpu().numpy(),
+        wins=wins.cpu().numpy().astype(np.int64),
+        layer_ids=layer_ids,
+    )
 
 
 def format_layer_table(analysis: LayerAnalysis) -> str:
@@ -130,8 +143,10 @@ def format_layer_table(analysis: LayerAnalysis) -> str:
         return f"{'-':>{width}}" if v is None else f"{v:>{width}{spec}}"
 
     for r in analysis.rows():
-        lines.append(f"{r['layer']:>5}  {fmt(r['mean_score'], '.4f', 10)}  {fmt(r['max_pool_wins'], 'd', 13)}  "
-                     f"{fmt(r['win_share'], '.1%', 9)}  {fmt(r['superb_weight'], '.4f', 13)}")
+        lines.append(
+            f"{r['layer']:>5}  {fmt(r['mean_score'], '.4f', 10)}  {fmt(r['max_pool_wins'], 'd', 13)}  "
+            f"{fmt(r['win_share'], '.1%', 9)}  {fmt(r['superb_weight'], '.4f', 13)}"
+        )
     return "\n".join(lines)
 
 
@@ -148,8 +163,7 @@ def write_layer_table(analysis: LayerAnalysis, path: str | os.PathLike) -> Path:
     return path
 
 
-def plot_layers(analysis: LayerAnalysis, out: str | os.PathLike, title: str | None = None,
-                max_cols: int = 4) -> Path:
+def plot_layers(analysis: LayerAnalysis, out: str | os.PathLike, title: str | None = None, max_cols: int = 4) -> Path:
     """Draws the waveform, LAP's per-head and head-average layer scores and per-layer bars to ``out``."""
     import matplotlib
 
@@ -166,15 +180,21 @@ def plot_layers(analysis: LayerAnalysis, out: str | os.PathLike, title: str | No
         ax_w.plot(t, a.waveform, lw=0.4, color="0.3")
         ax_w.set(xlim=(0, dur), xlabel="time (s)", title="waveform")
         ax_b.barh(np.arange(L), a.superb_weights, color="tab:orange")
-        ax_b.set(yticks=ticks, yticklabels=[ids[i] for i in ticks], ylabel="layer", xlabel="weight",
-                 title="SUPERB layer weights")
+        ax_b.set(
+            yticks=ticks,
+            yticklabels=[ids[i] for i in ticks],
+            ylabel="layer",
+            xlabel="weight",
+            title="SUPERB layer weights",
+        )
     else:
         heads = a.scores.shape[0]
         cols = min(max_cols, heads)
         rows = math.ceil(heads / cols)
         fig = plt.figure(figsize=(3.0 * cols + 3.2, 1.6 + 1.5 * rows + 2.0), constrained_layout=True)
-        gs = fig.add_gridspec(rows + 2, cols + 1, height_ratios=[1.0] + [1.0] * rows + [1.4],
-                              width_ratios=[1.0] * cols + [0.9])
+        gs = fig.add_gridspec(
+            rows + 2, cols + 1, height_ratios=[1.0] + [1.0] * rows + [1.4], width_ratios=[1.0] * cols + [0.9]
+        )
         ax_w = fig.add_subplot(gs[0, :cols])
         ax_w.plot(t, a.waveform, lw=0.4, color="0.3")
         ax_w.set(xlim=(0, dur), title="waveform", yticks=[])
@@ -182,8 +202,16 @@ def plot_layers(analysis: LayerAnalysis, out: str | os.PathLike, title: str | No
         im = None
         for k in range(heads):
             ax = fig.add_subplot(gs[1 + k // cols, k % cols], sharex=ax_w)
-            im = ax.imshow(a.scores[k].T, aspect="auto", origin="lower", extent=extent, vmin=0, vmax=1,
-                           cmap="viridis", interpolation="nearest")
+            im = ax.imshow(
+                a.scores[k].T,
+                aspect="auto",
+                origin="lower",
+                extent=extent,
+                vmin=0,
+                vmax=1,
+                cmap="viridis",
+                interpolation="nearest",
+            )
             ax.set_title(f"head {k}", fontsize=8)
             ax.set_yticks(ticks, [ids[i] for i in ticks], fontsize=6)
             ax.tick_params(labelsize=6)
@@ -198,8 +226,9 @@ def plot_layers(analysis: LayerAnalysis, out: str | os.PathLike, title: str | No
         y = np.arange(L)
         ax_b.barh(y - 0.2, a.mean_scores, height=0.4, label="mean score", color="tab:blue")
         ax_b.barh(y + 0.2, a.win_share, height=0.4, label="max-pool win share", color="tab:orange")
-        ax_b.set(yticks=ticks, yticklabels=[ids[i] for i in ticks], ylabel="layer", ylim=(-0.5, L - 0.5),
-                 title="per layer")
+        ax_b.set(
+            yticks=ticks, yticklabels=[ids[i] for i in ticks], ylabel="layer", ylim=(-0.5, L - 0.5), title="per layer"
+        )
         ax_b.legend(fontsize=7, loc="lower right")
     fig.suptitle(title or f"{a.aggregation.upper()} layer aggregation ({dur:.2f} s)")
     out = Path(out)

@@ -60,8 +60,14 @@ class Scorer:
             capped at the cohort size).
     """
 
-    def __init__(self, config, *, cohort: EmbeddingTable | None = None, stored_cohort: np.ndarray | None = None,
-                 asnorm_top_k: int | None = None):
+    def __init__(
+        self,
+        config,
+        *,
+        cohort: EmbeddingTable | None = None,
+        stored_cohort: np.ndarray | None = None,
+        asnorm_top_k: int | None = None,
+    ):
         self.config = config
         self.embedding_size = int(config.embedding_size)
         record = self.record
@@ -78,16 +84,21 @@ class Scorer:
                 mean = embedding_mean(cohort.embeddings)
             self.cohort = cohort_from_table(cohort, np.asarray(mean, np.float32))
         elif stored_cohort is not None:  # speaker means, already mean-subtracted by the evaluation
-            self.cohort = Cohort(np.arange(len(stored_cohort)).astype(str), stored_cohort,
-                                 np.zeros(stored_cohort.shape[1], np.float32) if mean is None
-                                 else np.asarray(mean, np.float32))
+            self.cohort = Cohort(
+                np.arange(len(stored_cohort)).astype(str),
+                stored_cohort,
+                np.zeros(stored_cohort.shape[1], np.float32) if mean is None else np.asarray(mean, np.float32),
+            )
         if self.cohort is not None:
-            k = int(asnorm_top_k or record.top_k
-                    or (self.calibrator.info.get("top_k") if self.calibrator else None) or 600)
+            k = int(
+                asnorm_top_k or record.top_k or (self.calibrator.info.get("top_k") if self.calibrator else None) or 600
+            )
             if k > len(self.cohort):
                 if asnorm_top_k:
-                    warnings.warn(f"AS-norm top_k={k} exceeds the cohort's {len(self.cohort)} speakers; using "
-                                  f"{len(self.cohort)}", stacklevel=3)
+                    warnings.warn(
+                        f"AS-norm top_k={k} exceeds the cohort's {len(self.cohort)} speakers; using {len(self.cohort)}",
+                        stacklevel=3,
+                    )
                 k = len(self.cohort)
             if k < 2:
                 raise ValueError("the AS-norm cohort needs at least 2 speakers")
@@ -108,8 +119,9 @@ class Scorer:
             return "calibrated" if self.calibrator is not None else "asnorm"
         return "cosine"
 
-    def score_embeddings(self, a: np.ndarray, b: np.ndarray, duration_a: float | None = None,
-                         duration_b: float | None = None) -> dict[str, float]:
+    def score_embeddings(
+        self, a: np.ndarray, b: np.ndarray, duration_a: float | None = None, duration_b: float | None = None
+    ) -> dict[str, float]:
         """Scores two raw embeddings (E,) on every available scale: ``{"cosine", "asnorm"?, "calibrated"?}``.
 
         ``duration_*`` (seconds) are needed only on the calibrated scale.
@@ -117,8 +129,9 @@ class Scorer:
         durations = None if duration_a is None or duration_b is None else (duration_a, [duration_b])
         return {k: float(v[0]) for k, v in self.scores_against(a, np.asarray(b).reshape(1, -1), durations).items()}
 
-    def scores_against(self, a: np.ndarray, tests: np.ndarray, durations: tuple[float, Sequence[float]] | None,
-                       a_is_test: bool = False) -> dict[str, np.ndarray]:
+    def scores_against(
+        self, a: np.ndarray, tests: np.ndarray, durations: tuple[float, Sequence[float]] | None, a_is_test: bool = False
+    ) -> dict[str, np.ndarray]:
         """Scores of one raw embedding ``a`` (E,) against each row of ``tests`` (N, E), on every available
         scale: ``{"cosine", "asnorm"?, "calibrated"?}`` of (N,) float64. ``durations`` (seconds of ``a``,
         and of each row) are needed only on the calibrated scale. ``a`` is each trial's enrolment side,
@@ -160,25 +173,31 @@ class Scorer:
             return self._far_threshold(finite(far, "far (--far)"), scale, stats)
         if stats is not None:
             name = stats.trial_list
-            return Threshold(stats.eer_threshold, scale,
-                             "EER point of the model's evaluation" + (f" on {name}" if name else ""))
+            return Threshold(
+                stats.eer_threshold, scale, "EER point of the model's evaluation" + (f" on {name}" if name else "")
+            )
         t = self.record.threshold
         if t is not None and self.record.default_threshold_scale == scale:
             return Threshold(float(t), scale, "the model's stored threshold")
         if scale == "calibrated" and self.calibrator is not None:
-            return Threshold(float(self.calibrator.threshold_), scale,
-                             f"the calibration's {self.calibrator.threshold} threshold")
+            return Threshold(
+                float(self.calibrator.threshold_), scale, f"the calibration's {self.calibrator.threshold} threshold"
+            )
         have = []
         if t is not None:
             have.append(f"a threshold of {t:.4g} on the {self.record.default_threshold_scale} scale")
         if self.calibrator is not None:
             have.append("a calibration (applies to AS-norm scores: give cohort=...)")
         if have:
-            raise ValueError(f"this model stores no decision threshold for {scale} scores (it has "
-                             f"{' and '.join(have)}); pass threshold=... (--threshold), or score with the cohort "
-                             "the threshold was set on")
-        raise ValueError("this model stores no decision threshold (evaluating it with a cohort, or "
-                         "mlsv.scoring.record.record_score_statistics, stores one); pass threshold=... (--threshold)")
+            raise ValueError(
+                f"this model stores no decision threshold for {scale} scores (it has "
+                f"{' and '.join(have)}); pass threshold=... (--threshold), or score with the cohort "
+                "the threshold was set on"
+            )
+        raise ValueError(
+            "this model stores no decision threshold (evaluating it with a cohort, or "
+            "mlsv.scoring.record.record_score_statistics, stores one); pass threshold=... (--threshold)"
+        )
 
     def _far_threshold(self, far: float, scale: str, stats: ScoreStatistics | None) -> Threshold:
         if not 0.0 < far < 1.0:
@@ -189,22 +208,35 @@ class Scorer:
             ok = np.flatnonzero(levels <= far * (1 + 1e-9))
             n = stats.n_nontarget
             if ok.size == 0:
-                raise ValueError(f"far={far:g} is below what the stored {scale} non-target scores can measure "
-                                 f"({n} trials: lowest FAR {levels.min():.2g})")
+                raise ValueError(
+                    f"far={far:g} is below what the stored {scale} non-target scores can measure "
+                    f"({n} trials: lowest FAR {levels.min():.2g})"
+                )
             i = ok[np.argmax(levels[ok])]
-            return Threshold(float(values[i]), scale, f"FAR <= {levels[i]:.3g} on {n} stored non-target "
-                             f"{scale} scores" + (f" of {stats.trial_list}" if stats.trial_list else ""))
+            return Threshold(
+                float(values[i]),
+                scale,
+                f"FAR <= {levels[i]:.3g} on {n} stored non-target "
+                f"{scale} scores" + (f" of {stats.trial_list}" if stats.trial_list else ""),
+            )
         if scale == "calibrated":
-            return Threshold(math.log(1.0 / far), scale,
-                             f"log(1/far) for calibrated LLRs: guarantees FAR <= {far:g} (an upper bound)")
+            return Threshold(
+                math.log(1.0 / far),
+                scale,
+                f"log(1/far) for calibrated LLRs: guarantees FAR <= {far:g} (an upper bound)",
+            )
         t = self.record.threshold
-        what = (f"only a threshold ({t:.4g}, the EER point on the {self.record.default_threshold_scale} scale)"
-                if t is not None else "no score distribution")
+        what = (
+            f"only a threshold ({t:.4g}, the EER point on the {self.record.default_threshold_scale} scale)"
+            if t is not None
+            else "no score distribution"
+        )
         raise ValueError(
             f"far={far:g} needs the non-target {scale} score distribution, and this model stores {what}: a "
             "threshold fixes one operating point and says nothing about the false-accept rate elsewhere. "
             "Re-evaluate the model to store its score statistics (mlsv.scoring.record.record_score_statistics), "
-            "score on the calibrated scale (a model calibration and cohort=...), or pass threshold=...")
+            "score on the calibrated scale (a model calibration and cohort=...), or pass threshold=..."
+        )
 
     def decision_threshold(self, far: float | None, threshold: float | None, scale: str | None = None) -> Threshold:
         """The threshold of a decision: a given one, one for ``far``, or the model's."""

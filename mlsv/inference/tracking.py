@@ -73,10 +73,16 @@ class SpeakerTrack:
         return spans
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scale": self.scale, "threshold": self.threshold, "threshold_source": self.threshold_source,
-                "windows": [{"start": round(a, 4), "end": round(b, 4), "score": s, "decision": bool(s >= self.threshold)}
-                            for a, b, s in zip(self.starts.tolist(), self.ends.tolist(), self.scores.tolist())],
-                "segments": [[round(a, 4), round(b, 4)] for a, b in self.segments()]}
+        return {
+            "scale": self.scale,
+            "threshold": self.threshold,
+            "threshold_source": self.threshold_source,
+            "windows": [
+                {"start": round(a, 4), "end": round(b, 4), "score": s, "decision": bool(s >= self.threshold)}
+                for a, b, s in zip(self.starts.tolist(), self.ends.tolist(), self.scores.tolist())
+            ],
+            "segments": [[round(a, 4), round(b, 4)] for a, b in self.segments()],
+        }
 
 
 class WindowScore(NamedTuple):
@@ -102,8 +108,16 @@ class OnlineTracker:
     any other.
     """
 
-    def __init__(self, verifier: Any, enrolment: np.ndarray, enrolment_seconds: float, window: int, hop: int,
-                 threshold: Any, sample_rate: int):
+    def __init__(
+        self,
+        verifier: Any,
+        enrolment: np.ndarray,
+        enrolment_seconds: float,
+        window: int,
+        hop: int,
+        threshold: Any,
+        sample_rate: int,
+    ):
         self.verifier, self.enrolment, self.enrolment_seconds = verifier, enrolment, enrolment_seconds
         self.window, self.hop, self.threshold = window, hop, threshold
         self.rate = verifier.sampling_rate
@@ -138,11 +152,15 @@ class OnlineTracker:
             raise AudioError(f"{name}: a stream's chunks are (samples,) or (samples, channels), got shape {shape}")
         channels = shape[1] if len(shape) == 2 else 1
         if channels > MAX_CHANNELS:
-            raise AudioError(f"{name}: shape {shape} has {channels} channels; a stream's chunks are (samples,) or "
-                             f"(samples, channels) with at most {MAX_CHANNELS} channels")
+            raise AudioError(
+                f"{name}: shape {shape} has {channels} channels; a stream's chunks are (samples,) or "
+                f"(samples, channels) with at most {MAX_CHANNELS} channels"
+            )
         if self._channels is not None and channels != self._channels:
-            raise AudioError(f"{name}: {channels} channel(s), where the stream's first chunk had {self._channels} "
-                             "(chunks are (samples,) or (samples, channels))")
+            raise AudioError(
+                f"{name}: {channels} channel(s), where the stream's first chunk had {self._channels} "
+                "(chunks are (samples,) or (samples, channels))"
+            )
         x = array_samples(samples, name, frames_first=True)
         self._channels = channels
         if not np.isfinite(x).all():
@@ -159,16 +177,21 @@ class OnlineTracker:
         """
         if self._closed:
             return []
-        out = self._add(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)) \
-            if self._resampler is not None else []
+        out = (
+            self._add(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+            if self._resampler is not None
+            else []
+        )
         self._closed = True
         if self._total == 0:
             raise AudioError("the stream is empty: no samples were pushed")
         if self._covered >= self._total:
             return out
         if self._total < self.verifier.embedder.min_samples:
-            raise AudioError(f"the stream is too short ({self.seconds * 1000:.1f} ms); the encoder needs at least "
-                             f"{self.verifier.embedder.min_samples / self.rate * 1000:.1f} ms")
+            raise AudioError(
+                f"the stream is too short ({self.seconds * 1000:.1f} ms); the encoder needs at least "
+                f"{self.verifier.embedder.min_samples / self.rate * 1000:.1f} ms"
+            )
         size = min(self.window, self._total)
         return out + self._score([self._total - size], size)
 
@@ -180,7 +203,7 @@ class OnlineTracker:
         if starts:
             self._next = starts[-1] + self.hop
         keep = max(0, min(self._next, self._total - self.window))  # the last window of flush may need them
-        self._buffer = self._buffer[keep - self._offset:]
+        self._buffer = self._buffer[keep - self._offset :]
         self._offset = keep
         return out
 
@@ -188,10 +211,15 @@ class OnlineTracker:
         if not starts:
             return []
         at = np.asarray(starts, np.int64) - self._offset
-        embeddings = self.verifier.embedder.embed_windows_at(np.lib.stride_tricks.sliding_window_view(self._buffer, size), at)
-        scores = self.verifier.scorer.scores_against(self.enrolment, embeddings,
-                                               (self.enrolment_seconds, [size / self.rate] * len(starts)))
+        embeddings = self.verifier.embedder.embed_windows_at(
+            np.lib.stride_tricks.sliding_window_view(self._buffer, size), at
+        )
+        scores = self.verifier.scorer.scores_against(
+            self.enrolment, embeddings, (self.enrolment_seconds, [size / self.rate] * len(starts))
+        )
         self._covered = starts[-1] + size
         value = self.threshold.value
-        return [WindowScore(a / self.rate, (a + size) / self.rate, float(s), bool(s >= value))
-                for a, s in zip(starts, scores[self.threshold.scale].tolist())]
+        return [
+            WindowScore(a / self.rate, (a + size) / self.rate, float(s), bool(s >= value))
+            for a, s in zip(starts, scores[self.threshold.scale].tolist())
+        ]

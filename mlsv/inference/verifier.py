@@ -59,8 +59,10 @@ class Identification:
 
     def __str__(self) -> str:
         if self.speaker is None:
-            return (f"unknown speaker (best: {self.ranking[0][0]}, score {self.score:.4f} < threshold "
-                    f"{self.threshold:.4f}, {self.scale})")
+            return (
+                f"unknown speaker (best: {self.ranking[0][0]}, score {self.score:.4f} < threshold "
+                f"{self.threshold:.4f}, {self.scale})"
+            )
         return f"{self.speaker} (score {self.score:.4f} >= threshold {self.threshold:.4f}, {self.scale})"
 
 
@@ -113,8 +115,16 @@ class Verifier:
         use_stored_cohort: False scores a model that stores a cohort without it (cosine scale).
     """
 
-    def __init__(self, model, *, device: str = "cpu", cohort: str | os.PathLike | EmbeddingTable | None = None,
-                 asnorm_top_k: int | None = None, batch_seconds: float = 60.0, use_stored_cohort: bool = True):
+    def __init__(
+        self,
+        model,
+        *,
+        device: str = "cpu",
+        cohort: str | os.PathLike | EmbeddingTable | None = None,
+        asnorm_top_k: int | None = None,
+        batch_seconds: float = 60.0,
+        use_stored_cohort: bool = True,
+    ):
         if hasattr(model, "frontend") and hasattr(model, "forward"):
             backend = TorchEmbedder(model, device)
         elif callable(model) and hasattr(model, "config"):
@@ -130,16 +140,25 @@ class Verifier:
             if isinstance(cohort, EmbeddingTable):
                 check_finite(table, "the AS-norm cohort")
             if table.speakers is None:
-                raise ValueError("the AS-norm cohort needs speaker labels ('speakers' in the .npz); "
-                                 "embed it with mlsv embed --manifest")
+                raise ValueError(
+                    "the AS-norm cohort needs speaker labels ('speakers' in the .npz); "
+                    "embed it with mlsv embed --manifest"
+                )
         stored = _stored_cohort(model, backend) if table is None and use_stored_cohort else None
         self.scorer = Scorer(backend.config, cohort=table, stored_cohort=stored, asnorm_top_k=asnorm_top_k)
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, model_dir_or_id: str | os.PathLike, device: str = "cpu", runtime: str = "torch", *,
-                        onnx_path: str | os.PathLike | None = None, revision: str | None = None,
-                        **kwargs) -> Verifier:
+    def from_pretrained(
+        cls,
+        model_dir_or_id: str | os.PathLike,
+        device: str = "cpu",
+        runtime: str = "torch",
+        *,
+        onnx_path: str | os.PathLike | None = None,
+        revision: str | None = None,
+        **kwargs,
+    ) -> Verifier:
         """Loads a model folder (``save_pretrained``), a hub id, or (``runtime="onnx"``) an ONNX export.
 
         Args:
@@ -162,8 +181,7 @@ class Verifier:
                 raise ValueError(f"{src} is an ONNX file; use runtime='onnx'")
             return cls(load_model(src, revision, device=device), device=device, **kwargs)
         if runtime == "onnx":
-            embedder = load_onnx_verifier_parts(src, check_onnx_device(device), onnx_path=onnx_path,
-                                                revision=revision)
+            embedder = load_onnx_verifier_parts(src, check_onnx_device(device), onnx_path=onnx_path, revision=revision)
             return cls(embedder, **kwargs)
         raise ValueError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
 
@@ -214,8 +232,14 @@ class Verifier:
         """One input as checked float32 mono samples at the model's rate (see :func:`mlsv.data.inputs.load_audio`)."""
         return self.embedder.load(x, sample_rate, name)
 
-    def embed(self, inputs: AudioInput | Sequence[AudioInput], sample_rate: int | None = None, *,
-              chunk_seconds: float = 0.0, progress: bool | None = None) -> np.ndarray:
+    def embed(
+        self,
+        inputs: AudioInput | Sequence[AudioInput],
+        sample_rate: int | None = None,
+        *,
+        chunk_seconds: float = 0.0,
+        progress: bool | None = None,
+    ) -> np.ndarray:
         """Embeddings of one input (E,) or of a list of inputs (N, E), float32.
 
         Inputs are read lazily, sorted by length and batched (``batch_seconds`` of padded audio per
@@ -226,20 +250,33 @@ class Verifier:
         inputs) shows a progress bar.
         """
         single = not isinstance(inputs, (list, tuple))
-        matrix, _ = self.embedder.embed_many([inputs] if single else list(inputs), sample_rate, chunk_seconds,
-                                             progress)
+        matrix, _ = self.embedder.embed_many([inputs] if single else list(inputs), sample_rate, chunk_seconds, progress)
         return matrix[0] if single else matrix
 
-    def embed_table(self, inputs: Sequence[AudioInput], ids: Sequence[str] | None = None, *,
-                    sample_rate: int | None = None, chunk_seconds: float = 0.0,
-                    progress: bool | None = None) -> EmbeddingTable:
+    def embed_table(
+        self,
+        inputs: Sequence[AudioInput],
+        ids: Sequence[str] | None = None,
+        *,
+        sample_rate: int | None = None,
+        chunk_seconds: float = 0.0,
+        progress: bool | None = None,
+    ) -> EmbeddingTable:
         """Embeds ``inputs`` into an ``EmbeddingTable``: :meth:`Embedder.embed_table
         <mlsv.inference.embedder.Embedder.embed_table>` (a repeated id is refused before anything is embedded)."""
-        return self.embedder.embed_table(inputs, ids, sample_rate=sample_rate, chunk_seconds=chunk_seconds,
-                                         progress=progress)
+        return self.embedder.embed_table(
+            inputs, ids, sample_rate=sample_rate, chunk_seconds=chunk_seconds, progress=progress
+        )
 
-    def embed_windows(self, x: AudioInput, *, window: float = 1.5, hop: float | None = None,
-                      sample_rate: int | None = None, progress: bool | None = None) -> WindowEmbeddings:
+    def embed_windows(
+        self,
+        x: AudioInput,
+        *,
+        window: float = 1.5,
+        hop: float | None = None,
+        sample_rate: int | None = None,
+        progress: bool | None = None,
+    ) -> WindowEmbeddings:
         """Embeddings of a recording's sliding windows (for where a voice is in it, or for clustering).
 
         Windows of ``window`` seconds start every ``hop`` seconds (default ``window / 2``); when the
@@ -261,8 +298,9 @@ class Verifier:
         return _pool(*self.embedder.embed_many(_inputs(enroll), sample_rate))
 
     # -- scoring and decisions --------------------------------------------------------------------
-    def score_embeddings(self, a: np.ndarray, b: np.ndarray, duration_a: float | None = None,
-                         duration_b: float | None = None) -> dict[str, float]:
+    def score_embeddings(
+        self, a: np.ndarray, b: np.ndarray, duration_a: float | None = None, duration_b: float | None = None
+    ) -> dict[str, float]:
         """Scores two raw embeddings (E,) on every available scale: ``{"cosine", "asnorm"?, "calibrated"?}``.
 
         ``duration_*`` (seconds) are needed only on the calibrated scale.
@@ -289,8 +327,15 @@ class Verifier:
         """
         return self.scorer.threshold(far=far, scale=scale)
 
-    def verify(self, a: Enrolment, b: AudioInput, *, far: float | None = None, threshold: float | None = None,
-               sample_rate: int | None = None) -> VerificationResult:
+    def verify(
+        self,
+        a: Enrolment,
+        b: AudioInput,
+        *,
+        far: float | None = None,
+        threshold: float | None = None,
+        sample_rate: int | None = None,
+    ) -> VerificationResult:
         """Same speaker or not: score the pair and compare with the threshold (``score >= threshold``).
 
         Args:
@@ -310,12 +355,24 @@ class Verifier:
         sample_rate = check_sample_rate(sample_rate)
         scores = self._pair_scores(a, b, sample_rate)
         s = scores[scale]
-        return VerificationResult(score=s, threshold=th.value, decision=bool(s >= th.value), scale=scale,
-                                  threshold_source=th.source, cosine=scores["cosine"])
+        return VerificationResult(
+            score=s,
+            threshold=th.value,
+            decision=bool(s >= th.value),
+            scale=scale,
+            threshold_source=th.source,
+            cosine=scores["cosine"],
+        )
 
-    def identify(self, test: AudioInput, speakers: Mapping[str, Enrolment] | EmbeddingTable, *,
-                 far: float | None = None, threshold: float | None = None,
-                 sample_rate: int | None = None) -> Identification:
+    def identify(
+        self,
+        test: AudioInput,
+        speakers: Mapping[str, Enrolment] | EmbeddingTable,
+        *,
+        far: float | None = None,
+        threshold: float | None = None,
+        sample_rate: int | None = None,
+    ) -> Identification:
         """Which of the enrolled ``speakers`` is speaking in ``test``, or none of them (open set).
 
         Each enrolled speaker is scored against ``test`` as :meth:`verify` would score them (the speaker
@@ -332,36 +389,50 @@ class Verifier:
         sample_rate = check_sample_rate(sample_rate)
         names, matrix, seconds = self._speaker_set(speakers, sample_rate)
         test_matrix, test_seconds = self.embedder.embed_many([test], sample_rate)
-        scores = self.scorer.scores_against(test_matrix[0], matrix, (float(test_seconds[0]), seconds),
-                                            a_is_test=True)[scale]
+        scores = self.scorer.scores_against(test_matrix[0], matrix, (float(test_seconds[0]), seconds), a_is_test=True)[
+            scale
+        ]
         order = np.argsort(-scores, kind="stable")
         best = float(scores[order[0]])
-        return Identification(speaker=names[order[0]] if best >= th.value else None, score=best,
-                              threshold=th.value, scale=scale, threshold_source=th.source,
-                              ranking=[(names[i], float(scores[i])) for i in order])
+        return Identification(
+            speaker=names[order[0]] if best >= th.value else None,
+            score=best,
+            threshold=th.value,
+            scale=scale,
+            threshold_source=th.source,
+            ranking=[(names[i], float(scores[i])) for i in order],
+        )
 
-    def _speaker_set(self, speakers: Mapping[str, Enrolment] | EmbeddingTable,
-                     sample_rate: int | None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    def _speaker_set(
+        self, speakers: Mapping[str, Enrolment] | EmbeddingTable, sample_rate: int | None
+    ) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Enrolled speakers as (names, (S, E) raw embeddings, (S,) seconds): all recordings embedded in
         one batched pass, or a table's rows, pooled per speaker."""
         if isinstance(speakers, EmbeddingTable):
             if speakers.speakers is None:
-                raise ValueError("the enrolled speakers' table has no speaker labels; embed an enrolment manifest "
-                                 "with speakers (mlsv embed --manifest)")
+                raise ValueError(
+                    "the enrolled speakers' table has no speaker labels; embed an enrolment manifest "
+                    "with speakers (mlsv embed --manifest)"
+                )
             if speakers.embeddings.shape[1] != self.embedding_size:
-                raise ValueError(f"the enrolled speakers' embeddings have {speakers.embeddings.shape[1]} dimensions, "
-                                 f"the model gives {self.embedding_size}")
+                raise ValueError(
+                    f"the enrolled speakers' embeddings have {speakers.embeddings.shape[1]} dimensions, "
+                    f"the model gives {self.embedding_size}"
+                )
             if not len(speakers.ids):
                 raise ValueError("the enrolled speakers' table is empty")
             owners, matrix, durations = speakers.speakers.tolist(), speakers.embeddings, speakers.durations
         else:
             if not isinstance(speakers, Mapping) or not speakers:
-                raise ValueError("speakers must be a non-empty mapping of name -> recording(s), or an embeddings "
-                                 "table with speakers")
+                raise ValueError(
+                    "speakers must be a non-empty mapping of name -> recording(s), or an embeddings table with speakers"
+                )
             owners, inputs = [], []
             if len({str(name) for name in speakers}) < len(speakers):
-                raise ValueError(f"speaker names repeat as text ({', '.join(map(repr, speakers))}): each speaker "
-                                 "needs a name of its own")
+                raise ValueError(
+                    f"speaker names repeat as text ({', '.join(map(repr, speakers))}): each speaker "
+                    "needs a name of its own"
+                )
             for name, enrolment in speakers.items():
                 recordings = _inputs(enrolment)
                 owners += [str(name)] * len(recordings)
@@ -371,9 +442,17 @@ class Verifier:
         return pooled.ids.tolist(), pooled.embeddings, pooled.durations
 
     # -- where a speaker speaks -------------------------------------------------------------------
-    def track(self, enroll: Enrolment, recording: AudioInput, *, window: float = 1.5, hop: float | None = None,
-              far: float | None = None, threshold: float | None = None,
-              sample_rate: int | None = None) -> SpeakerTrack:
+    def track(
+        self,
+        enroll: Enrolment,
+        recording: AudioInput,
+        *,
+        window: float = 1.5,
+        hop: float | None = None,
+        far: float | None = None,
+        threshold: float | None = None,
+        sample_rate: int | None = None,
+    ) -> SpeakerTrack:
         """Where the enrolled speaker speaks in a recording: ``enroll`` scored against each of the
         recording's sliding windows (:meth:`embed_windows`), on :attr:`score_scale`, each window
         compared with the threshold as in :meth:`verify`.
@@ -391,8 +470,16 @@ class Verifier:
         scores = self.scorer.scores_against(embedding, embeddings, (seconds, ends - starts))[scale]
         return SpeakerTrack(starts, ends, np.asarray(scores, np.float64), th.value, scale, th.source)
 
-    def online(self, enroll: Enrolment, *, window: float = 1.5, hop: float | None = None, far: float | None = None,
-               threshold: float | None = None, sample_rate: int | None = None) -> OnlineTracker:
+    def online(
+        self,
+        enroll: Enrolment,
+        *,
+        window: float = 1.5,
+        hop: float | None = None,
+        far: float | None = None,
+        threshold: float | None = None,
+        sample_rate: int | None = None,
+    ) -> OnlineTracker:
         """``track`` for a live stream: an :class:`~mlsv.inference.tracking.OnlineTracker` whose ``push(samples)``
         returns each window's score and decision as soon as its last sample arrives.
 
@@ -413,8 +500,10 @@ class Verifier:
         return OnlineTracker(self, embedding, seconds, size, step, th, sample_rate or self.sampling_rate)
 
     def __repr__(self) -> str:
-        return (f"Verifier(runtime={self.embedder.runtime!r}, embedding_size={self.embedding_size}, "
-                f"sampling_rate={self.sampling_rate}, scale={self.score_scale!r})")
+        return (
+            f"Verifier(runtime={self.embedder.runtime!r}, embedding_size={self.embedding_size}, "
+            f"sampling_rate={self.sampling_rate}, scale={self.score_scale!r})"
+        )
 
 
 def _inputs(enroll: Enrolment) -> list:

@@ -21,7 +21,24 @@ MLSVConfig.register_for_auto_class()
 MLSVModel.register_for_auto_class("AutoModel")
 
 __all__ = [
-    "AGGREGATIONS", "ASTP", "BACKENDS", "FAMILIES", "MHFA", "TINY_ENCODERS", "EcapaTdnn", "Frontend", "LastLayer",
-    "LayerAttentivePooling", "MLSVConfig", "MLSVModel", "MLSVOutput", "SubCenterAAMSoftmax", "SuperbAggregation",
-    "XVector", "build_aggregation", "build_backend", "build_encoder", "encoder_config_from_name",
+    "AGGREGATIONS",
+    "ASTP",
+    "BACKENDS",
+    "FAMILIES",
+    "MHFA",
+    "TINY_ENCODERS",
+    "EcapaTdnn",
+    "Frontend",
+    "LastLayer",
+    "LayerAttentivePooling",
+    "MLSVConfig",
+    "MLSVModel",
+    "MLSVOutput",
+    "SubCenterAAMSoftmax",
+    "SuperbAggregation",
+    "XVector",
+    "build_aggregation",
+    "build_backend",
+    "build_encoder",
+    "encoder_config_from_name",
 ]

@@ -60,12 +60,13 @@ class LayerAttentivePooling(nn.Module):
         dropout: dropout on the scores (training only).
     """
 
-    def __init__(self, num_layers: int, input_size: int, heads: int = 16, output_size: int = 512,
-                 dropout: float = 0.1):
+    def __init__(self, num_layers: int, input_size: int, heads: int = 16, output_size: int = 512, dropout: float = 0.1):
         super().__init__()
         if heads < 1 or input_size % heads != 0:
-            raise ValueError(f"LAP heads must divide the encoder width: {input_size} channels cannot be split "
-                             f"into {heads} heads (choose a divisor of {input_size})")
+            raise ValueError(
+                f"LAP heads must divide the encoder width: {input_size} channels cannot be split "
+                f"into {heads} heads (choose a divisor of {input_size})"
+            )
         if num_layers < 2:
             raise ValueError(f"LAP needs at least 2 layers to attend over, got {num_layers}")
         L, h = num_layers, heads
@@ -112,8 +113,9 @@ class LayerAttentivePooling(nn.Module):
 AGGREGATIONS = {"lap": LayerAttentivePooling, "superb": SuperbAggregation, "last": LastLayer}
 
 
-def build_aggregation(name: str, num_layers: int, input_size: int, *, heads: int = 16, output_size: int = 512,
-                      dropout: float = 0.1) -> nn.Module:
+def build_aggregation(
+    name: str, num_layers: int, input_size: int, *, heads: int = 16, output_size: int = 512, dropout: float = 0.1
+) -> nn.Module:
     if name not in AGGREGATIONS:
         raise KeyError(f"unknown aggregation {name!r}; choose one of {', '.join(AGGREGATIONS)}")
     if name == "lap":

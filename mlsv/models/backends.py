@@ -47,8 +47,7 @@ class ASTP(nn.Module):
     (B, T, C) + mask (B, T) -> (B, E).
     """
 
-    def __init__(self, input_size: int, embedding_size: int = 192, reduction: float = 0.5,
-                 frame_dropout: float = 0.1):
+    def __init__(self, input_size: int, embedding_size: int = 192, reduction: float = 0.5, frame_dropout: float = 0.1):
         super().__init__()
         C = input_size
         hidden = max(int(C * reduction), 1)
@@ -66,7 +65,7 @@ class ASTP(nn.Module):
         mean, std = masked_mean_std(x, mask)
         w = self.context.weight  # (hidden, 3C): split into the frame, mean and std parts
         frame = x @ w[:, :C].T
-        glob = mean @ w[:, C:2 * C].T + std @ w[:, 2 * C:].T + self.context.bias
+        glob = mean @ w[:, C : 2 * C].T + std @ w[:, 2 * C :].T + self.context.bias
         z = torch.relu(frame + glob.unsqueeze(1))
         z = self.context_norm(z.reshape(B * T, -1)).view(B, T, -1)
         return self.attention(z)
@@ -108,8 +107,13 @@ class XVector(nn.Module):
 
     def __init__(self, input_size: int, embedding_size: int = 512, channels: int = 512):
         super().__init__()
-        spec = [(input_size, channels, 5, 1), (channels, channels, 3, 2), (channels, channels, 3, 3),
-                (channels, channels, 1, 1), (channels, 3 * channels, 1, 1)]
+        spec = [
+            (input_size, channels, 5, 1),
+            (channels, channels, 3, 2),
+            (channels, channels, 3, 3),
+            (channels, channels, 1, 1),
+            (channels, 3 * channels, 1, 1),
+        ]
         self.frames = nn.ModuleList(_TdnnBlock(*s) for s in spec)
         self.embedding = nn.Linear(6 * channels, embedding_size)
         self.input_size, self.output_size = input_size, embedding_size
@@ -190,9 +194,18 @@ class MHFA(nn.Module):
 
     takes_layer_stack = True
 
-    def __init__(self, num_layers: int, input_size: int, embedding_size: int = 256, heads: int = 64,
-                 compression: int = 128, aggregation: str = "superb", lap_heads: int = 16,
-                 lap_channels: int = 512, lap_dropout: float = 0.1):
+    def __init__(
+        self,
+        num_layers: int,
+        input_size: int,
+        embedding_size: int = 256,
+        heads: int = 64,
+        compression: int = 128,
+        aggregation: str = "superb",
+        lap_heads: int = 16,
+        lap_channels: int = 512,
+        lap_dropout: float = 0.1,
+    ):
         super().__init__()
         kw = dict(heads=lap_heads, output_size=lap_channels, dropout=lap_dropout)
         self.keys_aggregation = build_aggregation(aggregation, num_layers, input_size, **kw)
@@ -216,10 +229,22 @@ class MHFA(nn.Module):
 BACKENDS = {"astp": ASTP, "xvector": XVector, "ecapa": EcapaTdnn, "mhfa": MHFA}
 
 
-def build_backend(name: str, input_size: int, embedding_size: int, *, dropout: float = 0.1,
-                  ecapa_channels: int = 512, num_layers: int = 0, stack_size: int = 0, mhfa_heads: int = 64,
-                  mhfa_compression: int = 128, aggregation: str = "superb", lap_heads: int = 16,
-                  lap_channels: int = 512, lap_dropout: float = 0.1) -> nn.Module:
+def build_backend(
+    name: str,
+    input_size: int,
+    embedding_size: int,
+    *,
+    dropout: float = 0.1,
+    ecapa_channels: int = 512,
+    num_layers: int = 0,
+    stack_size: int = 0,
+    mhfa_heads: int = 64,
+    mhfa_compression: int = 128,
+    aggregation: str = "superb",
+    lap_heads: int = 16,
+    lap_channels: int = 512,
+    lap_dropout: float = 0.1,
+) -> nn.Module:
     """Builds a backend by name; MHFA takes the layer stack (``num_layers`` x ``stack_size``)."""
     if name == "astp":
         return ASTP(input_size, embedding_size, frame_dropout=dropout)
@@ -230,9 +255,17 @@ def build_backend(name: str, input_size: int, embedding_size: int, *, dropout: f
             raise ValueError(f"ECAPA-TDNN channels must be 512 or 1024, got {ecapa_channels}")
         return EcapaTdnn(input_size, embedding_size, ecapa_channels)
     if name == "mhfa":
-        return MHFA(num_layers, stack_size, embedding_size, heads=mhfa_heads, compression=mhfa_compression,
-                    aggregation=aggregation, lap_heads=lap_heads, lap_channels=lap_channels,
-                    lap_dropout=lap_dropout)
+        return MHFA(
+            num_layers,
+            stack_size,
+            embedding_size,
+            heads=mhfa_heads,
+            compression=mhfa_compression,
+            aggregation=aggregation,
+            lap_heads=lap_heads,
+            lap_channels=lap_channels,
+            lap_dropout=lap_dropout,
+        )
     raise KeyError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 

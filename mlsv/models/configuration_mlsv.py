@@ -35,14 +35,30 @@ class MLSVConfig(PretrainedConfig):
 
     model_type = "mlsv"
 
-    def __init__(self, encoder_config: dict | None = None, encoder_name_or_path: str = "",
-                 layers: list[int] | None = None, aggregation: str = "lap", lap_heads: int = 16,
-                 lap_channels: int = 512, lap_dropout: float = 0.1, backend: str = "astp",
-                 embedding_size: int = 192, backend_dropout: float = 0.1, ecapa_channels: int = 512,
-                 mhfa_heads: int = 64, mhfa_compression: int = 128, normalize_input: bool = True,
-                 sampling_rate: int = 16000, training_mean: list[float] | None = None,
-                 calibration: dict | None = None, threshold: float | None = None,
-                 evaluation: dict | None = None, cohort_size: int = 0, **kwargs):
+    def __init__(
+        self,
+        encoder_config: dict | None = None,
+        encoder_name_or_path: str = "",
+        layers: list[int] | None = None,
+        aggregation: str = "lap",
+        lap_heads: int = 16,
+        lap_channels: int = 512,
+        lap_dropout: float = 0.1,
+        backend: str = "astp",
+        embedding_size: int = 192,
+        backend_dropout: float = 0.1,
+        ecapa_channels: int = 512,
+        mhfa_heads: int = 64,
+        mhfa_compression: int = 128,
+        normalize_input: bool = True,
+        sampling_rate: int = 16000,
+        training_mean: list[float] | None = None,
+        calibration: dict | None = None,
+        threshold: float | None = None,
+        evaluation: dict | None = None,
+        cohort_size: int = 0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if hasattr(encoder_config, "to_dict"):
             encoder_config = encoder_config.to_dict()
@@ -78,6 +94,7 @@ class MLSVConfig(PretrainedConfig):
         if model_type is None:
             raise ValueError("encoder_config has no model_type (which encoder family: wavlm, hubert, ...)")
         if model_type not in CONFIG_MAPPING:
-            raise ValueError(f"encoder_config has an unknown model_type {model_type!r} (not one this "
-                             "transformers version knows)")
+            raise ValueError(
+                f"encoder_config has an unknown model_type {model_type!r} (not one this transformers version knows)"
+            )
         return CONFIG_MAPPING[model_type](**cfg)

@@ -100,8 +100,13 @@ def _gate(attention: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     return gate_a * (gate_b * attention.gru_rel_pos_const.float() - 1.0) + 2.0
 
 
-def wavlm_sdpa_attention(attention: nn.Module, hidden_states: torch.Tensor, key_bias: torch.Tensor | None,
-                         position_bias: torch.Tensor, fused_qkv: bool = False) -> torch.Tensor:
+def wavlm_sdpa_attention(
+    attention: nn.Module,
+    hidden_states: torch.Tensor,
+    key_bias: torch.Tensor | None,
+    position_bias: torch.Tensor,
+    fused_qkv: bool = False,
+) -> torch.Tensor:
     """``WavLMAttention``'s output (before its residual) computed with ``scaled_dot_product_attention``.
 
     Args:
@@ -134,16 +139,35 @@ def wavlm_sdpa_attention(attention: nn.Module, hidden_states: torch.Tensor, key_
         rows = max(_ALIGN, BLOCK_BYTES // (4 * B * H * Tp))
         windows = position_bias.unfold(1, Tp, 1)  # (H, T, Tp) view
         q_rev, gate_rev = q.flip(2), gate.flip(2)
-        out = torch.cat([_attend(q_rev[:, :, a:a + rows], k, v, gate_rev[:, :, a:a + rows],
-                                 windows[:, a:a + rows].contiguous(), key_bias, p)
-                         for a in range(0, T, rows)], dim=2).flip(2)
+        out = torch.cat(
+            [
+                _attend(
+                    q_rev[:, :, a : a + rows],
+                    k,
+                    v,
+                    gate_rev[:, :, a : a + rows],
+                    windows[:, a : a + rows].contiguous(),
+                    key_bias,
+                    p,
+                )
+                for a in range(0, T, rows)
+            ],
+            dim=2,
+        ).flip(2)
     else:
         out = _attend(q, k, v, gate, position_bias, key_bias, p)
     return attention.out_proj(out.transpose(1, 2).reshape(B, T, D))
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: torch.Tensor, position_bias: torch.Tensor,
-            key_bias: torch.Tensor | None, p: float) -> torch.Tensor:
+def _attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gate: torch.Tensor,
+    position_bias: torch.Tensor,
+    key_bias: torch.Tensor | None,
+    p: float,
+) -> torch.Tensor:
     """``scaled_dot_product_attention`` of queries (B, H, R, d) over all T keys with the bias
     gate * position_bias + key_bias, built in one kernel and cast to the queries' dtype (the kernel wants
     them equal) while still Tp wide; the view of its T columns keeps its rows 16-aligned."""
@@ -152,8 +176,13 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: torch.Tenso
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype)[..., :T], dropout_p=p)
 
 
-def wavlm_layer_forward(layer: nn.Module, hidden_states: torch.Tensor, key_bias: torch.Tensor | None,
-                        position_bias: torch.Tensor, fused_qkv: bool = False) -> torch.Tensor:
+def wavlm_layer_forward(
+    layer: nn.Module,
+    hidden_states: torch.Tensor,
+    key_bias: torch.Tensor | None,
+    position_bias: torch.Tensor,
+    fused_qkv: bool = False,
+) -> torch.Tensor:
     """One WavLM transformer layer (post-LN ``WavLMEncoderLayer`` or pre-LN
     ``WavLMEncoderLayerStableLayerNorm``) with the SDPA attention; the layer's own modules otherwise.
 

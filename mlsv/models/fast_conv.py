@@ -58,8 +58,9 @@ def _window_products(windows: torch.Tensor, weight: torch.Tensor, shift: torch.T
     product in ``dtype`` (the same kernel eager and compiled, so the two agree to the bit)."""
     batch = windows.shape[0]
     with torch.autocast(windows.device.type, enabled=False):
-        return torch.baddbmm(shift.to(dtype).expand(batch, -1, -1), windows.to(dtype),
-                             weight.to(dtype).expand(batch, -1, -1))
+        return torch.baddbmm(
+            shift.to(dtype).expand(batch, -1, -1), windows.to(dtype), weight.to(dtype).expand(batch, -1, -1)
+        )
 
 
 def first_conv_block(layer: nn.Module, x: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
@@ -118,8 +119,9 @@ def first_conv_block(layer: nn.Module, x: torch.Tensor, frame_mask: torch.Tensor
 GROUP_ALIGN = 64  # channels per group that cuDNN's grouped convolutions run fast with
 
 
-def conv_channels_last(conv: nn.Conv1d, h: torch.Tensor, layout: str = "channels_last",
-                       pad_groups: bool = False) -> torch.Tensor:
+def conv_channels_last(
+    conv: nn.Conv1d, h: torch.Tensor, layout: str = "channels_last", pad_groups: bool = False
+) -> torch.Tensor:
     """``conv`` applied to a channel-last sequence: (B, L, C_in) -> (B, L_out, C_out).
 
     "channels_last" runs it as a 2-D convolution over (B, C, 1, L) in the channels-last memory format,
@@ -145,10 +147,10 @@ def conv_channels_last(conv: nn.Conv1d, h: torch.Tensor, layout: str = "channels
         bias = F.pad(bias.view(G, c_out), (0, po)).view(-1) if bias is not None else None
     x = h.transpose(1, 2).unsqueeze(2).contiguous(memory_format=torch.channels_last)
     w = weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-    y = F.conv2d(x, w, bias, stride=(1, conv.stride[0]), padding=(0, conv.padding[0]),
-                 dilation=(1, conv.dilation[0]), groups=G)
+    y = F.conv2d(
+        x, w, bias, stride=(1, conv.stride[0]), padding=(0, conv.padding[0]), dilation=(1, conv.dilation[0]), groups=G
+    )
     y = y.squeeze(2).transpose(1, 2)
     if pad_groups:
         y = y.reshape(*y.shape[:2], G, c_out + po)[..., :c_out].reshape(*y.shape[:2], G * c_out)
     return y.contiguous()
-

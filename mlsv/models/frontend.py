@@ -63,24 +63,53 @@ WHISPER_N_FFT, WHISPER_HOP = 400, 160  # Whisper's 25 ms window, 10 ms hop at 16
 
 # Tiny shapes for tests and the demo: build, run and round-trip in milliseconds on a CPU.
 _TINY_COMMON = dict(
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-    conv_dim=(32, 32, 32), conv_kernel=(10, 3, 3), conv_stride=(5, 2, 2),
-    num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    conv_dim=(32, 32, 32),
+    conv_kernel=(10, 3, 3),
+    conv_stride=(5, 2, 2),
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=2,
 )
 TINY_ENCODERS = {
     "tiny-wavlm": ("wavlm", dict(_TINY_COMMON, num_buckets=32, max_bucket_distance=100)),
     "tiny-hubert": ("hubert", dict(_TINY_COMMON)),
     "tiny-wav2vec2": ("wav2vec2", dict(_TINY_COMMON)),
     "tiny-data2vec": ("data2vec-audio", dict(_TINY_COMMON, num_conv_pos_embeddings=4, conv_pos_kernel_size=5)),
-    "tiny-whisper": ("whisper", dict(
-        d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, num_mel_bins=80,
-        decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, max_source_positions=1500,
-        max_target_positions=64)),
+    "tiny-whisper": (
+        "whisper",
+        dict(
+            d_model=32,
+            encoder_layers=2,
+            encoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            num_mel_bins=80,
+            decoder_layers=1,
+            decoder_attention_heads=2,
+            decoder_ffn_dim=64,
+            max_source_positions=1500,
+            max_target_positions=64,
+        ),
+    ),
     # The demo encoder of `python train.py`: WavLM-shaped (seven-layer CNN, 20 ms frames), 4 layers of 64.
-    "small-wavlm": ("wavlm", dict(
-        hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
-        conv_dim=(32, 32, 32, 32, 32, 64, 64), conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2),
-        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, num_buckets=32, max_bucket_distance=100)),
+    "small-wavlm": (
+        "wavlm",
+        dict(
+            hidden_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=128,
+            conv_dim=(32, 32, 32, 32, 32, 64, 64),
+            conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+            conv_stride=(5, 2, 2, 2, 2, 2, 2),
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4,
+            num_buckets=32,
+            max_bucket_distance=100,
+        ),
+    ),
 }
 
 
@@ -96,8 +125,9 @@ def encoder_config_from_name(name: str, encoder_type: str = ""):
             raise ValueError(f"unsupported encoder type {encoder_type!r}; choose one of {', '.join(FAMILIES)}")
     cfg = AutoConfig.from_pretrained(name)
     if cfg.model_type not in FAMILIES:
-        raise ValueError(f"{name}: encoder type {cfg.model_type!r} is not supported; "
-                         f"choose one of {', '.join(FAMILIES)}")
+        raise ValueError(
+            f"{name}: encoder type {cfg.model_type!r} is not supported; choose one of {', '.join(FAMILIES)}"
+        )
     return cfg
 
 
@@ -174,15 +204,25 @@ class Frontend(nn.Module):
             cls = frontend_class(encoder.config.model_type)
         return super().__new__(cls)
 
-    def __init__(self, encoder: nn.Module, *, trainable: str = "none", layerdrop: float = 0.0,
-                 mask_time_prob: float = 0.0, normalize_input: bool = True, layers: list[int] | None = None,
-                 gradient_checkpointing: bool = False):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        *,
+        trainable: str = "none",
+        layerdrop: float = 0.0,
+        mask_time_prob: float = 0.0,
+        normalize_input: bool = True,
+        layers: list[int] | None = None,
+        gradient_checkpointing: bool = False,
+    ):
         super().__init__()
         self.encoder = encoder
         self.family = encoder.config.model_type
         if self.family not in self.families:
-            raise ValueError(f"encoder type {self.family!r} is not supported by {type(self).__name__} "
-                             f"({', '.join(self.families)}); build_frontend picks the class of a family")
+            raise ValueError(
+                f"encoder type {self.family!r} is not supported by {type(self).__name__} "
+                f"({', '.join(self.families)}); build_frontend picks the class of a family"
+            )
         self.normalize_input = normalize_input
         self.layerdrop = float(layerdrop)
         self.mask_time_prob = float(mask_time_prob)
@@ -245,8 +285,7 @@ class Frontend(nn.Module):
         """The parameters of the convolutional front (frozen by trainable="transformer")."""
         raise NotImplementedError
 
-    def _embed(self, x: torch.Tensor, lengths: torch.Tensor, padded: bool = True,
-               draws: TrainingDraws | None = None):
+    def _embed(self, x: torch.Tensor, lengths: torch.Tensor, padded: bool = True, draws: TrainingDraws | None = None):
         """Normalised waveforms (B, S) -> (states[0] (B, T, D), frame_lengths (B,), frame_mask (B, T))."""
         raise NotImplementedError
 
@@ -298,7 +337,7 @@ class Frontend(nn.Module):
         if self.mask_time_prob == 0 and isinstance(getattr(e, "masked_spec_embed", None), nn.Parameter):
             unused.append(e.masked_spec_embed)
         if self.layers_run < self.num_layers:
-            for layer in self._layer_stack.layers[self.layers_run:]:
+            for layer in self._layer_stack.layers[self.layers_run :]:
                 unused.extend(layer.parameters())
             if self._final_layer_norm is not None:
                 unused.extend(self._final_layer_norm.parameters())
@@ -324,8 +363,11 @@ class Frontend(nn.Module):
             with torch.no_grad():
                 states, frame_lengths = self._forward(waveforms, lengths, padded)
         else:
-            draws = self._training_draws(B, S, lengths if padded else None) \
-                if self.training and (self.layerdrop > 0 or self.mask_time_prob > 0) else None
+            draws = (
+                self._training_draws(B, S, lengths if padded else None)
+                if self.training and (self.layerdrop > 0 or self.mask_time_prob > 0)
+                else None
+            )
             states, frame_lengths = self._forward(waveforms, lengths, padded, draws)
         return states, frame_lengths
 
@@ -414,7 +456,7 @@ class Frontend(nn.Module):
         # compiled: every layer runs and a dropped one's output is replaced by its input, which keeps one
         # static graph; eager: a dropped layer is skipped (its input passed on), the same result for less work
         blend = keep is not None and torch.compiler.is_compiling()
-        for i, layer in enumerate(self._layer_stack.layers[:self.layers_run]):
+        for i, layer in enumerate(self._layer_stack.layers[: self.layers_run]):
             if not blend and keep is not None and not keep[i]:
                 states.append(h)
                 continue
@@ -459,8 +501,10 @@ class Wav2Vec2Frontend(Frontend):
     @classmethod
     def _min_samples(cls, encoder_config) -> int:
         n = 1  # one frame out of the last CNN layer; each layer needs (n - 1) * stride + kernel samples
-        for k, s in zip(reversed(list(_config_value(encoder_config, "conv_kernel"))),
-                        reversed(list(_config_value(encoder_config, "conv_stride")))):
+        for k, s in zip(
+            reversed(list(_config_value(encoder_config, "conv_kernel"))),
+            reversed(list(_config_value(encoder_config, "conv_stride"))),
+        ):
             n = (n - 1) * s + k
         return n
 
@@ -497,14 +541,27 @@ class Wav2Vec2Frontend(Frontend):
         mask = None
         if lengths is not None:
             mask = (torch.arange(frames)[None, :] < self.frame_lengths(lengths.cpu())[:, None]).long()
-        time_spans = _host_to_device(_compute_mask_indices(
-            (batch, frames), mask_prob=cfg.mask_time_prob, mask_length=cfg.mask_time_length,
-            attention_mask=mask, min_masks=cfg.mask_time_min_masks), device)
+        time_spans = _host_to_device(
+            _compute_mask_indices(
+                (batch, frames),
+                mask_prob=cfg.mask_time_prob,
+                mask_length=cfg.mask_time_length,
+                attention_mask=mask,
+                min_masks=cfg.mask_time_min_masks,
+            ),
+            device,
+        )
         feature_spans = None
         if cfg.mask_feature_prob > 0:
-            feature_spans = _host_to_device(_compute_mask_indices(
-                (batch, self.hidden_size), mask_prob=cfg.mask_feature_prob,
-                mask_length=cfg.mask_feature_length, min_masks=cfg.mask_feature_min_masks), device)
+            feature_spans = _host_to_device(
+                _compute_mask_indices(
+                    (batch, self.hidden_size),
+                    mask_prob=cfg.mask_feature_prob,
+                    mask_length=cfg.mask_feature_length,
+                    min_masks=cfg.mask_feature_min_masks,
+                ),
+                device,
+            )
         return time_spans, feature_spans
 
     def _cnn(self, x, lengths, padded: bool = True):
@@ -516,8 +573,14 @@ class Wav2Vec2Frontend(Frontend):
             for i, layer in enumerate(enc.feature_extractor.conv_layers):
                 k, s = enc.config.conv_kernel[i], enc.config.conv_stride[i]
                 cur_len = torch.div(cur_len - k, s, rounding_mode="floor") + 1
-                if i == 0 and self.fuse_first_conv and self.conv_layout == "channels_last" \
-                        and layer.conv.in_channels == 1 and layer.conv.padding[0] == 0 and layer.conv.dilation[0] == 1:
+                if (
+                    i == 0
+                    and self.fuse_first_conv
+                    and self.conv_layout == "channels_last"
+                    and layer.conv.in_channels == 1
+                    and layer.conv.padding[0] == 0
+                    and layer.conv.dilation[0] == 1
+                ):
                     T = (x.shape[1] - k) // s + 1
                     mask = torch.arange(T, device=x.device)[None, :] < cur_len[:, None] if padded else None
                     h = first_conv_block(layer, x, mask)
@@ -601,7 +664,8 @@ class WavLMFrontend(Wav2Vec2Frontend):
         if self._wavlm_attention == "sdpa":
             key_bias = key_padding_bias(frame_mask) if frame_mask is not None else None
             position_bias = (relative_position_table if is_long(h.shape[1]) else relative_position_bias)(
-                self._layer_stack.layers[0].attention, h.shape[1])
+                self._layer_stack.layers[0].attention, h.shape[1]
+            )
 
             def call_sdpa(layer: nn.Module, i: int):
                 return lambda h_, pb_: (wavlm_layer_forward(layer, h_, key_bias, pb_, self.fused_qkv), pb_)
@@ -613,6 +677,7 @@ class WavLMFrontend(Wav2Vec2Frontend):
             def fn(h_, pb_):
                 out = layer(h_, attention_mask=long_mask, position_bias=pb_, index=i)
                 return out[0], out[1]
+
             return fn
 
         return call, None
@@ -681,8 +746,10 @@ class WhisperFrontend(Frontend):
         frame_lengths = self.frame_lengths(lengths)
         T = h.shape[-1]
         if T > enc.embed_positions.num_embeddings:
-            raise ValueError(f"input of {T} frames exceeds Whisper's {enc.embed_positions.num_embeddings} positions "
-                             "(30 s); chunk longer audio")
+            raise ValueError(
+                f"input of {T} frames exceeds Whisper's {enc.embed_positions.num_embeddings} positions "
+                "(30 s); chunk longer audio"
+            )
         frame_mask = torch.arange(T, device=x.device)[None, :] < frame_lengths[:, None]
         h = h.transpose(1, 2) + enc.embed_positions.weight[:T]
         h = F.dropout(h, p=enc.dropout, training=self.training)
@@ -692,9 +759,15 @@ class WhisperFrontend(Frontend):
         """Whisper's slaney mel filter bank (n_mels, n_fft // 2 + 1), the feature extractor's own."""
         from transformers.audio_utils import mel_filter_bank
 
-        fb = mel_filter_bank(num_frequency_bins=1 + WHISPER_N_FFT // 2,
-                             num_mel_filters=self.encoder.config.num_mel_bins, min_frequency=0.0,
-                             max_frequency=8000.0, sampling_rate=16000, norm="slaney", mel_scale="slaney")
+        fb = mel_filter_bank(
+            num_frequency_bins=1 + WHISPER_N_FFT // 2,
+            num_mel_filters=self.encoder.config.num_mel_bins,
+            min_frequency=0.0,
+            max_frequency=8000.0,
+            sampling_rate=16000,
+            norm="slaney",
+            mel_scale="slaney",
+        )
         return torch.tensor(fb, dtype=torch.float32).T
 
     def log_mel(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -706,8 +779,10 @@ class WhisperFrontend(Frontend):
         # audio within [-1, 1] is left exactly as it is
         scale = x.abs().amax(1, keepdim=True).clamp_min(1.0)
         # zero (not reflect) padding at the edges, so that a padded batch sees what a lone utterance sees
-        spec = torch.stft(x / scale, n_fft, hop, window=window, pad_mode="constant",
-                          return_complex=True)[..., :-1].abs() ** 2
+        spec = (
+            torch.stft(x / scale, n_fft, hop, window=window, pad_mode="constant", return_complex=True)[..., :-1].abs()
+            ** 2
+        )
         mel = torch.log10(torch.clamp(self.mel_filters.float() @ spec, min=1e-10)) + 2 * torch.log10(scale)[..., None]
         F_len = lengths // hop
         fmask = torch.arange(mel.shape[-1], device=x.device)[None, None, :] < F_len[:, None, None]
@@ -718,7 +793,8 @@ class WhisperFrontend(Frontend):
 
 #: The frontend class of each encoder family (``config.model_type``).
 FRONTENDS: dict[str, type[Frontend]] = {
-    family: cls for cls in (WavLMFrontend, Wav2Vec2Frontend, WhisperFrontend) for family in cls.families}
+    family: cls for cls in (WavLMFrontend, Wav2Vec2Frontend, WhisperFrontend) for family in cls.families
+}
 assert set(FRONTENDS) == set(FAMILIES)
 
 
@@ -736,8 +812,11 @@ def build_frontend(encoder: nn.Module, **settings) -> Frontend:
 
 
 def _family(encoder_config) -> str:
-    family = encoder_config.get("model_type") if isinstance(encoder_config, dict) \
+    family = (
+        encoder_config.get("model_type")
+        if isinstance(encoder_config, dict)
         else getattr(encoder_config, "model_type", None)
+    )
     if not family:
         raise ValueError(f"encoder config has no model_type; choose one of {', '.join(FAMILIES)}")
     return family

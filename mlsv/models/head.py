@@ -31,8 +31,17 @@ class SubCenterAAMSoftmax(nn.Module):
         penalty: m' at the full margin.
     """
 
-    def __init__(self, embedding_size: int, num_classes: int, *, scale: float = 30.0, margin: float = 0.3,
-                 sub_centers: int = 3, top_k: int = 5, penalty: float = 0.06):
+    def __init__(
+        self,
+        embedding_size: int,
+        num_classes: int,
+        *,
+        scale: float = 30.0,
+        margin: float = 0.3,
+        sub_centers: int = 3,
+        top_k: int = 5,
+        penalty: float = 0.06,
+    ):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"the head needs at least 2 classes, got {num_classes}")
@@ -82,4 +91,3 @@ class SubCenterAAMSoftmax(nn.Module):
             logits = logits * self.scale
             loss = F.cross_entropy(logits, labels)
         return (loss, logits, predictions) if return_predictions else (loss, logits)
-

@@ -29,8 +29,17 @@ from mlsv.models.configuration_mlsv import MLSVConfig
 from mlsv.models.frontend import min_samples as encoder_min_samples
 from mlsv.models.modeling_mlsv import MLSVModel
 
-__all__ = ["check_device", "check_onnx_device", "load_config", "load_model", "min_samples", "model_source",
-           "resolve_file", "saved_weights_fingerprint", "weights_fingerprint"]
+__all__ = [
+    "check_device",
+    "check_onnx_device",
+    "load_config",
+    "load_model",
+    "min_samples",
+    "model_source",
+    "resolve_file",
+    "saved_weights_fingerprint",
+    "weights_fingerprint",
+]
 
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -68,8 +77,9 @@ def check_device(device: Any):
         if n == 0:
             raise ValueError(f"device {name!r}: no CUDA GPU is visible to this torch (use cpu)")
         if dev.index is not None and dev.index >= n:
-            raise ValueError(f"device {name!r}: this machine has {n} CUDA device{'s' * (n > 1)} "
-                             f"(cuda:0 to cuda:{n - 1})")
+            raise ValueError(
+                f"device {name!r}: this machine has {n} CUDA device{'s' * (n > 1)} (cuda:0 to cuda:{n - 1})"
+            )
     elif dev.type == "mps":
         if not torch.backends.mps.is_available():
             raise ValueError(f"device {name!r}: MPS is not available on this machine (use cpu)")
@@ -94,15 +104,18 @@ def check_onnx_device(device: Any) -> str:
         import onnxruntime as ort
 
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise ValueError(f"device {name!r}: this onnxruntime has no CUDA provider (install onnxruntime-gpu, "
-                             "or use cpu)")
+            raise ValueError(
+                f"device {name!r}: this onnxruntime has no CUDA provider (install onnxruntime-gpu, or use cpu)"
+            )
     return name
 
 
 def hub_offline() -> bool:
     """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, read when asked (not at import)."""
-    return any(os.environ.get(k, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(k, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+        for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def hub_unreachable(timeout: float = 3.0) -> str | None:
@@ -145,12 +158,15 @@ def model_source(src: str, revision: str | None = None, probe_hub: bool = True) 
     if cached:
         return src
     if hub_offline():
-        raise FileNotFoundError(f"model folder not found: {src} (nor in the local hub cache; HF_HUB_OFFLINE "
-                                "is set, so the hub is not asked)")
+        raise FileNotFoundError(
+            f"model folder not found: {src} (nor in the local hub cache; HF_HUB_OFFLINE "
+            "is set, so the hub is not asked)"
+        )
     why = hub_unreachable() if probe_hub else None
     if why:
-        raise FileNotFoundError(f"model folder not found: {src} (nor in the local hub cache, and the hub "
-                                f"cannot be asked: {why})")
+        raise FileNotFoundError(
+            f"model folder not found: {src} (nor in the local hub cache, and the hub cannot be asked: {why})"
+        )
     return src
 
 
@@ -163,8 +179,11 @@ def check_model_folder(src: str) -> None:
     gets the path of its model/ folder)."""
     if os.path.isdir(src) and not os.path.isfile(os.path.join(src, "config.json")):
         inner = os.path.join(src, "model")
-        hint = (f"; a run's or training stage's model is in its model/ folder: {inner}"
-                if os.path.isfile(os.path.join(inner, "config.json")) else "")
+        hint = (
+            f"; a run's or training stage's model is in its model/ folder: {inner}"
+            if os.path.isfile(os.path.join(inner, "config.json"))
+            else ""
+        )
         raise FileNotFoundError(f"{src}: not a model folder (no config.json){hint}")
 
 
@@ -183,11 +202,14 @@ def check_model_config(src: str, revision: str | None = None) -> None:
     if not isinstance(encoder, dict) or not encoder:
         raise ValueError(f"{_config_where(src)}: no encoder_config (not a complete mlsv model config)")
     if not encoder.get("model_type"):
-        raise ValueError(f"{_config_where(src)}: encoder_config has no model_type (which encoder family: wavlm, "
-                         "hubert, ...)")
+        raise ValueError(
+            f"{_config_where(src)}: encoder_config has no model_type (which encoder family: wavlm, hubert, ...)"
+        )
     if encoder.get("model_type") not in CONFIG_MAPPING:
-        raise ValueError(f"{_config_where(src)}: encoder_config has an unknown model_type "
-                         f"{encoder.get('model_type')!r} (not one this transformers version knows)")
+        raise ValueError(
+            f"{_config_where(src)}: encoder_config has an unknown model_type "
+            f"{encoder.get('model_type')!r} (not one this transformers version knows)"
+        )
 
 
 def _weights_where(src: str) -> str:
@@ -213,8 +235,9 @@ def load_model(src: str | os.PathLike, revision: str | None = None, *, device: s
         check_model_config(src, revision)
         model = MLSVModel.from_pretrained(src, revision=revision)
     except SafetensorError as e:
-        raise ValueError(f"{_weights_where(src)}: corrupt or truncated weights file ({e}); copy or save the "
-                         "model again") from None
+        raise ValueError(
+            f"{_weights_where(src)}: corrupt or truncated weights file ({e}); copy or save the model again"
+        ) from None
     except OSError as e:
         what = "not a model folder" if os.path.isdir(src) else "no such model folder, nor a model on the hub"
         raise FileNotFoundError(f"{src}: {what} ({e})") from None
@@ -228,9 +251,14 @@ def resolve_file(model: str, filename: str, revision: str | None) -> str:
     if os.path.isdir(model):
         path = os.path.join(model, filename)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} not found" + (
-                "; export it first: mlsv export --model MODEL --out MODEL/model.onnx" if filename.endswith(".onnx")
-                else ""))
+            raise FileNotFoundError(
+                f"{path} not found"
+                + (
+                    "; export it first: mlsv export --model MODEL --out MODEL/model.onnx"
+                    if filename.endswith(".onnx")
+                    else ""
+                )
+            )
         return path
     return hf_hub_download(model, filename, revision=revision)
 

@@ -76,14 +76,34 @@ class MLSVModel(MLSVPreTrainedModel):
         if config.backend == "mhfa":
             self.aggregation = None
             self.backend = build_backend(
-                "mhfa", D, config.embedding_size, num_layers=L, stack_size=D, mhfa_heads=config.mhfa_heads,
-                mhfa_compression=config.mhfa_compression, aggregation=config.aggregation,
-                lap_heads=config.lap_heads, lap_channels=config.lap_channels, lap_dropout=config.lap_dropout)
+                "mhfa",
+                D,
+                config.embedding_size,
+                num_layers=L,
+                stack_size=D,
+                mhfa_heads=config.mhfa_heads,
+                mhfa_compression=config.mhfa_compression,
+                aggregation=config.aggregation,
+                lap_heads=config.lap_heads,
+                lap_channels=config.lap_channels,
+                lap_dropout=config.lap_dropout,
+            )
         else:
-            self.aggregation = build_aggregation(config.aggregation, L, D, heads=config.lap_heads,
-                                                 output_size=config.lap_channels, dropout=config.lap_dropout)
-            self.backend = build_backend(config.backend, self.aggregation.output_size, config.embedding_size,
-                                         dropout=config.backend_dropout, ecapa_channels=config.ecapa_channels)
+            self.aggregation = build_aggregation(
+                config.aggregation,
+                L,
+                D,
+                heads=config.lap_heads,
+                output_size=config.lap_channels,
+                dropout=config.lap_dropout,
+            )
+            self.backend = build_backend(
+                config.backend,
+                self.aggregation.output_size,
+                config.embedding_size,
+                dropout=config.backend_dropout,
+                ecapa_channels=config.ecapa_channels,
+            )
         # the AS-norm cohort (speaker means, mean-subtracted) learnt at evaluation, saved with the weights
         self.register_buffer("cohort_embeddings", torch.zeros(config.cohort_size, config.embedding_size))
         self.post_init()
@@ -113,8 +133,14 @@ class MLSVModel(MLSVPreTrainedModel):
         config = MLSVConfig(encoder_config=enc_cfg.to_dict(), encoder_name_or_path=encoder, **settings)
         return cls(config, encoder=enc)
 
-    def configure_training(self, *, trainable: str = "none", layerdrop: float = 0.0,
-                           mask_time_prob: float = 0.0, gradient_checkpointing: bool = False) -> None:
+    def configure_training(
+        self,
+        *,
+        trainable: str = "none",
+        layerdrop: float = 0.0,
+        mask_time_prob: float = 0.0,
+        gradient_checkpointing: bool = False,
+    ) -> None:
         """Sets the frontend's trainability ("none" | "transformer" | "all"), LayerDrop, time masking."""
         f = self.frontend
         f.layerdrop, f.mask_time_prob, f.gradient_checkpointing = layerdrop, mask_time_prob, gradient_checkpointing
@@ -129,15 +155,23 @@ class MLSVModel(MLSVPreTrainedModel):
         from transformers import Wav2Vec2FeatureExtractor, WhisperFeatureExtractor
 
         if self.frontend.family == "whisper":
-            return WhisperFeatureExtractor(feature_size=self.frontend.encoder.config.num_mel_bins,
-                                           sampling_rate=self.config.sampling_rate)
-        return Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=self.config.sampling_rate, padding_value=0.0,
-                                        do_normalize=self.config.normalize_input, return_attention_mask=True)
+            return WhisperFeatureExtractor(
+                feature_size=self.frontend.encoder.config.num_mel_bins, sampling_rate=self.config.sampling_rate
+            )
+        return Wav2Vec2FeatureExtractor(
+            feature_size=1,
+            sampling_rate=self.config.sampling_rate,
+            padding_value=0.0,
+            do_normalize=self.config.normalize_input,
+            return_attention_mask=True,
+        )
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # the saved code also answers AutoModelForAudioXVector (its output carries `embeddings`)
-        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
-                                "AutoModelForAudioXVector": "modeling_mlsv.MLSVModel"}
+        self.config.auto_map = {
+            **(getattr(self.config, "auto_map", None) or {}),
+            "AutoModelForAudioXVector": "modeling_mlsv.MLSVModel",
+        }
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             self.feature_extractor().save_pretrained(save_directory)
@@ -146,11 +180,19 @@ class MLSVModel(MLSVPreTrainedModel):
         """Attention implementation of the encoder: "sdpa" (default) or "eager" (transformers' own)."""
         self.frontend.set_attention(mode, fused_qkv)
 
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, every_n_layers: int = 1):
+    def _set_gradient_checkpointing(
+        self, enable: bool = True, gradient_checkpointing_func=None, every_n_layers: int = 1
+    ):
         self.frontend.gradient_checkpointing = enable
 
-    def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                output_layer_scores: bool = False, return_dict: bool | None = None, **kwargs):
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_layer_scores: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ):
         if input_values.dim() == 1:
             input_values = input_values[None]
         lengths = attention_mask.sum(-1).long() if attention_mask is not None else None
@@ -161,8 +203,11 @@ class MLSVModel(MLSVPreTrainedModel):
         if self.aggregation is None:
             emb = self.backend(states, frame_mask)
         else:
-            frames, scores = self.aggregation(states, return_scores=True) if output_layer_scores \
+            frames, scores = (
+                self.aggregation(states, return_scores=True)
+                if output_layer_scores
                 else (self.aggregation(states), None)
+            )
             emb = self.backend(frames, frame_mask)
         out = MLSVOutput(embeddings=emb, layer_scores=scores, frame_lengths=frame_lengths)
         return out if return_dict is not False else out.to_tuple()
@@ -175,11 +220,11 @@ class MLSVModel(MLSVPreTrainedModel):
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per part: encoder, aggregation, backend, and the aggregation+backend total."""
+
         def n(m):
             return sum(p.numel() for p in m.parameters()) if m is not None else 0
 
-        counts = {"encoder": n(self.frontend.encoder), "aggregation": n(self.aggregation),
-                  "backend": n(self.backend)}
+        counts = {"encoder": n(self.frontend.encoder), "aggregation": n(self.aggregation), "backend": n(self.backend)}
         counts["aggregation+backend"] = counts["aggregation"] + counts["backend"]
         counts["total"] = counts["encoder"] + counts["aggregation+backend"]
         return counts

@@ -92,9 +92,16 @@ def enable_tf32(enabled: bool = True, cudnn_benchmark: bool | None = None) -> No
         torch.backends.cudnn.benchmark = cudnn_benchmark
 
 
-def compile_model(model: nn.Module, *, head: nn.Module | None = None, mode: str = "default",
-                  dynamic: bool | None = False, fullgraph: bool = False, frontend: bool = True,
-                  backend: str = "inductor") -> nn.Module:
+def compile_model(
+    model: nn.Module,
+    *,
+    head: nn.Module | None = None,
+    mode: str = "default",
+    dynamic: bool | None = False,
+    fullgraph: bool = False,
+    frontend: bool = True,
+    backend: str = "inductor",
+) -> nn.Module:
     """Compiles an MLSVModel's frontend, aggregation and backend (and a training head) in place.
 
     Each part is compiled with ``nn.Module.compile`` so that parameter names, ``state_dict`` and

@@ -12,14 +12,33 @@ from .frontend import TINY_ENCODERS, build_encoder, encoder_config_from_name
 from .modeling_mlsv import MLSVModel
 
 WAVLM_SHAPES: dict[str, dict] = {
-    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                 feat_extract_norm="group", do_stable_layer_norm=False),
-    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                  feat_extract_norm="layer", do_stable_layer_norm=True),
+    "base": dict(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        feat_extract_norm="group",
+        do_stable_layer_norm=False,
+    ),
+    "large": dict(
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+    ),
 }
-_WAVLM_COMMON = dict(conv_dim=(512,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2),
-                     conv_bias=False, num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16,
-                     num_buckets=320, max_bucket_distance=800)
+_WAVLM_COMMON = dict(
+    conv_dim=(512,) * 7,
+    conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+    conv_stride=(5, 2, 2, 2, 2, 2, 2),
+    conv_bias=False,
+    num_conv_pos_embeddings=128,
+    num_conv_pos_embedding_groups=16,
+    num_buckets=320,
+    max_bucket_distance=800,
+)
 SHAPE_ALIASES = {"tiny": "tiny-wavlm", "small": "small-wavlm"}
 
 
@@ -30,8 +49,9 @@ def benchmark_encoder_config(shape: str):
         return WavLMConfig(**_WAVLM_COMMON, **WAVLM_SHAPES[shape])
     name = SHAPE_ALIASES.get(shape, shape)
     if name not in TINY_ENCODERS:
-        raise ValueError(f"unknown shape {shape!r}; choose base, large, tiny, small or one of "
-                         f"{', '.join(TINY_ENCODERS)}")
+        raise ValueError(
+            f"unknown shape {shape!r}; choose base, large, tiny, small or one of {', '.join(TINY_ENCODERS)}"
+        )
     return encoder_config_from_name(name)
 
 

@@ -36,13 +36,26 @@ from mlsv.models.loading import load_model
 from mlsv.scoring.pipeline import STAGES
 from mlsv.scoring.record import EvaluationRecord
 
-__all__ = ["build_model_card", "build_publish_folder", "check_repo_id", "load_metrics", "main", "own_metrics",
-           "upload_folder"]
+__all__ = [
+    "build_model_card",
+    "build_publish_folder",
+    "check_repo_id",
+    "load_metrics",
+    "main",
+    "own_metrics",
+    "upload_folder",
+]
 
 #: Files of the model folder copied as they are, when present.
 EXTRA_FILES = ("model.onnx", "model.onnx.json")
-_METRIC_COLUMNS = (("eer", "EER (%)"), ("min_dcf_0.01", "minDCF (p=0.01)"), ("min_dcf_0.05", "minDCF (p=0.05)"),
-                   ("act_dcf_0.01", "actDCF (p=0.01)"), ("cllr", "Cllr"), ("n_trials", "trials"))
+_METRIC_COLUMNS = (
+    ("eer", "EER (%)"),
+    ("min_dcf_0.01", "minDCF (p=0.01)"),
+    ("min_dcf_0.05", "minDCF (p=0.05)"),
+    ("act_dcf_0.01", "actDCF (p=0.01)"),
+    ("cllr", "Cllr"),
+    ("n_trials", "trials"),
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -62,9 +75,14 @@ def own_metrics(config) -> list[tuple[str, dict]]:
             return sorted(names, key=lambda n: (first.index(n) if n in first else len(first), n))
 
         lists = list(record.trial_lists)
-        return load_metrics({stage: {name: by_stage[stage][name] for name in ordered(by_stage[stage], lists)}
-                             if isinstance(by_stage[stage], Mapping) else by_stage[stage]
-                             for stage in ordered(by_stage, list(STAGES))})
+        return load_metrics(
+            {
+                stage: {name: by_stage[stage][name] for name in ordered(by_stage[stage], lists)}
+                if isinstance(by_stage[stage], Mapping)
+                else by_stage[stage]
+                for stage in ordered(by_stage, list(STAGES))
+            }
+        )
     if not record.metrics:
         return []
     return load_metrics({str(record.final_stage or "evaluation"): record.metrics})
@@ -113,8 +131,7 @@ def _fmt(v: Any, key: str) -> str:
 def metrics_table(records: Sequence[tuple[str, dict]]) -> str:
     """A markdown table of metrics records (columns present in at least one record)."""
     cols = [(k, name) for k, name in _METRIC_COLUMNS if any(k in r for _, r in records)]
-    lines = ["| trial list | " + " | ".join(name for _, name in cols) + " |",
-             "|---|" + "---|" * len(cols)]
+    lines = ["| trial list | " + " | ".join(name for _, name in cols) + " |", "|---|" + "---|" * len(cols)]
     for label, r in records:
         lines.append(f"| {label} | " + " | ".join(_fmt(r.get(k), k) for k, _ in cols) + " |")
     return "\n".join(lines)
@@ -128,13 +145,25 @@ def _yaml_list(key: str, values: Sequence[str]) -> list[str]:
     return [f"{key}:"] + [f"- {json.dumps(v)}" for v in values] if values else []
 
 
-def build_model_card(config, *, repo_id: str, metrics: Sequence[tuple[str, dict]] = (),
-                     datasets: Sequence[str] = (), license: str | None = None,
-                     parameter_counts: Mapping[str, int] | None = None, has_onnx: bool = False) -> str:
+def build_model_card(
+    config,
+    *,
+    repo_id: str,
+    metrics: Sequence[tuple[str, dict]] = (),
+    datasets: Sequence[str] = (),
+    license: str | None = None,
+    parameter_counts: Mapping[str, int] | None = None,
+    has_onnx: bool = False,
+) -> str:
     """The model card (README.md): YAML metadata, summary, metrics, usage, intended use, limitations."""
     names = _card_names(config)
-    lines = (_card_metadata(config, names, datasets, license) + _card_summary(config, names, repo_id, parameter_counts)
-             + _card_evaluation(metrics) + _card_usage(config, repo_id, has_onnx) + _card_use_and_limits(datasets))
+    lines = (
+        _card_metadata(config, names, datasets, license)
+        + _card_summary(config, names, repo_id, parameter_counts)
+        + _card_evaluation(metrics)
+        + _card_usage(config, repo_id, has_onnx)
+        + _card_use_and_limits(datasets)
+    )
     return "\n".join(lines)
 
 
@@ -142,13 +171,17 @@ def _card_names(config) -> dict[str, Any]:
     """The encoder family, its depth, and the aggregation's and backend's names in words."""
     enc = dict(config.encoder_config or {})
     family = enc.get("model_type", "encoder")
-    return {"family": family,
-            "n_layers": enc.get("encoder_layers") if family == "whisper" else enc.get("num_hidden_layers"),
-            "agg": config.aggregation,
-            "agg_name": {"lap": "Layer Attentive Pooling (LAP)", "superb": "SUPERB weighted sum",
-                         "last": "last layer"}.get(config.aggregation, config.aggregation),
-            "backend": {"astp": "ASTP", "xvector": "x-vector TDNN", "ecapa": "ECAPA-TDNN",
-                        "mhfa": "MHFA"}.get(config.backend, config.backend)}
+    return {
+        "family": family,
+        "n_layers": enc.get("encoder_layers") if family == "whisper" else enc.get("num_hidden_layers"),
+        "agg": config.aggregation,
+        "agg_name": {"lap": "Layer Attentive Pooling (LAP)", "superb": "SUPERB weighted sum", "last": "last layer"}.get(
+            config.aggregation, config.aggregation
+        ),
+        "backend": {"astp": "ASTP", "xvector": "x-vector TDNN", "ecapa": "ECAPA-TDNN", "mhfa": "MHFA"}.get(
+            config.backend, config.backend
+        ),
+    }
 
 
 def _card_metadata(config, names: dict, datasets: Sequence[str], license: str | None) -> list[str]:
@@ -168,31 +201,44 @@ def _card_metadata(config, names: dict, datasets: Sequence[str], license: str | 
 
 def _card_summary(config, names: dict, repo_id: str, parameter_counts: Mapping[str, int] | None) -> list[str]:
     """The title, one paragraph and the table of what the model is."""
-    family, n_layers, agg, agg_name, backend = (names[k] for k in ("family", "n_layers", "agg", "agg_name",
-                                                                   "backend"))
+    family, n_layers, agg, agg_name, backend = (names[k] for k in ("family", "n_layers", "agg", "agg_name", "backend"))
     name = repo_id.split("/")[-1]
-    lines = [f"# {name}", "",
-             f"A speaker-verification model trained with mlsv (multi-layer speaker "
-             f"verification): a {family} encoder ({n_layers} layers"
-             f"{', from ' + config.encoder_name_or_path if config.encoder_name_or_path else ''}) whose hidden "
-             f"states are aggregated by {agg_name}, then pooled by {backend} into a "
-             f"{config.embedding_size}-dimensional speaker embedding.", "",
-             "| | |", "|---|---|",
-             f"| input | mono waveform, {config.sampling_rate} Hz, float32 |",
-             f"| output | `embeddings` ({config.embedding_size}-d) |",
-             f"| aggregation | {agg_name}" + (f", {config.lap_heads} heads, {config.lap_channels} channels"
-                                              if agg == "lap" else "") + " |",
-             f"| backend | {backend} |"]
+    lines = [
+        f"# {name}",
+        "",
+        f"A speaker-verification model trained with mlsv (multi-layer speaker "
+        f"verification): a {family} encoder ({n_layers} layers"
+        f"{', from ' + config.encoder_name_or_path if config.encoder_name_or_path else ''}) whose hidden "
+        f"states are aggregated by {agg_name}, then pooled by {backend} into a "
+        f"{config.embedding_size}-dimensional speaker embedding.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| input | mono waveform, {config.sampling_rate} Hz, float32 |",
+        f"| output | `embeddings` ({config.embedding_size}-d) |",
+        f"| aggregation | {agg_name}"
+        + (f", {config.lap_heads} heads, {config.lap_channels} channels" if agg == "lap" else "")
+        + " |",
+        f"| backend | {backend} |",
+    ]
     if parameter_counts:
-        lines.append(f"| parameters | {parameter_counts.get('total', 0) / 1e6:.2f} M "
-                     f"(aggregation + backend {parameter_counts.get('aggregation+backend', 0) / 1e6:.2f} M) |")
-    lines.append("| scoring | cosine after subtracting the training mean"
-                 + (" (stored)" if config.training_mean is not None else "") + " |")
+        lines.append(
+            f"| parameters | {parameter_counts.get('total', 0) / 1e6:.2f} M "
+            f"(aggregation + backend {parameter_counts.get('aggregation+backend', 0) / 1e6:.2f} M) |"
+        )
+    lines.append(
+        "| scoring | cosine after subtracting the training mean"
+        + (" (stored)" if config.training_mean is not None else "")
+        + " |"
+    )
     n_cohort = int(getattr(config, "cohort_size", 0) or 0)
     if n_cohort:
         top_k = EvaluationRecord.from_config(config).top_k
-        lines.append(f"| AS-norm cohort | {n_cohort} speaker means stored with the weights"
-                     + (f" (top {top_k})" if top_k else "") + " |")
+        lines.append(
+            f"| AS-norm cohort | {n_cohort} speaker means stored with the weights"
+            + (f" (top {top_k})" if top_k else "")
+            + " |"
+        )
     if config.calibration:
         lines.append("| calibration | QMF logistic calibration of AS-norm scores to log-likelihood ratios |")
     if config.threshold is not None:
@@ -208,12 +254,19 @@ def _card_evaluation(metrics: Sequence[tuple[str, dict]]) -> list[str]:
     lines = []
     lines += ["## Evaluation", ""]
     if metrics:
-        lines += [metrics_table(metrics), "",
-                  "EER in percent; minDCF with the target prior given. Scores as named in each row "
-                  "(cosine, AS-norm, calibrated).", ""]
+        lines += [
+            metrics_table(metrics),
+            "",
+            "EER in percent; minDCF with the target prior given. Scores as named in each row "
+            "(cosine, AS-norm, calibrated).",
+            "",
+        ]
     else:
-        lines += ["No evaluation is recorded for this model: it was not published from the output of "
-                  "`mlsv evaluate`, which stores the metrics, AS-norm cohort and calibration with the model.", ""]
+        lines += [
+            "No evaluation is recorded for this model: it was not published from the output of "
+            "`mlsv evaluate`, which stores the metrics, AS-norm cohort and calibration with the model.",
+            "",
+        ]
     return lines
 
 
@@ -221,9 +274,11 @@ def _card_usage(config, repo_id: str, has_onnx: bool) -> list[str]:
     """How to use the model: with mlsv, from the command line, with transformers alone, with ONNX Runtime."""
     lines: list[str] = []
     lines += [
-        "## How to use", "",
+        "## How to use",
+        "",
         "With mlsv (not on a package index yet: install it from its source repository, `pip install -e .` in a "
-        "clone): embeddings, scores and decisions, any sample rate or channel count.", "",
+        "clone): embeddings, scores and decisions, any sample rate or channel count.",
+        "",
         "```python",
         "from mlsv.api import Verifier",
         "",
@@ -231,25 +286,34 @@ def _card_usage(config, repo_id: str, has_onnx: bool) -> list[str]:
         'result = verifier.verify("enroll.wav", "test.flac")',
         "print(result.score, result.threshold, result.decision)",
         'emb = verifier.embed(["a.wav", "b.wav"])  # (2, E)',
-        "```", "",
+        "```",
+        "",
         "From the command line: `mlsv verify --model " + repo_id + " a.wav b.wav` and "
-        "`mlsv embed --model " + repo_id + " FILES... --out emb.npz`.", ""]
+        "`mlsv embed --model " + repo_id + " FILES... --out emb.npz`.",
+        "",
+    ]
     lines += _card_transformers_only(config, repo_id)
     lines += [
-        "Batches may be padded: pass `attention_mask` (1 for real samples); padding does not change an "
-        "embedding.", ""]
+        "Batches may be padded: pass `attention_mask` (1 for real samples); padding does not change an embedding.",
+        "",
+    ]
     if has_onnx:
-        lines += ["An ONNX export (`model.onnx`, inputs `input_values` float32 (B, S) and `attention_mask` "
-                  "int64 (B, S), output `embeddings`) runs with onnxruntime: "
-                  f'`Verifier.from_pretrained("{repo_id}", runtime="onnx")`. `model.onnx.json` records its '
-                  "parity with PyTorch and a fingerprint of the weights it was exported from.", ""]
+        lines += [
+            "An ONNX export (`model.onnx`, inputs `input_values` float32 (B, S) and `attention_mask` "
+            "int64 (B, S), output `embeddings`) runs with onnxruntime: "
+            f'`Verifier.from_pretrained("{repo_id}", runtime="onnx")`. `model.onnx.json` records its '
+            "parity with PyTorch and a fingerprint of the weights it was exported from.",
+            "",
+        ]
     return lines
 
 
 #: How the score scales mlsv decides on are made, in words (for the card).
-_SCALE_WORDS = {"asnorm": "AS-norm against the cohort stored with the weights",
-                "calibrated": "AS-norm against the cohort stored with the weights, then the stored calibration to "
-                              "a log-likelihood ratio"}
+_SCALE_WORDS = {
+    "asnorm": "AS-norm against the cohort stored with the weights",
+    "calibrated": "AS-norm against the cohort stored with the weights, then the stored calibration to "
+    "a log-likelihood ratio",
+}
 
 
 def _card_transformers_only(config, repo_id: str) -> list[str]:
@@ -287,7 +351,8 @@ def _card_transformers_only(config, repo_id: str) -> list[str]:
         "",
         f'model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True).eval()',
         "cfg = model.config",
-        mean_line]
+        mean_line,
+    ]
     if threshold_line:
         code.append(threshold_line)
     code += [
@@ -306,48 +371,66 @@ def _card_transformers_only(config, repo_id: str) -> list[str]:
         "",
         "",
         'a, b = embed("enroll.wav"), embed("test.wav")',
-        "score = float(a @ b / (a.norm() * b.norm()))  # cosine after subtracting the mean"]
+        "score = float(a @ b / (a.norm() * b.norm()))  # cosine after subtracting the mean",
+    ]
     if threshold_line:
-        code += ['same = score >= threshold',
-                 'print(f"score {score:.4f}, threshold {threshold:.4f}:", '
-                 '"same speaker" if same else "different speakers")']
+        code += [
+            "same = score >= threshold",
+            'print(f"score {score:.4f}, threshold {threshold:.4f}:", "same speaker" if same else "different speakers")',
+        ]
     else:
         code += ['print(f"score {score:.4f} (cosine)")']
     code += ["```", ""]
 
     n_cohort = int(getattr(config, "cohort_size", 0) or 0)
     mlsv_scale = ("calibrated" if record.calibration else "asnorm") if n_cohort else "cosine"
-    lines = ["Without mlsv, with transformers only (the model code ships with the weights): the embedding and "
-             "the score mlsv computes on the cosine scale, the cosine similarity of the two embeddings after "
-             "subtracting the model's mean.", "", *code]
+    lines = [
+        "Without mlsv, with transformers only (the model code ships with the weights): the embedding and "
+        "the score mlsv computes on the cosine scale, the cosine similarity of the two embeddings after "
+        "subtracting the model's mean.",
+        "",
+        *code,
+    ]
     if threshold is not None:
         where = f"{threshold.value:.4f}, {threshold.source}"
         if mlsv_scale == "cosine":
-            lines += [f"It decides on the cosine scale at the model's cosine threshold ({where}), as mlsv does "
-                      f"for this model: the decision of `mlsv verify --model {repo_id} enroll.wav test.wav` "
-                      "(without `--cohort`) and of the Verifier above, for recordings at the model's sample rate.",
-                      ""]
+            lines += [
+                f"It decides on the cosine scale at the model's cosine threshold ({where}), as mlsv does "
+                f"for this model: the decision of `mlsv verify --model {repo_id} enroll.wav test.wav` "
+                "(without `--cohort`) and of the Verifier above, for recordings at the model's sample rate.",
+                "",
+            ]
         else:
             thr_scale = record.default_threshold_scale
-            lines += [f"It decides on the cosine scale at the model's cosine threshold ({where}): the decision of "
-                      f'`Verifier.from_pretrained("{repo_id}", use_stored_cohort=False).verify("enroll.wav", '
-                      '"test.wav")`. `mlsv verify` and the Verifier by default score this model on the '
-                      f"{mlsv_scale} scale instead ({_SCALE_WORDS[mlsv_scale]}) with a threshold on that scale; "
-                      "their decisions can differ from this one, so for those decisions use mlsv. "
-                      + (f"Do not compare the cosine with `model.config.threshold`: it is on the {thr_scale} "
-                         "scale." if record.threshold is not None and thr_scale != "cosine" else ""), ""]
+            lines += [
+                f"It decides on the cosine scale at the model's cosine threshold ({where}): the decision of "
+                f'`Verifier.from_pretrained("{repo_id}", use_stored_cohort=False).verify("enroll.wav", '
+                '"test.wav")`. `mlsv verify` and the Verifier by default score this model on the '
+                f"{mlsv_scale} scale instead ({_SCALE_WORDS[mlsv_scale]}) with a threshold on that scale; "
+                "their decisions can differ from this one, so for those decisions use mlsv. "
+                + (
+                    f"Do not compare the cosine with `model.config.threshold`: it is on the {thr_scale} scale."
+                    if record.threshold is not None and thr_scale != "cosine"
+                    else ""
+                ),
+                "",
+            ]
     else:
         if record.threshold is not None:
             thr_scale = record.default_threshold_scale
-            have = (f"its threshold ({record.threshold:.4f}, `model.config.threshold`) is on the {thr_scale} "
-                    f"scale ({_SCALE_WORDS.get(thr_scale, thr_scale)}), which only mlsv applies; comparing the "
-                    "cosine with it gives wrong decisions")
+            have = (
+                f"its threshold ({record.threshold:.4f}, `model.config.threshold`) is on the {thr_scale} "
+                f"scale ({_SCALE_WORDS.get(thr_scale, thr_scale)}), which only mlsv applies; comparing the "
+                "cosine with it gives wrong decisions"
+            )
         else:
             have = "it was not evaluated with held-out threshold trials (`mlsv evaluate --threshold-trials`)"
         if mlsv_scale != "cosine":
-            advice = (f"For decisions use mlsv (`mlsv verify --model {repo_id} enroll.wav test.wav`, or the "
-                      f"Verifier above, which score on the {mlsv_scale} scale), or choose a cosine threshold on "
-                      "trials of your own.")
+            advice = (
+                f"For decisions use mlsv (`mlsv verify --model {repo_id} enroll.wav test.wav`, or the "
+                f"Verifier above, which score on the {mlsv_scale} scale), or choose a cosine threshold on "
+                "trials of your own."
+            )
         else:
             advice = "Choose a cosine threshold on trials of your own (`mlsv verify --threshold` takes one too)."
         lines += [f"This model stores no decision threshold for cosine scores: {have}. {advice}", ""]
@@ -358,11 +441,14 @@ def _card_use_and_limits(datasets: Sequence[str]) -> list[str]:
     """Intended use, limitations, training data and the method's reference."""
     lines: list[str] = []
     lines += [
-        "## Intended use", "",
+        "## Intended use",
+        "",
         "Speaker verification (is this the same speaker?) and speaker embeddings for clustering, "
         "diarization or search, on speech similar to the training data, by people who have the consent of "
-        "the speakers concerned.", "",
-        "## Limitations", "",
+        "the speakers concerned.",
+        "",
+        "## Limitations",
+        "",
         "- Error rates depend on the trial conditions: language, channel, noise, duration and speaker "
         "population differ from the evaluation lists above; measure on your own data before relying on a "
         "threshold.",
@@ -374,13 +460,19 @@ def _card_use_and_limits(datasets: Sequence[str]) -> list[str]:
         "- Very short (< 1 s), silent or heavily overlapped audio gives unreliable embeddings.",
         "- Not a liveness or anti-spoofing system: recordings and synthetic speech can fool it. Do not "
         "use it as the only factor for access to anything that matters, nor to identify people without "
-        "their knowledge.", ""]
+        "their knowledge.",
+        "",
+    ]
     if datasets:
         lines += ["## Training data", "", ", ".join(datasets), ""]
-    lines += ["## Method", "",
-              "Layer Attentive Pooling and the staged training follow Kim et al., *Rethinking Leveraging "
-              "Pre-Trained Multi-Layer Representations for Speaker Verification*, Interspeech 2025 "
-              "(arXiv:2512.22148).", ""]
+    lines += [
+        "## Method",
+        "",
+        "Layer Attentive Pooling and the staged training follow Kim et al., *Rethinking Leveraging "
+        "Pre-Trained Multi-Layer Representations for Speaker Verification*, Interspeech 2025 "
+        "(arXiv:2512.22148).",
+        "",
+    ]
     return lines
 
 
@@ -388,9 +480,16 @@ def _card_use_and_limits(datasets: Sequence[str]) -> list[str]:
 # the folder
 
 
-def build_publish_folder(model_dir: str | os.PathLike, out: str | os.PathLike, *, repo_id: str,
-                         results: str | os.PathLike | Mapping | None = None, datasets: Sequence[str] = (),
-                         license: str | None = None, overwrite: bool = True) -> Path:
+def build_publish_folder(
+    model_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    repo_id: str,
+    results: str | os.PathLike | Mapping | None = None,
+    datasets: Sequence[str] = (),
+    license: str | None = None,
+    overwrite: bool = True,
+) -> Path:
     """Builds the folder to upload from a model folder made by ``save_pretrained``.
 
     The model is loaded and saved again, so the folder always has the current model code for
@@ -415,8 +514,10 @@ def build_publish_folder(model_dir: str | os.PathLike, out: str | os.PathLike, *
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: not a model folder (no config.json); give the folder "
-                                "save_pretrained wrote (e.g. runs/NAME/model)")
+        raise FileNotFoundError(
+            f"{model_dir}: not a model folder (no config.json); give the folder "
+            "save_pretrained wrote (e.g. runs/NAME/model)"
+        )
     _check_files_inside(model_dir)
     out = Path(out)
     _check_publish_target(out, model_dir, overwrite=overwrite)
@@ -431,9 +532,15 @@ def build_publish_folder(model_dir: str | os.PathLike, out: str | os.PathLike, *
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, tmp / name)
         records = load_metrics(results) if results is not None else own_metrics(model.config)
-        card = build_model_card(model.config, repo_id=repo_id, metrics=records, datasets=datasets,
-                                license=license, parameter_counts=model.parameter_counts(),
-                                has_onnx=(tmp / "model.onnx").is_file())
+        card = build_model_card(
+            model.config,
+            repo_id=repo_id,
+            metrics=records,
+            datasets=datasets,
+            license=license,
+            parameter_counts=model.parameter_counts(),
+            has_onnx=(tmp / "model.onnx").is_file(),
+        )
         (tmp / "README.md").write_text(card, encoding="utf-8")
         if out.exists():
             # checked above to be an earlier publish folder: moved aside, replaced, then removed
@@ -462,9 +569,19 @@ def _is_publish_file(name: str) -> bool:
     """Whether a file of this name is one a publish folder holds (weights, config, card, model code, ONNX)."""
 
     code = {p.name for p in Path(mlsv.models.__file__).parent.glob("*.py")} - {"__init__.py"}
-    return (name in {"config.json", "model.safetensors", "model.safetensors.index.json",
-                     "preprocessor_config.json", "README.md", *EXTRA_FILES, *code}
-            or _SHARD.fullmatch(name) is not None)
+    return (
+        name
+        in {
+            "config.json",
+            "model.safetensors",
+            "model.safetensors.index.json",
+            "preprocessor_config.json",
+            "README.md",
+            *EXTRA_FILES,
+            *code,
+        }
+        or _SHARD.fullmatch(name) is not None
+    )
 
 
 def _check_files_inside(model_dir: Path) -> None:
@@ -498,8 +615,10 @@ def _check_files_inside(model_dir: Path) -> None:
         except (OSError, RuntimeError):
             raise ValueError(f"{path}{where} is a loop of symbolic links; publish a folder of real files") from None
         how = "is a symbolic link to" if path.is_symlink() else "resolves to"
-        raise ValueError(f"{path}{where} {how} {target}, outside the model folder {root}: only the model folder's "
-                         "own files are published; copy the file into the folder instead of linking it")
+        raise ValueError(
+            f"{path}{where} {how} {target}, outside the model folder {root}: only the model folder's "
+            "own files are published; copy the file into the folder instead of linking it"
+        )
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -530,20 +649,31 @@ def _check_publish_target(out: Path, model_dir: Path, *, overwrite: bool) -> Non
         raise FileExistsError(f"{out} exists")
     model, target = model_dir.resolve(), out.resolve()
     if target == model or target in model.parents:
-        raise ValueError(f"{out} holds the model folder {model_dir}; give a new folder for the publish folder "
-                         "(it is replaced when built again)")
+        raise ValueError(
+            f"{out} holds the model folder {model_dir}; give a new folder for the publish folder "
+            "(it is replaced when built again)"
+        )
     if target == Path.cwd().resolve() or target in Path.cwd().resolve().parents:
-        raise ValueError(f"{out} holds the current folder; give a new folder for the publish folder "
-                         "(it is replaced when built again)")
-    others = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir()
-                    if p.is_dir() or p.is_symlink() or not _is_publish_file(p.name))
+        raise ValueError(
+            f"{out} holds the current folder; give a new folder for the publish folder "
+            "(it is replaced when built again)"
+        )
+    others = sorted(
+        p.name + ("/" if p.is_dir() else "")
+        for p in out.iterdir()
+        if p.is_dir() or p.is_symlink() or not _is_publish_file(p.name)
+    )
     if others:
         shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-        raise ValueError(f"{out} exists and is not a publish folder made by push_to_hub.py (it holds {shown}); "
-                         "give a new or empty folder, or remove it yourself")
+        raise ValueError(
+            f"{out} exists and is not a publish folder made by push_to_hub.py (it holds {shown}); "
+            "give a new or empty folder, or remove it yourself"
+        )
     if any(out.iterdir()) and not _made_by_publish(out):
-        raise ValueError(f"{out} exists and is not a publish folder made by push_to_hub.py (no mlsv config.json, "
-                         "weights and model card); give a new or empty folder, or remove it yourself")
+        raise ValueError(
+            f"{out} exists and is not a publish folder made by push_to_hub.py (no mlsv config.json, "
+            "weights and model card); give a new or empty folder, or remove it yourself"
+        )
 
 
 def _made_by_publish(folder: Path) -> bool:
@@ -555,8 +685,13 @@ def _made_by_publish(folder: Path) -> bool:
     except (OSError, ValueError):
         return False
     weights = (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
-    return (isinstance(config, dict) and config.get("model_type") == "mlsv" and weights
-            and card.startswith("---\nlibrary_name: transformers\n") and '- "mlsv"' in card.split("---")[1])
+    return (
+        isinstance(config, dict)
+        and config.get("model_type") == "mlsv"
+        and weights
+        and card.startswith("---\nlibrary_name: transformers\n")
+        and '- "mlsv"' in card.split("---")[1]
+    )
 
 
 def _check_onnx_export(model_dir: Path, model) -> None:
@@ -569,14 +704,19 @@ def _check_onnx_export(model_dir: Path, model) -> None:
         return
 
     weights = model_dir / WEIGHTS_NAME if (model_dir / WEIGHTS_NAME).is_file() else model_dir
-    reason = check_export_weights(onnx, weights, model_ref=os.fspath(model_dir),
-                                  fingerprint=weights_fingerprint(model))
+    reason = check_export_weights(onnx, weights, model_ref=os.fspath(model_dir), fingerprint=weights_fingerprint(model))
     if reason is not None:
         warnings.warn(f"{reason}; publishing it unchecked", stacklevel=3)
 
 
-def upload_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = False, revision: str | None = None,
-                  commit_message: str = "Upload mlsv speaker-verification model") -> str:
+def upload_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str = "Upload mlsv speaker-verification model",
+) -> str:
     """Creates the repository if needed and uploads ``folder`` as one commit. Returns the commit URL.
 
     The token is huggingface_hub's own (``hf auth login`` or ``HF_TOKEN``); it is never read or stored here.
@@ -588,12 +728,19 @@ def upload_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = Fa
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-        info = api.upload_folder(folder_path=os.fspath(folder), repo_id=repo_id, repo_type="model",
-                                 revision=revision, commit_message=commit_message)
+        info = api.upload_folder(
+            folder_path=os.fspath(folder),
+            repo_id=repo_id,
+            repo_type="model",
+            revision=revision,
+            commit_message=commit_message,
+        )
     except Exception as e:  # network, login or permission: one line, not the HTTP stack's traceback
-        raise ConnectionError(f"could not upload to the Hub repository {repo_id!r} ({type(e).__name__}: {e}); "
-                              "check the network and your login (hf auth login or HF_TOKEN), or check the "
-                              "package first with --dry-run") from e
+        raise ConnectionError(
+            f"could not upload to the Hub repository {repo_id!r} ({type(e).__name__}: {e}); "
+            "check the network and your login (hf auth login or HF_TOKEN), or check the "
+            "package first with --dry-run"
+        ) from e
     return str(getattr(info, "commit_url", info))
 
 
@@ -609,23 +756,38 @@ EXAMPLE = """example:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="push_to_hub.py", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLE,
+        prog="push_to_hub.py",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLE,
         description="Publish a trained mlsv model folder to the Hugging Face Hub with its code and model card. "
-                    "Log in first (hf auth login) or set HF_TOKEN.")
+        "Log in first (hf auth login) or set HF_TOKEN.",
+    )
     p.add_argument("--model", required=True, help="model folder written by training (save_pretrained)")
     p.add_argument("--repo-id", required=True, help="hub repository, e.g. user/mlsv-wavlm-lap")
     p.add_argument("--private", action="store_true", help="create the repository as private")
     p.add_argument("--revision", default=None, help="branch to push to (created when missing)")
-    p.add_argument("--results", default=None,
-                   help="results.json with the metrics for the card, used as given (default: the metrics "
-                        "the model records, which mlsv evaluate stores in it)")
-    p.add_argument("--dataset", action="append", default=[], dest="datasets",
-                   help="dataset name for the card's metadata (repeatable), e.g. voxceleb2")
+    p.add_argument(
+        "--results",
+        default=None,
+        help="results.json with the metrics for the card, used as given (default: the metrics "
+        "the model records, which mlsv evaluate stores in it)",
+    )
+    p.add_argument(
+        "--dataset",
+        action="append",
+        default=[],
+        dest="datasets",
+        help="dataset name for the card's metadata (repeatable), e.g. voxceleb2",
+    )
     p.add_argument("--license", default=None, help="license identifier for the card, e.g. mit")
     p.add_argument("--commit-message", default="Upload mlsv speaker-verification model")
-    p.add_argument("--dry-run", metavar="OUT", default=None,
-                   help="build the folder that would be uploaded in OUT and upload nothing; OUT must be new, "
-                        "empty or an earlier dry run's folder (it is replaced once the new one is built)")
+    p.add_argument(
+        "--dry-run",
+        metavar="OUT",
+        default=None,
+        help="build the folder that would be uploaded in OUT and upload nothing; OUT must be new, "
+        "empty or an earlier dry run's folder (it is replaced once the new one is built)",
+    )
     return p
 
 
@@ -639,8 +801,10 @@ def check_repo_id(repo_id: str) -> str:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"--repo-id {repo_id!r}: give the hub repository as NAMESPACE/NAME (your user or "
-                         "organisation, then the model's name), e.g. me/mlsv-wavlm-lap")
+        raise ValueError(
+            f"--repo-id {repo_id!r}: give the hub repository as NAMESPACE/NAME (your user or "
+            "organisation, then the model's name), e.g. me/mlsv-wavlm-lap"
+        )
     try:
         validate_repo_id(repo_id)
     except HFValidationError as e:
@@ -653,15 +817,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_repo_id(args.repo_id)
         if args.dry_run:
-            out = build_publish_folder(args.model, args.dry_run, repo_id=args.repo_id, results=args.results,
-                                       datasets=args.datasets, license=args.license)
+            out = build_publish_folder(
+                args.model,
+                args.dry_run,
+                repo_id=args.repo_id,
+                results=args.results,
+                datasets=args.datasets,
+                license=args.license,
+            )
             print(f"dry run: built {out} ({', '.join(sorted(p.name for p in out.iterdir()))}); nothing uploaded")
             return 0
         with tempfile.TemporaryDirectory(prefix="mlsv-publish-") as tmp:
-            folder = build_publish_folder(args.model, Path(tmp) / "model", repo_id=args.repo_id,
-                                          results=args.results, datasets=args.datasets, license=args.license)
-            url = upload_folder(folder, args.repo_id, private=args.private, revision=args.revision,
-                                commit_message=args.commit_message)
+            folder = build_publish_folder(
+                args.model,
+                Path(tmp) / "model",
+                repo_id=args.repo_id,
+                results=args.results,
+                datasets=args.datasets,
+                license=args.license,
+            )
+            url = upload_folder(
+                folder, args.repo_id, private=args.private, revision=args.revision, commit_message=args.commit_message
+            )
         print(f"uploaded {args.model} to https://huggingface.co/{args.repo_id} ({url})")
         return 0
     except (OSError, ValueError) as e:  # ConnectionError and FileNotFoundError are OSErrors

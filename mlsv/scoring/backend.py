@@ -107,8 +107,14 @@ def _as_index(idx: ArrayLike, n: int, what: str) -> np.ndarray:
     return idx
 
 
-def cosine_scores_indexed(embeddings: np.ndarray, enroll_idx: ArrayLike, test_idx: ArrayLike, *, chunk_size: int = 8192,
-                          device: str | torch.device | None = None) -> np.ndarray:
+def cosine_scores_indexed(
+    embeddings: np.ndarray,
+    enroll_idx: ArrayLike,
+    test_idx: ArrayLike,
+    *,
+    chunk_size: int = 8192,
+    device: str | torch.device | None = None,
+) -> np.ndarray:
     """Cosine scores of trials given as row indices into one embedding matrix.
 
     Each embedding is length-normalised once. When the U x U similarity matrix fits in 256 MiB it is
@@ -139,12 +145,12 @@ def cosine_scores_indexed(embeddings: np.ndarray, enroll_idx: ArrayLike, test_id
         if dev.type == "cpu":
             xn = x.numpy()
             for s in range(0, e.size, chunk_size):
-                out[s:s + chunk_size] = np.einsum("ne,ne->n", xn[e[s:s + chunk_size]], xn[t[s:s + chunk_size]])
+                out[s : s + chunk_size] = np.einsum("ne,ne->n", xn[e[s : s + chunk_size]], xn[t[s : s + chunk_size]])
             return out
         for s in range(0, e.size, chunk_size):
-            ei = torch.as_tensor(e[s:s + chunk_size], device=dev)
-            ti = torch.as_tensor(t[s:s + chunk_size], device=dev)
-            out[s:s + chunk_size] = (x[ei] * x[ti]).sum(1).double().cpu().numpy()
+            ei = torch.as_tensor(e[s : s + chunk_size], device=dev)
+            ti = torch.as_tensor(t[s : s + chunk_size], device=dev)
+            out[s : s + chunk_size] = (x[ei] * x[ti]).sum(1).double().cpu().numpy()
         return out
 
 
@@ -176,8 +182,10 @@ def _check_k(k: int, n_cohort: int, extra: int = 0) -> None:
         raise ValueError(f"AS-norm top_k must be at least 2 (the std needs two values), got {k}")
     if k + extra > n_cohort:
         need = f"top_k + {extra} = {k + extra}" if extra else f"top_k = {k}"
-        raise ValueError(f"the AS-norm cohort has {n_cohort} speakers, fewer than {need}; "
-                         "use a smaller top_k (--asnorm-top-k) or a larger cohort")
+        raise ValueError(
+            f"the AS-norm cohort has {n_cohort} speakers, fewer than {need}; "
+            "use a smaller top_k (--asnorm-top-k) or a larger cohort"
+        )
 
 
 def _cohort_matrix(cohort: Cohort | np.ndarray) -> np.ndarray:
@@ -191,9 +199,15 @@ def _chunk_rows(n_cohort: int, chunk_size: int | None) -> int:
     return chunk_size if chunk_size else max(1, _CHUNK_BYTES // (4 * max(n_cohort, 1)))
 
 
-def cohort_topk(embeddings: np.ndarray, cohort: Cohort | np.ndarray, k: int, *, sorted: bool = True,
-                chunk_size: int | None = None,
-                device: str | torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+def cohort_topk(
+    embeddings: np.ndarray,
+    cohort: Cohort | np.ndarray,
+    k: int,
+    *,
+    sorted: bool = True,
+    chunk_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` largest cosine similarities of each embedding to the cohort.
 
     Args:
@@ -217,10 +231,10 @@ def cohort_topk(embeddings: np.ndarray, cohort: Cohort | np.ndarray, k: int, *, 
     rows = _chunk_rows(len(vectors), chunk_size)
     with torch.inference_mode():
         for s in range(0, len(embeddings), rows):
-            q = _normalized(np.asarray(embeddings[s:s + rows]), dev)
+            q = _normalized(np.asarray(embeddings[s : s + rows]), dev)
             v, i = torch.topk(q @ c.T, k, dim=1, sorted=sorted)  # (n, k)
-            values[s:s + rows] = v.cpu().numpy()
-            indices[s:s + rows] = i.cpu().numpy()
+            values[s : s + rows] = v.cpu().numpy()
+            indices[s : s + rows] = i.cpu().numpy()
     return values, indices
 
 
@@ -233,9 +247,14 @@ def _exclusions(exclude: ArrayLike, n: int) -> np.ndarray:
     return ex
 
 
-def topk_stats(values: np.ndarray, indices: np.ndarray, top_k: int, exclude: ArrayLike | None = None,
-               rows: ArrayLike | None = None,
-               chunk_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+def topk_stats(
+    values: np.ndarray,
+    indices: np.ndarray,
+    top_k: int,
+    exclude: ArrayLike | None = None,
+    rows: ArrayLike | None = None,
+    chunk_size: int = 8192,
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean and unbiased std of the ``top_k`` best cohort similarities, skipping excluded cohort rows.
 
     Use it with :func:`cohort_topk` run once with ``k = top_k + m`` when the same utterance needs
@@ -263,15 +282,17 @@ def topk_stats(values: np.ndarray, indices: np.ndarray, top_k: int, exclude: Arr
     p, kk = len(rows), values.shape[1]
     ex = np.full((p, 0), -1, np.int64) if exclude is None else _exclusions(exclude, p)
     if kk < top_k + ex.shape[1]:
-        raise ValueError(f"need top_k + {ex.shape[1]} = {top_k + ex.shape[1]} similarities per row to "
-                         f"exclude up to {ex.shape[1]} cohort rows, got {kk}")
+        raise ValueError(
+            f"need top_k + {ex.shape[1]} = {top_k + ex.shape[1]} similarities per row to "
+            f"exclude up to {ex.shape[1]} cohort rows, got {kk}"
+        )
     mu = np.empty(p, dtype=np.float64)
     sigma = np.empty(p, dtype=np.float64)
     for s in range(0, p, chunk_size):
-        r = rows[s:s + chunk_size]
+        r = rows[s : s + chunk_size]
         v = values[r].astype(np.float64)  # (n, K)
         valid = np.ones(v.shape, dtype=bool)
-        for col in ex[s:s + chunk_size].T:  # m passes; -1 never matches a cohort row
+        for col in ex[s : s + chunk_size].T:  # m passes; -1 never matches a cohort row
             valid &= indices[r] != col[:, None]
         surplus = valid.sum(1) - top_k  # in [0, m]
         masked = np.where(valid, v, np.inf)
@@ -282,14 +303,20 @@ def topk_stats(values: np.ndarray, indices: np.ndarray, top_k: int, exclude: Arr
             masked[todo, worst] = np.inf
         kept = np.where(valid, v, 0.0)
         m = kept.sum(1) / top_k
-        mu[s:s + chunk_size] = m
-        sigma[s:s + chunk_size] = np.sqrt((np.where(valid, v - m[:, None], 0.0) ** 2).sum(1) / (top_k - 1))
+        mu[s : s + chunk_size] = m
+        sigma[s : s + chunk_size] = np.sqrt((np.where(valid, v - m[:, None], 0.0) ** 2).sum(1) / (top_k - 1))
     return mu, sigma
 
 
-def cohort_stats(embeddings: np.ndarray, cohort: Cohort | np.ndarray, top_k: int, exclude: ArrayLike | None = None, *,
-                 chunk_size: int | None = None,
-                 device: str | torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+def cohort_stats(
+    embeddings: np.ndarray,
+    cohort: Cohort | np.ndarray,
+    top_k: int,
+    exclude: ArrayLike | None = None,
+    *,
+    chunk_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-utterance AS-norm statistics: mean and unbiased std of the top-k cohort cosines.
 
     Computed once per utterance (not per trial): one chunked (N, E) x (E, C) product and a batched
@@ -320,18 +347,20 @@ def cohort_stats(embeddings: np.ndarray, cohort: Cohort | np.ndarray, top_k: int
     rows = _chunk_rows(len(vectors), chunk_size)
     with torch.inference_mode():
         for s in range(0, len(emb), rows):
-            sim = _normalized(emb[s:s + rows], dev) @ c.T  # (n, C)
+            sim = _normalized(emb[s : s + rows], dev) @ c.T  # (n, C)
             if ex is not None:
-                r, j = np.nonzero(ex[s:s + rows] >= 0)
-                cols = ex[s:s + rows][r, j]
+                r, j = np.nonzero(ex[s : s + rows] >= 0)
+                cols = ex[s : s + rows][r, j]
                 sim[torch.as_tensor(r, device=dev), torch.as_tensor(cols, device=dev)] = float("-inf")
             v = torch.topk(sim, top_k, dim=1, sorted=False).values.double()  # (n, top_k)
-            mu[s:s + rows] = v.mean(1).cpu().numpy()
-            sigma[s:s + rows] = v.std(1, correction=1).cpu().numpy()
+            mu[s : s + rows] = v.mean(1).cpu().numpy()
+            sigma[s : s + rows] = v.std(1, correction=1).cpu().numpy()
     return mu, sigma
 
 
-def as_norm(scores: np.ndarray, enroll_idx: ArrayLike, test_idx: ArrayLike, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+def as_norm(
+    scores: np.ndarray, enroll_idx: ArrayLike, test_idx: ArrayLike, mu: np.ndarray, sigma: np.ndarray
+) -> np.ndarray:
     """Symmetric adaptive score normalisation of trial scores from per-utterance statistics.
 
     Args:

@@ -86,8 +86,9 @@ def quality_measures(embeddings: np.ndarray, durations: np.ndarray) -> dict[str,
     }
 
 
-def trial_features(score: np.ndarray, quality: Mapping[str, np.ndarray], enroll_idx: ArrayLike,
-                   test_idx: ArrayLike) -> dict[str, np.ndarray]:
+def trial_features(
+    score: np.ndarray, quality: Mapping[str, np.ndarray], enroll_idx: ArrayLike, test_idx: ArrayLike
+) -> dict[str, np.ndarray]:
     """All :data:`FEATURES` of N trials.
 
     Args:
@@ -128,9 +129,16 @@ class QualityCalibrator:
         info: free-form metadata saved with the model (AS-norm settings, training metrics).
     """
 
-    def __init__(self, features: Sequence[str] = FEATURES, *, prior: float | None = 0.5,
-                 regularization: float = 1.0, threshold: str = "eer", target_far: float = 0.01,
-                 p_target: float = 0.01):
+    def __init__(
+        self,
+        features: Sequence[str] = FEATURES,
+        *,
+        prior: float | None = 0.5,
+        regularization: float = 1.0,
+        threshold: str = "eer",
+        target_far: float = 0.01,
+        p_target: float = 0.01,
+    ):
         features = tuple(features)
         unknown = [f for f in features if f not in FEATURES]
         if unknown or not features or len(set(features)) != len(features):
@@ -263,10 +271,17 @@ class QualityCalibrator:
         if d.get("format") != "mlsv-qmf-calibration":
             raise ValueError("not an mlsv calibration (missing 'format': 'mlsv-qmf-calibration')")
         if int(d.get("format_version", 0)) > FORMAT_VERSION:
-            raise ValueError(f"calibration format_version {d['format_version']} is newer than this mlsv "
-                             f"({FORMAT_VERSION})")
-        cal = cls(d["features"], prior=d["prior"], regularization=d["regularization"],
-                  threshold=d["threshold_mode"], target_far=d["target_far"], p_target=d["p_target"])
+            raise ValueError(
+                f"calibration format_version {d['format_version']} is newer than this mlsv ({FORMAT_VERSION})"
+            )
+        cal = cls(
+            d["features"],
+            prior=d["prior"],
+            regularization=d["regularization"],
+            threshold=d["threshold_mode"],
+            target_far=d["target_far"],
+            p_target=d["p_target"],
+        )
         cal.center_ = np.asarray(d["center"], dtype=np.float64)
         cal.scale_ = np.asarray(d["scale"], dtype=np.float64)
         cal.coef_ = np.asarray(d["coef"], dtype=np.float64)
@@ -319,8 +334,9 @@ class CalibrationPairs:
         return len(self.labels)
 
 
-def check_calibration_cohort(speakers: Sequence[str], *, n_pairs: int, top_k: int | None = None,
-                             source: str = "") -> None:
+def check_calibration_cohort(
+    speakers: Sequence[str], *, n_pairs: int, top_k: int | None = None, source: str = ""
+) -> None:
     """What a calibration needs of its cohort, checked from the speaker labels alone, so that a command can
     check it before embedding anything: ``n_pairs`` >= 2, two speakers or more, one with two utterances or
     more (target pairs), and (``top_k``) ``top_k + 2`` speakers (each pair leaves its own out of AS-norm).
@@ -337,9 +353,11 @@ def check_calibration_cohort(speakers: Sequence[str], *, n_pairs: int, top_k: in
     if max(counts.values()) < 2:
         raise ValueError(f"{where}calibration target pairs need a cohort speaker with at least two utterances")
     if top_k is not None and top_k + 2 > len(counts):
-        raise ValueError(f"{where}the cohort has {len(counts)} speakers, too few for calibration pairs with "
-                         f"top_k={top_k}: each pair leaves its own 2 speakers out, so it needs top_k + 2 = "
-                         f"{top_k + 2}; lower top_k (--asnorm-top-k) or use a larger cohort")
+        raise ValueError(
+            f"{where}the cohort has {len(counts)} speakers, too few for calibration pairs with "
+            f"top_k={top_k}: each pair leaves its own 2 speakers out, so it needs top_k + 2 = "
+            f"{top_k + 2}; lower top_k (--asnorm-top-k) or use a larger cohort"
+        )
 
 
 def draw_calibration_pairs(table: EmbeddingTable, n_pairs: int, seed: int = 7) -> CalibrationPairs:
@@ -383,12 +401,22 @@ def draw_calibration_pairs(table: EmbeddingTable, n_pairs: int, seed: int = 7) -
     exclude[n_tar:, 0] = a
     exclude[n_tar:, 1] = b
     labels = np.concatenate([np.ones(n_tar, np.int8), np.zeros(n_non, np.int8)])
-    return CalibrationPairs(np.concatenate([tar_e, non_e]).astype(np.int64),
-                            np.concatenate([tar_t, non_t]).astype(np.int64), labels, exclude)
+    return CalibrationPairs(
+        np.concatenate([tar_e, non_e]).astype(np.int64),
+        np.concatenate([tar_t, non_t]).astype(np.int64),
+        labels,
+        exclude,
+    )
 
 
-def pair_features(table: EmbeddingTable, pairs: CalibrationPairs, cohort: Cohort, top_k: int, *,
-                  device: str | torch.device | None = None) -> dict[str, np.ndarray]:
+def pair_features(
+    table: EmbeddingTable,
+    pairs: CalibrationPairs,
+    cohort: Cohort,
+    top_k: int,
+    *,
+    device: str | torch.device | None = None,
+) -> dict[str, np.ndarray]:
     """The :data:`FEATURES` of calibration pairs, each pair's speakers left out of its AS-norm cohort.
 
     The top-(k+2) cohort similarities are computed once per distinct utterance; each side of each pair
@@ -404,12 +432,14 @@ def pair_features(table: EmbeddingTable, pairs: CalibrationPairs, cohort: Cohort
     if top_k < 2:
         raise ValueError(f"top_k (--asnorm-top-k) must be at least 2, got {top_k}")
     if top_k + m > len(cohort):
-        raise ValueError(f"the cohort has {len(cohort)} speakers, too few for calibration pairs with top_k={top_k}: "
-                         f"each pair leaves its own {m} speakers out, so it needs top_k + {m} = {top_k + m}; lower "
-                         "top_k (--asnorm-top-k) or use a larger cohort")
+        raise ValueError(
+            f"the cohort has {len(cohort)} speakers, too few for calibration pairs with top_k={top_k}: "
+            f"each pair leaves its own {m} speakers out, so it needs top_k + {m} = {top_k + m}; lower "
+            "top_k (--asnorm-top-k) or use a larger cohort"
+        )
     used, inv = np.unique(np.concatenate([pairs.enroll, pairs.test]), return_inverse=True)
     inv = inv.reshape(-1)
-    e, t = inv[:len(pairs)], inv[len(pairs):]
+    e, t = inv[: len(pairs)], inv[len(pairs) :]
     x = subtract_mean(table.embeddings[used], cohort.mean)
     values, indices = cohort_topk(x, cohort, top_k + m, sorted=False, device=device)
     mu_e, sd_e = topk_stats(values, indices, top_k, pairs.exclude, rows=e)
@@ -420,11 +450,21 @@ def pair_features(table: EmbeddingTable, pairs: CalibrationPairs, cohort: Cohort
     return trial_features(asn, quality, e, t)
 
 
-def fit_calibration(cohort_table: EmbeddingTable, *, mean: np.ndarray | None = None, top_k: int = 600,
-                    n_pairs: int = 30000, seed: int = 7, features: Sequence[str] = FEATURES,
-                    prior: float | None = 0.5, regularization: float = 1.0, threshold: str = "eer",
-                    target_far: float = 0.01, p_target: float = 0.01,
-                    device: str | torch.device | None = None) -> QualityCalibrator:
+def fit_calibration(
+    cohort_table: EmbeddingTable,
+    *,
+    mean: np.ndarray | None = None,
+    top_k: int = 600,
+    n_pairs: int = 30000,
+    seed: int = 7,
+    features: Sequence[str] = FEATURES,
+    prior: float | None = 0.5,
+    regularization: float = 1.0,
+    threshold: str = "eer",
+    target_far: float = 0.01,
+    p_target: float = 0.01,
+    device: str | torch.device | None = None,
+) -> QualityCalibrator:
     """Fits a :class:`QualityCalibrator` on pairs drawn from a cohort set (``mlsv calibrate``).
 
     Args:
@@ -442,8 +482,14 @@ def fit_calibration(cohort_table: EmbeddingTable, *, mean: np.ndarray | None = N
     cohort = cohort_from_table(cohort_table, mean)
     pairs = draw_calibration_pairs(cohort_table, n_pairs, seed)
     feats = pair_features(cohort_table, pairs, cohort, top_k, device=device)
-    cal = QualityCalibrator(features, prior=prior, regularization=regularization, threshold=threshold,
-                            target_far=target_far, p_target=p_target)
+    cal = QualityCalibrator(
+        features,
+        prior=prior,
+        regularization=regularization,
+        threshold=threshold,
+        target_far=target_far,
+        p_target=p_target,
+    )
     cal.fit(feats, pairs.labels)
     llr = cal.transform(feats)
     cal.info = {

@@ -31,8 +31,10 @@ class EmbeddingTable:
         self.durations = np.asarray(self.durations, dtype=np.float32)
         n = len(self.ids)
         if self.embeddings.ndim != 2 or self.embeddings.shape[0] != n or self.durations.shape != (n,):
-            raise ValueError(f"inconsistent embedding table: {n} ids, embeddings {self.embeddings.shape}, "
-                             f"durations {self.durations.shape}")
+            raise ValueError(
+                f"inconsistent embedding table: {n} ids, embeddings {self.embeddings.shape}, "
+                f"durations {self.durations.shape}"
+            )
         if self.speakers is not None:
             self.speakers = np.asarray(self.speakers).astype(str)
             if self.speakers.shape != (n,):
@@ -41,8 +43,9 @@ class EmbeddingTable:
         if repeated:
             u, rows = repeated[0]
             more = f" ({len(repeated) - 1} more ids repeat)" if len(repeated) > 1 else ""
-            raise ValueError(f"id {u!r} appears {len(rows)} times (rows {', '.join(map(str, rows[:5]))}){more}; "
-                             "ids must be unique")
+            raise ValueError(
+                f"id {u!r} appears {len(rows)} times (rows {', '.join(map(str, rows[:5]))}){more}; ids must be unique"
+            )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -93,8 +96,9 @@ def pool_rows(ids, embeddings: np.ndarray, durations: np.ndarray) -> EmbeddingTa
     sums = np.zeros((len(position), np.shape(embeddings)[1]), np.float64)
     np.add.at(sums, index, np.asarray(embeddings, np.float64) * dur[:, None])
     total = np.bincount(index, weights=dur, minlength=len(position))
-    return EmbeddingTable(np.array(list(position)), (sums / np.maximum(total, 1e-9)[:, None]).astype(np.float32),
-                          total.astype(np.float32))
+    return EmbeddingTable(
+        np.array(list(position)), (sums / np.maximum(total, 1e-9)[:, None]).astype(np.float32), total.astype(np.float32)
+    )
 
 
 def save_embeddings(table: EmbeddingTable, path: str | Path) -> None:
@@ -115,8 +119,10 @@ def check_finite(table: EmbeddingTable, source: str, paths: dict[str, str] | Non
     if bad.size:
         names = [f"{u} ({paths[u]})" if paths and u in paths else str(u) for u in table.ids[bad[:5]]]
         more = f" and {bad.size - 5} more" if bad.size > 5 else ""
-        raise ValueError(f"{source}: {bad.size} embeddings are NaN or infinite (NaN/infinite audio samples, or "
-                         f"a numeric overflow): {', '.join(names)}{more}")
+        raise ValueError(
+            f"{source}: {bad.size} embeddings are NaN or infinite (NaN/infinite audio samples, or "
+            f"a numeric overflow): {', '.join(names)}{more}"
+        )
 
 
 def load_embeddings(path: str | Path) -> EmbeddingTable:

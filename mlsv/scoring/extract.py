@@ -25,17 +25,29 @@ def _check_lengths(model, batch: dict, sample_rate: int) -> None:
     short = (frontend.frame_lengths(lengths) < 1).nonzero().flatten().tolist()
     if short:
         chunks = batch.get("chunks")
-        names = [f"{batch['ids'][i]}" + (f" (chunk {int(chunks[i])})" if chunks is not None and chunks[i] else "")
-                 + f": {int(lengths[i])} samples" for i in short[:5]]
+        names = [
+            f"{batch['ids'][i]}"
+            + (f" (chunk {int(chunks[i])})" if chunks is not None and chunks[i] else "")
+            + f": {int(lengths[i])} samples"
+            for i in short[:5]
+        ]
         need = min_samples(model.config)
-        raise ValueError(f"too short for the encoder, which needs at least {need} samples "
-                         f"({need / sample_rate * 1000:.1f} ms): {'; '.join(names)}")
+        raise ValueError(
+            f"too short for the encoder, which needs at least {need} samples "
+            f"({need / sample_rate * 1000:.1f} ms): {'; '.join(names)}"
+        )
 
 
 @torch.no_grad()
-def extract_embeddings(model, batches: Iterable[dict], *, device: torch.device | str | None = None,
-                       autocast_dtype: torch.dtype | None = None, progress: bool = False,
-                       total: int | None = None) -> EmbeddingTable:
+def extract_embeddings(
+    model,
+    batches: Iterable[dict],
+    *,
+    device: torch.device | str | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+    total: int | None = None,
+) -> EmbeddingTable:
     """Embeds every batch with ``model`` in eval mode; returns one row per distinct id (input order)."""
     was_training = model.training
     model.eval()

@@ -55,8 +55,10 @@ def _check(scores: ArrayLike, labels: ArrayLike, what: str = "scores") -> tuple[
         y = y.astype(np.int8)
     bad = (y != 0) & (y != 1)
     if bad.any():
-        raise ValueError(f"labels must be 0 or 1 (unknown labels cannot be scored); found {y[bad][0]!r} "
-                         f"at position {int(np.flatnonzero(bad)[0])}")
+        raise ValueError(
+            f"labels must be 0 or 1 (unknown labels cannot be scored); found {y[bad][0]!r} "
+            f"at position {int(np.flatnonzero(bad)[0])}"
+        )
     y = y.astype(bool)
     if y.all() or not y.any():
         raise ValueError("labels need both target (1) and non-target (0) trials")
@@ -136,7 +138,9 @@ def _min_dcf_from_curve(curve: DetCurve, p_target: float, c_miss: float, c_fa: f
     return float(cost[i] / norm), float(curve.thresholds[i])
 
 
-def min_dcf(scores: ArrayLike, labels: ArrayLike, p_target: float, c_miss: float = 1.0, c_fa: float = 1.0) -> tuple[float, float]:
+def min_dcf(
+    scores: ArrayLike, labels: ArrayLike, p_target: float, c_miss: float = 1.0, c_fa: float = 1.0
+) -> tuple[float, float]:
     """Minimum normalised detection cost over all thresholds (ties grouped).
 
     ``C_det(t) = c_miss * P_miss(t) * p_target + c_fa * P_fa(t) * (1 - p_target)``, minimised over the
@@ -201,8 +205,14 @@ def _key(p: float) -> str:
     return f"{p:g}"
 
 
-def compute_metrics(scores: ArrayLike, labels: ArrayLike, p_targets: tuple[float, ...] = (0.01, 0.05), calibrated: bool = False,
-                    c_miss: float = 1.0, c_fa: float = 1.0) -> dict[str, float | int | None]:
+def compute_metrics(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    p_targets: tuple[float, ...] = (0.01, 0.05),
+    calibrated: bool = False,
+    c_miss: float = 1.0,
+    c_fa: float = 1.0,
+) -> dict[str, float | int | None]:
     """All metrics of one trial list, keyed as in docs/evaluation.md#file-formats's metrics JSON.
 
     Args:

@@ -76,11 +76,17 @@ def _resolve_mean_and_cohort(mean, cohort) -> tuple[np.ndarray | None, Cohort | 
     return mean, cohort
 
 
-def score_index_lists(embeddings: np.ndarray, durations: np.ndarray | None,
-                      index_lists: Sequence[tuple[np.ndarray, np.ndarray]], *,
-                      mean: np.ndarray | None = None, cohort: Cohort | EmbeddingTable | None = None,
-                      top_k: int = 600, calibrator: QualityCalibrator | None = None,
-                      device: str | torch.device | None = None) -> list[dict[str, np.ndarray]]:
+def score_index_lists(
+    embeddings: np.ndarray,
+    durations: np.ndarray | None,
+    index_lists: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    mean: np.ndarray | None = None,
+    cohort: Cohort | EmbeddingTable | None = None,
+    top_k: int = 600,
+    calibrator: QualityCalibrator | None = None,
+    device: str | torch.device | None = None,
+) -> list[dict[str, np.ndarray]]:
     """Scores several trial lists given as row indices, with AS-norm statistics computed once.
 
     Args:
@@ -156,20 +162,40 @@ def _check_calibrator(cal: QualityCalibrator, top_k: int, mean: np.ndarray | Non
             log.warning("the calibration was fitted with a different mean vector than the one used here")
 
 
-def score_trial_lists(table: EmbeddingTable, trial_lists: Sequence[Trials], *,
-                      mean: np.ndarray | None = None, cohort: Cohort | EmbeddingTable | None = None,
-                      top_k: int = 600, calibrator: QualityCalibrator | None = None,
-                      device: str | torch.device | None = None) -> list[dict[str, np.ndarray]]:
+def score_trial_lists(
+    table: EmbeddingTable,
+    trial_lists: Sequence[Trials],
+    *,
+    mean: np.ndarray | None = None,
+    cohort: Cohort | EmbeddingTable | None = None,
+    top_k: int = 600,
+    calibrator: QualityCalibrator | None = None,
+    device: str | torch.device | None = None,
+) -> list[dict[str, np.ndarray]]:
     """:func:`score_trials` for several lists sharing one embedding table (cohort stats computed once)."""
     index_lists = [trial_indices(table, tr) for tr in trial_lists]
-    return score_index_lists(table.embeddings, table.durations, index_lists, mean=mean, cohort=cohort,
-                             top_k=top_k, calibrator=calibrator, device=device)
+    return score_index_lists(
+        table.embeddings,
+        table.durations,
+        index_lists,
+        mean=mean,
+        cohort=cohort,
+        top_k=top_k,
+        calibrator=calibrator,
+        device=device,
+    )
 
 
-def score_trials(table: EmbeddingTable, trials: Trials, *, mean: np.ndarray | None = None,
-                 cohort: Cohort | EmbeddingTable | None = None, top_k: int = 600,
-                 calibrator: QualityCalibrator | None = None,
-                 device: str | torch.device | None = None) -> dict[str, np.ndarray]:
+def score_trials(
+    table: EmbeddingTable,
+    trials: Trials,
+    *,
+    mean: np.ndarray | None = None,
+    cohort: Cohort | EmbeddingTable | None = None,
+    top_k: int = 600,
+    calibrator: QualityCalibrator | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, np.ndarray]:
     """Scores one trial list: cosine after mean subtraction, then AS-norm, then QMF calibration.
 
     Args:
@@ -185,8 +211,9 @@ def score_trials(table: EmbeddingTable, trials: Trials, *, mean: np.ndarray | No
         ``{"cosine": (T,), "asnorm": (T,), "calibrated": (T,)}`` float64, the last two only when their
         inputs are given.
     """
-    return score_trial_lists(table, [trials], mean=mean, cohort=cohort, top_k=top_k,
-                             calibrator=calibrator, device=device)[0]
+    return score_trial_lists(
+        table, [trials], mean=mean, cohort=cohort, top_k=top_k, calibrator=calibrator, device=device
+    )[0]
 
 
 def check_distinct_names(names: Sequence[str], paths: Sequence | None = None) -> None:
@@ -205,8 +232,13 @@ def final_stage(scores: Mapping[str, np.ndarray]) -> str:
     raise ValueError(f"no score stage among {sorted(scores)}; expected one of {STAGES}")
 
 
-def trial_metrics(trials: Trials, scores: Mapping[str, np.ndarray] | np.ndarray, *,
-                  stage: str | None = None, p_targets: Sequence[float] = (0.01, 0.05)) -> dict:
+def trial_metrics(
+    trials: Trials,
+    scores: Mapping[str, np.ndarray] | np.ndarray,
+    *,
+    stage: str | None = None,
+    p_targets: Sequence[float] = (0.01, 0.05),
+) -> dict:
     """Metrics of one scored trial list (its final stage unless ``stage`` is given).
 
     Calibrated scores also get ``act_dcf_<p>`` and ``cllr``. Raises ValueError when labels are unknown.

@@ -23,8 +23,7 @@ def _pyplot():
     return plt
 
 
-def plot_det(systems: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path,
-             title: str = "DET curve") -> Path:
+def plot_det(systems: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "DET curve") -> Path:
     """Draws DET curves (miss vs false-alarm rate on normal-deviate axes) as a PNG.
 
     Args:
@@ -65,8 +64,14 @@ def plot_det(systems: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | P
     return path
 
 
-def plot_histogram(scores: np.ndarray, labels: np.ndarray, path: str | Path, title: str = "Scores",
-                   bins: int = 100, threshold: float | None = None) -> Path:
+def plot_histogram(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    path: str | Path,
+    title: str = "Scores",
+    bins: int = 100,
+    threshold: float | None = None,
+) -> Path:
     """Draws target and non-target score histograms (densities) as a PNG.
 
     Args:
@@ -108,8 +113,12 @@ def _fmt(v) -> str:
     return f"{float(v):.4f}"
 
 
-def write_report(out_dir: str | Path, metrics: Mapping[str, Mapping], plots: Sequence[str | Path] = (),
-                 title: str = "mlsv evaluation") -> Path:
+def write_report(
+    out_dir: str | Path,
+    metrics: Mapping[str, Mapping],
+    plots: Sequence[str | Path] = (),
+    title: str = "mlsv evaluation",
+) -> Path:
     """Writes ``out_dir/report.md``: one metrics table (a row per trial list) and the plots.
 
     Args:

@@ -24,8 +24,7 @@ import numpy as np
 
 from mlsv.scoring.metrics import eer
 
-__all__ = ["SCALES", "EvaluationRecord", "Scale", "ScoreStatistics", "Threshold", "as_scale",
-           "record_score_statistics"]
+__all__ = ["SCALES", "EvaluationRecord", "Scale", "ScoreStatistics", "Threshold", "as_scale", "record_score_statistics"]
 
 Scale = Literal["cosine", "asnorm", "calibrated"]
 #: The score scales in pipeline order: each one needs what the one before it needs, and more.
@@ -76,9 +75,13 @@ class ScoreStatistics:
     trial_list: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"eer": self.eer, "eer_threshold": self.eer_threshold, "n_target": self.n_target,
-                             "n_nontarget": self.n_nontarget,
-                             "nontarget_tail": {"far": list(self.far), "threshold": list(self.thresholds)}}
+        d: dict[str, Any] = {
+            "eer": self.eer,
+            "eer_threshold": self.eer_threshold,
+            "n_target": self.n_target,
+            "n_nontarget": self.n_nontarget,
+            "nontarget_tail": {"far": list(self.far), "threshold": list(self.thresholds)},
+        }
         if self.trial_list:
             d["trial_list"] = self.trial_list
         return d
@@ -86,9 +89,15 @@ class ScoreStatistics:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ScoreStatistics:
         tail = d.get("nontarget_tail") or {}
-        return cls(eer=float(d["eer"]), eer_threshold=float(d["eer_threshold"]), n_target=int(d.get("n_target", 0)),
-                   n_nontarget=int(d.get("n_nontarget", 0)), far=tuple(float(x) for x in tail.get("far", ())),
-                   thresholds=tuple(float(x) for x in tail.get("threshold", ())), trial_list=d.get("trial_list"))
+        return cls(
+            eer=float(d["eer"]),
+            eer_threshold=float(d["eer_threshold"]),
+            n_target=int(d.get("n_target", 0)),
+            n_nontarget=int(d.get("n_nontarget", 0)),
+            far=tuple(float(x) for x in tail.get("far", ())),
+            thresholds=tuple(float(x) for x in tail.get("threshold", ())),
+            trial_list=d.get("trial_list"),
+        )
 
     @classmethod
     def measure(cls, scores: np.ndarray, labels: np.ndarray, trial_list: str | None = None) -> ScoreStatistics:
@@ -102,8 +111,15 @@ class ScoreStatistics:
             allowed = int(math.floor(f * len(non)))  # non-targets at or above the threshold
             levels.append(f)
             values.append(float(np.nextafter(non[min(allowed, len(non) - 1)], np.inf)))
-        return cls(float(eer_pct), float(thr), int((labels == 1).sum()), int(len(non)), tuple(levels),
-                   tuple(values), trial_list or None)
+        return cls(
+            float(eer_pct),
+            float(thr),
+            int((labels == 1).sum()),
+            int(len(non)),
+            tuple(levels),
+            tuple(values),
+            trial_list or None,
+        )
 
 
 @dataclass(frozen=True)
@@ -134,8 +150,15 @@ class EvaluationRecord:
     calibration: dict | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    _KEYS = ("final_stage", "metrics", "metrics_by_stage", "trial_lists", "top_k", "threshold_scale",
-             "score_statistics")
+    _KEYS = (
+        "final_stage",
+        "metrics",
+        "metrics_by_stage",
+        "trial_lists",
+        "top_k",
+        "threshold_scale",
+        "score_statistics",
+    )
 
     # -- the stored form ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -159,8 +182,9 @@ class EvaluationRecord:
         return d
 
     @classmethod
-    def from_dict(cls, evaluation: Mapping[str, Any] | None, *, threshold: float | None = None,
-                  calibration: Mapping | None = None) -> EvaluationRecord:
+    def from_dict(
+        cls, evaluation: Mapping[str, Any] | None, *, threshold: float | None = None, calibration: Mapping | None = None
+    ) -> EvaluationRecord:
         """The record of a stored ``evaluation`` object (None or {}: nothing evaluated) and the
         ``threshold`` and ``calibration`` fields beside it."""
         ev = dict(evaluation or {})
@@ -171,11 +195,13 @@ class EvaluationRecord:
             metrics_by_stage=dict(ev.get("metrics_by_stage") or {}),
             trial_lists=tuple(str(t) for t in ev.get("trial_lists") or ()),
             top_k=int(ev["top_k"]) if ev.get("top_k") is not None else None,
-            threshold_scale=(as_scale(ev["threshold_scale"], "evaluation threshold_scale")
-                             if ev.get("threshold_scale") else None),
+            threshold_scale=(
+                as_scale(ev["threshold_scale"], "evaluation threshold_scale") if ev.get("threshold_scale") else None
+            ),
             threshold=None if threshold is None else float(threshold),
-            score_statistics={as_scale(s, "a score_statistics scale"): ScoreStatistics.from_dict(v)
-                              for s, v in stats.items() if v},
+            score_statistics={
+                as_scale(s, "a score_statistics scale"): ScoreStatistics.from_dict(v) for s, v in stats.items() if v
+            },
             calibration=dict(calibration) if calibration else None,
             extra={k: v for k, v in ev.items() if k not in cls._KEYS},
         )
@@ -183,8 +209,11 @@ class EvaluationRecord:
     @classmethod
     def from_config(cls, config) -> EvaluationRecord:
         """The record an ``MLSVConfig`` holds (an unevaluated model gives an empty record)."""
-        return cls.from_dict(getattr(config, "evaluation", None), threshold=getattr(config, "threshold", None),
-                             calibration=getattr(config, "calibration", None))
+        return cls.from_dict(
+            getattr(config, "evaluation", None),
+            threshold=getattr(config, "threshold", None),
+            calibration=getattr(config, "calibration", None),
+        )
 
     def apply(self, config) -> None:
         """Writes the record into ``config``'s ``evaluation``, ``threshold`` and ``calibration`` fields."""
@@ -204,8 +233,14 @@ class EvaluationRecord:
         return self.threshold_scale or ("calibrated" if self.calibration else "cosine")
 
 
-def record_score_statistics(config, scores: Mapping[str, np.ndarray], labels: np.ndarray, *,
-                            trial_list: str | None = None, final: str | None = None) -> dict:
+def record_score_statistics(
+    config,
+    scores: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    *,
+    trial_list: str | None = None,
+    final: str | None = None,
+) -> dict:
     """Stores, per score scale, the EER threshold and the non-target tail in the model's record.
 
     Call it after evaluating on a (validation) trial list, before ``save_pretrained``, so that the
@@ -234,7 +269,11 @@ def record_score_statistics(config, scores: Mapping[str, np.ndarray], labels: np
     if not stats:
         raise ValueError(f"no score scale among {sorted(scores)}; expected some of {SCALES}")
     final_scale = as_scale(final, "final") if final else [s for s in SCALES if s in stats][-1]
-    record = replace(EvaluationRecord.from_config(config), score_statistics=stats, threshold_scale=final_scale,
-                     threshold=stats[final_scale].eer_threshold)
+    record = replace(
+        EvaluationRecord.from_config(config),
+        score_statistics=stats,
+        threshold_scale=final_scale,
+        threshold=stats[final_scale].eer_threshold,
+    )
     record.apply(config)
     return {s: st.to_dict() for s, st in stats.items()}

@@ -64,10 +64,12 @@ def _check_pickles(path: Path) -> None:
                 tensors_only_load(str(f), map_location="cpu")
             except Exception as e:  # UnpicklingError for a crafted file, others for a damaged one
                 reason = " ".join(str(e).split())[:160]
-                raise CheckpointError(f"checkpoint {path}: {f.name} is not a plain state file (refused without "
-                                      f"running it: {type(e).__name__}: {reason}); if you did not put it there, "
-                                      f"the folder was tampered with or damaged: "
-                                      f"{_delete_hint(path)}") from None
+                raise CheckpointError(
+                    f"checkpoint {path}: {f.name} is not a plain state file (refused without "
+                    f"running it: {type(e).__name__}: {reason}); if you did not put it there, "
+                    f"the folder was tampered with or damaged: "
+                    f"{_delete_hint(path)}"
+                ) from None
 
 
 def save_extra(obj, folder: Path, name: str) -> None:
@@ -87,14 +89,16 @@ def load_extra(obj, folder: Path, name: str, legacy_index: int | None = None) ->
     elif (folder / f"{name}.json").is_file():
         obj.load_state_dict(json.loads((folder / f"{name}.json").read_text()))
     elif legacy_index is not None and (folder / f"custom_checkpoint_{legacy_index}.pkl").is_file():
-        obj.load_state_dict(torch.load(folder / f"custom_checkpoint_{legacy_index}.pkl", map_location="cpu",
-                                       weights_only=True))
+        obj.load_state_dict(
+            torch.load(folder / f"custom_checkpoint_{legacy_index}.pkl", map_location="cpu", weights_only=True)
+        )
     else:
         raise CheckpointError(f"checkpoint {folder} has no {name} state: {_delete_hint(folder)}")
 
 
-def load_checkpoint(accelerator, path: Path, previous: Path | None = None,
-                    extra: dict[str, object] | None = None) -> None:
+def load_checkpoint(
+    accelerator, path: Path, previous: Path | None = None, extra: dict[str, object] | None = None
+) -> None:
     """``accelerator.load_state(path)``, then the ``extra`` states (name -> object with ``load_state_dict``,
     in the order they were saved). A damaged checkpoint (a truncated weights file, say, after a full disk)
     is a CheckpointError naming the folder; it is not skipped silently (falling back would quietly redo
@@ -109,9 +113,11 @@ def load_checkpoint(accelerator, path: Path, previous: Path | None = None,
         raise
     except Exception as e:  # safetensors, torch.load and pickle raise their own types for a damaged file
         reason = " ".join(str(e).split())[:200]
-        raise CheckpointError(f"checkpoint {path} cannot be loaded ({type(e).__name__}{': ' if reason else ''}"
-                              f"{reason}): if it is damaged (a truncated file, say), "
-                              f"{_delete_hint(path, previous, only=previous is None)}") from e
+        raise CheckpointError(
+            f"checkpoint {path} cannot be loaded ({type(e).__name__}{': ' if reason else ''}"
+            f"{reason}): if it is damaged (a truncated file, say), "
+            f"{_delete_hint(path, previous, only=previous is None)}"
+        ) from e
 
 
 def save_checkpoint(accelerator, root: Path, name: str, meta: dict, extra: dict[str, object] | None = None) -> Path:
@@ -132,9 +138,11 @@ def save_checkpoint(accelerator, root: Path, name: str, meta: dict, extra: dict[
     except (OSError, RuntimeError, SafetensorError) as e:  # a full disk: SafetensorError, torch's RuntimeError
         shutil.rmtree(tmp, ignore_errors=True)
         reason = " ".join(str(e).split())[:200]
-        raise CheckpointError(f"cannot write checkpoint {final} ({type(e).__name__}: {reason}); the half-written "
-                              f"{tmp.name} was removed and the earlier checkpoints are intact: free space under "
-                              f"{root} and rerun to resume") from e
+        raise CheckpointError(
+            f"cannot write checkpoint {final} ({type(e).__name__}: {reason}); the half-written "
+            f"{tmp.name} was removed and the earlier checkpoints are intact: free space under "
+            f"{root} and rerun to resume"
+        ) from e
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():
@@ -151,7 +159,7 @@ def prune_checkpoints(root: Path, keep_best: int, metric: str = "validation_eer"
         return []
     latest = ckpts[-1]
     scored = [p for p in ckpts if read_meta(p).get(metric) is not None]
-    best = sorted(scored, key=lambda p: read_meta(p)[metric])[:max(keep_best, 1)]
+    best = sorted(scored, key=lambda p: read_meta(p)[metric])[: max(keep_best, 1)]
     keep = set(best) | {latest}
     for p in ckpts:
         if p not in keep:

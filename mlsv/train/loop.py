@@ -64,8 +64,19 @@ log = logging.getLogger("mlsv.train")
 
 PROGRESS_EVERY = 50  # batches between the progress bar's loss readings (each waits for the device)
 
-MODEL_SETTINGS = ("layers", "aggregation", "lap_heads", "lap_channels", "lap_dropout", "backend",
-                  "embedding_size", "backend_dropout", "ecapa_channels", "mhfa_heads", "mhfa_compression")
+MODEL_SETTINGS = (
+    "layers",
+    "aggregation",
+    "lap_heads",
+    "lap_channels",
+    "lap_dropout",
+    "backend",
+    "embedding_size",
+    "backend_dropout",
+    "ecapa_channels",
+    "mhfa_heads",
+    "mhfa_compression",
+)
 
 
 def build_model(cfg: TrainConfig) -> MLSVModel:
@@ -75,8 +86,10 @@ def build_model(cfg: TrainConfig) -> MLSVModel:
     m = cfg.model
     settings = {k: getattr(m, k) for k in MODEL_SETTINGS}
     settings["layers"] = settings["layers"] or None
-    hint = ("give a hub id (such as microsoft/wavlm-base-plus), a local model folder or a built-in tiny config "
-            f"name ({', '.join(sorted(TINY_ENCODERS))})")
+    hint = (
+        "give a hub id (such as microsoft/wavlm-base-plus), a local model folder or a built-in tiny config "
+        f"name ({', '.join(sorted(TINY_ENCODERS))})"
+    )
     if m.encoder not in TINY_ENCODERS:
         try:
             _model_source(m.encoder)  # a mistyped name fails now, not after the hub client's retries
@@ -95,9 +108,11 @@ def check_crop_length(model: MLSVModel, data) -> None:
 
     crop, shortest = int(round(data.crop_seconds * data.sample_rate)), min_samples(model.config)
     if crop < shortest:
-        raise ConfigError(f"data.crop_seconds {data.crop_seconds:g} gives {crop} samples at {data.sample_rate} Hz, "
-                          f"fewer than the encoder's minimum of {shortest} ({shortest / data.sample_rate:.4f} s): "
-                          "raise it")
+        raise ConfigError(
+            f"data.crop_seconds {data.crop_seconds:g} gives {crop} samples at {data.sample_rate} Hz, "
+            f"fewer than the encoder's minimum of {shortest} ({shortest / data.sample_rate:.4f} s): "
+            "raise it"
+        )
 
 
 def load_for_finetuning(folder: Path) -> MLSVModel:
@@ -105,8 +120,10 @@ def load_for_finetuning(folder: Path) -> MLSVModel:
     evaluation learnt about its embeddings (training mean, AS-norm cohort, calibration, thresholds,
     metrics) no longer holds once training moves them, so it is dropped; the stage computes a new mean."""
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"stage.init_model: {folder} is not a model folder (no config.json); give a folder "
-                                "that save_pretrained wrote, e.g. runs/NAME/model, or a downloaded hub snapshot")
+        raise FileNotFoundError(
+            f"stage.init_model: {folder} is not a model folder (no config.json); give a folder "
+            "that save_pretrained wrote, e.g. runs/NAME/model, or a downloaded hub snapshot"
+        )
     model = MLSVModel.from_pretrained(folder)
     c = model.config
     c.training_mean = c.calibration = c.threshold = c.evaluation = None
@@ -119,8 +136,9 @@ def load_for_finetuning(folder: Path) -> MLSVModel:
 COMPILE_BACKEND = "inductor"
 
 
-def compile_for_training(model: MLSVModel, head: torch.nn.Module, backend: str | None = None,
-                         mode: str = "default") -> None:
+def compile_for_training(
+    model: MLSVModel, head: torch.nn.Module, backend: str | None = None, mode: str = "default"
+) -> None:
     """``stage.compile``: the model's frontend, aggregation and backend specialised on the fixed crop shape
     (``dynamic=False``); the head with ``dynamic=None``: its margin is a Python float that the schedule
     moves every step, which a static graph would guard on (one recompile per value, then the recompile
@@ -147,8 +165,13 @@ def eager(module: torch.nn.Module):
 
 
 # settings that may change between a run and its resumption: how it is watched and run, not what it learns
-RESUMABLE_CHANGES = ("log.", "data.num_workers", "data.eval_batch_seconds", "stage.keep_best",
-                     "stage.checkpoint_every_steps")
+RESUMABLE_CHANGES = (
+    "log.",
+    "data.num_workers",
+    "data.eval_batch_seconds",
+    "stage.keep_best",
+    "stage.checkpoint_every_steps",
+)
 
 
 def check_same_run(cfg: TrainConfig, output_dir: Path) -> None:
@@ -165,20 +188,27 @@ def check_same_run(cfg: TrainConfig, output_dir: Path) -> None:
     try:
         load_yaml_file(saved)
     except ConfigError as e:  # damaged or edited by hand: not silently taken for another version's file
-        raise ConfigError(f"{e}; it holds the settings of the run in {output_dir}: restore it, or delete it to "
-                          "resume without comparing settings") from None
+        raise ConfigError(
+            f"{e}; it holds the settings of the run in {output_dir}: restore it, or delete it to "
+            "resume without comparing settings"
+        ) from None
     try:
         before = flat_keys(to_dict(load_config(saved)))
     except ConfigError as e:  # written by another version of mlsv: nothing to compare with
         log.warning("cannot compare with %s (%s)", saved, e)
         return
     now = flat_keys(to_dict(cfg))
-    changed = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
-               if before.get(k) != now.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+    changed = [
+        f"{k}: {before.get(k)!r} -> {now.get(k)!r}"
+        for k in sorted(set(before) | set(now))
+        if before.get(k) != now.get(k) and not k.startswith(RESUMABLE_CHANGES)
+    ]
     if changed:
-        raise ConfigError(f"{output_dir} holds a run made with other settings ({'; '.join(changed[:6])}"
-                          f"{'; ...' if len(changed) > 6 else ''}): give another output folder, or delete "
-                          "this one to start again")
+        raise ConfigError(
+            f"{output_dir} holds a run made with other settings ({'; '.join(changed[:6])}"
+            f"{'; ...' if len(changed) > 6 else ''}): give another output folder, or delete "
+            "this one to start again"
+        )
 
 
 def _find_unused_parameters(acc) -> None:
@@ -208,8 +238,7 @@ def _param_groups(model: MLSVModel, head: torch.nn.Module, cfg: TrainConfig) -> 
     ]
     if frontend:
         wd = o.weight_decay if o.frontend_weight_decay < 0 else o.frontend_weight_decay
-        groups.insert(0, {"name": "frontend", "params": frontend, "lr": o.lr * o.frontend_lr_scale,
-                          "weight_decay": wd})
+        groups.insert(0, {"name": "frontend", "params": frontend, "lr": o.lr * o.frontend_lr_scale, "weight_decay": wd})
     return groups
 
 
@@ -283,8 +312,7 @@ class ResumePoint:
     bad_files: list[list[str]] | None = None
 
 
-def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | None = None,
-              accelerator=None) -> Path:
+def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | None = None, accelerator=None) -> Path:
     """Trains one stage; returns ``output_dir``. Resumes when checkpoints exist; does nothing if complete.
     The steps: ``set_up``, ``resume_point``, ``run_epoch`` for each epoch left, ``finish``."""
     output_dir = Path(output_dir)
@@ -308,6 +336,7 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
 
 # -- set-up -------------------------------------------------------------------------------------------------
 
+
 def set_up(cfg: TrainConfig, output_dir: Path, *, config_dir: Path | None = None, accelerator=None) -> Stage:
     """Everything before the first batch, in this order: the inputs checked; the accelerator (seeded,
     ``config.yaml`` written); labels, model and head; the epoch's length; optimiser, scheduler and weight
@@ -321,10 +350,24 @@ def set_up(cfg: TrainConfig, output_dir: Path, *, config_dir: Path | None = None
     steps_per_epoch = max(batches_per_epoch // st.grad_accum, 1)
     model, head, optimizer, scheduler, ema = _optimisation(cfg, acc, model, head, steps_per_epoch * st.epochs)
     augmenter = _device_augmenter(cfg, acc, config_dir)
-    return Stage(cfg=cfg, output_dir=output_dir, config_dir=config_dir, acc=acc, train_manifest=train_manifest,
-                 labels=labels, model=model, head=head, optimizer=optimizer, scheduler=scheduler, ema=ema,
-                 augmenter=augmenter, first_loader=first, batches_per_epoch=batches_per_epoch,
-                 steps_per_epoch=steps_per_epoch, unwrapped_head=acc.unwrap_model(head))
+    return Stage(
+        cfg=cfg,
+        output_dir=output_dir,
+        config_dir=config_dir,
+        acc=acc,
+        train_manifest=train_manifest,
+        labels=labels,
+        model=model,
+        head=head,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        ema=ema,
+        augmenter=augmenter,
+        first_loader=first,
+        batches_per_epoch=batches_per_epoch,
+        steps_per_epoch=steps_per_epoch,
+        unwrapped_head=acc.unwrap_model(head),
+    )
 
 
 def _check_inputs(cfg: TrainConfig, config_dir: Path | None) -> str:
@@ -334,8 +377,9 @@ def _check_inputs(cfg: TrainConfig, config_dir: Path | None) -> str:
     if not train_manifest:
         raise ValueError("data.train_manifest is empty: give a training manifest (mlsv prepare ...)")
     if data.validation_manifest and data.validation_trials:
-        check_validation_trials(_resolve(data.validation_manifest, config_dir), _resolve(data.validation_trials,
-                                                                                           config_dir))
+        check_validation_trials(
+            _resolve(data.validation_manifest, config_dir), _resolve(data.validation_trials, config_dir)
+        )
     return train_manifest
 
 
@@ -348,13 +392,16 @@ def _accelerator(cfg: TrainConfig, output_dir: Path, accelerator=None):
     st = cfg.stage
     if accelerator is None:
         trackers = [t for t in cfg.log.trackers if t not in ("csv", "neptune")]
-        accelerator = Accelerator(mixed_precision=st.mixed_precision, gradient_accumulation_steps=st.grad_accum,
-                                  log_with=trackers or None, project_dir=str(output_dir))
+        accelerator = Accelerator(
+            mixed_precision=st.mixed_precision,
+            gradient_accumulation_steps=st.grad_accum,
+            log_with=trackers or None,
+            project_dir=str(output_dir),
+        )
     acc = accelerator
     check_accelerator(acc, cfg)
     # torchrun and accelerate's launcher say how many processes share this machine
-    log.info("stage %s: %s", st.name, choose_threads(cfg, int(os.environ.get("LOCAL_WORLD_SIZE",
-                                                                              acc.num_processes))))
+    log.info("stage %s: %s", st.name, choose_threads(cfg, int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes))))
     if st.layerdrop > 0 and st.frontend_trainable != "none":
         _find_unused_parameters(acc)
     if not acc.is_main_process:
@@ -399,28 +446,47 @@ def _model_and_head(cfg: TrainConfig, acc, train_manifest: str, output_dir: Path
     needed = speed_perturb_classes(len(labels), data.speed_factors)
     if needed > n_classes:
         raise ValueError(f"data.speed_factors need {needed} classes but the head from {init_from} has {n_classes}")
-    model.configure_training(trainable=st.frontend_trainable, layerdrop=st.layerdrop,
-                             mask_time_prob=st.mask_time_prob,
-                             gradient_checkpointing=cfg.model.gradient_checkpointing)
+    model.configure_training(
+        trainable=st.frontend_trainable,
+        layerdrop=st.layerdrop,
+        mask_time_prob=st.mask_time_prob,
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
+    )
     runtime.set_attention(model, st.attention)  # not saved with the model: set for every stage
-    head = SubCenterAAMSoftmax(model.config.embedding_size, n_classes, scale=h.scale, margin=h.margin,
-                               sub_centers=h.sub_centers, top_k=h.top_k, penalty=h.penalty)
+    head = SubCenterAAMSoftmax(
+        model.config.embedding_size,
+        n_classes,
+        scale=h.scale,
+        margin=h.margin,
+        sub_centers=h.sub_centers,
+        top_k=h.top_k,
+        penalty=h.penalty,
+    )
     if init_from is not None:
         state = load_file(str(init_from / "head.safetensors"))
         if state["weight"].shape != head.weight.shape:
-            raise ValueError(f"head shape {tuple(state['weight'].shape)} from {init_from} does not match "
-                             f"{tuple(head.weight.shape)} (head.sub_centers or the embedding size changed)")
+            raise ValueError(
+                f"head shape {tuple(state['weight'].shape)} from {init_from} does not match "
+                f"{tuple(head.weight.shape)} (head.sub_centers or the embedding size changed)"
+            )
         head.load_state_dict(state)
     if st.compile:  # in place, before prepare: DDP, checkpoints and save_pretrained see the same names
         compile_for_training(model, head, mode=st.compile_mode)
     return labels, model, head
 
 
-def _train_loader(cfg: TrainConfig, acc, train_manifest: str, labels: dict[str, int], epoch: int,
-                  start_batch: int = 0):
-    return build_train_loader(train_manifest, cfg.data, cfg.augment, labels=labels, epoch=epoch, seed=cfg.stage.seed,
-                              process_index=acc.process_index, num_processes=acc.num_processes,
-                              start_batch=start_batch)
+def _train_loader(cfg: TrainConfig, acc, train_manifest: str, labels: dict[str, int], epoch: int, start_batch: int = 0):
+    return build_train_loader(
+        train_manifest,
+        cfg.data,
+        cfg.augment,
+        labels=labels,
+        epoch=epoch,
+        seed=cfg.stage.seed,
+        process_index=acc.process_index,
+        num_processes=acc.num_processes,
+        start_batch=start_batch,
+    )
 
 
 def _batches_per_epoch(cfg: TrainConfig, first, train_manifest: str, acc) -> int:
@@ -428,18 +494,25 @@ def _batches_per_epoch(cfg: TrainConfig, first, train_manifest: str, acc) -> int
     Whole accumulation cycles only: a partial one would carry its gradients into the next epoch, which a
     checkpoint does not hold (a resumed run would differ), and an epoch shorter than one would not step."""
     st, data = cfg.stage, cfg.data
-    batches_per_epoch = st.steps_per_epoch * st.grad_accum if st.steps_per_epoch > 0 \
-        else len(first) // st.grad_accum * st.grad_accum
+    batches_per_epoch = (
+        st.steps_per_epoch * st.grad_accum if st.steps_per_epoch > 0 else len(first) // st.grad_accum * st.grad_accum
+    )
     if st.steps_per_epoch == 0 and 0 < len(first) < st.grad_accum:
-        raise ValueError(f"stage.grad_accum {st.grad_accum} needs {st.grad_accum} batches per optimiser step, but "
-                         f"{train_manifest} gives {len(first)} per epoch and process; lower it or data.batch_size")
+        raise ValueError(
+            f"stage.grad_accum {st.grad_accum} needs {st.grad_accum} batches per optimiser step, but "
+            f"{train_manifest} gives {len(first)} per epoch and process; lower it or data.batch_size"
+        )
     if st.steps_per_epoch > 0 and not data.streaming and len(first) < batches_per_epoch:
-        raise ValueError(f"stage.steps_per_epoch {st.steps_per_epoch} needs {batches_per_epoch} batches per "
-                         f"epoch, but {train_manifest} gives {len(first)} per process; lower it (0: one pass)")
+        raise ValueError(
+            f"stage.steps_per_epoch {st.steps_per_epoch} needs {batches_per_epoch} batches per "
+            f"epoch, but {train_manifest} gives {len(first)} per process; lower it (0: one pass)"
+        )
     if batches_per_epoch == 0:
-        raise ValueError(f"no full batch in an epoch: {train_manifest} gives each of the {acc.num_processes} "
-                         f"process(es) {len(first.dataset._share())} utterances, fewer than a batch of "
-                         f"{first.batch_size} per process; lower data.batch_size")
+        raise ValueError(
+            f"no full batch in an epoch: {train_manifest} gives each of the {acc.num_processes} "
+            f"process(es) {len(first.dataset._share())} utterances, fewer than a batch of "
+            f"{first.batch_size} per process; lower data.batch_size"
+        )
     return batches_per_epoch
 
 
@@ -448,8 +521,15 @@ def _optimisation(cfg: TrainConfig, acc, model: MLSVModel, head: SubCenterAAMSof
     the scheduler and the average checkpointed with them."""
     o = cfg.optim
     optimizer = _optimizer(_param_groups(model, head, cfg), cfg, acc.device)
-    lr_factor = lambda step: lr_at(step, total_steps, peak=1.0, floor=o.min_lr / o.lr,  # noqa: E731
-                                   warmup_ratio=o.warmup_ratio, cycles=o.cycles, gamma=o.cycle_gamma)
+    lr_factor = lambda step: lr_at(  # noqa: E731
+        step,
+        total_steps,
+        peak=1.0,
+        floor=o.min_lr / o.lr,
+        warmup_ratio=o.warmup_ratio,
+        cycles=o.cycles,
+        gamma=o.cycle_gamma,
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     # the scheduler is stepped by hand once per optimiser step (accelerate's wrapper would step it once per
     # process), and checkpointed with the rest of the state
@@ -466,12 +546,16 @@ def _device_augmenter(cfg: TrainConfig, acc, config_dir: Path | None) -> BatchAu
     """``augment.where: device``: the batch augmenter, its noise and RIR manifests resolved."""
     if not (cfg.augment.where == "device" and cfg.augment.probability > 0):
         return None
-    aug_cfg = dataclasses.replace(cfg.augment, noise_manifest=_resolve(cfg.augment.noise_manifest, config_dir),
-                                  rir_manifest=_resolve(cfg.augment.rir_manifest, config_dir))
+    aug_cfg = dataclasses.replace(
+        cfg.augment,
+        noise_manifest=_resolve(cfg.augment.noise_manifest, config_dir),
+        rir_manifest=_resolve(cfg.augment.rir_manifest, config_dir),
+    )
     return BatchAugmenter(aug_cfg, sample_rate=cfg.data.sample_rate, device=acc.device, bank_seed=cfg.stage.seed)
 
 
 # -- resume and the epochs ----------------------------------------------------------------------------------
+
 
 def resume_point(s: Stage) -> ResumePoint:
     """Loads the newest checkpoint, if any, into the prepared state (weights, optimiser, scheduler, scaler,
@@ -481,8 +565,14 @@ def resume_point(s: Stage) -> ResumePoint:
         return ResumePoint()
     ckpt.load_checkpoint(s.acc, done[-1], done[-2] if len(done) > 1 else None, extra=s.extra_states)
     meta = ckpt.read_meta(done[-1])
-    at = ResumePoint(meta["epoch"], meta["batches_in_epoch"], meta["global_step"], meta.get("epoch_totals"),
-                     meta.get("audits"), meta.get("bad_files"))
+    at = ResumePoint(
+        meta["epoch"],
+        meta["batches_in_epoch"],
+        meta["global_step"],
+        meta.get("epoch_totals"),
+        meta.get("audits"),
+        meta.get("bad_files"),
+    )
     if at.batches >= s.batches_per_epoch:
         at = ResumePoint(at.epoch + 1, 0, at.global_step)
     log.info("resuming from %s (epoch %d, step %d)", done[-1], at.epoch, at.global_step)
@@ -517,13 +607,29 @@ def run_epoch(s: Stage, epoch: int, at: ResumePoint) -> ResumePoint:
         e.audit = _audit_step(e.audit, batch["labels"])
         # device augmentation's host draws: per batch, so a resumed epoch draws what the first run would
         # (its own spawn key: the crop at share place i draws from [seed, epoch, process, i] without one)
-        aug_rng = np.random.default_rng(np.random.SeedSequence([st.seed, epoch, acc.process_index, i],
-                                                               spawn_key=(2,)))
-        s.unwrapped_head.set_margin(margin_at(e.global_step / s.steps_per_epoch, margin=h.margin,
-                                              kind=h.margin_schedule, start_epoch=h.margin_start_epoch,
-                                              ramp_epochs=h.margin_ramp_epochs))
-        loss = train_batch(acc, s.model, s.head, s.optimizer, s.scheduler, batch, e.stats, augmenter=s.augmenter,
-                           rng=aug_rng, max_grad_norm=s.cfg.optim.max_grad_norm, compile_mode=graph_mode)
+        aug_rng = np.random.default_rng(np.random.SeedSequence([st.seed, epoch, acc.process_index, i], spawn_key=(2,)))
+        s.unwrapped_head.set_margin(
+            margin_at(
+                e.global_step / s.steps_per_epoch,
+                margin=h.margin,
+                kind=h.margin_schedule,
+                start_epoch=h.margin_start_epoch,
+                ramp_epochs=h.margin_ramp_epochs,
+            )
+        )
+        loss = train_batch(
+            acc,
+            s.model,
+            s.head,
+            s.optimizer,
+            s.scheduler,
+            batch,
+            e.stats,
+            augmenter=s.augmenter,
+            rng=aug_rng,
+            max_grad_norm=s.cfg.optim.max_grad_norm,
+            compile_mode=graph_mode,
+        )
         e.seen += len(batch["labels"])
         e.batches_done = i + 1
         if acc.sync_gradients:
@@ -532,8 +638,11 @@ def run_epoch(s: Stage, epoch: int, at: ResumePoint) -> ResumePoint:
             progress.update(1)
             if e.batches_done % PROGRESS_EVERY == 0 or e.batches_done == s.batches_per_epoch:
                 # reads the loss back: the only wait for the device, once in PROGRESS_EVERY batches
-                progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{s.scheduler.get_last_lr()[-1]:.2e}",
-                                     m=f"{s.unwrapped_head.margin:.3f}")
+                progress.set_postfix(
+                    loss=f"{loss.item():.3f}",
+                    lr=f"{s.scheduler.get_last_lr()[-1]:.2e}",
+                    m=f"{s.unwrapped_head.margin:.3f}",
+                )
     if progress is not None:
         progress.close()
     _end_epoch(s, e)
@@ -572,14 +681,26 @@ def _after_step(s: Stage, e: _Epoch) -> None:
     e.global_step += 1
     if s.ema is not None:
         s.ema.update(s.acc.unwrap_model(s.model))
-    if st.checkpoint_every_steps and e.global_step % st.checkpoint_every_steps == 0 \
-            and e.batches_done < s.batches_per_epoch:
+    if (
+        st.checkpoint_every_steps
+        and e.global_step % st.checkpoint_every_steps == 0
+        and e.batches_done < s.batches_per_epoch
+    ):
         totals = s.acc.reduce(torch.cat([e.stats, e.stats.new_tensor([e.seen])]), reduction="sum").tolist()
-        ckpt.save_checkpoint(s.acc, s.ckpt_root, f"step_{e.global_step:08d}",
-                             {"epoch": e.number, "batches_in_epoch": e.batches_done,
-                              "global_step": e.global_step, "epoch_totals": totals,
-                              "audits": gather_object([e.audit.hex()]),
-                              "bad_files": gather_object([e.loader.bad_files])}, extra=s.extra_states)
+        ckpt.save_checkpoint(
+            s.acc,
+            s.ckpt_root,
+            f"step_{e.global_step:08d}",
+            {
+                "epoch": e.number,
+                "batches_in_epoch": e.batches_done,
+                "global_step": e.global_step,
+                "epoch_totals": totals,
+                "audits": gather_object([e.audit.hex()]),
+                "bad_files": gather_object([e.loader.bad_files]),
+            },
+            extra=s.extra_states,
+        )
 
 
 def _end_epoch(s: Stage, e: _Epoch) -> None:
@@ -590,9 +711,19 @@ def _end_epoch(s: Stage, e: _Epoch) -> None:
     s.trackers.log(row, step=e.global_step)
     if acc.is_main_process:
         log.info("epoch %d: %s", e.number + 1, json.dumps(row))
-    ckpt.save_checkpoint(acc, s.ckpt_root, f"step_{e.global_step:08d}",
-                         {"epoch": e.number, "batches_in_epoch": s.batches_per_epoch, "global_step": e.global_step,
-                          "validation_eer": row["validation_eer"], "loss": row["loss"]}, extra=s.extra_states)
+    ckpt.save_checkpoint(
+        acc,
+        s.ckpt_root,
+        f"step_{e.global_step:08d}",
+        {
+            "epoch": e.number,
+            "batches_in_epoch": s.batches_per_epoch,
+            "global_step": e.global_step,
+            "validation_eer": row["validation_eer"],
+            "loss": row["loss"],
+        },
+        extra=s.extra_states,
+    )
     if acc.is_main_process:
         ckpt.prune_checkpoints(s.ckpt_root, max(st.keep_best, st.average_best))  # what averaging needs
     acc.wait_for_everyone()
@@ -602,24 +733,37 @@ def _epoch_row(s: Stage, e: _Epoch) -> dict:
     """metrics.csv's row: loss and accuracy over all processes, lr, margin, skipped files, seconds, and the
     validation EER every ``stage.validate_every`` epochs and after the last (else None)."""
     acc, st, data = s.acc, s.cfg.stage, s.cfg.data
-    total = acc.reduce(torch.cat([e.stats, e.stats.new_tensor([e.seen, _skipped(e.loader)])]),
-                       reduction="sum").tolist()
-    row = {"epoch": e.number + 1, "step": e.global_step,
-           "loss": total[0] / total[2] if total[2] > 0 else float("nan"),
-           "accuracy": total[1] / total[2] if total[2] > 0 else float("nan"),
-           "lr": s.scheduler.get_last_lr()[-1], "margin": s.unwrapped_head.margin,
-           "skipped_files": int(total[3]), "seconds": round(time.time() - e.started, 2)}
+    total = acc.reduce(torch.cat([e.stats, e.stats.new_tensor([e.seen, _skipped(e.loader)])]), reduction="sum").tolist()
+    row = {
+        "epoch": e.number + 1,
+        "step": e.global_step,
+        "loss": total[0] / total[2] if total[2] > 0 else float("nan"),
+        "accuracy": total[1] / total[2] if total[2] > 0 else float("nan"),
+        "lr": s.scheduler.get_last_lr()[-1],
+        "margin": s.unwrapped_head.margin,
+        "skipped_files": int(total[3]),
+        "seconds": round(time.time() - e.started, 2),
+    }
     val_eer = None
-    if data.validation_manifest and data.validation_trials and (
-            (e.number + 1) % st.validate_every == 0 or e.number + 1 == st.epochs):
+    if (
+        data.validation_manifest
+        and data.validation_trials
+        and ((e.number + 1) % st.validate_every == 0 or e.number + 1 == st.epochs)
+    ):
         with eager(s.eval_model()) as m:
-            val_eer = validation_eer(m, _resolve(data.validation_manifest, s.config_dir),
-                                     _resolve(data.validation_trials, s.config_dir), acc, data)
+            val_eer = validation_eer(
+                m,
+                _resolve(data.validation_manifest, s.config_dir),
+                _resolve(data.validation_trials, s.config_dir),
+                acc,
+                data,
+            )
     row["validation_eer"] = val_eer
     return row
 
 
 # -- the stage's final model --------------------------------------------------------------------------------
+
 
 def finish(s: Stage) -> None:
     """The final model (the weight average, the mean of the ``stage.average_best`` best checkpoints, or the
@@ -634,14 +778,21 @@ def finish(s: Stage) -> None:
         head.load_state_dict(ckpt.average_checkpoints(best, "model_1.safetensors"))
         log.info("averaged %d best checkpoints: %s", len(best), [p.name for p in best])
     with eager(final):
-        final.config.training_mean = training_mean(final, s.train_manifest, acc, s.cfg.data, st.mean_utterances,
-                                                   s.output_dir)
+        final.config.training_mean = training_mean(
+            final, s.train_manifest, acc, s.cfg.data, st.mean_utterances, s.output_dir
+        )
     if acc.is_main_process:
         final.save_pretrained(s.output_dir / "model")
         save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(s.output_dir / "head.safetensors"))
-        (s.output_dir / "head.json").write_text(json.dumps({
-            "num_classes": head.num_classes, "sub_centers": head.sub_centers,
-            "embedding_size": final.config.embedding_size}))
+        (s.output_dir / "head.json").write_text(
+            json.dumps(
+                {
+                    "num_classes": head.num_classes,
+                    "sub_centers": head.sub_centers,
+                    "embedding_size": final.config.embedding_size,
+                }
+            )
+        )
         (s.output_dir / "COMPLETE").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
     s.trackers.close()
     acc.wait_for_everyone()
@@ -656,9 +807,20 @@ def _write_audit(output_dir: Path, process: int, epoch: int, digest: str, batche
     path.write_text(json.dumps(audit, indent=1))
 
 
-def train_batch(acc, model, head, optimizer, scheduler, batch: dict, stats: torch.Tensor, *, augmenter=None,
-                rng: np.random.Generator | None = None, max_grad_norm: float = 0.0,
-                compile_mode: str = "default") -> torch.Tensor:
+def train_batch(
+    acc,
+    model,
+    head,
+    optimizer,
+    scheduler,
+    batch: dict,
+    stats: torch.Tensor,
+    *,
+    augmenter=None,
+    rng: np.random.Generator | None = None,
+    max_grad_norm: float = 0.0,
+    compile_mode: str = "default",
+) -> torch.Tensor:
     """One training batch: to the device, device augmentation, forward, backward, optimiser and scheduler
     steps (at the end of each accumulation), and the running loss sum and correct count in ``stats`` (2,).
 
@@ -694,8 +856,13 @@ def _progress(acc, cfg: TrainConfig, total: int, epoch: int):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=f"{cfg.stage.name} epoch {epoch + 1}/{cfg.stage.epochs}", unit="batch",
-                leave=False, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        desc=f"{cfg.stage.name} epoch {epoch + 1}/{cfg.stage.epochs}",
+        unit="batch",
+        leave=False,
+        dynamic_ncols=True,
+    )
 
 
 def _skipped(loader) -> int:

@@ -39,9 +39,11 @@ def accelerate_settings(cfg: TrainConfig) -> TrainConfig:
     if mixed == "auto":
         mixed = env_mp or "no"
     elif env_mp not in (None, "no", mixed):
-        raise ConfigError(f"stage.mixed_precision is {mixed!r} but accelerate is configured with {env_mp!r} "
-                          "(accelerate config / ACCELERATE_MIXED_PRECISION): set one of them, or "
-                          "stage.mixed_precision=auto to use accelerate's")
+        raise ConfigError(
+            f"stage.mixed_precision is {mixed!r} but accelerate is configured with {env_mp!r} "
+            "(accelerate config / ACCELERATE_MIXED_PRECISION): set one of them, or "
+            "stage.mixed_precision=auto to use accelerate's"
+        )
     accum = st.grad_accum
     if env_ga is not None:
         try:
@@ -51,9 +53,11 @@ def accelerate_settings(cfg: TrainConfig) -> TrainConfig:
         if accum is None:
             accum = env_accum
         elif accum != env_accum:
-            raise ConfigError(f"stage.grad_accum is {accum} but accelerate is configured with {env_accum} "
-                              "(ACCELERATE_GRADIENT_ACCUMULATION_STEPS): set one of them, or stage.grad_accum=null "
-                              "to use accelerate's")
+            raise ConfigError(
+                f"stage.grad_accum is {accum} but accelerate is configured with {env_accum} "
+                "(ACCELERATE_GRADIENT_ACCUMULATION_STEPS): set one of them, or stage.grad_accum=null "
+                "to use accelerate's"
+            )
     accum = 1 if accum is None else accum
     if accum < 1:
         raise ConfigError(f"gradient accumulation must be at least 1, accelerate is configured with {accum}")
@@ -66,8 +70,10 @@ def check_accelerator(acc, cfg: TrainConfig) -> None:
     st = cfg.stage
     have = (str(acc.mixed_precision), int(acc.gradient_accumulation_steps))
     if have != (st.mixed_precision, st.grad_accum):
-        raise ConfigError(f"the accelerator runs mixed_precision={have[0]!r}, gradient accumulation {have[1]}, "
-                          f"but the stage asks for {st.mixed_precision!r}, {st.grad_accum}: make them agree")
+        raise ConfigError(
+            f"the accelerator runs mixed_precision={have[0]!r}, gradient accumulation {have[1]}, "
+            f"but the stage asks for {st.mixed_precision!r}, {st.grad_accum}: make them agree"
+        )
 
 
 def _cores() -> int:
@@ -82,9 +88,13 @@ def choose_threads(cfg: TrainConfig, local_processes: int) -> str:
     sentence the stage logs about it."""
     cores, workers = _cores(), cfg.data.num_workers
     if os.environ.get("OMP_NUM_THREADS"):
-        return (f"{torch.get_num_threads()} threads per process (OMP_NUM_THREADS); {cores} cores, "
-                f"{local_processes} process(es), {workers} loader worker(s) each")
+        return (
+            f"{torch.get_num_threads()} threads per process (OMP_NUM_THREADS); {cores} cores, "
+            f"{local_processes} process(es), {workers} loader worker(s) each"
+        )
     threads = max(1, cores // max(local_processes, 1) - workers)
     torch.set_num_threads(threads)
-    return (f"{threads} thread(s) per process: {cores} cores, {local_processes} process(es) on this machine, "
-            f"{workers} loader worker(s) each")
+    return (
+        f"{threads} thread(s) per process: {cores} cores, {local_processes} process(es) on this machine, "
+        f"{workers} loader worker(s) each"
+    )

@@ -5,8 +5,16 @@ from __future__ import annotations
 import math
 
 
-def lr_at(step: int, total_steps: int, *, peak: float, floor: float, warmup_ratio: float = 0.1,
-          cycles: int = 1, gamma: float = 1.0) -> float:
+def lr_at(
+    step: int,
+    total_steps: int,
+    *,
+    peak: float,
+    floor: float,
+    warmup_ratio: float = 0.1,
+    cycles: int = 1,
+    gamma: float = 1.0,
+) -> float:
     """Cosine annealing with linear warm-up and restarts (docs/method.md#learning-rate-schedule), stepped per optimiser step.
 
     Each of ``cycles`` equal cycles warms up linearly from ``floor`` to ``peak * gamma**cycle`` over
@@ -17,7 +25,7 @@ def lr_at(step: int, total_steps: int, *, peak: float, floor: float, warmup_rati
     cycle_len = max(total_steps // cycles, 1)
     c = min(step // cycle_len, cycles - 1)
     t = step - c * cycle_len
-    top = peak * gamma ** c
+    top = peak * gamma**c
     warm = int(cycle_len * warmup_ratio)
     if t < warm:
         return floor + (top - floor) * t / warm
@@ -45,8 +53,9 @@ def ramp_shape(kind: str, tau: float) -> float:
     raise ValueError(f"unknown margin schedule {kind!r}; choose one of {', '.join(MARGIN_SHAPES)}")
 
 
-def margin_at(epoch_progress: float, *, margin: float, kind: str = "log", start_epoch: float = 0.0,
-              ramp_epochs: float = 20.0) -> float:
+def margin_at(
+    epoch_progress: float, *, margin: float, kind: str = "log", start_epoch: float = 0.0, ramp_epochs: float = 20.0
+) -> float:
     """The margin after ``epoch_progress`` epochs: 0 until ``start_epoch``, then the ramp to ``margin``
     over ``ramp_epochs``, then ``margin``."""
     if kind == "constant" or ramp_epochs <= 0:

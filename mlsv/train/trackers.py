@@ -20,8 +20,10 @@ def flat_keys(d: dict, prefix: str = "") -> dict:
 
 def public_config(cfg: TrainConfig) -> dict:
     """The config as logged: flat ``section/key`` values (no secrets live in configs)."""
-    return {key.replace(".", "/"): v if isinstance(v, (int, float, str, bool)) else str(v)
-            for key, v in flat_keys(to_dict(cfg)).items()}
+    return {
+        key.replace(".", "/"): v if isinstance(v, (int, float, str, bool)) else str(v)
+        for key, v in flat_keys(to_dict(cfg)).items()
+    }
 
 
 class Trackers:

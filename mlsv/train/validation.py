@@ -26,13 +26,22 @@ def _embed_manifest(model, manifest: str, acc, data):
     names one is then left out); with ``data.strict`` they stop the run, naming the file."""
     from accelerate.utils import gather_object
 
-    loader = build_eval_loader(manifest, batch_seconds=data.eval_batch_seconds, chunk_seconds=data.eval_chunk_seconds,
-                               sample_rate=data.sample_rate, process_index=acc.process_index,
-                               num_processes=acc.num_processes, skip_bad=not data.strict,
-                               min_samples=min_samples(model.config))
+    loader = build_eval_loader(
+        manifest,
+        batch_seconds=data.eval_batch_seconds,
+        chunk_seconds=data.eval_chunk_seconds,
+        sample_rate=data.sample_rate,
+        process_index=acc.process_index,
+        num_processes=acc.num_processes,
+        skip_bad=not data.strict,
+        min_samples=min_samples(model.config),
+    )
     table = extract_embeddings(model, loader, device=acc.device)
-    parts = gather_object([(table.ids.tolist(), table.embeddings, table.durations)]) \
-        if acc.num_processes > 1 else [(table.ids.tolist(), table.embeddings, table.durations)]
+    parts = (
+        gather_object([(table.ids.tolist(), table.embeddings, table.durations)])
+        if acc.num_processes > 1
+        else [(table.ids.tolist(), table.embeddings, table.durations)]
+    )
     return merge_parts(parts)
 
 
@@ -67,9 +76,11 @@ def _check_trial_ids(trials, listed: set[str], manifest: str, trials_path: str) 
     """Raises KeyError when trials name ids that ``manifest`` does not list (another corpus's trial list)."""
     unknown = list(dict.fromkeys(u for u in [*trials.enroll, *trials.test] if u not in listed))
     if unknown:
-        raise KeyError(f"data.validation_trials {trials_path}: {len(unknown)} ids are not in data.validation_manifest "
-                       f"{manifest}, e.g. {', '.join(map(str, unknown[:5]))}: give the trial list made for that "
-                       "manifest")
+        raise KeyError(
+            f"data.validation_trials {trials_path}: {len(unknown)} ids are not in data.validation_manifest "
+            f"{manifest}, e.g. {', '.join(map(str, unknown[:5]))}: give the trial list made for that "
+            "manifest"
+        )
 
 
 def check_validation_trials(manifest: str, trials_path: str) -> None:
@@ -78,8 +89,9 @@ def check_validation_trials(manifest: str, trials_path: str) -> None:
 
     if not Path(manifest).is_file() and not Path(manifest).is_dir():
         raise FileNotFoundError(f"data.validation_manifest: {manifest} not found")
-    _check_trial_ids(read_trials(trials_path), {str(row["id"]) for _, row in iter_rows(manifest)}, manifest,
-                     trials_path)
+    _check_trial_ids(
+        read_trials(trials_path), {str(row["id"]) for _, row in iter_rows(manifest)}, manifest, trials_path
+    )
 
 
 def validation_eer(model, manifest: str, trials_path: str, acc, data) -> float:
