@@ -111,7 +111,8 @@ def test_export_names_a_folder_without_a_model(cli_files, capsys):
             "--batch-seconds",
         ),
         (
-            "evaluate --model {model} --manifest {d}/m.jsonl --trials {d}/trials.txt --out {d}/ev --calibration-pairs 0",
+            "evaluate --model {model} --manifest {d}/m.jsonl --trials {d}/trials.txt --out {d}/ev "
+            "--calibration-pairs 0",
             "--calibration-pairs",
         ),
         (

@@ -1,4 +1,6 @@
-"""Noise, music, babble, TV and reverberation augmentation (docs/method.md#augmentation; the reference's defect D18 fixed: docs/method.md#d18-augmentation).
+"""Noise, music, babble, TV and reverberation augmentation (docs/method.md#augmentation).
+
+The reference's defect D18 is fixed (docs/method.md#d18-augmentation).
 
 Two implementations with the same distribution:
 

@@ -1,12 +1,12 @@
 """The training crop stream and the evaluation utterance stream.
 
-Training: random fixed-length crops that read only the samples they need (soundfile seeks), short
-files wrap-padded, speed perturbation as new speakers (``speed_perturb_classes``/``label_offset``
-are the only places that know about it), optional CPU augmentation in the workers, a different shuffle every epoch and a disjoint share per
-process. Every crop's random draws are seeded by (seed, epoch, process, its place in the share), so the
-stream does not depend on the number of loader workers, and a resumed epoch starts at its next batch
-without decoding the ones before it. A streaming manifest repeats (a new shuffle each pass), so the
-loop bounds its epochs by steps.
+Training: random fixed-length crops that read only the samples they need (soundfile seeks), short files
+wrap-padded, speed perturbation as new speakers (``speed_perturb_classes``/``label_offset`` are the only
+places that know about it), optional CPU augmentation in the workers, a different shuffle every epoch and a
+disjoint share per process. Every crop's random draws are seeded by (seed, epoch, process, its place in the
+share), so the stream does not depend on the number of loader workers, and a resumed epoch starts at its next
+batch without decoding the ones before it. A streaming manifest repeats (a new shuffle each pass), so the loop
+bounds its epochs by steps.
 
 Evaluation: whole utterances (optionally cut into equal chunks, ``chunk_bounds``: the one rule the
 verification API uses too) in length-sorted, zero-padded batches bounded by a total number of
@@ -44,7 +44,8 @@ logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------
-# speed perturbation as new speakers (docs/method.md#speed-perturbation-as-new-speakers, with a deterministic factor order)
+# speed perturbation as new speakers (docs/method.md#speed-perturbation-as-new-speakers), with a deterministic
+# factor order
 
 
 def _factor_order(factors: Sequence[float]) -> list[float]:

@@ -1,11 +1,11 @@
 """Score back-end: mean subtraction, cosine scoring and adaptive score normalisation (AS-norm), vectorised.
 
-AS-norm follows docs/method.md#as-norm: the cohort is the per-speaker mean of the raw cohort embeddings minus the
-mean vector; each utterance's cosine similarities to all cohort speakers are computed, the ``top_k``
+AS-norm follows docs/method.md#as-norm: the cohort is the per-speaker mean of the raw cohort embeddings minus
+the mean vector; each utterance's cosine similarities to all cohort speakers are computed, the ``top_k``
 largest kept, and their mean and *unbiased* standard deviation normalise the trial score,
-``0.5 * ((s - mu_e) / sigma_e + (s - mu_t) / sigma_t)``. Unlike the reference (docs/method.md#p5-as-norm-per-utterance), the
-statistics are computed once per utterance with one chunked matrix product and a batched top-k (torch,
-multithreaded, optionally on a GPU), and trials only gather them.
+``0.5 * ((s - mu_e) / sigma_e + (s - mu_t) / sigma_t)``. Unlike the reference
+(docs/method.md#p5-as-norm-per-utterance), the statistics are computed once per utterance with one chunked
+matrix product and a batched top-k (torch, multithreaded, optionally on a GPU), and trials only gather them.
 """
 
 from __future__ import annotations

@@ -335,7 +335,7 @@ class CalibrationPairs:
 
 
 def check_calibration_cohort(
-    speakers: Sequence[str], *, n_pairs: int, top_k: int | None = None, source: str = ""
+    speakers: Sequence[str] | np.ndarray, *, n_pairs: int, top_k: int | None = None, source: str = ""
 ) -> None:
     """What a calibration needs of its cohort, checked from the speaker labels alone, so that a command can
     check it before embedding anything: ``n_pairs`` >= 2, two speakers or more, one with two utterances or

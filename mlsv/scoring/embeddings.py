@@ -1,4 +1,7 @@
-"""Embedding tables: the ``.npz`` file format of docs/evaluation.md#file-formats (ids, embeddings, durations, speakers)."""
+"""Embedding tables: the ``.npz`` file format of docs/evaluation.md#file-formats.
+
+A table holds ids, embeddings, durations and, when known, speakers.
+"""
 
 from __future__ import annotations
 

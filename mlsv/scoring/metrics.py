@@ -7,7 +7,8 @@ Conventions shared by every function here:
 * A threshold ``t`` accepts a trial when ``score >= t``. Tied scores are one threshold: a group of equal
   scores is accepted or rejected together, so ties never create operating points that no threshold can
   reach (the reference treated every tied sample as its own threshold, docs/method.md#d22-eer-and-mindcf).
-* Error rates are fractions, except ``eer`` in :func:`compute_metrics`, which is in percent as in docs/evaluation.md#file-formats.
+* Error rates are fractions, except ``eer`` in :func:`compute_metrics`, which is in percent as in
+  docs/evaluation.md#file-formats.
 """
 
 from __future__ import annotations

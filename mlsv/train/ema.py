@@ -1,10 +1,10 @@
 """An exponential moving average of a model's weights, updated without waiting for the device.
 
-``torch.optim.swa_utils.AveragedModel`` keeps its update count in a CPU tensor and copies it to the
-model's device at every update: a blocking copy, so on a GPU each training step waits for the queue.
-``WeightAverage`` keeps the count on the host, updates every floating parameter and buffer with one ``torch._foreach_lerp_``, and copies the
-integer buffers (BatchNorm's batch counts). Its state dict has AveragedModel's keys (``module.*`` and
-``n_averaged``), so checkpoints of either load into it.
+``torch.optim.swa_utils.AveragedModel`` keeps its update count in a CPU tensor and copies it to the model's
+device at every update: a blocking copy, so on a GPU each training step waits for the queue. ``WeightAverage``
+keeps the count on the host, updates every floating parameter and buffer with one ``torch._foreach_lerp_``,
+and copies the integer buffers (BatchNorm's batch counts). Its state dict has AveragedModel's keys
+(``module.*`` and ``n_averaged``), so checkpoints of either load into it.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ def lr_at(
     cycles: int = 1,
     gamma: float = 1.0,
 ) -> float:
-    """Cosine annealing with linear warm-up and restarts (docs/method.md#learning-rate-schedule), stepped per optimiser step.
+    """Cosine annealing with linear warm-up and restarts (docs/method.md#learning-rate-schedule), stepped per
+    optimiser step.
 
     Each of ``cycles`` equal cycles warms up linearly from ``floor`` to ``peak * gamma**cycle`` over
     ``warmup_ratio`` of the cycle, then follows a half cosine back down to ``floor``.
