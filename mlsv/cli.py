@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from mlsv import __version__
+
 # Each module defines ``register(subparsers)``, which adds its parser and sets ``func``.
 COMMANDS = ("prepare", "embed", "score", "calibrate", "evaluate", "verify", "identify", "export", "inspect")
 
@@ -16,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Multi-layer speaker verification: prepare data, embed, score, calibrate, evaluate, "
         "verify, identify, export and inspect models. Training is `python train.py` / `accelerate launch train.py`.",
     )
+    parser.add_argument("--version", action="version", version=f"mlsv {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"mlsv.commands.{name}").register(sub)

@@ -135,3 +135,12 @@ def test_out_of_range_options_are_refused_with_their_name(argv, option, small_mo
     assert e.value.code == 2
     assert f"argument {option}:" in cli_error(capsys)
     assert not (cli_files / "ev").exists() and not (cli_files / "x.jsonl").exists() and not (cli_files / "syn").exists()
+
+
+def test_version(capsys):
+    from mlsv import __version__
+    from mlsv.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"mlsv {__version__}"

@@ -55,7 +55,9 @@ def test_export_parity_at_other_lengths(tmp_path, encoder):
     sf.write(tmp_path / "x.wav", wav, 11025, subtype="FLOAT")
     torch_v = Verifier.from_pretrained(model_dir)
     onnx_v = Verifier.from_pretrained(model_dir, runtime="onnx")
-    assert onnx_v.embedder.runtime == "onnx"
+    assert onnx_v.embedder.runtime == "onnx" and onnx_v.device == "cpu"
+    with pytest.raises(ValueError, match="an 'onnx' runtime Verifier cannot move: load it again with device='cuda'"):
+        onnx_v.to("cuda")
     inputs = [tmp_path / "x.wav", wav[:3000]]  # one row at 11025 Hz (a third length), one padded
     e_onnx, e_torch = onnx_v.embed(inputs), torch_v.embed(inputs)
     np.testing.assert_allclose(e_onnx, e_torch, atol=1e-4)

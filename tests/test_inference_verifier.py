@@ -905,3 +905,17 @@ def test_verify_cli_reads_a_file_named_in_latin1_and_names_it_readably(tmp_path,
     assert main(["verify", "--model", model, str(a), str(bad), "--threshold", "0.5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"mlsv verify: error: {tmp_path}/d\\xe9j\\xe0.wav: not decodable audio")
+
+
+def test_a_verifier_tells_and_changes_its_device(model_dir, tmp_path):
+    import torch
+
+    v = Verifier.from_pretrained(model_dir)
+    assert v.device == torch.device("cpu")
+    x = voice(0.6, seed=3)
+    before = v.embed(x)
+    assert v.to("cpu") is v and v.device == torch.device("cpu")
+    np.testing.assert_array_equal(v.embed(x), before)
+    with pytest.raises(ValueError, match="device 'gpu' is not a torch device"):
+        v.to("gpu")
+    assert v.device == torch.device("cpu")  # nothing moved

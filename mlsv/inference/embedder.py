@@ -40,6 +40,12 @@ class TorchEmbedder:
         self.model = model.to(self.device).eval()
         self.config = model.config
 
+    def to(self, device) -> TorchEmbedder:
+        """Moves the model to ``device`` (checked as at construction); returns self."""
+        self.device = check_device(device)
+        self.model.to(self.device)
+        return self
+
     def __call__(self, input_values: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             x = torch.from_numpy(input_values).to(self.device)

@@ -402,6 +402,7 @@ class OnnxEmbedder:
         providers = ["CPUExecutionProvider"]
         if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
+        self.device = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"  # the provider in use
         self.session = ort.InferenceSession(os.fspath(path), opts, providers=providers)
         names = [i.name for i in self.session.get_inputs()]
         if names != list(INPUT_NAMES):

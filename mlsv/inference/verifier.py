@@ -191,6 +191,23 @@ class Verifier:
         return self.embedder.config
 
     @property
+    def device(self):
+        """Where the model runs: a ``torch.device`` (PyTorch), or the device an ONNX export was loaded for."""
+        return getattr(self.embedder.backend, "device", "cpu")
+
+    def to(self, device) -> Verifier:
+        """Moves a PyTorch model to ``device`` (``"cuda"``, ``"cpu"``, ...; checked before anything moves) and
+        returns the Verifier. An ONNX export's device is chosen when it is loaded (``from_pretrained(...,
+        runtime="onnx", device=...)``)."""
+        backend = self.embedder.backend
+        if not hasattr(backend, "to"):
+            raise ValueError(
+                f"an {self.embedder.runtime!r} runtime Verifier cannot move: load it again with device={device!r}"
+            )
+        backend.to(device)
+        return self
+
+    @property
     def sampling_rate(self) -> int:
         return self.embedder.sampling_rate
 
