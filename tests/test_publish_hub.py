@@ -683,3 +683,13 @@ def test_hub_main_reports_os_errors(small_model_dir, tmp_path, capsys, monkeypat
     monkeypatch.setattr(hub, "build_publish_folder", refuse)
     assert _dry_run(small_model_dir, tmp_path / "pub") == 2
     assert "push_to_hub.py: error: [Errno 13] Permission denied" in cli_error(capsys)
+
+
+def test_the_card_says_the_training_crop_length(tmp_path):
+    from mlsv.models import MLSVConfig
+    from mlsv.publish.hub import build_model_card
+
+    config = MLSVConfig(encoder_config={"model_type": "wavlm", "num_hidden_layers": 2})
+    assert "training crops" not in build_model_card(config, repo_id="me/x")
+    config.train_crop_seconds = 2.0
+    assert "| training crops | 2 s (the context the model was trained on) |" in build_model_card(config, repo_id="me/x")

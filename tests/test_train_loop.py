@@ -524,3 +524,13 @@ def test_two_trainings_on_one_folder_one_is_refused_naming_the_other(tiny_stage,
     ), loser_err[-1500:]
     assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"] == winner
     assert (run / "COMPLETE").is_file() and not (run / ".mlsv.lock").exists()
+
+
+def test_a_trained_model_records_its_crop_length(train_corpus, tmp_path):
+    """A model trained on short crops said nothing of it; embedding whole utterances then fed it a context it
+    never saw, silently (issue 17's first finding)."""
+    from mlsv.models import MLSVConfig
+
+    out = _train(train_corpus, tmp_path / "run", **{"stage.epochs": 1, "data.crop_seconds": 0.7})
+    assert MLSVConfig.from_pretrained(out / "model").train_crop_seconds == 0.7
+    assert MLSVConfig().train_crop_seconds is None  # a model not trained by mlsv says so

@@ -31,6 +31,8 @@ class MLSVConfig(PretrainedConfig):
             the stored form of ``mlsv.scoring.record.EvaluationRecord``, which the Verifier's thresholds
             and the model card read; with ``threshold`` and ``calibration`` it is that record.
         cohort_size: rows of the AS-norm cohort (speaker means) stored in the weights (0: none).
+        train_crop_seconds: the crop length of the training stage that made the model (None: not trained by
+            mlsv): the context it saw, against which inputs much longer than it are out of its training.
     """
 
     model_type = "mlsv"
@@ -57,6 +59,7 @@ class MLSVConfig(PretrainedConfig):
         threshold: float | None = None,
         evaluation: dict | None = None,
         cohort_size: int = 0,
+        train_crop_seconds: float | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -80,6 +83,7 @@ class MLSVConfig(PretrainedConfig):
         self.training_mean = training_mean
         self.calibration = calibration
         self.threshold = threshold
+        self.train_crop_seconds = train_crop_seconds
         self.evaluation = evaluation
         self.cohort_size = cohort_size
 

@@ -221,6 +221,9 @@ def _card_summary(config, names: dict, repo_id: str, parameter_counts: Mapping[s
         + " |",
         f"| backend | {backend} |",
     ]
+    crop = getattr(config, "train_crop_seconds", None)
+    if crop:
+        lines.append(f"| training crops | {crop:g} s (the context the model was trained on) |")
     if parameter_counts:
         lines.append(
             f"| parameters | {parameter_counts.get('total', 0) / 1e6:.2f} M "

@@ -777,6 +777,7 @@ def finish(s: Stage) -> None:
         final.load_state_dict(ckpt.average_checkpoints(best, "model.safetensors"))
         head.load_state_dict(ckpt.average_checkpoints(best, "model_1.safetensors"))
         log.info("averaged %d best checkpoints: %s", len(best), [p.name for p in best])
+    final.config.train_crop_seconds = float(s.cfg.data.crop_seconds)  # the context the model was trained on
     with eager(final):
         final.config.training_mean = training_mean(
             final, s.train_manifest, acc, s.cfg.data, st.mean_utterances, s.output_dir
