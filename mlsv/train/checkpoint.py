@@ -61,7 +61,7 @@ def _check_pickles(path: Path) -> None:
     for f in sorted(path.iterdir()):
         if f.suffix in PICKLED_SUFFIXES:
             try:
-                tensors_only_load(str(f), map_location="cpu")
+                tensors_only_load(str(f), map_location="cpu", mmap=True)  # mapped, not read: only checked
             except Exception as e:  # UnpicklingError for a crafted file, others for a damaged one
                 reason = " ".join(str(e).split())[:160]
                 raise CheckpointError(
