@@ -65,6 +65,12 @@ class DataConfig:
     max_utterances: int = _bounded(0, low=0)  # 0: all
     eval_batch_seconds: float = _bounded(120.0, above=0)  # audio per evaluation batch
     eval_chunk_seconds: float = _bounded(0.0, low=0)  # 0: whole utterances
+    # frozen encoder only (docs/training.md#context-crops): > 0 runs the encoder over contexts of up to this
+    # many seconds of each utterance and cuts the training crops from their hidden states
+    context_seconds: float = _bounded(0.0, low=0)
+    crops_per_context: int = _bounded(1, low=1)  # crops cut from each context (data.batch_size counts crops)
+    feature_cache: str = ""  # a folder: each context's hidden states computed once, stored as float16
+    feature_copies: int = _bounded(1, low=1)  # cached contexts per utterance and speed factor (augmented copies)
 
 
 @dataclass
@@ -441,6 +447,51 @@ def _check_combinations(cfg: TrainConfig, where: str) -> None:
             f"{where}: augment.kinds is empty but augment.probability is {cfg.augment.probability:g}: "
             "list the kinds to apply (reverb, noise, music, babble, tv), or set augment.probability=0 "
             "to train without augmentation"
+        )
+    _check_context_crops(cfg, where)
+
+
+def _check_context_crops(cfg: TrainConfig, where: str) -> None:
+    """Context crops and the feature cache: a frozen encoder, and a batch of whole contexts."""
+    d = cfg.data
+    if d.context_seconds == 0:
+        for key, value, default in (
+            ("crops_per_context", d.crops_per_context, 1),
+            ("feature_cache", d.feature_cache, ""),
+            ("feature_copies", d.feature_copies, 1),
+        ):
+            if value != default:
+                raise ConfigError(
+                    f"{where}: data.{key} needs data.context_seconds > 0 (the contexts crops are cut from)"
+                )
+        return
+    if cfg.stage.frontend_trainable != "none":
+        raise ConfigError(
+            f"{where}: data.context_seconds cuts crops from the hidden states of a frozen encoder, but "
+            f"stage.frontend_trainable is {cfg.stage.frontend_trainable!r}: set it to 'none', or "
+            "data.context_seconds=0 to train on waveform crops"
+        )
+    if d.context_seconds < d.crop_seconds:
+        raise ConfigError(
+            f"{where}: data.context_seconds {d.context_seconds:g} is shorter than data.crop_seconds "
+            f"{d.crop_seconds:g}: a context holds its crops"
+        )
+    if d.batch_size % d.crops_per_context:
+        raise ConfigError(
+            f"{where}: data.batch_size {d.batch_size} (crops) is not a multiple of data.crops_per_context "
+            f"{d.crops_per_context}: a batch holds whole contexts"
+        )
+    if d.feature_cache and (d.streaming or cfg.augment.where == "device" and cfg.augment.probability > 0):
+        culprit = "data.streaming" if d.streaming else "augment.where=device"
+        raise ConfigError(
+            f"{where}: data.feature_cache stores each context's hidden states once, which {culprit} "
+            "cannot use (a stream has no fixed rows; device augmentation changes waveforms the cache no "
+            "longer runs): drop one of them"
+        )
+    if d.feature_copies > 1 and not (cfg.augment.probability > 0 and cfg.augment.kinds):
+        raise ConfigError(
+            f"{where}: data.feature_copies {d.feature_copies} caches augmented copies, but augmentation is "
+            "off (augment.probability 0): set data.feature_copies=1"
         )
 
 

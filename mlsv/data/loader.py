@@ -38,6 +38,7 @@ from mlsv.data.audio import (
     silent_audio_message,
 )
 from mlsv.data.augment import Augmenter
+from mlsv.data.feature_cache import FeatureCache
 from mlsv.data.manifest import load_manifest
 
 logger = logging.getLogger(__name__)
@@ -161,6 +162,9 @@ class TrainCrops(IterableDataset):
         self.epoch, self.seed = epoch, seed
         self.process_index, self.num_processes = process_index, num_processes
         self.crop_samples = int(round(data_cfg.crop_seconds * data_cfg.sample_rate))
+        # context crops: each item is a context of up to this many samples, and crops_per_context positions
+        self.context_samples = int(round(data_cfg.context_seconds * data_cfg.sample_rate))
+        self.crops_per_context = data_cfg.crops_per_context if self.context_samples else 1
         self.factors = [float(f) for f in data_cfg.speed_factors] or [1.0]
         self.streaming = not hasattr(rows, "__len__")
         if not self.streaming:
@@ -190,22 +194,22 @@ class TrainCrops(IterableDataset):
         places = [np.arange(k * b, (k + 1) * b) for k in self.worker_batches(worker_id, num_workers)]
         return share[np.concatenate(places)] if places else share[:0]
 
-    def _crop(self, row: dict[str, Any], rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    def _crop(self, row: dict[str, Any], rng: np.random.Generator) -> tuple[np.ndarray, int, np.ndarray | None]:
+        """(waveform, label, crop positions or None): a crop of ``crop_seconds``; with context crops the
+        context (the utterance, speed-perturbed, up to ``context_seconds``; at least a crop, wrap-padded) and
+        where its crops start, as fractions in [0, 1) of the room the context leaves (``crop_starts``)."""
         factor = float(self.factors[int(rng.integers(len(self.factors)))])
         rate = int(row["sample_rate"])
-        x = read_crop(
-            _source(row),
-            int(round(float(row["duration"]) * rate)),
-            rate,
-            self.crop_samples,
-            self.cfg.sample_rate,
-            rng,
-            factor,
-        )
+        total = int(round(float(row["duration"]) * rate))
+        samples = self.crop_samples
+        if self.context_samples:
+            samples = context_length(total, rate, factor, self.cfg.sample_rate, self.crop_samples, self.context_samples)
+        x = read_crop(_source(row), total, rate, samples, self.cfg.sample_rate, rng, factor)
         if self.augmenter is not None:
             x = self.augmenter(x, self.cfg.sample_rate, rng)
+        positions = rng.random(self.crops_per_context) if self.context_samples else None
         label = self.labels[str(row["speaker"])] + len(self.labels) * label_offset(factor, self.factors)
-        return np.asarray(x, dtype=np.float32), label
+        return np.asarray(x, dtype=np.float32), label, positions
 
     def _failed(self, row: dict[str, Any], error: AudioError, bad: list[str]) -> None:
         if self.cfg.strict or isinstance(error, MissingDependencyError):  # a missing decoder fails every file
@@ -213,7 +217,7 @@ class TrainCrops(IterableDataset):
         logger.warning("skipping undecodable training file: %s", error)
         bad.append(str(row.get("path") or row.get("id")))
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, int, list[str]]]:
+    def __iter__(self) -> Iterator[tuple[np.ndarray, int, np.ndarray | None, list[str]]]:
         info = get_worker_info()
         worker_id, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         if self.streaming:
@@ -230,7 +234,7 @@ class TrainCrops(IterableDataset):
                 while True:
                     row = self.rows[index]
                     try:
-                        x, y = self._crop(row, rng)
+                        item = self._crop(row, rng)
                         break
                     except AudioError as e:
                         self._failed(row, e, bad)
@@ -238,12 +242,12 @@ class TrainCrops(IterableDataset):
                         if len(failed) >= len(share):
                             raise AudioError(f"every file of this process's share failed to decode; last: {e}") from e
                         index = int(share[rng.integers(len(share))])  # a known bad file again is decoded again
-                yield x, y, bad
+                yield (*item, bad)
                 bad = []
 
     def _stream(
         self, rng: np.random.Generator, worker_id: int, num_workers: int
-    ) -> Iterator[tuple[np.ndarray, int, list[str]]]:
+    ) -> Iterator[tuple[np.ndarray, int, np.ndarray | None, list[str]]]:
         """Pass after pass over this worker's rows (streaming), each with its own deterministic shuffle."""
         bad: list[str] = []
         for pass_index in itertools.count():
@@ -255,13 +259,13 @@ class TrainCrops(IterableDataset):
             for row in rows:
                 read += 1
                 try:
-                    x, y = self._crop(row, rng)
+                    item = self._crop(row, rng)
                 except AudioError as e:
                     self._failed(row, e, bad)
                     error = e
                     continue
                 crops += 1
-                yield x, y, bad
+                yield (*item, bad)
                 bad = []
             if crops == 0:
                 where = f"process {self.process_index}"
@@ -278,6 +282,26 @@ class TrainCrops(IterableDataset):
                 ) from error
 
 
+class CachedCrops(TrainCrops):
+    """``TrainCrops`` read from a feature cache (``data.feature_cache``): each item is the crops (k, n, L, D)
+    float16 of a cached context, with the crop positions; the same shares, batches, seeds and labels. A
+    place draws its speed factor and crop positions as the live path does, then one of the cached copies."""
+
+    def __init__(self, rows, labels: dict[str, int], data_cfg: DataConfig, augmenter=None, **kwargs: Any):
+        super().__init__(rows, labels, data_cfg, None, **kwargs)  # the cache holds the augmented copies
+        if self.streaming:
+            raise ValueError("data.feature_cache needs a map-style manifest (data.streaming=false)")
+        self.cache = FeatureCache(data_cfg.feature_cache)
+
+    def _crop(self, row: dict[str, Any], rng: np.random.Generator) -> tuple[np.ndarray, int, np.ndarray | None]:
+        factor = float(self.factors[int(rng.integers(len(self.factors)))])
+        positions = rng.random(self.crops_per_context)
+        copy = int(rng.integers(self.cache.copies)) if self.cache.copies > 1 else 0
+        crops = self.cache.crops(str(row["id"]), factor, copy, positions)
+        label = self.labels[str(row["speaker"])] + len(self.labels) * label_offset(factor, self.factors)
+        return crops, label, positions
+
+
 def stream_epoch(epoch: int, pass_index: int) -> int:
     """The ``datasets`` epoch (``IterableDataset.set_epoch``) of pass ``pass_index`` over a streaming
     manifest in training epoch ``epoch``: the first pass uses the epoch itself, later passes values that
@@ -285,12 +309,41 @@ def stream_epoch(epoch: int, pass_index: int) -> int:
     return epoch + pass_index * 2**20
 
 
-def _collate_train(items: list[tuple[np.ndarray, int, list[str]]]) -> dict[str, Any]:
-    return {
-        "waveforms": torch.from_numpy(np.stack([x for x, _, _ in items])),
-        "labels": torch.tensor([y for _, y, _ in items], dtype=torch.long),
-        "bad_files": [name for _, _, names in items for name in names],
-    }
+def _collate_train(items: list[tuple[np.ndarray, int, np.ndarray | None, list[str]]]) -> dict[str, Any]:
+    """Fixed crops -> ``{"waveforms" (B, S), "labels" (B,)}``. Contexts (with crop positions) -> also
+    ``"lengths"`` (B',) of the zero-padded ``"waveforms"`` (B', S_max) and ``"positions"`` (B', k); the
+    labels are per crop (B' * k,), each context's label repeated k times. Cached states (``CachedCrops``:
+    (k, n, L, D) float16 per item) -> ``"states"`` (B', k, n, L, D) and the labels per crop."""
+    names = [name for *_, more in items for name in more]
+    labels = torch.tensor([y for _, y, _, _ in items], dtype=torch.long)
+    xs = [x for x, _, _, _ in items]
+    if items[0][2] is None:
+        return {"waveforms": torch.from_numpy(np.stack(xs)), "labels": labels, "bad_files": names}
+    positions = torch.from_numpy(np.stack([p for _, _, p, _ in items]).astype(np.float32))
+    labels = labels.repeat_interleave(positions.shape[1])
+    if xs[0].ndim == 4:
+        return {"states": torch.from_numpy(np.stack(xs)), "labels": labels, "bad_files": names}
+    lengths = torch.tensor([len(x) for x in xs], dtype=torch.long)
+    waveforms = torch.zeros(len(xs), int(lengths.max()))
+    for i, x in enumerate(xs):
+        waveforms[i, : len(x)] = torch.from_numpy(x)
+    return {"waveforms": waveforms, "lengths": lengths, "positions": positions, "labels": labels, "bad_files": names}
+
+
+def context_length(total: int, rate: int, factor: float, sample_rate: int, crop_samples: int, context_samples: int):
+    """Samples of a training context: the utterance of ``total`` samples at ``rate``, speed-perturbed by
+    ``factor`` and resampled to ``sample_rate``, cut to ``context_samples``, and at least ``crop_samples``
+    (``read_crop`` wrap-pads a shorter one)."""
+    available = int(total * sample_rate / (rate * factor))
+    return min(context_samples, max(available, crop_samples))
+
+
+def crop_starts(positions: torch.Tensor, frames: torch.Tensor, crop_frames: int) -> torch.Tensor:
+    """First frames of the crops: ``positions`` (B, k) in [0, 1) spread over the room of contexts of
+    ``frames`` (B,) valid frames, ``floor(p * (frames - crop_frames + 1))``; a context shorter than a crop
+    starts at 0. Tensor arithmetic only: nothing waits for the device."""
+    room = (frames - crop_frames + 1).clamp_min(1).to(positions.dtype)
+    return torch.minimum((positions * room[:, None]).long(), (room.long() - 1)[:, None])
 
 
 def unwrap_worker_error(e: BaseException) -> BaseException:
@@ -403,6 +456,13 @@ def build_train_loader(
     batch = data_cfg.batch_size // num_processes
     if batch < 1:
         raise ValueError(f"data.batch_size {data_cfg.batch_size} is smaller than the {num_processes} processes")
+    if data_cfg.context_seconds > 0:  # a batch of whole contexts
+        if batch % data_cfg.crops_per_context:
+            raise ValueError(
+                f"data.batch_size {data_cfg.batch_size} gives each of the {num_processes} processes {batch} "
+                f"crops, not a multiple of data.crops_per_context {data_cfg.crops_per_context}"
+            )
+        batch //= data_cfg.crops_per_context
     if data_cfg.streaming:  # TrainCrops shuffles it, pass after pass
         rows = load_manifest(manifest_path, streaming=True, process_index=process_index, num_processes=num_processes)
         if data_cfg.max_utterances:  # a stream cannot be sampled without reading it: its first rows
@@ -416,7 +476,7 @@ def build_train_loader(
         augmenter = Augmenter.from_config(augment_cfg)
     elif augment_cfg is not None and augment_cfg.where not in ("cpu", "device"):
         raise ValueError(f"augment.where must be 'cpu' or 'device', got {augment_cfg.where!r}")
-    dataset = TrainCrops(
+    dataset = (CachedCrops if data_cfg.feature_cache else TrainCrops)(
         rows,
         labels,
         data_cfg,

@@ -197,20 +197,14 @@ class MLSVModel(MLSVPreTrainedModel):
             input_values = input_values[None]
         lengths = attention_mask.sum(-1).long() if attention_mask is not None else None
         states, frame_lengths = self.frontend(input_values, lengths)
-        T = states.shape[2]
-        frame_mask = torch.arange(T, device=states.device)[None, :] < frame_lengths[:, None]
-        scores = None
-        if self.aggregation is None:
-            emb = self.backend(states, frame_mask)
-        else:
-            frames, scores = (
-                self.aggregation(states, return_scores=True)
-                if output_layer_scores
-                else (self.aggregation(states), None)
-            )
-            emb = self.backend(frames, frame_mask)
+        emb, scores = pool_states(self.aggregation, self.backend, states, frame_lengths, output_layer_scores)
         out = MLSVOutput(embeddings=emb, layer_scores=scores, frame_lengths=frame_lengths)
         return out if return_dict is not False else out.to_tuple()
+
+    def trained_part(self) -> PooledEmbedder:
+        """The aggregation and backend as a module of their own (the same submodules, shared), for training
+        with a frozen encoder: it is what an optimiser and a checkpoint need, without the encoder."""
+        return PooledEmbedder(self.aggregation, self.backend)
 
     def layer_weights(self) -> torch.Tensor | None:
         """SUPERB's static layer weights (L,), when the model aggregates with SUPERB."""
@@ -228,6 +222,41 @@ class MLSVModel(MLSVPreTrainedModel):
         counts["aggregation+backend"] = counts["aggregation"] + counts["backend"]
         counts["total"] = counts["encoder"] + counts["aggregation+backend"]
         return counts
+
+
+def pool_states(
+    aggregation: nn.Module | None,
+    backend: nn.Module,
+    states: torch.Tensor,
+    frame_lengths: torch.Tensor | None = None,
+    output_layer_scores: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """states (L, B, T, D) and frame_lengths (B,) (None: every frame valid) -> (embeddings (B, E), LAP's layer
+    scores or None): the aggregation (None: MHFA, which aggregates itself) and the backend."""
+    T = states.shape[2]
+    if frame_lengths is None:
+        frame_lengths = torch.full((states.shape[1],), T, dtype=torch.long, device=states.device)
+    frame_mask = torch.arange(T, device=states.device)[None, :] < frame_lengths[:, None]
+    if aggregation is None:
+        return backend(states, frame_mask), None
+    if output_layer_scores:
+        frames, scores = aggregation(states, return_scores=True)
+        return backend(frames, frame_mask), scores
+    return backend(aggregation(states), frame_mask), None
+
+
+class PooledEmbedder(nn.Module):
+    """An MLSVModel's aggregation and backend (shared with it): hidden states (L, B, T, D) -> ``MLSVOutput``.
+    What training with a frozen encoder optimises, checkpoints and averages; its state dict's keys are the
+    model's own (``aggregation.*``, ``backend.*``)."""
+
+    def __init__(self, aggregation: nn.Module | None, backend: nn.Module):
+        super().__init__()
+        self.aggregation, self.backend = aggregation, backend
+
+    def forward(self, states: torch.Tensor, frame_lengths: torch.Tensor | None = None) -> MLSVOutput:
+        emb, _ = pool_states(self.aggregation, self.backend, states, frame_lengths)
+        return MLSVOutput(embeddings=emb, frame_lengths=frame_lengths)
 
 
 def _feature_extractor_normalizes(name: str) -> bool:

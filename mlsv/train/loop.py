@@ -47,14 +47,15 @@ from safetensors.torch import load_file, save_file
 
 from mlsv.config import ConfigError, TrainConfig, dump_config, load_config, load_yaml_file, to_dict
 from mlsv.data.augment import BatchAugmenter
-from mlsv.data.loader import build_train_loader, speed_perturb_classes
-from mlsv.data.manifest import load_labels, save_labels, speaker_labels
+from mlsv.data.loader import build_train_loader, speed_perturb_classes, utterance_subset
+from mlsv.data.manifest import load_labels, load_manifest, save_labels, speaker_labels
 from mlsv.locks import FolderLock
 from mlsv.models import TINY_ENCODERS, MLSVModel, SubCenterAAMSoftmax, runtime
 from mlsv.models.loading import min_samples
 from mlsv.models.loading import model_source as _model_source
 from mlsv.train import checkpoint as ckpt
 from mlsv.train.ema import WeightAverage
+from mlsv.train.frozen import build_feature_cache, cut_crops, load_trained, with_trained
 from mlsv.train.processes import accelerate_settings, check_accelerator, choose_threads
 from mlsv.train.schedules import lr_at, margin_at
 from mlsv.train.trackers import Trackers, flat_keys
@@ -230,7 +231,8 @@ def _resolve(path: str, base: Path | None) -> str:
 
 def _param_groups(model: MLSVModel, head: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
     o = cfg.optim
-    frontend = [p for p in model.frontend.parameters() if p.requires_grad]
+    encoder = getattr(model, "frontend", None)  # a frozen encoder's stage trains only model.trained_part()
+    frontend = [p for p in encoder.parameters() if p.requires_grad] if encoder is not None else []
     backend = [p for n, p in model.named_parameters() if not n.startswith("frontend.") and p.requires_grad]
     groups = [
         {"name": "backend", "params": backend, "lr": o.lr * o.backend_lr_scale, "weight_decay": o.weight_decay},
@@ -275,6 +277,9 @@ class Stage:
     batches_per_epoch: int
     steps_per_epoch: int
     unwrapped_head: SubCenterAAMSoftmax
+    full: MLSVModel  # the whole model (its aggregation and backend are the trained part's with a frozen encoder)
+    frontend: torch.nn.Module | None = None  # a frozen encoder, run outside the prepared model; else None
+    crop_frames: int = 0  # frames of a training crop (context crops)
     trackers: Trackers | None = None
 
     @property
@@ -295,7 +300,7 @@ class Stage:
 
     def eval_model(self) -> MLSVModel:
         """The model validation embeds with: the weight average when there is one."""
-        return self.ema.module if self.ema is not None else self.acc.unwrap_model(self.model)
+        return with_trained(self.full, self.ema.module) if self.ema is not None else self.full
 
 
 @dataclasses.dataclass
@@ -344,11 +349,16 @@ def set_up(cfg: TrainConfig, output_dir: Path, *, config_dir: Path | None = None
     st = cfg.stage
     train_manifest = _check_inputs(cfg, config_dir)
     acc = _accelerator(cfg, output_dir, accelerator)
-    labels, model, head = _model_and_head(cfg, acc, train_manifest, output_dir, config_dir)
+    labels, full, head = _model_and_head(cfg, acc, train_manifest, output_dir, config_dir)
+    frontend = trained = None
+    if st.frontend_trainable == "none":  # only the aggregation and backend train, checkpoint and average
+        frontend, trained = full.frontend.to(acc.device).eval(), full.trained_part()
+        if cfg.data.feature_cache:
+            cfg = _with_feature_cache(cfg, acc, frontend, train_manifest, config_dir)
     first = _train_loader(cfg, acc, train_manifest, labels, 0)
     batches_per_epoch = _batches_per_epoch(cfg, first, train_manifest, acc)
     steps_per_epoch = max(batches_per_epoch // st.grad_accum, 1)
-    model, head, optimizer, scheduler, ema = _optimisation(cfg, acc, model, head, steps_per_epoch * st.epochs)
+    model, head, optimizer, scheduler, ema = _optimisation(cfg, acc, trained or full, head, steps_per_epoch * st.epochs)
     augmenter = _device_augmenter(cfg, acc, config_dir)
     return Stage(
         cfg=cfg,
@@ -367,7 +377,29 @@ def set_up(cfg: TrainConfig, output_dir: Path, *, config_dir: Path | None = None
         batches_per_epoch=batches_per_epoch,
         steps_per_epoch=steps_per_epoch,
         unwrapped_head=acc.unwrap_model(head),
+        full=full,
+        frontend=frontend,
+        crop_frames=int(full.frontend.frame_lengths(int(round(cfg.data.crop_seconds * cfg.data.sample_rate)))),
     )
+
+
+def _with_feature_cache(cfg: TrainConfig, acc, frontend, train_manifest: str, config_dir: Path | None) -> TrainConfig:
+    """``data.feature_cache``: the cache built (by the main process; the others wait) unless up to date, and
+    the config with its path resolved, for the loaders."""
+    data = cfg.data
+    folder = _resolve(data.feature_cache, config_dir)
+    if acc.is_main_process:
+        rows = load_manifest(train_manifest)
+        if data.max_utterances and data.max_utterances < len(rows):
+            rows = rows.select(utterance_subset(len(rows), data.max_utterances, cfg.stage.seed))
+        augment = dataclasses.replace(
+            cfg.augment,
+            noise_manifest=_resolve(cfg.augment.noise_manifest, config_dir),
+            rir_manifest=_resolve(cfg.augment.rir_manifest, config_dir),
+        )
+        build_feature_cache(frontend, rows, data, augment, seed=cfg.stage.seed, device=acc.device, folder=folder)
+    acc.wait_for_everyone()
+    return dataclasses.replace(cfg, data=dataclasses.replace(data, feature_cache=folder))
 
 
 def _check_inputs(cfg: TrainConfig, config_dir: Path | None) -> str:
@@ -629,6 +661,8 @@ def run_epoch(s: Stage, epoch: int, at: ResumePoint) -> ResumePoint:
             rng=aug_rng,
             max_grad_norm=s.cfg.optim.max_grad_norm,
             compile_mode=graph_mode,
+            frontend=s.frontend,
+            crop_frames=s.crop_frames,
         )
         e.seen += len(batch["labels"])
         e.batches_done = i + 1
@@ -769,12 +803,12 @@ def finish(s: Stage) -> None:
     """The final model (the weight average, the mean of the ``stage.average_best`` best checkpoints, or the
     last weights) with its training mean, saved with the head; ``COMPLETE`` written last."""
     acc, st, head = s.acc, s.cfg.stage, s.unwrapped_head
-    final = acc.unwrap_model(s.model)
+    final = s.full
     if s.ema is not None:
-        final.load_state_dict(s.ema.module.state_dict())
+        load_trained(final, s.ema.module.state_dict())
     elif st.average_best > 1:
         best = ckpt.best_checkpoints(s.ckpt_root, st.average_best)
-        final.load_state_dict(ckpt.average_checkpoints(best, "model.safetensors"))
+        load_trained(final, ckpt.average_checkpoints(best, "model.safetensors"))
         head.load_state_dict(ckpt.average_checkpoints(best, "model_1.safetensors"))
         log.info("averaged %d best checkpoints: %s", len(best), [p.name for p in best])
     final.config.train_crop_seconds = float(s.cfg.data.crop_seconds)  # the context the model was trained on
@@ -821,6 +855,8 @@ def train_batch(
     rng: np.random.Generator | None = None,
     max_grad_norm: float = 0.0,
     compile_mode: str = "default",
+    frontend: torch.nn.Module | None = None,
+    crop_frames: int = 0,
 ) -> torch.Tensor:
     """One training batch: to the device, device augmentation, forward, backward, optimiser and scheduler
     steps (at the end of each accumulation), and the running loss sum and correct count in ``stats`` (2,).
@@ -828,15 +864,33 @@ def train_batch(
     Nothing here waits for the device (tested with ``tests/sync_counter.py``): on a GPU the next batch is
     queued while this one runs. Returns the loss, still on the device. ``compile_mode``: the mode the
     model was compiled with (a CUDA-graph mode marks each batch as a new iteration).
+
+    With a frozen encoder (``frontend``), ``model`` is the trained part (``MLSVModel.trained_part``): the
+    encoder runs here, outside it, and a batch of contexts (``lengths``, ``positions``) is cut into crops of
+    ``crop_frames`` frames (``cut_crops``); a batch from the feature cache holds the crops' ``states``.
     """
     runtime.step_begin(compile_mode)
-    wav = batch["waveforms"].to(acc.device, non_blocking=True)
     y = batch["labels"].to(acc.device, non_blocking=True)
-    if augmenter is not None:
-        wav = augmenter(wav, rng)
+    wav = lengths = positions = None
+    if "states" in batch:  # cached crops (B', k, n, L, D) float16 -> (L, B' * k, n, D)
+        states = batch["states"].to(acc.device, non_blocking=True).flatten(0, 1).permute(2, 0, 1, 3).float()
+    else:
+        wav = batch["waveforms"].to(acc.device, non_blocking=True)
+        if "lengths" in batch:
+            lengths = batch["lengths"].to(acc.device, non_blocking=True)
+            positions = batch["positions"].to(acc.device, non_blocking=True)
+        if augmenter is not None:
+            wav = augmenter(wav, rng)
     with acc.accumulate(model, head):
         with acc.autocast():
-            emb = model(wav).embeddings
+            if wav is not None and frontend is None:  # the whole model (a trainable encoder)
+                emb = model(wav).embeddings
+            else:
+                if wav is not None:
+                    states, frames = frontend(wav, lengths)
+                    if positions is not None:
+                        states = cut_crops(states, frames, positions, crop_frames)
+                emb = model(states).embeddings
         # the method's predictions: the margin on the target, not the inter-top-K penalty (which shapes the loss)
         loss, _, predicted = head(emb, y, return_predictions=True)
         acc.backward(loss)
