@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mlsv"
 
 # Lowest first. A module may import modules of its own layer and of the layers below it, nothing above.
 LAYERS = [
+    ("extras", ["mlsv.extras"]),  # which extra installs an optional package, and the error naming it
     ("files", ["mlsv.locks"]),  # output folders one process writes at a time: any layer that writes runs
     ("config", ["mlsv.config"]),
     ("data", ["mlsv.data"]),
@@ -31,7 +32,7 @@ LAYERS = [
 # Exceptions to "the layers below": layers that must not see some layer below them.
 FORBIDDEN = {
     # the model code is saved beside a model for trust_remote_code: it imports only torch and transformers
-    "models": {"config", "data"},
+    "models": {"extras", "files", "config", "data"},
     # scoring works on embeddings and trial lists; it needs no training config
     "scoring": {"config"},
     # using a trained model needs nothing of training

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
+from mlsv.extras import needs_extra
 from mlsv.scoring.backend import (
     Cohort,
     cohort_from_table,
@@ -189,7 +190,8 @@ class QualityCalibrator:
             features: ``{name: (N,)}`` containing at least ``self.features``.
             labels: (N,) 0/1.
         """
-        from sklearn.linear_model import LogisticRegression
+        with needs_extra("eval", "fitting a QMF calibration"):
+            from sklearn.linear_model import LogisticRegression
 
         x = self._matrix(features)
         y = np.asarray(labels).reshape(-1).astype(np.int64)
