@@ -27,9 +27,9 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 from numpy.typing import ArrayLike
 
 from mlsv.extras import needs_extra
@@ -417,7 +417,7 @@ def pair_features(
     cohort: Cohort,
     top_k: int,
     *,
-    device: str | torch.device | None = None,
+    device: str | Any | None = None,  # a torch device
 ) -> dict[str, np.ndarray]:
     """The :data:`FEATURES` of calibration pairs, each pair's speakers left out of its AS-norm cohort.
 
@@ -465,7 +465,7 @@ def fit_calibration(
     threshold: str = "eer",
     target_far: float = 0.01,
     p_target: float = 0.01,
-    device: str | torch.device | None = None,
+    device: str | Any | None = None,  # a torch device
 ) -> QualityCalibrator:
     """Fits a :class:`QualityCalibrator` on pairs drawn from a cohort set (``mlsv calibrate``).
 
