@@ -86,3 +86,18 @@ def test_shipped_files_are_found():
     assert (mlsv.shipped_path("metrics/mlsv_verification") / "mlsv_verification.py").is_file()
     with pytest.raises(FileNotFoundError, match="configs/nope.yaml is not shipped with this mlsv"):
         mlsv.shipped_path("configs/nope.yaml")
+
+
+def test_commands_name_their_extra_before_any_work(monkeypatch, capsys, tmp_path):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in ("sklearn", "onnxscript") else real(name, *a)
+    )
+    argv = ["--model", str(tmp_path), "--manifest", "m.jsonl", "--trials", "t.txt", "--out", str(tmp_path / "ev")]
+    assert main(["evaluate", *argv]) == 2
+    assert 'mlsv evaluate: error: mlsv evaluate needs the "eval" extra' in capsys.readouterr().err
+    assert not (tmp_path / "ev").exists()
+    from mlsv.inference.export import export_onnx
+
+    with pytest.raises(MissingExtra, match=r'ONNX export needs the "export" extra: .*\(missing: onnxscript\)'):
+        export_onnx(None, tmp_path / "m.onnx")

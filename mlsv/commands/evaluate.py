@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from mlsv.commands.options import int_at_least, non_negative_float, output_folder, positive_float
-from mlsv.extras import needs_extra
+from mlsv.extras import needs_extra, require_extra
 
 EXAMPLE = """example:
   mlsv evaluate --model runs/default/model --manifest data/vox1/test.jsonl \\
@@ -58,6 +58,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    require_extra("eval", "mlsv evaluate")
     from mlsv.inference.evaluation import evaluate_model
 
     output_folder(args.out)

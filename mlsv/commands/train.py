@@ -11,8 +11,8 @@ A config with ``steps:`` is a recipe (prepare, stages, evaluation, report, run i
 config is one training stage. Rerunning the same command resumes where it stopped and skips what is done.
 Relative paths in a stage config and in --set values (manifests, trials, stage.init_from) start from
 the stage config file's folder, not the working directory: give absolute paths on the command line.
-The default recipe and the shipped configs are the package's (``mlsv.shipped_path("configs")``); under
-``accelerate launch`` or ``torchrun`` give the repository's ``train.py`` (or ``-m mlsv train``).
+The default recipe and the shipped configs are the package's (``mlsv.shipped_path("configs")``): the
+repository's ``configs/`` in a source checkout, ``mlsv/configs`` in an installed wheel.
 """
 
 from __future__ import annotations

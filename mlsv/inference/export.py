@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from mlsv.extras import require_extra
 from mlsv.inference.model_files import WEIGHTS_NAME, saved_weights_fingerprint
 from mlsv.inference.onnx_runtime import (
     INPUT_NAMES,
@@ -233,6 +234,7 @@ def export_onnx(
     Raises:
         RuntimeError: every exporter failed (their messages are included).
     """
+    require_extra("export", "ONNX export")
     model = model.cpu().eval()
     sr = int(model.config.sampling_rate)
     path = Path(out)
