@@ -266,7 +266,7 @@ class Verifier:
         Inputs are read lazily, sorted by length and batched (``batch_seconds`` of padded audio per
         batch); padding never changes an embedding, so an input gives the same embedding alone or in
         a batch. ``chunk_seconds > 0`` cuts an input longer than that into equal chunks (the rule of
-        evaluation, :func:`mlsv.data.loader.chunk_bounds`, so a file gets the embedding a manifest gives
+        evaluation, :func:`mlsv.data.batching.chunk_bounds`, so a file gets the embedding a manifest gives
         it) and averages their embeddings (weighted by length). ``progress`` (default: when more than 16
         inputs) shows a progress bar.
         """
