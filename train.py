@@ -1,78 +1,21 @@
 #!/usr/bin/env python
-"""Train (and evaluate) mlsv models.
+"""Train (and evaluate) mlsv models: ``python train.py --help``, the same command as ``mlsv train``.
 
     python train.py                      # the default run: synthetic corpus, 3 stages, evaluation, report
     python train.py --quick              # the same, shrunk to about 20 seconds on 2 CPU cores
-                                         # (used by the tests)
     torchrun --standalone --nproc_per_node 2 train.py --quick   # two processes (GPUs, or CPUs with gloo)
     accelerate launch train.py --config configs/voxceleb2_wavlm_large.yaml      # a recipe
-    accelerate launch train.py --config configs/voxceleb/stage1_frozen.yaml --output-dir runs/x --set optim.lr=5e-4
 
-A config with ``steps:`` is a recipe (prepare, stages, evaluation, report, run in order); any other
-config is one training stage. Rerunning the same command resumes where it stopped and skips what is done.
-Relative paths in a stage config and in --set values (manifests, trials, stage.init_from) start from
-the stage config file's folder, not the working directory: give absolute paths on the command line.
+The code is mlsv.commands.train.
 """
 
-from __future__ import annotations
-
-import argparse
-import logging
 import sys
-from pathlib import Path
 
-DEFAULT_RECIPE = Path(__file__).resolve().parent / "configs" / "default.yaml"
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(DEFAULT_RECIPE), help="a recipe or a stage config (YAML)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config value (YAML syntax); repeatable; in a recipe, applies to every stage",
-    )
-    p.add_argument("--output-dir", default=None, help="where the run goes (default: the recipe's output_dir)")
-    p.add_argument("--quick", action="store_true", help="shrink the recipe (its quick settings) for a smoke test")
-    p.add_argument("--steps", nargs="+", default=None, help="run only these recipe steps")
-    return p.parse_args(argv)
+from mlsv.commands import train
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from mlsv.config import ConfigError, load_config
-    from mlsv.launch import set_up_processes
-    from mlsv.recipe import is_recipe, load_recipe, run_recipe
-
-    try:
-        set_up_processes()  # first: under torchrun on CPUs, each process must know the others
-        if is_recipe(args.config):
-            recipe = load_recipe(args.config, output_dir=args.output_dir, quick=args.quick, overrides=args.overrides)
-            report = run_recipe(recipe, only=args.steps)
-            if report.get("table"):
-                print(report["table"])
-                print(f"\nresults: {report['results']}\nreport:  {report['report']}\nmodel:   {report['model']}")
-        else:
-            from mlsv.train.loop import run_stage
-
-            cfg = load_config(args.config, args.overrides)
-            out = Path(args.output_dir or f"runs/{Path(args.config).stem}")
-            run_stage(cfg, out, config_dir=Path(args.config).resolve().parent)
-            print(f"model: {out / 'model'}")
-    except (ConfigError, OSError, KeyError, ValueError) as e:  # bad input: named, no traceback
-        print(f"train.py: error: {error_message(e)}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def error_message(e: BaseException) -> str:
-    """The message of an expected error: a KeyError's text (its str() is the quoted repr). Errors raised in
-    loader workers arrive with their own message (``TrainLoader`` and ``EvalLoader`` unwrap them)."""
-    return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return train.main(argv, prog="train.py")
 
 
 if __name__ == "__main__":

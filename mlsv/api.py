@@ -7,9 +7,13 @@
 Each name lives in the layer it belongs to (see ``docs/architecture.md``): audio input in
 :mod:`mlsv.data.inputs`, model loading in :mod:`mlsv.models.loading`, the evaluation record in
 :mod:`mlsv.scoring.record`, and the Verifier with its embedder and scorer in :mod:`mlsv.inference`.
+The names that need torch (``TorchEmbedder``, ``check_device``, ``load_model``) are imported when first
+asked for, so that ``Verifier.from_pretrained(..., runtime="onnx")`` runs where torch is not installed.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from mlsv.data.inputs import (
     AUDIO_SUFFIXES,
@@ -19,12 +23,15 @@ from mlsv.data.inputs import (
     find_audio_files,
     load_audio,
 )
-from mlsv.inference.embedder import Embedder, TorchEmbedder
+from mlsv.inference.embedder import Embedder
+from mlsv.inference.model_files import min_samples
 from mlsv.inference.scorer import Scorer
 from mlsv.inference.tracking import OnlineTracker, SpeakerTrack, WindowEmbeddings, WindowScore
 from mlsv.inference.verifier import Identification, VerificationResult, Verifier
-from mlsv.models.loading import check_device, load_model, min_samples
 from mlsv.scoring.record import SCALES, EvaluationRecord, Threshold, record_score_statistics
+
+if TYPE_CHECKING:  # imported when first asked for (__getattr__ below)
+    from mlsv.inference.torch_runtime import TorchEmbedder, check_device, load_model
 
 __all__ = [
     "AUDIO_SUFFIXES",
@@ -51,3 +58,14 @@ __all__ = [
     "min_samples",
     "record_score_statistics",
 ]
+
+_TORCH_NAMES = ("TorchEmbedder", "check_device", "load_model")
+
+
+def __getattr__(name: str):
+    """``TorchEmbedder``, ``check_device`` and ``load_model``, imported (with torch) when first asked for."""
+    if name in _TORCH_NAMES:
+        from mlsv.inference import torch_runtime
+
+        return getattr(torch_runtime, name)
+    raise AttributeError(f"module 'mlsv.api' has no attribute {name!r}")

@@ -7,16 +7,30 @@ import importlib
 import sys
 
 from mlsv import __version__
+from mlsv.extras import MissingExtra
 
 # Each module defines ``register(subparsers)``, which adds its parser and sets ``func``.
-COMMANDS = ("prepare", "embed", "score", "calibrate", "evaluate", "verify", "identify", "export", "inspect")
+COMMANDS = (
+    "train",
+    "prepare",
+    "embed",
+    "score",
+    "calibrate",
+    "evaluate",
+    "verify",
+    "identify",
+    "export",
+    "inspect",
+    "push",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlsv",
-        description="Multi-layer speaker verification: prepare data, embed, score, calibrate, evaluate, "
-        "verify, identify, export and inspect models. Training is `python train.py` / `accelerate launch train.py`.",
+        description="Multi-layer speaker verification: train, prepare data, embed, score, calibrate, evaluate, "
+        "verify, identify, export, inspect and publish models. `mlsv train` is `python train.py` (also for "
+        "`accelerate launch train.py`); `mlsv push` is `python push_to_hub.py`.",
     )
     parser.add_argument("--version", action="version", version=f"mlsv {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -37,6 +51,8 @@ def _printable(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if getattr(args, "forward_arguments", False):  # train, push: their own parser takes the rest as it is
+        return int(args.func(extra) or 0)
     # a command whose last positional takes several values (``mlsv verify E1 E2 --json T``) gets the values
     # that follow an option: argparse matches a positional once, before the first option
     field = getattr(args, "more_positionals", None)
@@ -50,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         rc = args.func(args)
-    except (OSError, KeyError, ValueError) as e:  # FileNotFoundError, IsADirectoryError, ... are OSErrors
+    except (OSError, KeyError, ValueError, MissingExtra) as e:  # FileNotFoundError, ... are OSErrors
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"mlsv {args.command}: error: {_printable(str(msg))}", file=sys.stderr)
         return 2

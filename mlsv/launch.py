@@ -13,9 +13,13 @@ from __future__ import annotations
 import os
 import re
 
-import psutil
 import torch
-from accelerate import PartialState
+
+from mlsv.extras import needs_extra
+
+with needs_extra("train", "training"):
+    import psutil
+    from accelerate import PartialState
 
 __all__ = ["LaunchError", "set_up_processes"]
 

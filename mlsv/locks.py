@@ -18,7 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
+from mlsv.extras import needs_extra
+
+with needs_extra("eval", "run folders (mlsv evaluate, training)"):
+    import psutil
 
 __all__ = ["FolderLock", "LockError"]
 

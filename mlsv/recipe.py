@@ -38,6 +38,7 @@ from typing import Any
 from mlsv.cli import build_parser
 from mlsv.config import ConfigError, check_type, load_config, load_yaml_file, nearest, parse_override
 from mlsv.data.synthetic import corpus_baseline, make_synthetic_corpus
+from mlsv.extras import needs_extra
 from mlsv.inference.evaluation import evaluate_model, write_run_report
 from mlsv.locks import FolderLock
 from mlsv.train.loop import check_same_run, run_stage
@@ -354,7 +355,8 @@ def run_recipe(recipe: Recipe, *, only: list[str] | None = None) -> dict:
             f"{recipe.path}: no step named {', '.join(map(repr, unknown))}; the steps are "
             f"{', '.join(step.name for step in recipe.steps)}"
         )
-    from accelerate import PartialState
+    with needs_extra("train", "training"):
+        from accelerate import PartialState
 
     with FolderLock(recipe.output_dir, "train.py") if PartialState().is_main_process else nullcontext():
         return _run_steps(recipe, only)
@@ -467,7 +469,8 @@ def check_evaluations(recipe: Recipe, index: int, only: list[str] | None = None)
 
 def _log_main(message: str, *args) -> None:
     """Logs on the main process only: the other processes of a launch run the same steps."""
-    from accelerate import PartialState
+    with needs_extra("train", "training"):
+        from accelerate import PartialState
 
     if PartialState().is_main_process:
         log.info(message, *args)
@@ -476,7 +479,8 @@ def _log_main(message: str, *args) -> None:
 def _on_main_process(fn, *args):
     """Runs a step that writes shared files (evaluation, report) in the main process only, while the
     others wait: in a multi-process launch each process would otherwise redo it and race on its files."""
-    from accelerate import PartialState
+    with needs_extra("train", "training"):
+        from accelerate import PartialState
 
     state = PartialState()
     result = fn(*args) if state.is_main_process else {}
@@ -485,7 +489,8 @@ def _on_main_process(fn, *args):
 
 
 def _mark_complete(out: Path, seconds: float, record: dict) -> None:
-    from accelerate import PartialState
+    with needs_extra("train", "training"):
+        from accelerate import PartialState
 
     if PartialState().is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -497,7 +502,8 @@ def _mark_complete(out: Path, seconds: float, record: dict) -> None:
 
 
 def _prepare(step: Step, out: Path) -> None:
-    from accelerate import PartialState
+    with needs_extra("train", "training"):
+        from accelerate import PartialState
 
     state = PartialState()
     if state.is_main_process:

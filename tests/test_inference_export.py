@@ -200,13 +200,11 @@ def test_onnx_export_that_cannot_be_checked_warns_once_and_loads(tmp_path):
 
 
 def test_hub_export_is_checked_against_weights_already_downloaded(tmp_path, monkeypatch):
+    import huggingface_hub
     from huggingface_hub.errors import EntryNotFoundError
 
-    import mlsv.inference.export
-    import mlsv.models.loading
     from mlsv.api import Verifier
     from mlsv.inference.export import StaleExportError, export_onnx
-    from mlsv.models import MLSVConfig
 
     repos = {}
     for repo_id, cohort in (("me/plain", False), ("me/cohort", True)):
@@ -225,16 +223,13 @@ def test_hub_export_is_checked_against_weights_already_downloaded(tmp_path, monk
     def cached(repo_id, filename, revision=None, **kw):
         return str(cache / repo_id / filename) if (cache / repo_id / filename).is_file() else None
 
-    # the hub client's functions where mlsv calls them
-    monkeypatch.setattr(mlsv.models.loading, "hf_hub_download", download)
-    for module in (mlsv.models.loading, mlsv.inference.export):
-        monkeypatch.setattr(module, "try_to_load_from_cache", cached)
-    monkeypatch.setattr(
-        mlsv.inference.export, "load_config", lambda src, revision=None: MLSVConfig.from_pretrained(repos[src])
-    )
+    # the hub client's functions where mlsv calls them (the ONNX runtime imports huggingface_hub when it
+    # meets a hub id, and downloads config.json with it too)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", cached)
     # the weights are not downloaded for the check alone
     assert Verifier.from_pretrained("me/plain", runtime="onnx").embedder.runtime == "onnx"
-    assert sorted(p.name for p in (cache / "me/plain").iterdir()) == ["model.onnx", "model.onnx.json"]
+    assert sorted(p.name for p in (cache / "me/plain").iterdir()) == ["config.json", "model.onnx", "model.onnx.json"]
     # a stored cohort downloads them anyway: then the export is compared with them
     with pytest.raises(StaleExportError, match="mlsv export --model me/cohort"):
         Verifier.from_pretrained("me/cohort", runtime="onnx")

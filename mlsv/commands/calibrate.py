@@ -14,6 +14,7 @@ from mlsv.commands.options import (
     prior,
     probability,
 )
+from mlsv.extras import require_extra
 
 EPILOG = """example:
   mlsv calibrate --embeddings vox2_dev.npz --asnorm-top-k 600 --pairs 30000 --out qmf.json
@@ -68,6 +69,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_extra("eval", "mlsv calibrate")
     import numpy as np
 
     from mlsv.scoring.calibration import fit_calibration

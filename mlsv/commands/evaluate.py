@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from mlsv.commands.options import int_at_least, non_negative_float, output_folder, positive_float
+from mlsv.extras import needs_extra, require_extra
 
 EXAMPLE = """example:
   mlsv evaluate --model runs/default/model --manifest data/vox1/test.jsonl \\
@@ -57,6 +58,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    require_extra("eval", "mlsv evaluate")
     from mlsv.inference.evaluation import evaluate_model
 
     output_folder(args.out)
@@ -98,7 +100,8 @@ def _check_cohort(cohort: str, top_k: int) -> None:
         if _format(path) == "json":
             speakers = [row.get("speaker") for _, row in iter_rows(path)]
         else:
-            import pyarrow.parquet as pq
+            with needs_extra("train", "a parquet manifest"):
+                import pyarrow.parquet as pq
 
             speakers = [
                 s for f in _data_files(path) for s in pq.read_table(f, columns=["speaker"])["speaker"].to_pylist()

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from mlsv.commands.options import non_negative_float, output_file
+from mlsv.extras import needs_extra
 
 EPILOG = """example:
   mlsv inspect --model runs/default/model sample.wav --out layers.png --table layers.csv
@@ -75,7 +76,8 @@ def _figure_path(out: Path) -> Path:
     """The figure file ``--out`` names, checked before any work: ``.png`` is added to a name without a
     suffix (as matplotlib does, so the path printed is the one written); a directory or a suffix
     matplotlib cannot write is refused."""
-    from matplotlib.backend_bases import FigureCanvasBase
+    with needs_extra("eval", "the layer picture"):
+        from matplotlib.backend_bases import FigureCanvasBase
 
     output_file(out)
     if not out.suffix:

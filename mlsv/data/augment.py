@@ -40,6 +40,7 @@ import torch
 from mlsv.config import AugmentConfig
 from mlsv.data.audio import AudioError, MissingDependencyError, read_audio, resample
 from mlsv.data.manifest import iter_rows, manifest_root, resolve_path
+from mlsv.extras import needs_extra
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +181,8 @@ class Reverb:
     bank: RirBank
 
     def __call__(self, wav: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
-        from scipy.signal import fftconvolve
+        with needs_extra("train", "reverberation (augment.rir_manifest)"):
+            from scipy.signal import fftconvolve
 
         rir = self.bank.draw(sample_rate, rng)
         y = fftconvolve(wav, rir)[: len(wav)].astype(np.float32)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mlsv.data.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from mlsv.extras import needs_extra
 
 REQUIRED_COLUMNS = ("id", "path", "speaker", "duration", "sample_rate")
 MANIFEST_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -130,8 +131,9 @@ def _parquet_error(file: str | Path, e: Exception) -> ManifestError:
 
 def _read_schema(file: str | Path):
     """``pyarrow.parquet.read_schema``, with a ManifestError naming a corrupt or foreign file."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    with needs_extra("train", "this manifest (parquet shards, datasets)"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
     try:
         return pq.read_schema(file)
@@ -141,8 +143,9 @@ def _read_schema(file: str | Path):
 
 def _parquet_file(file: str | Path):
     """``pyarrow.parquet.ParquetFile``, with a ManifestError naming a corrupt or foreign file."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    with needs_extra("train", "this manifest (parquet shards, datasets)"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
     try:
         return pq.ParquetFile(file)
@@ -189,8 +192,9 @@ def write_manifest(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
     else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        with needs_extra("train", "this manifest (parquet shards, datasets)"):
+            import pyarrow as pa
+            import pyarrow.parquet as pq
 
         pq.write_table(pa.Table.from_pylist(rows), tmp)
     os.replace(tmp, path)
@@ -221,7 +225,8 @@ def sample_manifest(path: str | Path, limit: int, out: str | Path, seed: int = 0
         root = manifest_root(path)
         pick = np.sort(rng.choice(len(rows), limit, replace=False))
         return write_manifest([{**rows[i], "path": resolve_path(rows[i]["path"], root)} for i in pick], out)
-    import pyarrow.parquet as pq
+    with needs_extra("train", "this manifest (parquet shards, datasets)"):
+        import pyarrow.parquet as pq
 
     files = _data_files(path)
     counts = [_parquet_file(f).metadata.num_rows for f in files]
@@ -267,7 +272,8 @@ def iter_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     raise ManifestError(f"{path}:{lineno}: a row must be a JSON object")
                 yield lineno, row
     else:
-        import pyarrow as pa
+        with needs_extra("train", "this manifest (parquet shards, datasets)"):
+            import pyarrow as pa
 
         n = 0
         for file in _data_files(path):
@@ -323,8 +329,9 @@ def load_manifest(
             or repeated id, a file that is not parquet; the message names the file and line (audio is not
             opened here: ``validate`` does that).
     """
-    import datasets
-    from datasets.distributed import split_dataset_by_node
+    with needs_extra("train", "this manifest (parquet shards, datasets)"):
+        import datasets
+        from datasets.distributed import split_dataset_by_node
 
     path = Path(path)
     fmt, files = _format(path), _data_files(path)
@@ -372,7 +379,8 @@ def _scan_json(path: Path) -> None:
 
 def _scan_parquet(files: list[str]) -> None:
     """Reads every page of the parquet files; raises ManifestError naming the first one that is corrupt."""
-    import pyarrow as pa
+    with needs_extra("train", "this manifest (parquet shards, datasets)"):
+        import pyarrow as pa
 
     for file in files:
         try:
@@ -384,17 +392,20 @@ def _scan_parquet(files: list[str]) -> None:
 
 def _header_table(path: Path, fmt: str, files: list[str]):
     """Every column but ``audio``, read with pyarrow (for the checks on a streamed manifest)."""
-    import pyarrow as pa
+    with needs_extra("train", "this manifest (parquet shards, datasets)"):
+        import pyarrow as pa
 
     if fmt == "json":
-        import pyarrow.json as pj
+        with needs_extra("train", "this manifest (parquet shards, datasets)"):
+            import pyarrow.json as pj
 
         try:
             return pj.read_json(files[0])
         except pa.ArrowInvalid as e:
             _scan_json(path)
             raise ManifestError(f"{path}: {e}") from None
-    import pyarrow.parquet as pq
+    with needs_extra("train", "this manifest (parquet shards, datasets)"):
+        import pyarrow.parquet as pq
 
     tables = []
     for file in files:
@@ -414,8 +425,9 @@ def _check_rows(path: Path, table) -> None:
     string ids, no id twice, and the values ``row_value_errors`` checks (ids without whitespace, finite
     durations in (0, 24 h], whole sample rates within 4-384 kHz). Raises ManifestError naming the line
     (JSONL) or row (parquet) and the field."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    with needs_extra("train", "this manifest (parquet shards, datasets)"):
+        import pyarrow as pa
+        import pyarrow.compute as pc
 
     if table.num_rows == 0:
         raise ManifestError(f"{path}: manifest has no rows")

@@ -15,11 +15,13 @@ from pathlib import Path
 from mlsv.data.audio import AudioError, MissingDependencyError, encode_flac, pcm_subtype, read_audio
 from mlsv.data.manifest import iter_rows, manifest_root, resolve_path
 from mlsv.data.prepare import progress_bar
+from mlsv.extras import needs_extra
 
 
 def _write_shard(task: tuple[list[dict], str, str]) -> tuple[int, list[str]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    with needs_extra("train", "parquet shards"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
     rows, root, dst = task
     out, bad = [], []

@@ -25,6 +25,7 @@ import numpy as np
 from mlsv.data.audio import read_audio, write_audio
 from mlsv.data.manifest import iter_rows, resolve_path, write_manifest
 from mlsv.data.trials import Trials, make_trials, read_trials, write_trials
+from mlsv.extras import needs_extra
 
 SAMPLE_RATE = 16000
 N_FFT = 512
@@ -658,7 +659,8 @@ def mfcc(x: np.ndarray, sample_rate: int = SAMPLE_RATE, n_mfcc: int = 20, n_mels
     Returns:
         (T, n_mfcc) including c0.
     """
-    from scipy.fft import dct
+    with needs_extra("train", "the synthetic corpus's baselines"):
+        from scipy.fft import dct
 
     win, hop, n_fft = int(0.025 * sample_rate), int(0.010 * sample_rate), 512
     x = np.append(x[:1], x[1:] - 0.97 * x[:-1])
@@ -676,7 +678,8 @@ def mfcc(x: np.ndarray, sample_rate: int = SAMPLE_RATE, n_mfcc: int = 20, n_mels
 
 def _eer(scores: np.ndarray, labels: np.ndarray) -> float:
     """Equal error rate in percent (ROC point where miss and false-alarm rates cross)."""
-    from sklearn.metrics import roc_curve
+    with needs_extra("train", "the synthetic corpus's baselines"):
+        from sklearn.metrics import roc_curve
 
     fpr, tpr, _ = roc_curve(labels, scores)
     fnr = 1 - tpr
@@ -717,7 +720,8 @@ def corpus_baseline(corpus: SyntheticCorpus, out: str | Path | None = None) -> d
 
     Returns (and writes to ``out`` as JSON) ``{"mfcc_cosine_eer", "lda_eer", "n_trials", ...}``.
     """
-    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    with needs_extra("train", "the synthetic corpus's baselines"):
+        from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
     trials = read_trials(corpus.test_trials)
     test_ids, _, test_feats = _mfcc_stats(corpus.test)

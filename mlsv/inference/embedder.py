@@ -1,10 +1,10 @@
 """Embedding audio with a trained model: inputs batched by length, long inputs in chunks, sliding windows.
 
 :class:`Embedder` turns audio inputs (paths or sample arrays, see :mod:`mlsv.data.inputs`) into
-embeddings through a *backend*: :class:`TorchEmbedder` (an ``MLSVModel``) or
-:class:`mlsv.inference.export.OnnxEmbedder` (ONNX Runtime), both ``(input_values (B, S),
+embeddings through a *backend*: :class:`mlsv.inference.torch_runtime.TorchEmbedder` (an ``MLSVModel``)
+or :class:`mlsv.inference.onnx_runtime.OnnxEmbedder` (ONNX Runtime, without torch), both ``(input_values (B, S),
 attention_mask (B, S)) -> (B, E)`` numpy. Inputs are read lazily and packed longest first into
-batches of ``batch_seconds`` of padded audio (:func:`mlsv.data.loader.pack_batches`, the rule of
+batches of ``batch_seconds`` of padded audio (:func:`mlsv.data.batching.pack_batches`, the rule of
 evaluation's batches too); padding never changes an embedding, so an input gets the same embedding
 alone or in a batch.
 """
@@ -16,41 +16,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
+try:  # the progress bar; the ONNX runtime runs without it (numpy, soundfile, soxr, onnxruntime)
+    from tqdm.auto import tqdm
+except ImportError:
+    tqdm = None
+
+from mlsv.data.batching import chunk_bounds, pack_batches
 from mlsv.data.inputs import AudioInput, check_sample_rate, estimate_length, input_name, load_audio
-from mlsv.data.loader import chunk_bounds, pack_batches
+from mlsv.inference.model_files import min_samples
 from mlsv.inference.tracking import window_starts
-from mlsv.models.loading import check_device, min_samples
 from mlsv.scoring.embeddings import EmbeddingTable
 
-__all__ = ["Embedder", "TorchEmbedder", "finite"]
+__all__ = ["Embedder", "finite"]
 
 Backend = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-class TorchEmbedder:
-    """Runs an ``MLSVModel`` (eval mode, no grad) on numpy batches. (B, S), (B, S) -> (B, E)."""
-
-    runtime = "torch"
-
-    def __init__(self, model, device: str = "cpu"):
-        self.device = check_device(device)
-        self.model = model.to(self.device).eval()
-        self.config = model.config
-
-    def to(self, device) -> TorchEmbedder:
-        """Moves the model to ``device`` (checked as at construction); returns self."""
-        self.device = check_device(device)
-        self.model.to(self.device)
-        return self
-
-    def __call__(self, input_values: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            x = torch.from_numpy(input_values).to(self.device)
-            m = torch.from_numpy(attention_mask).to(self.device)
-            return self.model(x, attention_mask=m).embeddings.float().cpu().numpy()
 
 
 def finite(x: Any, what: str) -> float:
@@ -114,7 +94,7 @@ class Embedder:
         """(N, E) float32 embeddings and (N,) float32 seconds of ``inputs``, in their order.
 
         ``chunk_seconds > 0`` cuts an input longer than that into equal chunks (evaluation's rule,
-        :func:`mlsv.data.loader.chunk_bounds`) and averages their embeddings, weighted by length.
+        :func:`mlsv.data.batching.chunk_bounds`) and averages their embeddings, weighted by length.
         ``progress`` (None: when more than 16 inputs) shows a progress bar.
         """
         if not inputs:
@@ -137,7 +117,7 @@ class Embedder:
         weights = np.zeros(len(inputs), dtype=np.float64)
         durations = np.zeros(len(inputs), dtype=np.float32)
         show = progress if progress is not None else len(inputs) > 16
-        iterator: Iterable[list[_Item]] = tqdm(batches, desc="embedding", unit="batch") if show else batches
+        iterator: Iterable[list[_Item]] = tqdm(batches, desc="embedding", unit="batch") if show and tqdm else batches
         for batch in iterator:
             pieces: list[tuple[int, np.ndarray]] = []
             for it in batch:
@@ -242,7 +222,7 @@ class Embedder:
         cut and embedded in batches of ``batch_seconds``, so only one batch is ever copied."""
         per = max(1, int(self.batch_seconds * self.sampling_rate) // frames.shape[1])
         groups: Iterable[int] = range(0, len(starts), per)
-        if progress if progress is not None else len(starts) > 16 * per:
+        if tqdm is not None and (progress if progress is not None else len(starts) > 16 * per):
             groups = tqdm(groups, desc="windows", unit="batch", total=-(-len(starts) // per))
         parts = []
         for i in groups:

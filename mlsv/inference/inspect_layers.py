@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlsv.extras import needs_extra
 from mlsv.models import LayerAttentivePooling, SuperbAggregation
 
 __all__ = ["LayerAnalysis", "analyze_layers", "format_layer_table", "plot_layers", "write_layer_table"]
@@ -165,10 +166,12 @@ def write_layer_table(analysis: LayerAnalysis, path: str | os.PathLike) -> Path:
 
 def plot_layers(analysis: LayerAnalysis, out: str | os.PathLike, title: str | None = None, max_cols: int = 4) -> Path:
     """Draws the waveform, LAP's per-head and head-average layer scores and per-layer bars to ``out``."""
-    import matplotlib
+    with needs_extra("eval", "the layer picture"):
+        import matplotlib
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    with needs_extra("eval", "the layer picture"):
+        import matplotlib.pyplot as plt
 
     a = analysis
     L, dur = a.num_layers, a.duration

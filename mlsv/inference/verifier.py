@@ -25,11 +25,10 @@ from typing import Any
 import numpy as np
 
 from mlsv.data.inputs import AudioInput, Enrolment, check_sample_rate
-from mlsv.inference.embedder import Embedder, TorchEmbedder
-from mlsv.inference.export import load_onnx_verifier_parts
+from mlsv.inference.embedder import Embedder
+from mlsv.inference.onnx_runtime import check_onnx_device, load_onnx_verifier_parts
 from mlsv.inference.scorer import Scorer
 from mlsv.inference.tracking import OnlineTracker, SpeakerTrack, WindowEmbeddings
-from mlsv.models.loading import check_onnx_device, load_model
 from mlsv.scoring.embeddings import EmbeddingTable, check_finite, load_embeddings, pool_rows
 from mlsv.scoring.record import Threshold
 
@@ -103,7 +102,8 @@ class Verifier:
 
     Args:
         model: an ``MLSVModel``, or an embedding backend with ``config`` and ``__call__(input_values,
-            attention_mask)`` returning (B, E) numpy (``TorchEmbedder``, :class:`mlsv.inference.export.OnnxEmbedder`).
+            attention_mask)`` returning (B, E) numpy (``TorchEmbedder``,
+            :class:`mlsv.inference.onnx_runtime.OnnxEmbedder`).
         device: torch device for an ``MLSVModel``.
         cohort: AS-norm cohort: an embedding ``.npz`` path or ``EmbeddingTable`` with ``speakers``, made
             with this model. Default: the cohort stored in the model (``cohort_embeddings``, speaker
@@ -126,6 +126,8 @@ class Verifier:
         use_stored_cohort: bool = True,
     ):
         if hasattr(model, "frontend") and hasattr(model, "forward"):
+            from mlsv.inference.torch_runtime import TorchEmbedder  # here: the ONNX runtime needs no torch
+
             backend = TorchEmbedder(model, device)
         elif callable(model) and hasattr(model, "config"):
             backend = model
@@ -171,7 +173,7 @@ class Verifier:
             kwargs: :class:`Verifier` options (``cohort``, ``asnorm_top_k``, ``batch_seconds``).
 
         Raises:
-            mlsv.inference.export.StaleExportError: (``runtime="onnx"``) the export's report (``<onnx>.json``)
+            mlsv.inference.onnx_runtime.StaleExportError: (``runtime="onnx"``) the export's report (``<onnx>.json``)
                 records other weights than the model's ``model.safetensors``: re-export it. Without
                 weights to compare with, or a report without the fingerprint, it warns and loads.
         """
@@ -179,6 +181,8 @@ class Verifier:
         if runtime == "torch":
             if src.endswith(".onnx"):
                 raise ValueError(f"{src} is an ONNX file; use runtime='onnx'")
+            from mlsv.inference.torch_runtime import load_model  # here: the ONNX runtime needs no torch
+
             return cls(load_model(src, revision, device=device), device=device, **kwargs)
         if runtime == "onnx":
             embedder = load_onnx_verifier_parts(src, check_onnx_device(device), onnx_path=onnx_path, revision=revision)
@@ -262,7 +266,7 @@ class Verifier:
         Inputs are read lazily, sorted by length and batched (``batch_seconds`` of padded audio per
         batch); padding never changes an embedding, so an input gives the same embedding alone or in
         a batch. ``chunk_seconds > 0`` cuts an input longer than that into equal chunks (the rule of
-        evaluation, :func:`mlsv.data.loader.chunk_bounds`, so a file gets the embedding a manifest gives
+        evaluation, :func:`mlsv.data.batching.chunk_bounds`, so a file gets the embedding a manifest gives
         it) and averages their embeddings (weighted by length). ``progress`` (default: when more than 16
         inputs) shows a progress bar.
         """

@@ -9,20 +9,17 @@ before anything is loaded.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import os
 import socket
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
 import torch
 from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from transformers import CONFIG_MAPPING, PretrainedConfig
 
 from mlsv.models.configuration_mlsv import MLSVConfig
@@ -31,13 +28,11 @@ from mlsv.models.modeling_mlsv import MLSVModel
 
 __all__ = [
     "check_device",
-    "check_onnx_device",
     "load_config",
     "load_model",
     "min_samples",
     "model_source",
     "resolve_file",
-    "saved_weights_fingerprint",
     "weights_fingerprint",
 ]
 
@@ -89,25 +84,6 @@ def check_device(device: Any):
         if available is None or not available():
             raise ValueError(f"device {name!r}: this torch cannot run a model there (use cpu or cuda)")
     return dev
-
-
-def check_onnx_device(device: Any) -> str:
-    """``cpu`` or ``cuda[:N]`` for ONNX Runtime; ValueError when it is neither or has no CUDA provider."""
-    name = str(device)
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {name!r} is not a device for ONNX Runtime (cpu or cuda)")
-    if dev.type == "cuda":
-        import onnxruntime as ort
-
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise ValueError(
-                f"device {name!r}: this onnxruntime has no CUDA provider (install onnxruntime-gpu, or use cpu)"
-            )
-    return name
 
 
 def hub_offline() -> bool:
@@ -270,14 +246,6 @@ def load_config(src: str, revision: str | None = None) -> MLSVConfig:
     return MLSVConfig.from_pretrained(src, revision=revision)
 
 
-def read_stored_cohort(src: str, config, revision: str | None = None) -> np.ndarray | None:
-    """``cohort_embeddings`` from a model folder's (or hub repo's) ``model.safetensors``, for ONNX runs."""
-    if not int(getattr(config, "cohort_size", 0) or 0):
-        return None
-    with safe_open(resolve_file(src, "model.safetensors", revision), framework="numpy") as f:
-        return f.get_tensor("cohort_embeddings") if "cohort_embeddings" in f.keys() else None
-
-
 # ------------------------------------------------------------------------------------------------
 # which weights a model has
 
@@ -301,36 +269,9 @@ def _hash_tensors(names: Iterable[str], get: Callable[[str], Any]) -> str:
 def weights_fingerprint(model) -> str:
     """Fingerprint of a model's weights: its ``state_dict`` (what ``save_pretrained`` writes).
 
-    Equal to :func:`saved_weights_fingerprint` of the folder the model was saved to or loaded from
-    (checked for every encoder family in the tests). Leaves out ``FINGERPRINT_EXCLUDES``.
+    Equal to :func:`mlsv.inference.model_files.saved_weights_fingerprint` (numpy, without building the
+    model) of the folder the model was saved to or loaded from (checked for every encoder family in the
+    tests). Leaves out ``FINGERPRINT_EXCLUDES``.
     """
     state = model.state_dict()
     return _hash_tensors(state.keys(), state.__getitem__)
-
-
-def _weights_files(path: Path) -> list[Path]:
-    """The safetensors file(s) of ``path``: a ``.safetensors`` file, a shard index, or a model folder."""
-    if path.is_dir():
-        for name in (WEIGHTS_NAME, WEIGHTS_INDEX_NAME):
-            if (path / name).is_file():
-                return _weights_files(path / name)
-        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {path}")
-    if path.name.endswith(".index.json"):
-        shards = json.loads(path.read_text(encoding="utf-8"))["weight_map"].values()
-        return [path.parent / name for name in sorted(set(shards))]
-    return [path]
-
-
-def saved_weights_fingerprint(path: str | os.PathLike) -> str:
-    """:func:`weights_fingerprint` of saved weights, read with safetensors without building the model.
-
-    Args:
-        path: a ``model.safetensors`` file, a ``model.safetensors.index.json`` (sharded weights), or a
-            model folder holding one of them.
-    """
-    with contextlib.ExitStack() as stack:
-        where = {}
-        for file in _weights_files(Path(path)):
-            f = stack.enter_context(safe_open(os.fspath(file), framework="pt"))
-            where.update(dict.fromkeys(f.keys(), f))
-        return _hash_tensors(where.keys(), lambda name: where[name].get_tensor(name))

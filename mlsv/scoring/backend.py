@@ -6,6 +6,7 @@ largest kept, and their mean and *unbiased* standard deviation normalise the tri
 ``0.5 * ((s - mu_e) / sigma_e + (s - mu_t) / sigma_t)``. Unlike the reference
 (docs/method.md#p5-as-norm-per-utterance), the statistics are computed once per utterance with one chunked
 matrix product and a batched top-k (torch, multithreaded, optionally on a GPU), and trials only gather them.
+Without torch (the ONNX runtime's install), :func:`cohort_stats` and :func:`cohort_from_table` run on numpy.
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from numpy.typing import ArrayLike
+
+try:  # the ONNX runtime scores without torch: cohort statistics then run on numpy
+    import torch
+except ImportError:
+    torch = None  # type: ignore[assignment]
 
 from mlsv.scoring.embeddings import EmbeddingTable
 
@@ -170,10 +175,15 @@ def cohort_from_table(table: EmbeddingTable, mean: np.ndarray | None = None) -> 
         raise ValueError("the cohort embedding table is empty")
     mean = embedding_mean(table.embeddings) if mean is None else np.asarray(mean, dtype=np.float32).reshape(-1)
     speakers, inv = np.unique(table.speakers, return_inverse=True)
-    sums = torch.zeros(len(speakers), table.embeddings.shape[1], dtype=torch.float64)
-    sums.index_add_(0, torch.as_tensor(inv.reshape(-1)), torch.as_tensor(table.embeddings).double())
+    if torch is not None:
+        sums_t = torch.zeros(len(speakers), table.embeddings.shape[1], dtype=torch.float64)
+        sums_t.index_add_(0, torch.as_tensor(inv.reshape(-1)), torch.as_tensor(table.embeddings).double())
+        sums = sums_t.numpy()
+    else:
+        sums = np.zeros((len(speakers), table.embeddings.shape[1]), dtype=np.float64)
+        np.add.at(sums, inv.reshape(-1), np.asarray(table.embeddings, dtype=np.float64))
     counts = np.bincount(inv.reshape(-1), minlength=len(speakers)).astype(np.float64)
-    vectors = sums.numpy() / counts[:, None]
+    vectors = sums / counts[:, None]
     return Cohort(speakers, subtract_mean(vectors, mean), mean)
 
 
@@ -340,6 +350,10 @@ def cohort_stats(
         raise ValueError(f"embeddings {emb.shape} and cohort {vectors.shape} must share the embedding size")
     ex = None if exclude is None else _exclusions(exclude, len(emb))
     _check_k(top_k, len(vectors), 0 if ex is None else ex.shape[1])
+    if torch is None:
+        if device is not None and str(device) != "cpu":
+            raise ValueError(f"device {str(device)!r}: without torch, cohort statistics run on the CPU (numpy)")
+        return _cohort_stats_numpy(emb, vectors, top_k, ex, _chunk_rows(len(vectors), chunk_size))
     dev = _device(device)
     c = _normalized(vectors, dev)
     mu = np.empty(len(emb), dtype=np.float64)
@@ -355,6 +369,29 @@ def cohort_stats(
             v = torch.topk(sim, top_k, dim=1, sorted=False).values.double()  # (n, top_k)
             mu[s : s + rows] = v.mean(1).cpu().numpy()
             sigma[s : s + rows] = v.std(1, correction=1).cpu().numpy()
+    return mu, sigma
+
+
+def _cohort_stats_numpy(
+    emb: np.ndarray, vectors: np.ndarray, top_k: int, ex: np.ndarray | None, rows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`cohort_stats` on numpy (float32 similarities, float64 statistics), where torch is not installed."""
+
+    def normalized(x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(1e-12))
+
+    c = normalized(vectors)
+    mu = np.empty(len(emb), dtype=np.float64)
+    sigma = np.empty(len(emb), dtype=np.float64)
+    for s in range(0, len(emb), rows):
+        sim = normalized(emb[s : s + rows]) @ c.T  # (n, C)
+        if ex is not None:
+            r, j = np.nonzero(ex[s : s + rows] >= 0)
+            sim[r, ex[s : s + rows][r, j]] = -np.inf
+        v = np.partition(sim, sim.shape[1] - top_k, axis=1)[:, -top_k:].astype(np.float64)  # (n, top_k)
+        mu[s : s + rows] = v.mean(1)
+        sigma[s : s + rows] = v.std(1, ddof=1)
     return mu, sigma
 
 

@@ -27,11 +27,12 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 from numpy.typing import ArrayLike
 
+from mlsv.extras import needs_extra
 from mlsv.scoring.backend import (
     Cohort,
     cohort_from_table,
@@ -189,7 +190,8 @@ class QualityCalibrator:
             features: ``{name: (N,)}`` containing at least ``self.features``.
             labels: (N,) 0/1.
         """
-        from sklearn.linear_model import LogisticRegression
+        with needs_extra("eval", "fitting a QMF calibration"):
+            from sklearn.linear_model import LogisticRegression
 
         x = self._matrix(features)
         y = np.asarray(labels).reshape(-1).astype(np.int64)
@@ -415,7 +417,7 @@ def pair_features(
     cohort: Cohort,
     top_k: int,
     *,
-    device: str | torch.device | None = None,
+    device: str | Any | None = None,  # a torch device
 ) -> dict[str, np.ndarray]:
     """The :data:`FEATURES` of calibration pairs, each pair's speakers left out of its AS-norm cohort.
 
@@ -463,7 +465,7 @@ def fit_calibration(
     threshold: str = "eer",
     target_far: float = 0.01,
     p_target: float = 0.01,
-    device: str | torch.device | None = None,
+    device: str | Any | None = None,  # a torch device
 ) -> QualityCalibrator:
     """Fits a :class:`QualityCalibrator` on pairs drawn from a cohort set (``mlsv calibrate``).
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlsv.extras import needs_extra
 from mlsv.scoring.metrics import det_curve
 
 __all__ = ["plot_det", "plot_histogram", "write_report"]
@@ -15,10 +16,12 @@ _TICKS = np.array([0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4])
 
 
 def _pyplot():
-    import matplotlib
+    with needs_extra("eval", "the report's plots"):
+        import matplotlib
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    with needs_extra("eval", "the report's plots"):
+        import matplotlib.pyplot as plt
 
     return plt
 
@@ -31,7 +34,8 @@ def plot_det(systems: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | P
         path: output PNG.
         title: figure title.
     """
-    from scipy.stats import norm
+    with needs_extra("eval", "the report's plots"):
+        from scipy.stats import norm
 
     plt = _pyplot()
     path = Path(path)

@@ -17,6 +17,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from mlsv.extras import needs_extra
+
 META = "mlsv_meta.json"
 #: Files accelerate writes with torch.save (pickles): checked with the tensors-only unpickler before loading.
 PICKLED_SUFFIXES = (".bin", ".pkl", ".pt", ".pth")
@@ -56,7 +58,8 @@ def _check_pickles(path: Path) -> None:
     """Every pickled file of a checkpoint loads with the tensors-only unpickler (accelerate's own
     ``weights_only`` load, with the numpy and random-state types it allows), or the checkpoint is refused:
     accelerate would unpickle some fully, and skips a random-state file it cannot read without a word."""
-    from accelerate.utils.other import load as tensors_only_load
+    with needs_extra("train", "training"):
+        from accelerate.utils.other import load as tensors_only_load
 
     for f in sorted(path.iterdir()):
         if f.suffix in PICKLED_SUFFIXES:

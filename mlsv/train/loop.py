@@ -49,6 +49,7 @@ from mlsv.config import ConfigError, TrainConfig, dump_config, load_config, load
 from mlsv.data.augment import BatchAugmenter
 from mlsv.data.loader import build_train_loader, speed_perturb_classes, utterance_subset
 from mlsv.data.manifest import load_labels, load_manifest, save_labels, speaker_labels
+from mlsv.extras import needs_extra
 from mlsv.locks import FolderLock
 from mlsv.models import TINY_ENCODERS, MLSVModel, SubCenterAAMSoftmax, runtime
 from mlsv.models.loading import min_samples
@@ -215,7 +216,8 @@ def check_same_run(cfg: TrainConfig, output_dir: Path) -> None:
 def _find_unused_parameters(acc) -> None:
     """LayerDrop skips layers (eagerly), whose parameters then get no gradient in that step; DDP has to
     look for such parameters, or it fails on the next step. Set on the accelerator before ``prepare``."""
-    from accelerate.utils import DistributedDataParallelKwargs
+    with needs_extra("train", "training"):
+        from accelerate.utils import DistributedDataParallelKwargs
 
     if acc.ddp_handler is None:
         acc.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
@@ -326,7 +328,8 @@ def run_stage(cfg: TrainConfig, output_dir: str | Path, *, config_dir: Path | No
     if (output_dir / "COMPLETE").is_file():
         log.info("%s is complete; skipping", output_dir)
         return output_dir
-    from accelerate import PartialState
+    with needs_extra("train", "training"):
+        from accelerate import PartialState
 
     # one process writes a stage's folder at a time (the main one of a launch; the others follow it)
     with FolderLock(output_dir, "training") if PartialState().is_main_process else contextlib.nullcontext():
@@ -418,8 +421,9 @@ def _check_inputs(cfg: TrainConfig, config_dir: Path | None) -> str:
 def _accelerator(cfg: TrainConfig, output_dir: Path, accelerator=None):
     """The given accelerator, or one made from the stage's settings; then the seed set, one process
     logging, and ``config.yaml`` written."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    with needs_extra("train", "training"):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
 
     st = cfg.stage
     if accelerator is None:
@@ -709,7 +713,8 @@ def _audit_step(digest: bytes, labels: torch.Tensor) -> bytes:
 def _after_step(s: Stage, e: _Epoch) -> None:
     """After an optimiser step: the step counted, the weight average updated, and a mid-epoch checkpoint
     every ``stage.checkpoint_every_steps`` (with the running totals, audit digests and skipped files)."""
-    from accelerate.utils import gather_object
+    with needs_extra("train", "training"):
+        from accelerate.utils import gather_object
 
     st = s.cfg.stage
     e.global_step += 1

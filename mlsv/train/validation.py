@@ -11,6 +11,7 @@ import numpy as np
 from mlsv.data.loader import build_eval_loader
 from mlsv.data.manifest import iter_rows, sample_manifest
 from mlsv.data.trials import read_trials
+from mlsv.extras import needs_extra
 from mlsv.models.loading import min_samples
 from mlsv.scoring.backend import cosine_scores
 from mlsv.scoring.embeddings import EmbeddingTable, pool_rows
@@ -24,7 +25,8 @@ def _embed_manifest(model, manifest: str, acc, data):
     """Embeds a manifest split across processes; every process gets the whole table back. Undecodable
     files and files too short for the encoder are skipped and logged, as in training (a trial that
     names one is then left out); with ``data.strict`` they stop the run, naming the file."""
-    from accelerate.utils import gather_object
+    with needs_extra("train", "training"):
+        from accelerate.utils import gather_object
 
     loader = build_eval_loader(
         manifest,
@@ -63,7 +65,8 @@ def merge_parts(parts: list[tuple[list[str], np.ndarray, np.ndarray]]):
 def _subset_manifest(manifest: str, limit: int, out: Path, acc, seed: int = 0) -> str:
     """A seeded random subset of at most ``limit`` rows (``sample_manifest``), written by the main process
     while the others wait; every process gets its path."""
-    from accelerate.utils import broadcast_object_list
+    with needs_extra("train", "training"):
+        from accelerate.utils import broadcast_object_list
 
     chosen = [str(sample_manifest(manifest, limit, out, seed)) if acc.is_main_process else None]
     if acc.num_processes > 1:
