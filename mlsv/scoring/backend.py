@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
+from mlsv.models.scoring_mlsv import cosine_scores, subtract_mean, topk_moments
+from mlsv.models.scoring_mlsv import normalized_rows as _normalized
 from mlsv.scoring.embeddings import EmbeddingTable
 
 __all__ = [
@@ -63,41 +65,6 @@ def embedding_mean(embeddings: np.ndarray) -> np.ndarray:
     if x.ndim != 2 or len(x) == 0:
         raise ValueError(f"expected a non-empty (N, E) array, got shape {x.shape}")
     return x.mean(axis=0, dtype=np.float64).astype(np.float32)
-
-
-def subtract_mean(x: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
-    """Returns ``x - mean`` as float32; ``x`` is (N, E) or (E,), ``mean`` (E,) or None (no change)."""
-    x = np.asarray(x, dtype=np.float32)
-    if mean is None:
-        return x
-    mean = np.asarray(mean, dtype=np.float32).reshape(-1)
-    if mean.shape[0] != x.shape[-1]:
-        raise ValueError(f"mean vector has {mean.shape[0]} dimensions, embeddings have {x.shape[-1]}")
-    return x - mean
-
-
-def cosine_scores(enroll: np.ndarray, test: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Row-wise cosine similarity.
-
-    Args:
-        enroll: (N, E) embeddings.
-        test: (N, E) embeddings.
-
-    Returns:
-        (N,) float64, ``cos(enroll[i], test[i])``.
-    """
-    a = np.asarray(enroll, dtype=np.float64)
-    b = np.asarray(test, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 2:
-        raise ValueError(f"enroll {a.shape} and test {b.shape} must both be (N, E)")
-    na = np.maximum(np.linalg.norm(a, axis=1), eps)
-    nb = np.maximum(np.linalg.norm(b, axis=1), eps)
-    return np.einsum("ne,ne->n", a, b) / (na * nb)
-
-
-def _normalized(x: np.ndarray, device: torch.device) -> torch.Tensor:
-    t = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=device)
-    return torch.nn.functional.normalize(t, dim=1, eps=1e-12)
 
 
 def _as_index(idx: ArrayLike, n: int, what: str) -> np.ndarray:
@@ -352,9 +319,7 @@ def cohort_stats(
                 r, j = np.nonzero(ex[s : s + rows] >= 0)
                 cols = ex[s : s + rows][r, j]
                 sim[torch.as_tensor(r, device=dev), torch.as_tensor(cols, device=dev)] = float("-inf")
-            v = torch.topk(sim, top_k, dim=1, sorted=False).values.double()  # (n, top_k)
-            mu[s : s + rows] = v.mean(1).cpu().numpy()
-            sigma[s : s + rows] = v.std(1, correction=1).cpu().numpy()
+            mu[s : s + rows], sigma[s : s + rows] = topk_moments(sim, top_k)
     return mu, sigma
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
+from mlsv.models.scoring_mlsv import FEATURES, qmf_llr, quality_measures, trial_features
 from mlsv.scoring.backend import (
     Cohort,
     cohort_from_table,
@@ -54,58 +55,8 @@ __all__ = [
     "trial_features",
 ]
 
-#: Per-utterance quality measures, computed on the raw (not mean-subtracted) embeddings.
-QUALITY = ("log_dur", "l1", "l2", "std")
-#: Trial features, in the reference's order; ``_e``/``_t`` are the enrolment and test sides.
-FEATURES = ("score", "log_dur_e", "log_dur_t", "l1_e", "l2_e", "l1_t", "l2_t", "std_e", "std_t")
 THRESHOLDS = ("eer", "far", "bayes")
 FORMAT_VERSION = 1
-_MIN_DURATION = 1e-3  # seconds; keeps log-duration finite for missing (0) durations
-
-
-def quality_measures(embeddings: np.ndarray, durations: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-utterance quality measures.
-
-    Args:
-        embeddings: (N, E) raw embeddings.
-        durations: (N,) seconds (values below 1 ms are clamped to 1 ms before the log).
-
-    Returns:
-        ``{"log_dur", "l1", "l2", "std"}``, each (N,) float64; ``std`` is the population std (ddof 0)
-        over the E entries.
-    """
-    x = np.asarray(embeddings, dtype=np.float64)
-    d = np.asarray(durations, dtype=np.float64).reshape(-1)
-    if x.ndim != 2 or d.shape[0] != x.shape[0]:
-        raise ValueError(f"embeddings {x.shape} and durations {d.shape} do not match")
-    return {
-        "log_dur": np.log(np.maximum(d, _MIN_DURATION)),
-        "l1": np.abs(x).sum(1),
-        "l2": np.linalg.norm(x, axis=1),
-        "std": x.std(1),
-    }
-
-
-def trial_features(
-    score: np.ndarray, quality: Mapping[str, np.ndarray], enroll_idx: ArrayLike, test_idx: ArrayLike
-) -> dict[str, np.ndarray]:
-    """All :data:`FEATURES` of N trials.
-
-    Args:
-        score: (N,) AS-norm scores.
-        quality: output of :func:`quality_measures` for U utterances.
-        enroll_idx, test_idx: (N,) rows into ``quality`` for each trial's two sides.
-
-    Returns:
-        ``{name: (N,) float64}`` for every name in :data:`FEATURES`.
-    """
-    e = np.asarray(enroll_idx, dtype=np.int64)
-    t = np.asarray(test_idx, dtype=np.int64)
-    out = {"score": np.asarray(score, dtype=np.float64)}
-    for q in QUALITY:
-        out[f"{q}_e"] = quality[q][e]
-        out[f"{q}_t"] = quality[q][t]
-    return {name: out[name] for name in FEATURES}
 
 
 class QualityCalibrator:
@@ -235,11 +186,11 @@ class QualityCalibrator:
         Returns:
             (N,) float64 natural-log LLRs.
         """
-        if not self.is_fitted:
+        if self.center_ is None or self.scale_ is None or self.coef_ is None:
             raise RuntimeError("QualityCalibrator is not fitted")
-        z = (self._matrix(features) - self.center_) / self.scale_
-        logit = z @ self.coef_ + self.intercept_
-        return logit - math.log(self.train_prior_ / (1.0 - self.train_prior_))
+        return qmf_llr(
+            self._matrix(features), self.center_, self.scale_, self.coef_, self.intercept_, self.train_prior_
+        )
 
     def decide(self, llr: np.ndarray) -> np.ndarray:
         """(N,) bool: same speaker when ``llr >= threshold_``."""
