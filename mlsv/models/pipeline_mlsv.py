@@ -50,11 +50,13 @@ from .scoring_mlsv import (
 __all__ = ["CUSTOM_PIPELINES", "TASK", "SpeakerVerificationPipeline"]
 
 TASK = "speaker-verification"
-#: The ``custom_pipelines`` entry of a saved model's ``config.json`` (transformers' format for a pipeline
-#: that travels with the model code).
-CUSTOM_PIPELINES = {
-    TASK: {"impl": "pipeline_mlsv.SpeakerVerificationPipeline", "pt": ["AutoModel"], "tf": [], "type": "audio"}
-}
+_ENTRY = {"impl": "pipeline_mlsv.SpeakerVerificationPipeline", "pt": ["AutoModel"], "tf": [], "type": "audio"}
+#: The ``custom_pipelines`` entry of a saved model's ``config.json`` (transformers' format for a pipeline that
+#: travels with the model code). ``feature-extraction`` too: the Hub has no speaker-verification task, and its
+#: "Use this model" snippet for the card's ``pipeline_tag: feature-extraction`` is
+#: ``pipeline("feature-extraction", model=REPO, trust_remote_code=True)``, which then gives this pipeline
+#: (transformers' own feature-extraction pipeline needs a tokenizer, which an audio model has not).
+CUSTOM_PIPELINES = {TASK: _ENTRY, "feature-extraction": _ENTRY}
 #: Score scales in pipeline order, and their spellings in models saved by earlier versions.
 SCALES = ("cosine", "asnorm", "calibrated")
 _LEGACY_SCALES = {"calibrated_llr": "calibrated"}
