@@ -137,7 +137,8 @@ class SpeakerVerificationPipeline(Pipeline):
         }
 
     def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:  # type: ignore[override]
-        out = self.model(model_inputs["input_values"], attention_mask=model_inputs["attention_mask"])
+        x = model_inputs["input_values"].to(self.model.dtype)  # a model loaded in another dtype (dtype=...)
+        out = self.model(x, attention_mask=model_inputs["attention_mask"])
         emb = out.embeddings.float()
         rows = torch.empty_like(emb)
         rows[torch.as_tensor(model_inputs["order"])] = emb
