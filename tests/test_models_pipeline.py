@@ -189,6 +189,10 @@ def test_pipeline_in_process_and_its_errors(models, audio):
         pipe(voice(0.5, seed=1), sampling_rate="16000")
     with pytest.raises(TypeError, match="one recording, or a pair"):
         pipe(audio / "a.wav", audio / "d.wav", audio / "c.wav")
+    with pytest.raises(ValueError, match="batch_size"):
+        pipe([audio / "a.wav", audio / "d.wav"], batch_size=2)
+    with pytest.raises(TypeError, match="unknown speaker-verification parameters: far"):
+        pipe(audio / "a.wav", audio / "d.wav", far=0.01)
     # a model without a threshold on its scale: the error says what to pass
     model.config.threshold = None
     bare = pipeline("speaker-verification", model=model)

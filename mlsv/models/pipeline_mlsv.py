@@ -93,6 +93,11 @@ class SpeakerVerificationPipeline(Pipeline):
             inputs = (inputs, args[0])
         if isinstance(inputs, list) and not inputs:
             raise ValueError("nothing to embed or verify: an empty list")
+        if (kwargs.get("batch_size") or self._batch_size or 1) > 1:
+            raise ValueError(
+                "batch_size is not supported: a list of recordings or pairs is run item by item (a pair's "
+                "recordings in one padded batch); leave batch_size unset"
+            )
         return super().__call__(inputs, **kwargs)
 
     def _sanitize_parameters(self, sampling_rate=None, threshold=None, **kwargs):
@@ -207,6 +212,8 @@ class StoredScoring:
         evaluation = dict(getattr(config, "evaluation", None) or {})
         self.evaluation = evaluation
         self.calibration = dict(getattr(config, "calibration", None) or {}) or None
+        if self.calibration is not None and self.calibration.get("format") != "mlsv-qmf-calibration":
+            raise ValueError("the model's calibration is not an mlsv calibration ('format': 'mlsv-qmf-calibration')")
         mean = getattr(config, "training_mean", None)
         info = (self.calibration or {}).get("info") or {}
         if mean is None and self.calibration is not None and info.get("mean") is not None:
