@@ -6,7 +6,8 @@ The folder holds ``config.json``, ``model.safetensors``, ``preprocessor_config.j
 (``configuration_mlsv.py``, ``modeling_mlsv.py`` and its siblings) so that
 ``AutoModel.from_pretrained(repo, trust_remote_code=True)`` works where mlsv is not installed, an ONNX
 export when the model folder has one (refused when its report says it came from other weights), and a
-``README.md`` model card with YAML metadata and the model's evaluation table: the metrics it records
+``README.md`` model card with Hub metadata (huggingface_hub's ``ModelCardData``: tags, ``base_model``,
+``pipeline_tag`` and a ``model-index`` of ``EvalResult``s) and the model's evaluation table: the metrics it records
 in its own config (``mlsv evaluate`` stores every score scale's), never another model's (a training
 stage's model has none), or a results file given explicitly. Only the model folder's own files are
 published: a file that is a link to (or otherwise resolves to) a place outside it is refused. The upload
