@@ -628,6 +628,24 @@ def test_dry_run_rerun_replaces_its_own_output(small_model_dir, tmp_path, capsys
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pub"]  # no temporary folder left beside it
 
 
+def test_dry_run_recognises_its_cards_by_their_metadata(small_model_dir, tmp_path, capsys):
+    """An earlier dry run's folder is recognised by its card's parsed metadata: one an earlier mlsv wrote
+    (hand-made YAML, quoted tags) is replaced; a card without the mlsv tag is not mlsv's and stays."""
+    out = tmp_path / "pub"
+    assert _dry_run(small_model_dir, out) == 0
+    body = (out / "README.md").read_text().split("---\n", 2)[2]
+    old_meta = '---\nlibrary_name: transformers\ntags:\n- "speaker-verification"\n- "mlsv"\n'
+    (out / "README.md").write_text(old_meta + "pipeline_tag: feature-extraction\n---\n" + body)
+    assert _dry_run(small_model_dir, out, repo_id="me/y") == 0
+    assert ModelCard.load(out / "README.md").data.eval_results is None  # rebuilt: no evaluation recorded
+    assert "me/y" in (out / "README.md").read_text()
+    (out / "README.md").write_text("---\nlibrary_name: transformers\ntags:\n- other\n---\n" + body)
+    assert _dry_run(small_model_dir, out) == 2
+    assert "not a publish folder" in cli_error(capsys)
+    (out / "README.md").write_text("---\n[not: a mapping\n---\n" + body)
+    assert _dry_run(small_model_dir, out) == 2
+
+
 def test_failed_build_keeps_the_previous_output(small_model_dir, tmp_path, capsys):
     import shutil
 
