@@ -718,7 +718,7 @@ def test_the_card_says_the_training_crop_length(tmp_path):
 # Hub-native metadata (ModelCardData / EvalResult) and the pipeline the card shows
 
 
-def test_card_metadata_parses_with_huggingface_hub(run_dir, tmp_path):
+def test_card_metadata_parses_with_huggingface_hub(run_dir, tmp_path, monkeypatch):
     """The card's metadata is huggingface_hub's: the model-index holds one speaker-verification result per
     trial list, score scale and metric (EER, minDCF with its prior), equal to what the model records; the
     pipeline tag is one whose Hub snippet runs; base_model is the encoder's hub id when it came from one."""
@@ -752,6 +752,15 @@ def test_card_metadata_parses_with_huggingface_hub(run_dir, tmp_path):
     assert hub.card_data(cfg, repo_id="a/b").base_model == "microsoft/wavlm-base-plus"
     cfg.encoder_name_or_path = str(tmp_path)  # a local folder
     assert hub.card_data(cfg, repo_id="a/b").base_model is None
+    (tmp_path / "enc" / "wavlm").mkdir(parents=True)  # a local folder named like a hub id
+    monkeypatch.chdir(tmp_path)
+    cfg.encoder_name_or_path = "enc/wavlm"
+    assert hub.card_data(cfg, repo_id="a/b").base_model is None
+    cfg.encoder_name_or_path = "enc/hubert"  # no such folder here: a hub id
+    assert hub.card_data(cfg, repo_id="a/b").base_model == "enc/hubert"
+    # a snapshot of the Hub's cache names the repository it came from
+    cfg.encoder_name_or_path = "/cache/hub/models--microsoft--wavlm-base-plus/snapshots/0123abcd"
+    assert hub.card_data(cfg, repo_id="a/b").base_model == "microsoft/wavlm-base-plus"
     # a results file: the system becomes the dataset's config, a record without a scale has none
     results = hub.eval_results(load_metrics(RESULTS) + [("vox1_O", {"eer": 1.5, "min_dcf_0.01": float("nan")})])
     first, last = results[0], results[-1]

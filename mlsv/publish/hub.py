@@ -212,12 +212,16 @@ def card_data(
 
 
 def encoder_hub_id(config) -> str | None:
-    """The hub id the model's encoder came from (``encoder_name_or_path``), or None: a built-in tiny encoder, a
-    local folder (one that exists here, or a path that is not ``NAMESPACE/NAME``) or none recorded."""
+    """The hub id the model's encoder came from (``encoder_name_or_path``): a hub id, or a snapshot folder of the
+    Hub's cache (``.../models--NAMESPACE--NAME/snapshots/REV``); None for a built-in tiny encoder, another local
+    folder (one that exists here, or a path that is not ``NAMESPACE/NAME``) or none recorded."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     name = str(getattr(config, "encoder_name_or_path", "") or "")
-    if name.count("/") != 1 or name.startswith((".", "/", "~")) or os.path.exists(name):
+    cached = re.search(r"(?:^|[/\\])models--([^/\\]+?)--([^/\\]+)[/\\]snapshots[/\\]", name)
+    if cached:
+        name = f"{cached.group(1)}/{cached.group(2)}"
+    elif name.count("/") != 1 or name.startswith((".", "/", "~")) or os.path.exists(name):
         return None
     try:
         validate_repo_id(name)
