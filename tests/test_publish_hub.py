@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import pytest
 from conftest import cli_error, saved_tiny_model
+from huggingface_hub import ModelCard
 
 from mlsv.publish import hub
 from mlsv.publish.hub import build_model_card, load_metrics, main
@@ -125,11 +126,11 @@ def test_dry_run_folder_loads_without_mlsv(run_dir, tmp_path, capsys):
     } <= names
     # the card: metadata and the model's metrics
     card = (out / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: transformers\n")
-    meta = card.split("---")[1]
+    meta = ModelCard.load(out / "README.md").data  # the metadata as the Hub's own library reads it
+    assert card.startswith("---\n") and meta.library_name == "transformers"
     for tag in ("speaker-verification", "mlsv", "wavlm", "lap"):
-        assert f'- "{tag}"' in meta
-    assert '- "voxceleb2"' in meta and "license: mit" in meta
+        assert tag in meta.tags
+    assert meta.datasets == ["voxceleb2"] and meta.license == "mit"
     assert "| calibrated / test_trials | 3.988 | 0.2999 | 0.2500 | 0.4100 | 4,000 |" in card
     assert "4.321" in card and "trust_remote_code=True" in card and "Limitations" in card
 
@@ -627,6 +628,24 @@ def test_dry_run_rerun_replaces_its_own_output(small_model_dir, tmp_path, capsys
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pub"]  # no temporary folder left beside it
 
 
+def test_dry_run_recognises_its_cards_by_their_metadata(small_model_dir, tmp_path, capsys):
+    """An earlier dry run's folder is recognised by its card's parsed metadata: one an earlier mlsv wrote
+    (hand-made YAML, quoted tags) is replaced; a card without the mlsv tag is not mlsv's and stays."""
+    out = tmp_path / "pub"
+    assert _dry_run(small_model_dir, out) == 0
+    body = (out / "README.md").read_text().split("---\n", 2)[2]
+    old_meta = '---\nlibrary_name: transformers\ntags:\n- "speaker-verification"\n- "mlsv"\n'
+    (out / "README.md").write_text(old_meta + "pipeline_tag: feature-extraction\n---\n" + body)
+    assert _dry_run(small_model_dir, out, repo_id="me/y") == 0
+    assert ModelCard.load(out / "README.md").data.eval_results is None  # rebuilt: no evaluation recorded
+    assert "me/y" in (out / "README.md").read_text()
+    (out / "README.md").write_text("---\nlibrary_name: transformers\ntags:\n- other\n---\n" + body)
+    assert _dry_run(small_model_dir, out) == 2
+    assert "not a publish folder" in cli_error(capsys)
+    (out / "README.md").write_text("---\n[not: a mapping\n---\n" + body)
+    assert _dry_run(small_model_dir, out) == 2
+
+
 def test_failed_build_keeps_the_previous_output(small_model_dir, tmp_path, capsys):
     import shutil
 
@@ -693,3 +712,114 @@ def test_the_card_says_the_training_crop_length(tmp_path):
     assert "training crops" not in build_model_card(config, repo_id="me/x")
     config.train_crop_seconds = 2.0
     assert "| training crops | 2 s (the context the model was trained on) |" in build_model_card(config, repo_id="me/x")
+
+
+# ------------------------------------------------------------------------------------------------
+# Hub-native metadata (ModelCardData / EvalResult) and the pipeline the card shows
+
+
+def test_card_metadata_parses_with_huggingface_hub(run_dir, tmp_path, monkeypatch):
+    """The card's metadata is huggingface_hub's: the model-index holds one speaker-verification result per
+    trial list, score scale and metric (EER, minDCF with its prior), equal to what the model records; the
+    pipeline tag is one whose Hub snippet runs; base_model is the encoder's hub id when it came from one."""
+    from mlsv.models import MLSVConfig
+    from mlsv.publish.hub import build_publish_folder
+
+    out = build_publish_folder(run_dir / "model", tmp_path / "publish", repo_id="someone/mlsv-tiny", license="mit")
+    data = ModelCard.load(out / "README.md").data
+    assert data.pipeline_tag == "feature-extraction" and data.library_name == "transformers"
+    assert "custom_code" in data.tags and "speaker-verification" in data.tags
+    assert data.base_model is None  # a built-in tiny encoder
+    assert data.model_name == "mlsv-tiny"
+    got = {
+        (r.dataset_type, r.metric_config, r.metric_type, (r.metric_args or {}).get("p_target")): r.metric_value
+        for r in data.eval_results
+    }
+    assert {r.task_type for r in data.eval_results} == {"speaker-verification"}
+    expected = {}
+    for stage, lists in RESULTS["systems"]["LAP"].items():
+        for trial_list, m in lists.items():
+            expected[(trial_list, stage, "eer", None)] = m["eer"]
+            expected[(trial_list, stage, "min_dcf", 0.01)] = m["min_dcf_0.01"]
+            expected[(trial_list, stage, "min_dcf", 0.05)] = m["min_dcf_0.05"]
+    assert got == expected
+    # the config names the pipeline for both tasks the card's snippets use
+    config = json.loads((out / "config.json").read_text())
+    assert set(config["custom_pipelines"]) == {"speaker-verification", "feature-extraction"}
+
+    cfg = MLSVConfig.from_pretrained(run_dir / "model")
+    cfg.encoder_name_or_path = "microsoft/wavlm-base-plus"
+    assert hub.card_data(cfg, repo_id="a/b").base_model == "microsoft/wavlm-base-plus"
+    cfg.encoder_name_or_path = str(tmp_path)  # a local folder
+    assert hub.card_data(cfg, repo_id="a/b").base_model is None
+    (tmp_path / "enc" / "wavlm").mkdir(parents=True)  # a local folder named like a hub id
+    monkeypatch.chdir(tmp_path)
+    cfg.encoder_name_or_path = "enc/wavlm"
+    assert hub.card_data(cfg, repo_id="a/b").base_model is None
+    cfg.encoder_name_or_path = "enc/hubert"  # no such folder here: a hub id
+    assert hub.card_data(cfg, repo_id="a/b").base_model == "enc/hubert"
+    # a snapshot of the Hub's cache names the repository it came from
+    cfg.encoder_name_or_path = "/cache/hub/models--microsoft--wavlm-base-plus/snapshots/0123abcd"
+    assert hub.card_data(cfg, repo_id="a/b").base_model == "microsoft/wavlm-base-plus"
+    # a results file: the system becomes the dataset's config, a record without a scale has none
+    results = hub.eval_results(load_metrics(RESULTS) + [("vox1_O", {"eer": 1.5, "min_dcf_0.01": float("nan")})])
+    first, last = results[0], results[-1]
+    assert (first.dataset_config, first.metric_config, first.dataset_type) == ("LAP", "cosine", "test_trials")
+    assert (last.dataset_type, last.metric_config, last.metric_type, last.metric_value) == ("vox1_O", None, "eer", 1.5)
+    assert sum(r.dataset_type == "vox1_O" for r in results) == 1  # NaN left out
+
+
+CARD_PIPELINE = textwrap.dedent("""
+    import json, sys
+    sys.modules["mlsv"] = None  # any import of mlsv fails
+    from transformers import pipeline
+    code, folder, enroll, test, out = sys.argv[1:6]
+    namespace = {"__name__": "__main__"}
+    for name, value in (('"me/tiny"', folder), ('"enroll.wav"', enroll), ('"test.wav"', test), ('"a.wav"', enroll)):
+        code = code.replace(name, repr(value))
+    exec(compile(code, "card", "exec"), namespace)
+    # the Hub's "Use this model" snippet for the card's pipeline tag
+    hub = pipeline("feature-extraction", model=folder, trust_remote_code=True)
+    with open(out, "w") as f:
+        json.dump({"card": namespace["result"], "hub": hub(enroll, test), "dim": len(namespace["embedding"]),
+                   "hub_embedding": hub(enroll)["embedding"].tolist()}, f)
+""")
+
+
+def test_the_cards_pipeline_snippet_gives_what_mlsv_verify_gives(evaluated, tmp_path):
+    """The card's pipeline snippet, run where mlsv cannot be imported, and the Hub's feature-extraction snippet
+    give the score, threshold and decision of ``mlsv verify`` on this model's calibrated scale."""
+    from mlsv.api import Verifier
+    from mlsv.publish.hub import build_publish_folder
+
+    _, model_dir, wavs = evaluated
+    out = build_publish_folder(model_dir, tmp_path / "publish", repo_id="me/tiny")
+    card = (out / "README.md").read_text()
+    part = card[card.index("With transformers' pipeline") :]
+    code = part.split("```python\n", 1)[1].split("\n```", 1)[0]
+    assert 'pipeline("speaker-verification", model="me/tiny", trust_remote_code=True)' in code
+    assert "calibrated scale" in part.split("```")[0]
+    (tmp_path / "run.py").write_text(CARD_PIPELINE)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    a, b = wavs[0], wavs[-1]
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "run.py"), code, str(out), a, b, str(tmp_path / "out.json")],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads((tmp_path / "out.json").read_text())
+    verifier = Verifier.from_pretrained(model_dir)
+    want = verifier.verify(a, b).to_dict()
+    assert want["scale"] == "calibrated"
+    for result in (got["card"], got["hub"]):
+        assert result["scale"] == want["scale"] and result["threshold"] == want["threshold"]
+        assert result["decision"] == want["decision"] and result["threshold_source"] == want["threshold_source"]
+        assert result["score"] == pytest.approx(want["score"], rel=1e-6, abs=1e-6)
+    assert got["dim"] == verifier.embedding_size
+    np.testing.assert_allclose(got["hub_embedding"], verifier.embed(a), rtol=0, atol=1e-6)

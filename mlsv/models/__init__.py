@@ -1,7 +1,7 @@
 """The model library: frontends, layer aggregation, speaker backends, margin head and ``MLSVModel``.
 
 Importing it registers ``MLSVConfig``/``MLSVModel`` with ``AutoConfig``, ``AutoModel`` and
-``AutoModelForAudioXVector``.
+``AutoModelForAudioXVector``, and the ``speaker-verification`` pipeline with transformers.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForAudioXVector
@@ -12,6 +12,7 @@ from .configuration_mlsv import MLSVConfig
 from .frontend import FAMILIES, TINY_ENCODERS, Frontend, build_encoder, encoder_config_from_name
 from .head import SubCenterAAMSoftmax
 from .modeling_mlsv import MLSVModel, MLSVOutput
+from .pipeline_mlsv import SpeakerVerificationPipeline  # registers the "speaker-verification" pipeline
 
 AutoConfig.register("mlsv", MLSVConfig, exist_ok=True)
 AutoModel.register(MLSVConfig, MLSVModel, exist_ok=True)
@@ -34,6 +35,7 @@ __all__ = [
     "MLSVConfig",
     "MLSVModel",
     "MLSVOutput",
+    "SpeakerVerificationPipeline",
     "SubCenterAAMSoftmax",
     "SuperbAggregation",
     "XVector",

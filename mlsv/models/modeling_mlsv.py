@@ -19,6 +19,7 @@ from .aggregation import LayerAttentivePooling, SuperbAggregation, build_aggrega
 from .backends import build_backend
 from .configuration_mlsv import MLSVConfig
 from .frontend import Frontend, build_encoder, encoder_config_from_name, load_pretrained_encoder
+from .pipeline_mlsv import CUSTOM_PIPELINES
 
 
 @dataclass
@@ -171,6 +172,12 @@ class MLSVModel(MLSVPreTrainedModel):
         self.config.auto_map = {
             **(getattr(self.config, "auto_map", None) or {}),
             "AutoModelForAudioXVector": "modeling_mlsv.MLSVModel",
+        }
+        # the speaker-verification pipeline travels with the code (importing it here makes transformers copy
+        # pipeline_mlsv.py beside this file): pipeline("speaker-verification", model=DIR, trust_remote_code=True)
+        self.config.custom_pipelines = {
+            **(getattr(self.config, "custom_pipelines", None) or {}),
+            **{task: {**entry} for task, entry in CUSTOM_PIPELINES.items()},
         }
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):

@@ -6,7 +6,8 @@ The folder holds ``config.json``, ``model.safetensors``, ``preprocessor_config.j
 (``configuration_mlsv.py``, ``modeling_mlsv.py`` and its siblings) so that
 ``AutoModel.from_pretrained(repo, trust_remote_code=True)`` works where mlsv is not installed, an ONNX
 export when the model folder has one (refused when its report says it came from other weights), and a
-``README.md`` model card with YAML metadata and the model's evaluation table: the metrics it records
+``README.md`` model card with Hub metadata (huggingface_hub's ``ModelCardData``: tags, ``base_model``,
+``pipeline_tag`` and a ``model-index`` of ``EvalResult``s) and the model's evaluation table: the metrics it records
 in its own config (``mlsv evaluate`` stores every score scale's), never another model's (a training
 stage's model has none), or a results file given explicitly. Only the model folder's own files are
 published: a file that is a link to (or otherwise resolves to) a place outside it is refused. The upload
@@ -28,6 +29,8 @@ import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 import mlsv.models
 from mlsv.inference.export import WEIGHTS_NAME, check_export_weights, weights_fingerprint
@@ -141,8 +144,13 @@ def metrics_table(records: Sequence[tuple[str, dict]]) -> str:
 # model card
 
 
-def _yaml_list(key: str, values: Sequence[str]) -> list[str]:
-    return [f"{key}:"] + [f"- {json.dumps(v)}" for v in values] if values else []
+#: The card's ``pipeline_tag``: a Hub task whose "Use this model" snippet transformers runs,
+#: ``pipeline("feature-extraction", model=REPO, trust_remote_code=True)``; the saved config maps that task (and
+#: ``speaker-verification``) to the model's own pipeline (``custom_pipelines``), so the snippet returns the
+#: speaker-verification pipeline: embeddings of recordings, scores and decisions for pairs.
+PIPELINE_TAG = "feature-extraction"
+#: The metrics of the card's ``model-index`` (``EvalResult``): (key prefix, metric type, name).
+_EVAL_METRICS = (("eer", "eer", "EER (%)"), ("min_dcf_", "min_dcf", "minDCF"))
 
 
 def build_model_card(
@@ -155,16 +163,116 @@ def build_model_card(
     parameter_counts: Mapping[str, int] | None = None,
     has_onnx: bool = False,
 ) -> str:
-    """The model card (README.md): YAML metadata, summary, metrics, usage, intended use, limitations."""
+    """The model card (README.md): Hub metadata (``card_data``), then summary, metrics, usage, intended use
+    and limitations, rendered through huggingface_hub's ``ModelCard``."""
+    from huggingface_hub import ModelCard
+
     names = _card_names(config)
     lines = (
-        _card_metadata(config, names, datasets, license)
-        + _card_summary(config, names, repo_id, parameter_counts)
+        _card_summary(config, names, repo_id, parameter_counts)
         + _card_evaluation(metrics)
         + _card_usage(config, repo_id, has_onnx)
         + _card_use_and_limits(datasets)
     )
-    return "\n".join(lines)
+    data = card_data(config, repo_id=repo_id, metrics=metrics, datasets=datasets, license=license)
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+    return str(card)
+
+
+def card_data(
+    config,
+    *,
+    repo_id: str,
+    metrics: Sequence[tuple[str, dict]] = (),
+    datasets: Sequence[str] = (),
+    license: str | None = None,
+):
+    """The card's metadata as huggingface_hub's ``ModelCardData``: library, license, tags, datasets,
+    ``base_model`` (the encoder's hub id, when it came from the Hub), ``pipeline_tag`` (:data:`PIPELINE_TAG`)
+    and the evaluation as ``EvalResult``s (task ``speaker-verification``, one per trial list, score scale and
+    metric: EER and minDCF; the scale is the metric's ``config``), which the Hub reads as the ``model-index``."""
+    from huggingface_hub import ModelCardData
+
+    names = _card_names(config)
+    family, agg = names["family"], names["agg"]
+    tags = ["speaker-verification", "speaker-embedding", "audio", "mlsv", family, agg, config.backend]
+    if agg == "lap":
+        tags.append("layer-attentive-pooling")
+    tags.append("custom_code")  # the model code ships with the weights: the Hub's snippets pass trust_remote_code
+    return ModelCardData(
+        library_name="transformers",
+        license=license or None,
+        tags=list(dict.fromkeys(t for t in tags if t)),
+        datasets=list(datasets) or None,
+        base_model=encoder_hub_id(config),
+        pipeline_tag=PIPELINE_TAG,
+        model_name=repo_id.split("/")[-1],
+        eval_results=eval_results(metrics) or None,
+    )
+
+
+def encoder_hub_id(config) -> str | None:
+    """The hub id the model's encoder came from (``encoder_name_or_path``): a hub id, or a snapshot folder of the
+    Hub's cache (``.../models--NAMESPACE--NAME/snapshots/REV``); None for a built-in tiny encoder, another local
+    folder (one that exists here, or a path that is not ``NAMESPACE/NAME``) or none recorded."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    name = str(getattr(config, "encoder_name_or_path", "") or "")
+    cached = re.search(r"(?:^|[/\\])models--([^/\\]+?)--([^/\\]+)[/\\]snapshots[/\\]", name)
+    if cached:
+        name = f"{cached.group(1)}/{cached.group(2)}"
+    elif name.count("/") != 1 or name.startswith((".", "/", "~")) or os.path.exists(name):
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
+
+
+def eval_results(metrics: Sequence[tuple[str, dict]]) -> list:
+    """``EvalResult``s of metrics records (:func:`own_metrics`, :func:`load_metrics`): per record, its EER and
+    each minDCF (``min_dcf_<p>``, the target prior in the metric's ``args``), on the record's trial list, with
+    its score scale (``cosine``, ``asnorm``, ``calibrated``; from the record's label) as the metric's config.
+    Labels such as ``"LAP / calibrated / vox1_O"`` name the system too: it becomes the dataset's config."""
+    from huggingface_hub import EvalResult
+
+    out = []
+    for label, record in metrics:
+        parts = [p for p in label.split(" / ") if p]
+        stage = next((p for p in parts if p in STAGES), None)
+        rest = [p for p in parts if p != stage] or ["evaluation"]
+        trial_list, system = rest[-1], " / ".join(rest[:-1]) or None
+        for key in sorted(record, key=lambda k: (k != "eer", k)):
+            value = record[key]
+            kind = next(((t, n) for prefix, t, n in _EVAL_METRICS if key == prefix or key.startswith(prefix)), None)
+            if kind is None or key == "min_dcf_" or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if not math.isfinite(float(value)):
+                continue
+            metric_type, name = kind
+            args = None
+            if metric_type == "min_dcf":
+                try:
+                    args = {"p_target": float(key[len("min_dcf_") :])}
+                except ValueError:
+                    continue
+                name = f"{name} (p={args['p_target']:g})"
+            out.append(
+                EvalResult(
+                    task_type="speaker-verification",
+                    task_name="Speaker Verification",
+                    dataset_type=trial_list,
+                    dataset_name=trial_list,
+                    dataset_config=system,
+                    metric_type=metric_type,
+                    metric_name=f"{name}, {stage}" if stage else name,
+                    metric_value=float(value),
+                    metric_config=stage,
+                    metric_args=args,
+                )
+            )
+    return out
 
 
 def _card_names(config) -> dict[str, Any]:
@@ -182,21 +290,6 @@ def _card_names(config) -> dict[str, Any]:
             config.backend, config.backend
         ),
     }
-
-
-def _card_metadata(config, names: dict, datasets: Sequence[str], license: str | None) -> list[str]:
-    """The card's YAML front matter."""
-    family, agg = names["family"], names["agg"]
-    tags = ["speaker-verification", "speaker-embedding", "audio", "mlsv", family, agg, config.backend]
-    if agg == "lap":
-        tags.append("layer-attentive-pooling")
-    tags = list(dict.fromkeys(t for t in tags if t))
-    meta = ["---", "library_name: transformers"]
-    if license:
-        meta.append(f"license: {license}")
-    meta += _yaml_list("tags", tags) + _yaml_list("datasets", list(datasets))
-    meta += ["pipeline_tag: feature-extraction", "---", ""]
-    return meta
 
 
 def _card_summary(config, names: dict, repo_id: str, parameter_counts: Mapping[str, int] | None) -> list[str]:
@@ -295,6 +388,7 @@ def _card_usage(config, repo_id: str, has_onnx: bool) -> list[str]:
         "`mlsv embed --model " + repo_id + " FILES... --out emb.npz`.",
         "",
     ]
+    lines += _card_pipeline(config, repo_id)
     lines += _card_transformers_only(config, repo_id)
     lines += [
         "Batches may be padded: pass `attention_mask` (1 for real samples); padding does not change an embedding.",
@@ -309,6 +403,52 @@ def _card_usage(config, repo_id: str, has_onnx: bool) -> list[str]:
             "",
         ]
     return lines
+
+
+def _card_pipeline(config, repo_id: str) -> list[str]:
+    """The transformers pipeline snippet: ``pipeline("speaker-verification", ...)`` gives what ``mlsv verify``
+    gives (the scale and threshold mlsv uses for this model), and embeddings."""
+    scale, threshold = "cosine", None
+    try:  # what mlsv verify scores this model on: only the stored cohort's size matters here
+        n_cohort = int(getattr(config, "cohort_size", 0) or 0)
+        cohort = np.zeros((n_cohort, int(config.embedding_size)), np.float32) if n_cohort else None
+        scorer = Scorer(config, stored_cohort=cohort)
+        scale = scorer.score_scale
+        threshold = scorer.threshold()
+    except (ValueError, KeyError, TypeError):  # no threshold on that scale, or a calibration mlsv cannot read
+        pass
+    code = [
+        "```python",
+        "from transformers import pipeline",
+        "",
+        f'verify = pipeline("speaker-verification", model="{repo_id}", trust_remote_code=True)',
+    ]
+    if threshold is None:
+        code += [
+            f"threshold = None  # this model stores no threshold for its {scale} scores: set one chosen on your trials",
+            'result = verify("enroll.wav", "test.wav", threshold=threshold)',
+        ]
+    else:
+        code.append('result = verify("enroll.wav", "test.wav")')
+    code += [
+        'print(result["score"], result["threshold"], result["label"])  # e.g. 0.71 0.43 same speaker',
+        f'embedding = verify("a.wav")["embedding"]  # ({config.embedding_size},) numpy array',
+        "```",
+        "",
+    ]
+    where = "" if threshold is None else f" at the model's threshold ({threshold.value:.4f}, {threshold.source})"
+    return [
+        "With transformers' pipeline (the model code and its pipeline ship with the weights; "
+        "`pip install transformers torch soundfile soxr`): scores, thresholds and decisions as `mlsv verify` "
+        f"gives them, here on the {scale} scale ({_SCALE_WORDS.get(scale, 'cosine after subtracting the mean')})"
+        f"{where}, and embeddings.",
+        "",
+        *code,
+        'A recording is a path, `{"array": samples, "sampling_rate": rate}` (any rate, resampled), or samples '
+        "with `sampling_rate=`; a pair is two arguments or a tuple, and a list of recordings or pairs is a batch. "
+        'The Hub\'s `pipeline("feature-extraction", ...)` snippet gives this same pipeline.',
+        "",
+    ]
 
 
 #: How the score scales mlsv decides on are made, in words (for the card).
@@ -688,13 +828,15 @@ def _made_by_publish(folder: Path) -> bool:
     except (OSError, ValueError):
         return False
     weights = (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
-    return (
-        isinstance(config, dict)
-        and config.get("model_type") == "mlsv"
-        and weights
-        and card.startswith("---\nlibrary_name: transformers\n")
-        and '- "mlsv"' in card.split("---")[1]
-    )
+    if not (isinstance(config, dict) and config.get("model_type") == "mlsv" and weights and card.startswith("---\n")):
+        return False
+    from huggingface_hub import ModelCard
+
+    try:
+        data = ModelCard(card, ignore_metadata_errors=True).data
+    except Exception:  # metadata that is not YAML (yaml's errors), or not a mapping (ValueError)
+        return False
+    return data.get("library_name") == "transformers" and "mlsv" in (data.get("tags") or [])
 
 
 def _check_onnx_export(model_dir: Path, model) -> None:
