@@ -49,6 +49,7 @@ from mlsv.config import ConfigError, TrainConfig, dump_config, load_config, load
 from mlsv.data.augment import BatchAugmenter
 from mlsv.data.loader import build_train_loader, speed_perturb_classes
 from mlsv.data.manifest import load_labels, save_labels, speaker_labels
+from mlsv.data.sources import is_source, resolve_source
 from mlsv.locks import FolderLock
 from mlsv.models import TINY_ENCODERS, MLSVModel, SubCenterAAMSoftmax, runtime
 from mlsv.models.loading import min_samples
@@ -223,6 +224,8 @@ def _find_unused_parameters(acc) -> None:
 
 
 def _resolve(path: str, base: Path | None) -> str:
+    if is_source(path):  # hf:FOLDER?...: a relative folder against the config's, when it is there
+        return resolve_source(path, base)
     if not path or base is None or Path(path).is_absolute():
         return path
     return str((base / path).resolve())
