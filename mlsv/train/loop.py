@@ -58,7 +58,7 @@ from mlsv.train import checkpoint as ckpt
 from mlsv.train.ema import WeightAverage
 from mlsv.train.processes import accelerate_settings, check_accelerator, choose_threads
 from mlsv.train.schedules import lr_at, margin_at
-from mlsv.train.trackers import Trackers, flat_keys
+from mlsv.train.trackers import Trackers, accelerate_trackers, flat_keys
 from mlsv.train.validation import check_validation_trials, training_mean, validation_eer
 
 log = logging.getLogger("mlsv.train")
@@ -394,7 +394,7 @@ def _accelerator(cfg: TrainConfig, output_dir: Path, accelerator=None):
 
     st = cfg.stage
     if accelerator is None:
-        trackers = [t for t in cfg.log.trackers if t not in ("csv", "neptune")]
+        trackers = accelerate_trackers(cfg)  # ValueError naming a tracker that is not installed
         accelerator = Accelerator(
             mixed_precision=st.mixed_precision,
             gradient_accumulation_steps=st.grad_accum,
