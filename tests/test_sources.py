@@ -329,3 +329,45 @@ def test_prepare_lhotse_from_gzipped_manifests(tmp_path, capsys):
     (tmp_path / "supervisions.jsonl").write_text("".join(json.dumps(s) + "\n" for s in sups))
     rc, err = run_cli(argv, capsys)
     assert rc != 0 and "supervisions.jsonl:1: supervision 'a-1' has no speaker" in err
+
+
+def test_mlsv_evaluate_and_embed_take_a_source(model_dir, eval_inputs, tmp_path, capsys):
+    """The evaluation reads its utterances from a source, and a rerun reuses the embeddings of the same
+    dataset files."""
+    manifest, trials = eval_inputs
+    spec = _as_dataset(manifest, tmp_path / "ds")
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--model", str(model_dir), "--manifest", spec, "--trials", str(trials), "--out", str(out)]
+    rc, err = run_cli(argv, capsys)
+    assert rc == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["list"]["n_trials"] == 4
+    made = (out / "embeddings.npz").stat().st_mtime_ns
+    rc, err = run_cli(argv, capsys)
+    assert rc == 0, err
+    assert (out / "embeddings.npz").stat().st_mtime_ns == made  # reused: same model, dataset and settings
+    embed = ["embed", "--model", str(model_dir), "--manifest", spec, "--out", str(tmp_path / "e.npz")]
+    rc, err = run_cli(embed, capsys)
+    assert rc == 0, err
+    emb = np.load(tmp_path / "e.npz")
+    assert sorted(emb["ids"].tolist()) == ["a1", "a2", "b1", "b2"]
+    rc, err = run_cli(argv[:4] + [spec + "?speaker=nobody"] + argv[5:], capsys)
+    assert rc != 0 and "no speaker column 'nobody'" in err
+
+
+def test_a_recipe_checks_its_evaluation_sources_before_training(disk_dataset, tmp_path):
+    import yaml
+
+    from mlsv.config import ConfigError
+    from mlsv.recipe import check_evaluations, load_recipe
+
+    def recipe(manifest: str):
+        (tmp_path / "t.txt").write_text("1 u0 u1\n")
+        evaluate = {"model": "stage1", "manifest": manifest, "trials": [str(tmp_path / "t.txt")]}
+        steps = [{"name": "stage1", "train": "missing_stage.yaml"}, {"name": "eval", "evaluate": evaluate}]
+        (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "steps": steps}))
+        return load_recipe(tmp_path / "recipe.yaml")
+
+    check_evaluations(recipe(f"hf:{disk_dataset}?split=train&speaker=spk&id=utt"), 0)
+    with pytest.raises(ConfigError, match=r"step 'eval': manifest: hf:.*unknown split 'dev'"):
+        check_evaluations(recipe(f"hf:{disk_dataset}?split=dev"), 0)

@@ -227,15 +227,15 @@ def source_manifest(spec: str):
     key = (spec, repr(source_files(raw)))
     if key in _MANIFESTS:
         return _MANIFESTS[key]
+    audio_only = raw.select_columns([src.audio])
+    settings = dict(batched=True, batch_size=256, remove_columns=[src.audio], desc="reading audio headers")
     try:
-        headers = raw.select_columns([src.audio]).map(
-            _headers,
-            batched=True,
-            batch_size=256,
-            remove_columns=[src.audio],
-            fn_kwargs={"audio": src.audio, "offset": [0]},
-            desc="reading audio headers",
-        )
+        try:  # cached beside the dataset's files: a later run reads no audio
+            headers = audio_only.map(_headers, fn_kwargs={"audio": src.audio, "offset": [0]}, **settings)
+        except PermissionError:  # a read-only dataset folder: read them again each run
+            headers = audio_only.map(
+                _headers, fn_kwargs={"audio": src.audio, "offset": [0]}, keep_in_memory=True, **settings
+            )
     except SourceError as e:
         raise SourceError(f"{spec}: {e}") from None
     table = raw.data.table
