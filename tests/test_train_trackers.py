@@ -56,6 +56,17 @@ def test_a_tracker_that_is_not_installed_is_named_with_what_to_install():
         accelerate_trackers(load_config(None, [f"log.trackers=[csv,{missing[0]}]"]))
 
 
+def test_neptune_needs_a_workspace_and_project(monkeypatch):
+    pytest.importorskip("neptune_scale")
+    from mlsv.train.trackers import accelerate_trackers
+
+    monkeypatch.delenv("NEPTUNE_PROJECT", raising=False)
+    with pytest.raises(ValueError, match="log.project 'mlsv': Neptune needs its project as WORKSPACE/PROJECT"):
+        accelerate_trackers(load_config(None, ["log.trackers=[csv,neptune]"]))
+    monkeypatch.setenv("NEPTUNE_PROJECT", "ws/p")
+    assert accelerate_trackers(load_config(None, ["log.trackers=[csv,neptune]"])) == ["neptune"]
+
+
 @pytest.fixture(scope="module")
 def tracked_run(tiny_stage, tmp_path_factory):
     """The tiny stage (2 epochs) logged to TensorBoard, MLflow (a local file store, ``file://`` under the

@@ -68,7 +68,7 @@ def _wav_scp(path: Path, base: Path) -> dict[str, str]:
             rest = rest.strip()
             if not rest:
                 raise DataDirError(f"{path}:{lineno}: {key!r} has no path")
-            if rest.endswith("|") or rest.startswith("-") and " " in rest:
+            if rest.endswith("|"):
                 raise DataDirError(
                     f"{path}:{lineno}: {key!r} is a command ({rest[:60]}), not a file: mlsv reads plain paths; "
                     "write the audio out as files (e.g. run the command into a .wav) and list those"

@@ -49,6 +49,16 @@ def public_config(cfg: TrainConfig) -> dict:
     }
 
 
+def _neptune_project(project_name: str) -> str:
+    """Neptune's ``WORKSPACE/PROJECT``: ``log.project`` when it has that form, else ``NEPTUNE_PROJECT``."""
+    project = project_name if "/" in project_name else os.environ.get("NEPTUNE_PROJECT")
+    if not project:
+        raise ValueError(
+            f"log.project {project_name!r}: Neptune needs its project as WORKSPACE/PROJECT (or set NEPTUNE_PROJECT)"
+        )
+    return project
+
+
 class NeptuneTracker(GeneralTracker):
     """Neptune as an accelerate tracker, on Neptune's current client ``neptune-scale`` (``neptune_scale.Run``).
 
@@ -76,12 +86,7 @@ class NeptuneTracker(GeneralTracker):
         **kwargs,
     ):
         super().__init__()
-        project = project_name if "/" in project_name else os.environ.get("NEPTUNE_PROJECT")
-        if not project:
-            raise ValueError(
-                f"log.project {project_name!r}: Neptune needs its project as WORKSPACE/PROJECT (or set NEPTUNE_PROJECT)"
-            )
-        self.project, self.mode, self.experiment_name = project, mode, experiment_name
+        self.project, self.mode, self.experiment_name = _neptune_project(project_name), mode, experiment_name
         self.log_directory = Path(logging_dir) / "neptune"
         self.kwargs = kwargs
         self.run = None
@@ -132,7 +137,8 @@ def accelerate_trackers(cfg: TrainConfig) -> list[str]:
     class registered with accelerate when named.
 
     Raises:
-        ValueError: a named tracker's package is not installed, naming what to install.
+        ValueError: a named tracker's package is not installed, naming what to install; Neptune without a
+            ``WORKSPACE/PROJECT`` (``log.project`` or ``NEPTUNE_PROJECT``).
     """
     names = [t for t in dict.fromkeys(cfg.log.trackers) if t != "csv"]
     for name in names:
@@ -143,6 +149,7 @@ def accelerate_trackers(cfg: TrainConfig) -> list[str]:
     if "neptune" in names:
         from accelerate.tracking import LOGGER_TYPE_TO_CLASS, register_tracker_class
 
+        _neptune_project(cfg.log.project)  # before training, not when the trackers start
         if LOGGER_TYPE_TO_CLASS.get("neptune") is not NeptuneTracker:  # once (accelerate warns on a second time)
             register_tracker_class(NeptuneTracker)
     return names
