@@ -21,8 +21,9 @@ files ``datasets.load_dataset`` reads (parquet, audiofolder, ...), or a hub id a
 
 ``source_manifest`` gives the rows in manifest form (``id``, ``speaker``, ``duration``, ``sample_rate``,
 optional ``session``, ``audio`` bytes and ``path``) over the dataset's own memory-mapped Arrow files: no
-audio is copied or decoded. Durations and sample rates come from each item's header, read once (a
-``datasets`` map cached next to the dataset, so later runs do not read the audio again).
+audio is copied or decoded. Durations and sample rates come from each item's header: read once and cached
+next to the dataset (a ``datasets`` map) when the items' bytes are in the dataset, read each run when items
+name files by path (which may change behind the dataset).
 """
 
 from __future__ import annotations
@@ -227,19 +228,24 @@ def source_manifest(spec: str):
     key = (spec, repr(source_files(raw)))
     if key in _MANIFESTS:
         return _MANIFESTS[key]
+    table = raw.data.table
+    audio = table.column(src.audio)
     audio_only = raw.select_columns([src.audio])
     settings = dict(batched=True, batch_size=256, remove_columns=[src.audio], desc="reading audio headers")
+    # cached beside the dataset's files, so that a later run reads no audio, when the items are in them: the
+    # cache is keyed on the dataset, and files that items name by path may change behind it
+    embedded = pc.struct_field(audio, "bytes").null_count == 0
     try:
-        try:  # cached beside the dataset's files: a later run reads no audio
-            headers = audio_only.map(_headers, fn_kwargs={"audio": src.audio, "offset": [0]}, **settings)
+        try:
+            headers = audio_only.map(
+                _headers, fn_kwargs={"audio": src.audio, "offset": [0]}, keep_in_memory=not embedded, **settings
+            )
         except PermissionError:  # a read-only dataset folder: read them again each run
             headers = audio_only.map(
                 _headers, fn_kwargs={"audio": src.audio, "offset": [0]}, keep_in_memory=True, **settings
             )
     except SourceError as e:
         raise SourceError(f"{spec}: {e}") from None
-    table = raw.data.table
-    audio = table.column(src.audio)
     n = table.num_rows
     columns: dict[str, object] = {
         "audio": pc.struct_field(audio, "bytes"),
