@@ -124,7 +124,7 @@ def test_a_hub_dataset_in_the_local_cache_is_read_offline(tmp_path, monkeypatch)
     for f in (cache / "someone___tiny").rglob("parquet-*.arrow"):
         f.rename(f.with_name(f.name.replace("parquet-", "tiny-")))
     shutil.rmtree(cache / "parquet")
-    manifest = load_manifest("hf:someone/tiny?split=test")
+    manifest = load_manifest("hf:someone/tiny?config=default&split=test")
     assert list(manifest["speaker"]) == ["s0", "s1", "s2"]
     np.testing.assert_allclose(manifest["duration"], [0.3, 0.4, 0.5], atol=1e-4)
 

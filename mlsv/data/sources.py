@@ -5,12 +5,14 @@ A *dataset source* is a string that stands wherever a manifest path does (``data
 evaluate step)::
 
     hf:data/vox1_ds?split=test&speaker=speaker_id&session=video_id&id=utt_id
+    hf:someone/voxceleb?config=sv&split=test&speaker=speaker_id
 
 ``PATH_OR_ID`` is a folder written by ``save_to_disk`` (a ``Dataset`` or a ``DatasetDict``), a folder of data
 files ``datasets.load_dataset`` reads (parquet, audiofolder, ...), or a hub id already in the local
 ``datasets`` cache (read offline: nothing is downloaded). The query names the split and the columns:
 
 - ``split``: the split (required when there is more than one);
+- ``config``: the configuration, for a hub dataset that has several;
 - ``audio``: the Audio column (default ``audio``), cast to ``Audio(decode=False)`` so that its bytes or paths
   are decoded by soundfile per item (``datasets``' own decoder needs torchcodec, which does not load with a
   CPU torch);
@@ -40,6 +42,7 @@ SOURCE_PREFIX = "hf:"
 #: The keys a source's query takes, with what each names.
 SOURCE_KEYS = {
     "split": "the split",
+    "config": "the configuration of a dataset that has several",
     "audio": "the Audio column (default audio)",
     "speaker": "the speaker column (default speaker)",
     "session": "an optional session column",
@@ -57,6 +60,7 @@ class DatasetSource:
 
     path: str
     split: str | None = None
+    config: str | None = None
     audio: str = "audio"
     speaker: str = "speaker"
     session: str | None = None
@@ -146,11 +150,13 @@ def open_source(spec: str):
     src = parse_source(spec)
     folder = Path(src.path)
     if folder.is_dir() and ((folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()):
+        if src.config is not None:
+            raise SourceError(f"{spec}: a folder written by save_to_disk has no configurations: leave out config")
         obj = datasets.load_from_disk(str(folder))  # save_to_disk: memory-mapped Arrow files
     elif folder.is_dir():
         try:  # a folder of data files (parquet, audiofolder, ...): datasets picks the builder
             with _offline():
-                obj = datasets.load_dataset(str(folder))
+                obj = datasets.load_dataset(str(folder), src.config)
         except (FileNotFoundError, ValueError) as e:
             raise SourceError(f"{spec}: {folder} is not a dataset folder datasets can read ({e})") from None
     else:
@@ -158,7 +164,7 @@ def open_source(spec: str):
             raise SourceError(f"{spec}: dataset folder {src.path} not found")
         try:
             with _offline():
-                obj = datasets.load_dataset(src.path)
+                obj = datasets.load_dataset(src.path, src.config)
         except (ConnectionError, FileNotFoundError) as e:
             raise SourceError(
                 f"{spec}: {src.path} is neither a dataset folder here nor a hub dataset in the local datasets cache "
