@@ -175,10 +175,16 @@ class StageConfig:
     mean_utterances: int = _bounded(2000, low=0)  # training utterances embedded for the model's training mean
 
 
+#: The trackers accelerate runs by name (``accelerate.utils.LoggerType`` without ``all``; a test keeps them in
+#: step with the installed accelerate).
+ACCELERATE_TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
+
+
 @dataclass
 class LogConfig:
-    trackers: list[str] = _choice(["csv"], "csv", "tensorboard", "wandb", "neptune")
-    project: str = "mlsv"
+    # csv: metrics.csv (always written); neptune: mlsv.train.trackers.NeptuneTracker; the others: accelerate's
+    trackers: list[str] = _choice(["csv"], "csv", "tensorboard", "wandb", "neptune", *ACCELERATE_TRACKERS[2:])
+    project: str = "mlsv"  # the experiment / project name the trackers file runs under (Neptune: WORKSPACE/PROJECT)
     offline: bool = False
     progress: bool = True
 

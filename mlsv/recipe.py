@@ -37,6 +37,7 @@ from typing import Any
 
 from mlsv.cli import build_parser
 from mlsv.config import ConfigError, check_type, load_config, load_yaml_file, nearest, parse_override
+from mlsv.data.sources import SourceError, is_source, open_source
 from mlsv.data.synthetic import corpus_baseline, make_synthetic_corpus
 from mlsv.extras import needs_extra
 from mlsv.inference.evaluation import evaluate_model, write_run_report
@@ -460,7 +461,12 @@ def check_evaluations(recipe: Recipe, index: int, only: list[str] | None = None)
         for key in EVALUATE_PATHS:
             value = spec.get(key)
             for path in value if isinstance(value, list) else [value] if value else []:
-                if not Path(path).exists():
+                if is_source(path):  # its folder (or cache entry), split and columns
+                    try:
+                        open_source(path)
+                    except SourceError as e:
+                        raise ConfigError(f"{recipe.path}: step {later.name!r}: {key}: {e}") from None
+                elif not Path(path).exists():
                     raise ConfigError(
                         f"{recipe.path}: step {later.name!r}: {key} {path} not found (checked before "
                         "training, which would otherwise run first)"

@@ -36,7 +36,9 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, help="model folder (save_pretrained) or hub id")
-    p.add_argument("--manifest", type=Path, help="manifest (JSONL / parquet) with id, path, ... rows")
+    p.add_argument(
+        "--manifest", help="manifest (JSONL / parquet) with id, path, ... rows, or a dataset source hf:DIR_OR_ID?..."
+    )
     p.add_argument(
         "files", nargs="*", default=[], help="audio files or folders (instead of --manifest)", metavar="FILES"
     )

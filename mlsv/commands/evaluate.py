@@ -29,7 +29,9 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, help="model folder (save_pretrained) or hub id")
-    p.add_argument("--manifest", required=True, help="manifest of the utterances the trials name")
+    p.add_argument(
+        "--manifest", required=True, help="manifest of the utterances the trials name, or a dataset source hf:..."
+    )
     p.add_argument("--trials", required=True, nargs="+", help="trial lists (LABEL ENROLL TEST)")
     p.add_argument("--cohort", default=None, help="cohort manifest (with speakers) for AS-norm and QMF")
     p.add_argument(

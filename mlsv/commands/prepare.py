@@ -18,6 +18,8 @@ EXAMPLES = """examples:
   mlsv prepare noise --root my_babble/ --category babble --out data/babble.jsonl
   mlsv prepare rirs --root my_rooms/ --out data/my_rirs.jsonl     # any folder of impulse responses
   mlsv prepare trials --manifest data/mine.jsonl --out data/mine_trials.txt
+  mlsv prepare kaldi data/train --out data/kaldi_train      # wav.scp, utt2spk [, segments, trials]
+  mlsv prepare lhotse --recordings recordings.jsonl.gz --supervisions supervisions.jsonl.gz --out data/lh
   mlsv prepare shards --manifest data/vox/train.jsonl --out data/vox/train_shards --rows-per-shard 2000
 """
 
@@ -94,6 +96,29 @@ def register(subparsers) -> None:
         _common(p)
 
     p = sub.add_parser(
+        "kaldi",
+        help="a Kaldi data folder (wav.scp with plain paths, utt2spk, optional segments and trials)",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("data_dir", metavar="DIR", help="the Kaldi data folder")
+    p.add_argument(
+        "--out", required=True, help="output folder: manifest.jsonl, trials.txt (from trials), segments/ (cut audio)"
+    )
+    _common(p)
+
+    p = sub.add_parser(
+        "lhotse",
+        help="lhotse recordings and supervisions manifests (JSONL or .jsonl.gz; lhotse not needed)",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--recordings", required=True, help="recordings manifest (.jsonl or .jsonl.gz)")
+    p.add_argument("--supervisions", required=True, help="supervisions manifest (.jsonl or .jsonl.gz)")
+    p.add_argument("--out", required=True, help="output folder: manifest.jsonl, segments/ (cut audio)")
+    _common(p)
+
+    p = sub.add_parser(
         "synthetic",
         help="the built-in synthetic corpus + its MFCC baseline",
         epilog=EXAMPLES,
@@ -135,6 +160,8 @@ OUT_IS_FOLDER = {
     "voxceleb": True,
     "synthetic": True,
     "shards": True,
+    "kaldi": True,
+    "lhotse": True,
     "folder": False,
     "musan": False,
     "noise": False,
@@ -202,6 +229,14 @@ def run(args: argparse.Namespace) -> int:
         result = prepare.prepare_noise(args.root, args.out, category=args.category, **common)
     elif args.source == "rirs":
         result = prepare.prepare_rirs(args.root, args.out, kind=args.kind, **common)
+    elif args.source == "kaldi":
+        from mlsv.data.toolkits import prepare_kaldi
+
+        result = prepare_kaldi(args.data_dir, args.out, **common)
+    elif args.source == "lhotse":
+        from mlsv.data.toolkits import prepare_lhotse
+
+        result = prepare_lhotse(args.recordings, args.supervisions, args.out, **common)
     else:
         recipe = {"folder": prepare.prepare_folder, "musan": prepare.prepare_musan}
         result = recipe[args.source](args.root, args.out, **common)

@@ -4,6 +4,9 @@ A row is ``{"id", "path", "speaker", "duration", "sample_rate"}`` plus optional 
 (recording / video), ``"category"`` (noise banks: noise, music, speech), ``"kind"`` (RIRs: real,
 simulated) and, in parquet shards, ``"audio"`` (the encoded FLAC bytes, used instead of ``path``).
 ``path`` is absolute or relative to the manifest's folder.
+
+Wherever a manifest path is taken, a ``datasets`` dataset with an Audio column may stand instead, named by
+a source string ``hf:PATH_OR_ID?split=...&speaker=...`` (``mlsv.data.sources``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 from mlsv.data.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from mlsv.extras import needs_extra
+from mlsv.data.sources import is_source, source_manifest
 
 REQUIRED_COLUMNS = ("id", "path", "speaker", "duration", "sample_rate")
 MANIFEST_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -153,7 +157,10 @@ def _parquet_file(file: str | Path):
         raise _parquet_error(file, e) from None
 
 
-def _format(path: Path) -> str:
+def _format(path: Path | str) -> str:
+    if is_source(path):
+        return "source"
+    path = Path(path)
     if path.is_dir() or path.suffix == ".parquet":
         return "parquet"
     if path.suffix in (".jsonl", ".json"):
@@ -202,7 +209,9 @@ def write_manifest(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
 
 
 def has_audio(path: Path) -> bool:
-    """A parquet manifest whose rows carry their encoded audio (shards)."""
+    """A parquet manifest whose rows carry their encoded audio (shards), or a dataset source."""
+    if is_source(path):
+        return True
     return any("audio" in _read_schema(f).names for f in _data_files(path))
 
 
@@ -216,8 +225,18 @@ def sample_manifest(path: str | Path, limit: int, out: str | Path, seed: int = 0
     """
     import numpy as np
 
-    path = Path(path)
     rng = np.random.default_rng(seed)
+    if is_source(path):  # the chosen rows with their audio bytes, as one parquet file
+        ds = source_manifest(os.fspath(path))
+        if len(ds) <= limit:
+            return path
+        out = Path(out).with_suffix(".parquet")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        ds.select(np.sort(rng.choice(len(ds), limit, replace=False))).to_parquet(str(tmp))
+        os.replace(tmp, out)
+        return out
+    path = Path(path)
     if _format(path) == "json" or not has_audio(path):  # rows with paths: made absolute for ``out``'s folder
         rows = [row for _, row in iter_rows(path)]
         if len(rows) <= limit:
@@ -255,8 +274,17 @@ def iter_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yields (line number from 1, row) without ``datasets``; parquet rows count from 1 too.
 
     Paths are returned as stored (not resolved). Raises ManifestError naming a malformed line (or one
-    not UTF-8) or a file that is not parquet.
+    not UTF-8) or a file that is not parquet. A dataset source's rows come without their audio bytes.
     """
+    if is_source(path):
+        ds = source_manifest(os.fspath(path))
+        ds = ds.select_columns([c for c in ds.column_names if c != "audio"])
+        n = 0
+        for batch in ds.iter(batch_size=1024):
+            for values in zip(*batch.values()):
+                n += 1
+                yield n, dict(zip(batch, values))
+        return
     path = Path(path)
     if _format(path) == "json":
         with open(_data_files(path)[0], "rb") as f:
@@ -296,7 +324,9 @@ def resolve_path(path: str, root: str | Path) -> str:
 
 
 def manifest_root(path: str | Path) -> Path:
-    """The folder relative row paths are resolved against."""
+    """The folder relative row paths are resolved against (a dataset source's: the working folder)."""
+    if is_source(path):
+        return Path.cwd()
     path = Path(path).resolve()
     return path if path.is_dir() else path.parent
 
@@ -313,7 +343,7 @@ def load_manifest(
     """Loads a manifest (JSONL, parquet, or a folder of parquet shards) with ``datasets``.
 
     Args:
-        path: the manifest file or shard folder.
+        path: the manifest file or shard folder, or a dataset source (``hf:...``, see ``mlsv.data.sources``).
         streaming: return an ``IterableDataset`` (rows read lazily) instead of a ``Dataset``.
         process_index, num_processes: keep only this process's disjoint share
             (``datasets.distributed.split_dataset_by_node``: whole shards when their number divides
@@ -333,6 +363,15 @@ def load_manifest(
         import datasets
         from datasets.distributed import split_dataset_by_node
 
+    if is_source(path):
+        spec = os.fspath(path)
+        ds = source_manifest(spec)
+        _check_rows(spec, ds.data.table)
+        if streaming:  # shards of the memory-mapped rows, read lazily like a parquet manifest's
+            ds = ds.to_iterable_dataset(num_shards=min(len(ds), 64))
+        if num_processes > 1:
+            ds = split_dataset_by_node(ds, rank=process_index, world_size=num_processes)
+        return ds
     path = Path(path)
     fmt, files = _format(path), _data_files(path)
     if fmt == "json":
@@ -420,7 +459,7 @@ def _header_table(path: Path, fmt: str, files: list[str]):
     return pa.concat_tables(tables, promote_options="default")
 
 
-def _check_rows(path: Path, table) -> None:
+def _check_rows(path: Path | str, table) -> None:
     """Header checks on a loaded manifest (no audio is read): rows, a value in every required column,
     string ids, no id twice, and the values ``row_value_errors`` checks (ids without whitespace, finite
     durations in (0, 24 h], whole sample rates within 4-384 kHz). Raises ManifestError naming the line

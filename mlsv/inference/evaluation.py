@@ -24,6 +24,7 @@ import torch
 from mlsv.data.audio import SILENCE_PEAK, AudioError, silent_audio_message
 from mlsv.data.loader import build_eval_loader
 from mlsv.data.manifest import has_audio, iter_rows, manifest_root, resolve_path
+from mlsv.data.sources import is_source, open_source, source_files
 from mlsv.data.trials import check_trial_ids, read_trials
 from mlsv.inference.export import weights_fingerprint
 from mlsv.locks import FolderLock
@@ -159,7 +160,10 @@ def _audio_digest(manifest: Path) -> str:
 
 def _fingerprint(model_hash: str, manifest: str | Path, **settings) -> dict:
     """What an embeddings cache depends on: the model, the manifest file(s) (size, mtime), the audio
-    files the rows name (size, mtime) and ``settings``."""
+    files the rows name (size, mtime) and ``settings``. A dataset source: its spec and its Arrow files (size,
+    mtime), which hold or name its audio."""
+    if is_source(manifest):
+        return {"model": model_hash, "manifest": [str(manifest), *source_files(open_source(str(manifest)))], **settings}
     path = Path(manifest).resolve()
     if not path.exists():
         raise FileNotFoundError(f"manifest not found: {manifest}")

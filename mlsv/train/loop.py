@@ -50,6 +50,7 @@ from mlsv.data.augment import BatchAugmenter
 from mlsv.data.loader import build_train_loader, speed_perturb_classes, utterance_subset
 from mlsv.data.manifest import load_labels, load_manifest, save_labels, speaker_labels
 from mlsv.extras import needs_extra
+from mlsv.data.sources import is_source, resolve_source
 from mlsv.locks import FolderLock
 from mlsv.models import TINY_ENCODERS, MLSVModel, SubCenterAAMSoftmax, runtime
 from mlsv.models.loading import min_samples
@@ -59,7 +60,7 @@ from mlsv.train.ema import WeightAverage
 from mlsv.train.frozen import build_feature_cache, cut_crops, load_trained, with_trained
 from mlsv.train.processes import accelerate_settings, check_accelerator, choose_threads
 from mlsv.train.schedules import lr_at, margin_at
-from mlsv.train.trackers import Trackers, flat_keys
+from mlsv.train.trackers import Trackers, accelerate_trackers, flat_keys
 from mlsv.train.validation import check_validation_trials, training_mean, validation_eer
 
 log = logging.getLogger("mlsv.train")
@@ -226,6 +227,8 @@ def _find_unused_parameters(acc) -> None:
 
 
 def _resolve(path: str, base: Path | None) -> str:
+    if is_source(path):  # hf:FOLDER?...: a relative folder against the config's, when it is there
+        return resolve_source(path, base)
     if not path or base is None or Path(path).is_absolute():
         return path
     return str((base / path).resolve())
@@ -427,7 +430,7 @@ def _accelerator(cfg: TrainConfig, output_dir: Path, accelerator=None):
 
     st = cfg.stage
     if accelerator is None:
-        trackers = [t for t in cfg.log.trackers if t not in ("csv", "neptune")]
+        trackers = accelerate_trackers(cfg)  # ValueError naming a tracker that is not installed
         accelerator = Accelerator(
             mixed_precision=st.mixed_precision,
             gradient_accumulation_steps=st.grad_accum,

@@ -10,6 +10,7 @@ import numpy as np
 
 from mlsv.data.loader import build_eval_loader
 from mlsv.data.manifest import iter_rows, sample_manifest
+from mlsv.data.sources import is_source
 from mlsv.data.trials import read_trials
 from mlsv.extras import needs_extra
 from mlsv.models.loading import min_samples
@@ -90,7 +91,7 @@ def check_validation_trials(manifest: str, trials_path: str) -> None:
     """Before training: the validation trial list reads and names only utterances of the validation manifest
     (checked again after each epoch's embedding, which would otherwise find out after the first epoch)."""
 
-    if not Path(manifest).is_file() and not Path(manifest).is_dir():
+    if not is_source(manifest) and not Path(manifest).is_file() and not Path(manifest).is_dir():
         raise FileNotFoundError(f"data.validation_manifest: {manifest} not found")
     _check_trial_ids(
         read_trials(trials_path), {str(row["id"]) for _, row in iter_rows(manifest)}, manifest, trials_path
