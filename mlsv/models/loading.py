@@ -63,9 +63,12 @@ def check_device(device: Any):
     The one check of every device string that enters the API (``TorchEmbedder``,
     ``Verifier.from_pretrained``, ``load_model``, the evaluation functions): a misspelt device
     (``gpu``) or one this machine lacks (``cuda`` on a CPU-only torch, ``cuda:3`` with 2 GPUs, ``mps``
-    off a Mac) is refused before any model is loaded, instead of failing deep inside torch.
+    off a Mac) is refused before any model is loaded, instead of failing deep inside torch. ``"auto"`` is
+    ``cuda`` when this torch sees a GPU, else ``cpu`` (the default of every ``--device``).
     """
     name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
@@ -92,8 +95,13 @@ def check_device(device: Any):
 
 
 def check_onnx_device(device: Any) -> str:
-    """``cpu`` or ``cuda[:N]`` for ONNX Runtime; ValueError when it is neither or has no CUDA provider."""
+    """``cpu`` or ``cuda[:N]`` for ONNX Runtime; ValueError when it is neither or has no CUDA provider.
+    ``"auto"`` is ``cuda`` when onnxruntime has the CUDA provider, else ``cpu``."""
     name = str(device)
+    if name == "auto":
+        import onnxruntime as ort
+
+        return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):

@@ -19,6 +19,7 @@ from numpy.typing import ArrayLike
 from mlsv.scoring.embeddings import EmbeddingTable
 
 __all__ = [
+    "ASNORM_TOP_K",
     "Cohort",
     "as_norm",
     "cohort_from_table",
@@ -30,6 +31,10 @@ __all__ = [
     "subtract_mean",
     "topk_stats",
 ]
+
+#: The AS-norm cohort size when nothing else sets one (the paper's 600). Every entry point takes this one
+#: default: ``--asnorm-top-k`` given, else the model's evaluation's, else its calibration's, else this.
+ASNORM_TOP_K = 600
 
 # Bytes of float32 similarities one chunk of the utterance x cohort product may hold.
 _CHUNK_BYTES = 1 << 28

@@ -33,6 +33,7 @@ import torch
 from numpy.typing import ArrayLike
 
 from mlsv.scoring.backend import (
+    ASNORM_TOP_K,
     Cohort,
     cohort_from_table,
     cohort_topk,
@@ -454,7 +455,7 @@ def fit_calibration(
     cohort_table: EmbeddingTable,
     *,
     mean: np.ndarray | None = None,
-    top_k: int = 600,
+    top_k: int = ASNORM_TOP_K,
     n_pairs: int = 30000,
     seed: int = 7,
     features: Sequence[str] = FEATURES,
