@@ -158,7 +158,8 @@ class Verifier:
         Args:
             model_dir_or_id: the model folder or hub id; with ``runtime="onnx"`` also a ``.onnx`` file
                 with ``config.json`` beside it.
-            device: torch device (``runtime="torch"``); ``"cuda"`` picks the CUDA provider for ONNX.
+            device: torch device (``runtime="torch"``); ``"cuda"`` picks the CUDA provider for ONNX; ``"auto"``:
+                cuda when present, else cpu.
             runtime: ``"torch"`` or ``"onnx"`` (runs ``model.onnx`` of the folder with onnxruntime).
             onnx_path: the ONNX file when it is not ``model.onnx`` in the folder.
             revision: hub revision.
