@@ -8,7 +8,9 @@ check are off, and the page uses the system's fonts.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,7 +156,7 @@ def build_demo(model: str | os.PathLike | Verifier, *, title: str | None = None,
         plot_a = gr.Image(type="filepath", label="layer attention of A", elem_id="layers-a")
         plot_b = gr.Image(type="filepath", label="layer attention of B", elem_id="layers-b")
         button.click(run, inputs=[a, b], outputs=[decision, details, plot_a, plot_b])
-    page.mlsv_plots = plots_root  # where the figures go (a temporary folder)
+    atexit.register(shutil.rmtree, plots_root, ignore_errors=True)  # the figures, once the server stops
     return page
 
 
