@@ -7,7 +7,7 @@ import importlib
 import sys
 
 from mlsv import __version__
-from mlsv.extras import MissingExtra
+from mlsv.commands.options import silence_progress
 
 # Each module defines ``register(subparsers)``, which adds its parser and sets ``func``.
 COMMANDS = (
@@ -22,7 +22,9 @@ COMMANDS = (
     "export",
     "inspect",
     "push",
+    "demo",
 )
+QUIET_HELP = "no progress bars or library messages (transformers' 'Loading weights', ...): results and errors only"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,9 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
         "`accelerate launch train.py`); `mlsv push` is `python push_to_hub.py`.",
     )
     parser.add_argument("--version", action="version", version=f"mlsv {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"mlsv.commands.{name}").register(sub)
+    for command in sub.choices.values():  # also after the command; SUPPRESS keeps a --quiet given before it
+        command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
     return parser
 
 
@@ -61,12 +66,16 @@ def main(argv: list[str] | None = None) -> int:
         before, after = (extra[: extra.index("--")], extra[extra.index("--") + 1 :]) if "--" in extra else (extra, [])
         if any(e.startswith("-") for e in before):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        getattr(args, field).extend(map(type(getattr(args, field)[0]), before + after))
+        values = getattr(args, field)
+        values.extend(map(type(values[0]), before + after) if values else before + after)
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.quiet:
+        silence_progress()
     try:
         rc = args.func(args)
-    except (OSError, KeyError, ValueError, MissingExtra) as e:  # FileNotFoundError, ... are OSErrors
+    # FileNotFoundError, IsADirectoryError, ... are OSErrors; an ImportError names the extra to install
+    except (OSError, KeyError, ValueError, ImportError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"mlsv {args.command}: error: {_printable(str(msg))}", file=sys.stderr)
         return 2

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 from mlsv.commands.options import (
+    add_asnorm_top_k_option,
+    add_device_option,
     check_cohort_speakers,
     int_at_least,
     load_mean,
@@ -37,7 +39,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--embeddings", required=True, type=Path, help="cohort embeddings .npz with speakers and durations")
     p.add_argument("--out", required=True, type=Path, help="calibration JSON")
-    p.add_argument("--asnorm-top-k", type=int_at_least(2), default=600, help="AS-norm cohort size (default 600)")
+    add_asnorm_top_k_option(p, "600, as everywhere without a calibration")
     p.add_argument("--mean", type=Path, help="mean vector .npy (default: the cohort mean)")
     p.add_argument("--pairs", type=int_at_least(2), default=30000, help="number of training pairs (default 30000)")
     p.add_argument("--seed", type=int, default=7, help="pair sampling seed (default 7)")
@@ -64,7 +66,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--target-far", type=probability, default=0.01, help="false-accept rate for --threshold far")
     p.add_argument("--p-target", type=probability, default=0.01, help="target prior for --threshold bayes")
-    p.add_argument("--device", default="cpu", help="torch device for the cohort products (default cpu)")
+    add_device_option(p, "torch device for the cohort products")
     p.set_defaults(func=run)
 
 
@@ -72,9 +74,12 @@ def run(args: argparse.Namespace) -> int:
     require_extra("eval", "mlsv calibrate")
     import numpy as np
 
+    from mlsv.models.loading import check_device
+    from mlsv.scoring.backend import ASNORM_TOP_K
     from mlsv.scoring.calibration import fit_calibration
     from mlsv.scoring.embeddings import load_embeddings
 
+    args.asnorm_top_k = args.asnorm_top_k or ASNORM_TOP_K
     output_file(args.out)
     table = load_embeddings(args.embeddings)
     if table.speakers is None:
@@ -95,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         target_far=args.target_far,
         p_target=args.p_target,
-        device=args.device,
+        device=check_device(args.device),
     )
     cal.save(args.out)
     i = cal.info

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from mlsv.commands.options import (
+    add_device_option,
     add_window_options,
     check_window_options,
     non_negative_float,
@@ -54,7 +55,7 @@ def register(subparsers) -> None:
     )
     add_window_options(p, "embed each file's sliding windows of this length, one row each (files only)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="torch or onnx (MODEL/model.onnx)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_device_option(p)
     p.add_argument(
         "--precision",
         choices=("fp32", "bf16", "fp16"),

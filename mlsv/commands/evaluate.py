@@ -6,7 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
-from mlsv.commands.options import int_at_least, non_negative_float, output_folder, positive_float
+from mlsv.commands.options import (
+    add_asnorm_top_k_option,
+    add_cohort_option,
+    add_device_option,
+    int_at_least,
+    non_negative_float,
+    output_folder,
+    positive_float,
+)
 from mlsv.extras import needs_extra, require_extra
 
 EXAMPLE = """example:
@@ -33,10 +41,8 @@ def register(subparsers) -> None:
         "--manifest", required=True, help="manifest of the utterances the trials name, or a dataset source hf:..."
     )
     p.add_argument("--trials", required=True, nargs="+", help="trial lists (LABEL ENROLL TEST)")
-    p.add_argument("--cohort", default=None, help="cohort manifest (with speakers) for AS-norm and QMF")
-    p.add_argument(
-        "--asnorm-top-k", type=int_at_least(2), default=600, help="AS-norm cohort size, at least 2 (default 600)"
-    )
+    add_cohort_option(p, "for AS-norm and the QMF calibration pairs")
+    add_asnorm_top_k_option(p, "600, as everywhere without a calibration")
     p.add_argument(
         "--calibration-pairs", type=int_at_least(2), default=30000, help="QMF training pairs from the cohort"
     )
@@ -48,7 +54,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--threshold-trials", default=None, help="held-out (validation) trials that set the model's decision thresholds"
     )
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_device_option(p)
     p.add_argument(
         "--precision",
         choices=("fp32", "bf16", "fp16"),
@@ -62,7 +68,9 @@ def register(subparsers) -> None:
 def run(args) -> int:
     require_extra("eval", "mlsv evaluate")
     from mlsv.inference.evaluation import evaluate_model
+    from mlsv.scoring.backend import ASNORM_TOP_K
 
+    args.asnorm_top_k = args.asnorm_top_k or ASNORM_TOP_K
     output_folder(args.out)
     if args.cohort:
         _check_cohort(args.cohort, args.asnorm_top_k)

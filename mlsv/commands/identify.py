@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mlsv.commands.options import int_at_least, probability
+from mlsv.commands.options import (
+    add_asnorm_top_k_option,
+    add_cohort_option,
+    add_device_option,
+    int_at_least,
+    probability,
+)
 
 EPILOG = """example:
   mlsv identify --model runs/default/model --speaker ann=ann1.wav,ann2.wav --speaker bob=bob.flac test.wav
@@ -48,17 +54,15 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--far", type=probability, default=None, help="target false-accept rate, e.g. 0.01")
     p.add_argument("--threshold", type=float, default=None, help="explicit threshold on the score scale in use")
-    p.add_argument("--cohort", type=Path, default=None, help="AS-norm cohort embeddings .npz with speakers")
-    p.add_argument(
-        "--asnorm-top-k", type=int_at_least(2), default=None, help="AS-norm cohort size (default: calibration's)"
-    )
+    add_cohort_option(p)
+    add_asnorm_top_k_option(p)
     p.add_argument(
         "--runtime",
         choices=("torch", "onnx"),
         default="torch",
         help="torch, or onnx (runs MODEL/model.onnx with onnxruntime)",
     )
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_device_option(p, "torch device (with --runtime onnx: cpu or cuda)")
     p.set_defaults(func=run, more_positionals="tests")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mlsv.commands.options import non_negative_float, output_file
+from mlsv.commands.options import add_device_option, non_negative_float, output_file
 from mlsv.extras import needs_extra
 
 EPILOG = """example:
@@ -35,7 +35,7 @@ def register(subparsers) -> None:
         default=20.0,
         help="analyse at most this many seconds from the start (default 20; 0: the whole file)",
     )
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_device_option(p)
     p.set_defaults(func=run)
 
 

@@ -15,6 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
+    "add_asnorm_top_k_option",
+    "add_cohort_option",
+    "add_device_option",
     "add_window_options",
     "check_cohort_speakers",
     "check_window_options",
@@ -28,6 +31,7 @@ __all__ = [
     "positive_int",
     "prior",
     "probability",
+    "silence_progress",
 ]
 
 
@@ -192,3 +196,58 @@ def check_window_options(args: argparse.Namespace) -> None:
     """ValueError for a ``--hop`` without ``--window``."""
     if args.hop is not None and args.window is None:
         raise ValueError("--hop needs --window (the windows' length in seconds)")
+
+
+# -- the options every command spells the same way -------------------------------------------------------
+
+
+def add_device_option(parser: argparse.ArgumentParser, what: str = "torch device") -> None:
+    """``--device``, default ``auto``: cuda when this torch sees a GPU, else cpu (``check_device``)."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help=f"{what}: auto (cuda when present, else cpu), cpu, cuda, cuda:1, ... (default auto)",
+    )
+
+
+def add_asnorm_top_k_option(parser: argparse.ArgumentParser, default: str = "") -> None:
+    """``--asnorm-top-k K``, one default everywhere: the calibration's in use (the model's evaluation's, or
+    ``--calibration``'s), else 600 (``mlsv.scoring.backend.ASNORM_TOP_K``). Left None here: each command
+    resolves it where it knows the calibration."""
+    parser.add_argument(
+        "--asnorm-top-k",
+        type=int_at_least(2),
+        default=None,
+        metavar="K",
+        help="AS-norm cohort size, at least 2 (default: "
+        + (default or "the model's evaluation's, else its calibration's, else 600")
+        + ")",
+    )
+
+
+def add_cohort_option(parser: argparse.ArgumentParser, use: str = "enables AS-norm") -> None:
+    """``--cohort``: an embeddings table or a manifest, in every command (``mlsv.inference.cohorts``)."""
+    parser.add_argument(
+        "--cohort",
+        default=None,
+        metavar="COHORT",
+        help=f"AS-norm cohort ({use}): an embeddings .npz with speakers (mlsv embed --manifest), or a "
+        "manifest with a speaker on every row, embedded with the model",
+    )
+
+
+def silence_progress() -> None:
+    """``--quiet``: no progress bars (ours, transformers' "Loading weights", the Hub's, datasets') and only
+    transformers' errors; the results are still printed."""
+    import logging
+
+    os.environ["TQDM_DISABLE"] = "1"  # tqdm reads it for every bar it makes
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    import transformers.utils.logging as transformers_logging
+    from huggingface_hub.utils import disable_progress_bars
+
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    disable_progress_bars()
+    logging.getLogger("mlsv").setLevel(logging.WARNING)

@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mlsv.commands.options import add_window_options, check_window_options, int_at_least, probability
+from mlsv.commands.options import (
+    add_asnorm_top_k_option,
+    add_cohort_option,
+    add_device_option,
+    add_window_options,
+    check_window_options,
+    probability,
+)
 
 EPILOG = """example:
   mlsv verify --model runs/default/model enroll.wav test.flac
@@ -14,6 +21,7 @@ EPILOG = """example:
   mlsv verify --model runs/default/model a.wav b.wav --cohort cohort.npz   # AS-norm (+ calibration)
   mlsv verify --model runs/default/model ann1.wav ann2.wav ann3.wav test.wav # enrolled from three
   mlsv verify --model runs/default/model enroll.wav meeting.wav --window 1.5 --hop 0.75
+  mlsv verify --model runs/default/model --pairs pairs.txt --json                  # many pairs at once
 
 Audio at any sample rate and channel count is resampled and downmixed. All recordings but the last are the
 enrolment: their embeddings are averaged, weighted by duration. The score is cosine after
@@ -23,6 +31,10 @@ false-accept rate (needs stored score statistics or a calibration), --threshold 
 With --window, the enrolment is scored against each window of the test recording (windows of that many
 seconds every --hop seconds, the last one ending at the end) and the spans of accepted windows are
 printed (the threshold was chosen on whole utterances: --threshold or --far may suit short windows).
+With --pairs FILE, every line of FILE is a pair, "ENROLL TEST" or "LABEL ENROLL TEST" (a VoxCeleb trial
+list of paths; relative paths are read from FILE's folder, as a manifest's are): each recording is
+embedded once, all in one batched pass, and each pair gets its score, threshold and decision (a line
+per pair, or a JSON list with --json).
 Exit status 0 whatever the decision; read it from the output ("decision" in --json)."""
 
 
@@ -39,17 +51,22 @@ def register(subparsers) -> None:
     p.add_argument(
         "recordings",
         type=Path,
-        nargs="+",
+        nargs="*",
         metavar="RECORDING",
         help="the enrolment (one recording, or several of one speaker: averaged), then the test recording",
+    )
+    p.add_argument(
+        "--pairs",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="verify every pair of FILE ('ENROLL TEST' or 'LABEL ENROLL TEST' lines) in one batched pass",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--far", type=probability, default=None, help="target false-accept rate, e.g. 0.01")
     p.add_argument("--threshold", type=float, default=None, help="explicit threshold on the score scale in use")
-    p.add_argument("--cohort", type=Path, default=None, help="AS-norm cohort embeddings .npz with speakers")
-    p.add_argument(
-        "--asnorm-top-k", type=int_at_least(2), default=None, help="AS-norm cohort size (default: calibration's)"
-    )
+    add_cohort_option(p)
+    add_asnorm_top_k_option(p)
     add_window_options(p, "score each window of this length of the test recording (where the speaker speaks)")
     p.add_argument(
         "--runtime",
@@ -57,7 +74,7 @@ def register(subparsers) -> None:
         default="torch",
         help="torch, or onnx (runs MODEL/model.onnx with onnxruntime)",
     )
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_device_option(p, "torch device (with --runtime onnx: cpu or cuda)")
     p.set_defaults(func=run, more_positionals="recordings")
 
 
@@ -66,13 +83,19 @@ def run(args: argparse.Namespace) -> int:
 
     from mlsv.inference.verifier import Verifier
 
-    if len(args.recordings) < 2:
-        raise ValueError("give the enrolment recording(s) and then the test recording")
-    args.a, args.b = args.recordings[:-1], args.recordings[-1]
+    if args.pairs is not None and (args.recordings or args.window is not None):
+        raise ValueError("--pairs FILE names the recordings: give no recordings (nor --window) with it")
+    if args.pairs is None and len(args.recordings) < 2:
+        raise ValueError("give the enrolment recording(s) and then the test recording (or --pairs FILE)")
+    pairs = _read_pairs(args.pairs) if args.pairs is not None else None
+    if pairs is None:
+        args.a, args.b = args.recordings[:-1], args.recordings[-1]
     check_window_options(args)
     verifier = Verifier.from_pretrained(
         args.model, device=args.device, runtime=args.runtime, cohort=args.cohort, asnorm_top_k=args.asnorm_top_k
     )
+    if pairs is not None:
+        return _verify_pairs(verifier, pairs, args)
     if args.window is not None:
         return _track(verifier, args)
     result = verifier.verify(args.a, args.b, far=args.far, threshold=args.threshold)
@@ -82,6 +105,52 @@ def run(args: argparse.Namespace) -> int:
         print(f"score      {result.score:.4f}  ({result.scale})")
         print(f"threshold  {result.threshold:.4f}  ({result.threshold_source})")
         print(f"decision   {result.label}")
+    return 0
+
+
+def _read_pairs(path: Path):
+    """The pairs of a ``--pairs`` file: the trial list, its paths resolved against the file's folder (checked
+    before the model loads)."""
+    from mlsv.data.manifest import resolve_path
+    from mlsv.data.trials import read_trials
+
+    trials = read_trials(path)
+    root = path.resolve().parent
+    for i in range(len(trials)):
+        for p in (trials.enroll[i], trials.test[i]):
+            if not Path(resolve_path(str(p), root)).is_file():
+                raise FileNotFoundError(f"{path}:{trials.line(i)}: no such recording: {p}")
+    return trials, root
+
+
+def _verify_pairs(verifier, pairs, args: argparse.Namespace) -> int:
+    import json
+
+    from mlsv.data.manifest import resolve_path
+
+    trials, root = pairs
+    enroll, test = [str(p) for p in trials.enroll], [str(p) for p in trials.test]
+    results = verifier.verify_pairs(
+        [(resolve_path(a, root), resolve_path(b, root)) for a, b in zip(enroll, test)],
+        far=args.far,
+        threshold=args.threshold,
+        progress=False if getattr(args, "quiet", False) else None,
+    )
+    rows = []
+    for a, b, label, r in zip(enroll, test, trials.labels.tolist(), results):
+        row = {"enroll": _printable(a), "test": _printable(b), **r.to_dict()}
+        if label >= 0:
+            row["trial_label"] = int(label)
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if results:
+        r = results[0]
+        print(f"threshold {r.threshold:.4f} ({r.scale}; {r.threshold_source})")
+    print(f"{'score':>9}  {'decision':<18}  enroll  test")
+    for row in rows:
+        print(f"{row['score']:9.4f}  {row['label']:<18}  {row['enroll']}  {row['test']}")
     return 0
 
 

@@ -38,8 +38,8 @@ from mlsv.data.audio import (
     silent_audio_message,
 )
 from mlsv.data.augment import Augmenter
-from mlsv.data.feature_cache import FeatureCache
 from mlsv.data.batching import chunk_bounds, pack_batches
+from mlsv.data.feature_cache import FeatureCache
 from mlsv.data.manifest import load_manifest
 
 logger = logging.getLogger(__name__)

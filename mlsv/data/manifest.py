@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from mlsv.data.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
-from mlsv.extras import needs_extra
 from mlsv.data.sources import is_source, source_manifest
+from mlsv.extras import needs_extra
 
 REQUIRED_COLUMNS = ("id", "path", "speaker", "duration", "sample_rate")
 MANIFEST_SUFFIXES = (".jsonl", ".json", ".parquet")

@@ -26,11 +26,13 @@ from mlsv.data.loader import build_eval_loader
 from mlsv.data.manifest import has_audio, iter_rows, manifest_root, resolve_path
 from mlsv.data.sources import is_source, open_source, source_files
 from mlsv.data.trials import check_trial_ids, read_trials
+from mlsv.inference.cohorts import cohort_table as load_cohort_table
+from mlsv.inference.cohorts import is_embeddings_file
 from mlsv.inference.export import weights_fingerprint
 from mlsv.locks import FolderLock
 from mlsv.models.loading import check_device, load_model, min_samples
 from mlsv.models.runtime import autocast_dtype
-from mlsv.scoring.backend import cohort_from_table, embedding_mean
+from mlsv.scoring.backend import ASNORM_TOP_K, cohort_from_table, embedding_mean
 from mlsv.scoring.calibration import check_calibration_cohort, fit_calibration
 from mlsv.scoring.embeddings import EmbeddingTable, check_finite, load_embeddings, save_embeddings
 from mlsv.scoring.extract import extract_embeddings
@@ -207,7 +209,7 @@ def evaluate_model(
     trials: list[str],
     out_dir: str | Path,
     cohort: str | None = None,
-    top_k: int = 600,
+    top_k: int = ASNORM_TOP_K,
     calibration_pairs: int = 30000,
     batch_seconds: float = 120.0,
     chunk_seconds: float = 0.0,
@@ -225,7 +227,8 @@ def evaluate_model(
         trials: trial list paths (VoxCeleb format).
         out_dir: results folder.
         cohort: a manifest of cohort utterances (with speakers) for AS-norm and the QMF calibration
-            pairs; never the test speakers. None: cosine scoring only.
+            pairs, or their embeddings ``.npz`` (with speakers) made with this model; never the test
+            speakers. None: cosine scoring only.
         top_k: AS-norm cohort size.
         calibration_pairs: QMF training pairs drawn from the cohort.
         threshold_manifest, threshold_trials: a held-out (validation) list whose scores set the
@@ -300,7 +303,15 @@ def _evaluate(
         device=dev,
     )
     table = embed(manifest, "embeddings.npz")
-    cohort_table = embed(cohort, "cohort.npz") if cohort else None
+    if cohort and is_embeddings_file(cohort):  # a table made with this model: used as it is
+        cohort_table: EmbeddingTable | None = load_cohort_table(cohort)
+        if cohort_table.embeddings.shape[1] != table.embeddings.shape[1]:
+            raise ValueError(
+                f"{cohort}: cohort embeddings have {cohort_table.embeddings.shape[1]} dimensions, the model "
+                f"gives {table.embeddings.shape[1]} (a cohort must be embedded with the model it scores)"
+            )
+    else:
+        cohort_table = embed(cohort, "cohort.npz") if cohort else None
     if cohort_table is not None and cohort_table.speakers is None:
         raise ValueError(f"{cohort}: the cohort manifest needs a speaker on every row")
     mean = _scoring_mean(model, table, cohort_table)
@@ -348,7 +359,10 @@ def _check_before_embedding(
             ids if held_manifest == manifest else {str(row["id"]) for _, row in iter_rows(held_manifest)},
             source=f"manifest {held_manifest}",
         )
-    if cohort:
+    if cohort and is_embeddings_file(cohort):
+        speakers = load_cohort_table(cohort).speakers.tolist()
+        check_calibration_cohort(speakers, n_pairs=calibration_pairs, top_k=top_k, source=f"cohort {cohort}")
+    elif cohort:
         speakers = []
         for line, row in iter_rows(cohort):
             if row.get("speaker") in (None, ""):

@@ -57,8 +57,14 @@ OUTPUT_NAMES = ("embeddings",)
 
 
 def check_onnx_device(device: Any) -> str:
-    """``cpu`` or ``cuda[:N]`` for ONNX Runtime; ValueError when it is neither or has no CUDA provider."""
+    """``cpu`` or ``cuda[:N]`` for ONNX Runtime; ValueError when it is neither or has no CUDA provider.
+    ``"auto"`` is ``cuda`` when onnxruntime has the CUDA provider, else ``cpu``."""
     name = str(device)
+    if name == "auto":
+        with needs_extra("onnx", "the ONNX runtime"):
+            import onnxruntime as ort
+
+        return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
     if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
         raise ValueError(f"device {name!r} is not a device for ONNX Runtime (cpu or cuda)")
     if name.startswith("cuda"):

@@ -34,6 +34,7 @@ import numpy as np
 
 from mlsv.inference.embedder import finite
 from mlsv.scoring.backend import (
+    ASNORM_TOP_K,
     Cohort,
     as_norm,
     cohort_from_table,
@@ -91,7 +92,10 @@ class Scorer:
             )
         if self.cohort is not None:
             k = int(
-                asnorm_top_k or record.top_k or (self.calibrator.info.get("top_k") if self.calibrator else None) or 600
+                asnorm_top_k
+                or record.top_k
+                or (self.calibrator.info.get("top_k") if self.calibrator else None)
+                or ASNORM_TOP_K
             )
             if k > len(self.cohort):
                 if asnorm_top_k:

@@ -24,12 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from mlsv.data.inputs import AudioInput, Enrolment, check_sample_rate
+from mlsv.data.inputs import AudioInput, Enrolment, check_sample_rate, find_audio_files
+from mlsv.inference.cohorts import cohort_table
 from mlsv.inference.embedder import Embedder
 from mlsv.inference.onnx_runtime import check_onnx_device, load_onnx_verifier_parts
 from mlsv.inference.scorer import Scorer
 from mlsv.inference.tracking import OnlineTracker, SpeakerTrack, WindowEmbeddings
-from mlsv.scoring.embeddings import EmbeddingTable, check_finite, load_embeddings, pool_rows
+from mlsv.scoring.embeddings import EmbeddingTable, pool_rows
 from mlsv.scoring.record import Threshold
 
 __all__ = ["Identification", "VerificationResult", "Verifier"]
@@ -104,11 +105,12 @@ class Verifier:
         model: an ``MLSVModel``, or an embedding backend with ``config`` and ``__call__(input_values,
             attention_mask)`` returning (B, E) numpy (``TorchEmbedder``,
             :class:`mlsv.inference.onnx_runtime.OnnxEmbedder`).
-        device: torch device for an ``MLSVModel``.
+        device: torch device for an ``MLSVModel``; ``"auto"``: cuda when present, else cpu.
         cohort: AS-norm cohort: an embedding ``.npz`` path or ``EmbeddingTable`` with ``speakers``, made
-            with this model. Default: the cohort stored in the model (``cohort_embeddings``, speaker
-            means written by ``mlsv evaluate``), if any. Enables the ``asnorm`` and (with a calibration)
-            ``calibrated`` scales.
+            with this model, or a manifest (JSONL / parquet rows with ``path`` and ``speaker``) whose
+            recordings this model embeds (:mod:`mlsv.inference.cohorts`). Default: the cohort stored in
+            the model (``cohort_embeddings``, speaker means written by ``mlsv evaluate``), if any. Enables
+            the ``asnorm`` and (with a calibration) ``calibrated`` scales.
         asnorm_top_k: AS-norm cohort size (default: the evaluation's, else the calibration's, else 600;
             capped at the cohort size).
         batch_seconds: padded audio per batch (batch size x longest item), in seconds.
@@ -136,16 +138,8 @@ class Verifier:
         self.embedder = Embedder(backend, batch_seconds=batch_seconds)
         if asnorm_top_k is not None and asnorm_top_k < 2:
             raise ValueError(f"asnorm_top_k (--asnorm-top-k) must be at least 2, got {asnorm_top_k}")
-        table = None
-        if cohort is not None:
-            table = cohort if isinstance(cohort, EmbeddingTable) else load_embeddings(cohort)
-            if isinstance(cohort, EmbeddingTable):
-                check_finite(table, "the AS-norm cohort")
-            if table.speakers is None:
-                raise ValueError(
-                    "the AS-norm cohort needs speaker labels ('speakers' in the .npz); "
-                    "embed it with mlsv embed --manifest"
-                )
+        # a table as given, or a manifest's recordings embedded with this model
+        table = None if cohort is None else cohort_table(cohort, self.embedder)
         stored = _stored_cohort(model, backend) if table is None and use_stored_cohort else None
         self.scorer = Scorer(backend.config, cohort=table, stored_cohort=stored, asnorm_top_k=asnorm_top_k)
 
@@ -166,7 +160,8 @@ class Verifier:
         Args:
             model_dir_or_id: the model folder or hub id; with ``runtime="onnx"`` also a ``.onnx`` file
                 with ``config.json`` beside it.
-            device: torch device (``runtime="torch"``); ``"cuda"`` picks the CUDA provider for ONNX.
+            device: torch device (``runtime="torch"``); ``"cuda"`` picks the CUDA provider for ONNX; ``"auto"``:
+                cuda when present, else cpu.
             runtime: ``"torch"`` or ``"onnx"`` (runs ``model.onnx`` of the folder with onnxruntime).
             onnx_path: the ONNX file when it is not ``model.onnx`` in the folder.
             revision: hub revision.
@@ -263,6 +258,9 @@ class Verifier:
     ) -> np.ndarray:
         """Embeddings of one input (E,) or of a list of inputs (N, E), float32.
 
+        A folder stands for its audio files, searched recursively and sorted by path
+        (:func:`~mlsv.data.inputs.find_audio_files`): ``embed("recordings/")`` is (N, E), one row per file, and
+        a folder in a list adds its files' rows in its place (:meth:`embed_table` names each row by its path).
         Inputs are read lazily, sorted by length and batched (``batch_seconds`` of padded audio per
         batch); padding never changes an embedding, so an input gives the same embedding alone or in
         a batch. ``chunk_seconds > 0`` cuts an input longer than that into equal chunks (the rule of
@@ -270,8 +268,9 @@ class Verifier:
         it) and averages their embeddings (weighted by length). ``progress`` (default: when more than 16
         inputs) shows a progress bar.
         """
-        single = not isinstance(inputs, (list, tuple))
-        matrix, _ = self.embedder.embed_many([inputs] if single else list(inputs), sample_rate, chunk_seconds, progress)
+        single = not isinstance(inputs, (list, tuple)) and not _is_folder(inputs)
+        items = _expand_folders([inputs] if not isinstance(inputs, (list, tuple)) else list(inputs))
+        matrix, _ = self.embedder.embed_many(items, sample_rate, chunk_seconds, progress)
         return matrix[0] if single else matrix
 
     def embed_table(
@@ -284,7 +283,10 @@ class Verifier:
         progress: bool | None = None,
     ) -> EmbeddingTable:
         """Embeds ``inputs`` into an ``EmbeddingTable``: :meth:`Embedder.embed_table
-        <mlsv.inference.embedder.Embedder.embed_table>` (a repeated id is refused before anything is embedded)."""
+        <mlsv.inference.embedder.Embedder.embed_table>` (a repeated id is refused before anything is embedded).
+        ``inputs`` may be a folder, or hold folders, which stand for their audio files (ids: the files' paths)."""
+        if ids is None:
+            inputs = _expand_folders([inputs] if _is_folder(inputs) else list(inputs))
         return self.embedder.embed_table(
             inputs, ids, sample_rate=sample_rate, chunk_seconds=chunk_seconds, progress=progress
         )
@@ -374,16 +376,61 @@ class Verifier:
         scale = self.score_scale
         th = self.scorer.decision_threshold(far, threshold, scale)  # fails before any audio is read
         sample_rate = check_sample_rate(sample_rate)
-        scores = self._pair_scores(a, b, sample_rate)
-        s = scores[scale]
-        return VerificationResult(
-            score=s,
-            threshold=th.value,
-            decision=bool(s >= th.value),
-            scale=scale,
-            threshold_source=th.source,
-            cosine=scores["cosine"],
-        )
+        return _result(self._pair_scores(a, b, sample_rate), scale, th)
+
+    def verify_pairs(
+        self,
+        pairs: Sequence[tuple[Enrolment, AudioInput]],
+        *,
+        far: float | None = None,
+        threshold: float | None = None,
+        sample_rate: int | None = None,
+        progress: bool | None = None,
+    ) -> list[VerificationResult]:
+        """:meth:`verify` for a list of pairs in one batched pass: each distinct recording is read and embedded
+        once (a path named in several pairs, or the same array object), all of them batched together, and
+        every pair then scored and decided as :meth:`verify` would (same scale, same threshold).
+
+        Args:
+            pairs: ``(a, b)`` pairs; ``a`` may be a list of one speaker's recordings (see :meth:`verify`).
+            far, threshold, sample_rate: as in :meth:`verify`, for every pair.
+            progress: a progress bar while embedding (default: more than 16 recordings).
+
+        Returns:
+            One :class:`VerificationResult` per pair, in the order given.
+
+        Raises:
+            ValueError: an item that is not a pair (naming its position), or a threshold problem, before
+                any audio is read.
+        """
+        scale = self.score_scale
+        th = self.scorer.decision_threshold(far, threshold, scale)
+        sample_rate = check_sample_rate(sample_rate)
+        pairs = list(pairs)
+        if not pairs:
+            raise ValueError("verify_pairs: no pairs given")
+        index: dict[Any, int] = {}
+        inputs: list = []
+
+        def row(x) -> int:
+            key = ("path", os.path.abspath(os.fspath(x))) if isinstance(x, (str, os.PathLike)) else ("object", id(x))
+            if key not in index:
+                index[key] = len(inputs)
+                inputs.append(x)
+            return index[key]
+
+        rows = []
+        for i, pair in enumerate(pairs):
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise ValueError(f"verify_pairs: item #{i} is not an (enrolment, test) pair: {pair!r:.80}")
+            rows.append(([row(x) for x in _inputs(pair[0])], row(pair[1])))
+        matrix, durations = self.embedder.embed_many(inputs, sample_rate, progress=progress)
+        results = []
+        for enroll, test in rows:
+            embedding, seconds = _pool(matrix[enroll], durations[enroll])
+            scores = self.scorer.score_embeddings(embedding, matrix[test], seconds, float(durations[test]))
+            results.append(_result(scores, scale, th))
+        return results
 
     def identify(
         self,
@@ -525,6 +572,31 @@ class Verifier:
             f"Verifier(runtime={self.embedder.runtime!r}, embedding_size={self.embedding_size}, "
             f"sampling_rate={self.sampling_rate}, scale={self.score_scale!r})"
         )
+
+
+def _result(scores: dict[str, float], scale: str, th: Threshold) -> VerificationResult:
+    """The decision of a pair's scores (``{"cosine", ...}``) on ``scale`` against ``th``."""
+    s = scores[scale]
+    return VerificationResult(
+        score=s,
+        threshold=th.value,
+        decision=bool(s >= th.value),
+        scale=scale,
+        threshold_source=th.source,
+        cosine=scores["cosine"],
+    )
+
+
+def _is_folder(x: Any) -> bool:
+    return isinstance(x, (str, os.PathLike)) and os.path.isdir(x)
+
+
+def _expand_folders(inputs: list) -> list:
+    """``inputs`` with each folder replaced, in place, by its audio files (recursively, sorted by path)."""
+    out: list = []
+    for x in inputs:
+        out.extend(find_audio_files([x]) if _is_folder(x) else [x])
+    return out
 
 
 def _inputs(enroll: Enrolment) -> list:

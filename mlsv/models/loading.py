@@ -58,9 +58,12 @@ def check_device(device: Any):
     The one check of every device string that enters the API (``TorchEmbedder``,
     ``Verifier.from_pretrained``, ``load_model``, the evaluation functions): a misspelt device
     (``gpu``) or one this machine lacks (``cuda`` on a CPU-only torch, ``cuda:3`` with 2 GPUs, ``mps``
-    off a Mac) is refused before any model is loaded, instead of failing deep inside torch.
+    off a Mac) is refused before any model is loaded, instead of failing deep inside torch. ``"auto"`` is
+    ``cuda`` when this torch sees a GPU, else ``cpu`` (the default of every ``--device``).
     """
     name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):

@@ -36,6 +36,7 @@ import mlsv.models
 from mlsv.inference.export import WEIGHTS_NAME, check_export_weights, weights_fingerprint
 from mlsv.inference.scorer import Scorer
 from mlsv.models.loading import load_model
+from mlsv.publish.space import publish_space
 from mlsv.scoring.pipeline import STAGES
 from mlsv.scoring.record import EvaluationRecord
 
@@ -933,6 +934,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="build the folder that would be uploaded in OUT and upload nothing; OUT must be new, "
         "empty or an earlier dry run's folder (it is replaced once the new one is built)",
     )
+    p.add_argument(
+        "--space",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="SPACE_ID",
+        help="also publish the model's demo page as a Gradio Space (default name: --repo-id's); with "
+        "--dry-run it is built in OUT-space",
+    )
     return p
 
 
@@ -971,6 +981,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 license=args.license,
             )
             print(f"dry run: built {out} ({', '.join(sorted(p.name for p in out.iterdir()))}); nothing uploaded")
+            if args.space:
+                print(publish_space(args))
             return 0
         with tempfile.TemporaryDirectory(prefix="mlsv-publish-") as tmp:
             folder = build_publish_folder(
@@ -985,6 +997,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 folder, args.repo_id, private=args.private, revision=args.revision, commit_message=args.commit_message
             )
         print(f"uploaded {args.model} to https://huggingface.co/{args.repo_id} ({url})")
+        if args.space:
+            print(publish_space(args))
         return 0
     except (OSError, ValueError) as e:  # ConnectionError and FileNotFoundError are OSErrors
         print(f"push_to_hub.py: error: {e}", file=sys.stderr)

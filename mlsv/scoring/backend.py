@@ -24,6 +24,7 @@ except ImportError:
 from mlsv.scoring.embeddings import EmbeddingTable
 
 __all__ = [
+    "ASNORM_TOP_K",
     "Cohort",
     "as_norm",
     "cohort_from_table",
@@ -35,6 +36,10 @@ __all__ = [
     "subtract_mean",
     "topk_stats",
 ]
+
+#: The AS-norm cohort size when nothing else sets one (the paper's 600). Every entry point takes this one
+#: default: ``--asnorm-top-k`` given, else the model's evaluation's, else its calibration's, else this.
+ASNORM_TOP_K = 600
 
 # Bytes of float32 similarities one chunk of the utterance x cohort product may hold.
 _CHUNK_BYTES = 1 << 28

@@ -34,6 +34,7 @@ from numpy.typing import ArrayLike
 
 from mlsv.extras import needs_extra
 from mlsv.scoring.backend import (
+    ASNORM_TOP_K,
     Cohort,
     cohort_from_table,
     cohort_topk,
@@ -456,7 +457,7 @@ def fit_calibration(
     cohort_table: EmbeddingTable,
     *,
     mean: np.ndarray | None = None,
-    top_k: int = 600,
+    top_k: int = ASNORM_TOP_K,
     n_pairs: int = 30000,
     seed: int = 7,
     features: Sequence[str] = FEATURES,

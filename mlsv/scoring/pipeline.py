@@ -13,6 +13,7 @@ import torch
 
 from mlsv.data.trials import Trials, check_trial_ids
 from mlsv.scoring.backend import (
+    ASNORM_TOP_K,
     Cohort,
     as_norm,
     cohort_from_table,
@@ -83,7 +84,7 @@ def score_index_lists(
     *,
     mean: np.ndarray | None = None,
     cohort: Cohort | EmbeddingTable | None = None,
-    top_k: int = 600,
+    top_k: int = ASNORM_TOP_K,
     calibrator: QualityCalibrator | None = None,
     device: str | torch.device | None = None,
 ) -> list[dict[str, np.ndarray]]:
@@ -168,7 +169,7 @@ def score_trial_lists(
     *,
     mean: np.ndarray | None = None,
     cohort: Cohort | EmbeddingTable | None = None,
-    top_k: int = 600,
+    top_k: int = ASNORM_TOP_K,
     calibrator: QualityCalibrator | None = None,
     device: str | torch.device | None = None,
 ) -> list[dict[str, np.ndarray]]:
@@ -192,7 +193,7 @@ def score_trials(
     *,
     mean: np.ndarray | None = None,
     cohort: Cohort | EmbeddingTable | None = None,
-    top_k: int = 600,
+    top_k: int = ASNORM_TOP_K,
     calibrator: QualityCalibrator | None = None,
     device: str | torch.device | None = None,
 ) -> dict[str, np.ndarray]:

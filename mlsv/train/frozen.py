@@ -29,8 +29,8 @@ import torch
 from mlsv.config import AugmentConfig, DataConfig, to_dict
 from mlsv.data.audio import AudioError
 from mlsv.data.augment import Augmenter
-from mlsv.data.feature_cache import FeatureCacheWriter, cache_matches
 from mlsv.data.batching import pack_batches
+from mlsv.data.feature_cache import FeatureCacheWriter, cache_matches
 from mlsv.data.loader import context_length, crop_starts, read_crop
 from mlsv.models import MLSVModel
 from mlsv.models.loading import weights_fingerprint

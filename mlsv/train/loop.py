@@ -49,8 +49,8 @@ from mlsv.config import ConfigError, TrainConfig, dump_config, load_config, load
 from mlsv.data.augment import BatchAugmenter
 from mlsv.data.loader import build_train_loader, speed_perturb_classes, utterance_subset
 from mlsv.data.manifest import load_labels, load_manifest, save_labels, speaker_labels
-from mlsv.extras import needs_extra
 from mlsv.data.sources import is_source, resolve_source
+from mlsv.extras import needs_extra
 from mlsv.locks import FolderLock
 from mlsv.models import TINY_ENCODERS, MLSVModel, SubCenterAAMSoftmax, runtime
 from mlsv.models.loading import min_samples
