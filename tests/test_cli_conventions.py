@@ -87,7 +87,8 @@ def calibrated_model(model_dir, tmp_path_factory):
 
 
 def test_device_auto_is_every_command_s_default_and_means_cuda_when_present(model_dir):
-    from mlsv.models.loading import check_device, check_onnx_device
+    from mlsv.inference.onnx_runtime import check_onnx_device
+    from mlsv.models.loading import check_device
 
     expected = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     assert check_device("auto") == expected

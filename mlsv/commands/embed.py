@@ -50,8 +50,9 @@ def register(subparsers) -> None:
     p.add_argument(
         "--chunk-seconds",
         type=non_negative_float,
-        default=0.0,
-        help="embed long files in chunks of this length and average (default 0: whole files)",
+        default=None,
+        help="embed long files in equal chunks of about this length and average (0: whole files; default: the "
+        "window the model stores, chosen by mlsv evaluate; whole files when none)",
     )
     add_window_options(p, "embed each file's sliding windows of this length, one row each (files only)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="torch or onnx (MODEL/model.onnx)")

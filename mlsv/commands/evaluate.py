@@ -48,7 +48,11 @@ def register(subparsers) -> None:
     )
     p.add_argument("--batch-seconds", type=positive_float, default=120.0, help="audio per embedding batch")
     p.add_argument(
-        "--chunk-seconds", type=non_negative_float, default=0.0, help="cut longer files into chunks (0: off)"
+        "--chunk-seconds",
+        type=non_negative_float,
+        default=None,
+        help="cut longer files into equal chunks of about this length (0: whole files; default: the model's "
+        "stored window, else the better on --threshold-trials of whole files and chunks of the training crop)",
     )
     p.add_argument("--threshold-manifest", default=None, help="manifest of the held-out threshold trials")
     p.add_argument(

@@ -79,6 +79,11 @@ class Embedder:
     def embedding_size(self) -> int:
         return int(self.config.embedding_size)
 
+    @property
+    def stored_chunk_seconds(self) -> float:
+        """The embedding window the model stores (``embedding_chunk_seconds``; 0, whole inputs, when none)."""
+        return stored_chunk_seconds(self.config)
+
     def load(self, x: AudioInput, sample_rate: int | None = None, name: str | None = None) -> np.ndarray:
         """One input as checked float32 mono samples at the model's rate (see :func:`load_audio`)."""
         return load_audio(x, sample_rate, target_sr=self.sampling_rate, min_length=self.min_samples, name=name)
@@ -88,18 +93,21 @@ class Embedder:
         self,
         inputs: list[AudioInput],
         sample_rate: int | None = None,
-        chunk_seconds: float = 0.0,
+        chunk_seconds: float | None = None,
         progress: bool | None = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(N, E) float32 embeddings and (N,) float32 seconds of ``inputs``, in their order.
 
         ``chunk_seconds > 0`` cuts an input longer than that into equal chunks (evaluation's rule,
-        :func:`mlsv.data.batching.chunk_bounds`) and averages their embeddings, weighted by length.
+        :func:`mlsv.data.batching.chunk_bounds`) and averages their embeddings, weighted by length; 0 embeds
+        whole inputs; None: the model's stored window (``stored_chunk_seconds``).
         ``progress`` (None: when more than 16 inputs) shows a progress bar.
         """
         if not inputs:
             raise ValueError("nothing to embed: no inputs given")
         sample_rate = check_sample_rate(sample_rate)
+        if chunk_seconds is None:
+            chunk_seconds = self.stored_chunk_seconds
         if chunk_seconds < 0:
             raise ValueError(f"chunk_seconds must be >= 0, got {chunk_seconds}")
         chunk = int(chunk_seconds * self.sampling_rate)
@@ -138,7 +146,7 @@ class Embedder:
         ids: Sequence[str] | None = None,
         *,
         sample_rate: int | None = None,
-        chunk_seconds: float = 0.0,
+        chunk_seconds: float | None = None,
         progress: bool | None = None,
     ) -> EmbeddingTable:
         """Embeds ``inputs`` into an ``EmbeddingTable`` (ids default to the paths, or ``input #i``).
@@ -229,3 +237,13 @@ class Embedder:
             part = np.ascontiguousarray(frames[starts[i : i + per]], dtype=np.float32)
             parts.append(np.asarray(self.backend(part, np.ones(part.shape, np.int64)), dtype=np.float32))
         return np.concatenate(parts)
+
+
+def stored_chunk_seconds(config) -> float:
+    """A model config's ``embedding_chunk_seconds`` (an object or the JSON dict), 0.0 when none is stored."""
+    value = (
+        config.get("embedding_chunk_seconds")
+        if isinstance(config, dict)
+        else getattr(config, "embedding_chunk_seconds", None)
+    )
+    return float(value) if value else 0.0

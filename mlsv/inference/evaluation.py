@@ -28,6 +28,7 @@ from mlsv.data.sources import is_source, open_source, source_files
 from mlsv.data.trials import check_trial_ids, read_trials
 from mlsv.inference.cohorts import cohort_table as load_cohort_table
 from mlsv.inference.cohorts import is_embeddings_file
+from mlsv.inference.embedder import stored_chunk_seconds
 from mlsv.inference.export import weights_fingerprint
 from mlsv.locks import FolderLock
 from mlsv.models.loading import check_device, load_model, min_samples
@@ -36,6 +37,7 @@ from mlsv.scoring.backend import ASNORM_TOP_K, cohort_from_table, embedding_mean
 from mlsv.scoring.calibration import check_calibration_cohort, fit_calibration
 from mlsv.scoring.embeddings import EmbeddingTable, check_finite, load_embeddings, save_embeddings
 from mlsv.scoring.extract import extract_embeddings
+from mlsv.scoring.metrics import eer
 from mlsv.scoring.pipeline import (
     check_distinct_names,
     score_trial_lists,
@@ -54,7 +56,7 @@ def embed_manifest(
     manifest: str | Path,
     *,
     batch_seconds: float = 120.0,
-    chunk_seconds: float = 0.0,
+    chunk_seconds: float | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
     autocast_dtype: torch.dtype | None = None,
@@ -73,6 +75,8 @@ def embed_manifest(
         device = check_device(device)
     rate = int(model.config.sampling_rate)
     need = min_samples(model.config)
+    if chunk_seconds is None:  # the window the model stores (0: whole utterances)
+        chunk_seconds = stored_chunk_seconds(model.config)
     if 0 < chunk_seconds * rate < need:
         raise ValueError(
             f"chunk_seconds (--chunk-seconds) {chunk_seconds:g} is shorter than the encoder's "
@@ -212,7 +216,7 @@ def evaluate_model(
     top_k: int = ASNORM_TOP_K,
     calibration_pairs: int = 30000,
     batch_seconds: float = 120.0,
-    chunk_seconds: float = 0.0,
+    chunk_seconds: float | None = None,
     device: str | None = None,
     plots: bool = True,
     threshold_manifest: str | None = None,
@@ -234,6 +238,11 @@ def evaluate_model(
         threshold_manifest, threshold_trials: a held-out (validation) list whose scores set the
             model's decision thresholds and false-accept tables on every score scale; without it
             the threshold is the calibration's (EER point of the cohort pairs).
+        chunk_seconds: the embedding window: 0 whole utterances, > 0 equal chunks of about this length,
+            averaged. None (the default): the window the model stores; when it stores none, records its
+            training crop length and a held-out list is given, the better on that list (cosine EER) of
+            whole utterances and chunks of the training crop length, stored in the model
+            (``embedding_chunk_seconds``) and reported under ``embedding_window`` in ``results.json``.
         precision: "fp32", or "bf16"/"fp16" autocast for the embedding pass (a GPU's fast path; the
             GPU equivalence test bounds the difference at a cosine of 0.999 per embedding).
 
@@ -283,7 +292,7 @@ def _evaluate(
     top_k: int,
     calibration_pairs: int,
     batch_seconds: float,
-    chunk_seconds: float,
+    chunk_seconds: float | None,
     device: torch.device,
     plots: bool,
     threshold_manifest: str | None,
@@ -293,6 +302,12 @@ def _evaluate(
     """``evaluate_model``'s work, its arguments checked and the output folder locked."""
     dev = device
     model = load_model(model_dir)
+    window = None
+    if chunk_seconds is None:
+        window = _choose_window(
+            model, out, threshold_manifest or manifest, threshold_trials, precision, batch_seconds, dev
+        )
+        chunk_seconds = stored_chunk_seconds(model.config)
     embed = _Embeddings(
         model,
         _model_fingerprint(model),
@@ -335,7 +350,50 @@ def _evaluate(
         shutil.rmtree(model_out)
     model.save_pretrained(model_out)
     log.info("evaluation of %s: %s", model_dir, json.dumps(metrics[final]))
-    return {"metrics": metrics, "final_stage": final, "model": str(model_out)}
+    if window is not None:
+        (out / "embedding_window.json").write_text(json.dumps(window, indent=2) + "\n")
+    return {"metrics": metrics, "final_stage": final, "model": str(model_out), "embedding_window": window}
+
+
+def _choose_window(model, out: Path, manifest: str, trials: str | None, precision: str, batch_seconds: float, device):
+    """The embedding window of a model that stores none: whole utterances or equal chunks of its training crop
+    length, whichever gives the lower cosine EER (mean-subtracted) on the held-out list ``trials``; stored in
+    the model's config. Returns what was measured (None when nothing was: a window stored already, no
+    training crop length, or no held-out list)."""
+    crop = getattr(model.config, "train_crop_seconds", None)
+    if getattr(model.config, "embedding_chunk_seconds", None) is not None or not crop or not trials:
+        return None
+    held_out = read_trials(trials)
+    eers = {}
+    for name, seconds in (("whole", 0.0), ("chunked", float(crop))):
+        embed = _Embeddings(
+            model,
+            _model_fingerprint(model),
+            out,
+            precision=precision,
+            chunk_seconds=seconds,
+            batch_seconds=batch_seconds,
+            device=device,
+        )
+        table = embed(manifest, f"window_{name}_embeddings.npz")
+        scores = score_trial_lists(table, [held_out], mean=embedding_mean(table.embeddings))[0]
+        eers[name] = float(eer(scores["cosine"], held_out.labels)[0])
+    chosen = float(crop) if eers["chunked"] < eers["whole"] else 0.0
+    model.config.embedding_chunk_seconds = chosen
+    log.info(
+        "embedding window: %s (held-out EER whole %.2f %%, chunks of %g s %.2f %%)",
+        "chunks" if chosen else "whole utterances",
+        eers["whole"],
+        crop,
+        eers["chunked"],
+    )
+    return {
+        "trials": str(trials),
+        "chunk_seconds": float(crop),
+        "eer_whole": eers["whole"],
+        "eer_chunked": eers["chunked"],
+        "chosen_chunk_seconds": chosen,
+    }
 
 
 def _check_before_embedding(
@@ -493,6 +551,10 @@ def write_run_report(
     for label, folder in systems.items():
         by_stage = json.loads((folder / "metrics_by_stage.json").read_text())
         results["systems"][label] = by_stage
+        if (folder / "embedding_window.json").is_file():  # what the evaluation measured to choose the window
+            results.setdefault("embedding_window", {})[label] = json.loads(
+                (folder / "embedding_window.json").read_text()
+            )
         for stage, lists in by_stage.items():
             for name, m in lists.items():
                 rows.append((label, stage, name, m))

@@ -253,7 +253,7 @@ class Verifier:
         inputs: AudioInput | Sequence[AudioInput],
         sample_rate: int | None = None,
         *,
-        chunk_seconds: float = 0.0,
+        chunk_seconds: float | None = None,
         progress: bool | None = None,
     ) -> np.ndarray:
         """Embeddings of one input (E,) or of a list of inputs (N, E), float32.
@@ -265,8 +265,10 @@ class Verifier:
         batch); padding never changes an embedding, so an input gives the same embedding alone or in
         a batch. ``chunk_seconds > 0`` cuts an input longer than that into equal chunks (the rule of
         evaluation, :func:`mlsv.data.batching.chunk_bounds`, so a file gets the embedding a manifest gives
-        it) and averages their embeddings (weighted by length). ``progress`` (default: when more than 16
-        inputs) shows a progress bar.
+        it) and averages their embeddings (weighted by length); 0 embeds whole inputs; None (the default)
+        uses the window the model stores (``config.embedding_chunk_seconds``, chosen by ``mlsv evaluate``;
+        whole inputs when none), as ``verify``, ``score``, ``identify`` and the rest do. ``progress``
+        (default: when more than 16 inputs) shows a progress bar.
         """
         single = not isinstance(inputs, (list, tuple)) and not _is_folder(inputs)
         items = _expand_folders([inputs] if not isinstance(inputs, (list, tuple)) else list(inputs))
@@ -279,7 +281,7 @@ class Verifier:
         ids: Sequence[str] | None = None,
         *,
         sample_rate: int | None = None,
-        chunk_seconds: float = 0.0,
+        chunk_seconds: float | None = None,
         progress: bool | None = None,
     ) -> EmbeddingTable:
         """Embeds ``inputs`` into an ``EmbeddingTable``: :meth:`Embedder.embed_table

@@ -33,6 +33,10 @@ class MLSVConfig(PretrainedConfig):
         cohort_size: rows of the AS-norm cohort (speaker means) stored in the weights (0: none).
         train_crop_seconds: the crop length of the training stage that made the model (None: not trained by
             mlsv): the context it saw, against which inputs much longer than it are out of its training.
+        embedding_chunk_seconds: the embedding window ``mlsv evaluate`` chose on held-out trials (whole
+            utterances against equal chunks of the training crop length): 0 embeds whole utterances, > 0 cuts
+            longer ones into equal chunks of about this length and averages them. The Verifier, ``mlsv embed``
+            and ``mlsv evaluate`` use it unless told otherwise. None: none chosen (whole utterances).
     """
 
     model_type = "mlsv"
@@ -60,6 +64,7 @@ class MLSVConfig(PretrainedConfig):
         evaluation: dict | None = None,
         cohort_size: int = 0,
         train_crop_seconds: float | None = None,
+        embedding_chunk_seconds: float | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -84,6 +89,7 @@ class MLSVConfig(PretrainedConfig):
         self.calibration = calibration
         self.threshold = threshold
         self.train_crop_seconds = train_crop_seconds
+        self.embedding_chunk_seconds = embedding_chunk_seconds
         self.evaluation = evaluation
         self.cohort_size = cohort_size
 
