@@ -28,6 +28,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "tracking": ("tensorboard",),
     "wandb": ("wandb",),
     "demo": ("gradio",),
+    "mlflow": ("mlflow", "sqlalchemy", "alembic"),
+    "neptune": ("neptune_scale",),
 }
 
 

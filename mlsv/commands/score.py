@@ -133,8 +133,9 @@ def _model_scoring(args: argparse.Namespace, dim: int, mean, calibrator):
     ``--cohort``, ``--asnorm-top-k`` and ``--calibration`` replace them. The calibration applies only with
     a cohort (it was fitted on AS-norm scores), as in ``mlsv verify``."""
     from mlsv.inference.cohorts import cohort_table, is_embeddings_file
+    from mlsv.inference.model_files import read_stored_cohort
     from mlsv.inference.scorer import Scorer
-    from mlsv.models.loading import load_config, model_source, read_stored_cohort
+    from mlsv.models.loading import load_config, model_source
     from mlsv.scoring.backend import ASNORM_TOP_K
 
     src = model_source(args.model)
