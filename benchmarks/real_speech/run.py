@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -32,10 +33,19 @@ BASELINES = ("mfcc", "layers")
 TEST_SIDES = {"clean": "test.jsonl", "noisy": "test_noisy.jsonl"}
 
 
-def embedding_modes(chunk_seconds: float) -> dict[str, dict]:
-    """How a trained model embeds each test utterance: evaluate_model's keyword arguments per mode.
-    A new embedding policy (e.g. a stored window policy) joins here as one more entry."""
-    return {"whole": {"chunk_seconds": 0.0}, "chunked": {"chunk_seconds": chunk_seconds}}
+def embedding_modes(chunk_seconds: float, corpus: Path) -> dict[str, dict]:
+    """How a trained model embeds each test utterance: evaluate_model's keyword arguments per mode. "policy":
+    the window mlsv evaluate chooses on the validation list (whole or chunks of the training crop), stored in
+    the model and used for the test list."""
+    return {
+        "whole": {"chunk_seconds": 0.0},
+        "chunked": {"chunk_seconds": chunk_seconds},
+        "policy": {
+            "chunk_seconds": None,
+            "threshold_manifest": str(corpus / "validation.jsonl"),
+            "threshold_trials": str(corpus / "validation_trials.txt"),
+        },
+    }
 
 
 def budget(train_manifest: Path, steps: int, batch: int) -> tuple[int, int]:
@@ -65,21 +75,29 @@ def train(aggregation: str, out: Path, corpus: Path, encoder: Path, args) -> dic
         "stage.seed": args.seed,
         "log.progress": "false",
     }
+    if args.context:  # context crops: the encoder over contexts, crops cut from its states
+        sets["data.context_seconds"] = args.context
+        sets["data.crops_per_context"] = args.crops_per_context
+        if args.cache:
+            sets["data.feature_cache"] = out.parent / "feature_cache"
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(HERE / "configs" / f"stage1_{aggregation}.yaml")]
     cmd += ["--output-dir", str(out)]
     for key, value in sets.items():
         cmd += ["--set", f"{key}={value}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t0 = time.perf_counter()
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     log = out.parent / f"{aggregation}.train.log"
     out.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as f:
         run = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if run.returncode != 0:
         raise SystemExit(f"training {aggregation} failed (exit {run.returncode}); see {log}")
     return {
         "model": str(out / "model"),
         "train_seconds": round(time.perf_counter() - t0, 1),
+        "train_cpu_seconds": round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, 1),
         "epochs": epochs,
         "steps_per_epoch": spe,
     }
@@ -88,6 +106,7 @@ def train(aggregation: str, out: Path, corpus: Path, encoder: Path, args) -> dic
 def evaluate(model: Path, corpus: Path, out: Path, modes: dict[str, dict]) -> dict:
     """EER and minDCF(0.05) of cosine scoring, per test side and embedding mode."""
     from mlsv.inference.evaluation import evaluate_model
+    from mlsv.models import MLSVConfig
 
     results = {}
     for side, manifest in TEST_SIDES.items():
@@ -103,6 +122,9 @@ def evaluate(model: Path, corpus: Path, out: Path, modes: dict[str, dict]) -> di
                 **kw,
             )
             m = r["metrics"]["cosine"]["test_trials"]
+            if mode == "policy":  # the window the model stores (chosen now, or by an earlier evaluation)
+                stored = MLSVConfig.from_pretrained(r["model"]).embedding_chunk_seconds
+                results[f"{side}/policy_window"] = stored
             results[f"{side}/{mode}"] = {
                 "eer": round(m["eer"], 2),
                 "min_dcf_0.05": round(m["min_dcf_0.05"], 3),
@@ -226,6 +248,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--crop", type=float, default=2.0, help="training crop, seconds")
     p.add_argument("--chunk-seconds", type=float, default=2.0, help="the chunked embedding mode's chunk")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--context", type=float, default=0.0, help="data.context_seconds (0: crops of the waveform)")
+    p.add_argument("--crops-per-context", type=int, default=4, help="data.crops_per_context with --context")
+    p.add_argument("--cache", action="store_true", help="with --context: the frozen encoder's feature cache")
     p.add_argument("--only", nargs="+", choices=AGGREGATIONS + BASELINES, default=list(AGGREGATIONS + BASELINES))
     args = p.parse_args(argv)
     corpus = (args.corpus or args.work / "corpus").resolve()
@@ -233,8 +258,11 @@ def main(argv: list[str] | None = None) -> dict:
     for need, how in ((corpus / "test_trials.txt", "make_corpus.py"), (encoder / "config.json", "convert_whisper.py")):
         if not need.exists():
             raise SystemExit(f"{need} not found: run benchmarks/real_speech/{how} first (see the README)")
-    out = (args.out or args.work / "runs" / f"steps{args.steps}_b{args.batch}_c{args.crop:g}").resolve()
-    modes = embedding_modes(args.chunk_seconds)
+    name = f"steps{args.steps}_b{args.batch}_c{args.crop:g}"
+    if args.context:
+        name += f"_ctx{args.context:g}x{args.crops_per_context}" + ("_cache" if args.cache else "")
+    out = (args.out or args.work / "runs" / name).resolve()
+    modes = embedding_modes(args.chunk_seconds, corpus)
     t0 = time.perf_counter()
     systems: dict[str, dict] = {}
     for name in args.only:
@@ -250,7 +278,14 @@ def main(argv: list[str] | None = None) -> dict:
         systems[name] = r
     results = {
         "systems": systems,
-        "budget": {"steps": args.steps, "batch": args.batch, "crop_seconds": args.crop},
+        "budget": {
+            "steps": args.steps,
+            "batch": args.batch,
+            "crop_seconds": args.crop,
+            "context_seconds": args.context,
+            "crops_per_context": args.crops_per_context if args.context else 1,
+            "feature_cache": bool(args.context and args.cache),
+        },
         "chunk_seconds": args.chunk_seconds,
         "corpus": json.loads((corpus / "corpus.json").read_text()) if (corpus / "corpus.json").exists() else None,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
