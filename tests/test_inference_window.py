@@ -43,7 +43,7 @@ def windowed_model(tmp_path_factory):
 
 
 def test_evaluate_chooses_the_better_window_on_the_held_out_list_and_stores_it(long_inputs, tmp_path):
-    from mlsv.inference.evaluation import embed_manifest, evaluate_model
+    from mlsv.inference.evaluation import WINDOW_MARGIN, embed_manifest, evaluate_model
     from mlsv.models.loading import load_model
     from mlsv.scoring.metrics import eer
 
@@ -71,7 +71,7 @@ def test_evaluate_chooses_the_better_window_on_the_held_out_list_and_stores_it(l
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         scores = np.array([x[table.lookup([e])[0]] @ x[table.lookup([t])[0]] for e, t in pairs])
         assert window[f"eer_{name}"] == pytest.approx(eer(scores, labels)[0], abs=1e-6)
-    chosen = 0.5 if window["eer_chunked"] < window["eer_whole"] else 0.0
+    chosen = 0.5 if window["eer_chunked"] < WINDOW_MARGIN * window["eer_whole"] else 0.0
     assert window["chosen_chunk_seconds"] == chosen
     assert MLSVConfig.from_pretrained(result["model"]).embedding_chunk_seconds == chosen
     # a model with a stored window is not re-chosen; an explicit window wins and nothing is chosen
