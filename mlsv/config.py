@@ -83,11 +83,15 @@ class AugmentConfig:
     )  # "cpu" (loader workers) or "device" (batched tensor ops on the accelerator)
     noise_manifest: str = ""  # MUSAN-like manifest with a "category" column: noise, music, speech
     rir_manifest: str = ""
-    kinds: list[str] = _choice(["reverb", "noise", "music", "babble", "tv"], "reverb", "noise", "music", "babble", "tv")
+    kinds: list[str] = _choice(
+        ["reverb", "noise", "music", "babble", "tv"], "reverb", "noise", "music", "babble", "tv", "band"
+    )  # "band" (a telephone-like band limit, no bank) is opt-in
     noise_snr: list[float] = _interval([0.0, 15.0])  # dB, [low, high]
     music_snr: list[float] = _interval([5.0, 15.0])
     babble_snr: list[float] = _interval([13.0, 20.0])
     babble_speakers: list[int] = _interval([4, 7], low=1)  # speech sources summed, [fewest, most]
+    band_low_hz: list[float] = _interval([200.0, 400.0], low=0)  # the band kind's lower edge, [low, high]
+    band_high_hz: list[float] = _interval([3000.0, 4000.0], above=0)  # its upper edge
 
 
 @dataclass
@@ -451,8 +455,13 @@ def _check_combinations(cfg: TrainConfig, where: str) -> None:
     if cfg.augment.probability > 0 and not cfg.augment.kinds:
         raise ConfigError(
             f"{where}: augment.kinds is empty but augment.probability is {cfg.augment.probability:g}: "
-            "list the kinds to apply (reverb, noise, music, babble, tv), or set augment.probability=0 "
+            "list the kinds to apply (reverb, noise, music, babble, tv, band), or set augment.probability=0 "
             "to train without augmentation"
+        )
+    if "band" in cfg.augment.kinds and cfg.augment.band_low_hz[1] >= cfg.augment.band_high_hz[0]:
+        raise ConfigError(
+            f"{where}: augment.band_low_hz {cfg.augment.band_low_hz} reaches augment.band_high_hz "
+            f"{cfg.augment.band_high_hz}: the band's lower edge must stay below its upper edge"
         )
     _check_context_crops(cfg, where)
 

@@ -81,6 +81,12 @@ def test_bad_keys_types_and_values_name_the_key(override, message):
     assert message in str(e.value)
 
 
+def test_the_band_kind_needs_no_bank_but_an_ordered_band():
+    assert load_config(None, ["augment.kinds=[band]"]).augment.kinds == ["band"]
+    with pytest.raises(ConfigError, match="augment.band_low_hz .* must stay below its upper edge"):
+        load_config(None, ["augment.kinds=[noise,band]", "augment.band_low_hz=[200,3500]"])
+
+
 def test_two_levels_of_base_are_refused(tmp_path):
     (tmp_path / "a.yaml").write_text("stage:\n  epochs: 1\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")

@@ -158,3 +158,26 @@ def test_an_undecodable_bank_file_is_dropped_not_blamed_on_the_speech(corpus, tm
     )
     with pytest.raises(ValueError, match="all_broken.jsonl: every file of a group failed to decode"):
         NoiseBank(all_broken).segment("noise", 8000, 16000, np.random.default_rng(0))
+
+
+def test_band_limits_the_spectrum_keeps_the_level_and_needs_no_bank():
+    """The opt-in telephone-like kind: nothing outside the drawn band, the RMS level kept, the CPU and batched
+    versions equal for the same draws (one row: both draw the lower edge, then the upper one)."""
+    cfg = AugmentConfig(probability=1.0, kinds=["band"], band_low_hz=[300.0, 300.0], band_high_hz=[3400.0, 3400.0])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(32000).astype(np.float32)  # white: energy at every frequency
+    y = Augmenter.from_config(cfg)(x, 16000, np.random.default_rng(1))
+    power = np.abs(np.fft.rfft(y)) ** 2
+    f = np.fft.rfftfreq(len(y), 1 / 16000)
+    outside = (f < 300) | (f > 3400)
+    assert power[outside].sum() < 1e-6 * power.sum()  # float32 round-off only
+    assert np.sqrt(np.mean(y**2)) == pytest.approx(np.sqrt(np.mean(x**2)), rel=1e-4)
+    batched = BatchAugmenter(AugmentConfig(kinds=["band"], band_low_hz=[200.0, 400.0], band_high_hz=[3e3, 4e3]))
+    cpu = Augmenter.from_config(AugmentConfig(probability=1.0, kinds=["band"]))
+    for seed in (3, 4):
+        a = cpu(x, 16000, np.random.default_rng(seed))
+        # the CPU augmenter draws "apply?" and the kind first; the batched apply_kind draws only the edges
+        r = np.random.default_rng(seed)
+        r.random(), r.integers(1)
+        b = batched.apply_kind(torch.from_numpy(x)[None], "band", r)[0].numpy()
+        np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(x).max())  # float32 FFTs in numpy vs torch

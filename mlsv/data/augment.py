@@ -21,6 +21,9 @@ The recipe, and where it differs from the reference:
   ``10 log10(sum(x**2) / sum(n**2))`` with n the total added signal, so it holds exactly.
 * tv: one full-length speech source at U(babble_snr) plus one full-length music source at
   U(music_snr), **both relative to the clean crop** (the reference scaled music against the babbled one).
+* band (not in the reference; opt-in): a telephone-like channel, every frequency outside
+  [U(band_low_hz), U(band_high_hz)] removed (an FFT mask over the crop), the output rescaled to the
+  input's RMS level. It needs no bank.
 * reverb: the RIR (random channel) is cut to start at its direct-path peak (so the output is not
   delayed), scaled to unit energy, convolved, truncated to the crop, and the output is rescaled to the
   input's RMS level. When the bank holds several ``kind`` values (real, simulated) a kind is drawn
@@ -44,7 +47,7 @@ from mlsv.extras import needs_extra
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("reverb", "noise", "music", "babble", "tv")
+KINDS = ("reverb", "noise", "music", "babble", "tv", "band")
 # which noise-manifest category each kind draws from
 KIND_CATEGORIES = {"noise": ("noise",), "music": ("music",), "babble": ("speech",), "tv": ("speech", "music")}
 # duration classes as fractions of the crop: full, about a half, about a third
@@ -243,6 +246,21 @@ class TV:
         return wav + self.speech.noise(wav, sample_rate, rng) + self.music.noise(wav, sample_rate, rng)
 
 
+@dataclass
+class Band:
+    """A telephone-like band limit: frequencies outside [U(low), U(high)] Hz removed, the RMS level kept."""
+
+    low: tuple[float, float]
+    high: tuple[float, float]
+
+    def __call__(self, wav: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+        lo, hi = rng.uniform(*self.low), rng.uniform(*self.high)
+        spectrum = np.fft.rfft(wav)
+        f = np.fft.rfftfreq(len(wav), 1.0 / sample_rate)
+        y = np.fft.irfft(spectrum * ((f >= lo) & (f <= hi)), len(wav)).astype(wav.dtype)
+        return y * np.asarray(_rms(wav) / max(_rms(y), 1e-8), dtype=wav.dtype)
+
+
 Transform = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
 
 
@@ -272,12 +290,14 @@ class Augmenter:
         kinds = _check_kinds(cfg)
         noise_manifest = noise_manifest or cfg.noise_manifest
         rir_manifest = rir_manifest or cfg.rir_manifest
-        noise = NoiseBank(noise_manifest) if noise_manifest and set(kinds) - {"reverb"} else None
+        noise = NoiseBank(noise_manifest) if noise_manifest and set(kinds) - {"reverb", "band"} else None
         _check_banks(kinds, noise.categories if noise else None, bool(rir_manifest))
         transforms: dict[str, Transform] = {}
         for kind in kinds:
             if kind == "reverb":
                 transforms[kind] = Reverb(RirBank(rir_manifest))
+            elif kind == "band":
+                transforms[kind] = Band(tuple(cfg.band_low_hz), tuple(cfg.band_high_hz))
             elif kind == "noise":
                 transforms[kind] = AddNoise(noise, "noise", tuple(cfg.noise_snr))
             elif kind == "music":
@@ -306,6 +326,8 @@ def _check_kinds(cfg: AugmentConfig) -> list[str]:
 
 def _check_banks(kinds: list[str], categories: list[str] | None, have_rirs: bool) -> None:
     for kind in kinds:
+        if kind == "band":
+            continue
         if kind == "reverb":
             if not have_rirs:
                 raise ValueError("augment.kinds has 'reverb' but augment.rir_manifest is empty")
@@ -366,7 +388,7 @@ class BatchAugmenter:
         rir_manifest = rir_manifest or cfg.rir_manifest
         rng = np.random.default_rng(bank_seed)
         self.banks: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        if noise_manifest and set(self.kinds) - {"reverb"}:
+        if noise_manifest and set(self.kinds) - {"reverb", "band"}:
             groups: dict[str, list[_Entry]] = {}
             for e in _load_entries(noise_manifest, "category", "noise"):
                 groups.setdefault(e.group, []).append(e)
@@ -488,12 +510,24 @@ class BatchAugmenter:
         gain = x.square().mean(1).sqrt() / y.square().mean(1).sqrt().clamp_min(1e-8)
         return y * gain[:, None]
 
+    def _band(self, x, rng):
+        b, n = x.shape
+        low, high = rng.uniform(*self.cfg.band_low_hz, size=b), rng.uniform(*self.cfg.band_high_hz, size=b)
+        edges = self._on_device(np.stack([low, high]))
+        f = torch.fft.rfftfreq(n, 1.0 / self.sample_rate, device=x.device, dtype=torch.float64)[None]
+        keep = ((f >= edges[0][:, None]) & (f <= edges[1][:, None])).to(x.dtype)
+        y = torch.fft.irfft(torch.fft.rfft(x) * keep, n)
+        gain = x.square().mean(1).sqrt() / y.square().mean(1).sqrt().clamp_min(1e-8)
+        return y * gain[:, None]
+
     def apply_kind(self, x, kind: str, rng: np.random.Generator | None = None):
         """Applies ``kind`` to every row of x (B, S): (B, S). ``rng`` makes the draws (None: a fresh one)."""
         c = self.cfg
         rng = _numpy_rng(rng)
         if kind == "reverb":
             return self._reverb(x, rng)
+        if kind == "band":
+            return self._band(x, rng)
         if kind == "noise":
             return x + self._noise(x, "noise", tuple(c.noise_snr), (1, 1), False, rng)
         if kind == "music":
