@@ -18,7 +18,8 @@ from mlsv.data.loader import (
     TrainCrops,
     build_eval_loader,
     build_train_loader,
-    chunk_bounds,
+    chunk_shares,
+    chunk_spans,
     label_offset,
     plan_eval_batches,
     read_crop,
@@ -334,14 +335,22 @@ def test_missing_pyav_stops_training_and_evaluation_rather_than_skipping(tmp_pat
         list(build_eval_loader(mixed, batch_seconds=4.0, skip_bad=True))
 
 
-def test_chunk_bounds_cut_equal_chunks():
-    np.testing.assert_array_equal(chunk_bounds(16000, 16000, 0.0), [0, 16000])
-    np.testing.assert_array_equal(chunk_bounds(16000, 16000, 1.0), [0, 16000])  # not longer than a chunk
-    np.testing.assert_array_equal(chunk_bounds(52800, 16000, 1.0), [0, 13200, 26400, 39600, 52800])  # 3.3 s
-    bounds = chunk_bounds(212800, 16000, 5.0)  # 13.3 s: three chunks of 4.43 s, no 3.3 s tail
-    assert len(bounds) == 4 and np.ptp(np.diff(bounds)) <= 1
+def test_chunk_spans_are_overlapping_windows_of_the_chunk_length():
+    np.testing.assert_array_equal(chunk_spans(16000, 16000, 0.0), [[0, 16000]])
+    np.testing.assert_array_equal(chunk_spans(16000, 16000, 1.0), [[0, 16000]])  # not longer than a chunk
+    # 3.3 s in 1 s windows: four windows of exactly 1 s from 0 to the end, 0.77 s apart (0.23 s overlap)
+    np.testing.assert_array_equal(
+        chunk_spans(52800, 16000, 1.0), [[0, 16000], [12267, 28267], [24533, 40533], [36800, 52800]]
+    )
+    spans = chunk_spans(212800, 16000, 5.0)  # 13.3 s: three windows of 5 s, no 3.3 s tail
+    assert len(spans) == 3 and set(spans[:, 1] - spans[:, 0]) == {80000}
+    assert spans[0, 0] == 0 and spans[-1, 1] == 212800 and (np.diff(spans[:, 0]) <= 80000).all()  # covered
+    # the counted fractions: the utterance's 13.3 s divided equally, the overlap counted once
+    shares = chunk_shares(spans)
+    assert (spans[:, 1] - spans[:, 0]) @ shares == pytest.approx(212800)
+    np.testing.assert_allclose(chunk_shares(chunk_spans(212800, 16000, 0.0)), [1.0])
     plan = plan_eval_batches(["u"], [13.3], batch_seconds=100.0, chunk_seconds=5.0)
-    assert sorted((start, start + frames) for *_, start, frames in plan[0]) == list(zip(bounds[:-1], bounds[1:]))
+    assert sorted((start, start + frames) for *_, start, frames in plan[0]) == [tuple(s) for s in spans]
 
 
 def test_eval_loader_pads_sorts_chunks_and_splits(tmp_path):

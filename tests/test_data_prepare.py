@@ -307,6 +307,8 @@ def test_any_folder_is_an_augmentation_bank(tmp_path, capsys):
     rir_rows = [json.loads(line) for line in (tmp_path / "rirs.jsonl").read_text().splitlines()]
     assert {r["category"] for r in noise_rows} == {"speech"} and len(noise_rows) == 3
     assert {r["kind"] for r in rir_rows} == {"real"} and len(rir_rows) == 2
+    # a source's group: its subfolder under the bank, or the category itself for files at the top
+    assert {r["speaker"] for r in noise_rows} == {"speech/cafe"} and {r["speaker"] for r in rir_rows} == {"real"}
     cfg = AugmentConfig(
         probability=1.0,
         kinds=["babble", "reverb"],

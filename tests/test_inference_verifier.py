@@ -96,7 +96,7 @@ def test_chunked_embedding(verifier):
 
 def test_chunks_of_a_file_match_the_manifest_path(model_dir, verifier, tmp_path):
     """`mlsv embed FILE`, `Verifier.embed` and `mlsv embed --manifest` (evaluation) cut a long file the same
-    way (equal chunks): 3.3 s at 1 s chunks is 4 chunks of 0.825 s, not 1 + 1 + 1.3 s."""
+    way: 3.3 s at 1 s chunks is 4 overlapping windows of 1 s, not 1 + 1 + 1 + 0.3 s."""
     path = tmp_path / "long.wav"
     sf.write(path, voice(3.3, seed=6), SR, subtype="FLOAT")
     manifest = write_voice_manifest(tmp_path / "m.jsonl", {"long": ("a", voice(3.3, seed=6))})
@@ -129,12 +129,11 @@ def test_chunks_of_a_file_match_the_manifest_path(model_dir, verifier, tmp_path)
         == 0
     )
     np.testing.assert_allclose(load_embeddings(tmp_path / "file.npz").embeddings[0], chunked, atol=1e-5)
-    with pytest.raises(
-        ValueError,
-        match=r"input #0 .*: chunk_seconds=0\.003 cuts it into 2 chunks of 25\+ samples"
-        r".*at least 40",
-    ):  # equal chunks can be half a chunk: named, not a crash
-        verifier.embed(voice(0.5)[:50], chunk_seconds=0.003)
+    # windows are never shorter than the chunk: 50 samples in 3 ms windows (48) embed; 2 ms windows (32) are
+    # shorter than the encoder's 40-sample minimum, named before anything is read
+    assert verifier.embed(voice(0.5)[:50], chunk_seconds=0.003).shape == chunked.shape
+    with pytest.raises(ValueError, match=r"chunk_seconds=0\.002 gives chunks of 32 samples.*at least 40"):
+        verifier.embed(voice(0.5)[:50], chunk_seconds=0.002)
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 AGGREGATIONS = ("lap", "superb", "last")
 BASELINES = ("mfcc", "layers")
+KINDS = ["reverb", "noise", "babble", "band"]  # --augment's default kinds (no music in the banks)
 TEST_SIDES = {"clean": "test.jsonl", "noisy": "test_noisy.jsonl"}
 
 
@@ -80,6 +81,22 @@ def train(aggregation: str, out: Path, corpus: Path, encoder: Path, args) -> dic
         sets["data.crops_per_context"] = args.crops_per_context
         if args.cache:
             sets["data.feature_cache"] = out.parent / "feature_cache"
+            sets["data.feature_copies"] = args.copies
+    if args.speed:
+        sets["data.speed_factors"] = "[" + ",".join(f"{f:g}" for f in args.speed) + "]"
+    if args.augment:  # the benchmark's banks (make_banks.py), SNRs over the noisy side's range
+        banks = args.banks.resolve()
+        sets.update(
+            {
+                "augment.probability": args.augment,
+                "augment.kinds": "[" + ",".join(args.kinds) + "]",
+                "augment.noise_manifest": banks / "noise.jsonl",
+                "augment.rir_manifest": banks / "rirs.jsonl",
+                "augment.noise_snr": "[5,20]",
+                "augment.babble_snr": "[5,20]",
+                "augment.babble_speakers": "[3,6]",
+            }
+        )
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(HERE / "configs" / f"stage1_{aggregation}.yaml")]
     cmd += ["--output-dir", str(out)]
     for key, value in sets.items():
@@ -108,9 +125,16 @@ def evaluate(model: Path, corpus: Path, out: Path, modes: dict[str, dict]) -> di
     from mlsv.inference.evaluation import evaluate_model
     from mlsv.models import MLSVConfig
 
-    results = {}
+    results: dict = {}
     for side, manifest in TEST_SIDES.items():
         for mode, kw in modes.items():
+            if mode == "policy" and side != "clean":  # the stored window: one of the modes measured already
+                stored = results["clean/policy_window"]
+                same = "whole" if not stored else "chunked" if stored == modes["chunked"]["chunk_seconds"] else None
+                if same is not None:
+                    results[f"{side}/policy_window"] = stored
+                    results[f"{side}/policy"] = results[f"{side}/{same}"]
+                    continue
             t0 = time.perf_counter()
             r = evaluate_model(
                 model,
@@ -251,6 +275,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--context", type=float, default=0.0, help="data.context_seconds (0: crops of the waveform)")
     p.add_argument("--crops-per-context", type=int, default=4, help="data.crops_per_context with --context")
     p.add_argument("--cache", action="store_true", help="with --context: the frozen encoder's feature cache")
+    p.add_argument("--copies", type=int, default=1, help="data.feature_copies with --cache (augmented copies)")
+    p.add_argument("--augment", type=float, default=0.0, help="augment.probability with the banks (0: none)")
+    p.add_argument("--kinds", nargs="+", default=KINDS, help="augment.kinds")
+    p.add_argument("--banks", type=Path, default=HERE / "work" / "banks", help="make_banks.py's output")
+    p.add_argument("--speed", type=float, nargs="+", default=None, help="data.speed_factors (default: [1.0])")
     p.add_argument("--only", nargs="+", choices=AGGREGATIONS + BASELINES, default=list(AGGREGATIONS + BASELINES))
     args = p.parse_args(argv)
     corpus = (args.corpus or args.work / "corpus").resolve()
@@ -261,6 +290,11 @@ def main(argv: list[str] | None = None) -> dict:
     name = f"steps{args.steps}_b{args.batch}_c{args.crop:g}"
     if args.context:
         name += f"_ctx{args.context:g}x{args.crops_per_context}" + ("_cache" if args.cache else "")
+        name += f"_copies{args.copies}" if args.cache and args.copies > 1 else ""
+    if args.augment:
+        name += f"_aug{args.augment:g}" + ("" if args.kinds == KINDS else "-" + "-".join(args.kinds))
+    if args.speed:
+        name += "_speed" + "-".join(f"{f:g}" for f in args.speed)
     out = (args.out or args.work / "runs" / name).resolve()
     modes = embedding_modes(args.chunk_seconds, corpus)
     t0 = time.perf_counter()
@@ -285,6 +319,9 @@ def main(argv: list[str] | None = None) -> dict:
             "context_seconds": args.context,
             "crops_per_context": args.crops_per_context if args.context else 1,
             "feature_cache": bool(args.context and args.cache),
+            "feature_copies": args.copies if args.context and args.cache else 1,
+            "augment": {"probability": args.augment, "kinds": args.kinds} if args.augment else None,
+            "speed_factors": args.speed or [1.0],
         },
         "chunk_seconds": args.chunk_seconds,
         "corpus": json.loads((corpus / "corpus.json").read_text()) if (corpus / "corpus.json").exists() else None,

@@ -8,22 +8,37 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["chunk_bounds", "pack_batches"]
+__all__ = ["chunk_shares", "chunk_spans", "pack_batches"]
 
 
-def chunk_bounds(frames: int, rate: int, chunk_seconds: float) -> np.ndarray:
+def chunk_spans(frames: int, rate: int, chunk_seconds: float) -> np.ndarray:
     """Where an utterance of ``frames`` samples at ``rate`` Hz is cut to be embedded in chunks.
 
     The one rule of evaluation (manifests, ``plan_eval_batches``) and of the verification API (files
     and arrays), so that a file gets the same embedding either way: an utterance longer than
-    ``chunk_seconds`` (> 0) is cut into ceil(seconds / chunk_seconds) equal, contiguous chunks (equal
-    lengths avoid a tiny last chunk); a shorter one, or ``chunk_seconds <= 0``, stays whole.
+    ``chunk_seconds`` (> 0) is cut into n = ceil(seconds / chunk_seconds) windows of exactly
+    ``chunk_seconds``, the first at the start, the last at the end and the others evenly between, so
+    neighbours overlap by (n x chunk - frames) / (n - 1) samples: every window has the length the model
+    was trained on (a crop), none is a short tail. A shorter utterance, or ``chunk_seconds <= 0``, stays
+    whole.
 
     Returns:
-        (n_chunks + 1,) int64 offsets from 0 to ``frames``; chunk c is ``[bounds[c], bounds[c + 1])``.
+        (n, 2) int64 ``[start, end)`` sample offsets, in order.
     """
-    n_chunks = max(1, math.ceil(frames / rate / chunk_seconds - 1e-9)) if chunk_seconds > 0 else 1
-    return np.linspace(0, frames, n_chunks + 1).round().astype(np.int64)
+    chunk = int(round(chunk_seconds * rate)) if chunk_seconds > 0 else 0
+    if chunk <= 0 or frames <= chunk:
+        return np.array([[0, frames]], dtype=np.int64)
+    n = max(2, math.ceil(frames / chunk - 1e-9))
+    starts = np.linspace(0, frames - chunk, n).round().astype(np.int64)
+    return np.stack([starts, starts + chunk], axis=1)
+
+
+def chunk_shares(spans: np.ndarray) -> np.ndarray:
+    """(n,) float64: the fraction of each window's samples that counts towards the utterance's duration.
+    The utterance is divided equally among its windows, so the counted samples of overlapping windows sum
+    to its length (1.0 for a whole utterance or windows that do not overlap)."""
+    frames = int(spans[-1, 1] - spans[0, 0])
+    return (frames / len(spans)) / (spans[:, 1] - spans[:, 0])
 
 
 def pack_batches(lengths: Sequence[float], budget: float) -> list[list[int]]:

@@ -8,8 +8,8 @@ share), so the stream does not depend on the number of loader workers, and a res
 batch without decoding the ones before it. A streaming manifest repeats (a new shuffle each pass), so the loop
 bounds its epochs by steps.
 
-Evaluation: whole utterances (optionally cut into equal chunks, ``chunk_bounds``: the one rule the
-verification API uses too) in length-sorted, zero-padded batches bounded by a total number of
+Evaluation: whole utterances (optionally cut into overlapping windows of the chunk length, ``chunk_spans``:
+the one rule the verification API uses too) in length-sorted, zero-padded batches bounded by a total number of
 seconds, dealt round-robin to processes.
 """
 
@@ -38,7 +38,7 @@ from mlsv.data.audio import (
     silent_audio_message,
 )
 from mlsv.data.augment import Augmenter
-from mlsv.data.batching import chunk_bounds, pack_batches
+from mlsv.data.batching import chunk_shares, chunk_spans, pack_batches
 from mlsv.data.feature_cache import FeatureCache
 from mlsv.data.manifest import load_manifest
 
@@ -519,7 +519,7 @@ class EvalBatches(Dataset):
     def __init__(
         self,
         rows,
-        batches: list[list[tuple[str, int, int, int, int]]],
+        batches: list[list[tuple[str, int, int, float, int, int]]],
         sample_rate: int,
         skip_bad: bool = False,
         min_samples: int = 0,
@@ -533,7 +533,7 @@ class EvalBatches(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         items, waves, bad, why = [], [], [], []
         for item in self.batches[i]:
-            _, chunk, index, start, frames = item
+            _, chunk, index, _, start, frames = item
             row = self.rows[index]
             try:
                 wave = read_audio(
@@ -575,7 +575,10 @@ class EvalBatches(Dataset):
             "attention_mask": mask,
             "ids": [uid for uid, *_ in items],
             "chunks": torch.tensor([c for _, c, *_ in items], dtype=torch.long),
-            "durations": torch.tensor([len(w) / self.sample_rate for w in waves], dtype=torch.float32),
+            # the seconds each row counts towards its utterance (all of its own unless windows overlap)
+            "durations": torch.tensor(
+                [len(w) / self.sample_rate * item[3] for w, item in zip(waves, items)], dtype=torch.float32
+            ),
             "bad_files": bad,
             "bad_reasons": why,
         }
@@ -612,25 +615,26 @@ def plan_eval_batches(
 ):
     """Length-sorted (longest first) batches whose padded size stays within ``batch_seconds``.
 
-    Chunking: an utterance longer than ``chunk_seconds`` (> 0) is cut into equal, contiguous chunks
-    (``chunk_bounds``); each keeps the utterance id and gets its chunk index, so the embedder can
-    average chunk embeddings per id.
+    Chunking: an utterance longer than ``chunk_seconds`` (> 0) is cut into overlapping windows of that
+    length (``chunk_spans``); each keeps the utterance id and gets its chunk index, so the embedder can
+    average chunk embeddings per id, and the fraction of its seconds that counts towards the utterance's
+    duration (``chunk_shares``: overlapping windows share their overlap).
 
     Args:
         ids, durations: (N,) utterance ids and seconds; sample_rates: (N,) file rates (default 16 kHz).
     Returns:
-        list of batches of (id, chunk, row index, start frame, frames) in file-rate frames; a batch
-        holds one item when that item alone exceeds ``batch_seconds``.
+        list of batches of (id, chunk, row index, counted fraction, start frame, frames) in file-rate frames;
+        a batch holds one item when that item alone exceeds ``batch_seconds``.
     """
     items = []
     for index, (uid, seconds) in enumerate(zip(ids, durations)):
         rate = int(sample_rates[index]) if sample_rates is not None else 16000
         frames = int(round(float(seconds) * rate))
-        bounds = chunk_bounds(frames, rate, chunk_seconds)
-        for c in range(len(bounds) - 1):
-            items.append((str(uid), c, index, int(bounds[c]), int(bounds[c + 1] - bounds[c]), rate))
-    items.sort(key=lambda it: (-it[4] / it[5], it[0], it[1]))
-    return [[items[i][:5] for i in b] for b in pack_batches([it[4] / it[5] for it in items], batch_seconds)]
+        spans = chunk_spans(frames, rate, chunk_seconds)
+        for c, ((a, b), share) in enumerate(zip(spans, chunk_shares(spans))):
+            items.append((str(uid), c, index, float(share), int(a), int(b - a), rate))
+    items.sort(key=lambda it: (-it[5] / it[6], it[0], it[1]))
+    return [[items[i][:6] for i in b] for b in pack_batches([it[5] / it[6] for it in items], batch_seconds)]
 
 
 def build_eval_loader(
@@ -653,7 +657,8 @@ def build_eval_loader(
     Yields:
         ``{"waveforms": (B, S) float32 zero-padded, "attention_mask": (B, S) int64 (1 = real sample),
         "ids": list[str] (B), "chunks": (B,) int64 chunk index, "durations": (B,) float32 seconds of
-        that row's audio}``; an utterance's duration is the sum over its chunks. An undecodable file
+        that row's audio that count towards its utterance}``; an utterance's duration is the sum over its
+        chunks (overlapping windows count their overlap once). An undecodable file
         raises ``AudioError`` naming it, or with ``skip_bad`` is left out and listed in the loader's
         ``bad_files`` (an utterance with a chunk left out keeps its other chunks). So is an utterance
         (or chunk) shorter than ``min_samples`` at ``sample_rate`` (too short to give the encoder a frame).

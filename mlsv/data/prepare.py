@@ -603,7 +603,7 @@ def _plain_bank(root: Path, out: Path, column: str, value: str) -> tuple[list[di
             {
                 "id": f"{value}/{rel.as_posix()}",
                 "path": path,
-                "speaker": f"{value}/{rel.parent.as_posix()}",
+                "speaker": value if rel.parent == Path(".") else f"{value}/{rel.parent.as_posix()}",
                 column: value,
             }
         )

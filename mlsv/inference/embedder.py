@@ -22,7 +22,7 @@ try:  # the progress bar; the ONNX runtime runs without it (numpy, soundfile, so
 except ImportError:
     tqdm = None
 
-from mlsv.data.batching import chunk_bounds, pack_batches
+from mlsv.data.batching import chunk_spans, pack_batches
 from mlsv.data.inputs import AudioInput, check_sample_rate, estimate_length, input_name, load_audio
 from mlsv.inference.model_files import min_samples
 from mlsv.inference.tracking import window_starts
@@ -98,8 +98,8 @@ class Embedder:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(N, E) float32 embeddings and (N,) float32 seconds of ``inputs``, in their order.
 
-        ``chunk_seconds > 0`` cuts an input longer than that into equal chunks (evaluation's rule,
-        :func:`mlsv.data.batching.chunk_bounds`) and averages their embeddings, weighted by length; 0 embeds
+        ``chunk_seconds > 0`` cuts an input longer than that into overlapping windows of that length
+        (evaluation's rule, :func:`mlsv.data.batching.chunk_spans`) and averages their embeddings; 0 embeds
         whole inputs; None: the model's stored window (``stored_chunk_seconds``).
         ``progress`` (None: when more than 16 inputs) shows a progress bar.
         """
@@ -173,16 +173,16 @@ class Embedder:
         return EmbeddingTable(np.asarray(ids), matrix, durations)
 
     def chunks(self, wav: np.ndarray, chunk_seconds: float, name: str) -> list[np.ndarray]:
-        """``wav`` cut into evaluation's equal chunks (one piece when ``chunk_seconds`` is 0 or longer)."""
-        bounds = chunk_bounds(wav.size, self.sampling_rate, chunk_seconds)
-        shortest = int(np.diff(bounds).min())
-        if shortest < self.min_samples:  # equal chunks can be down to half of chunk_seconds
+        """``wav`` cut into evaluation's windows (one piece when ``chunk_seconds`` is 0 or longer)."""
+        spans = chunk_spans(wav.size, self.sampling_rate, chunk_seconds)
+        shortest = int((spans[:, 1] - spans[:, 0]).min())
+        if shortest < self.min_samples:
             raise ValueError(
-                f"{name}: chunk_seconds={chunk_seconds:g} cuts it into {len(bounds) - 1} chunks of "
+                f"{name}: chunk_seconds={chunk_seconds:g} cuts it into {len(spans)} chunks of "
                 f"{shortest}+ samples; the encoder needs at least {self.min_samples} "
                 f"({self.min_samples / self.sampling_rate:.4f} s)"
             )
-        return [wav[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        return [wav[a:b] for a, b in spans]
 
     def run(self, waves: list[np.ndarray]) -> np.ndarray:
         """(B, E) embeddings of ``waves`` padded into one batch."""

@@ -263,9 +263,9 @@ class Verifier:
         a folder in a list adds its files' rows in its place (:meth:`embed_table` names each row by its path).
         Inputs are read lazily, sorted by length and batched (``batch_seconds`` of padded audio per
         batch); padding never changes an embedding, so an input gives the same embedding alone or in
-        a batch. ``chunk_seconds > 0`` cuts an input longer than that into equal chunks (the rule of
-        evaluation, :func:`mlsv.data.batching.chunk_bounds`, so a file gets the embedding a manifest gives
-        it) and averages their embeddings (weighted by length); 0 embeds whole inputs; None (the default)
+        a batch. ``chunk_seconds > 0`` cuts an input longer than that into overlapping windows of
+        that length (the rule of evaluation, :func:`mlsv.data.batching.chunk_spans`, so a file gets the
+        embedding a manifest gives it) and averages their embeddings; 0 embeds whole inputs; None (the default)
         uses the window the model stores (``config.embedding_chunk_seconds``, chosen by ``mlsv evaluate``;
         whole inputs when none), as ``verify``, ``score``, ``identify`` and the rest do. ``progress``
         (default: when more than 16 inputs) shows a progress bar.
