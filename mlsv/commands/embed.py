@@ -51,7 +51,7 @@ def register(subparsers) -> None:
         "--chunk-seconds",
         type=non_negative_float,
         default=None,
-        help="embed long files in equal chunks of about this length and average (0: whole files; default: the "
+        help="embed long files in overlapping windows of this length and average (0: whole files; default: the "
         "window the model stores, chosen by mlsv evaluate; whole files when none)",
     )
     add_window_options(p, "embed each file's sliding windows of this length, one row each (files only)")

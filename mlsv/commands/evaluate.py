@@ -51,7 +51,7 @@ def register(subparsers) -> None:
         "--chunk-seconds",
         type=non_negative_float,
         default=None,
-        help="cut longer files into equal chunks of about this length (0: whole files; default: the model's "
+        help="cut longer files into overlapping windows of this length (0: whole files; default: the model's "
         "stored window, else the better on --threshold-trials of whole files and chunks of the training crop)",
     )
     p.add_argument("--threshold-manifest", default=None, help="manifest of the held-out threshold trials")

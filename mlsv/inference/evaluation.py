@@ -238,7 +238,7 @@ def evaluate_model(
         threshold_manifest, threshold_trials: a held-out (validation) list whose scores set the
             model's decision thresholds and false-accept tables on every score scale; without it
             the threshold is the calibration's (EER point of the cohort pairs).
-        chunk_seconds: the embedding window: 0 whole utterances, > 0 equal chunks of about this length,
+        chunk_seconds: the embedding window: 0 whole utterances, > 0 overlapping windows of this length,
             averaged. None (the default): the window the model stores; when it stores none, records its
             training crop length and a held-out list is given, the better on that list (cosine EER) of
             whole utterances and chunks of the training crop length, stored in the model
@@ -363,7 +363,7 @@ WINDOW_MARGIN = 0.9
 
 
 def _choose_window(model, out: Path, manifest: str, trials: str | None, precision: str, batch_seconds: float, device):
-    """The embedding window of a model that stores none: equal chunks of its training crop length when they give a
+    """The embedding window of a model that stores none: windows of its training crop length when they give a
     cosine EER (mean-subtracted) on the held-out list ``trials`` below ``WINDOW_MARGIN`` times whole utterances,
     else whole utterances; stored in
     the model's config. Returns what was measured (None when nothing was: a window stored already, no

@@ -34,8 +34,8 @@ class MLSVConfig(PretrainedConfig):
         train_crop_seconds: the crop length of the training stage that made the model (None: not trained by
             mlsv): the context it saw, against which inputs much longer than it are out of its training.
         embedding_chunk_seconds: the embedding window ``mlsv evaluate`` chose on held-out trials (whole
-            utterances against equal chunks of the training crop length): 0 embeds whole utterances, > 0 cuts
-            longer ones into equal chunks of about this length and averages them. The Verifier, ``mlsv embed``
+            utterances against windows of the training crop length): 0 embeds whole utterances, > 0 cuts
+            longer ones into overlapping windows of this length and averages them. The Verifier, ``mlsv embed``
             and ``mlsv evaluate`` use it unless told otherwise. None: none chosen (whole utterances).
     """
 
