@@ -85,6 +85,12 @@ def test_evaluate_chooses_the_better_window_on_the_held_out_list_and_stores_it(l
         threshold_trials=str(trials),
     )
     assert again["embedding_window"] is None and not (tmp_path / "ev2" / "embedding_window.json").exists()
+    # the held-out list is embedded once per window: its thresholds come from the chosen window's embeddings,
+    # equal to those of an evaluation that embeds it anew in the stored window
+    assert not (tmp_path / "ev" / "threshold_embeddings.npz").exists()
+    assert (tmp_path / "ev2" / "threshold_embeddings.npz").exists()
+    first, second = (MLSVConfig.from_pretrained(r["model"]) for r in (result, again))
+    assert first.threshold is not None and first.threshold == pytest.approx(second.threshold, abs=1e-6)
     explicit = evaluate_model(
         model_dir,
         manifest=str(manifest),

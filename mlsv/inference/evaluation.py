@@ -302,9 +302,9 @@ def _evaluate(
     """``evaluate_model``'s work, its arguments checked and the output folder locked."""
     dev = device
     model = load_model(model_dir)
-    window = None
+    window, held_table = None, None
     if chunk_seconds is None:
-        window = _choose_window(
+        window, held_table = _choose_window(
             model, out, threshold_manifest or manifest, threshold_trials, precision, batch_seconds, dev
         )
         chunk_seconds = stored_chunk_seconds(model.config)
@@ -340,7 +340,8 @@ def _evaluate(
     _record_in_model(model, mean, metrics, trial_lists, top_k, calibrator, cohort_table)
     if threshold_trials:
         held_out = read_trials(threshold_trials)
-        held_table = embed(threshold_manifest or manifest, "threshold_embeddings.npz")
+        if held_table is None:  # else the held-out list's embeddings in the window just chosen on it
+            held_table = embed(threshold_manifest or manifest, "threshold_embeddings.npz")
         held_scores = score_trial_lists(
             held_table, [held_out], mean=mean, cohort=cohort_table, top_k=top_k, calibrator=calibrator
         )[0]
@@ -365,14 +366,14 @@ WINDOW_MARGIN = 0.9
 def _choose_window(model, out: Path, manifest: str, trials: str | None, precision: str, batch_seconds: float, device):
     """The embedding window of a model that stores none: windows of its training crop length when they give a
     cosine EER (mean-subtracted) on the held-out list ``trials`` below ``WINDOW_MARGIN`` times whole utterances,
-    else whole utterances; stored in
-    the model's config. Returns what was measured (None when nothing was: a window stored already, no
+    else whole utterances; stored in the model's config. Returns what was measured and the held-out list's
+    embeddings in the chosen window ((None, None) when nothing was measured: a window stored already, no
     training crop length, or no held-out list)."""
     crop = getattr(model.config, "train_crop_seconds", None)
     if getattr(model.config, "embedding_chunk_seconds", None) is not None or not crop or not trials:
-        return None
+        return None, None
     held_out = read_trials(trials)
-    eers = {}
+    eers, tables = {}, {}
     for name, seconds in (("whole", 0.0), ("chunked", float(crop))):
         embed = _Embeddings(
             model,
@@ -383,7 +384,7 @@ def _choose_window(model, out: Path, manifest: str, trials: str | None, precisio
             batch_seconds=batch_seconds,
             device=device,
         )
-        table = embed(manifest, f"window_{name}_embeddings.npz")
+        table = tables[name] = embed(manifest, f"window_{name}_embeddings.npz")
         scores = score_trial_lists(table, [held_out], mean=embedding_mean(table.embeddings))[0]
         eers[name] = float(eer(scores["cosine"], held_out.labels)[0])
     chosen = float(crop) if eers["chunked"] < WINDOW_MARGIN * eers["whole"] else 0.0
@@ -395,13 +396,14 @@ def _choose_window(model, out: Path, manifest: str, trials: str | None, precisio
         crop,
         eers["chunked"],
     )
-    return {
+    window = {
         "trials": str(trials),
         "chunk_seconds": float(crop),
         "eer_whole": eers["whole"],
         "eer_chunked": eers["chunked"],
         "chosen_chunk_seconds": chosen,
     }
+    return window, tables["chunked" if chosen else "whole"]
 
 
 def _check_before_embedding(
