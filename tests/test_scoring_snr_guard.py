@@ -325,7 +325,7 @@ def recordings():
     return [x.astype(np.float32) for x in (a, b, noisy)]
 
 
-def test_verifier_gives_no_calibrated_decision_outside_the_conditions(model_dir, recordings):
+def test_verifier_gives_no_calibrated_decision_outside_the_conditions(model_dir, recordings, tmp_path, capsys):
     from mlsv.api import Verifier, record_score_statistics
     from mlsv.models import MLSVModel
 
@@ -350,6 +350,19 @@ def test_verifier_gives_no_calibrated_decision_outside_the_conditions(model_dir,
     assert r.score == pytest.approx(scores["asnorm"], abs=1e-5) and "no AS-norm threshold" in r.threshold_source
     assert "outside the calibration" in str(r) and r.to_dict()["outside_calibration"] == r.outside_calibration
     assert v.verify(noisy, a, sample_rate=SAMPLE_RATE).outside_calibration.startswith("enrolment SNR")
+    # mlsv verify says so too, and --no-calibration-guard decides on the calibrated scale
+    import soundfile as sf
+
+    model.save_pretrained(tmp_path / "model")
+    save_embeddings(cohort, tmp_path / "cohort.npz")
+    for name, x in (("a", a), ("noisy", noisy)):
+        sf.write(tmp_path / f"{name}.wav", x, SAMPLE_RATE, subtype="FLOAT")
+    argv = ["verify", "--model", str(tmp_path / "model"), "--cohort", str(tmp_path / "cohort.npz"), "--device", "cpu"]
+    code, out = run_cli([*argv, str(tmp_path / "a.wav"), str(tmp_path / "noisy.wav")], capsys)
+    assert code == 0 and "decision   no decision" in out and "threshold  none" in out
+    assert "outside the calibration's conditions: test SNR" in out and "(asnorm)" in out
+    code, out = run_cli([*argv, "--no-calibration-guard", str(tmp_path / "a.wav"), str(tmp_path / "noisy.wav")], capsys)
+    assert code == 0 and "(calibrated)" in out and "outside" not in out
     # an enrolment of several recordings: their duration-weighted SNR
     assert v.verify([a, b], noisy, sample_rate=SAMPLE_RATE).outside_calibration.startswith("test SNR")
     # a threshold given for LLRs does not apply to AS-norm scores
@@ -375,3 +388,41 @@ def test_verifier_gives_no_calibrated_decision_outside_the_conditions(model_dir,
     # the guard turned off: every trial decided on the calibrated scale
     off = Verifier(model, cohort=cohort, calibration_guard=False).verify(a, noisy, sample_rate=SAMPLE_RATE)
     assert off.scale == "calibrated" and off.outside_calibration is None and isinstance(off.decision, bool)
+
+
+def test_evaluate_records_snr_counts_the_trials_outside_and_can_fit_the_snr_features(model_dir, tmp_path):
+    from data_helpers import write_voice_manifest
+
+    from mlsv.inference.evaluation import evaluate_model
+
+    rng = np.random.default_rng(11)
+    test = {}
+    for s in range(2):
+        for k in range(2):
+            x = _speech(500 + 10 * s + k, 1.6)
+            test[f"t{s}{k}"] = (f"spk{s}", x.astype(np.float32))
+            test[f"t{s}{k}n"] = (f"spk{s}", _add_noise(x, 0.0, rng).astype(np.float32))
+    (tmp_path / "test").mkdir()
+    (tmp_path / "cohort").mkdir()
+    manifest = write_voice_manifest(tmp_path / "test" / "m.jsonl", test)
+    cohort = write_voice_manifest(
+        tmp_path / "cohort" / "c.jsonl",
+        {f"c{s}{k}": (f"c{s}", _speech(600 + 10 * s + k, 1.6).astype(np.float32)) for s in range(7) for k in range(2)},
+    )
+    lines = ["1 t00 t01", "0 t00 t10", "1 t10 t11", "0 t01 t11", "1 t00 t01n", "0 t00 t10n", "1 t10 t11n", "0 t01 t11n"]
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    common = dict(manifest=str(manifest), trials=[str(tmp_path / "list.txt")], cohort=str(cohort), top_k=4)
+    result = evaluate_model(
+        model_dir, out_dir=tmp_path / "ev", device="cpu", plots=False, calibration_pairs=200, **common
+    )
+    table = load_embeddings(tmp_path / "ev" / "embeddings.npz")
+    assert table.has_snr and (table.snr[np.char.endswith(table.ids, "n")] < 20).all()
+    assert (table.snr[~np.char.endswith(table.ids, "n")] > 30).all()
+    m = result["metrics"]["calibrated"]["list"]
+    assert m["n_outside_calibration"] == 4 and m["n_trials"] == 8  # the trials with a noisy side
+    assert m["inside_calibration"]["n_trials"] == 4 and "cllr" in m["inside_calibration"]
+    cal = QualityCalibrator.load(tmp_path / "ev" / "calibration.json")
+    assert cal.features == FEATURES and set(cal.conditions_) == {"log_dur", "snr"}
+    again = evaluate_model(model_dir, out_dir=tmp_path / "ev2", calibration_snr=True, **common)
+    assert QualityCalibrator.load(tmp_path / "ev2" / "calibration.json").features == FEATURES + SNR_FEATURES
+    assert again["metrics"]["calibrated"]["list"]["n_outside_calibration"] == 4
