@@ -197,6 +197,12 @@ class Scorer:
             return out, None
         if durations is None:
             raise ValueError("calibrated scoring needs both utterances' durations")
+        if snr is None and any(f.startswith("snr_") for f in self.calibrator.features):
+            raise ValueError(
+                "this model's calibration uses the recordings' SNR estimates (snr_e, snr_t), which sliding windows "
+                "(track, online) do not carry: score on the AS-norm scale (threshold=...), or use a calibration "
+                "without the SNR features"
+            )
         db = None if snr is None else np.array([snr[0], *snr[1]], dtype=np.float64)
         q = quality_measures(raw, np.array([durations[0], *durations[1]], dtype=np.float64), db)
         features = trial_features(out["asnorm"], q, e, t)
