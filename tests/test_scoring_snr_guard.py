@@ -71,6 +71,13 @@ def test_snr_estimate_is_monotone_in_the_true_snr_and_high_on_clean_speech():
             assert (est < clean).all()
         babble = estimate_snr(_add_noise(x, 5.0, rng, "babble"), SAMPLE_RATE)
         assert babble < clean - 5.0
+    # the frame powers, computed 1,000 frames at a time, are those of explicit 25 ms frames every 10 ms
+    long = np.concatenate([_add_noise(_speech(k, 4.0), 10.0 * k, rng) for k in range(6)]).astype(np.float32)
+    frames = np.lib.stride_tricks.sliding_window_view(long.astype(np.float64), 400)[::160]
+    power = (frames**2).mean(1)
+    noise, speech = np.percentile(power, 5), np.percentile(power, 95)
+    assert estimate_snr(long, SAMPLE_RATE) == pytest.approx(10 * np.log10((speech - noise) / noise), abs=1e-6)
+    assert scoring_mlsv.estimate_snr(long, SAMPLE_RATE) == estimate_snr(long, SAMPLE_RATE)
     # edge cases: digital silence in the pauses is the top of the range, noise alone the bottom, any length
     x = _speech(9, 1.5)
     x[: SAMPLE_RATE // 2] = 0.0

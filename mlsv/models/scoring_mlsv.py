@@ -47,15 +47,21 @@ _SNR_NOISE_PERCENTILE, _SNR_SPEECH_PERCENTILE = 5.0, 95.0
 def estimate_snr(wav: np.ndarray, sample_rate: int) -> float:
     """A recording's blind SNR estimate in dB: ``mlsv.data.audio.estimate_snr`` (its docstring says what it
     measures), the same arithmetic."""
-    x = np.asarray(wav, dtype=np.float64).reshape(-1)
+    x = np.asarray(wav).reshape(-1)
     frame = max(1, int(round(_SNR_FRAME_SECONDS * sample_rate)))
     hop = max(1, int(round(_SNR_HOP_SECONDS * sample_rate)))
     if x.size <= frame:
-        power = np.array([np.mean(x**2)]) if x.size else np.zeros(1)
+        power = np.array([np.mean(x.astype(np.float64) ** 2)]) if x.size else np.zeros(1)
     else:
-        c = np.concatenate([[0.0], np.cumsum(x**2)])
+        # frame powers from cumulative sums of squares, 1,000 frames at a time: O(S) time, and a long recording
+        # never copied whole to float64
         starts = np.arange(0, x.size - frame + 1, hop)
-        power = (c[starts + frame] - c[starts]) / frame
+        parts = []
+        for i in range(0, len(starts), 1000):
+            s = starts[i : i + 1000]
+            c = np.concatenate([[0.0], np.cumsum(x[s[0] : s[-1] + frame].astype(np.float64) ** 2)])
+            parts.append((c[s - s[0] + frame] - c[s - s[0]]) / frame)
+        power = np.concatenate(parts)
     noise = float(np.percentile(power, _SNR_NOISE_PERCENTILE))
     speech = float(np.percentile(power, _SNR_SPEECH_PERCENTILE))
     low, high = _SNR_RANGE
