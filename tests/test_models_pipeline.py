@@ -67,12 +67,12 @@ def models(tmp_path_factory):
     model.config.threshold = float(cal.threshold_)
     model.config.evaluation = {"threshold_scale": "calibrated_llr", "top_k": 5}  # a model saved by an earlier mlsv
     model.save_pretrained(root / "calibrated")
-    # guarded: a calibration fitted on clean recordings (SNR 35-55 dB) and AS-norm score statistics, for
-    # the trials outside its conditions
+    # guarded: a calibration with the SNR features fitted on clean recordings (SNR 35-55 dB) and AS-norm score
+    # statistics, for the trials outside its conditions
     clean = EmbeddingTable(
         table.ids, table.embeddings, table.durations, table.speakers, np.linspace(35, 55, len(table))
     )
-    cal = fit_calibration(clean, mean=np.asarray(MEAN, np.float32), top_k=5, n_pairs=400)
+    cal = fit_calibration(clean, mean=np.asarray(MEAN, np.float32), top_k=5, n_pairs=400, with_snr=True)
     model.config.calibration = cal.to_dict()
     model.config.threshold = float(cal.threshold_)
     model.config.evaluation = {

@@ -392,6 +392,17 @@ def test_verifier_gives_no_calibrated_decision_outside_the_conditions(model_dir,
             want.outside_calibration,
         )
         assert got.score == pytest.approx(want.score, abs=1e-4)
+    # a calibration with the SNR features: verify measures them; score_embeddings takes them
+    with_snr = fit_calibration(cohort, top_k=5, n_pairs=400, with_snr=True)
+    model.config.calibration = with_snr.to_dict()
+    vs = Verifier(model, cohort=cohort)
+    r3 = vs.verify(a, b, sample_rate=SAMPLE_RATE)
+    table = vs.embed_table([a, b], ids=["a", "b"], sample_rate=SAMPLE_RATE)
+    got = vs.score_embeddings(*table.embeddings, *table.durations.tolist(), *table.snr.tolist())
+    assert r3.scale == "calibrated" and got["calibrated"] == pytest.approx(r3.score, abs=1e-5)
+    with pytest.raises(ValueError, match="SNR estimates"):
+        vs.score_embeddings(*table.embeddings, *table.durations.tolist())
+    model.config.calibration = cal.to_dict()
     # the guard turned off: every trial decided on the calibrated scale
     off = Verifier(model, cohort=cohort, calibration_guard=False).verify(a, noisy, sample_rate=SAMPLE_RATE)
     assert off.scale == "calibrated" and off.outside_calibration is None and isinstance(off.decision, bool)

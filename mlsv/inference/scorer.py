@@ -13,8 +13,8 @@ Score scales (:attr:`Scorer.score_scale`), the last one whose inputs are availab
 
 The calibration's **conditions guard** (docs/evaluation.md#calibration-conditions): a trial with a side whose
 duration or SNR estimate lies outside the range the calibration was fitted on gets a reason
-(:meth:`Scorer.score_trial`); the Verifier then decides on the AS-norm scale instead (``guard=False`` turns
-this off).
+(:meth:`Scorer.score_trial`); the Verifier then decides on the AS-norm scale instead
+(``Verifier(calibration_guard=False)`` turns this off).
 
 Thresholds always live on the scale being scored (:meth:`Scorer.threshold`), read from the model's
 :class:`~mlsv.scoring.record.EvaluationRecord`:
@@ -129,13 +129,20 @@ class Scorer:
         return "cosine"
 
     def score_embeddings(
-        self, a: np.ndarray, b: np.ndarray, duration_a: float | None = None, duration_b: float | None = None
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        duration_a: float | None = None,
+        duration_b: float | None = None,
+        snr_a: float | None = None,
+        snr_b: float | None = None,
     ) -> dict[str, float]:
         """Scores two raw embeddings (E,) on every available scale: ``{"cosine", "asnorm"?, "calibrated"?}``.
 
-        ``duration_*`` (seconds) are needed only on the calibrated scale.
+        ``duration_*`` (seconds) are needed only on the calibrated scale, ``snr_*`` (dB SNR estimates, e.g. an
+        embeddings table's ``snr``) only by a calibration with the SNR features.
         """
-        return self.score_trial(a, b, duration_a, duration_b)[0]
+        return self.score_trial(a, b, duration_a, duration_b, snr_a, snr_b)[0]
 
     def score_trial(
         self,
@@ -199,9 +206,9 @@ class Scorer:
             raise ValueError("calibrated scoring needs both utterances' durations")
         if snr is None and any(f.startswith("snr_") for f in self.calibrator.features):
             raise ValueError(
-                "this model's calibration uses the recordings' SNR estimates (snr_e, snr_t), which sliding windows "
-                "(track, online) do not carry: score on the AS-norm scale (threshold=...), or use a calibration "
-                "without the SNR features"
+                "this model's calibration uses the recordings' SNR estimates (snr_e, snr_t), and none were given "
+                "(score_embeddings needs snr_a/snr_b; sliding windows in track/online carry none): give them, score "
+                "on the AS-norm scale, or use a calibration without the SNR features"
             )
         db = None if snr is None else np.array([snr[0], *snr[1]], dtype=np.float64)
         q = quality_measures(raw, np.array([durations[0], *durations[1]], dtype=np.float64), db)

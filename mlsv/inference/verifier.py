@@ -341,13 +341,20 @@ class Verifier:
 
     # -- scoring and decisions --------------------------------------------------------------------
     def score_embeddings(
-        self, a: np.ndarray, b: np.ndarray, duration_a: float | None = None, duration_b: float | None = None
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        duration_a: float | None = None,
+        duration_b: float | None = None,
+        snr_a: float | None = None,
+        snr_b: float | None = None,
     ) -> dict[str, float]:
         """Scores two raw embeddings (E,) on every available scale: ``{"cosine", "asnorm"?, "calibrated"?}``.
 
-        ``duration_*`` (seconds) are needed only on the calibrated scale.
+        ``duration_*`` (seconds) are needed only on the calibrated scale, ``snr_*`` (dB SNR estimates, e.g. an
+        embeddings table's ``snr``) only by a calibration with the SNR features.
         """
-        return self.scorer.score_embeddings(a, b, duration_a, duration_b)
+        return self.scorer.score_embeddings(a, b, duration_a, duration_b, snr_a, snr_b)
 
     def _pair_scores(self, a: Enrolment, b: AudioInput, sample_rate: int | None) -> tuple[dict[str, float], str | None]:
         enroll = _inputs(a)
