@@ -7,7 +7,7 @@ Prints one JSON object: the cohort's estimates and the guard's range, and per co
 and the share of 40 test recordings (1.5-4 s, other speakers) outside the range (refused a calibrated
 decision). About 15 s on 2 CPU cores.
 
-    python benchmarks/snr_guard.py [--seed 0]
+    python benchmarks/snr_guard.py [--seed 0] [--cohort 80] [--tests 40]
 """
 
 from __future__ import annotations
@@ -46,14 +46,16 @@ def noisy(x: np.ndarray, snr_db: float, rng: np.random.Generator, kind: str) -> 
     return x + n * np.sqrt(np.mean(x**2) / np.mean(n**2) / 10 ** (snr_db / 10))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
+    p.add_argument("--cohort", type=int, default=80, help="clean recordings the guard's range is fitted on")
+    p.add_argument("--tests", type=int, default=40, help="test recordings per condition")
+    args = p.parse_args(argv)
     rng = np.random.default_rng(args.seed)
-    cohort = np.array([estimate_snr(speech(1000 + i, rng.uniform(1.5, 4)), SAMPLE_RATE) for i in range(80)])
+    cohort = np.array([estimate_snr(speech(1000 + i, rng.uniform(1.5, 4)), SAMPLE_RATE) for i in range(args.cohort)])
     lo, hi = fitted_conditions({"snr_e": cohort, "snr_t": cohort})["snr"]
-    tests = [speech(5000 + i, rng.uniform(1.5, 4)) for i in range(40)]
+    tests = [speech(5000 + i, rng.uniform(1.5, 4)) for i in range(args.tests)]
 
     def share(xs) -> dict:
         v = np.array([estimate_snr(x, SAMPLE_RATE) for x in xs])
@@ -70,9 +72,8 @@ def main() -> None:
     sos = butter(6, [300, 3400], btype="band", fs=SAMPLE_RATE, output="sos")
     out["telephone band 300-3400 Hz"] = share([sosfilt(sos, x) for x in tests])
     cohort_stats = {k: round(float(f(cohort)), 1) for k, f in (("min", np.min), ("median", np.median), ("max", np.max))}
-    print(
-        json.dumps({"cohort_db": cohort_stats, "guard_db": [round(lo, 1), round(hi, 1)], "conditions": out}, indent=1)
-    )
+    guard = [round(lo, 1), round(hi, 1)]
+    print(json.dumps({"benchmark": "snr_guard", "cohort_db": cohort_stats, "guard_db": guard, "conditions": out}))
 
 
 if __name__ == "__main__":
