@@ -242,3 +242,13 @@ def test_tracking_benchmark_measures_misses_and_false_alarms(tmp_path, capsys):
     assert tracking.frame_errors(truth, [(0.5, 1.2)], 100) == (50, 20, 100, 100)
     assert tracking.frame_errors(truth, [(0.0, 0.3), (0.8, 1.0)], 100) == (50, 0, 100, 100)
     assert tracking.frame_errors(truth, [], 100) == (100, 0, 100, 100)
+
+
+def test_snr_guard_benchmark_refuses_noisy_recordings(capsys):
+    """A guard fitted on 20 clean synthetic recordings refuses every one of 6 recordings with white noise at
+    5 dB, and reads their SNR lower than the clean ones'."""
+    out = _run_benchmark("snr_guard", ["--cohort", "20", "--tests", "6"], capsys)
+    assert out["benchmark"] == "snr_guard" and out["guard_db"][0] < out["cohort_db"]["min"]
+    rows = out["conditions"]
+    assert rows["white 5 dB"]["outside_pct"] == 100 and rows["pink 10 dB"]["outside_pct"] == 100
+    assert rows["white 5 dB"]["median_db"] < rows["white 20 dB"]["median_db"] < rows["clean"]["median_db"]

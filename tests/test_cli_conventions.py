@@ -69,7 +69,7 @@ def calibrated_model(model_dir, tmp_path_factory):
     centers = rng.standard_normal((12, 16))
     emb = np.concatenate([c + 0.5 * rng.standard_normal((6, 16)) for c in centers]).astype(np.float32)
     cohort = EmbeddingTable(
-        np.array([f"u{i}" for i in range(len(emb))]), emb, rng.uniform(1, 5, len(emb)), np.repeat(range(12), 6)
+        np.array([f"u{i}" for i in range(len(emb))]), emb, rng.uniform(0.25, 5, len(emb)), np.repeat(range(12), 6)
     )
     model = MLSVModel.from_pretrained(model_dir)
     mean = np.asarray(model.config.training_mean, np.float32)

@@ -222,7 +222,7 @@ def calibrated_setup(model_dir):
     cohort = EmbeddingTable(
         np.array([f"u{i}" for i in range(len(emb))]),
         emb,
-        rng.uniform(1, 5, len(emb)),
+        rng.uniform(0.25, 5, len(emb)),  # durations the test recordings (0.3-0.7 s) lie within
         np.repeat([f"s{i}" for i in range(12)], 6),
     )
     cal = fit_calibration(cohort, top_k=5, n_pairs=400)
@@ -374,11 +374,12 @@ def test_identify_command(model_dir, audio_dir, tmp_path, capsys, monkeypatch):
         expected = v.identify(test, {"ann": [a, b], "cy": c})
         assert o["speaker"] == expected.speaker and o["score"] == pytest.approx(expected.score, abs=1e-6)
         assert [r["speaker"] for r in o["ranking"]] == [n for n, _ in expected.ranking]
-    # the enrolment is embedded once for all the tests: 3 recordings, then one per test
+    # the enrolment is embedded once for all the tests: 3 recordings, then one per test (every embedding pass,
+    # embed_many's too, goes through embed_measured)
     sizes = []
-    embed = Embedder.embed_many
+    embed = Embedder.embed_measured
     monkeypatch.setattr(
-        Embedder, "embed_many", lambda self, inputs, *rest: sizes.append(len(inputs)) or embed(self, inputs, *rest)
+        Embedder, "embed_measured", lambda self, inputs, *rest: sizes.append(len(inputs)) or embed(self, inputs, *rest)
     )
     assert main([*argv, a, "--top", "1", b, "--", c]) == 0  # after "--" everything is a test recording
     assert sizes == [3, 1, 1, 1]

@@ -1,7 +1,8 @@
 """The speaker-verification pipeline (mlsv/models/pipeline_mlsv.py): where only transformers is installed,
 ``pipeline("speaker-verification", model=DIR, trust_remote_code=True)`` gives the scores, thresholds and
-decisions of ``Verifier.verify`` (cosine, AS-norm and calibrated models) and the embeddings of
-``Verifier.embed``, from paths, arrays with a rate, and batches."""
+decisions of ``Verifier.verify`` (cosine, AS-norm and calibrated models, and a calibrated trial outside the
+calibration's conditions) and the embeddings of ``Verifier.embed``, from paths, arrays with a rate, and
+batches."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def _cohort_table() -> EmbeddingTable:
     return EmbeddingTable(
         np.array([f"u{i}" for i in range(len(emb))]),
         emb,
-        rng.uniform(1, 5, len(emb)),
+        rng.uniform(0.25, 5, len(emb)),  # durations the test recordings (0.3-0.7 s) lie within
         np.repeat([f"s{i}" for i in range(12)], 6),
     )
 
@@ -66,6 +67,22 @@ def models(tmp_path_factory):
     model.config.threshold = float(cal.threshold_)
     model.config.evaluation = {"threshold_scale": "calibrated_llr", "top_k": 5}  # a model saved by an earlier mlsv
     model.save_pretrained(root / "calibrated")
+    # guarded: a calibration with the SNR features fitted on clean recordings (SNR 35-55 dB) and AS-norm score
+    # statistics, for the trials outside its conditions
+    clean = EmbeddingTable(
+        table.ids, table.embeddings, table.durations, table.speakers, np.linspace(35, 55, len(table))
+    )
+    cal = fit_calibration(clean, mean=np.asarray(MEAN, np.float32), top_k=5, n_pairs=400, with_snr=True)
+    model.config.calibration = cal.to_dict()
+    model.config.threshold = float(cal.threshold_)
+    model.config.evaluation = {
+        "top_k": 5,
+        "threshold_scale": "calibrated",
+        "score_statistics": {
+            "asnorm": {"eer": 10.0, "eer_threshold": 0.5, "n_target": 4, "n_nontarget": 4, "trial_list": "dev"}
+        },
+    }
+    model.save_pretrained(root / "guarded")
     return root
 
 
@@ -77,6 +94,15 @@ def audio(tmp_path_factory):
     sf.write(d / "b8k.flac", voice(0.6, f0=210, sr=8000, seed=2), 8000)
     sf.write(d / "c.wav", np.stack([voice(0.5, seed=3), voice(0.5, seed=4)], 1), SR, subtype="FLOAT")
     sf.write(d / "d.wav", voice(0.4, f0=180, seed=5), SR, subtype="FLOAT")
+    # synthetic speech with pauses: clean (SNR estimate about 40 dB), and with white noise at 0 dB
+    from mlsv.data.synthetic import _coloured_noise, sample_session, sample_voice, synthesize
+
+    rng = np.random.default_rng(7)
+    clean = [synthesize(sample_voice(np.random.default_rng(s)), sample_session(rng, 3.0), 1.6, rng) for s in (1, 2)]
+    noise = _coloured_noise(len(clean[1]), 0.0, rng) * np.sqrt(np.mean(clean[1].astype(np.float64) ** 2))
+    sf.write(d / "s1.wav", clean[0], SR, subtype="FLOAT")
+    sf.write(d / "s2.wav", clean[1], SR, subtype="FLOAT")
+    sf.write(d / "s2noisy.wav", (clean[1] + noise).astype(np.float32), SR, subtype="FLOAT")
     return d
 
 
@@ -107,6 +133,14 @@ WITHOUT_MLSV = textwrap.dedent("""
         np.save(f"{out}/{name}-emb.npy", np.stack([single["embedding"], *[r["embedding"] for r in arrays]]))
         bare = pipe(sf.read(a, dtype="float32")[0], sampling_rate=16000)
         assert np.array_equal(bare["embedding"], single["embedding"])
+    pipe = pipeline("speaker-verification", model=f"{root}/guarded", trust_remote_code=True)
+    s1, s2, noisy = (f"{audio}/{n}" for n in ("s1.wav", "s2.wav", "s2noisy.wav"))
+    results["guarded"] = {
+        "inside": pipe(s1, s2),
+        "outside": pipe(s1, noisy),
+        "enrolment": pipe([noisy, s2], s1),
+        "given": pipe(s1, noisy, threshold=0.5),
+    }
     with open(f"{out}/results.json", "w") as f:
         json.dump(results, f)
     print("ok")
@@ -148,6 +182,23 @@ def test_pipeline_without_mlsv_equals_the_verifier(models, audio, tmp_path):
         assert got["given"]["threshold"] == 0.5 and got["given"]["threshold_source"] == "given by the caller"
         emb = np.load(tmp_path / f"{name}-emb.npy")
         np.testing.assert_allclose(emb, v.embed([a, b, c]), rtol=0, atol=1e-6)
+    # a calibrated trial outside the calibration's conditions: decided on the AS-norm scale, as verify decides
+    s1, s2, noisy = (audio / n for n in ("s1.wav", "s2.wav", "s2noisy.wav"))
+    v = Verifier.from_pretrained(models / "guarded")
+    got = results["guarded"]
+    for key, (enroll, test, kw) in {
+        "inside": (s1, s2, {}),
+        "outside": (s1, noisy, {}),
+        "enrolment": ([noisy, s2], s1, {}),
+        "given": (s1, noisy, {"threshold": 0.5}),
+    }.items():
+        want = v.verify(enroll, test, **kw).to_dict()
+        _same(got[key], want, f"guarded {key}")
+        assert got[key]["outside_calibration"] == want["outside_calibration"], key
+    assert got["inside"]["scale"] == "calibrated" and got["inside"]["outside_calibration"] is None
+    assert got["outside"]["scale"] == "asnorm" and got["outside"]["threshold"] == 0.5
+    assert got["outside"]["outside_calibration"].startswith("test SNR")
+    assert got["given"]["decision"] is None and got["given"]["label"] == "no decision"
     # the scales' thresholds are the models' own: stored statistics, the calibration's
     assert results["asnorm"]["pair"]["threshold"] == 1.5
     assert "EER point" in results["asnorm"]["pair"]["threshold_source"]

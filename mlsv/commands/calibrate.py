@@ -24,11 +24,16 @@ EPILOG = """example:
       --out scores.tsv --metrics metrics.json
 
 Pairs are half same-speaker, half different-speaker, each pair's speakers left out of its AS-norm
-cohort. Use the same cohort, mean and top-k when scoring (`mlsv score` warns otherwise)."""
+cohort. Use the same cohort, mean and top-k when scoring (`mlsv score` warns otherwise).
+
+--quality snr adds each recording's blind SNR estimate (snr_e, snr_t; the cohort table needs them: tables
+that mlsv embed writes have them). Either way the calibration records the range of durations and SNR it
+was fitted on (its conditions guard; SNR only when the table has it): `mlsv score`/`evaluate` count the
+trials outside it, `mlsv verify` gives them no calibrated decision (docs/evaluation.md#calibration-conditions)."""
 
 
 def register(subparsers) -> None:
-    from mlsv.scoring.calibration import FEATURES
+    from mlsv.scoring.calibration import ALL_FEATURES, FEATURES
 
     p = subparsers.add_parser(
         "calibrate",
@@ -47,9 +52,15 @@ def register(subparsers) -> None:
         "--features",
         nargs="+",
         default=list(FEATURES),
-        choices=FEATURES,
+        choices=ALL_FEATURES,
         metavar="NAME",
-        help=f"features to use (default all: {' '.join(FEATURES)})",
+        help=f"features to use (default: {' '.join(FEATURES)})",
+    )
+    p.add_argument(
+        "--quality",
+        choices=("default", "snr"),
+        default="default",
+        help="snr: add the recordings' SNR estimates (snr_e snr_t) to --features (default: no)",
     )
     p.add_argument(
         "--prior",
@@ -95,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         n_pairs=args.pairs,
         seed=args.seed,
         features=args.features,
+        with_snr=args.quality == "snr",
         prior=args.prior or None,
         regularization=args.regularization,
         threshold=args.threshold,
@@ -109,4 +121,7 @@ def run(args: argparse.Namespace) -> int:
         f"AS-norm EER {i['train_asnorm_eer']:.3f}%, calibrated EER {i['train_eer']:.3f}%, "
         f"Cllr {i['train_cllr']:.4f}; threshold ({cal.threshold}) {cal.threshold_:.4f} -> {args.out}"
     )
+    guarded = ", ".join(f"{m} {lo:.3g}..{hi:.3g}" for m, (lo, hi) in cal.conditions_.items())
+    unguarded = f"; unguarded (no estimate in {args.embeddings}): {', '.join(cal.unguarded)}" if cal.unguarded else ""
+    print(f"conditions guard: {guarded or 'none'}{unguarded}")
     return 0

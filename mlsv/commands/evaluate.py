@@ -46,6 +46,13 @@ def register(subparsers) -> None:
     p.add_argument(
         "--calibration-pairs", type=int_at_least(2), default=30000, help="QMF training pairs from the cohort"
     )
+    p.add_argument(
+        "--calibration-quality",
+        choices=("default", "snr"),
+        default="default",
+        help="QMF quality features: default (durations, embedding norms) or snr (those and each recording's "
+        "SNR estimate); see docs/evaluation.md#calibration-conditions",
+    )
     p.add_argument("--batch-seconds", type=positive_float, default=120.0, help="audio per embedding batch")
     p.add_argument(
         "--chunk-seconds",
@@ -92,6 +99,7 @@ def run(args) -> int:
         threshold_manifest=args.threshold_manifest,
         threshold_trials=args.threshold_trials,
         precision=args.precision,
+        calibration_snr=args.calibration_quality == "snr",
     )
     print(json.dumps(result["metrics"][result["final_stage"]], indent=2))
     print(f"report: {args.out}/report.md")

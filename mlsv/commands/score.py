@@ -52,6 +52,13 @@ def register(subparsers) -> None:
     p.add_argument("--mean", type=Path, help="mean vector .npy (default: the model's, else the cohort mean)")
     p.add_argument("--out", required=True, type=Path, help="scores TSV (enroll, test, score, label)")
     p.add_argument("--metrics", type=Path, help="write EER/minDCF (and actDCF/Cllr if calibrated) JSON")
+    p.add_argument(
+        "--no-calibration-guard",
+        dest="calibration_guard",
+        action="store_false",
+        help="calibrated scores: do not count the trials outside the calibration's conditions (durations, SNR) "
+        "nor give metrics on the rest (inside_calibration)",
+    )
     add_device_option(p, "torch device for the cohort products")
     p.set_defaults(func=run)
 
@@ -76,7 +83,13 @@ def run(args: argparse.Namespace) -> int:
     from mlsv.scoring.backend import ASNORM_TOP_K
     from mlsv.scoring.calibration import QualityCalibrator
     from mlsv.scoring.embeddings import EmbeddingTable, load_embeddings
-    from mlsv.scoring.pipeline import score_trial_lists, trial_metrics, write_metrics_json, write_scores_tsv
+    from mlsv.scoring.pipeline import (
+        calibration_outside,
+        score_trial_lists,
+        trial_metrics,
+        write_metrics_json,
+        write_scores_tsv,
+    )
 
     output_file(args.out)
     output_file(args.metrics, "--metrics")
@@ -108,18 +121,36 @@ def run(args: argparse.Namespace) -> int:
         device=check_device(args.device),
     )
     metrics = {}
+    guard = calibrator is not None and "calibrated" in results[0] and args.calibration_guard
+    if guard and calibrator.unguarded:
+        print(f"calibration conditions: {', '.join(calibrator.unguarded)} not guarded (not recorded)", file=sys.stderr)
     for trials, scores, out in zip(trial_lists, results, outs):
         write_scores_tsv(out, trials, scores)
         print(f"{trials.name}: {len(trials)} trials -> {out}")
+        outside = calibration_outside(table, trials, calibrator) if guard else None
+        if outside is not None:
+            print(
+                f"{trials.name}: {int(outside.sum())} of {len(trials)} trials outside the calibration's "
+                "conditions (their LLRs are extrapolations)"
+            )
         if args.metrics:
             if not trials.has_labels:
                 print(f"{trials.name}: labels unknown, no metrics", file=sys.stderr)
                 continue
-            metrics[trials.name] = m = trial_metrics(trials, scores)
+            metrics[trials.name] = m = trial_metrics(trials, scores, outside=outside)
             print(
                 f"{trials.name}: EER {m['eer']:.3f}%  minDCF0.01 {m['min_dcf_0.01']:.4f}  "
                 f"minDCF0.05 {m['min_dcf_0.05']:.4f}"
             )
+            if "cllr" in m:
+                inside = m.get("inside_calibration")
+                rest = (
+                    f"; inside the conditions ({inside['n_trials']} trials): actDCF0.01 "
+                    f"{inside['act_dcf_0.01']:.4f}  Cllr {inside['cllr']:.4f}"
+                    if inside
+                    else ""
+                )
+                print(f"{trials.name}: all trials: actDCF0.01 {m['act_dcf_0.01']:.4f}  Cllr {m['cllr']:.4f}{rest}")
     if args.metrics:
         if not metrics:
             raise ValueError("--metrics was given but no trial list has labels")

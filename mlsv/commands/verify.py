@@ -35,6 +35,11 @@ With --pairs FILE, every line of FILE is a pair, "ENROLL TEST" or "LABEL ENROLL 
 list of paths; relative paths are read from FILE's folder, as a manifest's are): each recording is
 embedded once, all in one batched pass, and each pair gets its score, threshold and decision (a line
 per pair, or a JSON list with --json).
+On the calibrated scale, a trial whose duration or SNR lies outside what the calibration was fitted on gets
+no calibrated decision: it is decided on the AS-norm scale with the model's AS-norm threshold, or not at all
+when the model has none ("outside_calibration" says why; --no-calibration-guard turns this off; see
+docs/evaluation.md#calibration-conditions).
+
 Exit status 0 whatever the decision; read it from the output ("decision" in --json)."""
 
 
@@ -67,6 +72,12 @@ def register(subparsers) -> None:
     p.add_argument("--threshold", type=float, default=None, help="explicit threshold on the score scale in use")
     add_cohort_option(p)
     add_asnorm_top_k_option(p)
+    p.add_argument(
+        "--no-calibration-guard",
+        dest="calibration_guard",
+        action="store_false",
+        help="decide every trial on the calibrated scale, also outside the conditions the calibration was fitted on",
+    )
     add_window_options(p, "score each window of this length of the test recording (where the speaker speaks)")
     p.add_argument(
         "--runtime",
@@ -92,7 +103,12 @@ def run(args: argparse.Namespace) -> int:
         args.a, args.b = args.recordings[:-1], args.recordings[-1]
     check_window_options(args)
     verifier = Verifier.from_pretrained(
-        args.model, device=args.device, runtime=args.runtime, cohort=args.cohort, asnorm_top_k=args.asnorm_top_k
+        args.model,
+        device=args.device,
+        runtime=args.runtime,
+        cohort=args.cohort,
+        asnorm_top_k=args.asnorm_top_k,
+        calibration_guard=args.calibration_guard,
     )
     if pairs is not None:
         return _verify_pairs(verifier, pairs, args)
@@ -103,8 +119,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"a": _names(args.a), "b": _printable(args.b), **result.to_dict()}, indent=2))
     else:
         print(f"score      {result.score:.4f}  ({result.scale})")
-        print(f"threshold  {result.threshold:.4f}  ({result.threshold_source})")
+        shown = "none" if result.threshold is None else f"{result.threshold:.4f}"
+        print(f"threshold  {shown}  ({result.threshold_source})")
         print(f"decision   {result.label}")
+        if result.outside_calibration:
+            print(f"outside the calibration's conditions: {result.outside_calibration}")
     return 0
 
 
@@ -145,12 +164,19 @@ def _verify_pairs(verifier, pairs, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    if results:
-        r = results[0]
+    inside = [r for r in results if not r.outside_calibration]
+    if inside:
+        r = inside[0]
         print(f"threshold {r.threshold:.4f} ({r.scale}; {r.threshold_source})")
     print(f"{'score':>9}  {'decision':<18}  enroll  test")
     for row in rows:
         print(f"{row['score']:9.4f}  {row['label']:<18}  {row['enroll']}  {row['test']}")
+    outside = [r for r in results if r.outside_calibration]
+    if outside:
+        print(
+            f"{len(outside)} pair(s) outside the calibration's conditions, scored and decided on the "
+            f"{outside[0].scale} scale ({outside[0].threshold_source}); --json gives each reason"
+        )
     return 0
 
 

@@ -53,11 +53,14 @@ class DemoResult:
         if self.result is None:
             return f"**score** {self.score:.4f} ({self.scale})\n\n{self.note}"
         r = self.result
+        outside = f"\n\noutside the calibration's conditions: {r.outside_calibration}" if r.outside_calibration else ""
+        if r.threshold is None:
+            return f"### {r.label}\n\n**score** {r.score:.4f} on the {r.scale} scale ({r.threshold_source}){outside}"
         sign = ">=" if r.decision else "<"
         return (
             f"### {r.label}\n\n"
             f"**score** {r.score:.4f} {sign} **threshold** {r.threshold:.4f} on the {r.scale} scale "
-            f"({r.threshold_source})"
+            f"({r.threshold_source}){outside}"
         )
 
 
@@ -78,9 +81,8 @@ def compare(verifier: Verifier, a, b, plot_dir: str | os.PathLike) -> DemoResult
     try:
         verifier.threshold()
     except ValueError as e:  # the score is still worth showing
-        scores = verifier.score_embeddings(*_pair(verifier, a, b))
         result, note = None, str(e)
-        score = scores[verifier.score_scale]
+        score = verifier.score(a, b)
     else:
         result, note = verifier.verify(a, b), ""
         score = result.score
@@ -88,12 +90,6 @@ def compare(verifier: Verifier, a, b, plot_dir: str | os.PathLike) -> DemoResult
     plot_dir.mkdir(parents=True, exist_ok=True)
     plots = (_layer_plot(verifier, a, plot_dir / "a.png", "A"), _layer_plot(verifier, b, plot_dir / "b.png", "B"))
     return DemoResult(result, float(score), verifier.score_scale, note, plots)
-
-
-def _pair(verifier: Verifier, a, b):
-    """(a's embedding, b's embedding, a's seconds, b's seconds) for :meth:`Verifier.score_embeddings`."""
-    table = verifier.embed_table([a, b], ids=["a", "b"])
-    return table.embeddings[0], table.embeddings[1], float(table.durations[0]), float(table.durations[1])
 
 
 def _layer_plot(verifier: Verifier, x, out: Path, name: str) -> Path | None:

@@ -22,6 +22,7 @@ try:  # the progress bar; the ONNX runtime runs without it (numpy, soundfile, so
 except ImportError:
     tqdm = None
 
+from mlsv.data.audio import estimate_snr
 from mlsv.data.batching import chunk_spans, pack_batches
 from mlsv.data.inputs import AudioInput, check_sample_rate, estimate_length, input_name, load_audio
 from mlsv.inference.model_files import min_samples
@@ -96,13 +97,27 @@ class Embedder:
         chunk_seconds: float | None = None,
         progress: bool | None = False,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(N, E) float32 embeddings and (N,) float32 seconds of ``inputs``, in their order.
+        """(N, E) float32 embeddings and (N,) float32 seconds of ``inputs``, in their order
+        (:meth:`embed_measured` also gives each input's SNR estimate).
 
         ``chunk_seconds > 0`` cuts an input longer than that into overlapping windows of that length
         (evaluation's rule, :func:`mlsv.data.batching.chunk_spans`) and averages their embeddings; 0 embeds
         whole inputs; None: the model's stored window (``stored_chunk_seconds``).
         ``progress`` (None: when more than 16 inputs) shows a progress bar.
         """
+        matrix, durations, _ = self.embed_measured(inputs, sample_rate, chunk_seconds, progress)
+        return matrix, durations
+
+    def embed_measured(
+        self,
+        inputs: list[AudioInput],
+        sample_rate: int | None = None,
+        chunk_seconds: float | None = None,
+        progress: bool | None = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`embed_many` plus (N,) float32 blind SNR estimates in dB of the inputs
+        (:func:`mlsv.data.audio.estimate_snr`, at the model's rate; an input embedded in windows gets the mean of
+        its windows' estimates, as a manifest's does), the quality measures a calibration uses."""
         if not inputs:
             raise ValueError("nothing to embed: no inputs given")
         sample_rate = check_sample_rate(sample_rate)
@@ -124,6 +139,7 @@ class Embedder:
         sums = np.zeros((len(inputs), self.embedding_size), dtype=np.float64)
         weights = np.zeros(len(inputs), dtype=np.float64)
         durations = np.zeros(len(inputs), dtype=np.float32)
+        snr = np.zeros(len(inputs), dtype=np.float32)
         show = progress if progress is not None else len(inputs) > 16
         iterator: Iterable[list[_Item]] = tqdm(batches, desc="embedding", unit="batch") if show and tqdm else batches
         for batch in iterator:
@@ -131,14 +147,19 @@ class Embedder:
             for it in batch:
                 wav = self.load(it.source, sample_rate, it.name)
                 durations[it.index] = wav.size / self.sampling_rate
-                pieces.extend((it.index, p) for p in self.chunks(wav, chunk_seconds, it.name))
+                parts = self.chunks(wav, chunk_seconds, it.name)
+                # in windows: their estimates' mean, as evaluation's loader computes it (equal windows)
+                snr[it.index] = np.average(
+                    [estimate_snr(p, self.sampling_rate) for p in parts], weights=[p.size for p in parts]
+                )
+                pieces.extend((it.index, p) for p in parts)
             # the batch's estimate can be off (resampling, chunks): packed again on the real lengths
             for group in pack_batches([p.size for _, p in pieces], budget):
                 part = [pieces[i] for i in group]
                 for (idx, p), e in zip(part, self.run([p for _, p in part])):
                     sums[idx] += e.astype(np.float64) * p.size
                     weights[idx] += p.size
-        return (sums / weights[:, None]).astype(np.float32), durations
+        return (sums / weights[:, None]).astype(np.float32), durations, snr
 
     def embed_table(
         self,
@@ -169,8 +190,8 @@ class Embedder:
                     "one row per id: give each input once"
                 )
             first[u] = i
-        matrix, durations = self.embed_many(inputs, sample_rate, chunk_seconds, progress)
-        return EmbeddingTable(np.asarray(ids), matrix, durations)
+        matrix, durations, snr = self.embed_measured(inputs, sample_rate, chunk_seconds, progress)
+        return EmbeddingTable(np.asarray(ids), matrix, durations, snr=snr)
 
     def chunks(self, wav: np.ndarray, chunk_seconds: float, name: str) -> list[np.ndarray]:
         """``wav`` cut into evaluation's windows (one piece when ``chunk_seconds`` is 0 or longer)."""

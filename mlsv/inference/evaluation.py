@@ -39,6 +39,7 @@ from mlsv.scoring.embeddings import EmbeddingTable, check_finite, load_embedding
 from mlsv.scoring.extract import extract_embeddings
 from mlsv.scoring.metrics import eer
 from mlsv.scoring.pipeline import (
+    calibration_outside,
     check_distinct_names,
     score_trial_lists,
     trial_metrics,
@@ -222,6 +223,7 @@ def evaluate_model(
     threshold_manifest: str | None = None,
     threshold_trials: str | None = None,
     precision: str = "fp32",
+    calibration_snr: bool = False,
 ) -> dict:
     """Embeds, scores every trial list at each stage, calibrates, and writes results.
 
@@ -235,6 +237,9 @@ def evaluate_model(
             speakers. None: cosine scoring only.
         top_k: AS-norm cohort size.
         calibration_pairs: QMF training pairs drawn from the cohort.
+        calibration_snr: the QMF calibration also uses the recordings' SNR estimates (``snr_e``, ``snr_t``).
+            Either way its conditions guard is recorded, and calibrated metrics also count the trials
+            outside it and give the metrics of those inside (``inside_calibration``).
         threshold_manifest, threshold_trials: a held-out (validation) list whose scores set the
             model's decision thresholds and false-accept tables on every score scale; without it
             the threshold is the calibration's (EER point of the cohort pairs).
@@ -279,6 +284,7 @@ def evaluate_model(
             threshold_manifest=threshold_manifest,
             threshold_trials=threshold_trials,
             precision=precision,
+            calibration_snr=calibration_snr,
         )
 
 
@@ -298,6 +304,7 @@ def _evaluate(
     threshold_manifest: str | None,
     threshold_trials: str | None,
     precision: str,
+    calibration_snr: bool = False,
 ) -> dict:
     """``evaluate_model``'s work, its arguments checked and the output folder locked."""
     dev = device
@@ -332,10 +339,13 @@ def _evaluate(
     mean = _scoring_mean(model, table, cohort_table)
     calibrator = None
     if cohort_table is not None:
-        calibrator = fit_calibration(cohort_table, mean=mean, top_k=top_k, n_pairs=calibration_pairs)
+        calibrator = fit_calibration(
+            cohort_table, mean=mean, top_k=top_k, n_pairs=calibration_pairs, with_snr=calibration_snr
+        )
         calibrator.save(out / "calibration.json")
     scored = score_trial_lists(table, trial_lists, mean=mean, cohort=cohort_table, top_k=top_k, calibrator=calibrator)
-    metrics = _write_results(out, trial_lists, scored, plots=plots, model_name=Path(model_dir).name)
+    outside = None if calibrator is None else [calibration_outside(table, tr, calibrator) for tr in trial_lists]
+    metrics = _write_results(out, trial_lists, scored, plots=plots, model_name=Path(model_dir).name, outside=outside)
     final = list(metrics)[-1]
     _record_in_model(model, mean, metrics, trial_lists, top_k, calibrator, cohort_table)
     if threshold_trials:
@@ -479,12 +489,23 @@ def _scoring_mean(model, table: EmbeddingTable, cohort_table: EmbeddingTable | N
     return embedding_mean(table.embeddings)
 
 
-def _write_results(out: Path, trial_lists: list, scored: list[dict], *, plots: bool, model_name: str) -> dict:
+def _write_results(
+    out: Path,
+    trial_lists: list,
+    scored: list[dict],
+    *,
+    plots: bool,
+    model_name: str,
+    outside: list[np.ndarray] | None = None,
+) -> dict:
     """Per-stage metrics of every trial list, written with the scores, plots and report; returns
-    ``{stage: {list: metrics}}`` in pipeline order (the last stage is the final one)."""
+    ``{stage: {list: metrics}}`` in pipeline order (the last stage is the final one). ``outside``: per list,
+    the trials outside the calibration's conditions (counted, and left out of ``inside_calibration``)."""
     stages = list(scored[0])
+    masks = outside or [None] * len(trial_lists)
     metrics = {
-        stage: {tr.name: trial_metrics(tr, s, stage=stage) for tr, s in zip(trial_lists, scored)} for stage in stages
+        stage: {tr.name: trial_metrics(tr, s, stage=stage, outside=m) for tr, s, m in zip(trial_lists, scored, masks)}
+        for stage in stages
     }
     final = stages[-1]
     for tr, s in zip(trial_lists, scored):

@@ -11,6 +11,11 @@ Score scales (:attr:`Scorer.score_scale`), the last one whose inputs are availab
   std of the raw embeddings), so it is applied only with a cohort; without one scores are cosine and
   need a cosine threshold.
 
+The calibration's **conditions guard** (docs/evaluation.md#calibration-conditions): a trial with a side whose
+duration or SNR estimate lies outside the range the calibration was fitted on gets a reason
+(:meth:`Scorer.score_trial`); the Verifier then decides on the AS-norm scale instead
+(``Verifier(calibration_guard=False)`` turns this off).
+
 Thresholds always live on the scale being scored (:meth:`Scorer.threshold`), read from the model's
 :class:`~mlsv.scoring.record.EvaluationRecord`:
 
@@ -124,22 +129,64 @@ class Scorer:
         return "cosine"
 
     def score_embeddings(
-        self, a: np.ndarray, b: np.ndarray, duration_a: float | None = None, duration_b: float | None = None
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        duration_a: float | None = None,
+        duration_b: float | None = None,
+        snr_a: float | None = None,
+        snr_b: float | None = None,
     ) -> dict[str, float]:
         """Scores two raw embeddings (E,) on every available scale: ``{"cosine", "asnorm"?, "calibrated"?}``.
 
-        ``duration_*`` (seconds) are needed only on the calibrated scale.
+        ``duration_*`` (seconds) are needed only on the calibrated scale, ``snr_*`` (dB SNR estimates, e.g. an
+        embeddings table's ``snr``) only by a calibration with the SNR features.
         """
+        return self.score_trial(a, b, duration_a, duration_b, snr_a, snr_b)[0]
+
+    def score_trial(
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        duration_a: float | None = None,
+        duration_b: float | None = None,
+        snr_a: float | None = None,
+        snr_b: float | None = None,
+    ) -> tuple[dict[str, float], str | None]:
+        """:meth:`score_embeddings`, and on the calibrated scale why the trial lies outside the calibration's
+        conditions (None: inside, not calibrated, or nothing to compare). ``snr_*``: dB estimates, None unknown."""
         durations = None if duration_a is None or duration_b is None else (duration_a, [duration_b])
-        return {k: float(v[0]) for k, v in self.scores_against(a, np.asarray(b).reshape(1, -1), durations).items()}
+        snr = (
+            (math.nan if snr_a is None else snr_a, [math.nan if snr_b is None else snr_b])
+            if snr_a is not None or snr_b is not None
+            else None
+        )
+        scores, reasons = self._scores(a, np.asarray(b).reshape(1, -1), durations, snr)
+        return {k: float(v[0]) for k, v in scores.items()}, (reasons[0] if reasons else None)
 
     def scores_against(
-        self, a: np.ndarray, tests: np.ndarray, durations: tuple[float, Sequence[float]] | None, a_is_test: bool = False
+        self,
+        a: np.ndarray,
+        tests: np.ndarray,
+        durations: tuple[float, Sequence[float]] | None,
+        a_is_test: bool = False,
+        snr: tuple[float, Sequence[float]] | None = None,
     ) -> dict[str, np.ndarray]:
         """Scores of one raw embedding ``a`` (E,) against each row of ``tests`` (N, E), on every available
         scale: ``{"cosine", "asnorm"?, "calibrated"?}`` of (N,) float64. ``durations`` (seconds of ``a``,
-        and of each row) are needed only on the calibrated scale. ``a`` is each trial's enrolment side,
-        or with ``a_is_test`` its test side (the rows are then the enrolments)."""
+        and of each row) are needed only on the calibrated scale, ``snr`` (dB, likewise) only by a calibration
+        with SNR features. ``a`` is each trial's enrolment side, or with ``a_is_test`` its test side (the rows
+        are then the enrolments)."""
+        return self._scores(a, tests, durations, snr, a_is_test)[0]
+
+    def _scores(
+        self,
+        a: np.ndarray,
+        tests: np.ndarray,
+        durations: tuple[float, Sequence[float]] | None,
+        snr: tuple[float, Sequence[float]] | None,
+        a_is_test: bool = False,
+    ) -> tuple[dict[str, np.ndarray], list[str | None] | None]:
         tests = np.asarray(tests, np.float32)
         raw = np.concatenate([np.asarray(a, np.float32).reshape(1, -1), tests.reshape(len(tests), -1)])
         if raw.shape[1] != self.embedding_size:
@@ -150,15 +197,24 @@ class Scorer:
             e, t = t, e
         out = {"cosine": cosine_scores(x[e], x[t])}
         if self.cohort is None:
-            return out
+            return out, None
         mu, sigma = cohort_stats(x, self.cohort, self.top_k)
         out["asnorm"] = as_norm(out["cosine"], e, t, mu, sigma)
-        if self.calibrator is not None:
-            if durations is None:
-                raise ValueError("calibrated scoring needs both utterances' durations")
-            q = quality_measures(raw, np.array([durations[0], *durations[1]], dtype=np.float64))
-            out["calibrated"] = self.calibrator.transform(trial_features(out["asnorm"], q, e, t))
-        return out
+        if self.calibrator is None:
+            return out, None
+        if durations is None:
+            raise ValueError("calibrated scoring needs both utterances' durations")
+        if snr is None and any(f.startswith("snr_") for f in self.calibrator.features):
+            raise ValueError(
+                "this model's calibration uses the recordings' SNR estimates (snr_e, snr_t), and none were given "
+                "(score_embeddings needs snr_a/snr_b; sliding windows in track/online carry none): give them, score "
+                "on the AS-norm scale, or use a calibration without the SNR features"
+            )
+        db = None if snr is None else np.array([snr[0], *snr[1]], dtype=np.float64)
+        q = quality_measures(raw, np.array([durations[0], *durations[1]], dtype=np.float64), db)
+        features = trial_features(out["asnorm"], q, e, t)
+        out["calibrated"] = self.calibrator.transform(features)
+        return out, self.calibrator.outside_reasons(features)
 
     # -- thresholds -------------------------------------------------------------------------------
     def threshold(self, far: float | None = None, scale: str | None = None) -> Threshold:

@@ -72,30 +72,40 @@ class VerificationResult:
 
     Attributes:
         score: the trial score on ``scale``.
-        threshold: the threshold in use (same scale).
-        decision: True when ``score >= threshold`` (same speaker).
+        threshold: the threshold in use (same scale); None when there is none (see ``outside_calibration``).
+        decision: True when ``score >= threshold`` (same speaker); None: no decision (no threshold).
         scale: ``cosine``, ``asnorm`` or ``calibrated`` (an LLR).
-        threshold_source: where the threshold came from.
+        threshold_source: where the threshold came from (or why there is none).
         cosine: the cosine score (after mean subtraction), whatever the scale.
+        outside_calibration: None, or why the trial got no calibrated decision: a side's duration or SNR lies
+            outside the conditions the model's calibration was fitted on (measure, value, fitted range). The
+            score and decision are then on the AS-norm scale, with its stored threshold, or there is no
+            decision when the model stores none (docs/evaluation.md#calibration-conditions).
     """
 
     score: float
-    threshold: float
-    decision: bool
+    threshold: float | None
+    decision: bool | None
     scale: str
     threshold_source: str
     cosine: float
+    outside_calibration: str | None = None
 
     @property
     def label(self) -> str:
+        if self.decision is None:
+            return "no decision"
         return "same speaker" if self.decision else "different speakers"
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "label": self.label}
 
     def __str__(self) -> str:
+        why = f"; outside the calibration: {self.outside_calibration}" if self.outside_calibration else ""
+        if self.decision is None or self.threshold is None:
+            return f"{self.label} (score {self.score:.4f}, {self.scale}: {self.threshold_source}{why})"
         op = ">=" if self.decision else "<"
-        return f"{self.label} (score {self.score:.4f} {op} threshold {self.threshold:.4f}, {self.scale})"
+        return f"{self.label} (score {self.score:.4f} {op} threshold {self.threshold:.4f}, {self.scale}{why})"
 
 
 class Verifier:
@@ -115,6 +125,10 @@ class Verifier:
             capped at the cohort size).
         batch_seconds: padded audio per batch (batch size x longest item), in seconds.
         use_stored_cohort: False scores a model that stores a cohort without it (cosine scale).
+        calibration_guard: on the calibrated scale, a trial outside the conditions the calibration was
+            fitted on (a side's duration or SNR estimate outside the fitted range) gets no calibrated
+            decision (:attr:`VerificationResult.outside_calibration`); False decides every trial on the
+            calibrated scale.
     """
 
     def __init__(
@@ -126,7 +140,9 @@ class Verifier:
         asnorm_top_k: int | None = None,
         batch_seconds: float = 60.0,
         use_stored_cohort: bool = True,
+        calibration_guard: bool = True,
     ):
+        self.calibration_guard = bool(calibration_guard)
         if hasattr(model, "frontend") and hasattr(model, "forward"):
             from mlsv.inference.torch_runtime import TorchEmbedder  # here: the ONNX runtime needs no torch
 
@@ -320,28 +336,37 @@ class Verifier:
 
     def _enrolment(self, enroll: Enrolment, sample_rate: int | None) -> tuple[np.ndarray, float]:
         """The raw embedding and seconds of an enrolment (one recording, or a list of them)."""
-        return _pool(*self.embedder.embed_many(_inputs(enroll), sample_rate))
+        embedding, seconds, _ = _pool(*self.embedder.embed_measured(_inputs(enroll), sample_rate))
+        return embedding, seconds
 
     # -- scoring and decisions --------------------------------------------------------------------
     def score_embeddings(
-        self, a: np.ndarray, b: np.ndarray, duration_a: float | None = None, duration_b: float | None = None
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        duration_a: float | None = None,
+        duration_b: float | None = None,
+        snr_a: float | None = None,
+        snr_b: float | None = None,
     ) -> dict[str, float]:
         """Scores two raw embeddings (E,) on every available scale: ``{"cosine", "asnorm"?, "calibrated"?}``.
 
-        ``duration_*`` (seconds) are needed only on the calibrated scale.
+        ``duration_*`` (seconds) are needed only on the calibrated scale, ``snr_*`` (dB SNR estimates, e.g. an
+        embeddings table's ``snr``) only by a calibration with the SNR features.
         """
-        return self.scorer.score_embeddings(a, b, duration_a, duration_b)
+        return self.scorer.score_embeddings(a, b, duration_a, duration_b, snr_a, snr_b)
 
-    def _pair_scores(self, a: Enrolment, b: AudioInput, sample_rate: int | None) -> dict[str, float]:
+    def _pair_scores(self, a: Enrolment, b: AudioInput, sample_rate: int | None) -> tuple[dict[str, float], str | None]:
         enroll = _inputs(a)
-        matrix, durations = self.embedder.embed_many([*enroll, b], sample_rate)
-        embedding, seconds = _pool(matrix[:-1], durations[:-1])
-        return self.scorer.score_embeddings(embedding, matrix[-1], seconds, float(durations[-1]))
+        matrix, durations, snr = self.embedder.embed_measured([*enroll, b], sample_rate)
+        embedding, seconds, db = _pool(matrix[:-1], durations[:-1], snr[:-1])
+        return self.scorer.score_trial(embedding, matrix[-1], seconds, float(durations[-1]), db, float(snr[-1]))
 
     def score(self, a: Enrolment, b: AudioInput, sample_rate: int | None = None) -> float:
         """The trial score of two utterances on :attr:`score_scale` (higher: more likely the same speaker);
-        ``a`` may be a list of one speaker's recordings (see :meth:`verify`)."""
-        return self._pair_scores(a, b, sample_rate)[self.score_scale]
+        ``a`` may be a list of one speaker's recordings (see :meth:`verify`). On the calibrated scale the LLR,
+        whether or not the trial lies within the calibration's conditions (:meth:`verify` says)."""
+        return self._pair_scores(a, b, sample_rate)[0][self.score_scale]
 
     def threshold(self, far: float | None = None, scale: str | None = None) -> Threshold:
         """The decision threshold on ``scale`` (default :attr:`score_scale`): see :mod:`mlsv.inference.scorer`.
@@ -378,7 +403,40 @@ class Verifier:
         scale = self.score_scale
         th = self.scorer.decision_threshold(far, threshold, scale)  # fails before any audio is read
         sample_rate = check_sample_rate(sample_rate)
-        return _result(self._pair_scores(a, b, sample_rate), scale, th)
+        scores, outside = self._pair_scores(a, b, sample_rate)
+        return self._decide(scores, outside, scale, th, far, threshold)
+
+    def _decide(
+        self,
+        scores: dict[str, float],
+        outside: str | None,
+        scale: str,
+        th: Threshold,
+        far: float | None,
+        threshold: float | None,
+    ) -> VerificationResult:
+        """The result on ``scale``, or, for a calibrated trial outside the calibration's conditions (and the
+        guard on), on the AS-norm scale with its own threshold (for ``far``, or the model's), or no decision
+        when there is none (a ``threshold`` given for LLRs does not apply to AS-norm scores)."""
+        if scale != "calibrated" or outside is None or not self.calibration_guard:
+            return _result(scores, scale, th)
+        fallback = "asnorm"
+        if threshold is not None:
+            reason = "no AS-norm threshold: the threshold given applies to calibrated LLRs"
+        else:
+            try:
+                return _result(scores, fallback, self.scorer.threshold(far=far, scale=fallback), outside)
+            except ValueError as e:
+                reason = f"no AS-norm threshold ({e})"
+        return VerificationResult(
+            score=scores[fallback],
+            threshold=None,
+            decision=None,
+            scale=fallback,
+            threshold_source=reason,
+            cosine=scores["cosine"],
+            outside_calibration=outside,
+        )
 
     def verify_pairs(
         self,
@@ -426,12 +484,14 @@ class Verifier:
             if not isinstance(pair, (list, tuple)) or len(pair) != 2:
                 raise ValueError(f"verify_pairs: item #{i} is not an (enrolment, test) pair: {pair!r:.80}")
             rows.append(([row(x) for x in _inputs(pair[0])], row(pair[1])))
-        matrix, durations = self.embedder.embed_many(inputs, sample_rate, progress=progress)
+        matrix, durations, snr = self.embedder.embed_measured(inputs, sample_rate, progress=progress)
         results = []
         for enroll, test in rows:
-            embedding, seconds = _pool(matrix[enroll], durations[enroll])
-            scores = self.scorer.score_embeddings(embedding, matrix[test], seconds, float(durations[test]))
-            results.append(_result(scores, scale, th))
+            embedding, seconds, db = _pool(matrix[enroll], durations[enroll], snr[enroll])
+            scores, outside = self.scorer.score_trial(
+                embedding, matrix[test], seconds, float(durations[test]), db, float(snr[test])
+            )
+            results.append(self._decide(scores, outside, scale, th, far, threshold))
         return results
 
     def identify(
@@ -457,11 +517,11 @@ class Verifier:
         scale = self.score_scale
         th = self.scorer.decision_threshold(far, threshold, scale)
         sample_rate = check_sample_rate(sample_rate)
-        names, matrix, seconds = self._speaker_set(speakers, sample_rate)
-        test_matrix, test_seconds = self.embedder.embed_many([test], sample_rate)
-        scores = self.scorer.scores_against(test_matrix[0], matrix, (float(test_seconds[0]), seconds), a_is_test=True)[
-            scale
-        ]
+        names, matrix, seconds, snr = self._speaker_set(speakers, sample_rate)
+        test_matrix, test_seconds, test_snr = self.embedder.embed_measured([test], sample_rate)
+        scores = self.scorer.scores_against(
+            test_matrix[0], matrix, (float(test_seconds[0]), seconds), a_is_test=True, snr=(float(test_snr[0]), snr)
+        )[scale]
         order = np.argsort(-scores, kind="stable")
         best = float(scores[order[0]])
         return Identification(
@@ -475,9 +535,9 @@ class Verifier:
 
     def _speaker_set(
         self, speakers: Mapping[str, Enrolment] | EmbeddingTable, sample_rate: int | None
-    ) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """Enrolled speakers as (names, (S, E) raw embeddings, (S,) seconds): all recordings embedded in
-        one batched pass, or a table's rows, pooled per speaker."""
+    ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """Enrolled speakers as (names, (S, E) raw embeddings, (S,) seconds, (S,) SNR dB): all recordings
+        embedded in one batched pass, or a table's rows, pooled per speaker."""
         if isinstance(speakers, EmbeddingTable):
             if speakers.speakers is None:
                 raise ValueError(
@@ -492,6 +552,7 @@ class Verifier:
             if not len(speakers.ids):
                 raise ValueError("the enrolled speakers' table is empty")
             owners, matrix, durations = speakers.speakers.tolist(), speakers.embeddings, speakers.durations
+            snr = speakers.snr
         else:
             if not isinstance(speakers, Mapping) or not speakers:
                 raise ValueError(
@@ -507,9 +568,9 @@ class Verifier:
                 recordings = _inputs(enrolment)
                 owners += [str(name)] * len(recordings)
                 inputs += recordings
-            matrix, durations = self.embedder.embed_many(inputs, sample_rate)
-        pooled = pool_rows(owners, matrix, durations)
-        return pooled.ids.tolist(), pooled.embeddings, pooled.durations
+            matrix, durations, snr = self.embedder.embed_measured(inputs, sample_rate)
+        pooled = pool_rows(owners, matrix, durations, snr)
+        return pooled.ids.tolist(), pooled.embeddings, pooled.durations, pooled.snr
 
     # -- where a speaker speaks -------------------------------------------------------------------
     def track(
@@ -576,7 +637,7 @@ class Verifier:
         )
 
 
-def _result(scores: dict[str, float], scale: str, th: Threshold) -> VerificationResult:
+def _result(scores: dict[str, float], scale: str, th: Threshold, outside: str | None = None) -> VerificationResult:
     """The decision of a pair's scores (``{"cosine", ...}``) on ``scale`` against ``th``."""
     s = scores[scale]
     return VerificationResult(
@@ -586,6 +647,7 @@ def _result(scores: dict[str, float], scale: str, th: Threshold) -> Verification
         scale=scale,
         threshold_source=th.source,
         cosine=scores["cosine"],
+        outside_calibration=outside,
     )
 
 
@@ -609,10 +671,11 @@ def _inputs(enroll: Enrolment) -> list:
     return inputs
 
 
-def _pool(matrix: np.ndarray, durations: np.ndarray) -> tuple[np.ndarray, float]:
-    """Several recordings of one speaker as one (``pool_rows``): (E,) embedding and total seconds."""
-    one = pool_rows(np.zeros(len(matrix), np.int64), matrix, durations)
-    return one.embeddings[0], float(one.durations[0])
+def _pool(matrix: np.ndarray, durations: np.ndarray, snr: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Several recordings of one speaker as one (``pool_rows``): (E,) embedding, total seconds and
+    duration-weighted mean SNR (dB)."""
+    one = pool_rows(np.zeros(len(matrix), np.int64), matrix, durations, snr)
+    return one.embeddings[0], float(one.durations[0]), float(one.snr[0])
 
 
 def _stored_cohort(model, backend) -> np.ndarray | None:

@@ -39,7 +39,9 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from .frontend import min_samples
 from .scoring_mlsv import (
     cosine_scores,
+    estimate_snr,
     normalized_rows,
+    outside_reasons,
     qmf_llr,
     quality_measures,
     subtract_mean,
@@ -138,6 +140,7 @@ class SpeakerVerificationPipeline(Pipeline):
             "attention_mask": mask,
             "order": order,
             "lengths": [w.size for w in waves],
+            "snr": [estimate_snr(w, self.sampling_rate) for w in waves],
             "kind": kind,
         }
 
@@ -147,7 +150,7 @@ class SpeakerVerificationPipeline(Pipeline):
         emb = out.embeddings.float()
         rows = torch.empty_like(emb)
         rows[torch.as_tensor(model_inputs["order"])] = emb
-        return {"embeddings": rows, **{k: model_inputs[k] for k in ("lengths", "kind")}}
+        return {"embeddings": rows, **{k: model_inputs[k] for k in ("lengths", "snr", "kind")}}
 
     def postprocess(  # type: ignore[override]
         self, model_outputs: dict[str, Any], threshold: float | None = None
@@ -157,10 +160,13 @@ class SpeakerVerificationPipeline(Pipeline):
         # mlsv's float32 seconds, and its length-weighted mean of a recording's pieces (here one piece)
         seconds = (lengths / self.sampling_rate).astype(np.float32)
         embeddings = ((matrix.astype(np.float64) * lengths[:, None]) / lengths[:, None]).astype(np.float32)
+        snr = np.asarray(model_outputs["snr"], dtype=np.float32)  # mlsv's float32 table column
         if model_outputs["kind"] == "embedding":
             return {"embedding": embeddings[0], "duration": float(seconds[0])}
-        enroll, enroll_seconds = pool(embeddings[:-1], seconds[:-1])
-        return self.scoring.verify(enroll, embeddings[-1], enroll_seconds, float(seconds[-1]), threshold)
+        enroll, enroll_seconds, enroll_snr = pool(embeddings[:-1], seconds[:-1], snr[:-1])
+        return self.scoring.verify(
+            enroll, embeddings[-1], enroll_seconds, float(seconds[-1]), threshold, enroll_snr, float(snr[-1])
+        )
 
     # -- audio ----------------------------------------------------------------------------------
     def _load(self, x: Any, sampling_rate: int | None, name: str) -> np.ndarray:
@@ -205,7 +211,8 @@ class SpeakerVerificationPipeline(Pipeline):
 class StoredScoring:
     """Scores raw embeddings as ``mlsv.inference.scorer.Scorer`` does with what a model stores: its mean, its
     AS-norm cohort (``cohort_embeddings``, speaker means already mean-subtracted) and its calibration, and
-    decides against the model's threshold on that scale."""
+    decides against the model's threshold on that scale; a calibrated trial outside the calibration's
+    conditions is decided on the AS-norm scale, or not at all, as ``Verifier.verify`` does."""
 
     def __init__(self, config, cohort: torch.Tensor | None):
         self.config = config
@@ -235,8 +242,18 @@ class StoredScoring:
             return "calibrated" if self.calibration is not None else "asnorm"
         return "cosine"
 
-    def scores(self, a: np.ndarray, b: np.ndarray, seconds_a: float, seconds_b: float) -> dict[str, float]:
-        """Two raw embeddings (E,) scored on every scale the model stores what it needs for."""
+    def scores(
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        seconds_a: float,
+        seconds_b: float,
+        snr_a: float = float("nan"),
+        snr_b: float = float("nan"),
+    ) -> tuple[dict[str, float], str | None]:
+        """Two raw embeddings (E,) scored on every scale the model stores what it needs for, and why the trial
+        lies outside the calibration's conditions (None: inside, or no calibration)."""
+        outside = None
         raw = np.stack([np.asarray(a, np.float32), np.asarray(b, np.float32)])
         x = subtract_mean(raw, self.mean)
         e, t = np.array([0]), np.array([1])
@@ -250,8 +267,12 @@ class StoredScoring:
             out["asnorm"] = 0.5 * ((cosine - mu[e]) / sigma[e] + (cosine - mu[t]) / sigma[t])
             if self.calibration is not None:
                 cal = self.calibration
-                q = quality_measures(raw, np.array([seconds_a, seconds_b], dtype=np.float64))
+                q = quality_measures(
+                    raw, np.array([seconds_a, seconds_b], dtype=np.float64), np.array([snr_a, snr_b], np.float64)
+                )
                 features = trial_features(out["asnorm"], q, e, t)
+                if any(f not in features or not np.isfinite(features[f]).all() for f in cal["features"]):
+                    raise ValueError("the calibration's features need both recordings' SNR estimates")
                 matrix = np.stack([np.asarray(features[f], np.float64).reshape(-1) for f in cal["features"]], axis=1)
                 out["calibrated"] = qmf_llr(
                     matrix,
@@ -261,7 +282,8 @@ class StoredScoring:
                     float(cal["intercept"]),
                     float(cal["train_prior"]),
                 )
-        return {k: float(v[0]) for k, v in out.items()}
+                outside = outside_reasons(cal.get("conditions") or {}, features)[0]
+        return {k: float(v[0]) for k, v in out.items()}, outside
 
     def threshold(self, scale: str) -> tuple[float, str]:
         """The model's decision threshold on ``scale`` and where it comes from: the EER point stored for that
@@ -287,31 +309,52 @@ class StoredScoring:
         )
 
     def verify(
-        self, a: np.ndarray, b: np.ndarray, seconds_a: float, seconds_b: float, threshold: float | None = None
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        seconds_a: float,
+        seconds_b: float,
+        threshold: float | None = None,
+        snr_a: float = float("nan"),
+        snr_b: float = float("nan"),
     ) -> dict[str, Any]:
         """Score, threshold and decision (``score >= threshold``: the same speaker) of a pair, as mlsv's
-        ``VerificationResult.to_dict()``."""
+        ``VerificationResult.to_dict()``: a calibrated trial outside the calibration's conditions gets the
+        AS-norm score and threshold, or no decision (``decision`` None) when there is no AS-norm threshold."""
         scale = self.scale
         value, source = (threshold, "given by the caller") if threshold is not None else self.threshold(scale)
-        scores = self.scores(a, b, seconds_a, seconds_b)
-        decision = bool(scores[scale] >= value)
+        scores, outside = self.scores(a, b, seconds_a, seconds_b, snr_a, snr_b)
+        decided: float | None = value
+        if scale == "calibrated" and outside is not None:
+            scale = "asnorm"
+            if threshold is not None:
+                decided, source = None, "no AS-norm threshold: the threshold given applies to calibrated LLRs"
+            else:
+                try:
+                    decided, source = self.threshold(scale)
+                except ValueError as e:
+                    decided, source = None, f"no AS-norm threshold ({e})"
+        decision = None if decided is None else bool(scores[scale] >= decided)
         return {
             "score": scores[scale],
-            "threshold": float(value),
+            "threshold": None if decided is None else float(decided),
             "decision": decision,
-            "label": "same speaker" if decision else "different speakers",
+            "label": "no decision" if decision is None else "same speaker" if decision else "different speakers",
             "scale": scale,
             "threshold_source": source,
             "cosine": scores["cosine"],
+            "outside_calibration": outside,
         }
 
 
-def pool(embeddings: np.ndarray, seconds: np.ndarray) -> tuple[np.ndarray, float]:
-    """One speaker's recordings as one: the duration-weighted mean embedding (E,) and the total seconds."""
+def pool(embeddings: np.ndarray, seconds: np.ndarray, snr: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """One speaker's recordings as one: the duration-weighted mean embedding (E,), the total seconds and the
+    duration-weighted mean SNR (dB)."""
     dur = np.asarray(seconds, np.float64)
     total = dur.sum(dtype=np.float64)
     mean = (np.asarray(embeddings, np.float64) * dur[:, None]).sum(0) / max(total, 1e-9)
-    return mean.astype(np.float32), float(np.float32(total))
+    db = float(np.float32((np.asarray(snr, np.float64) * dur).sum() / max(total, 1e-9)))
+    return mean.astype(np.float32), float(np.float32(total)), db
 
 
 def _read_file(source: str | os.PathLike | bytes | bytearray, name: str) -> tuple[np.ndarray, int]:

@@ -17,6 +17,13 @@ vector (the cohort mean, or the one passed in) for every pair. The reference's m
 pair's own speakers; leaving them out would need a different mean, hence a different cohort matrix, per
 pair. The bias is one speaker's share of the mean (about 1/6000 of its offset for VoxCeleb2), which we
 accept and document rather than make fitting and test features differ.
+
+What we add (docs/evaluation.md#calibration-conditions): the blind SNR estimate of each recording
+(:func:`mlsv.data.audio.estimate_snr`) as two optional features (``snr_e``, ``snr_t``: ``with_snr=True``), and
+the **conditions guard**: a fitted calibrator records the range of the per-utterance log duration and SNR over
+its fitting pairs (:attr:`QualityCalibrator.conditions_`), and :meth:`QualityCalibrator.outside_conditions`
+marks the trials with a side outside it, for which a calibrated LLR is an extrapolation that nothing vouches
+for (a calibration fitted on clean speech gave an actual DCF of 2.65 on noisy trials).
 """
 
 from __future__ import annotations
@@ -47,10 +54,16 @@ from mlsv.scoring.embeddings import EmbeddingTable
 from mlsv.scoring.metrics import cllr, eer
 
 __all__ = [
+    "ALL_FEATURES",
+    "CONDITION_MARGINS",
+    "CONDITION_PERCENTILES",
     "FEATURES",
+    "GUARDED",
+    "SNR_FEATURES",
     "CalibrationPairs",
     "QualityCalibrator",
     "draw_calibration_pairs",
+    "fitted_conditions",
     "fit_calibration",
     "quality_measures",
     "trial_features",
@@ -58,40 +71,59 @@ __all__ = [
 
 #: Per-utterance quality measures, computed on the raw (not mean-subtracted) embeddings.
 QUALITY = ("log_dur", "l1", "l2", "std")
-#: Trial features, in the reference's order; ``_e``/``_t`` are the enrolment and test sides.
+#: Trial features, in the reference's order; ``_e``/``_t`` are the enrolment and test sides. The default set.
 FEATURES = ("score", "log_dur_e", "log_dur_t", "l1_e", "l2_e", "l1_t", "l2_t", "std_e", "std_t")
+#: The optional SNR features (dB, :func:`mlsv.data.audio.estimate_snr` of each side's recording).
+SNR_FEATURES = ("snr_e", "snr_t")
+ALL_FEATURES = FEATURES + SNR_FEATURES
+#: Per-utterance measures whose fitted range the conditions guard records.
+GUARDED = ("log_dur", "snr")
+#: The guard's range of a measure: the 1st to 99th percentile of the fitting pairs' utterance sides (not the
+#: min/max, which one odd cohort recording would stretch), widened by a margin so that a trial is refused only
+#: when clearly outside: 3 dB of SNR (benchmarks/snr_guard.py: noise at 5-20 dB is then refused 100 %, other
+#: clean recordings 8 %; 6 dB lowers the latter only to 4 %), a factor 1.25 in duration.
+CONDITION_PERCENTILES = (1.0, 99.0)
+CONDITION_MARGINS = {"log_dur": math.log(1.25), "snr": 3.0}
 THRESHOLDS = ("eer", "far", "bayes")
-FORMAT_VERSION = 1
+#: 2: ``conditions`` (the guard's ranges) stored; version 1 files load with no conditions (nothing guarded).
+FORMAT_VERSION = 2
 _MIN_DURATION = 1e-3  # seconds; keeps log-duration finite for missing (0) durations
 
 
-def quality_measures(embeddings: np.ndarray, durations: np.ndarray) -> dict[str, np.ndarray]:
+def quality_measures(
+    embeddings: np.ndarray, durations: np.ndarray, snr: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Per-utterance quality measures.
 
     Args:
         embeddings: (N, E) raw embeddings.
         durations: (N,) seconds (values below 1 ms are clamped to 1 ms before the log).
+        snr: (N,) SNR estimates in dB (NaN: unknown), or None (all unknown).
 
     Returns:
-        ``{"log_dur", "l1", "l2", "std"}``, each (N,) float64; ``std`` is the population std (ddof 0)
+        ``{"log_dur", "l1", "l2", "std", "snr"}``, each (N,) float64; ``std`` is the population std (ddof 0)
         over the E entries.
     """
     x = np.asarray(embeddings, dtype=np.float64)
     d = np.asarray(durations, dtype=np.float64).reshape(-1)
     if x.ndim != 2 or d.shape[0] != x.shape[0]:
         raise ValueError(f"embeddings {x.shape} and durations {d.shape} do not match")
+    q = np.full(len(d), np.nan) if snr is None else np.asarray(snr, dtype=np.float64).reshape(-1)
+    if q.shape != d.shape:
+        raise ValueError(f"snr {q.shape} and durations {d.shape} do not match")
     return {
         "log_dur": np.log(np.maximum(d, _MIN_DURATION)),
         "l1": np.abs(x).sum(1),
         "l2": np.linalg.norm(x, axis=1),
         "std": x.std(1),
+        "snr": q,
     }
 
 
 def trial_features(
     score: np.ndarray, quality: Mapping[str, np.ndarray], enroll_idx: ArrayLike, test_idx: ArrayLike
 ) -> dict[str, np.ndarray]:
-    """All :data:`FEATURES` of N trials.
+    """All :data:`FEATURES` of N trials, and the :data:`SNR_FEATURES` when ``quality`` has a known ``snr``.
 
     Args:
         score: (N,) AS-norm scores.
@@ -99,22 +131,54 @@ def trial_features(
         enroll_idx, test_idx: (N,) rows into ``quality`` for each trial's two sides.
 
     Returns:
-        ``{name: (N,) float64}`` for every name in :data:`FEATURES`.
+        ``{name: (N,) float64}`` for every name in :data:`FEATURES` (and :data:`SNR_FEATURES`; NaN: unknown).
     """
     e = np.asarray(enroll_idx, dtype=np.int64)
     t = np.asarray(test_idx, dtype=np.int64)
     out = {"score": np.asarray(score, dtype=np.float64)}
-    for q in QUALITY:
-        out[f"{q}_e"] = quality[q][e]
-        out[f"{q}_t"] = quality[q][t]
-    return {name: out[name] for name in FEATURES}
+    known = "snr" in quality and bool(np.isfinite(np.asarray(quality["snr"], dtype=np.float64)).any())
+    measures = QUALITY + (("snr",) if known else ())
+    for q in measures:
+        out[f"{q}_e"] = np.asarray(quality[q], dtype=np.float64)[e]
+        out[f"{q}_t"] = np.asarray(quality[q], dtype=np.float64)[t]
+    return {name: out[name] for name in ALL_FEATURES if name in out}
+
+
+def fitted_conditions(features: Mapping[str, np.ndarray]) -> dict[str, list[float]]:
+    """The guard's ranges of the :data:`GUARDED` measures over trial features (both sides of every trial):
+    ``{measure: [low, high]}``, :data:`CONDITION_PERCENTILES` widened by :data:`CONDITION_MARGINS`. A measure
+    missing or unknown (NaN) on any side is left out: unguarded."""
+    out = {}
+    for m in GUARDED:
+        if f"{m}_e" not in features or f"{m}_t" not in features:
+            continue
+        v = np.concatenate([np.asarray(features[f"{m}_e"], np.float64), np.asarray(features[f"{m}_t"], np.float64)])
+        if v.size == 0 or not np.isfinite(v).all():
+            continue
+        lo, hi = np.percentile(v, CONDITION_PERCENTILES)
+        out[m] = [float(lo - CONDITION_MARGINS[m]), float(hi + CONDITION_MARGINS[m])]
+    return out
+
+
+def _n_trials(features: Mapping[str, np.ndarray]) -> int:
+    return len(np.asarray(features["score"] if "score" in features else next(iter(features.values()))))
+
+
+def _show(measure: str, value: float) -> str:
+    return f"duration {math.exp(value):.2f} s" if measure == "log_dur" else f"SNR {value:.1f} dB"
+
+
+def _show_range(measure: str, lo: float, hi: float) -> str:
+    if measure == "log_dur":
+        return f"{math.exp(lo):.2f}-{math.exp(hi):.2f} s"
+    return f"{lo:.1f}-{hi:.1f} dB"
 
 
 class QualityCalibrator:
     """Logistic QMF calibration to log-likelihood ratios, with a stored decision threshold.
 
     Args:
-        features: names of the features to use, a subset of :data:`FEATURES` (order is kept).
+        features: names of the features to use, a subset of :data:`ALL_FEATURES` (order is kept).
         prior: effective target prior the training pairs are weighted to, in (0, 1); None uses the
             pairs' own proportion unweighted. Either way its log-odds are subtracted from the output.
         regularization: sklearn's ``C`` (inverse L2 strength) on the standardised features.
@@ -128,6 +192,9 @@ class QualityCalibrator:
         center_, scale_: (F,) standardisation.
         coef_: (F,) weights on standardised features; intercept_: float.
         threshold_: LLR threshold (accept ``llr >= threshold_``).
+        conditions_: ``{measure: [low, high]}`` the guard's ranges (:func:`fitted_conditions`) of the
+            :data:`GUARDED` measures it could see on the fitting pairs; a calibration stored before mlsv
+            recorded them (format 1) has none: nothing is guarded.
         info: free-form metadata saved with the model (AS-norm settings, training metrics).
     """
 
@@ -142,9 +209,9 @@ class QualityCalibrator:
         p_target: float = 0.01,
     ):
         features = tuple(features)
-        unknown = [f for f in features if f not in FEATURES]
+        unknown = [f for f in features if f not in ALL_FEATURES]
         if unknown or not features or len(set(features)) != len(features):
-            raise ValueError(f"features must be distinct names from {FEATURES}, got {features}")
+            raise ValueError(f"features must be distinct names from {ALL_FEATURES}, got {features}")
         if prior is not None and not 0.0 < prior < 1.0:
             raise ValueError(f"prior must be in (0, 1) or None, got {prior}")
         if threshold not in THRESHOLDS:
@@ -165,9 +232,18 @@ class QualityCalibrator:
         self.intercept_: float = 0.0
         self.train_prior_: float = 0.5
         self.threshold_: float = 0.0
+        self.conditions_: dict[str, list[float]] = {}
         self.info: dict = {}
 
     def _matrix(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        unknown_snr = [
+            f for f in self.features if f in SNR_FEATURES and (f not in features or not np.isfinite(features[f]).all())
+        ]
+        if unknown_snr:
+            raise ValueError(
+                "this calibration uses the SNR features but some recordings have no SNR estimate (embedding "
+                "tables written before mlsv stored one): embed them again (mlsv embed / Verifier.embed_table)"
+            )
         missing = [f for f in self.features if f not in features]
         if missing:
             raise KeyError(f"missing calibration features {missing}; have {sorted(features)}")
@@ -216,7 +292,49 @@ class QualityCalibrator:
         self.intercept_ = float(model.intercept_[0])
         llr = self.transform(features)
         self.threshold_ = self._pick_threshold(llr, y)
+        self.conditions_ = fitted_conditions(features)
         return self
+
+    @property
+    def unguarded(self) -> list[str]:
+        """The :data:`GUARDED` measures this calibration has no fitted range for (e.g. ``snr`` when fitted on
+        tables without SNR estimates; all of them for a format-1 calibration)."""
+        return [m for m in GUARDED if m not in self.conditions_]
+
+    def outside_conditions(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        """(N,) bool: the trials with a side outside the conditions the calibration was fitted on.
+
+        Args:
+            features: trial features (:func:`trial_features`), with ``log_dur_e/_t`` and, to guard SNR,
+                ``snr_e/_t``. A guarded measure absent or unknown (NaN) for a trial does not mark it (nothing
+                to compare); :attr:`unguarded` lists the measures the calibration itself cannot guard.
+        """
+        mask = np.zeros(_n_trials(features), dtype=bool)
+        for _, _, bad in self._outside_sides(features):
+            mask |= bad
+        return mask
+
+    def _outside_sides(self, features: Mapping[str, np.ndarray]):
+        """(measure, side, (N,) bool outside) for every guarded measure and side present in ``features``."""
+        for m, (lo, hi) in self.conditions_.items():
+            for side in ("e", "t"):
+                if f"{m}_{side}" in features:
+                    v = np.asarray(features[f"{m}_{side}"], np.float64).reshape(-1)
+                    with np.errstate(invalid="ignore"):  # NaN (unknown) compares False: not outside
+                        yield m, side, (v < lo) | (v > hi)
+
+    def outside_reasons(self, features: Mapping[str, np.ndarray]) -> list[str | None]:
+        """Per trial, None inside the conditions, else why not: the first side and measure outside, its value
+        and the fitted range (e.g. ``"test SNR 4.2 dB outside the calibration's 31.0-62.0 dB"``)."""
+        out: list[str | None] = [None] * _n_trials(features)
+        for m, side, bad in self._outside_sides(features):
+            lo, hi = self.conditions_[m]
+            name = "enrolment" if side == "e" else "test"
+            v = np.asarray(features[f"{m}_{side}"], np.float64).reshape(-1)
+            for i in np.flatnonzero(bad):
+                if out[i] is None:
+                    out[i] = f"{name} {_show(m, v[i])} outside the calibration's {_show_range(m, lo, hi)}"
+        return out
 
     def _pick_threshold(self, llr: np.ndarray, y: np.ndarray) -> float:
         if self.threshold == "eer":
@@ -266,6 +384,7 @@ class QualityCalibrator:
             "target_far": self.target_far,
             "p_target": self.p_target,
             "threshold": self.threshold_,
+            "conditions": self.conditions_,
             "info": self.info,
         }
 
@@ -292,6 +411,7 @@ class QualityCalibrator:
         cal.train_prior_ = float(d["train_prior"])
         cal.threshold_ = float(d["threshold"])
         cal.info = dict(d.get("info", {}))
+        cal.conditions_ = {str(m): [float(v[0]), float(v[1])] for m, v in (d.get("conditions") or {}).items()}
         n = len(cal.features)
         if not (cal.center_.shape == cal.scale_.shape == cal.coef_.shape == (n,)):
             raise ValueError(f"calibration arrays do not match its {n} features")
@@ -449,7 +569,7 @@ def pair_features(
     mu_t, sd_t = topk_stats(values, indices, top_k, pairs.exclude, rows=t)
     s = cosine_scores_indexed(x, e, t, device=device)
     asn = 0.5 * ((s - mu_e) / sd_e + (s - mu_t) / sd_t)
-    quality = quality_measures(table.embeddings[used], table.durations[used])
+    quality = quality_measures(table.embeddings[used], table.durations[used], table.snr[used])
     return trial_features(asn, quality, e, t)
 
 
@@ -461,6 +581,7 @@ def fit_calibration(
     n_pairs: int = 30000,
     seed: int = 7,
     features: Sequence[str] = FEATURES,
+    with_snr: bool = False,
     prior: float | None = 0.5,
     regularization: float = 1.0,
     threshold: str = "eer",
@@ -476,11 +597,23 @@ def fit_calibration(
         top_k: AS-norm cohort size, as used when scoring.
         n_pairs, seed: calibration pairs (:func:`draw_calibration_pairs`).
         features, prior, regularization, threshold, target_far, p_target: see :class:`QualityCalibrator`.
+        with_snr: add the :data:`SNR_FEATURES` to ``features`` (the table needs SNR estimates: tables that
+            ``mlsv embed``, ``Verifier.embed_table`` and ``mlsv evaluate`` write have them).
         device: torch device for the cohort similarities.
 
     Returns:
-        The fitted calibrator; ``info`` records the AS-norm settings, the mean and training Cllr/EER.
+        The fitted calibrator; ``info`` records the AS-norm settings, the mean and training Cllr/EER;
+        ``conditions_`` the guard's ranges (SNR only when every cohort row has an estimate).
     """
+    features = tuple(features)
+    if with_snr:
+        features += tuple(f for f in SNR_FEATURES if f not in features)
+    if any(f in SNR_FEATURES for f in features) and not cohort_table.has_snr:
+        missing = int((~np.isfinite(cohort_table.snr)).sum())
+        raise ValueError(
+            f"the SNR features need every cohort recording's SNR estimate; {missing} of {len(cohort_table)} have "
+            "none (a table written before mlsv stored SNR): embed the cohort again with mlsv embed"
+        )
     mean = embedding_mean(cohort_table.embeddings) if mean is None else np.asarray(mean, np.float32).reshape(-1)
     cohort = cohort_from_table(cohort_table, mean)
     pairs = draw_calibration_pairs(cohort_table, n_pairs, seed)

@@ -1,12 +1,13 @@
 """Embedding tables: the ``.npz`` file format of docs/evaluation.md#file-formats.
 
-A table holds ids, embeddings, durations and, when known, speakers.
+A table holds ids, embeddings, durations and, when known, speakers and each recording's SNR estimate
+(:func:`mlsv.data.audio.estimate_snr`; NaN where unknown, e.g. in files written before mlsv stored it).
 """
 
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +22,15 @@ class EmbeddingTable:
         embeddings: (N, E) float32.
         durations: (N,) float32 seconds.
         speakers: (N,) speaker ids, or None (required for cohort files).
+        snr: (N,) float32 blind SNR estimates in dB (:func:`mlsv.data.audio.estimate_snr`), NaN where
+            unknown; not given (or None, or empty): all unknown.
     """
 
     ids: np.ndarray
     embeddings: np.ndarray
     durations: np.ndarray
     speakers: np.ndarray | None = None
+    snr: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     def __post_init__(self):
         self.ids = np.asarray(self.ids).astype(str)
@@ -42,6 +46,10 @@ class EmbeddingTable:
             self.speakers = np.asarray(self.speakers).astype(str)
             if self.speakers.shape != (n,):
                 raise ValueError(f"speakers has shape {self.speakers.shape}, expected ({n},)")
+        unknown = self.snr is None or (np.size(self.snr) == 0 and n > 0)
+        self.snr = np.full(n, np.nan, np.float32) if unknown else np.asarray(self.snr, dtype=np.float32)
+        if self.snr.shape != (n,):
+            raise ValueError(f"snr has shape {self.snr.shape}, expected ({n},)")
         repeated = repeated_ids(self.ids)
         if repeated:
             u, rows = repeated[0]
@@ -52,6 +60,11 @@ class EmbeddingTable:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def has_snr(self) -> bool:
+        """Whether every row has a (finite) SNR estimate."""
+        return bool(np.isfinite(np.asarray(self.snr)).all())
 
     def index(self) -> dict[str, int]:
         return {u: i for i, u in enumerate(self.ids)}
@@ -89,9 +102,10 @@ def repeated_ids(ids: np.ndarray) -> list[tuple[str, list[int]]]:
     return sorted(rows.items(), key=lambda item: item[1][0])  # in order of first appearance
 
 
-def pool_rows(ids, embeddings: np.ndarray, durations: np.ndarray) -> EmbeddingTable:
+def pool_rows(ids, embeddings: np.ndarray, durations: np.ndarray, snr: np.ndarray | None = None) -> EmbeddingTable:
     """Rows that share an id as one: their duration-weighted mean embedding and summed duration, ids in
-    the order they first appear. The rule for a long file's chunks and for one speaker's recordings."""
+    the order they first appear. The rule for a long file's chunks and for one speaker's recordings.
+    ``snr`` (dB, NaN unknown) pools as the duration-weighted mean of the dB values (NaN if any is unknown)."""
     ids = [str(u) for u in ids]
     position = {u: i for i, u in enumerate(dict.fromkeys(ids))}
     index = np.array([position[u] for u in ids], dtype=np.int64)
@@ -99,8 +113,15 @@ def pool_rows(ids, embeddings: np.ndarray, durations: np.ndarray) -> EmbeddingTa
     sums = np.zeros((len(position), np.shape(embeddings)[1]), np.float64)
     np.add.at(sums, index, np.asarray(embeddings, np.float64) * dur[:, None])
     total = np.bincount(index, weights=dur, minlength=len(position))
+    pooled_snr = np.full(len(position), np.nan, np.float32)
+    if snr is not None:
+        db = np.bincount(index, weights=np.asarray(snr, np.float64) * dur, minlength=len(position))
+        pooled_snr = (db / np.maximum(total, 1e-9)).astype(np.float32)  # NaN in, NaN out
     return EmbeddingTable(
-        np.array(list(position)), (sums / np.maximum(total, 1e-9)[:, None]).astype(np.float32), total.astype(np.float32)
+        np.array(list(position)),
+        (sums / np.maximum(total, 1e-9)[:, None]).astype(np.float32),
+        total.astype(np.float32),
+        snr=pooled_snr,
     )
 
 
@@ -111,6 +132,8 @@ def save_embeddings(table: EmbeddingTable, path: str | Path) -> None:
     arrays = {"ids": table.ids, "embeddings": table.embeddings, "durations": table.durations}
     if table.speakers is not None:
         arrays["speakers"] = table.speakers
+    if np.isfinite(np.asarray(table.snr)).any():
+        arrays["snr"] = table.snr
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub types the first keyword only
     tmp.replace(path)
@@ -145,7 +168,9 @@ def load_embeddings(path: str | Path) -> EmbeddingTable:
                 raise ValueError(f"{path}: missing array {key!r} (has {sorted(z.files)})")
         try:
             speakers = z["speakers"] if "speakers" in z else None
-            table = EmbeddingTable(z["ids"], z["embeddings"], z["durations"], speakers)
+            # files written before mlsv stored SNR: unknown (NaN)
+            snr = z["snr"] if "snr" in z else np.zeros(0, np.float32)
+            table = EmbeddingTable(z["ids"], z["embeddings"], z["durations"], speakers, snr)
         except (OSError, ValueError, zipfile.BadZipFile) as e:
             raise ValueError(f"{path}: {e}") from None
     check_finite(table, str(path))

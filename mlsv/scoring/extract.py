@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from mlsv.data.audio import estimate_snr
 from mlsv.models.loading import min_samples
 from mlsv.scoring.embeddings import EmbeddingTable
 
@@ -55,6 +56,7 @@ def extract_embeddings(
     sums: dict[str, np.ndarray] = {}
     weights: dict[str, float] = {}
     durations: dict[str, float] = {}
+    snr: dict[str, float] = {}  # duration-weighted sum of the chunks' SNR estimates (dB)
     if progress:
         from tqdm.auto import tqdm
 
@@ -70,18 +72,26 @@ def extract_embeddings(
             emb = model(wav, attention_mask=mask).embeddings
         emb = emb.float().cpu().numpy()
         n_valid = batch["attention_mask"].sum(-1).cpu().numpy().astype(np.float64)
+        host = batch["waveforms"].float().cpu().numpy()
         for i, uid in enumerate(batch["ids"]):
+            seconds = float(batch["durations"][i])
+            db = estimate_snr(host[i, : int(n_valid[i])], rate) * seconds
             if uid in sums:
                 sums[uid] += emb[i] * n_valid[i]
                 weights[uid] += n_valid[i]
-                durations[uid] += float(batch["durations"][i])  # chunks: the utterance is their sum
+                durations[uid] += seconds  # chunks: the utterance is their sum
+                snr[uid] += db
             else:
                 sums[uid] = emb[i] * n_valid[i]
                 weights[uid] = n_valid[i]
-                durations[uid] = float(batch["durations"][i])
+                durations[uid] = seconds
+                snr[uid] = db
     model.train(was_training)
     ids = list(sums)
     if not ids:
         return EmbeddingTable(np.array([], dtype=str), np.zeros((0, 0), np.float32), np.zeros(0, np.float32))
     matrix = np.stack([sums[u] / max(weights[u], 1.0) for u in ids]).astype(np.float32)
-    return EmbeddingTable(np.array(ids), matrix, np.array([durations[u] for u in ids], dtype=np.float32))
+    # a chunked utterance: its chunks' SNR estimates, weighted by duration (the whole file's estimate is not
+    # computed here: its chunks may come in different batches)
+    quality = np.array([snr[u] / max(durations[u], 1e-9) for u in ids], dtype=np.float32)
+    return EmbeddingTable(np.array(ids), matrix, np.array([durations[u] for u in ids], dtype=np.float32), snr=quality)

@@ -7,6 +7,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from mlsv.scoring.metrics import compute_metrics
 
 __all__ = [
     "STAGES",
+    "calibration_outside",
     "check_distinct_names",
     "final_stage",
     "score_index_lists",
@@ -87,6 +89,7 @@ def score_index_lists(
     top_k: int = ASNORM_TOP_K,
     calibrator: QualityCalibrator | None = None,
     device: str | torch.device | None = None,
+    snr: np.ndarray | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Scores several trial lists given as row indices, with AS-norm statistics computed once.
 
@@ -100,6 +103,7 @@ def score_index_lists(
         top_k: AS-norm cohort size.
         calibrator: fitted QMF; needs ``cohort`` (its first feature is the AS-norm score).
         device: torch device for the products.
+        snr: (N,) SNR estimates in dB (needed only by a calibrator with the SNR features).
 
     Returns:
         Per list, ``{"cosine": (T,), "asnorm": (T,) if cohort, "calibrated": (T,) if calibrator}``,
@@ -127,7 +131,9 @@ def score_index_lists(
     if calibrator is not None:
         if durations is None:
             raise ValueError("calibrated scoring needs utterance durations")
-        quality = quality_measures(embeddings[used], np.asarray(durations)[used])
+        quality = quality_measures(
+            embeddings[used], np.asarray(durations)[used], None if snr is None else np.asarray(snr)[used]
+        )
     e_all = np.concatenate([renumber[e] for e, _ in pairs]) if pairs else np.empty(0, np.int64)
     t_all = np.concatenate([renumber[t] for _, t in pairs]) if pairs else np.empty(0, np.int64)
     # One call for all lists, so the full-matrix shortcut sees the total number of trials.
@@ -143,6 +149,16 @@ def score_index_lists(
             scores["calibrated"] = calibrator.transform(trial_features(scores["asnorm"], quality, e, t))
         out.append(scores)
     return out
+
+
+def calibration_outside(table: EmbeddingTable, trials: Trials, calibrator: QualityCalibrator) -> np.ndarray:
+    """(T,) bool: the trials with a side outside the conditions ``calibrator`` was fitted on (its guard,
+    :meth:`~mlsv.scoring.calibration.QualityCalibrator.outside_conditions`), from the table's durations and
+    SNR estimates (an unknown SNR does not mark a trial)."""
+    e, t = trial_indices(table, trials)
+    q = {"log_dur": np.log(np.maximum(table.durations.astype(np.float64), 1e-3)), "snr": table.snr.astype(np.float64)}
+    features = {f"{m}_{side}": q[m][idx] for m in q for side, idx in (("e", e), ("t", t))}
+    return calibrator.outside_conditions(features)
 
 
 def _rows(idx, n: int) -> np.ndarray:
@@ -184,6 +200,7 @@ def score_trial_lists(
         top_k=top_k,
         calibrator=calibrator,
         device=device,
+        snr=table.snr,
     )
 
 
@@ -239,10 +256,14 @@ def trial_metrics(
     *,
     stage: str | None = None,
     p_targets: Sequence[float] = (0.01, 0.05),
+    outside: np.ndarray | None = None,
 ) -> dict:
     """Metrics of one scored trial list (its final stage unless ``stage`` is given).
 
     Calibrated scores also get ``act_dcf_<p>`` and ``cllr``. Raises ValueError when labels are unknown.
+    With ``outside`` ((T,) bool, :func:`calibration_outside`) calibrated metrics also get
+    ``n_outside_calibration`` and ``inside_calibration``: the same metrics on the trials inside the
+    calibration's conditions only (absent when those lack a class); the other keys stay over all trials.
     """
     if isinstance(scores, Mapping):
         stage = stage or final_stage(scores)
@@ -251,7 +272,17 @@ def trial_metrics(
         values = scores
     if not trials.has_labels:
         raise ValueError(f"trial list {trials.name!r} has unknown labels; metrics need 'LABEL ENROLL TEST' lines")
-    metrics = compute_metrics(values, trials.labels, tuple(p_targets), calibrated=stage == "calibrated")
+    metrics: dict[str, Any] = dict(
+        compute_metrics(values, trials.labels, tuple(p_targets), calibrated=stage == "calibrated")
+    )
+    if outside is not None and stage == "calibrated":
+        keep = ~np.asarray(outside, dtype=bool)
+        metrics["n_outside_calibration"] = int((~keep).sum())
+        labels = np.asarray(trials.labels)[keep]
+        if (labels == 1).any() and (labels == 0).any():
+            metrics["inside_calibration"] = compute_metrics(
+                np.asarray(values)[keep], labels, tuple(p_targets), calibrated=True
+            )
     return {**metrics, **trials.oddities()}
 
 

@@ -41,26 +41,28 @@ def _embed_manifest(model, manifest: str, acc, data):
     )
     table = extract_embeddings(model, loader, device=acc.device)
     parts = (
-        gather_object([(table.ids.tolist(), table.embeddings, table.durations)])
+        gather_object([(table.ids.tolist(), table.embeddings, table.durations, table.snr)])
         if acc.num_processes > 1
-        else [(table.ids.tolist(), table.embeddings, table.durations)]
+        else [(table.ids.tolist(), table.embeddings, table.durations, table.snr)]
     )
     return merge_parts(parts)
 
 
-def merge_parts(parts: list[tuple[list[str], np.ndarray, np.ndarray]]):
-    """Per-process (ids, embeddings, durations) -> one table. An utterance cut into chunks may have been
+def merge_parts(parts: list[tuple]):
+    """Per-process (ids, embeddings, durations[, snr]) -> one table. An utterance cut into chunks may have been
     embedded in parts by several processes (evaluation batches are dealt by chunk): its rows become their
-    duration-weighted mean (the weights the embedder uses within a process) with the summed duration."""
+    duration-weighted mean (the weights the embedder uses within a process) with the summed duration, and
+    the duration-weighted SNR (unknown where a part has none)."""
 
     ids = [u for p in parts for u in p[0]]
     if not ids:
         return EmbeddingTable(np.array([], dtype=str), np.zeros((0, 0), np.float32), np.zeros(0, np.float32))
     emb = np.concatenate([p[1] for p in parts if len(p[0])])
     dur = np.concatenate([p[2] for p in parts if len(p[0])])
+    snr = np.concatenate([p[3] if len(p) > 3 else np.full(len(p[0]), np.nan) for p in parts if len(p[0])])
     if len(set(ids)) < len(ids):
-        return pool_rows(ids, emb, dur)
-    return EmbeddingTable(np.array(ids), emb, np.asarray(dur, np.float32))
+        return pool_rows(ids, emb, dur, snr)
+    return EmbeddingTable(np.array(ids), emb, np.asarray(dur, np.float32), snr=snr)
 
 
 def _subset_manifest(manifest: str, limit: int, out: Path, acc, seed: int = 0) -> str:
