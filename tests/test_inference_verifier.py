@@ -129,6 +129,10 @@ def test_chunks_of_a_file_match_the_manifest_path(model_dir, verifier, tmp_path)
         == 0
     )
     np.testing.assert_allclose(load_embeddings(tmp_path / "file.npz").embeddings[0], chunked, atol=1e-5)
+    # and the same SNR estimate (the mean over its windows), a calibration quality measure
+    file_snr = load_embeddings(tmp_path / "file.npz").snr
+    assert np.isfinite(file_snr).all()
+    np.testing.assert_allclose(file_snr, load_embeddings(out).snr, atol=1e-3)
     # windows are never shorter than the chunk: 50 samples in 3 ms windows (48) embed; 2 ms windows (32) are
     # shorter than the encoder's 40-sample minimum, named before anything is read
     assert verifier.embed(voice(0.5)[:50], chunk_seconds=0.003).shape == chunked.shape
