@@ -158,6 +158,75 @@ def evaluate(model: Path, corpus: Path, out: Path, modes: dict[str, dict]) -> di
 
 
 # ------------------------------------------------------------------------------------------------------------
+# calibration under a channel change
+
+
+CALIBRATION_FITS = {  # name: (cohort, calibration_snr)
+    "clean": ("clean", False),
+    "clean+noisy": ("clean+noisy", False),
+    "clean+noisy, SNR features": ("clean+noisy", True),
+}
+
+
+def _cohort_manifests(corpus: Path, banks: Path, out: Path) -> dict[str, Path]:
+    """The training speakers' utterances as calibration cohorts: clean, and clean plus make_banks.py's noisy
+    copy (ids prefixed ``noisy/``); absolute paths, so the manifests can live anywhere."""
+    from mlsv.data.manifest import iter_rows, resolve_path, write_manifest
+
+    def rows(manifest: Path, prefix: str = "") -> list[dict]:
+        root = manifest.resolve().parent
+        return [
+            {**r, "id": prefix + r["id"], "path": str(resolve_path(r["path"], root))} for _, r in iter_rows(manifest)
+        ]
+
+    out.mkdir(parents=True, exist_ok=True)
+    clean = rows(corpus / "train.jsonl")
+    made = {"clean": out / "cohort_clean.jsonl", "clean+noisy": out / "cohort_clean_noisy.jsonl"}
+    write_manifest(clean, made["clean"])
+    write_manifest(clean + rows(banks / "train_noisy.jsonl", "noisy/"), made["clean+noisy"])
+    return made
+
+
+def calibration(model: Path, corpus: Path, banks: Path, out: Path, top_k: int = 200) -> dict:
+    """QMF calibration fitted on the training speakers (clean; clean + noisy; clean + noisy with the SNR
+    features), applied to the clean and the noisy test trials (whole utterances): calibrated EER, actual DCF
+    at p = 0.05, Cllr, and the trials the calibration's conditions guard refuses, with the metrics of the rest."""
+    from mlsv.inference.evaluation import evaluate_model
+
+    cohorts = _cohort_manifests(corpus, banks, out)
+    results: dict = {}
+    for fit, (cohort, with_snr) in CALIBRATION_FITS.items():
+        for side, manifest in TEST_SIDES.items():
+            t0 = time.perf_counter()
+            r = evaluate_model(
+                model,
+                manifest=str(corpus / manifest),
+                trials=[str(corpus / "test_trials.txt")],
+                out_dir=out / f"{fit.replace(', ', '_').replace(' ', '-')}_{side}",
+                cohort=str(cohorts[cohort]),
+                top_k=top_k,
+                chunk_seconds=0.0,
+                device="cpu",
+                plots=False,
+                calibration_snr=with_snr,
+            )
+            m = r["metrics"]["calibrated"]["test_trials"]
+            inside = m.get("inside_calibration", {})
+            results[f"{fit}/{side}"] = {
+                "asnorm_eer": round(r["metrics"]["asnorm"]["test_trials"]["eer"], 2),
+                "eer": round(m["eer"], 2),
+                "act_dcf_0.05": round(m["act_dcf_0.05"], 3),
+                "min_dcf_0.05": round(m["min_dcf_0.05"], 3),
+                "cllr": round(m["cllr"], 3),
+                "n_outside": m.get("n_outside_calibration", 0),
+                "inside_act_dcf_0.05": round(inside["act_dcf_0.05"], 3) if "act_dcf_0.05" in inside else None,
+                "inside_cllr": round(inside["cllr"], 3) if "cllr" in inside else None,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+    return results
+
+
+# ------------------------------------------------------------------------------------------------------------
 # baselines (nothing trained)
 
 
@@ -258,6 +327,24 @@ def markdown(results: dict, args, modes: dict[str, dict]) -> str:
             else:
                 cells.append(f"{m['eer']:.2f}" + (f" ({m['min_dcf_0.05']:.3f})" if "min_dcf_0.05" in m else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {r.get('train_seconds', '-')} |")
+    for key, r in results["systems"].items():
+        if "calibration" not in r:
+            continue
+        lines += [
+            "",
+            f"{names[key]}: QMF calibration fitted on the training speakers, whole utterances. Calibrated EER %, "
+            "actual DCF and Cllr (all trials; inside the guard's conditions), trials refused by the guard.",
+            "",
+            "| fitted on | test | EER | actDCF 0.05 | Cllr | refused | actDCF inside | Cllr inside |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, m in r["calibration"].items():
+            fit, side = name.rsplit("/", 1)
+            lines.append(
+                f"| {fit} | {side} | {m['eer']:.2f} | {m['act_dcf_0.05']:.3f} | {m['cllr']:.3f} | {m['n_outside']} | "
+                f"{m['inside_act_dcf_0.05'] if m['inside_act_dcf_0.05'] is not None else '-'} | "
+                f"{m['inside_cllr'] if m['inside_cllr'] is not None else '-'} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -280,6 +367,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--kinds", nargs="+", default=KINDS, help="augment.kinds")
     p.add_argument("--banks", type=Path, default=HERE / "work" / "banks", help="make_banks.py's output")
     p.add_argument("--speed", type=float, nargs="+", default=None, help="data.speed_factors (default: [1.0])")
+    p.add_argument(
+        "--calibration",
+        action="store_true",
+        help="also fit QMF calibrations on the training speakers (clean; clean + noisy, needs make_banks.py) and "
+        "measure them on both test sides",
+    )
     p.add_argument("--only", nargs="+", choices=AGGREGATIONS + BASELINES, default=list(AGGREGATIONS + BASELINES))
     args = p.parse_args(argv)
     corpus = (args.corpus or args.work / "corpus").resolve()
@@ -304,12 +397,17 @@ def main(argv: list[str] | None = None) -> dict:
         if name in AGGREGATIONS:
             r = train(name, out / name, corpus, encoder, args)
             r.update(evaluate(Path(r["model"]), corpus, out / f"{name}_eval", modes))
+            if args.calibration:
+                r["calibration"] = calibration(Path(r["model"]), corpus, args.banks.resolve(), out / f"{name}_cal")
         elif name == "mfcc":
             r = mfcc_baseline(corpus)
         else:
             r = layers_baseline(encoder, corpus)
         r["seconds"] = round(time.perf_counter() - t, 1)
         systems[name] = r
+    earlier = out / "results.json"
+    if earlier.exists():  # a rerun with --only keeps the other systems' results
+        systems = {**json.loads(earlier.read_text())["systems"], **systems}
     results = {
         "systems": systems,
         "budget": {
