@@ -187,10 +187,11 @@ def _cohort_manifests(corpus: Path, banks: Path, out: Path) -> dict[str, Path]:
     return made
 
 
-def calibration(model: Path, corpus: Path, banks: Path, out: Path, top_k: int = 200) -> dict:
+def calibration(model: Path, corpus: Path, banks: Path, out: Path, top_k: int = 6) -> dict:
     """QMF calibration fitted on the training speakers (clean; clean + noisy; clean + noisy with the SNR
     features), applied to the clean and the noisy test trials (whole utterances): calibrated EER, actual DCF
-    at p = 0.05, Cllr, and the trials the calibration's conditions guard refuses, with the metrics of the rest."""
+    at p = 0.05, Cllr, and the trials the calibration's conditions guard refuses, with the metrics of the rest.
+    AS-norm over ``top_k`` of the 8 training speakers (each calibration pair leaves its own 2 out)."""
     from mlsv.inference.evaluation import evaluate_model
 
     cohorts = _cohort_manifests(corpus, banks, out)
