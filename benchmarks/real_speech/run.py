@@ -407,8 +407,12 @@ def main(argv: list[str] | None = None) -> dict:
         r["seconds"] = round(time.perf_counter() - t, 1)
         systems[name] = r
     earlier = out / "results.json"
-    if earlier.exists():  # a rerun with --only keeps the other systems' results
-        systems = {**json.loads(earlier.read_text())["systems"], **systems}
+    if earlier.exists():  # a rerun with --only keeps the other systems' results, and a skipped training its times
+        before = json.loads(earlier.read_text())["systems"]
+        for name, r in systems.items():
+            if r.get("train_seconds") == 0.0 and name in before:
+                r.update({k: before[name][k] for k in ("train_seconds", "train_cpu_seconds") if k in before[name]})
+        systems = {**before, **systems}
     results = {
         "systems": systems,
         "budget": {
