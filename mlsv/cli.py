@@ -40,8 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         importlib.import_module(f"mlsv.commands.{name}").register(sub)
     for command in sub.choices.values():  # also after the command; SUPPRESS keeps a --quiet given before it
-        command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
+        _add_quiet(command)
     return parser
+
+
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
+    """``-q/--quiet`` on a command's parser and on its own sub-commands' (``mlsv prepare noise ... -q``)."""
+    parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_quiet(child)
 
 
 def _printable(text: str) -> str:

@@ -274,6 +274,18 @@ def test_quiet_silences_the_progress_bars(model_dir, folder, capsys, restore_pro
         assert out.err == "" and json.loads(out.out)["score"] == json.loads(loud.out)["score"]
 
 
+def test_quiet_after_a_sub_command(folder, tmp_path, capsys, restore_progress_bars):
+    """``mlsv prepare noise ... -q``: a command's own sub-commands take ``--quiet`` after them too."""
+    capsys.readouterr()
+    argv = ["prepare", "noise", "--root", str(folder), "--category", "babble", "--out", str(tmp_path / "b.jsonl")]
+    assert main(argv) == 0
+    assert "\r" in capsys.readouterr().err  # the scan's progress bar
+    for quiet in ([*argv, "--quiet"], [*argv, "-q"]):
+        assert main(quiet) == 0
+        assert capsys.readouterr().err == ""
+    assert len((tmp_path / "b.jsonl").read_text().splitlines()) == 4
+
+
 # -- Verifier.embed(folder) ---------------------------------------------------------------------------------
 
 

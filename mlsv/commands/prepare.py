@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
             args.out,
             rows_per_shard=args.rows_per_shard,
             workers=args.workers,
-            progress=not args.no_progress,
+            progress=not (args.no_progress or getattr(args, "quiet", False)),
         )
         print(json.dumps({"shards": len(paths), "folder": args.out, "bad_files": bad}, indent=1))
         return 0
@@ -210,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         "sample_rate": args.sample_rate,
         "resample": args.resample,
         "workers": args.workers,
-        "progress": not args.no_progress,
+        "progress": not (args.no_progress or getattr(args, "quiet", False)),
     }
     if args.source == "voxceleb":
         result = prepare.prepare_voxceleb(
