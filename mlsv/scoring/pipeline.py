@@ -156,8 +156,8 @@ def calibration_outside(table: EmbeddingTable, trials: Trials, calibrator: Quali
     :meth:`~mlsv.scoring.calibration.QualityCalibrator.outside_conditions`), from the table's durations and
     SNR estimates (an unknown SNR does not mark a trial)."""
     e, t = trial_indices(table, trials)
-    q = {"log_dur": np.log(np.maximum(table.durations.astype(np.float64), 1e-3)), "snr": table.snr.astype(np.float64)}
-    features = {f"{m}_{side}": q[m][idx] for m in q for side, idx in (("e", e), ("t", t))}
+    q = quality_measures(table.embeddings, table.durations, table.snr)  # the measures a calibration sees
+    features = {f"{m}_{side}": q[m][idx] for m in ("log_dur", "snr") for side, idx in (("e", e), ("t", t))}
     return calibrator.outside_conditions(features)
 
 
